@@ -1,0 +1,50 @@
+"""pytest configuration of the conv speed benchmarks (``python3 -m pytest benchmarks/ --benchmark-only``).
+
+Not part of the default test run: the package's pytest configuration collects ``tests/`` only.
+Needs torch, numpy, pytest-benchmark and (for the npuq cases) an importable npuq; without npuq those
+cases are skipped and the torch ones still run.
+"""
+
+import os
+import sys
+
+import pytest
+
+# The helpers live next to this file; make them importable whatever pytest's import mode is.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import conv_cases  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bench_threads():
+    """The thread count every implementation runs with (env NPUQ_BENCH_THREADS, else os.cpu_count())."""
+    return conv_cases.bench_threads()
+
+
+@pytest.fixture(scope="session")
+def npuq_module(bench_threads):
+    """The npuq package, configured with the benchmark's thread count; skips when not importable."""
+    npuq, err = conv_cases.import_npuq()
+    if npuq is None:
+        pytest.skip(f"npuq is not importable ({err})")
+    npuq.set_num_threads(bench_threads)
+    return npuq
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _configure_torch(bench_threads):
+    """fbgemm engine and the same thread count for torch (npuq: see npuq_module)."""
+    conv_cases.configure(bench_threads)
+    yield
+
+
+def pytest_report_header(config):
+    import torch
+
+    npuq, err = conv_cases.import_npuq()
+    where = f"npuq from {os.path.dirname(npuq.__file__)}" if npuq is not None else f"npuq NOT importable ({err})"
+    return [f"conv benchmarks: {conv_cases.bench_threads()} threads (NPUQ_BENCH_THREADS), "
+            f"torch {torch.__version__}, {where}"]

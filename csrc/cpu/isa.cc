@@ -1,0 +1,117 @@
+// Run-time choice of the kernel family, and the default thread count.
+#include <atomic>
+#include <thread>
+
+#include "cpu.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace npuq {
+namespace cpu {
+namespace {
+
+bool cpu_has(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return true;
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+    case Isa::kAvx512Vnni:
+      return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512vnni");
+#endif
+    default: return false;
+  }
+}
+
+const KernelTable* table_or_null(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return &portable_kernels();
+    case Isa::kAvx2: return avx2_kernels();
+    case Isa::kAvx512Vnni: return avx512_kernels();
+  }
+  return nullptr;
+}
+
+Isa best_isa() {
+  const auto all = supported_isas();
+  return all.back();
+}
+
+std::atomic<int>& active() {
+  static std::atomic<int> isa{static_cast<int>(best_isa())};
+  return isa;
+}
+
+int initial_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int>& threads() {
+  static std::atomic<int> n{initial_threads()};
+  return n;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return "portable";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512Vnni: return "avx512_vnni";
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512Vnni})
+    if (name == isa_name(isa)) return isa;
+  throw InvalidArgument("unknown instruction set '" + name +
+                        "': expected 'portable', 'avx2', 'avx512_vnni' or 'auto'");
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512Vnni})
+    if (table_or_null(isa) && cpu_has(isa)) out.push_back(isa);
+  return out;
+}
+
+Isa active_isa() { return static_cast<Isa>(active().load()); }
+
+void set_isa(Isa isa) {
+  if (!table_or_null(isa) || !cpu_has(isa))
+    throw InvalidArgument(std::string("instruction set '") + isa_name(isa) +
+                          "' is not supported by this CPU or this build; see npuq.cpu_features()");
+  active().store(static_cast<int>(isa));
+}
+
+void reset_isa() { active().store(static_cast<int>(best_isa())); }
+
+const KernelTable& kernels(Isa isa) { return *table_or_null(isa); }
+
+int default_threads() { return threads().load(); }
+
+void set_default_threads(int n) {
+  if (n < 1) throw InvalidArgument("threads must be >= 1, got " + std::to_string(n));
+  threads().store(n);
+}
+
+int resolve_threads(int requested) {
+  if (requested < 0) throw InvalidArgument("threads must be >= 1 (or None), got " + std::to_string(requested));
+#ifdef _OPENMP
+  return requested == 0 ? default_threads() : requested;
+#else
+  return 1;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace npuq

@@ -1,0 +1,93 @@
+// Interface between the CPU orchestration (threads, packing, overflow fix-up: conv_plan.cc, ops.cc)
+// and the per-instruction-set inner kernels (kernels_portable.cc, kernels_avx2.cc, kernels_avx512.cc).
+//
+// Every kernel computes a disjoint slice of the output, so results never depend on how the work is
+// split between threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "npuq/fixedpoint.h"
+#include "npuq/ops.h"
+
+namespace npuq {
+namespace cpu {
+
+// A panel of im2col rows, converted to unsigned bytes u = x + 128 (x ^ 0x80) and padded to K4 bytes
+// per row, is what the GEMM kernels read. The zero point enters through the folded bias:
+//   acc = bias - (z_x + 128) * sum(w) + sum(u * w)          (computed modulo 2^32)
+// which equals the exact accumulator whenever that fits int32 (checked per channel at packing time).
+constexpr int64_t kPanelRows = 24;   // rows packed at once; a multiple of every kernel's row block
+constexpr int64_t kChannelBlock = 16;  // output channels per packed weight block
+
+// Packed weights of one group for the GEMM kernels: [N16 / 16][K4 / 4][16 channels][4 bytes].
+struct GemmWeights {
+  int64_t k = 0, k4 = 0, n = 0, n16 = 0;
+  std::vector<int8_t> packed;
+  const int8_t* block(int64_t nb) const { return packed.data() + nb * k4 * kChannelBlock; }
+};
+
+// Per-channel requantization constants, padded with harmless values to a multiple of 16 channels.
+struct ChannelConstants {
+  std::vector<int32_t> bias;   // the bias the kernel starts from (folded for GEMM)
+  std::vector<int32_t> m0;
+  std::vector<int32_t> ec;     // effective exponent e - s_c
+  int32_t zero_point = 0, act_min = -128, act_max = 127;
+  fp::Rounding rounding = fp::Rounding::kDouble;
+  bool vector_ok = true;       // every ec lies in [-31, 0]: the vector requantization applies
+};
+
+struct GemmTile {
+  const uint8_t* panel;        // kPanelRows x k4 bytes
+  int64_t rows;                // valid rows in the panel (<= kPanelRows)
+  const GemmWeights* weights;
+  const ChannelConstants* constants;  // indexed by channel within the group
+  int64_t n_begin, n_end;      // channel range within the group; n_begin % 16 == 0
+  int8_t* out;                 // output of panel row 0, channel 0 of the group
+  int64_t out_stride;          // bytes between output rows
+};
+
+// Depthwise 2D conv with depth multiplier 1: channels are independent.
+struct DepthwiseWeights {
+  int64_t channels = 0, c16 = 0, kernel_h = 0, kernel_w = 0, pairs = 0;
+  std::vector<int32_t> taps;   // [KH * KW][c16]: weights widened to int32 (generic kernels)
+  std::vector<int16_t> paired; // [c16 / 16][KH][pairs][16][2]: taps (2j, 2j + 1) interleaved (VNNI)
+};
+
+struct DepthwiseJob {
+  const int8_t* x;
+  int8_t* out;
+  const Conv2dShape* shape;
+  int32_t input_zero_point;
+  const DepthwiseWeights* weights;
+  const ChannelConstants* constants;  // bias not folded
+  int64_t image, oh_begin, oh_end;
+  void* scratch;               // depthwise_scratch_bytes(shape) bytes, 64-byte aligned, per thread
+};
+
+// Scratch of one depthwise job: a ring of (KH - 1) * dilation_h + 1 rows of paired taps
+// [padded width][c16][2] int16, plus an int32 accumulator row. Big enough for every kernel family.
+inline int64_t depthwise_ring_rows(const Conv2dShape& s) { return (s.kernel_h - 1) * s.dilation_h + 1; }
+inline int64_t depthwise_padded_width(const Conv2dShape& s) { return s.in_w + s.pad_left + s.pad_right; }
+inline int64_t depthwise_scratch_bytes(const Conv2dShape& s) {
+  const int64_t c16 = (s.in_c + 15) / 16 * 16;
+  return depthwise_ring_rows(s) * depthwise_padded_width(s) * c16 * 4 + c16 * 4 + 64;
+}
+
+struct KernelTable {
+  const char* name;
+  void (*gemm_tile)(const GemmTile&);
+  void (*depthwise_rows)(const DepthwiseJob&);
+  void (*requantize_rows)(const int32_t* acc, int64_t rows, int8_t* out, const RequantParams& r);
+  void (*add)(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p);
+  void (*avg_pool_rows)(const int8_t* x, int8_t* out, const Pool2dParams& p, int64_t row_begin,
+                        int64_t row_end);  // rows of the output: (n, oh) pairs flattened
+};
+
+const KernelTable& portable_kernels();
+const KernelTable* avx2_kernels();    // nullptr when not compiled in
+const KernelTable* avx512_kernels();  // nullptr when not compiled in
+
+}  // namespace cpu
+}  // namespace npuq

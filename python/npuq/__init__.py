@@ -1,0 +1,32 @@
+"""npuq: compress neural networks for an integer NPU, and emulate that NPU bit for bit.
+
+The integer arithmetic is specified in ``docs/arithmetic.md``; :mod:`npuq.ops` runs it.
+"""
+
+from npuq import ops
+from npuq._C import ARITHMETIC_VERSION, BUILT_WITH_CUDA
+from npuq.fixedpoint import (
+    MultiplierFlushedWarning,
+    quantize_bias,
+    quantize_multiplier,
+    quantize_multipliers,
+)
+from npuq.runtime import cpu_features, get_num_threads, set_isa, set_num_threads
+from npuq._tensors import LayoutWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARITHMETIC_VERSION",
+    "BUILT_WITH_CUDA",
+    "LayoutWarning",
+    "MultiplierFlushedWarning",
+    "cpu_features",
+    "get_num_threads",
+    "ops",
+    "quantize_bias",
+    "quantize_multiplier",
+    "quantize_multipliers",
+    "set_isa",
+    "set_num_threads",
+]

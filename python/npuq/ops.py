@@ -1,0 +1,267 @@
+"""Integer NPU ops over numpy arrays and torch CPU tensors (docs/ops.md, docs/arithmetic.md).
+
+Every op returns the type it was given. Activations are NHWC for numpy and (N, C, H, W) channels_last
+for torch. ``npuq.ops.reference`` holds the same functions running the scalar reference kernels.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+from npuq import _C
+from npuq import _tensors as T
+from npuq import _validate as V
+from npuq.fixedpoint import quantize_multiplier
+
+__all__ = [
+    "Conv2d",
+    "FullyConnected",
+    "add",
+    "add_params",
+    "avg_pool2d",
+    "conv2d",
+    "fully_connected",
+    "global_avg_pool",
+    "reference",
+    "requantize",
+]
+
+
+class Conv2d:
+    """A quantized 2-D convolution with its weights packed once; call it on activations.
+
+    Args:
+        weight: int8 in [-127, 127]; numpy (C_out, KH, KW, C_in / groups) or torch
+            (C_out, C_in / groups, KH, KW).
+        bias: int32 (C_out,) in the accumulator scale, or None.
+        input_zero_point, stride, padding, dilation, groups: the convolution (docs/arithmetic.md 4).
+        multiplier, exponent, channel_shift, output_zero_point, act_min, act_max, rounding: the
+            requantization (docs/arithmetic.md 3); per layer (int) or per output channel (arrays).
+        overflow: "raise", "saturate" or "wrap" (docs/arithmetic.md 5).
+        threads: default thread count of calls (None: npuq.get_num_threads()).
+    """
+
+    def __init__(self, weight, bias=None, *, input_zero_point=0, stride=1, padding=0, dilation=1, groups=1,
+                 multiplier, exponent, channel_shift=None, output_zero_point=0, act_min=-128, act_max=127,
+                 rounding="double", overflow="raise", threads=None):
+        w = T.conv_weight(weight)
+        V.weights_in_range(w)
+        groups = V.integer(groups, "groups", 1)
+        out_channels = w.shape[0]
+        if out_channels % groups:
+            raise ValueError(f"groups ({groups}) must divide the output channels ({out_channels})")
+        self.in_channels = w.shape[3] * groups
+        self.out_channels = out_channels
+        self.kernel_size = (w.shape[1], w.shape[2])
+        self.stride = V.pair(stride, "stride", 1)
+        self.padding = V.padding(padding)
+        self.dilation = V.pair(dilation, "dilation", 1)
+        self.groups = groups
+        self.input_zero_point = V.zero_point(input_zero_point, "input_zero_point")
+        self.threads = V.threads(threads)
+        self._bias = V.bias(bias, out_channels)
+        rq = V.requant(out_channels, multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
+                       rounding)
+        self.overflow = V.choice(overflow, "overflow", V.OVERFLOW_POLICIES)
+        self._requant = rq
+        self._weight = w
+        self._plan = _C.Conv2dPlan(w, self._bias, self.in_channels, self.stride, self.padding, self.dilation,
+                                   groups, self.input_zero_point, rq["multiplier"], rq["exponent"],
+                                   rq["channel_shift"], rq["output_zero_point"], rq["act_min"], rq["act_max"],
+                                   rq["rounding"], self.overflow)
+
+    def __call__(self, x, *, threads=None):
+        arr, to_torch = T.activation(x)
+        self._check_channels(arr)
+        t = V.threads(threads) or self.threads
+        return T.activation_out(self._plan.run(arr, t), to_torch)
+
+    def reference(self, x):
+        """The same convolution through the scalar reference kernel (slow; for checking)."""
+        arr, to_torch = T.activation(x)
+        self._check_channels(arr)
+        rq = self._requant
+        out = _C.ref_conv2d(arr, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups,
+                            self.input_zero_point, rq["multiplier"], rq["exponent"], rq["channel_shift"],
+                            rq["output_zero_point"], rq["act_min"], rq["act_max"], rq["rounding"], self.overflow)
+        return T.activation_out(out, to_torch)
+
+    def _check_channels(self, arr):
+        if arr.shape[3] != self.in_channels:
+            raise ValueError(f"x has {arr.shape[3]} channels (NHWC shape {arr.shape}) but the layer expects "
+                             f"{self.in_channels}")
+
+    def __repr__(self):
+        return (f"npuq.ops.Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups})")
+
+
+def conv2d(x, weight, bias=None, *, threads=None, **params):
+    """Quantized 2-D convolution (packs the weights on every call; see :class:`Conv2d` to pack once)."""
+    return Conv2d(weight, bias, **params)(x, threads=threads)
+
+
+class FullyConnected:
+    """A quantized fully-connected layer: x (N, K) int8, weight (C_out, K) int8, bias (C_out,) int32."""
+
+    def __init__(self, weight, bias=None, *, input_zero_point=0, **params):
+        w = T.array(weight, "weight", np.int8, ndim=2, hint=" (quantize the weights to int8 first)")
+        self.in_features = w.shape[1]
+        self.out_features = w.shape[0]
+        self._conv = Conv2d(w.reshape(w.shape[0], 1, 1, w.shape[1]), bias, input_zero_point=input_zero_point,
+                            **params)
+
+    def _as_image(self, x):
+        arr = T.array(x, "x", np.int8, ndim=2)
+        if arr.shape[1] != self.in_features:
+            raise ValueError(f"x has {arr.shape[1]} features (shape {arr.shape}) but the layer expects "
+                             f"{self.in_features}")
+        return arr.reshape(arr.shape[0], 1, 1, arr.shape[1]), T.is_torch(x)
+
+    def __call__(self, x, *, threads=None):
+        img, to_torch = self._as_image(x)
+        out = self._conv(img, threads=threads)
+        return T.plain_out(out.reshape(out.shape[0], out.shape[3]), to_torch)
+
+    def reference(self, x):
+        img, to_torch = self._as_image(x)
+        out = self._conv.reference(img)
+        return T.plain_out(out.reshape(out.shape[0], out.shape[3]), to_torch)
+
+
+def fully_connected(x, weight, bias=None, *, threads=None, **params):
+    """Quantized fully-connected layer (packs on every call; see :class:`FullyConnected`)."""
+    return FullyConnected(weight, bias, **params)(x, threads=threads)
+
+
+def _requantize(acc, reference, *, multiplier, exponent, channel_shift=None, output_zero_point=0, act_min=-128,
+                act_max=127, rounding="double", threads=None):
+    to_torch = T.is_torch(acc)
+    arr = T.array(acc, "acc", np.int32)
+    rq = V.requant(arr.shape[-1], multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
+                   rounding)
+    out = _C.requantize(arr, rq["multiplier"], rq["exponent"], rq["channel_shift"], rq["output_zero_point"],
+                        rq["act_min"], rq["act_max"], rq["rounding"], V.threads(threads), reference)
+    return T.plain_out(out, to_torch)
+
+
+def requantize(acc, **params):
+    """Requantize int32 accumulators (last axis = channels) to int8 (docs/arithmetic.md 3)."""
+    return _requantize(acc, False, **params)
+
+
+def add_params(a_scale: float, b_scale: float, output_scale: float, left_shift: int = 20) -> dict:
+    """The integer parameters of :func:`add` from the three real scales (docs/arithmetic.md 6)."""
+    for name, s in (("a_scale", a_scale), ("b_scale", b_scale), ("output_scale", output_scale)):
+        if not np.isfinite(s) or s <= 0:
+            raise ValueError(f"{name} must be finite and > 0, got {s!r}")
+    left_shift = V.integer(left_shift, "left_shift", 0, 22)
+    twice_max = 2.0 * max(a_scale, b_scale)
+    a_m, a_e = quantize_multiplier(a_scale / twice_max)
+    b_m, b_e = quantize_multiplier(b_scale / twice_max)
+    o_m, o_e = quantize_multiplier(twice_max / ((1 << left_shift) * output_scale))
+    return dict(a_multiplier=a_m, a_exponent=a_e, b_multiplier=b_m, b_exponent=b_e, output_multiplier=o_m,
+                output_exponent=o_e, left_shift=left_shift)
+
+
+def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_point, b_multiplier, b_exponent,
+         output_zero_point, output_multiplier, output_exponent, left_shift=20, act_min=-128, act_max=127,
+         rounding="double", threads=None):
+    to_torch = T.is_torch(a)
+    if to_torch != T.is_torch(b):
+        raise TypeError("a and b must both be numpy arrays or both torch tensors")
+    if to_torch and a.dim() == 4 and (a.is_contiguous(memory_format=_torch_channels_last())
+                                      or b.is_contiguous(memory_format=_torch_channels_last())):
+        a_arr, _ = T.activation(a, "a")
+        b_arr, _ = T.activation(b, "b")
+        wrap = T.activation_out
+    else:
+        a_arr = T.array(a, "a", np.int8)
+        b_arr = T.array(b, "b", np.int8)
+        wrap = T.plain_out
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a and b must have the same shape, got {a_arr.shape} and {b_arr.shape}")
+    q = []
+    for side, zp, m, e in (("a", a_zero_point, a_multiplier, a_exponent), ("b", b_zero_point, b_multiplier, b_exponent),
+                           ("output", output_zero_point, output_multiplier, output_exponent)):
+        zp = V.zero_point(zp, f"{side}_zero_point")
+        m = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
+        if m != 0 and m < 2**30:
+            raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
+        hi = 0 if side != "output" else 30
+        e = V.integer(e, f"{side}_exponent", -31, hi)
+        q.append((zp, m, e))
+    lo, hi = V.clamp(act_min, act_max)
+    V.choice(rounding, "rounding", V.ROUNDING_MODES)
+    left_shift = V.integer(left_shift, "left_shift", 0, 22)
+    out = _C.add(a_arr, b_arr, q[0], q[1], q[2], left_shift, lo, hi, rounding, V.threads(threads), reference)
+    return wrap(out, to_torch)
+
+
+def _torch_channels_last():
+    import torch
+
+    return torch.channels_last
+
+
+def add(a, b, **params):
+    """Elementwise add of two int8 tensors with their own scales (TFLite int8 Add, docs/arithmetic.md 6).
+
+    ``npuq.ops.add_params(a_scale, b_scale, out_scale)`` gives the multiplier keywords.
+    """
+    return _add(a, b, False, **params)
+
+
+def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_include_pad=False,
+                input_zero_point=0, act_min=-128, act_max=127, threads=None):
+    arr, to_torch = T.activation(x)
+    kernel = V.pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else V.pair(stride, "stride", 1)
+    pad = V.padding(padding)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
+    zp = V.zero_point(input_zero_point, "input_zero_point")
+    lo, hi = V.clamp(act_min, act_max)
+    out = _C.avg_pool2d(arr, kernel, stride, pad, bool(count_include_pad), zp, lo, hi, V.threads(threads), reference)
+    return T.activation_out(out, to_torch)
+
+
+def avg_pool2d(x, kernel_size, **params):
+    """Average pooling with TFLite's rounding (docs/arithmetic.md 7); scale and zero point unchanged."""
+    return _avg_pool2d(x, False, kernel_size, **params)
+
+
+def _global_avg_pool(x, reference, *, act_min=-128, act_max=127, threads=None):
+    arr, to_torch = T.activation(x)
+    kernel = (arr.shape[1], arr.shape[2])
+    out = _C.avg_pool2d(arr, kernel, kernel, (0, 0, 0, 0), False, 0, *V.clamp(act_min, act_max),
+                        V.threads(threads), reference)
+    return T.activation_out(out, to_torch)
+
+
+def global_avg_pool(x, **params):
+    """Average over the whole image: (N, H, W, C) -> (N, 1, 1, C) (torch: (N, C, 1, 1) channels_last)."""
+    return _global_avg_pool(x, False, **params)
+
+
+def _ref_conv2d(x, weight, bias=None, **params):
+    params.pop("threads", None)
+    return Conv2d(weight, bias, **params).reference(x)
+
+
+def _ref_fully_connected(x, weight, bias=None, **params):
+    params.pop("threads", None)
+    return FullyConnected(weight, bias, **params).reference(x)
+
+
+reference = types.SimpleNamespace(
+    conv2d=_ref_conv2d,
+    fully_connected=_ref_fully_connected,
+    requantize=lambda acc, **p: _requantize(acc, True, **p),
+    add=lambda a, b, **p: _add(a, b, True, **p),
+    avg_pool2d=lambda x, kernel_size, **p: _avg_pool2d(x, True, kernel_size, **p),
+    global_avg_pool=lambda x, **p: _global_avg_pool(x, True, **p),
+)
+reference.__doc__ = "The scalar reference kernels of csrc/reference (single-threaded, slow): the fast paths' oracle."

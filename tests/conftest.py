@@ -1,0 +1,46 @@
+"""Shared pytest configuration for the npuq test suite.
+
+Hypothesis profiles (select with the environment variable NPUQ_HYPOTHESIS_PROFILE):
+
+* ``default``  -- ~60 examples per property, no deadline (the fast local run),
+* ``ci``       -- 200 examples, derandomized (reproducible in CI), no deadline,
+* ``thorough`` -- 1000 examples, no deadline (a long soak run).
+
+Tests marked ``@pytest.mark.slow`` are skipped unless ``--runslow`` is given or the environment
+variable NPUQ_RUN_SLOW=1 is set.  No benchmark plugin is needed (the suite is benchmark-free).
+"""
+
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# make `import reference_numpy` / `import helpers` work whatever the import mode
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+
+settings.register_profile("default", max_examples=60, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, derandomize=True, suppress_health_check=_SUPPRESS, print_blob=True
+)
+settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SUPPRESS)
+settings.load_profile(os.environ.get("NPUQ_HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a slow test, skipped unless --runslow or NPUQ_RUN_SLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("NPUQ_RUN_SLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow: use --runslow or NPUQ_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)

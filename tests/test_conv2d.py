@@ -1,0 +1,205 @@
+"""npuq.ops.conv2d (fast path), npuq.ops.reference.conv2d and the packed npuq.ops.Conv2d against the
+numpy oracle, bit for bit (arithmetic.md sections 3-5)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npuq
+import reference_numpy as R
+from helpers import BIAS_MODES, DATA_MODES, bias_data, OVERFLOW_STRATEGY, as_int32_params, assert_same, fitting_exponent, int8_data, \
+    requant_params, weight_data
+
+KERNELS = st.sampled_from([1, 2, 3, 3, 4, 5, 7])
+
+
+def _padding_arg(draw, pad):
+    pt, pb, pl, pr = pad
+    forms = [pad]
+    if pt == pb and pl == pr:
+        forms.append((pt, pl))
+        if pt == pl:
+            forms.append(pt)
+    return draw(st.sampled_from(forms))
+
+
+def _pair_arg(draw, h, w):
+    return h if h == w and draw(st.booleans()) else (h, w)
+
+
+@st.composite
+def conv_case(draw):
+    kind = draw(st.sampled_from(["general", "general", "depthwise", "depthwise", "pointwise"]))
+    if kind == "general":
+        groups = draw(st.sampled_from([1, 1, 2, 3, 4]))
+        cig = draw(st.integers(1, 9))
+        og = draw(st.integers(1, 9))
+        c_in, c_out = groups * cig, groups * og
+    elif kind == "depthwise":
+        c_in = draw(st.one_of(st.integers(1, 40), st.sampled_from([3, 5, 8, 16, 17, 32, 33, 64, 65])))
+        dm = draw(st.sampled_from([1, 2]))
+        groups, cig, c_out = c_in, 1, c_in * dm
+    else:
+        groups = 1
+        c_in = draw(st.one_of(st.integers(1, 70), st.sampled_from([16, 24, 32, 33, 65, 96])))
+        c_out = draw(st.integers(1, 40))
+        cig = c_in
+    if kind == "pointwise":
+        kh = kw = 1
+        dh = dw = 1
+    else:
+        kh, kw = draw(KERNELS), draw(KERNELS)
+        max_d = 3 if max(kh, kw) <= 4 else (2 if max(kh, kw) <= 5 else 1)
+        dh, dw = draw(st.integers(1, max_d)), draw(st.integers(1, max_d))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    pad = tuple(draw(st.integers(0, ext - 1)) for ext in (ext_h, ext_h, ext_w, ext_w))
+    min_h = max(1, ext_h - pad[0] - pad[1])
+    min_w = max(1, ext_w - pad[2] - pad[3])
+    h = draw(st.integers(min_h, min_h + 6))
+    w = draw(st.integers(min_w, min_w + 6))
+    n = draw(st.integers(1, 2))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = int8_data(rng, (n, h, w, c_in), draw(DATA_MODES))
+    wt = weight_data(rng, (c_out, kh, kw, cig), draw(DATA_MODES))
+    bias = bias_data(rng, c_out, draw(BIAS_MODES))
+    zx = draw(st.one_of(st.just(0), st.integers(-128, 127), st.sampled_from([-128, 127])))
+    geometry = dict(input_zero_point=zx, stride=_pair_arg(draw, sh, sw), padding=_padding_arg(draw, pad),
+                    dilation=_pair_arg(draw, dh, dw), groups=groups)
+    acc = R.conv2d_acc(x, wt, bias, **geometry)
+    params = draw(requant_params(R.saturate_int32(acc), c_out))
+    params["overflow"] = draw(OVERFLOW_STRATEGY)
+    if draw(st.booleans()):
+        params = as_int32_params(params)
+    return x, wt, bias, geometry, params
+
+
+def _expect(x, wt, bias, kwargs):
+    try:
+        return R.conv2d(x, wt, bias, **kwargs)
+    except OverflowError:
+        return OverflowError
+
+
+def _check_all_paths(x, wt, bias, kwargs, what=""):
+    expected = _expect(x, wt, bias, kwargs)
+    layer_kwargs = dict(kwargs)
+    paths = [
+        ("npuq.ops.conv2d", lambda: npuq.ops.conv2d(x, wt, bias, **kwargs)),
+        ("npuq.ops.reference.conv2d", lambda: npuq.ops.reference.conv2d(x, wt, bias, **kwargs)),
+        ("npuq.ops.Conv2d", lambda: npuq.ops.Conv2d(wt, bias, **layer_kwargs)(x)),
+    ]
+    for name, fn in paths:
+        if expected is OverflowError:
+            with pytest.raises(OverflowError):
+                fn()
+        else:
+            assert_same(expected, fn(), f"{name} {what}")
+
+
+@given(conv_case())
+def test_conv2d_matches_oracle(case):
+    x, wt, bias, geometry, params = case
+    _check_all_paths(x, wt, bias, {**geometry, **params})
+
+
+# ------------------------------------------------------------------------------------------------
+# fixed MobileNet-like shapes (vector tails, strides, asymmetric TF "SAME" padding)
+# ------------------------------------------------------------------------------------------------
+
+
+def _per_channel_params(rng, acc, c_out, rounding):
+    e = np.clip(fitting_exponent(acc, 0) + rng.integers(-2, 3, c_out), -31, 30)
+    return dict(multiplier=rng.integers(2**30, 2**31, c_out), exponent=e, rounding=rounding,
+                output_zero_point=int(rng.integers(-20, 20)), act_min=-128, act_max=127)
+
+
+def _run_shape(seed, x_shape, w_shape, rounding, per_channel=True, wess=False, **geometry):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, x_shape, dtype=np.int8)
+    wt = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    c_out = w_shape[0]
+    bias = rng.integers(-(2**14), 2**14, c_out).astype(np.int32)
+    geometry.setdefault("input_zero_point", int(rng.integers(-128, 128)))
+    acc = R.conv2d_acc(x, wt, bias, **geometry)
+    params = _per_channel_params(rng, acc, c_out, rounding)
+    if not per_channel:
+        params["multiplier"] = int(params["multiplier"][0])
+        params["exponent"] = int(np.max(params["exponent"]))
+        if wess:
+            params["channel_shift"] = rng.integers(0, 4, c_out)
+    _check_all_paths(x, wt, bias, {**geometry, **params}, f"x{x_shape} w{w_shape} {geometry}")
+
+
+@pytest.mark.parametrize("c", [3, 5, 8, 16, 17, 24, 32, 33, 64, 65, 96, 144])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_mobilenet_depthwise_3x3(c, stride, rounding):
+    _run_shape(c * 10 + stride, (1, 9, 9, c), (c, 3, 3, 1), rounding, stride=stride, padding=1, groups=c)
+
+
+@pytest.mark.parametrize("c", [3, 16, 33])
+@pytest.mark.parametrize("dm", [1, 2])
+def test_depthwise_multiplier(c, dm):
+    _run_shape(c + dm, (2, 8, 7, c), (c * dm, 3, 3, 1), "double", stride=2, padding=(0, 1, 0, 1), groups=c)
+
+
+@pytest.mark.parametrize("c_in", [3, 5, 16, 17, 24, 32, 33, 65, 96, 160, 320])
+@pytest.mark.parametrize("c_out", [8, 17, 64])
+def test_mobilenet_pointwise(c_in, c_out):
+    for i, rounding in enumerate(("double", "single")):
+        _run_shape(c_in * 1000 + c_out + i, (1, 5, 4, c_in), (c_out, 1, 1, c_in), rounding)
+
+
+@pytest.mark.parametrize("wess", [False, True])
+def test_mobilenet_first_layer(wess):
+    # 3x3 stride 2 over RGB, TF "SAME" padding for an even input: (0, 1, 0, 1)
+    _run_shape(7, (1, 16, 16, 3), (32, 3, 3, 3), "double", per_channel=False, wess=wess, stride=2,
+               padding=(0, 1, 0, 1))
+
+
+@pytest.mark.parametrize("c", [1, 7, 17, 40])
+def test_large_kernels_and_dilation(c):
+    _run_shape(c, (1, 12, 11, c), (5, 7, 7, c), "single", padding=(3, 2, 1, 0))
+    _run_shape(c + 1, (2, 13, 12, c), (4, 3, 3, c), "double", dilation=(3, 2), stride=(1, 2), padding=(2, 1, 0, 3))
+
+
+def test_channel_shift_with_per_channel_multipliers():
+    """arithmetic.md defines e_c = e - s_c for both; combining them must follow the formula too."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (1, 6, 6, 8), dtype=np.int8)
+    wt = rng.integers(-127, 128, (16, 3, 3, 8), dtype=np.int8)
+    acc = R.conv2d_acc(x, wt, None, padding=1)
+    params = _per_channel_params(rng, acc, 16, "double")
+    params["exponent"] = params["exponent"] + 3
+    params["channel_shift"] = rng.integers(0, 7, 16)
+    _check_all_paths(x, wt, None, {"padding": 1, **params})
+
+
+def test_packed_layer_reused():
+    rng = np.random.default_rng(5)
+    wt = rng.integers(-127, 128, (24, 3, 3, 8), dtype=np.int8)
+    bias = rng.integers(-1000, 1000, 24).astype(np.int32)
+    kw = dict(input_zero_point=-3, stride=2, padding=(1, 0, 0, 1), multiplier=rng.integers(2**30, 2**31, 24),
+              exponent=np.full(24, -10), output_zero_point=4, act_min=4, act_max=127)
+    layer = npuq.ops.Conv2d(wt, bias, **kw)
+    for shape in ((1, 8, 8, 8), (3, 9, 5, 8), (1, 2, 2, 8), (2, 8, 8, 8)):
+        x = rng.integers(-128, 128, shape, dtype=np.int8)
+        expected = R.conv2d(x, wt, bias, **kw)
+        assert_same(expected, layer(x), f"Conv2d layer on {shape}")
+        assert_same(expected, npuq.ops.conv2d(x, wt, bias, **kw), f"conv2d on {shape}")
+
+
+def test_packed_layer_does_not_alias_inputs():
+    """Changing the caller's weight/bias arrays after packing must not change the layer."""
+    rng = np.random.default_rng(6)
+    wt = rng.integers(-127, 128, (8, 3, 3, 4), dtype=np.int8)
+    bias = rng.integers(-1000, 1000, 8).astype(np.int32)
+    kw = dict(padding=1, multiplier=2**30, exponent=-8)
+    x = rng.integers(-128, 128, (1, 5, 5, 4), dtype=np.int8)
+    expected = R.conv2d(x, wt, bias, **kw)
+    layer = npuq.ops.Conv2d(wt, bias, **kw)
+    wt[...] = 0
+    bias[...] = 0
+    assert_same(expected, layer(x), "Conv2d after mutating the caller's weights")

@@ -1,0 +1,204 @@
+"""fully_connected, add, avg_pool2d and global_avg_pool against the oracle and npuq.ops.reference
+(arithmetic.md sections 4-7)."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import npuq
+import reference_numpy as R
+from helpers import BIAS_MODES, DATA_MODES, bias_data, OVERFLOW_STRATEGY, ROUNDING_STRATEGY, as_int32_params, assert_same, clamps, \
+    int8_data, requant_params, weight_data
+
+# ------------------------------------------------------------------------------------------------
+# fully_connected
+# ------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def fc_case(draw):
+    n = draw(st.integers(1, 5))
+    k = draw(st.one_of(st.integers(1, 300), st.sampled_from([1, 3, 16, 17, 31, 32, 33, 64, 65, 1024, 1280, 2049])))
+    c_out = draw(st.one_of(st.integers(1, 40), st.sampled_from([1, 8, 16, 17, 33, 64, 65])))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = int8_data(rng, (n, k), draw(DATA_MODES))
+    w = weight_data(rng, (c_out, k), draw(DATA_MODES))
+    bias = bias_data(rng, c_out, draw(BIAS_MODES))
+    zx = draw(st.one_of(st.just(0), st.integers(-128, 127)))
+    acc = R.fully_connected_acc(x, w, bias, input_zero_point=zx)
+    params = draw(requant_params(R.saturate_int32(acc), c_out))
+    params["overflow"] = draw(OVERFLOW_STRATEGY)
+    if draw(st.booleans()):
+        params = as_int32_params(params)
+    return x, w, bias, dict(input_zero_point=zx, **params)
+
+
+@given(fc_case())
+def test_fully_connected_matches_oracle(case):
+    x, w, bias, kw = case
+    try:
+        expected = R.fully_connected(x, w, bias, **kw)
+    except OverflowError:
+        expected = None
+    paths = [
+        ("npuq.ops.fully_connected", lambda: npuq.ops.fully_connected(x, w, bias, **kw)),
+        ("npuq.ops.reference.fully_connected", lambda: npuq.ops.reference.fully_connected(x, w, bias, **kw)),
+        ("npuq.ops.FullyConnected", lambda: npuq.ops.FullyConnected(w, bias, **kw)(x)),
+    ]
+    for name, fn in paths:
+        if expected is None:
+            with pytest.raises(OverflowError):
+                fn()
+        else:
+            assert_same(expected, fn(), name)
+
+
+def test_fully_connected_equals_1x1_conv():
+    rng = np.random.default_rng(2)
+    x = rng.integers(-128, 128, (4, 37), dtype=np.int8)
+    w = rng.integers(-127, 128, (19, 37), dtype=np.int8)
+    b = rng.integers(-5000, 5000, 19).astype(np.int32)
+    kw = dict(input_zero_point=9, multiplier=rng.integers(2**30, 2**31, 19), exponent=np.full(19, -9),
+              output_zero_point=-2)
+    fc = npuq.ops.fully_connected(x, w, b, **kw)
+    cv = npuq.ops.conv2d(x.reshape(4, 1, 1, 37), w.reshape(19, 1, 1, 37), b, **kw)
+    assert_same(np.asarray(cv).reshape(4, 19), fc, "fc vs 1x1 conv")
+
+
+# ------------------------------------------------------------------------------------------------
+# add
+# ------------------------------------------------------------------------------------------------
+
+SCALES = st.floats(min_value=-12, max_value=4).map(lambda v: float(2.0**v))
+
+
+@st.composite
+def add_case(draw):
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 6)),
+             draw(st.one_of(st.integers(1, 40), st.sampled_from([16, 17, 32, 33, 64, 65]))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    a = int8_data(rng, shape, draw(DATA_MODES))
+    b = int8_data(rng, shape, draw(DATA_MODES))
+    zp, lo, hi = draw(clamps())
+    if draw(st.booleans()):
+        s_a, s_b = draw(SCALES), draw(SCALES)
+        s_out = draw(SCALES) * max(s_a, s_b) / 8
+        left_shift = draw(st.sampled_from([20, 20, 0, 7, 22]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                params = R.add_params(s_a, s_b, s_out, left_shift)
+        except (ValueError, Warning):
+            assume(False)
+        scales = (s_a, s_b, s_out, left_shift)
+    else:
+        params = dict(
+            a_multiplier=draw(st.integers(2**30, 2**31 - 1)), a_exponent=draw(st.integers(-31, 0)),
+            b_multiplier=draw(st.integers(2**30, 2**31 - 1)), b_exponent=draw(st.integers(-31, 0)),
+            output_multiplier=draw(st.integers(2**30, 2**31 - 1)), output_exponent=draw(st.integers(-31, 30)),
+            left_shift=draw(st.integers(0, 22)),
+        )
+        scales = None
+    kw = dict(params, a_zero_point=draw(st.integers(-128, 127)), b_zero_point=draw(st.integers(-128, 127)),
+              output_zero_point=zp, act_min=lo, act_max=hi, rounding=draw(ROUNDING_STRATEGY))
+    return a, b, kw, scales
+
+
+@given(add_case())
+def test_add_matches_oracle(case):
+    a, b, kw, scales = case
+    if scales is not None:
+        got = npuq.ops.add_params(*scales[:3], left_shift=scales[3])
+        expect = R.add_params(*scales)
+        for key, val in expect.items():
+            assert int(got[key]) == val, f"add_params{scales}[{key}] = {got[key]}, expected {val}"
+    expected = R.add(a, b, **kw)
+    assert_same(expected, npuq.ops.add(a, b, **kw), "npuq.ops.add")
+    assert_same(expected, npuq.ops.reference.add(a, b, **kw), "npuq.ops.reference.add")
+
+
+def test_add_params_default_left_shift():
+    got = npuq.ops.add_params(0.5, 0.25, 0.1)
+    expect = R.add_params(0.5, 0.25, 0.1)
+    assert {k: int(got[k]) for k in expect} == expect
+    assert int(got["left_shift"]) == 20
+
+
+def test_add_all_pairs():
+    """Every (a, b) int8 pair with fixed parameters: the whole 256 x 256 table."""
+    a, b = np.meshgrid(np.arange(-128, 128, dtype=np.int8), np.arange(-128, 128, dtype=np.int8), indexing="ij")
+    a = np.ascontiguousarray(a).reshape(1, 256, 256, 1)
+    b = np.ascontiguousarray(b).reshape(1, 256, 256, 1)
+    for scales in ((0.1, 0.07, 0.13), (0.02, 0.02, 0.04), (1.0, 1.0, 2.0)):
+        for rounding in ("double", "single"):
+            kw = dict(R.add_params(*scales), a_zero_point=-3, b_zero_point=5, output_zero_point=-1, rounding=rounding)
+            assert_same(R.add(a, b, **kw), npuq.ops.add(a, b, **kw), f"add table {scales} {rounding}")
+
+
+# ------------------------------------------------------------------------------------------------
+# pooling
+# ------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def pool_case(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    pad = (draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
+           draw(st.integers(0, kw - 1)))
+    h = draw(st.integers(max(1, kh - pad[0] - pad[1]), max(1, kh - pad[0] - pad[1]) + 7))
+    w = draw(st.integers(max(1, kw - pad[2] - pad[3]), max(1, kw - pad[2] - pad[3]) + 7))
+    c = draw(st.one_of(st.integers(1, 40), st.sampled_from([16, 17, 32, 33, 64, 65])))
+    n = draw(st.integers(1, 2))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = int8_data(rng, (n, h, w, c), draw(DATA_MODES))
+    _, lo, hi = draw(clamps())
+    padding = draw(st.sampled_from([pad] + ([(pad[0], pad[2])] if pad[0] == pad[1] and pad[2] == pad[3] else [])))
+    kernel = (kh, kw) if kh != kw or draw(st.booleans()) else kh
+    kwargs = dict(stride=stride, padding=padding, count_include_pad=draw(st.booleans()),
+                  input_zero_point=draw(st.integers(-128, 127)), act_min=lo, act_max=hi)
+    return x, kernel, kwargs
+
+
+@given(pool_case())
+def test_avg_pool2d_matches_oracle(case):
+    x, kernel, kw = case
+    if kw["stride"] is None:
+        # ops.md lists stride=None without saying more; test it as the usual "stride = kernel" and pass the
+        # explicit stride to the oracle
+        kw_oracle = dict(kw, stride=kernel)
+    else:
+        kw_oracle = kw
+    expected = R.avg_pool2d(x, kernel, **kw_oracle)
+    assert_same(expected, npuq.ops.avg_pool2d(x, kernel, **kw), "npuq.ops.avg_pool2d")
+    assert_same(expected, npuq.ops.reference.avg_pool2d(x, kernel, **kw), "npuq.ops.reference.avg_pool2d")
+
+
+@given(st.integers(1, 2), st.integers(1, 16), st.integers(1, 16),
+       st.one_of(st.integers(1, 70), st.sampled_from([16, 17, 32, 33, 64, 65])), st.integers(0, 2**32 - 1),
+       DATA_MODES, clamps())
+def test_global_avg_pool_matches_oracle(n, h, w, c, seed, mode, clamp):
+    x = int8_data(np.random.default_rng(seed), (n, h, w, c), mode)
+    _, lo, hi = clamp
+    expected = R.global_avg_pool(x, act_min=lo, act_max=hi)
+    assert expected.shape == (n, 1, 1, c)
+    assert_same(expected, npuq.ops.global_avg_pool(x, act_min=lo, act_max=hi), "npuq.ops.global_avg_pool")
+    assert_same(expected, npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi),
+                "npuq.ops.reference.global_avg_pool")
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 7, 1280), (2, 14, 14, 96), (1, 112, 112, 3), (1, 256, 256, 1)])
+def test_global_avg_pool_large(shape):
+    rng = np.random.default_rng(sum(shape))
+    for mode in ("uniform", "max", "min"):
+        x = int8_data(rng, shape, mode)
+        assert_same(R.global_avg_pool(x), npuq.ops.global_avg_pool(x), f"global_avg_pool {shape} {mode}")
+
+
+def test_global_avg_pool_equals_full_kernel_avg_pool():
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (2, 5, 6, 9), dtype=np.int8)
+    assert_same(np.asarray(npuq.ops.avg_pool2d(x, (5, 6), stride=1)), npuq.ops.global_avg_pool(x), "global vs avg")
