@@ -33,12 +33,21 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
+def _run_slow(config) -> bool:
+    return bool(config.getoption("--runslow")) or os.environ.get("NPUQ_RUN_SLOW") == "1"
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a slow test, skipped unless --runslow or NPUQ_RUN_SLOW=1")
+    config.addinivalue_line("markers", "slow: a slow test, excluded by default (--runslow or NPUQ_RUN_SLOW=1)")
+    # pyproject's addopts deselects slow tests with -m 'not slow'; --runslow lifts exactly that
+    if _run_slow(config) and config.option.markexpr.strip() in ("not slow", "'not slow'"):
+        config.option.markexpr = ""
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow") or os.environ.get("NPUQ_RUN_SLOW") == "1":
+    # without pyproject's -m 'not slow' (e.g. `pytest -c /dev/null tests`), still skip slow tests unless asked
+    # for; an explicit -m expression (such as -m slow) is the user's choice and is left alone
+    if _run_slow(config) or config.option.markexpr:
         return
     skip_slow = pytest.mark.skip(reason="slow: use --runslow or NPUQ_RUN_SLOW=1")
     for item in items:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import settings
 from hypothesis import strategies as st
 
 import reference_numpy as R
 
 INT32_MIN, INT32_MAX = R.INT32_MIN, R.INT32_MAX
+
+def scaled_examples(factor: int) -> settings:
+    """Run `factor` times the active profile's max_examples (for the cheap, central properties)."""
+    return settings(max_examples=factor * settings.default.max_examples)
+
 
 # M0: 0 or [2^30, 2^31 - 1], with the edges over-represented
 M0_STRATEGY = st.one_of(

@@ -345,3 +345,63 @@ def test_avg_pool_count_include_pad_hand():
     assert y[0, 0, 0, 0] == -2  # (-3 * 3 + 1) / 4 = -2
     assert y[0, 0, 1, 0] == -1  # (-3 - 3 + 1 + 2) / 4 = -0.75
     assert y[0, 1, 1, 0] == 3  # 12 / 4
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("zx", [-128, 127])
+def test_overflow_bound_exact_limit(sign, zx):
+    """The bound of section 5 with max |x - z_x| = 255 at both zero-point extremes, hit exactly."""
+    k = 40
+    d = 255 if zx == -128 else -255  # x - z_x
+    x = np.full((1, k), zx + d, np.int8)
+    w = np.full((1, k), 127 * sign * (1 if d > 0 else -1), np.int8)  # every term is sign * 32385
+    total = sign * 32385 * k
+    limit = INT32_MAX if sign > 0 else INT32_MIN
+    kw = dict(input_zero_point=zx, multiplier=2**31 - 1, exponent=-31)
+    bias = np.array([limit - total], np.int32)
+    assert R.fully_connected_acc(x, w, bias, input_zero_point=zx).tolist() == [[limit]]
+    for overflow in ("raise", "saturate", "wrap"):
+        got = npuq.ops.fully_connected(x, w, bias, overflow=overflow, **kw)
+        assert np.asarray(got).tolist() == [[sign]], overflow
+    over = np.array([limit - total + sign], np.int32)  # one past the limit
+    with pytest.raises(OverflowError):
+        npuq.ops.fully_connected(x, w, over, **kw)
+    # saturate keeps the sign, wrap flips it (2^31 -> -2^31, -2^31 - 1 -> 2^31 - 1)
+    assert np.asarray(npuq.ops.fully_connected(x, w, over, overflow="saturate", **kw)).tolist() == [[sign]]
+    assert np.asarray(npuq.ops.fully_connected(x, w, over, overflow="wrap", **kw)).tolist() == [[-sign]]
+    for overflow in ("saturate", "wrap"):
+        exp = R.fully_connected(x, w, over, overflow=overflow, **kw)
+        assert np.asarray(npuq.ops.fully_connected(x, w, over, overflow=overflow, **kw)).tolist() == exp.tolist()
+
+
+@pytest.mark.parametrize("overflow", ["raise", "saturate", "wrap"])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_transient_partial_sums(overflow, sign):
+    """Only the exact final accumulator counts (section 5): partial sums beyond int32 are not overflows,
+    and "saturate" clamps the exact sum, not each step."""
+    k = 64
+    x = np.full((1, k), 127, np.int8)
+    w = np.full((2, k), 127, np.int8)
+    w[:, k // 2:] = -127
+    w[1] = w[1, ::-1]  # the negative half first
+    bias = np.array([sign * (INT32_MAX - 1000)] * 2, np.int32)
+    kw = dict(input_zero_point=-128, multiplier=2**31 - 1, exponent=-31, overflow=overflow)
+    # the exact sums are just the bias; every order of evaluation has partial sums beyond int32
+    assert R.fully_connected_acc(x, w, bias, input_zero_point=-128).tolist() == [bias.tolist()]
+    expected = R.fully_connected(x, w, bias, **kw)
+    assert expected.tolist() == [[sign, sign]]
+    assert np.asarray(npuq.ops.fully_connected(x, w, bias, **kw)).tolist() == expected.tolist()
+    xc = x.reshape(1, 1, 1, k)
+    wc = w.reshape(2, 1, 1, k)
+    assert np.asarray(npuq.ops.conv2d(xc, wc, bias, **kw)).ravel().tolist() == expected.ravel().tolist()
+    # the same through a 3x3 depthwise conv with 64 channels (the channel loop is the vector loop):
+    # per channel 3 taps of +sign * 32385 and 6 of -sign * 32385 on a bias of sign * INT32_MAX
+    xd = np.full((1, 3, 3, 64), 127, np.int8)
+    wd = np.full((64, 3, 3, 1), sign * 127, np.int8)
+    wd[:, :, :2] = -sign * 127
+    bd = np.full(64, sign * INT32_MAX, np.int32)
+    kwd = dict(kw, groups=64)
+    exp_d = R.conv2d(xd, wd, bd, **kwd)
+    assert R.conv2d_acc(xd, wd, bd, input_zero_point=-128, groups=64).ravel().tolist() == \
+        [sign * (INT32_MAX - 3 * 32385)] * 64
+    assert np.asarray(npuq.ops.conv2d(xd, wd, bd, **kwd)).tolist() == exp_d.tolist()

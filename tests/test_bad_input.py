@@ -153,7 +153,8 @@ def test_padding_larger_than_kernel():
 
 
 def test_groups_do_not_divide():
-    _raises(ValueError, "groups", conv, weight=np.ones((6, 3, 3, 1), np.int8), groups=3)  # C_in = 4
+    # C_in = 4 is not a multiple of groups = 3: necessarily also a mismatch between x and weight
+    _raises(ValueError, ["groups", "x", "weight"], conv, weight=np.ones((6, 3, 3, 1), np.int8), groups=3)
     _raises(ValueError, "groups", conv, weight=np.ones((5, 3, 3, 2), np.int8), bias=None, groups=2)  # C_out = 5
     _raises(ValueError, "groups", conv, groups=0)
     _raises(ValueError, "groups", conv, groups=-1)
@@ -352,3 +353,37 @@ def test_inputs_not_modified():
     x, w, b = X.copy(), W.copy(), B.copy()
     conv(x=x, weight=w, bias=b)
     assert np.array_equal(x, X) and np.array_equal(w, W) and np.array_equal(b, B)
+
+
+def test_non_native_byte_order():
+    """'>i4' / '>i1'-style arrays hold the right values in a different layout: use them or reject them."""
+    expected = R.conv2d(X, W, B, **KW)
+    b_be = B.astype(">i4")
+    assert b_be.tolist() == B.tolist()
+    try:
+        out = npuq.ops.conv2d(X, W, b_be, **KW)
+    except (TypeError, ValueError) as ex:
+        assert re.search(r"\bbias\b", str(ex)), f"big-endian bias rejected without naming it: {ex}"
+    else:
+        assert np.array_equal(np.asarray(out), expected)
+    acc = np.arange(-50, 50, dtype=">i4").reshape(4, 25)
+    try:
+        out = npuq.ops.requantize(acc, multiplier=2**30, exponent=-2)
+    except (TypeError, ValueError) as ex:
+        assert re.search(r"\bacc\b", str(ex)), f"big-endian acc rejected without naming it: {ex}"
+    else:
+        assert np.array_equal(np.asarray(out), R.requantize(acc.astype(np.int32), 2**30, -2))
+
+
+def test_multiplier_unusual_dtypes():
+    # values that only look in range after a narrowing cast must still be rejected
+    _raises(ValueError, "multiplier", conv, multiplier=np.full(6, 2**31, np.uint32))
+    _raises(ValueError, "multiplier", conv, multiplier=np.full(6, 2**32 + 2**30, np.uint64))
+    _raises(ValueError, "exponent", conv, exponent=np.full(6, 2**32 - 8, np.int64))
+    _raises(ValueError, "channel_shift", conv, channel_shift=np.full(6, 256 + 3, np.int64))
+    # a real multiplier passed where the integer M0 belongs
+    _raises((TypeError, ValueError), "multiplier", conv, multiplier=0.5)
+    _raises((TypeError, ValueError), "multiplier", conv, multiplier=np.full(6, 0.5))
+    # small integer dtypes holding valid values are fine
+    out = conv(exponent=np.full(6, -8, np.int8), channel_shift=np.zeros(6, np.uint8))
+    assert np.array_equal(np.asarray(out), R.conv2d(X, W, B, **KW))

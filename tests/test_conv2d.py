@@ -8,8 +8,19 @@ from hypothesis import strategies as st
 
 import npuq
 import reference_numpy as R
-from helpers import BIAS_MODES, DATA_MODES, bias_data, OVERFLOW_STRATEGY, as_int32_params, assert_same, fitting_exponent, int8_data, \
-    requant_params, weight_data
+from helpers import (
+    BIAS_MODES,
+    DATA_MODES,
+    OVERFLOW_STRATEGY,
+    as_int32_params,
+    assert_same,
+    bias_data,
+    fitting_exponent,
+    int8_data,
+    requant_params,
+    scaled_examples,
+    weight_data,
+)
 
 KERNELS = st.sampled_from([1, 2, 3, 3, 4, 5, 7])
 
@@ -98,6 +109,7 @@ def _check_all_paths(x, wt, bias, kwargs, what=""):
             assert_same(expected, fn(), f"{name} {what}")
 
 
+@scaled_examples(10)
 @given(conv_case())
 def test_conv2d_matches_oracle(case):
     x, wt, bias, geometry, params = case
@@ -203,3 +215,34 @@ def test_packed_layer_does_not_alias_inputs():
     wt[...] = 0
     bias[...] = 0
     assert_same(expected, layer(x), "Conv2d after mutating the caller's weights")
+
+
+LARGE_LAYERS = [
+    # (x shape, w shape, geometry): MobileNetV2 at 224x224
+    ((1, 224, 224, 3), (32, 3, 3, 3), dict(stride=2, padding=(0, 1, 0, 1))),
+    ((1, 112, 112, 32), (32, 3, 3, 1), dict(padding=1, groups=32)),
+    ((1, 112, 112, 32), (16, 1, 1, 32), dict()),
+    ((1, 112, 112, 96), (96, 3, 3, 1), dict(stride=2, padding=(0, 1, 0, 1), groups=96)),
+    ((1, 14, 14, 576), (576, 3, 3, 1), dict(padding=1, groups=576)),
+    ((1, 7, 7, 320), (1280, 1, 1, 320), dict()),
+    ((4, 28, 28, 64), (64, 3, 3, 64), dict(padding=1)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("i", range(len(LARGE_LAYERS)))
+def test_large_realistic_layers(i):
+    x_shape, w_shape, geo = LARGE_LAYERS[i]
+    rng = np.random.default_rng(i)
+    x = rng.integers(-128, 128, x_shape, dtype=np.int8)
+    wt = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    bias = rng.integers(-(2**16), 2**16, w_shape[0]).astype(np.int32)
+    geo = dict(geo, input_zero_point=-6)
+    acc = R.conv2d_acc(x, wt, bias, **geo)
+    for rounding in ("double", "single"):
+        kw = dict(geo, **_per_channel_params(rng, acc, w_shape[0], rounding))
+        expected = R.conv2d(x, wt, bias, **kw)
+        for threads in (1, 2):
+            assert_same(expected, npuq.ops.conv2d(x, wt, bias, threads=threads, **kw), f"layer {i} t={threads}")
+        assert_same(expected, npuq.ops.Conv2d(wt, bias, **kw)(x), f"packed layer {i}")
+    assert_same(R.conv2d(x, wt, bias, **kw), npuq.ops.reference.conv2d(x, wt, bias, **kw), f"reference layer {i}")

@@ -10,8 +10,20 @@ from hypothesis import strategies as st
 
 import npuq
 import reference_numpy as R
-from helpers import BIAS_MODES, DATA_MODES, bias_data, OVERFLOW_STRATEGY, ROUNDING_STRATEGY, as_int32_params, assert_same, clamps, \
-    int8_data, requant_params, weight_data
+from helpers import (
+    BIAS_MODES,
+    DATA_MODES,
+    OVERFLOW_STRATEGY,
+    ROUNDING_STRATEGY,
+    as_int32_params,
+    assert_same,
+    bias_data,
+    clamps,
+    int8_data,
+    requant_params,
+    scaled_examples,
+    weight_data,
+)
 
 # ------------------------------------------------------------------------------------------------
 # fully_connected
@@ -36,6 +48,7 @@ def fc_case(draw):
     return x, w, bias, dict(input_zero_point=zx, **params)
 
 
+@scaled_examples(5)
 @given(fc_case())
 def test_fully_connected_matches_oracle(case):
     x, w, bias, kw = case
@@ -107,6 +120,7 @@ def add_case(draw):
     return a, b, kw, scales
 
 
+@scaled_examples(5)
 @given(add_case())
 def test_add_matches_oracle(case):
     a, b, kw, scales = case
@@ -163,6 +177,7 @@ def pool_case(draw):
     return x, kernel, kwargs
 
 
+@scaled_examples(5)
 @given(pool_case())
 def test_avg_pool2d_matches_oracle(case):
     x, kernel, kw = case
@@ -177,6 +192,7 @@ def test_avg_pool2d_matches_oracle(case):
     assert_same(expected, npuq.ops.reference.avg_pool2d(x, kernel, **kw), "npuq.ops.reference.avg_pool2d")
 
 
+@scaled_examples(3)
 @given(st.integers(1, 2), st.integers(1, 16), st.integers(1, 16),
        st.one_of(st.integers(1, 70), st.sampled_from([16, 17, 32, 33, 64, 65])), st.integers(0, 2**32 - 1),
        DATA_MODES, clamps())

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import npuq
 import reference_numpy as R
 from helpers import (
+    scaled_examples,
     EXPONENT_STRATEGY,
     INT32_MAX,
     INT32_MIN,
@@ -76,6 +77,7 @@ def _check_qm(real):
     assert warned == flushed, f"quantize_multiplier({real!r}): flushed={flushed} but warned={warned}"
 
 
+@scaled_examples(10)
 @given(POSITIVE_DOUBLES)
 def test_quantize_multiplier_matches_oracle(real):
     _check_qm(real)
@@ -175,6 +177,7 @@ def requant_case(draw):
     return acc, params
 
 
+@scaled_examples(5)
 @given(requant_case(), st.booleans())
 def test_requantize_matches_oracle(case, int32_params):
     acc, params = case
@@ -185,6 +188,7 @@ def test_requantize_matches_oracle(case, int32_params):
     assert_same(expected, npuq.ops.reference.requantize(acc, **params), "npuq.ops.reference.requantize")
 
 
+@scaled_examples(10)
 @given(INT32_STRATEGY, M0_STRATEGY, EXPONENT_STRATEGY, SHIFT_STRATEGY, ROUNDING_STRATEGY)
 def test_requantize_scalar_params_full_range(acc, m0, e, s, rounding):
     """One accumulator, every (M0, e, s) combination; the raw r is made visible via a 1-channel array."""
@@ -194,6 +198,7 @@ def test_requantize_scalar_params_full_range(acc, m0, e, s, rounding):
     assert_same(expected, got, f"requantize(acc={acc}, M0={m0}, e={e}, s={s}, {rounding})")
 
 
+@scaled_examples(3)
 @given(st.integers(-128, 127), M0_STRATEGY, EXPONENT_STRATEGY, ROUNDING_STRATEGY)
 def test_requantize_int32_extremes(zp, m0, e, rounding):
     acc = np.array([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX - 1, INT32_MAX], np.int32)

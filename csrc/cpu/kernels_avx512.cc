@@ -25,22 +25,36 @@ namespace avx512 {
 #include "kernels_generic.inc"
 
 // Requantizes 16 int32 lanes (docs/arithmetic.md section 3); requires every ec in [-31, 0].
+// Per-channel constants are derived once per block of 16 channels, not once per vector.
 struct Requant16 {
-  __m512i m0, right, t, lo, hi, zp;
+  __m512i m0, m0_odd, right, mask, half_mask, t_even, t_odd, half_even, half_odd, lo, hi, zp;
   bool single;
 };
+
+static inline void derive_requant(Requant16& q, __m512i ec, int32_t zero_point, int32_t act_min, int32_t act_max,
+                                  fp::Rounding rounding) {
+  const __m512i one = _mm512_set1_epi32(1);
+  q.m0_odd = _mm512_srli_epi64(q.m0, 32);
+  q.right = _mm512_sub_epi32(_mm512_setzero_si512(), ec);
+  q.mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, q.right), one);
+  q.half_mask = _mm512_srli_epi32(q.mask, 1);
+  const __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(31), ec);
+  const __m512i one64 = _mm512_set1_epi64(1);
+  q.t_even = _mm512_and_si512(t, _mm512_set1_epi64(0xFFFFFFFFLL));
+  q.t_odd = _mm512_srli_epi64(t, 32);
+  q.half_even = _mm512_sllv_epi64(one64, _mm512_sub_epi64(q.t_even, one64));
+  q.half_odd = _mm512_sllv_epi64(one64, _mm512_sub_epi64(q.t_odd, one64));
+  // clamp(r + z, act_min, act_max) == clamp(r, act_min - z, act_max - z) + z, and the latter cannot overflow.
+  q.lo = _mm512_set1_epi32(act_min - zero_point);
+  q.hi = _mm512_set1_epi32(act_max - zero_point);
+  q.zp = _mm512_set1_epi32(zero_point);
+  q.single = rounding == fp::Rounding::kSingle;
+}
 
 static inline Requant16 load_requant(const ChannelConstants& cc, int64_t c) {
   Requant16 q;
   q.m0 = _mm512_loadu_si512(cc.m0.data() + c);
-  const __m512i ec = _mm512_loadu_si512(cc.ec.data() + c);
-  q.right = _mm512_sub_epi32(_mm512_setzero_si512(), ec);
-  q.t = _mm512_sub_epi32(_mm512_set1_epi32(31), ec);
-  // clamp(r + z, lo_act, hi_act) == clamp(r, lo_act - z, hi_act - z) + z, and the latter cannot overflow.
-  q.lo = _mm512_set1_epi32(cc.act_min - cc.zero_point);
-  q.hi = _mm512_set1_epi32(cc.act_max - cc.zero_point);
-  q.zp = _mm512_set1_epi32(cc.zero_point);
-  q.single = cc.rounding == fp::Rounding::kSingle;
+  derive_requant(q, _mm512_loadu_si512(cc.ec.data() + c), cc.zero_point, cc.act_min, cc.act_max, cc.rounding);
   return q;
 }
 
@@ -49,37 +63,46 @@ static inline __m512i join_even_odd(__m512i even, __m512i odd) {
   return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
-static inline __m512i requant16(__m512i acc, const Requant16& q) {
-  const __m512i acc_odd = _mm512_srli_epi64(acc, 32);
-  const __m512i m0_odd = _mm512_srli_epi64(q.m0, 32);
+// The multiplier stage only (before the zero point and the clamp).
+static inline __m512i multiply16(__m512i acc, const Requant16& q) {
   const __m512i p_even = _mm512_mul_epi32(acc, q.m0);  // exact signed 32 x 32 -> 64
-  const __m512i p_odd = _mm512_mul_epi32(acc_odd, m0_odd);
+  const __m512i p_odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), q.m0_odd);
   __m512i r;
   if (!q.single) {
     // SRDHM = floor((p + 2^30) / 2^31); M0 >= 0 excludes the INT32_MIN * INT32_MIN case.
     const __m512i nudge = _mm512_set1_epi64(int64_t{1} << 30);
     const __m512i h = join_even_odd(_mm512_srai_epi64(_mm512_add_epi64(p_even, nudge), 31),
                                     _mm512_srai_epi64(_mm512_add_epi64(p_odd, nudge), 31));
-    // RDBPOT(h, right), right in [0, 31].
-    const __m512i one = _mm512_set1_epi32(1);
-    const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, q.right), one);
-    const __m512i rem = _mm512_and_si512(h, mask);
-    const __m512i threshold = _mm512_sub_epi32(_mm512_srli_epi32(mask, 1), _mm512_srai_epi32(h, 31));
+    // RDBPOT(h, right), right in [0, 31]: floor plus one when the remainder exceeds the threshold.
+    const __m512i rem = _mm512_and_si512(h, q.mask);
+    const __m512i threshold = _mm512_sub_epi32(q.half_mask, _mm512_srai_epi32(h, 31));
     r = _mm512_srav_epi32(h, q.right);
-    r = _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, threshold), r, one);
+    r = _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, threshold), r, _mm512_set1_epi32(1));
   } else {
     // floor((p + 2^(t-1)) / 2^t), t in [31, 62]: the quotient fits int32.
-    const __m512i low = _mm512_set1_epi64(0xFFFFFFFFLL);
-    const __m512i t_even = _mm512_and_si512(q.t, low);
-    const __m512i t_odd = _mm512_srli_epi64(q.t, 32);
-    const __m512i one64 = _mm512_set1_epi64(1);
-    const __m512i half_even = _mm512_sllv_epi64(one64, _mm512_sub_epi64(t_even, one64));
-    const __m512i half_odd = _mm512_sllv_epi64(one64, _mm512_sub_epi64(t_odd, one64));
-    r = join_even_odd(_mm512_srav_epi64(_mm512_add_epi64(p_even, half_even), t_even),
-                      _mm512_srav_epi64(_mm512_add_epi64(p_odd, half_odd), t_odd));
+    r = join_even_odd(_mm512_srav_epi64(_mm512_add_epi64(p_even, q.half_even), q.t_even),
+                      _mm512_srav_epi64(_mm512_add_epi64(p_odd, q.half_odd), q.t_odd));
   }
-  r = _mm512_min_epi32(_mm512_max_epi32(r, q.lo), q.hi);
+  return r;
+}
+
+static inline __m512i requant16(__m512i acc, const Requant16& q) {
+  const __m512i r = _mm512_min_epi32(_mm512_max_epi32(multiply16(acc, q), q.lo), q.hi);
   return _mm512_add_epi32(r, q.zp);
+}
+
+// Output stage of 64 consecutive channels with saturating packs: clamp(r + z, act_min, act_max) equals
+// clamp(sat8(sat16(sat16(r) + z)), act_min, act_max) because every saturation keeps the side of the
+// activation range a value lies on.
+static inline void store64(int8_t* dst, __m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i zp16,
+                           __m512i act_min8, __m512i act_max8) {
+  const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(r0, r1), zp16);
+  const __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(r2, r3), zp16);
+  // packs interleave 128-bit lanes: dword 4k + m holds channels 4k..4k+3 of vector m.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m512i b = _mm512_permutexvar_epi32(order, _mm512_packs_epi16(p01, p23));
+  b = _mm512_min_epi8(_mm512_max_epi8(b, act_min8), act_max8);
+  _mm512_storeu_si512(dst, b);
 }
 
 static inline void store16(int8_t* dst, __m512i v, __mmask16 mask) {
@@ -134,6 +157,25 @@ static void gemm_block(const GemmTile& t, int64_t row0, int64_t rows, int64_t n0
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, bv[v]);
     }
   }
+  // The epilogue indexes rows at run time; handing it a copy made once keeps the accumulators of the
+  // loop above in registers (otherwise GCC stores them to memory on every step).
+  __m512i result[MR][NV];
+#pragma GCC unroll 24
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_store_si512(&result[r][v], acc[r][v]);
+  if (NV == 4 && cc.vector_ok && t.n_end - n0 >= 64) {
+    Requant16 q[4];
+    for (int v = 0; v < 4; ++v) q[v] = load_requant(cc, n0 + 16 * v);
+    const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(cc.zero_point));
+    const __m512i lo8 = _mm512_set1_epi8(static_cast<char>(cc.act_min));
+    const __m512i hi8 = _mm512_set1_epi8(static_cast<char>(cc.act_max));
+    for (int r = 0; r < MR && r < rows; ++r)
+      store64(t.out + (row0 + r) * t.out_stride + n0, multiply16(result[r][0], q[0]),
+              multiply16(result[r][NV > 1 ? 1 : 0], q[1]), multiply16(result[r][NV > 2 ? 2 : 0], q[2]),
+              multiply16(result[r][NV > 3 ? 3 : 0], q[3]), zp16, lo8, hi8);
+    return;
+  }
   for (int v = 0; v < NV; ++v) {
     const int64_t c = n0 + 16 * v;
     const int64_t valid = t.n_end - c;
@@ -142,10 +184,10 @@ static void gemm_block(const GemmTile& t, int64_t row0, int64_t rows, int64_t n0
     if (cc.vector_ok) {
       const Requant16 q = load_requant(cc, c);
       for (int r = 0; r < MR && r < rows; ++r)
-        store16(t.out + (row0 + r) * t.out_stride + c, requant16(acc[r][v], q), mask);
+        store16(t.out + (row0 + r) * t.out_stride + c, requant16(result[r][v], q), mask);
     } else {
       for (int r = 0; r < MR && r < rows; ++r)
-        requant16_scalar(acc[r][v], cc, c, t.out + (row0 + r) * t.out_stride + c, valid < 16 ? valid : 16);
+        requant16_scalar(result[r][v], cc, c, t.out + (row0 + r) * t.out_stride + c, valid < 16 ? valid : 16);
     }
   }
 }
@@ -187,7 +229,15 @@ static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row) {
   const int64_t pw = depthwise_padded_width(s);
   const __m512i zp = _mm512_set1_epi32(job.input_zero_point);
   const int8_t* xrow = job.x + (job.image * s.in_h + ih) * s.in_w * C;
+  const int64_t pairs = job.weights->pairs;
   for (int64_t iwp = 0; iwp < pw; ++iwp) {
+    // With a stride > 1 some columns start no pair of any output: skip them.
+    bool needed = s.stride_w == 1;
+    for (int64_t j = 0; j < pairs && !needed; ++j) {
+      const int64_t r = iwp - 2 * j * s.dilation_w;
+      needed = r >= 0 && r % s.stride_w == 0 && r / s.stride_w < s.out_w;
+    }
+    if (!needed) continue;
     const int64_t iw0 = iwp - s.pad_left, iw1 = iw0 + s.dilation_w;
     const bool in0 = iw0 >= 0 && iw0 < s.in_w, in1 = iw1 >= 0 && iw1 < s.in_w;
     int16_t* dst = row + iwp * c16 * 2;
@@ -302,13 +352,7 @@ static void vnni_requantize_rows(const int32_t* acc, int64_t rows, int8_t* out, 
     }
     Requant16 q;
     q.m0 = _mm512_load_si512(m0);
-    const __m512i e = _mm512_load_si512(ec);
-    q.right = _mm512_sub_epi32(_mm512_setzero_si512(), e);
-    q.t = _mm512_sub_epi32(_mm512_set1_epi32(31), e);
-    q.lo = _mm512_set1_epi32(r.act_min - r.zero_point);
-    q.hi = _mm512_set1_epi32(r.act_max - r.zero_point);
-    q.zp = _mm512_set1_epi32(r.zero_point);
-    q.single = r.rounding == fp::Rounding::kSingle;
+    derive_requant(q, _mm512_load_si512(ec), r.zero_point, r.act_min, r.act_max, r.rounding);
     const __mmask16 mask = tail_mask(valid);
     for (int64_t i = 0; i < rows; ++i)
       store16(out + i * C + c, requant16(_mm512_maskz_loadu_epi32(mask, acc + i * C + c), q), mask);
