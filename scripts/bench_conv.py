@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,7 @@ IMPL_DESC = {
 QUICK_IDS = ("stem3-32_224x224_s2", "dw32-32_112x112_s1", "dw96-96_112x112_s2", "pw16-96_112x112_s1",
              "pw96-24_56x56_s1", "dw576-576_14x14_s1", "pw320-1280_7x7_s1")
 MACS_PER_CYCLE_VNNI512 = 64
+BUSY = 0.05  # background CPU share above which a row counts as disturbed
 
 
 # ------------------------------------------------------------------------------------------ machine
@@ -132,6 +134,56 @@ def cpu_flags() -> set:
     return set(m.group(1).split()) if m else set()
 
 
+class LoadMeter:
+    """CPU time used by *other* processes while a block runs, as a fraction of all CPUs: the busy time of
+    /proc/stat minus this process's own user+system time. The machine is shared; rows measured while
+    something else ran are not trustworthy."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ncpu = os.cpu_count() or 1
+        self.start()
+
+    @staticmethod
+    def _stat():
+        line = _read("/proc/stat").splitlines()[:1]
+        if not line or not line[0].startswith("cpu "):
+            return None
+        v = [int(x) for x in line[0].split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v[:8]) - idle  # busy jiffies (user nice system idle iowait irq softirq steal)
+
+    @staticmethod
+    def _own():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self):
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._stat(), self._own()
+
+    def background_fraction(self) -> Optional[float]:
+        busy = self._stat()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        if wall <= 0:
+            return None
+        foreign = (busy - self.busy0) / self.hz - (self._own() - self.own0)
+        return max(0.0, foreign / (wall * self.ncpu))
+
+
+def wait_idle(max_wait: float, threshold: float = 0.05, probe: float = 1.0) -> Optional[float]:
+    """Sleep until other processes use < threshold of the CPUs (probed over ``probe`` s), at most
+    ``max_wait`` s. Returns the last background fraction."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        m = LoadMeter()
+        time.sleep(probe)
+        bg = m.background_fraction()
+        if bg is None or bg < threshold or time.perf_counter() >= deadline:
+            return bg
+
+
 # ------------------------------------------------------------------------------------------- timing
 def measure(fn: Callable[[], Any], repeats: int, min_time: float, warmup_time: float) -> Dict[str, Any]:
     """Warm up for >= warmup_time (and >= 2 calls), then ``repeats`` samples of ``loops`` calls each,
@@ -172,17 +224,17 @@ def geomean(values: List[float]) -> Optional[float]:
 # -------------------------------------------------------------------------------------------- table
 ROW_FMT = ("{kind:<9} {shape:<24} {count:>2} {mmac:>7} | {t_npuq:>8} {t_t8cl:>8} {t_t8nchw:>8} {t_fp32:>8} | "
            "{g_npuq:>6} {g_t8cl:>6} {g_t8nchw:>6} {g_fp32:>6} | {p_npuq:>5} {p_t8cl:>5} | "
-           "{s_t8:>6} {s_fp32:>6} | {check:<8} {ref:>8} {dt8:>4}")
+           "{s_t8:>6} {s_fp32:>6} | {check:<8} {ref:>8} {dt8:>4} {bg:>4}")
 
 
 def header() -> str:
     top = ROW_FMT.format(kind="", shape="", count="", mmac="", t_npuq="time ms:", t_t8cl="", t_t8nchw="",
                          t_fp32="", g_npuq="GMAC/s", g_t8cl="", g_t8nchw="", g_fp32="", p_npuq="%peak",
-                         p_t8cl="", s_t8="speedup", s_fp32="", check="check", ref="", dt8="")
+                         p_t8cl="", s_t8="speedup", s_fp32="", check="check", ref="", dt8="", bg="")
     sub = ROW_FMT.format(kind="kind", shape="shape (k, C, H x W, s)", count="n", mmac="MMAC", t_npuq="npuq",
                          t_t8cl="t8_cl", t_t8nchw="t8_nchw", t_fp32="fp32", g_npuq="npuq", g_t8cl="t8_cl",
                          g_t8nchw="t8nchw", g_fp32="fp32", p_npuq="npuq", p_t8cl="t8_cl", s_t8="t8/np",
-                         s_fp32="f32/np", check="vs ref", ref="ref ms", dt8="dt8")
+                         s_fp32="f32/np", check="vs ref", ref="ref ms", dt8="dt8", bg="bg%")
     return top.rstrip() + "\n" + sub + "\n" + "-" * len(sub)
 
 
@@ -213,7 +265,8 @@ def format_row(r: Dict[str, Any]) -> str:
         p_t8cl=_f(None if p["t8_cl"] is None else 100 * p["t8_cl"], ".1f"),
         s_t8=_f(r["speedup_t8"], ".2f"), s_fp32=_f(r["speedup_fp32"], ".2f"),
         check=chk["status"], ref=_ms(chk.get("ref_time_s")),
-        dt8="n/a" if r.get("max_diff_vs_t8") is None else str(r["max_diff_vs_t8"]))
+        dt8="n/a" if r.get("max_diff_vs_t8") is None else str(r["max_diff_vs_t8"]),
+        bg="n/a" if r.get("background_load") is None else f"{100 * r['background_load']:.0f}")
 
 
 # ---------------------------------------------------------------------------------------- benchmark
@@ -261,6 +314,7 @@ def check_npuq(data: cc.ConvData, y: np.ndarray, npuq, ref_time_b1: Optional[flo
 
 def bench_layer(layer: ConvLayer, batch: int, npuq, args, peak_gmacs: Optional[float],
                 ref_time_b1: Dict[str, float]) -> Dict[str, Any]:
+    meter = LoadMeter()
     data = cc.make_conv_data(layer, batch, seed=args.seed)
     macs = data.macs
     res: Dict[str, Any] = {"layer": layer_dict(layer), "batch": batch, "macs": macs, "impls": {},
@@ -295,6 +349,7 @@ def bench_layer(layer: ConvLayer, batch: int, npuq, args, peak_gmacs: Optional[f
     res["speedup_fp32"] = tf / tn if (tn and tf) else None
     if "npuq" in first_out and "t8_cl" in first_out:
         res["max_diff_vs_t8"] = cc.max_abs_diff_npuq_vs_torch(first_out["npuq"], first_out["t8_cl"])
+    res["background_load"] = meter.background_fraction()
     return res
 
 
@@ -406,6 +461,14 @@ def main(argv=None) -> int:
     ap.add_argument("--check-max-seconds", type=float, default=5.0,
                     help="check batches > 1 only when the reference is predicted (from batch 1) to take "
                          "at most this long (default 5)")
+    ap.add_argument("--wait-idle", type=float, default=60.0, metavar="SEC",
+                    help="before starting, wait up to SEC seconds for other processes to leave the CPUs idle "
+                         "(default 60; 0: don't wait)")
+    ap.add_argument("--busy-retries", type=int, default=2,
+                    help="re-measure a row up to this many times (after waiting for idle CPUs) when other "
+                         "processes used >= 5%% of the CPUs while it ran (default 2)")
+    ap.add_argument("--max-wait-total", type=float, default=300.0, metavar="SEC",
+                    help="give up waiting for idle CPUs after this many seconds in total (default 300)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -458,22 +521,37 @@ def main(argv=None) -> int:
     print("columns  : " + "; ".join(f"{k} = {v}" for k, v in IMPL_DESC.items()))
     print("           speedup t8/np = t8_cl time / npuq time, f32/np = fp32 time / npuq time (>1: npuq faster);"
           " 'npuq vs ref' = bit-exact check against npuq.ops.reference.conv2d, 'ref ms' = its time;"
-          " dt8 = max |npuq - torch int8| output difference in LSB (informational)")
+          " dt8 = max |npuq - torch int8| output difference in LSB (informational);"
+          " bg% = CPU share used by other processes while the row ran (should be 0)")
     print()
 
+    if args.wait_idle > 0:
+        bg = wait_idle(args.wait_idle)
+        if bg is not None and bg >= BUSY:
+            print(f"WARNING: other processes use {100 * bg:.0f}% of the CPUs; timings will be disturbed")
     results: List[Dict[str, Any]] = []
     ref_time_b1: Dict[str, float] = {}
     total = len(layers) * len(args.batch)
     bar = tqdm(total=total, unit="layer", leave=False, file=sys.stderr) if tqdm is not None else None
     out = bar.write if bar is not None else print
     t_start = time.perf_counter()
+    waited = 0.0
     for b in sorted(args.batch):
         out(f"batch {b}")
         out(header())
         for layer in layers:
             if bar is not None:
                 bar.set_description(f"b{b} {layer.id}")
-            r = bench_layer(layer, b, npuq, args, peak, ref_time_b1)
+            for attempt in range(args.busy_retries + 1):
+                r = bench_layer(layer, b, npuq, args, peak, ref_time_b1)
+                bg = r.get("background_load")
+                if bg is None or bg < BUSY or attempt == args.busy_retries or waited >= args.max_wait_total:
+                    break
+                # Something else ran on the (shared) CPUs meanwhile: wait for quiet and measure again.
+                t_wait = time.perf_counter()
+                wait_idle(min(args.wait_idle, args.max_wait_total - waited))
+                waited += time.perf_counter() - t_wait
+            r["attempts"] = attempt + 1
             results.append(r)
             out(format_row(r))
             if bar is None:
@@ -504,9 +582,13 @@ def main(argv=None) -> int:
         print("note: dt8 > 1 on depthwise layers is torch's, not npuq's: fbgemm's depthwise kernel sums pairs"
               " of u8*s8 products in saturating int16 (vpmaddubsw), which overflows for full-range 8-bit"
               " activations (torch's x86 qconfigs use reduce_range to avoid it).")
+    busy = [r for r in results if (r.get("background_load") or 0) >= BUSY]
+    if busy:
+        print(f"WARNING: {len(busy)} rows were measured while other processes used >= 5% of the CPUs (bg%):"
+              " " + ", ".join(f"{r['layer']['id']}/b{r['batch']}" for r in busy) + "; rerun them (--layers)")
     checked = sum(1 for r in results if r["check"]["status"] == "exact")
     print(f"{checked} of {len(results)} layer/batch cases checked bit-exact against the reference; "
-          f"{len(failures)} failed. Total run {elapsed:.0f} s.")
+          f"{len(failures)} failed. Total run {elapsed:.0f} s ({waited:.0f} s of it waiting for idle CPUs).")
 
     if args.json:
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv,
@@ -517,7 +599,7 @@ def main(argv=None) -> int:
                 "npuq_version": getattr(npuq, "__version__", None) if npuq else None,
                 "npuq_arithmetic_version": getattr(npuq, "ARITHMETIC_VERSION", None) if npuq else None,
                 "npuq_cpu_features": features if isinstance(features, (dict, list, str, type(None))) else str(features),
-                "impls": IMPL_DESC, "elapsed_s": elapsed}
+                "impls": IMPL_DESC, "elapsed_s": elapsed, "waited_for_idle_s": waited}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results, "summary": summary}, f, indent=1, default=str)
         print(f"JSON written to {args.json}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -174,3 +175,26 @@ def assert_same(expected, actual, what=""):
         raise AssertionError(
             f"{what}: {len(bad)} of {expected.size} values differ; first at {i}: expected {expected[i]}, got {actual[i]}"
         )
+
+
+def isa_threads():
+    """Strategy: (ISA to force or None for "auto", threads keyword).  Call from modules that import npuq."""
+    import npuq
+
+    isas = tuple(npuq.cpu_features()["supported"])
+    return st.tuples(st.sampled_from((None,) + isas), st.sampled_from([None, 1, 2, 3]))
+
+
+@contextlib.contextmanager
+def using_isa(isa):
+    """Force an instruction set for the block (None: leave "auto"), always restoring "auto"."""
+    import npuq
+
+    if isa is None:
+        yield
+        return
+    npuq.set_isa(isa)
+    try:
+        yield
+    finally:
+        npuq.set_isa("auto")

@@ -17,8 +17,10 @@ from helpers import (
     bias_data,
     fitting_exponent,
     int8_data,
+    isa_threads,
     requant_params,
     scaled_examples,
+    using_isa,
     weight_data,
 )
 
@@ -41,8 +43,14 @@ def _pair_arg(draw, h, w):
 
 @st.composite
 def conv_case(draw):
-    kind = draw(st.sampled_from(["general", "general", "depthwise", "depthwise", "pointwise"]))
-    if kind == "general":
+    kind = draw(st.sampled_from(["general", "general", "wide", "depthwise", "depthwise", "pointwise"]))
+    if kind == "wide":
+        # many channels on a small image: output-channel blocks and reduction tails of the GEMM kernels
+        groups = draw(st.sampled_from([1, 1, 2]))
+        cig = draw(st.one_of(st.integers(1, 80), st.sampled_from([4, 16, 31, 32, 33, 63, 64, 65])))
+        og = draw(st.one_of(st.integers(1, 130), st.sampled_from([16, 17, 31, 32, 33, 63, 64, 65, 128, 129])))
+        c_in, c_out = groups * cig, groups * og
+    elif kind == "general":
         groups = draw(st.sampled_from([1, 1, 2, 3, 4]))
         cig = draw(st.integers(1, 9))
         og = draw(st.integers(1, 9))
@@ -59,6 +67,9 @@ def conv_case(draw):
     if kind == "pointwise":
         kh = kw = 1
         dh = dw = 1
+    elif kind == "wide":
+        kh, kw = draw(st.sampled_from([1, 2, 3])), draw(st.sampled_from([1, 2, 3]))
+        dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     else:
         kh, kw = draw(KERNELS), draw(KERNELS)
         max_d = 3 if max(kh, kw) <= 4 else (2 if max(kh, kw) <= 5 else 1)
@@ -68,8 +79,9 @@ def conv_case(draw):
     pad = tuple(draw(st.integers(0, ext - 1)) for ext in (ext_h, ext_h, ext_w, ext_w))
     min_h = max(1, ext_h - pad[0] - pad[1])
     min_w = max(1, ext_w - pad[2] - pad[3])
-    h = draw(st.integers(min_h, min_h + 6))
-    w = draw(st.integers(min_w, min_w + 6))
+    grow = 3 if kind == "wide" else 6
+    h = draw(st.integers(min_h, min_h + grow))
+    w = draw(st.integers(min_w, min_w + grow))
     n = draw(st.integers(1, 2))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = int8_data(rng, (n, h, w, c_in), draw(DATA_MODES))
@@ -93,27 +105,37 @@ def _expect(x, wt, bias, kwargs):
         return OverflowError
 
 
-def _check_all_paths(x, wt, bias, kwargs, what=""):
+def _check_all_paths(x, wt, bias, kwargs, what="", isa=None, threads=None):
     expected = _expect(x, wt, bias, kwargs)
-    layer_kwargs = dict(kwargs)
+    fast_kwargs = dict(kwargs) if threads is None else dict(kwargs, threads=threads)
     paths = [
-        ("npuq.ops.conv2d", lambda: npuq.ops.conv2d(x, wt, bias, **kwargs)),
+        ("npuq.ops.conv2d", lambda: npuq.ops.conv2d(x, wt, bias, **fast_kwargs)),
         ("npuq.ops.reference.conv2d", lambda: npuq.ops.reference.conv2d(x, wt, bias, **kwargs)),
-        ("npuq.ops.Conv2d", lambda: npuq.ops.Conv2d(wt, bias, **layer_kwargs)(x)),
+        ("npuq.ops.Conv2d", lambda: npuq.ops.Conv2d(wt, bias, **fast_kwargs)(x)),
     ]
-    for name, fn in paths:
-        if expected is OverflowError:
-            with pytest.raises(OverflowError):
-                fn()
-        else:
-            assert_same(expected, fn(), f"{name} {what}")
+    with using_isa(isa):
+        for name, fn in paths:
+            if expected is OverflowError:
+                with pytest.raises(OverflowError):
+                    fn()
+            else:
+                assert_same(expected, fn(), f"{name} {what} isa={isa} threads={threads}")
 
 
 @scaled_examples(10)
-@given(conv_case())
-def test_conv2d_matches_oracle(case):
+@given(conv_case(), isa_threads())
+def test_conv2d_matches_oracle(case, isa_and_threads):
     x, wt, bias, geometry, params = case
-    _check_all_paths(x, wt, bias, {**geometry, **params})
+    _check_all_paths(x, wt, bias, {**geometry, **params}, "", *isa_and_threads)
+
+
+@pytest.mark.slow
+@scaled_examples(100)
+@given(conv_case(), isa_threads())
+def test_conv2d_matches_oracle_soak(case, isa_and_threads):
+    """The same property, 10x longer (run with --runslow)."""
+    x, wt, bias, geometry, params = case
+    _check_all_paths(x, wt, bias, {**geometry, **params}, "", *isa_and_threads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +251,6 @@ LARGE_LAYERS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(LARGE_LAYERS)))
 def test_large_realistic_layers(i):
     x_shape, w_shape, geo = LARGE_LAYERS[i]

@@ -20,8 +20,10 @@ from helpers import (
     bias_data,
     clamps,
     int8_data,
+    isa_threads,
     requant_params,
     scaled_examples,
+    using_isa,
     weight_data,
 )
 
@@ -49,24 +51,26 @@ def fc_case(draw):
 
 
 @scaled_examples(5)
-@given(fc_case())
-def test_fully_connected_matches_oracle(case):
+@given(fc_case(), isa_threads())
+def test_fully_connected_matches_oracle(case, isa_and_threads):
     x, w, bias, kw = case
+    isa, threads = isa_and_threads
     try:
         expected = R.fully_connected(x, w, bias, **kw)
     except OverflowError:
         expected = None
     paths = [
-        ("npuq.ops.fully_connected", lambda: npuq.ops.fully_connected(x, w, bias, **kw)),
+        ("npuq.ops.fully_connected", lambda: npuq.ops.fully_connected(x, w, bias, threads=threads, **kw)),
         ("npuq.ops.reference.fully_connected", lambda: npuq.ops.reference.fully_connected(x, w, bias, **kw)),
-        ("npuq.ops.FullyConnected", lambda: npuq.ops.FullyConnected(w, bias, **kw)(x)),
+        ("npuq.ops.FullyConnected", lambda: npuq.ops.FullyConnected(w, bias, threads=threads, **kw)(x)),
     ]
-    for name, fn in paths:
-        if expected is None:
-            with pytest.raises(OverflowError):
-                fn()
-        else:
-            assert_same(expected, fn(), name)
+    with using_isa(isa):
+        for name, fn in paths:
+            if expected is None:
+                with pytest.raises(OverflowError):
+                    fn()
+            else:
+                assert_same(expected, fn(), f"{name} isa={isa} threads={threads}")
 
 
 def test_fully_connected_equals_1x1_conv():
@@ -121,16 +125,18 @@ def add_case(draw):
 
 
 @scaled_examples(5)
-@given(add_case())
-def test_add_matches_oracle(case):
+@given(add_case(), isa_threads())
+def test_add_matches_oracle(case, isa_and_threads):
     a, b, kw, scales = case
+    isa, threads = isa_and_threads
     if scales is not None:
         got = npuq.ops.add_params(*scales[:3], left_shift=scales[3])
         expect = R.add_params(*scales)
         for key, val in expect.items():
             assert int(got[key]) == val, f"add_params{scales}[{key}] = {got[key]}, expected {val}"
     expected = R.add(a, b, **kw)
-    assert_same(expected, npuq.ops.add(a, b, **kw), "npuq.ops.add")
+    with using_isa(isa):
+        assert_same(expected, npuq.ops.add(a, b, threads=threads, **kw), f"npuq.ops.add isa={isa} threads={threads}")
     assert_same(expected, npuq.ops.reference.add(a, b, **kw), "npuq.ops.reference.add")
 
 
@@ -178,9 +184,10 @@ def pool_case(draw):
 
 
 @scaled_examples(5)
-@given(pool_case())
-def test_avg_pool2d_matches_oracle(case):
+@given(pool_case(), isa_threads())
+def test_avg_pool2d_matches_oracle(case, isa_and_threads):
     x, kernel, kw = case
+    isa, threads = isa_and_threads
     if kw["stride"] is None:
         # ops.md lists stride=None without saying more; test it as the usual "stride = kernel" and pass the
         # explicit stride to the oracle
@@ -188,20 +195,25 @@ def test_avg_pool2d_matches_oracle(case):
     else:
         kw_oracle = kw
     expected = R.avg_pool2d(x, kernel, **kw_oracle)
-    assert_same(expected, npuq.ops.avg_pool2d(x, kernel, **kw), "npuq.ops.avg_pool2d")
+    with using_isa(isa):
+        assert_same(expected, npuq.ops.avg_pool2d(x, kernel, threads=threads, **kw),
+                    f"npuq.ops.avg_pool2d isa={isa} threads={threads}")
     assert_same(expected, npuq.ops.reference.avg_pool2d(x, kernel, **kw), "npuq.ops.reference.avg_pool2d")
 
 
 @scaled_examples(3)
 @given(st.integers(1, 2), st.integers(1, 16), st.integers(1, 16),
        st.one_of(st.integers(1, 70), st.sampled_from([16, 17, 32, 33, 64, 65])), st.integers(0, 2**32 - 1),
-       DATA_MODES, clamps())
-def test_global_avg_pool_matches_oracle(n, h, w, c, seed, mode, clamp):
+       DATA_MODES, clamps(), isa_threads())
+def test_global_avg_pool_matches_oracle(n, h, w, c, seed, mode, clamp, isa_and_threads):
+    isa, threads = isa_and_threads
     x = int8_data(np.random.default_rng(seed), (n, h, w, c), mode)
     _, lo, hi = clamp
     expected = R.global_avg_pool(x, act_min=lo, act_max=hi)
     assert expected.shape == (n, 1, 1, c)
-    assert_same(expected, npuq.ops.global_avg_pool(x, act_min=lo, act_max=hi), "npuq.ops.global_avg_pool")
+    with using_isa(isa):
+        assert_same(expected, npuq.ops.global_avg_pool(x, act_min=lo, act_max=hi, threads=threads),
+                    f"npuq.ops.global_avg_pool isa={isa} threads={threads}")
     assert_same(expected, npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi),
                 "npuq.ops.reference.global_avg_pool")
 

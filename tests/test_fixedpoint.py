@@ -23,6 +23,8 @@ from helpers import (
     as_int32_params,
     assert_same,
     clamps,
+    isa_threads,
+    using_isa,
 )
 
 # ------------------------------------------------------------------------------------------------
@@ -178,13 +180,16 @@ def requant_case(draw):
 
 
 @scaled_examples(5)
-@given(requant_case(), st.booleans())
-def test_requantize_matches_oracle(case, int32_params):
+@given(requant_case(), st.booleans(), isa_threads())
+def test_requantize_matches_oracle(case, int32_params, isa_and_threads):
     acc, params = case
+    isa, threads = isa_and_threads
     expected = R.requantize(acc, **params)
     if int32_params:
         params = as_int32_params(params)
-    assert_same(expected, npuq.ops.requantize(acc, **params), "npuq.ops.requantize")
+    with using_isa(isa):
+        assert_same(expected, npuq.ops.requantize(acc, threads=threads, **params),
+                    f"npuq.ops.requantize isa={isa} threads={threads}")
     assert_same(expected, npuq.ops.reference.requantize(acc, **params), "npuq.ops.reference.requantize")
 
 
@@ -225,3 +230,24 @@ def test_requantize_large_tensor_matches_oracle():
             got = npuq.ops.requantize(acc, multiplier=m0, exponent=e, channel_shift=s, output_zero_point=3,
                                       rounding=rounding)
             assert_same(expected, got, f"c={c} {rounding}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_requantize_every_exponent_and_shift(rounding):
+    """Every (e, s_c) pair of the whole range, many accumulators and mantissas each (run with --runslow)."""
+    rng = np.random.default_rng(0 if rounding == "double" else 1)
+    e_all, s_all = np.meshgrid(np.arange(-31, 31), np.arange(0, 16), indexing="ij")
+    e_all, s_all = e_all.ravel(), s_all.ravel()  # 992 channels
+    c = e_all.size
+    edges = np.array([INT32_MIN, INT32_MIN + 1, -(2**30), -1, 0, 1, 2**30, INT32_MAX - 1, INT32_MAX])
+    acc = np.concatenate([np.repeat(edges[:, None], c, 1),
+                          rng.integers(INT32_MIN, INT32_MAX, (300, c), endpoint=True),
+                          rng.integers(-(2**16), 2**16, (300, c))]).astype(np.int32)
+    for m0 in (2**30, 2**31 - 1, 1610612736, rng.integers(2**30, 2**31, c)):
+        m0 = np.broadcast_to(np.asarray(m0, np.int64), (c,)).copy()
+        for zp in (0, -128, 127):
+            expected = R.requantize(acc, m0, e_all, s_all, output_zero_point=zp, rounding=rounding)
+            got = npuq.ops.requantize(acc, multiplier=m0, exponent=e_all, channel_shift=s_all,
+                                      output_zero_point=zp, rounding=rounding)
+            assert_same(expected, got, f"m0={m0[0]} zp={zp}")

@@ -156,11 +156,12 @@ class PyConv2dPlan {
                std::array<int64_t, 4> padding, std::array<int64_t, 2> dilation, int64_t groups,
                int32_t input_zero_point, const py::array& m0, const py::array& exponent, const py::object& shift,
                int32_t output_zero_point, int32_t act_min, int32_t act_max, const std::string& rounding,
-               const std::string& overflow) {
+               const std::string& overflow, bool fully_connected) {
     ConvLayer l = conv_layer(weight, bias, in_c, stride, padding, dilation, groups);
     RequantArrays r = requant_from(m0, exponent, shift, l.shape.out_c, output_zero_point, act_min, act_max, rounding);
     plan_ = std::make_unique<cpu::Conv2dPlan>(l.shape, static_cast<const int8_t*>(weight.data()), bias_ptr(bias),
-                                              input_zero_point, r.params, parse_overflow(overflow));
+                                              input_zero_point, r.params, parse_overflow(overflow),
+                                              fully_connected ? "fully_connected" : "conv2d");
   }
 
   py::array_t<int8_t> run(const py::array& x, int threads) const {
@@ -190,7 +191,7 @@ py::array_t<int8_t> ref_conv2d(const py::array& x, const py::array& weight, cons
                                std::array<int64_t, 2> dilation, int64_t groups, int32_t input_zero_point,
                                const py::array& m0, const py::array& exponent, const py::object& shift,
                                int32_t output_zero_point, int32_t act_min, int32_t act_max,
-                               const std::string& rounding, const std::string& overflow) {
+                               const std::string& rounding, const std::string& overflow, bool fully_connected) {
   const int8_t* xp = view<int8_t>(x, "x", 4);
   ConvLayer l = conv_layer(weight, bias, x.shape(3), stride, padding, dilation, groups);
   RequantArrays r = requant_from(m0, exponent, shift, l.shape.out_c, output_zero_point, act_min, act_max, rounding);
@@ -202,6 +203,7 @@ py::array_t<int8_t> ref_conv2d(const py::array& x, const py::array& weight, cons
   p.input_zero_point = input_zero_point;
   p.requant = r.params;
   p.overflow = parse_overflow(overflow);
+  p.op = fully_connected ? "fully_connected" : "conv2d";
   validate(p);
   validate_weights(static_cast<const int8_t*>(weight.data()), weight.size());
   py::array_t<int8_t> out({p.shape.batch, p.shape.out_h, p.shape.out_w, p.shape.out_c});
@@ -329,6 +331,11 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("quantize_multiplier", &quantize_multiplier, py::arg("real"),
         "(M0, exponent, status): status 0 ok, 1 flushed to zero, 2 invalid, 3 too large");
+  m.def("srdhm", &fp::srdhm, py::arg("a"), py::arg("b"));
+  m.def("rdbpot", [](int32_t h, int n) {
+    if (n < 0 || n > 63) throw InvalidArgument("rdbpot: exponent must be in [0, 63], got " + std::to_string(n));
+    return fp::rdbpot(h, n);
+  }, py::arg("h"), py::arg("n"));
   m.def("cpu_features", &cpu_features);
   m.def("set_isa", [](const std::string& name) {
     if (name == "auto") cpu::reset_isa();
@@ -340,18 +347,19 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyConv2dPlan>(m, "Conv2dPlan")
       .def(py::init<const py::array&, const py::object&, int64_t, std::array<int64_t, 2>, std::array<int64_t, 4>,
                     std::array<int64_t, 2>, int64_t, int32_t, const py::array&, const py::array&, const py::object&,
-                    int32_t, int32_t, int32_t, const std::string&, const std::string&>(),
+                    int32_t, int32_t, int32_t, const std::string&, const std::string&, bool>(),
            py::arg("weight"), py::arg("bias"), py::arg("in_channels"), py::arg("stride"), py::arg("padding"),
            py::arg("dilation"), py::arg("groups"), py::arg("input_zero_point"), py::arg("multiplier"),
            py::arg("exponent"), py::arg("channel_shift"), py::arg("output_zero_point"), py::arg("act_min"),
-           py::arg("act_max"), py::arg("rounding"), py::arg("overflow"))
+           py::arg("act_max"), py::arg("rounding"), py::arg("overflow"), py::arg("fully_connected") = false)
       .def("run", &PyConv2dPlan::run, py::arg("x"), py::arg("threads") = 0)
       .def_property_readonly("depthwise_path", &PyConv2dPlan::depthwise_path);
 
   m.def("ref_conv2d", &ref_conv2d, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("input_zero_point"),
         py::arg("multiplier"), py::arg("exponent"), py::arg("channel_shift"), py::arg("output_zero_point"),
-        py::arg("act_min"), py::arg("act_max"), py::arg("rounding"), py::arg("overflow"));
+        py::arg("act_min"), py::arg("act_max"), py::arg("rounding"), py::arg("overflow"),
+        py::arg("fully_connected") = false);
   m.def("requantize", &requantize, py::arg("acc"), py::arg("multiplier"), py::arg("exponent"),
         py::arg("channel_shift"), py::arg("zero_point"), py::arg("act_min"), py::arg("act_max"),
         py::arg("rounding"), py::arg("threads") = 0, py::arg("reference") = false);

@@ -104,8 +104,9 @@ void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group
 }  // namespace
 
 Conv2dPlan::Conv2dPlan(const Conv2dShape& shape, const int8_t* weights, const int32_t* bias,
-                       int32_t input_zero_point, const RequantParams& requant, fp::Overflow overflow)
-    : layer_(shape), input_zero_point_(input_zero_point), overflow_(overflow) {
+                       int32_t input_zero_point, const RequantParams& requant, fp::Overflow overflow,
+                       const char* op_name)
+    : layer_(shape), input_zero_point_(input_zero_point), overflow_(overflow), op_name_(op_name) {
   // Validate the layer on a 1-pixel-larger-than-kernel input; per-call shapes are validated in run().
   Conv2dParams probe;
   probe.shape = layer_;
@@ -310,7 +311,7 @@ void Conv2dPlan::fix_unsafe_channels(const int8_t* x, const Conv2dShape& s, int8
             ref::conv2d_accumulator(x, weights_.data(), bias_.data(), p, n, pix / s.out_w, pix % s.out_w, oc);
         int32_t acc = 0;
         if (!fp::apply_overflow_policy(exact, overflow_, &acc))
-          throw AccumulatorOverflow(describe_overflow("conv2d", row, oc, exact));
+          throw AccumulatorOverflow(describe_overflow(op_name_, row, oc, exact));
         out[row * s.out_c + oc] = fp::requantize(acc, requant_.multiplier[oc], requant_.effective_exponent(oc),
                                                  requant_.rounding, requant_.zero_point, requant_.act_min,
                                                  requant_.act_max);

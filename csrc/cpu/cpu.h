@@ -33,7 +33,7 @@ class Conv2dPlan {
  public:
   // shape.batch / in_h / in_w are ignored (set per call). Throws InvalidArgument.
   Conv2dPlan(const Conv2dShape& shape, const int8_t* weights, const int32_t* bias, int32_t input_zero_point,
-             const RequantParams& requant, fp::Overflow overflow);
+             const RequantParams& requant, fp::Overflow overflow, const char* op_name = "conv2d");
 
   // The shape of a call on an (batch, in_h, in_w, in_c) input; validates it.
   Conv2dShape shape_for(int64_t batch, int64_t in_h, int64_t in_w) const;
@@ -53,6 +53,7 @@ class Conv2dPlan {
   Conv2dShape layer_;
   int32_t input_zero_point_;
   fp::Overflow overflow_;
+  const char* op_name_;             // a string literal: "conv2d" or "fully_connected"
   std::vector<int8_t> weights_;     // OHWI copy, for the 64-bit path of unsafe channels
   std::vector<int32_t> bias_;       // [out_c]
   std::vector<int32_t> m0_, exponent_;

@@ -39,7 +39,7 @@ void conv2d(const int8_t* x, const int8_t* w, const int32_t* bias, int8_t* out, 
           const int64_t exact = conv2d_accumulator(x, w, bias, p, n, oh, ow, oc);
           int32_t acc = 0;
           if (!fp::apply_overflow_policy(exact, p.overflow, &acc))
-            throw AccumulatorOverflow(describe_overflow("conv2d", row, oc, exact));
+            throw AccumulatorOverflow(describe_overflow(p.op, row, oc, exact));
           out[row * s.out_c + oc] = fp::requantize(acc, r.multiplier[oc], r.effective_exponent(oc), r.rounding,
                                                    r.zero_point, r.act_min, r.act_max);
         }

@@ -60,6 +60,27 @@ def quantize_multipliers(reals) -> tuple[np.ndarray, np.ndarray]:
     return m0, exponent
 
 
+def _int32(v, name: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not _INT32_MIN <= int(v) <= _INT32_MAX:
+        raise ValueError(f"{name} must fit int32, got {int(v)}")
+    return int(v)
+
+
+def srdhm(a: int, b: int) -> int:
+    """Saturating rounding doubling high multiply of two int32 values (docs/arithmetic.md 3.1)."""
+    return int(_C.srdhm(_int32(a, "a"), _int32(b, "b")))
+
+
+def rdbpot(h: int, n: int) -> int:
+    """Rounding divide of an int32 by 2**n, ties away from zero (docs/arithmetic.md 3.1); n in [0, 63]."""
+    n = _int32(n, "n")
+    if not 0 <= n <= 63:
+        raise ValueError(f"n must be in [0, 63], got {n}")
+    return int(_C.rdbpot(_int32(h, "h"), n))
+
+
 def quantize_bias(real_bias, scale) -> np.ndarray:
     """Quantize a real bias to int32 in the accumulator scale ``scale`` (= s_x * s_w, per channel or not).
 
@@ -84,4 +105,5 @@ def quantize_bias(real_bias, scale) -> np.ndarray:
     return rounded.astype(np.int32)
 
 
-__all__ = ["MultiplierFlushedWarning", "quantize_bias", "quantize_multiplier", "quantize_multipliers"]
+__all__ = ["MultiplierFlushedWarning", "quantize_bias", "quantize_multiplier", "quantize_multipliers", "rdbpot",
+           "srdhm"]

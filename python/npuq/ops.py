@@ -45,7 +45,7 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, *, input_zero_point=0, stride=1, padding=0, dilation=1, groups=1,
                  multiplier, exponent, channel_shift=None, output_zero_point=0, act_min=-128, act_max=127,
-                 rounding="double", overflow="raise", threads=None):
+                 rounding="double", overflow="raise", threads=None, _op_name="conv2d"):
         w = T.conv_weight(weight)
         V.weights_in_range(w)
         groups = V.integer(groups, "groups", 1)
@@ -70,7 +70,8 @@ class Conv2d:
         self._plan = _C.Conv2dPlan(w, self._bias, self.in_channels, self.stride, self.padding, self.dilation,
                                    groups, self.input_zero_point, rq["multiplier"], rq["exponent"],
                                    rq["channel_shift"], rq["output_zero_point"], rq["act_min"], rq["act_max"],
-                                   rq["rounding"], self.overflow)
+                                   rq["rounding"], self.overflow, _op_name == "fully_connected")
+        self._op_name = _op_name
 
     def __call__(self, x, *, threads=None):
         arr, to_torch = T.activation(x)
@@ -85,7 +86,8 @@ class Conv2d:
         rq = self._requant
         out = _C.ref_conv2d(arr, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups,
                             self.input_zero_point, rq["multiplier"], rq["exponent"], rq["channel_shift"],
-                            rq["output_zero_point"], rq["act_min"], rq["act_max"], rq["rounding"], self.overflow)
+                            rq["output_zero_point"], rq["act_min"], rq["act_max"], rq["rounding"], self.overflow,
+                            self._op_name == "fully_connected")
         return T.activation_out(out, to_torch)
 
     def _check_channels(self, arr):
@@ -111,7 +113,7 @@ class FullyConnected:
         self.in_features = w.shape[1]
         self.out_features = w.shape[0]
         self._conv = Conv2d(w.reshape(w.shape[0], 1, 1, w.shape[1]), bias, input_zero_point=input_zero_point,
-                            **params)
+                            _op_name="fully_connected", **params)
 
     def _as_image(self, x):
         arr = T.array(x, "x", np.int8, ndim=2)

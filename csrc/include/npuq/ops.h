@@ -53,6 +53,7 @@ struct Conv2dParams {
   int32_t input_zero_point = 0;
   RequantParams requant;  // channels == shape.out_c
   fp::Overflow overflow = fp::Overflow::kRaise;
+  const char* op = "conv2d";  // the name errors report (fully_connected runs as a 1x1 conv2d)
 };
 
 struct AddParams {
