@@ -156,16 +156,26 @@ def srdhm(a, b) -> np.ndarray:
 def rdbpot(h, n) -> np.ndarray:
     """Rounding divide by power of two, ties away from zero (section 3.1, gemmlowp form).
 
-    h: int64 values (any magnitude below 2^62), n: non-negative shift(s) <= 62.
+    h: int64 values (any magnitude below 2^62), n: non-negative shift(s) (> 62 via Python ints).
     """
     h = _i64(h)
     n = _i64(n)
-    assert np.all(n >= 0) and np.all(n <= 62)
+    assert np.all(n >= 0)
     h, n = np.broadcast_arrays(h, n)
+    if np.any(n > 62):  # 2^n no longer fits int64: the same formula with Python ints
+        out = [_rdbpot_int(int(hi), int(ni)) for hi, ni in zip(h.ravel(), n.ravel())]
+        return np.array(out, dtype=np.int64).reshape(h.shape)
     mask = (np.int64(1) << n) - 1
     rem = h & mask  # h mod 2^n, non-negative (two's complement and)
     threshold = (mask >> 1) + (h < 0).astype(np.int64)
     return (h >> n) + (rem > threshold).astype(np.int64)
+
+
+def _rdbpot_int(h: int, n: int) -> int:
+    mask = (1 << n) - 1
+    rem = h & mask
+    threshold = (mask >> 1) + (1 if h < 0 else 0)
+    return (h >> n) + (1 if rem > threshold else 0)
 
 
 def _broadcast_channel_params(shape_last: int, multiplier, exponent, channel_shift):

@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import npuq
 import reference_numpy as R
@@ -61,6 +63,24 @@ def test_rdbpot_primitive():
     assert int(rdbpot(INT32_MIN, 32)) == -1  # -0.5 -> -1
     assert int(rdbpot(INT32_MIN + 1, 32)) == 0
     assert int(rdbpot(INT32_MAX, 40)) == 0
+
+
+@given(st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
+       st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, 0, 2**30, INT32_MAX])))
+def test_srdhm_primitive_matches_oracle(a, b):
+    srdhm = _find_primitive("srdhm")
+    if srdhm is None:
+        pytest.skip("npuq exposes no srdhm primitive")
+    assert int(srdhm(a, b)) == int(R.srdhm(a, b))
+
+
+@given(st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
+       st.integers(0, 63))
+def test_rdbpot_primitive_matches_oracle(h, n):
+    rdbpot = _find_primitive("rdbpot")
+    if rdbpot is None:
+        pytest.skip("npuq exposes no rdbpot primitive")
+    assert int(rdbpot(h, n)) == int(R.rdbpot(h, n))
 
 
 # ------------------------------------------------------------------------------------------------

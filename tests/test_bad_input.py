@@ -333,8 +333,29 @@ def test_misaligned_bias():
         out = npuq.ops.conv2d(X, W, bm, **KW)
     except (TypeError, ValueError) as ex:
         assert re.search(r"\bbias\b", str(ex)), f"misaligned bias rejected without naming it: {ex}"
-        return
-    assert np.array_equal(np.asarray(out), expected)
+    else:
+        assert np.array_equal(np.asarray(out), expected)
+    # a misaligned int32 accumulator for requantize, and misaligned per-channel parameter arrays
+    acc_ok = np.arange(-60, 60, dtype=np.int32).reshape(6, 20).T.copy()
+    buf = np.zeros(acc_ok.nbytes + 1, np.uint8)
+    buf[1:] = acc_ok.reshape(-1).view(np.uint8)
+    acc = np.frombuffer(buf.tobytes(), np.int32, count=acc_ok.size, offset=1).reshape(acc_ok.shape)
+    try:
+        out = npuq.ops.requantize(acc, multiplier=2**30, exponent=-1)
+    except (TypeError, ValueError) as ex:
+        assert re.search(r"\bacc\b", str(ex)), f"misaligned acc rejected without naming it: {ex}"
+    else:
+        assert np.array_equal(np.asarray(out), R.requantize(acc_ok, 2**30, -1))
+    m_ok = np.arange(2**30, 2**30 + 6, dtype=np.int32)
+    buf = np.zeros(m_ok.nbytes + 1, np.uint8)
+    buf[1:] = m_ok.view(np.uint8)
+    m = np.frombuffer(buf.tobytes(), np.int32, count=6, offset=1)
+    try:
+        out = npuq.ops.conv2d(X, W, B, **dict(KW, multiplier=m))
+    except (TypeError, ValueError) as ex:
+        assert re.search(r"\bmultiplier\b", str(ex)), f"misaligned multiplier rejected without naming it: {ex}"
+    else:
+        assert np.array_equal(np.asarray(out), R.conv2d(X, W, B, **dict(KW, multiplier=m_ok)))
 
 
 def test_misaligned_activations_and_read_only():

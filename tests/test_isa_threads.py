@@ -55,6 +55,14 @@ def _cases():
                   overflow=overflow)
         expected = R.fully_connected(x, w, b, **kw)
         cases["fc/" + overflow] = (lambda t, kw=kw: npuq.ops.fully_connected(x, w, b, threads=t, **kw), expected)
+    xb = rng.integers(-128, 128, (67, 129), dtype=np.int8)
+    wb = rng.integers(-127, 128, (33, 129), dtype=np.int8)
+    bkw = dict(input_zero_point=-100, multiplier=rng.integers(2**30, 2**31, 33), exponent=np.full(33, -13),
+               rounding="single")
+    cases["fc/batch"] = (lambda t: npuq.ops.fully_connected(xb, wb, None, threads=t, **bkw),
+                         R.fully_connected(xb, wb, None, **bkw))
+    layer_fc = npuq.ops.FullyConnected(wb, None, **bkw)
+    cases["fc/batch/packed"] = (lambda t: layer_fc(xb), R.fully_connected(xb, wb, None, **bkw))
     kw = dict(input_zero_point=3, multiplier=2**30 + 12345, exponent=-12)
     b_small = (b // 2**20).astype(np.int32)
     cases["fc"] = (lambda t: npuq.ops.fully_connected(x, w, b_small, threads=t, **kw),
@@ -159,3 +167,30 @@ def test_many_threads():
     for name in ("conv3x3", "depthwise/s2/dm2", "fc", "global_avg_pool", "requantize/double"):
         fn, expected = _cases()[name]
         assert np.asarray(fn(7)).tobytes() == expected.tobytes(), name
+
+
+def test_concurrent_python_threads():
+    """Several Python threads calling the same functions and the same packed layer at once (the native core
+    may release the GIL): every result is still the oracle's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(77)
+    w = rng.integers(-127, 128, (40, 3, 3, 24), dtype=np.int8)
+    bias = rng.integers(-5000, 5000, 40).astype(np.int32)
+    kw = dict(padding=1, stride=(1, 2), multiplier=rng.integers(2**30, 2**31, 40), exponent=np.full(40, -11),
+              input_zero_point=-4)
+    layer = npuq.ops.Conv2d(w, bias, **kw)
+    xs = [rng.integers(-128, 128, (1 + i % 3, 11 + i % 4, 9 + i % 5, 24), dtype=np.int8) for i in range(12)]
+    expected = [R.conv2d(x, w, bias, **kw) for x in xs]
+
+    def job(i):
+        x = xs[i]
+        return (np.asarray(layer(x)), np.asarray(npuq.ops.conv2d(x, w, bias, threads=2, **kw)),
+                np.asarray(npuq.ops.global_avg_pool(x)))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            for i, (a, b, g) in enumerate(pool.map(job, range(len(xs)))):
+                assert a.tobytes() == expected[i].tobytes(), f"packed layer, job {i}"
+                assert b.tobytes() == expected[i].tobytes(), f"conv2d, job {i}"
+                assert g.tobytes() == R.global_avg_pool(xs[i]).tobytes(), f"global_avg_pool, job {i}"

@@ -184,3 +184,82 @@ def test_torch_wrong_dtype_rejected():
         npuq.ops.conv2d(x, w, multiplier=2**30, exponent=0)
     with pytest.raises(TypeError, match="weight"):
         npuq.ops.conv2d(x.to(torch.int8), w.float(), multiplier=2**30, exponent=0)
+
+
+def _two_call_sites(op, xt):
+    """Call the op 3 times from one line and once from another, directly (the call site is this code)."""
+    x, w, b, kw = _conv_inputs(0, *CONV_CASES[0])
+    wt = _ohwi_to_torch(w)
+    layer = npuq.ops.Conv2d(wt, **kw)
+    for _ in range(3):
+        if op == "conv2d":
+            npuq.ops.conv2d(xt, wt, **kw)
+        elif op == "Conv2d":
+            layer(xt)
+        elif op == "avg_pool2d":
+            npuq.ops.avg_pool2d(xt, 2)
+        elif op == "global_avg_pool":
+            npuq.ops.global_avg_pool(xt)
+    if op == "conv2d":
+        npuq.ops.conv2d(xt, wt, **kw)
+    elif op == "Conv2d":
+        layer(xt)
+    elif op == "avg_pool2d":
+        npuq.ops.avg_pool2d(xt, 2)
+    elif op == "global_avg_pool":
+        npuq.ops.global_avg_pool(xt)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "Conv2d", "avg_pool2d", "global_avg_pool"])
+def test_layout_warning_once_per_call_site(op):
+    """ops.md: the NCHW copy emits LayoutWarning once per call site, i.e. a warning attributed to the
+    caller's line (stacklevel), which the default warning filter then shows once per line."""
+    x, _, _, _ = _conv_inputs(0, *CONV_CASES[0])
+    xt = _nhwc_to_torch(x).contiguous()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("default")
+        _two_call_sites(op, xt)
+    layout = [r for r in rec if issubclass(r.category, npuq.LayoutWarning)]
+    where = [f"{r.filename}:{r.lineno}" for r in layout]
+    assert all(r.filename == __file__ for r in layout), f"{op}: LayoutWarning attributed to {where}, not the caller"
+    assert len(layout) == 2, f"{op}: expected one warning per call site (2), got {where}"
+
+
+def test_add_nchw_values():
+    """add on contiguous NCHW tensors: values equal the numpy path (the layout of the result is not pinned:
+    an elementwise op needs no copy, see the report)."""
+    rng = np.random.default_rng(12)
+    a = rng.integers(-128, 128, (2, 5, 4, 6), dtype=np.int8)
+    b = rng.integers(-128, 128, (2, 5, 4, 6), dtype=np.int8)
+    kw = dict(npuq.ops.add_params(0.1, 0.2, 0.25), a_zero_point=1, b_zero_point=-2, output_zero_point=0)
+    expected = np.asarray(npuq.ops.add(a, b, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", npuq.LayoutWarning)
+        out = npuq.ops.add(_nhwc_to_torch(a).contiguous(), _nhwc_to_torch(b).contiguous(), **kw)
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 6, 5, 4)
+    assert np.array_equal(_torch_to_nhwc(out), expected)
+
+
+def test_strided_channels_last_views():
+    """A slice of a channels_last tensor is neither contiguous format; the result must still be right."""
+    rng = np.random.default_rng(8)
+    x = rng.integers(-128, 128, (2, 10, 9, 8), dtype=np.int8)
+    w = rng.integers(-127, 128, (5, 3, 3, 8), dtype=np.int8)
+    kw = dict(padding=1, multiplier=2**30 + 3, exponent=-8, input_zero_point=1)
+    xt = _nhwc_to_torch(x)
+    for view, ref in ((xt[:, :, 1:7], x[:, 1:7]), (xt[:, 2:6], x[:, :, :, 2:6]), (xt[1:, :, ::2, ::3], x[1:, ::2, ::3])):
+        if view.shape[1] != w.shape[3]:
+            wv = w[..., : view.shape[1]]
+        else:
+            wv = w
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", npuq.LayoutWarning)
+            out = npuq.ops.conv2d(view, _ohwi_to_torch(wv), **kw)
+        assert np.array_equal(_torch_to_nhwc(out), R.conv2d(ref, wv, None, **kw))
+
+
+def test_non_cpu_tensor_rejected():
+    x = torch.empty((1, 4, 5, 5), dtype=torch.int8, device="meta").contiguous(memory_format=CL)
+    w = torch.zeros((2, 4, 1, 1), dtype=torch.int8)
+    with pytest.raises((ValueError, TypeError), match="x"):
+        npuq.ops.conv2d(x, w, multiplier=2**30, exponent=0)

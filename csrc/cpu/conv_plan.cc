@@ -53,6 +53,9 @@ void fill_requant_constants(ChannelConstants& cc, const RequantParams& r, int64_
   cc.m0.assign(padded, 0);
   cc.ec.assign(padded, 0);
   cc.bias.assign(padded, 0);
+  cc.round_pos.assign(padded, int64_t{1} << 30);
+  cc.round_neg.assign(padded, int64_t{1} << 30);
+  cc.shift.assign(padded, 31);
   cc.zero_point = r.zero_point;
   cc.act_min = r.act_min;
   cc.act_max = r.act_max;
@@ -61,8 +64,31 @@ void fill_requant_constants(ChannelConstants& cc, const RequantParams& r, int64_
   for (int64_t c = 0; c < count; ++c) {
     cc.m0[c] = r.multiplier[first + c];
     cc.ec[c] = r.effective_exponent(first + c);
-    cc.vector_ok = cc.vector_ok && cc.ec[c] <= 0 && cc.ec[c] >= -31;
+    const bool fits = cc.ec[c] <= 0 && cc.ec[c] >= -31;
+    cc.vector_ok = cc.vector_ok && fits;
+    if (fits) fused_rounding(cc.ec[c], cc.rounding, &cc.round_pos[c], &cc.round_neg[c], &cc.shift[c]);
   }
+}
+
+// The same constants with lane i holding channel order[i] (and padding where order[i] >= channels).
+ChannelConstants permute_constants(const ChannelConstants& cc, int64_t channels, int64_t padded,
+                                   int64_t (*order)(int64_t)) {
+  ChannelConstants out = cc;
+  for (auto* v : {&out.bias, &out.m0, &out.ec}) v->assign(padded, 0);
+  out.round_pos.assign(padded, int64_t{1} << 30);
+  out.round_neg.assign(padded, int64_t{1} << 30);
+  out.shift.assign(padded, 31);
+  for (int64_t lane = 0; lane < padded; ++lane) {
+    const int64_t c = lane / 32 * 32 + order(lane % 32);
+    if (c >= channels) continue;
+    out.bias[lane] = cc.bias[c];
+    out.m0[lane] = cc.m0[c];
+    out.ec[lane] = cc.ec[c];
+    out.round_pos[lane] = cc.round_pos[c];
+    out.round_neg[lane] = cc.round_neg[c];
+    out.shift[lane] = cc.shift[c];
+  }
+  return out;
 }
 
 // Rows [row0, row0 + rows) of the im2col matrix of one group, as bytes u = x + 128, K4 per row.
@@ -181,17 +207,23 @@ void Conv2dPlan::pack_depthwise() {
   dw_.kernel_h = KH;
   dw_.kernel_w = KW;
   dw_.pairs = ceil_div(KW, 2);
+  dw_.c32 = round_up(C, 32);
   dw_.taps.assign(KH * KW * dw_.c16, 0);
-  dw_.paired.assign(dw_.c16 * KH * dw_.pairs * 2, 0);
+  dw_.paired.assign(dw_.c32 * KH * dw_.pairs * 2, 0);
   for (int64_t c = 0; c < C; ++c)
     for (int64_t kh = 0; kh < KH; ++kh)
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        const int8_t v = weights_[(c * KH + kh) * KW + kw];
-        dw_.taps[(kh * KW + kw) * dw_.c16 + c] = v;
-        dw_.paired[(((c / 16) * KH + kh) * dw_.pairs + kw / 2) * 32 + (c % 16) * 2 + kw % 2] = v;
-      }
+      for (int64_t kw = 0; kw < KW; ++kw) dw_.taps[(kh * KW + kw) * dw_.c16 + c] = weights_[(c * KH + kh) * KW + kw];
+  for (int64_t lane = 0; lane < dw_.c32; ++lane) {
+    const int64_t c = lane / 32 * 32 + depthwise_lane_channel(lane % 32);
+    if (c >= C) continue;
+    for (int64_t kh = 0; kh < KH; ++kh)
+      for (int64_t kw = 0; kw < KW; ++kw)
+        dw_.paired[(((lane / 32) * KH + kh) * dw_.pairs + kw / 2) * 64 + (lane % 32) * 2 + kw % 2] =
+            weights_[(c * KH + kh) * KW + kw];
+  }
   fill_requant_constants(dw_cc_, requant_, 0, C, dw_.c16);
   std::copy(bias_.begin(), bias_.end(), dw_cc_.bias.begin());
+  dw_lane_cc_ = permute_constants(dw_cc_, C, dw_.c32, depthwise_lane_channel);
 }
 
 Conv2dShape Conv2dPlan::shape_for(int64_t batch, int64_t in_h, int64_t in_w) const {
@@ -283,6 +315,7 @@ void Conv2dPlan::run_depthwise(const int8_t* x, const Conv2dShape& s, int8_t* ou
         job.input_zero_point = input_zero_point_;
         job.weights = &dw_;
         job.constants = &dw_cc_;
+        job.lane_constants = &dw_lane_cc_;
         job.image = item / chunks;
         job.oh_begin = (item % chunks) * rows_per_chunk;
         job.oh_end = std::min(s.out_h, job.oh_begin + rows_per_chunk);

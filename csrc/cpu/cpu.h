@@ -65,6 +65,7 @@ class Conv2dPlan {
   std::vector<ChannelConstants> gemm_cc_;  // one per group
   DepthwiseWeights dw_;
   ChannelConstants dw_cc_;
+  ChannelConstants dw_lane_cc_;     // dw_cc_ in the lane order of the VNNI depthwise kernel
 };
 
 void requantize(const int32_t* acc, int64_t rows, int8_t* out, const RequantParams& r, int threads);

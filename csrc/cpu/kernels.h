@@ -33,10 +33,35 @@ struct ChannelConstants {
   std::vector<int32_t> bias;   // the bias the kernel starts from (folded for GEMM)
   std::vector<int32_t> m0;
   std::vector<int32_t> ec;     // effective exponent e - s_c
+  // The multiplier stage as one rounding of the 64-bit product p = acc * M0 (see fused_rounding):
+  // r = (p + (p < 0 ? round_neg : round_pos)) >> shift. Filled where ec lies in [-31, 0].
+  std::vector<int64_t> round_pos, round_neg, shift;
   int32_t zero_point = 0, act_min = -128, act_max = 127;
   fp::Rounding rounding = fp::Rounding::kDouble;
   bool vector_ok = true;       // every ec lies in [-31, 0]: the vector requantization applies
 };
+
+// Both rounding modes of the multiplier stage as a single rounding of p = acc * M0, for ec in [-31, 0]
+// and M0 >= 0 (docs/arithmetic.md section 3.5). With n = -ec:
+//   single: floor((p + 2^(30+n)) / 2^(31+n))
+//   double: RDBPOT(SRDHM) = floor((floor((p + 2^30) / 2^31) + 2^(n-1) - [p < 0]) / 2^n)
+//         = floor((p + 2^30 + 2^(30+n) - [p < 0] * 2^31) / 2^(31+n))      for n >= 1
+//         = floor((p + 2^30) / 2^31)                                        for n = 0
+// by floor(floor(u / a) / b) = floor(u / (a b)); the sign of p is the sign of the SRDHM result, except
+// where that result is 0, and then both offsets give 0. Every sum fits int64.
+inline void fused_rounding(int ec, fp::Rounding rounding, int64_t* round_pos, int64_t* round_neg,
+                           int64_t* shift) {
+  const int n = -ec;
+  *shift = 31 + n;
+  if (rounding == fp::Rounding::kSingle) {
+    *round_pos = *round_neg = int64_t{1} << (30 + n);
+  } else if (n == 0) {
+    *round_pos = *round_neg = int64_t{1} << 30;
+  } else {
+    *round_pos = (int64_t{1} << 30) + (int64_t{1} << (30 + n));
+    *round_neg = *round_pos - (int64_t{1} << 31);
+  }
+}
 
 struct GemmTile {
   const uint8_t* panel;        // kPanelRows x k4 bytes
@@ -52,8 +77,19 @@ struct GemmTile {
 struct DepthwiseWeights {
   int64_t channels = 0, c16 = 0, kernel_h = 0, kernel_w = 0, pairs = 0;
   std::vector<int32_t> taps;   // [KH * KW][c16]: weights widened to int32 (generic kernels)
-  std::vector<int16_t> paired; // [c16 / 16][KH][pairs][16][2]: taps (2j, 2j + 1) interleaved (VNNI)
+  // VNNI: [c32 / 32][KH][pairs][32 lanes][2] int16, taps (2j, 2j + 1) of one channel per 32-bit lane,
+  // lanes in the order of depthwise_lane_channel().
+  int64_t c32 = 0;
+  std::vector<int16_t> paired;
 };
+
+// Channel (within its block of 32) held by 32-bit lane `lane` of the VNNI depthwise kernel. Unpacking
+// int16 activations of 32 channels into tap pairs leaves channels 8k..8k+3 in lanes 4k..4k+3 of the low
+// half and 8k+4..8k+7 in the high half; packing the results back to int16 restores the natural order.
+inline int64_t depthwise_lane_channel(int64_t lane) {
+  const int64_t half = lane / 16, within = lane % 16;
+  return 8 * (within / 4) + 4 * half + within % 4;
+}
 
 struct DepthwiseJob {
   const int8_t* x;
@@ -61,18 +97,19 @@ struct DepthwiseJob {
   const Conv2dShape* shape;
   int32_t input_zero_point;
   const DepthwiseWeights* weights;
-  const ChannelConstants* constants;  // bias not folded
+  const ChannelConstants* constants;       // bias not folded; natural channel order, padded to c16
+  const ChannelConstants* lane_constants;  // the same in lane order (depthwise_lane_channel), padded to c32
   int64_t image, oh_begin, oh_end;
   void* scratch;               // depthwise_scratch_bytes(shape) bytes, 64-byte aligned, per thread
 };
 
 // Scratch of one depthwise job: a ring of (KH - 1) * dilation_h + 1 rows of paired taps
-// [padded width][c16][2] int16, plus an int32 accumulator row. Big enough for every kernel family.
+// [padded width][c32][2] int16, plus an int32 accumulator row. Big enough for every kernel family.
 inline int64_t depthwise_ring_rows(const Conv2dShape& s) { return (s.kernel_h - 1) * s.dilation_h + 1; }
 inline int64_t depthwise_padded_width(const Conv2dShape& s) { return s.in_w + s.pad_left + s.pad_right; }
 inline int64_t depthwise_scratch_bytes(const Conv2dShape& s) {
-  const int64_t c16 = (s.in_c + 15) / 16 * 16;
-  return depthwise_ring_rows(s) * depthwise_padded_width(s) * c16 * 4 + c16 * 4 + 64;
+  const int64_t c32 = (s.in_c + 31) / 32 * 32;
+  return depthwise_ring_rows(s) * depthwise_padded_width(s) * c32 * 4 + c32 * 4 + 64;
 }
 
 struct KernelTable {

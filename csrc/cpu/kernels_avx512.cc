@@ -25,65 +25,53 @@ namespace avx512 {
 #include "kernels_generic.inc"
 
 // Requantizes 16 int32 lanes (docs/arithmetic.md section 3); requires every ec in [-31, 0].
-// Per-channel constants are derived once per block of 16 channels, not once per vector.
+// Per-channel constants of 16 lanes, loaded once per block of channels. The multiplier stage is the
+// single rounding of fused_rounding() (kernels.h) on the even and odd 64-bit products.
 struct Requant16 {
-  __m512i m0, m0_odd, right, mask, half_mask, t_even, t_odd, half_even, half_odd, lo, hi, zp;
-  bool single;
+  __m512i m0, m0_odd;
+  __m512i shift_even, shift_odd, pos_even, pos_odd, neg_even, neg_odd;  // 64-bit lanes
+  __m512i lo, hi, zp;
 };
 
-static inline void derive_requant(Requant16& q, __m512i ec, int32_t zero_point, int32_t act_min, int32_t act_max,
-                                  fp::Rounding rounding) {
-  const __m512i one = _mm512_set1_epi32(1);
+static inline Requant16 make_requant(const int32_t* m0, const int64_t* round_pos, const int64_t* round_neg,
+                                     const int64_t* shift, int32_t zero_point, int32_t act_min, int32_t act_max) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m512i odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+  auto split = [&](const int64_t* v, __m512i* e, __m512i* o) {
+    const __m512i a = _mm512_loadu_si512(v), b = _mm512_loadu_si512(v + 8);
+    *e = _mm512_permutex2var_epi64(a, even, b);
+    *o = _mm512_permutex2var_epi64(a, odd, b);
+  };
+  Requant16 q;
+  q.m0 = _mm512_loadu_si512(m0);
   q.m0_odd = _mm512_srli_epi64(q.m0, 32);
-  q.right = _mm512_sub_epi32(_mm512_setzero_si512(), ec);
-  q.mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, q.right), one);
-  q.half_mask = _mm512_srli_epi32(q.mask, 1);
-  const __m512i t = _mm512_sub_epi32(_mm512_set1_epi32(31), ec);
-  const __m512i one64 = _mm512_set1_epi64(1);
-  q.t_even = _mm512_and_si512(t, _mm512_set1_epi64(0xFFFFFFFFLL));
-  q.t_odd = _mm512_srli_epi64(t, 32);
-  q.half_even = _mm512_sllv_epi64(one64, _mm512_sub_epi64(q.t_even, one64));
-  q.half_odd = _mm512_sllv_epi64(one64, _mm512_sub_epi64(q.t_odd, one64));
+  split(shift, &q.shift_even, &q.shift_odd);
+  split(round_pos, &q.pos_even, &q.pos_odd);
+  split(round_neg, &q.neg_even, &q.neg_odd);
   // clamp(r + z, act_min, act_max) == clamp(r, act_min - z, act_max - z) + z, and the latter cannot overflow.
   q.lo = _mm512_set1_epi32(act_min - zero_point);
   q.hi = _mm512_set1_epi32(act_max - zero_point);
   q.zp = _mm512_set1_epi32(zero_point);
-  q.single = rounding == fp::Rounding::kSingle;
-}
-
-static inline Requant16 load_requant(const ChannelConstants& cc, int64_t c) {
-  Requant16 q;
-  q.m0 = _mm512_loadu_si512(cc.m0.data() + c);
-  derive_requant(q, _mm512_loadu_si512(cc.ec.data() + c), cc.zero_point, cc.act_min, cc.act_max, cc.rounding);
   return q;
 }
 
-// Joins the low dwords of the 64-bit lanes of even (lanes 0, 2, ..) and odd (1, 3, ..) products.
-static inline __m512i join_even_odd(__m512i even, __m512i odd) {
-  return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+static inline Requant16 load_requant(const ChannelConstants& cc, int64_t c) {
+  return make_requant(cc.m0.data() + c, cc.round_pos.data() + c, cc.round_neg.data() + c, cc.shift.data() + c,
+                      cc.zero_point, cc.act_min, cc.act_max);
 }
 
-// The multiplier stage only (before the zero point and the clamp).
+// The multiplier stage only (before the zero point and the clamp): an int32 per lane.
 static inline __m512i multiply16(__m512i acc, const Requant16& q) {
   const __m512i p_even = _mm512_mul_epi32(acc, q.m0);  // exact signed 32 x 32 -> 64
   const __m512i p_odd = _mm512_mul_epi32(_mm512_srli_epi64(acc, 32), q.m0_odd);
-  __m512i r;
-  if (!q.single) {
-    // SRDHM = floor((p + 2^30) / 2^31); M0 >= 0 excludes the INT32_MIN * INT32_MIN case.
-    const __m512i nudge = _mm512_set1_epi64(int64_t{1} << 30);
-    const __m512i h = join_even_odd(_mm512_srai_epi64(_mm512_add_epi64(p_even, nudge), 31),
-                                    _mm512_srai_epi64(_mm512_add_epi64(p_odd, nudge), 31));
-    // RDBPOT(h, right), right in [0, 31]: floor plus one when the remainder exceeds the threshold.
-    const __m512i rem = _mm512_and_si512(h, q.mask);
-    const __m512i threshold = _mm512_sub_epi32(q.half_mask, _mm512_srai_epi32(h, 31));
-    r = _mm512_srav_epi32(h, q.right);
-    r = _mm512_mask_add_epi32(r, _mm512_cmpgt_epi32_mask(rem, threshold), r, _mm512_set1_epi32(1));
-  } else {
-    // floor((p + 2^(t-1)) / 2^t), t in [31, 62]: the quotient fits int32.
-    r = join_even_odd(_mm512_srav_epi64(_mm512_add_epi64(p_even, q.half_even), q.t_even),
-                      _mm512_srav_epi64(_mm512_add_epi64(p_odd, q.half_odd), q.t_odd));
-  }
-  return r;
+  const __m512i r_even = _mm512_srav_epi64(
+      _mm512_add_epi64(p_even, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_even), q.pos_even, q.neg_even)),
+      q.shift_even);
+  const __m512i r_odd = _mm512_srav_epi64(
+      _mm512_add_epi64(p_odd, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_odd), q.pos_odd, q.neg_odd)),
+      q.shift_odd);
+  // The quotients fit int32: keep the low dword of every 64-bit lane.
+  return _mm512_mask_blend_epi32(0xAAAA, r_even, _mm512_slli_epi64(r_odd, 32));
 }
 
 static inline __m512i requant16(__m512i acc, const Requant16& q) {
@@ -221,15 +209,14 @@ static void vnni_gemm_tile(const GemmTile& t) {
 
 // --- depthwise ---------------------------------------------------------------------------------
 
-// Fills one ring row: pairs (x[iw] - z, x[iw + dw] - z) as int16 for every padded column; zero where
-// a member of the pair lies in the padding.
+// Fills one ring row: for every padded column that starts a tap pair, the pairs
+// (x[iw] - z, x[iw + dw] - z) as int16 in lane order; zero where a member lies in the padding.
 static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row) {
   const Conv2dShape& s = *job.shape;
-  const int64_t C = s.in_c, c16 = job.weights->c16;
+  const int64_t C = s.in_c, c32 = job.weights->c32, pairs = job.weights->pairs;
   const int64_t pw = depthwise_padded_width(s);
-  const __m512i zp = _mm512_set1_epi32(job.input_zero_point);
+  const __m512i zp = _mm512_set1_epi16(static_cast<int16_t>(job.input_zero_point));
   const int8_t* xrow = job.x + (job.image * s.in_h + ih) * s.in_w * C;
-  const int64_t pairs = job.weights->pairs;
   for (int64_t iwp = 0; iwp < pw; ++iwp) {
     // With a stride > 1 some columns start no pair of any output: skip them.
     bool needed = s.stride_w == 1;
@@ -240,14 +227,41 @@ static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row) {
     if (!needed) continue;
     const int64_t iw0 = iwp - s.pad_left, iw1 = iw0 + s.dilation_w;
     const bool in0 = iw0 >= 0 && iw0 < s.in_w, in1 = iw1 >= 0 && iw1 < s.in_w;
-    int16_t* dst = row + iwp * c16 * 2;
-    for (int64_t c = 0; c < c16; c += 16) {
-      const __mmask16 mask = tail_mask(C - c);
-      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-      if (in0) lo = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xrow + iw0 * C + c)), zp);
-      if (in1) hi = _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, xrow + iw1 * C + c)), zp);
-      _mm512_storeu_si512(dst + c * 2, _mm512_mask_blend_epi16(0xAAAAAAAA, lo, _mm512_slli_epi32(hi, 16)));
+    int16_t* dst = row + iwp * c32 * 2;
+    for (int64_t c = 0; c < c32; c += 32) {
+      const __mmask32 mask = C - c >= 32 ? ~__mmask32(0) : (__mmask32(1) << (C - c)) - 1;
+      __m512i q0 = _mm512_setzero_si512(), q1 = _mm512_setzero_si512();
+      if (in0) q0 = _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, xrow + iw0 * C + c)), zp);
+      if (in1) q1 = _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, xrow + iw1 * C + c)), zp);
+      _mm512_storeu_si512(dst + c * 2, _mm512_unpacklo_epi16(q0, q1));
+      _mm512_storeu_si512(dst + c * 2 + 32, _mm512_unpackhi_epi16(q0, q1));
     }
+  }
+}
+
+// Output stage of 32 channels whose multiplier results are in lane order (low and high halves):
+// packing to int16 restores the natural channel order (see depthwise_lane_channel). The saturating
+// packs keep every value on its side of the activation range, so the clamp afterwards is exact.
+static inline void store32(int8_t* dst, __m512i r_lo, __m512i r_hi, __m512i zp16, __m256i act_min8,
+                           __m256i act_max8, __mmask32 mask) {
+  const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(r_lo, r_hi), zp16);
+  const __m512i b = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_packs_epi16(w, w));
+  const __m256i y = _mm256_min_epi8(_mm256_max_epi8(_mm512_castsi512_si256(b), act_min8), act_max8);
+  _mm256_mask_storeu_epi8(dst, mask, y);
+}
+
+// Scalar output stage for a block whose effective exponents leave [-31, 0].
+static inline void store32_scalar(int8_t* dst, __m512i acc_lo, __m512i acc_hi, const ChannelConstants& lane_cc,
+                                  int64_t lane0, int64_t valid) {
+  alignas(64) int32_t lanes[32];
+  _mm512_store_si512(lanes, acc_lo);
+  _mm512_store_si512(lanes + 16, acc_hi);
+  for (int64_t lane = 0; lane < 32; ++lane) {
+    const int64_t c = depthwise_lane_channel(lane);
+    if (c >= valid) continue;
+    const int64_t k = lane0 + lane;
+    dst[c] = fp::requantize(lanes[lane], lane_cc.m0[k], lane_cc.ec[k], lane_cc.rounding, lane_cc.zero_point,
+                            lane_cc.act_min, lane_cc.act_max);
   }
 }
 
@@ -255,18 +269,20 @@ template <int KH, int PAIRS>
 static void depthwise_rows_impl(const DepthwiseJob& job) {
   const Conv2dShape& s = *job.shape;
   const DepthwiseWeights& w = *job.weights;
-  const ChannelConstants& cc = *job.constants;
+  const ChannelConstants& cc = *job.lane_constants;
   const int kh_n = KH ? KH : static_cast<int>(s.kernel_h);
   const int pairs = PAIRS ? PAIRS : static_cast<int>(w.pairs);
-  const int64_t C = s.in_c, c16 = w.c16;
+  const int64_t C = s.in_c, c32 = w.c32;
   const int64_t ring = depthwise_ring_rows(s);
-  const int64_t pw = depthwise_padded_width(s);
-  const int64_t row_elems = pw * c16 * 2;
+  const int64_t row_elems = depthwise_padded_width(s) * c32 * 2;
   int16_t* rows = static_cast<int16_t*>(job.scratch);
   int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
   for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
-  const int64_t col_step = s.stride_w * c16 * 2;  // int16 elements between consecutive outputs
-  const int64_t pair_step = 2 * s.dilation_w * c16 * 2;
+  const int64_t col_step = s.stride_w * c32 * 2;  // int16 elements between consecutive outputs
+  const int64_t pair_step = 2 * s.dilation_w * c32 * 2;
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(cc.zero_point));
+  const __m256i lo8 = _mm256_set1_epi8(static_cast<char>(cc.act_min));
+  const __m256i hi8 = _mm256_set1_epi8(static_cast<char>(cc.act_max));
 
   for (int64_t oh = job.oh_begin; oh < job.oh_end; ++oh) {
     const int16_t* src[16];
@@ -286,43 +302,50 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
       ++nvalid;
     }
     int8_t* out_row = job.out + (job.image * s.out_h + oh) * s.out_w * C;
-    for (int64_t c = 0; c < c16; c += 16) {
-      const __mmask16 mask = tail_mask(C - c);
-      const __m512i bias = _mm512_loadu_si512(cc.bias.data() + c);
-      const Requant16 q = load_requant(cc, c);
-      // Weights of this channel block: [kh][pair] vectors of 16 (w0, w1) int16 pairs.
-      const int16_t* wblock = w.paired.data() + (c / 16) * kh_n * pairs * 32;
+    for (int64_t c = 0; c < c32; c += 32) {
+      const int64_t valid = C - c < 32 ? C - c : 32;
+      const __mmask32 mask = valid == 32 ? ~__mmask32(0) : (__mmask32(1) << valid) - 1;
+      const __m512i bias_lo = _mm512_loadu_si512(cc.bias.data() + c);
+      const __m512i bias_hi = _mm512_loadu_si512(cc.bias.data() + c + 16);
+      const Requant16 q_lo = load_requant(cc, c), q_hi = load_requant(cc, c + 16);
+      // Weights of this block: [kh][pair][low 16 lanes, high 16 lanes] of (w0, w1) int16 pairs.
+      const int16_t* wblock = w.paired.data() + (c / 32) * kh_n * pairs * 64;
+      auto finish = [&](int64_t ow, __m512i acc_lo, __m512i acc_hi) {
+        int8_t* dst = out_row + ow * C + c;
+        if (cc.vector_ok) store32(dst, multiply16(acc_lo, q_lo), multiply16(acc_hi, q_hi), zp16, lo8, hi8, mask);
+        else store32_scalar(dst, acc_lo, acc_hi, cc, c, valid);
+      };
       int64_t ow = 0;
       constexpr int kU = 4;
       for (; ow + kU <= s.out_w; ow += kU) {
-        __m512i acc[kU];
-        for (int u = 0; u < kU; ++u) acc[u] = bias;
+        __m512i lo[kU], hi[kU];
+        for (int u = 0; u < kU; ++u) lo[u] = bias_lo, hi[u] = bias_hi;
         for (int i = 0; i < nvalid; ++i) {
           const int16_t* base = src[i] + ow * col_step + c * 2;
-          const int16_t* wk = wblock + kh_valid[i] * pairs * 32;
+          const int16_t* wk = wblock + kh_valid[i] * pairs * 64;
           for (int j = 0; j < pairs; ++j) {
-            const __m512i wv = _mm512_loadu_si512(wk + j * 32);
-            for (int u = 0; u < kU; ++u)
-              acc[u] = _mm512_dpwssd_epi32(acc[u], _mm512_loadu_si512(base + u * col_step + j * pair_step), wv);
+            const __m512i w_lo = _mm512_loadu_si512(wk + j * 64), w_hi = _mm512_loadu_si512(wk + j * 64 + 32);
+            for (int u = 0; u < kU; ++u) {
+              const int16_t* p = base + u * col_step + j * pair_step;
+              lo[u] = _mm512_dpwssd_epi32(lo[u], _mm512_loadu_si512(p), w_lo);
+              hi[u] = _mm512_dpwssd_epi32(hi[u], _mm512_loadu_si512(p + 32), w_hi);
+            }
           }
         }
-        for (int u = 0; u < kU; ++u) {
-          int8_t* dst = out_row + (ow + u) * C + c;
-          if (cc.vector_ok) store16(dst, requant16(acc[u], q), mask);
-          else requant16_scalar(acc[u], cc, c, dst, C - c < 16 ? C - c : 16);
-        }
+        for (int u = 0; u < kU; ++u) finish(ow + u, lo[u], hi[u]);
       }
       for (; ow < s.out_w; ++ow) {
-        __m512i acc = bias;
+        __m512i lo = bias_lo, hi = bias_hi;
         for (int i = 0; i < nvalid; ++i) {
           const int16_t* base = src[i] + ow * col_step + c * 2;
-          const int16_t* wk = wblock + kh_valid[i] * pairs * 32;
-          for (int j = 0; j < pairs; ++j)
-            acc = _mm512_dpwssd_epi32(acc, _mm512_loadu_si512(base + j * pair_step), _mm512_loadu_si512(wk + j * 32));
+          const int16_t* wk = wblock + kh_valid[i] * pairs * 64;
+          for (int j = 0; j < pairs; ++j) {
+            lo = _mm512_dpwssd_epi32(lo, _mm512_loadu_si512(base + j * pair_step), _mm512_loadu_si512(wk + j * 64));
+            hi = _mm512_dpwssd_epi32(hi, _mm512_loadu_si512(base + j * pair_step + 32),
+                                     _mm512_loadu_si512(wk + j * 64 + 32));
+          }
         }
-        int8_t* dst = out_row + ow * C + c;
-        if (cc.vector_ok) store16(dst, requant16(acc, q), mask);
-        else requant16_scalar(acc, cc, c, dst, C - c < 16 ? C - c : 16);
+        finish(ow, lo, hi);
       }
     }
   }
@@ -337,22 +360,21 @@ static void vnni_depthwise_rows(const DepthwiseJob& job) {
 
 static void vnni_requantize_rows(const int32_t* acc, int64_t rows, int8_t* out, const RequantParams& r) {
   const int64_t C = r.channels;
-  bool vector_ok = true;
+  bool vector_ok = C >= 16;
   for (int64_t c = 0; c < C; ++c) {
     const int ec = r.effective_exponent(c);
     vector_ok = vector_ok && ec <= 0 && ec >= -31;
   }
-  if (!vector_ok || C < 16) return generic_requantize_rows(acc, rows, out, r);
-  alignas(64) int32_t m0[16], ec[16];
+  if (!vector_ok) return generic_requantize_rows(acc, rows, out, r);
+  alignas(64) int32_t m0[16];
+  alignas(64) int64_t pos[16], neg[16], shift[16];
   for (int64_t c = 0; c < C; c += 16) {
     const int64_t valid = C - c < 16 ? C - c : 16;
     for (int j = 0; j < 16; ++j) {
       m0[j] = j < valid ? r.multiplier[c + j] : 0;
-      ec[j] = j < valid ? r.effective_exponent(c + j) : 0;
+      fused_rounding(j < valid ? r.effective_exponent(c + j) : 0, r.rounding, &pos[j], &neg[j], &shift[j]);
     }
-    Requant16 q;
-    q.m0 = _mm512_load_si512(m0);
-    derive_requant(q, _mm512_load_si512(ec), r.zero_point, r.act_min, r.act_max, r.rounding);
+    const Requant16 q = make_requant(m0, pos, neg, shift, r.zero_point, r.act_min, r.act_max);
     const __mmask16 mask = tail_mask(valid);
     for (int64_t i = 0; i < rows; ++i)
       store16(out + i * C + c, requant16(_mm512_maskz_loadu_epi32(mask, acc + i * C + c), q), mask);

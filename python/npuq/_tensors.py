@@ -16,6 +16,14 @@ class LayoutWarning(UserWarning):
     """An input had to be copied into the layout the kernels compute in (NHWC / channels_last)."""
 
 
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside npuq, so that a warning points at the user's call."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "npuq":
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _torch():
     return sys.modules.get("torch")
 
@@ -87,7 +95,7 @@ def activation(x, name: str = "x") -> tuple[np.ndarray, bool]:
             f"{name} is not in torch.channels_last memory format; npuq copies it into NHWC. Convert once "
             "with x.contiguous(memory_format=torch.channels_last) to avoid the copy on every call.",
             LayoutWarning,
-            stacklevel=3,
+            stacklevel=_caller_stacklevel(),
         )
         x = x.contiguous(memory_format=torch.channels_last)
     nhwc = x.permute(0, 2, 3, 1)  # a C-contiguous view of channels_last memory
