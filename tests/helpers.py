@@ -171,7 +171,7 @@ def assert_same(expected, actual, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     if not np.array_equal(actual, expected):
         bad = np.argwhere(actual != expected)
-        i = tuple(bad[0])
+        i = tuple(int(v) for v in bad[0])
         raise AssertionError(
             f"{what}: {len(bad)} of {expected.size} values differ; first at {i}: expected {expected[i]}, got {actual[i]}"
         )
