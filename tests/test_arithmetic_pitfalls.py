@@ -256,6 +256,19 @@ def _long_fc_case():
     return x, w, bias, kw
 
 
+@pytest.mark.parametrize("overflow, acc32", [("saturate", 2147483647), ("wrap", -2028017296)])
+def test_documented_overflow_example(overflow, acc32):
+    """arithmetic.md 5: K = 70000, x = 127, z_x = -128, w = 127, bias 0 -> 2266950000."""
+    x = np.full((1, K_LONG), 127, np.int8)
+    w = np.full((1, K_LONG), 127, np.int8)
+    kw = dict(input_zero_point=-128, multiplier=2**30, exponent=-24)
+    assert R.fully_connected_acc(x, w, None, input_zero_point=-128).tolist() == [[2266950000]]
+    with pytest.raises(OverflowError, match="fully_connected"):
+        npuq.ops.fully_connected(x, w, **kw)
+    expected = R.requantize(np.array([[acc32]]), 2**30, -24)  # requantization of the policy's int32 value
+    assert np.asarray(npuq.ops.fully_connected(x, w, overflow=overflow, **kw)).tolist() == expected.tolist()
+
+
 def test_long_reduction_raise():
     x, w, bias, kw = _long_fc_case()
     acc = R.fully_connected_acc(x, w, bias, input_zero_point=127)

@@ -256,6 +256,9 @@ def test_add_bad_arguments():
     _raises(ValueError, "left_shift", npuq.ops.add, a, a, **dict(base, left_shift=-1))
     _raises(ValueError, "a_multiplier", npuq.ops.add, a, a, **dict(base, a_multiplier=5))
     _raises(ValueError, "output_exponent", npuq.ops.add, a, a, **dict(base, output_exponent=31))
+    # arithmetic.md 6: the input exponents must be <= 0
+    _raises(ValueError, "a_exponent", npuq.ops.add, a, a, **dict(base, a_exponent=1))
+    _raises(ValueError, "b_exponent", npuq.ops.add, a, a, **dict(base, b_exponent=30))
 
 
 def test_accumulator_overflow():

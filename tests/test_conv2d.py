@@ -267,3 +267,32 @@ def test_large_realistic_layers(i):
             assert_same(expected, npuq.ops.conv2d(x, wt, bias, threads=threads, **kw), f"layer {i} t={threads}")
         assert_same(expected, npuq.ops.Conv2d(wt, bias, **kw)(x), f"packed layer {i}")
     assert_same(R.conv2d(x, wt, bias, **kw), npuq.ops.reference.conv2d(x, wt, bias, **kw), f"reference layer {i}")
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+def test_every_effective_exponent_every_isa(rounding):
+    """One output channel per (e, s_c) pair over the whole range (e_c in [-46, 30]), under each ISA: the vector
+    kernels' fused requantization (arithmetic.md 3.5 covers e_c in [-31, 0]) and its fallbacks."""
+    e_all, s_all = np.meshgrid(np.arange(-31, 31), np.array([0, 1, 7, 15]), indexing="ij")
+    e_all, s_all = e_all.ravel(), s_all.ravel()  # 248 channels
+    c_out = e_all.size
+    rng = np.random.default_rng(21)
+    x = rng.integers(-128, 128, (2, 5, 5, 8), dtype=np.int8)
+    wt = rng.integers(-127, 128, (c_out, 3, 3, 8), dtype=np.int8)
+    wt[::5] //= 60  # some channels with tiny accumulators
+    bias = rng.integers(-(2**12), 2**12, c_out).astype(np.int32)
+    for m0 in (rng.integers(2**30, 2**31, c_out), np.full(c_out, 2**30), np.full(c_out, 2**31 - 1)):
+        kw = dict(padding=1, input_zero_point=-1, multiplier=m0, exponent=e_all, channel_shift=s_all,
+                  output_zero_point=2, rounding=rounding)
+        expected = R.conv2d(x, wt, bias, **kw)
+        for isa in npuq.cpu_features()["supported"]:
+            with using_isa(isa):
+                assert_same(expected, npuq.ops.conv2d(x, wt, bias, **kw), f"conv isa={isa}")
+                # the same parameters through depthwise and pointwise kernels
+                xd = rng.integers(-128, 128, (1, 4, 4, c_out), dtype=np.int8)
+                wd = rng.integers(-127, 128, (c_out, 3, 3, 1), dtype=np.int8)
+                kwd = dict(kw, groups=c_out)
+                assert_same(R.conv2d(xd, wd, bias, **kwd), npuq.ops.conv2d(xd, wd, bias, **kwd), f"dw isa={isa}")
+                wp = rng.integers(-127, 128, (c_out, 1, 1, 8), dtype=np.int8)
+                kwp = dict(kw, padding=0)
+                assert_same(R.conv2d(x, wp, bias, **kwp), npuq.ops.conv2d(x, wp, bias, **kwp), f"pw isa={isa}")

@@ -398,3 +398,20 @@ def test_avg_pool_hand_example():
 
 def test_wrap_int32():
     assert R.wrap_int32([2**31, -(2**31) - 1, 2**33 + 3, -5]).tolist() == [-(2**31), 2**31 - 1, 3, -5]
+
+
+# ------------------------------------------------------------------------------------------------
+# section 3.5: the one-rounding form of both modes (a claim of the spec, checked against sections 3.1/3.2)
+# ------------------------------------------------------------------------------------------------
+
+
+@given(I32, M0S, st.integers(0, 31))
+def test_fused_rounding_identity(acc, m0, n):
+    p = acc * m0
+    single = (p + 2 ** (30 + n)) // 2 ** (31 + n)
+    if n == 0:
+        double = (p + 2**30) // 2**31
+    else:
+        double = (p + 2**30 + 2 ** (30 + n) - (2**31 if p < 0 else 0)) // 2 ** (31 + n)
+    assert int(R.requantize_raw([acc], m0, -n, None, "double")[0]) == double
+    assert int(R.requantize_raw([acc], m0, -n, None, "single")[0]) == single

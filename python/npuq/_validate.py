@@ -83,7 +83,7 @@ def per_channel(v, name: str, channels: int, lo: int, hi: int, dtype) -> np.ndar
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"{name}[{i}] = {int(arr[i])} is outside [{lo}, {hi}]")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def requant(channels: int, multiplier, exponent, channel_shift, output_zero_point, act_min, act_max, rounding):
@@ -121,7 +121,7 @@ def bias(b, channels: int):
     if bad.size:
         i = int(bad[0])
         raise OverflowError(f"bias[{i}] = {int(b[i])} does not fit int32")
-    return np.ascontiguousarray(b, dtype=np.int32)
+    return np.require(b, dtype=np.int32, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def weights_in_range(w: np.ndarray, name: str = "weight") -> None:
