@@ -14,8 +14,12 @@ benchmarks/mobilenetv2_layers.py) and every requested batch size this script, in
    * ``fp32``      torch.nn.functional.conv2d, float32 channels_last input and weight.
    Every side allocates its output on every call. Timing: time.perf_counter around a loop of
    ``loops`` calls (``loops`` chosen so one sample lasts >= --min-time), after a warm-up; the reported
-   time is the median over --repeats samples (min and all samples go to the JSON). The garbage
-   collector is off while sampling.
+   time is the median over --repeats samples (min and all samples go to the JSON). The samples of the
+   implementations are interleaved (round r takes one sample of each, in rotating order), so slow
+   drifts and disturbances hit all of them alike. The garbage collector is off while sampling.
+   The machine may be shared: each row reports the CPU share other processes used meanwhile (bg%)
+   and is measured again (--busy-retries) when that is >= 5%; --nice -20 (root) raises this process's
+   priority, including its session's autogroup, so that other work barely disturbs it.
 4. prints a table per batch, then the geometric-mean speedups per layer kind and batch, the
    whole-network totals (each layer weighted by how often it occurs), and the throughput as a fraction
    of this CPU's int8 peak.
@@ -33,6 +37,7 @@ Speedups are torch_time / npuq_time: > 1 means npuq is faster.
 Examples:
     python3 scripts/bench_conv.py --quick
     python3 scripts/bench_conv.py --batch 1 8 --json bench.json --plot bench.png
+    python3 scripts/bench_conv.py --nice -20          # on a shared machine (root)
     python3 scripts/bench_conv.py --layers dw --threads 1
 """
 
@@ -216,9 +221,9 @@ def wait_idle(max_wait: float, threshold: float = 0.05, probe: float = 1.0) -> O
 
 
 # ------------------------------------------------------------------------------------------- timing
-def measure(fn: Callable[[], Any], repeats: int, min_time: float, warmup_time: float) -> Dict[str, Any]:
-    """Warm up for >= warmup_time (and >= 2 calls), then ``repeats`` samples of ``loops`` calls each,
-    ``loops`` chosen so a sample lasts >= min_time. Times are per call, in seconds."""
+def warm_up(fn: Callable[[], Any], min_time: float, warmup_time: float) -> int:
+    """Call ``fn`` for >= warmup_time seconds (and >= 2 calls); return the loop count that makes one
+    timed sample last >= min_time."""
     t0 = time.perf_counter()
     calls = 0
     while True:
@@ -228,21 +233,37 @@ def measure(fn: Callable[[], Any], repeats: int, min_time: float, warmup_time: f
         if calls >= 2 and elapsed >= warmup_time:
             break
     per_call = elapsed / calls
-    loops = max(1, math.ceil(min_time / per_call)) if per_call > 0 else 1000
-    samples = []
+    return max(1, math.ceil(min_time / per_call)) if per_call > 0 else 1000
+
+
+def sample(fn: Callable[[], Any], loops: int) -> float:
+    """Seconds per call over ``loops`` back-to-back calls (each call's result is dropped at once)."""
+    t = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - t) / loops
+
+
+def measure_interleaved(fns: Dict[str, Callable[[], Any]], repeats: int, min_time: float,
+                        warmup_time: float) -> Dict[str, Dict[str, Any]]:
+    """Warm each implementation up, then ``repeats`` rounds; a round takes one sample of every
+    implementation (the order rotating from round to round), so a disturbance or a clock change hits
+    all of them alike rather than whichever happened to run at that moment. GC is off meanwhile."""
+    names = list(fns)
+    loops = {k: warm_up(fns[k], min_time, warmup_time) for k in names}
+    samples: Dict[str, List[float]] = {k: [] for k in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for _ in range(loops):
-                fn()
-            samples.append((time.perf_counter() - t) / loops)
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for k in order:
+                samples[k].append(sample(fns[k], loops[k]))
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "loops": loops,
-            "samples_s": samples}
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "loops": loops[k], "samples_s": v}
+            for k, v in samples.items()}
 
 
 def geomean(values: List[float]) -> Optional[float]:
@@ -345,12 +366,12 @@ def check_npuq(data: cc.ConvData, y: np.ndarray, npuq, ref_time_b1: Optional[flo
 
 def bench_layer(layer: ConvLayer, batch: int, npuq, args, peak_gmacs: Optional[float],
                 ref_time_b1: Dict[str, float]) -> Dict[str, Any]:
-    meter = LoadMeter()
     data = cc.make_conv_data(layer, batch, seed=args.seed)
     macs = data.macs
     res: Dict[str, Any] = {"layer": layer_dict(layer), "batch": batch, "macs": macs, "impls": {},
                            "check": {"status": "-"}}
     first_out: Dict[str, Any] = {}
+    fns: Dict[str, Callable[[], Any]] = {}
     for impl in IMPLS:
         if impl == "npuq" and npuq is None:
             res["impls"][impl] = {"error": "npuq not importable"}
@@ -363,16 +384,19 @@ def bench_layer(layer: ConvLayer, batch: int, npuq, args, peak_gmacs: Optional[f
         except Exception as exc:
             res["impls"][impl] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
+        fns[impl] = fn
         if impl == "npuq":
             chk = check_npuq(data, first_out[impl], npuq, ref_time_b1.get(layer.id), args)
             res["check"] = chk
             if batch == 1 and chk.get("ref_time_s") is not None:
                 ref_time_b1[layer.id] = chk["ref_time_s"]
-        m = measure(fn, args.repeats, args.min_time, args.warmup)
+    meter = LoadMeter()
+    for impl, m in measure_interleaved(fns, args.repeats, args.min_time, args.warmup).items():
         m["gmacs"] = macs / m["median_s"] / 1e9
         m["peak_fraction"] = m["gmacs"] / peak_gmacs if peak_gmacs else None
         res["impls"][impl] = m
-        del fn
+    res["background_load"] = meter.background_fraction()
+    del fns
     tn = res["impls"].get("npuq", {}).get("median_s")
     t8 = res["impls"].get("t8_cl", {}).get("median_s")
     tf = res["impls"].get("fp32", {}).get("median_s")
@@ -380,7 +404,6 @@ def bench_layer(layer: ConvLayer, batch: int, npuq, args, peak_gmacs: Optional[f
     res["speedup_fp32"] = tf / tn if (tn and tf) else None
     if "npuq" in first_out and "t8_cl" in first_out:
         res["max_diff_vs_t8"] = cc.max_abs_diff_npuq_vs_torch(first_out["npuq"], first_out["t8_cl"])
-    res["background_load"] = meter.background_fraction()
     return res
 
 
@@ -563,16 +586,16 @@ def main(argv=None) -> int:
               f"cpu_features={features}")
     autogroup = _read("/proc/self/autogroup").strip()
     print(f"priority : nice {os.getpriority(os.PRIO_PROCESS, 0)}" + (f", {autogroup}" if autogroup else ""))
-    print(f"timing   : median of {args.repeats} samples, each >= {args.min_time * 1e3:.0f} ms, "
+    print(f"timing   : median of {args.repeats} interleaved samples, each >= {args.min_time * 1e3:.0f} ms, "
           f"after >= {args.warmup * 1e3:.0f} ms warm-up; {len(layers)} layers x batches {args.batch}")
     print("columns  : " + "; ".join(f"{k} = {v}" for k, v in IMPL_DESC.items()))
     print("           speedup t8/np = t8_cl time / npuq time, f32/np = fp32 time / npuq time (>1: npuq faster);"
-          " 'npuq vs ref' = bit-exact check against npuq.ops.reference.conv2d, 'ref ms' = its time;"
+          " 'check vs ref' = bit-exact check against npuq.ops.reference.conv2d, 'ref ms' = its time;"
           " dt8 = max |npuq - torch int8| output difference in LSB (informational);"
           " bg% = CPU share used by other processes while the row ran (should be 0)")
     print()
 
-    if args.wait_idle > 0:
+    if args.wait_idle > 0 and args.nice is None:
         bg = wait_idle(args.wait_idle)
         if bg is not None and bg >= BUSY:
             print(f"WARNING: other processes use {100 * bg:.0f}% of the CPUs; timings will be disturbed")
@@ -597,9 +620,12 @@ def main(argv=None) -> int:
                 if bg is None or bg < BUSY or attempt == args.busy_retries or waited >= args.max_wait_total:
                     break
                 # Something else ran on the (shared) CPUs meanwhile: wait for quiet and measure again.
-                t_wait = time.perf_counter()
-                wait_idle(min(args.wait_idle, args.max_wait_total - waited))
-                waited += time.perf_counter() - t_wait
+                # (At raised priority --nice, measure again at once: waiting for an idle machine is
+                # pointless when the other work just runs while this process sleeps.)
+                if args.nice is None:
+                    t_wait = time.perf_counter()
+                    wait_idle(min(args.wait_idle, args.max_wait_total - waited))
+                    waited += time.perf_counter() - t_wait
             r["attempts"] = attempt + 1
             results.append(r)
             out(format_row(r))

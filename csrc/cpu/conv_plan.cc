@@ -108,8 +108,17 @@ void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group
           x + ((n * s.in_h + oh * s.stride_h) * s.in_w + ow * s.stride_w) * s.in_c + group * cin_g);
       for (int64_t i = 0; i < cin_g; ++i) dst[i] = src[i] ^ 0x80u;
     } else {
+      const int64_t iw_first = ow * s.stride_w - s.pad_left;
+      // Without groups or horizontal dilation, a kernel row inside the image is one contiguous run.
+      const bool row_contiguous = s.groups == 1 && s.dilation_w == 1 && iw_first >= 0 && iw_first + s.kernel_w <= s.in_w;
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
+        if (row_contiguous && ih >= 0 && ih < s.in_h) {
+          const auto* src = reinterpret_cast<const uint8_t*>(x + ((n * s.in_h + ih) * s.in_w + iw_first) * s.in_c);
+          uint8_t* d = dst + kh * s.kernel_w * cin_g;
+          for (int64_t i = 0; i < s.kernel_w * cin_g; ++i) d[i] = src[i] ^ 0x80u;
+          continue;
+        }
         for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
           const int64_t iw = ow * s.stride_w + kw * s.dilation_w - s.pad_left;
           uint8_t* d = dst + (kh * s.kernel_w + kw) * cin_g;
