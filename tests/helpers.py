@@ -177,6 +177,20 @@ def assert_same(expected, actual, what=""):
         )
 
 
+def assert_paths_agree(expected, paths, isa, what=""):
+    """Run each (name, thunk) of ``paths`` under ``isa``: each must equal ``expected`` exactly, or raise
+    OverflowError when ``expected`` is the OverflowError class (the oracle's accumulator overflowed)."""
+    import pytest
+
+    with using_isa(isa):
+        for name, fn in paths:
+            if expected is OverflowError:
+                with pytest.raises(OverflowError):
+                    fn()
+            else:
+                assert_same(expected, fn(), f"{name} {what}")
+
+
 def isa_threads():
     """Strategy: (ISA to force or None for "auto", threads keyword).  Call from modules that import npuq."""
     import npuq

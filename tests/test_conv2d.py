@@ -13,6 +13,7 @@ from helpers import (
     DATA_MODES,
     OVERFLOW_STRATEGY,
     as_int32_params,
+    assert_paths_agree,
     assert_same,
     bias_data,
     fitting_exponent,
@@ -113,13 +114,7 @@ def _check_all_paths(x, wt, bias, kwargs, what="", isa=None, threads=None):
         ("npuq.ops.reference.conv2d", lambda: npuq.ops.reference.conv2d(x, wt, bias, **kwargs)),
         ("npuq.ops.Conv2d", lambda: npuq.ops.Conv2d(wt, bias, **fast_kwargs)(x)),
     ]
-    with using_isa(isa):
-        for name, fn in paths:
-            if expected is OverflowError:
-                with pytest.raises(OverflowError):
-                    fn()
-            else:
-                assert_same(expected, fn(), f"{name} {what} isa={isa} threads={threads}")
+    assert_paths_agree(expected, paths, isa, f"{what} isa={isa} threads={threads}")
 
 
 @scaled_examples(10)

@@ -16,6 +16,7 @@ from helpers import (
     OVERFLOW_STRATEGY,
     ROUNDING_STRATEGY,
     as_int32_params,
+    assert_paths_agree,
     assert_same,
     bias_data,
     clamps,
@@ -58,19 +59,13 @@ def test_fully_connected_matches_oracle(case, isa_and_threads):
     try:
         expected = R.fully_connected(x, w, bias, **kw)
     except OverflowError:
-        expected = None
+        expected = OverflowError
     paths = [
         ("npuq.ops.fully_connected", lambda: npuq.ops.fully_connected(x, w, bias, threads=threads, **kw)),
         ("npuq.ops.reference.fully_connected", lambda: npuq.ops.reference.fully_connected(x, w, bias, **kw)),
         ("npuq.ops.FullyConnected", lambda: npuq.ops.FullyConnected(w, bias, threads=threads, **kw)(x)),
     ]
-    with using_isa(isa):
-        for name, fn in paths:
-            if expected is None:
-                with pytest.raises(OverflowError):
-                    fn()
-            else:
-                assert_same(expected, fn(), f"{name} isa={isa} threads={threads}")
+    assert_paths_agree(expected, paths, isa, f"isa={isa} threads={threads}")
 
 
 def test_fully_connected_equals_1x1_conv():
