@@ -358,7 +358,7 @@ def check_npuq(data: cc.ConvData, y: np.ndarray, npuq, ref_time_b1: Optional[flo
         out["status"] = "exact"
         return out
     first = tuple(int(i) for i in np.argwhere(bad)[0])
-    out.update(status=f"FAIL", mismatches=n_bad, total=int(y.size),
+    out.update(status="FAIL", mismatches=n_bad, total=int(y.size),
                max_abs_diff=int(np.max(np.abs(y.astype(np.int16) - ref.astype(np.int16)))),
                first_mismatch_nhwc=first, npuq_value=int(y[first]), ref_value=int(ref[first]))
     return out

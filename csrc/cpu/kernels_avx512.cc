@@ -211,20 +211,14 @@ static void vnni_gemm_tile(const GemmTile& t) {
 
 // Fills one ring row: for every padded column that starts a tap pair, the pairs
 // (x[iw] - z, x[iw + dw] - z) as int16 in lane order; zero where a member lies in the padding.
-static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row) {
+static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row, const uint8_t* needed) {
   const Conv2dShape& s = *job.shape;
-  const int64_t C = s.in_c, c32 = job.weights->c32, pairs = job.weights->pairs;
+  const int64_t C = s.in_c, c32 = job.weights->c32;
   const int64_t pw = depthwise_padded_width(s);
   const __m512i zp = _mm512_set1_epi16(static_cast<int16_t>(job.input_zero_point));
   const int8_t* xrow = job.x + (job.image * s.in_h + ih) * s.in_w * C;
   for (int64_t iwp = 0; iwp < pw; ++iwp) {
-    // With a stride > 1 some columns start no pair of any output: skip them.
-    bool needed = s.stride_w == 1;
-    for (int64_t j = 0; j < pairs && !needed; ++j) {
-      const int64_t r = iwp - 2 * j * s.dilation_w;
-      needed = r >= 0 && r % s.stride_w == 0 && r / s.stride_w < s.out_w;
-    }
-    if (!needed) continue;
+    if (!needed[iwp]) continue;
     const int64_t iw0 = iwp - s.pad_left, iw1 = iw0 + s.dilation_w;
     const bool in0 = iw0 >= 0 && iw0 < s.in_w, in1 = iw1 >= 0 && iw1 < s.in_w;
     int16_t* dst = row + iwp * c32 * 2;
@@ -276,6 +270,12 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
   const int64_t ring = depthwise_ring_rows(s);
   const int64_t row_elems = depthwise_padded_width(s) * c32 * 2;
   int16_t* rows = static_cast<int16_t*>(job.scratch);
+  // Columns that start a tap pair of some output (with a stride > 1 the others are never read).
+  uint8_t* needed = reinterpret_cast<uint8_t*>(rows + ring * row_elems);
+  const int64_t pw = depthwise_padded_width(s);
+  for (int64_t iwp = 0; iwp < pw; ++iwp) needed[iwp] = s.stride_w == 1;
+  for (int64_t ow = 0; ow < s.out_w; ++ow)
+    for (int j = 0; j < pairs; ++j) needed[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
   int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
   for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
   const int64_t col_step = s.stride_w * c32 * 2;  // int16 elements between consecutive outputs
@@ -294,7 +294,7 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
       const int64_t slot = ih % ring;
       int16_t* row = rows + slot * row_elems;
       if (tags[slot] != ih) {
-        build_pair_row(job, ih, row);
+        build_pair_row(job, ih, row, needed);
         tags[slot] = ih;
       }
       src[nvalid] = row;
