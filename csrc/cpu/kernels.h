@@ -104,13 +104,14 @@ struct DepthwiseJob {
 };
 
 // Scratch of one depthwise job: a ring of (KH - 1) * dilation_h + 1 rows of paired taps
-// [padded width][c32][2] int16, plus an int32 accumulator row or a byte per padded column. Big enough
-// for every kernel family.
+// [padded width][c32][2] int16, plus an int32 accumulator row or a byte per padded column and the
+// requantization constants of each 16 channels (at most 1 KiB). Big enough for every kernel family.
 inline int64_t depthwise_ring_rows(const Conv2dShape& s) { return (s.kernel_h - 1) * s.dilation_h + 1; }
 inline int64_t depthwise_padded_width(const Conv2dShape& s) { return s.in_w + s.pad_left + s.pad_right; }
 inline int64_t depthwise_scratch_bytes(const Conv2dShape& s) {
   const int64_t c32 = (s.in_c + 31) / 32 * 32;
-  return depthwise_ring_rows(s) * depthwise_padded_width(s) * c32 * 4 + c32 * 4 + depthwise_padded_width(s) + 64;
+  return depthwise_ring_rows(s) * depthwise_padded_width(s) * c32 * 4 + c32 * 4 + depthwise_padded_width(s) +
+         c32 / 16 * 1024 + 128;
 }
 
 struct KernelTable {

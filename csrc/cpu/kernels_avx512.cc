@@ -33,6 +33,8 @@ struct Requant16 {
   __m512i lo, hi, zp;
 };
 
+static_assert(sizeof(Requant16) <= 1024, "depthwise_scratch_bytes reserves 1 KiB per 16 channels");
+
 static inline Requant16 make_requant(const int32_t* m0, const int64_t* round_pos, const int64_t* round_neg,
                                      const int64_t* shift, int32_t zero_point, int32_t act_min, int32_t act_max) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
@@ -217,18 +219,29 @@ static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row, co
   const int64_t pw = depthwise_padded_width(s);
   const __m512i zp = _mm512_set1_epi16(static_cast<int16_t>(job.input_zero_point));
   const int8_t* xrow = job.x + (job.image * s.in_h + ih) * s.in_w * C;
-  for (int64_t iwp = 0; iwp < pw; ++iwp) {
-    if (!needed[iwp]) continue;
-    const int64_t iw0 = iwp - s.pad_left, iw1 = iw0 + s.dilation_w;
-    const bool in0 = iw0 >= 0 && iw0 < s.in_w, in1 = iw1 >= 0 && iw1 < s.in_w;
-    int16_t* dst = row + iwp * c32 * 2;
-    for (int64_t c = 0; c < c32; c += 32) {
-      const __mmask32 mask = C - c >= 32 ? ~__mmask32(0) : (__mmask32(1) << (C - c)) - 1;
-      __m512i q0 = _mm512_setzero_si512(), q1 = _mm512_setzero_si512();
-      if (in0) q0 = _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, xrow + iw0 * C + c)), zp);
-      if (in1) q1 = _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, xrow + iw1 * C + c)), zp);
-      _mm512_storeu_si512(dst + c * 2, _mm512_unpacklo_epi16(q0, q1));
-      _mm512_storeu_si512(dst + c * 2 + 32, _mm512_unpackhi_epi16(q0, q1));
+  for (int64_t c = 0; c < c32; c += 32) {
+    const __mmask32 mask = C - c >= 32 ? ~__mmask32(0) : (__mmask32(1) << (C - c)) - 1;
+    // x - z of 32 channels of one column as int16; zero in the padding.
+    auto column = [&](int64_t iw) {
+      if (iw < 0 || iw >= s.in_w) return _mm512_setzero_si512();
+      return _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, xrow + iw * C + c)), zp);
+    };
+    auto store_pair = [&](int64_t iwp, __m512i q0, __m512i q1) {
+      int16_t* dst = row + iwp * c32 * 2 + c * 2;
+      _mm512_storeu_si512(dst, _mm512_unpacklo_epi16(q0, q1));
+      _mm512_storeu_si512(dst + 32, _mm512_unpackhi_epi16(q0, q1));
+    };
+    if (s.stride_w == 1 && s.dilation_w == 1) {
+      // Every column is needed and its second member is the next column's first: load each once.
+      __m512i q0 = column(-s.pad_left);
+      for (int64_t iwp = 0; iwp < pw; ++iwp) {
+        const __m512i q1 = column(iwp - s.pad_left + 1);
+        store_pair(iwp, q0, q1);
+        q0 = q1;
+      }
+    } else {
+      for (int64_t iwp = 0; iwp < pw; ++iwp)
+        if (needed[iwp]) store_pair(iwp, column(iwp - s.pad_left), column(iwp - s.pad_left + s.dilation_w));
     }
   }
 }
@@ -276,6 +289,10 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
   for (int64_t iwp = 0; iwp < pw; ++iwp) needed[iwp] = s.stride_w == 1;
   for (int64_t ow = 0; ow < s.out_w; ++ow)
     for (int j = 0; j < pairs; ++j) needed[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
+  // Requantization constants of every block of 16 lanes, derived once per job.
+  const uintptr_t after_mask = reinterpret_cast<uintptr_t>(needed + pw);
+  Requant16* requant = reinterpret_cast<Requant16*>((after_mask + 63) / 64 * 64);
+  for (int64_t c = 0; c < c32; c += 16) requant[c / 16] = load_requant(cc, c);
   int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
   for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
   const int64_t col_step = s.stride_w * c32 * 2;  // int16 elements between consecutive outputs
@@ -307,7 +324,9 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
       const __mmask32 mask = valid == 32 ? ~__mmask32(0) : (__mmask32(1) << valid) - 1;
       const __m512i bias_lo = _mm512_loadu_si512(cc.bias.data() + c);
       const __m512i bias_hi = _mm512_loadu_si512(cc.bias.data() + c + 16);
-      const Requant16 q_lo = load_requant(cc, c), q_hi = load_requant(cc, c + 16);
+      // Copies: through references the compiler reloads them after every output store (may alias).
+      const Requant16 q_lo = requant[c / 16];
+      const Requant16 q_hi = requant[c / 16 + 1];
       // Weights of this block: [kh][pair][low 16 lanes, high 16 lanes] of (w0, w1) int16 pairs.
       const int16_t* wblock = w.paired.data() + (c / 32) * kh_n * pairs * 64;
       auto finish = [&](int64_t ow, __m512i acc_lo, __m512i acc_hi) {
