@@ -72,8 +72,9 @@ static inline __m512i multiply16(__m512i acc, const Requant16& q) {
   const __m512i r_odd = _mm512_srav_epi64(
       _mm512_add_epi64(p_odd, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_odd), q.pos_odd, q.neg_odd)),
       q.shift_odd);
-  // The quotients fit int32: keep the low dword of every 64-bit lane.
-  return _mm512_mask_blend_epi32(0xAAAA, r_even, _mm512_slli_epi64(r_odd, 32));
+  // The quotients fit int32: interleave the low dwords of the even and odd 64-bit results.
+  const __m512i low_dwords = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+  return _mm512_permutex2var_epi32(r_even, low_dwords, r_odd);
 }
 
 static inline __m512i requant16(__m512i acc, const Requant16& q) {
