@@ -12,7 +12,6 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
     exit 1
   fi
 fi
-python3 -m pip install --quiet --upgrade pip
 # torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build.
 case ",$extras," in
   *,test,*|*,bench,*|*,torch,*) python3 -m pip install --quiet "torch==2.13.0" ;;
