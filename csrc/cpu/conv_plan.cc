@@ -194,6 +194,7 @@ void Conv2dPlan::pack_gemm() {
     w.n = n;
     w.n16 = round_up(n, kChannelBlock);
     w.packed.assign(w.n16 * w.k4, 0);
+    w.pairs.assign(w.n16 * w.k4, 0);
     ChannelConstants& cc = gemm_cc_[g];
     fill_requant_constants(cc, requant_, g * n, n, w.n16);
     for (int64_t c = 0; c < n; ++c) {
@@ -201,6 +202,7 @@ void Conv2dPlan::pack_gemm() {
       uint32_t sum = 0;
       for (int64_t i = 0; i < k; ++i) {
         w.packed[(c / 16) * w.k4 * 16 + (i / 4) * 64 + (c % 16) * 4 + i % 4] = src[i];
+        w.pairs[(c / 16) * w.k4 * 16 + (i / 2) * 32 + (c % 16) * 2 + i % 2] = src[i];
         sum += static_cast<uint32_t>(static_cast<int32_t>(src[i]));
       }
       // bias - (z + 128) * sum(w), modulo 2^32 (see kernels.h).

@@ -25,7 +25,10 @@ constexpr int64_t kChannelBlock = 16;  // output channels per packed weight bloc
 struct GemmWeights {
   int64_t k = 0, k4 = 0, n = 0, n16 = 0;
   std::vector<int8_t> packed;
+  // AVX2 (vpmaddwd): [N16 / 16][K4 / 2][16 channels][2] int16, consecutive k paired per channel.
+  std::vector<int16_t> pairs;
   const int8_t* block(int64_t nb) const { return packed.data() + nb * k4 * kChannelBlock; }
+  const int16_t* pair_block(int64_t nb) const { return pairs.data() + nb * k4 * kChannelBlock; }
 };
 
 // Per-channel requantization constants, padded with harmless values to a multiple of 16 channels.
