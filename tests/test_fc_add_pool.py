@@ -221,6 +221,28 @@ def test_global_avg_pool_large(shape):
         assert_same(R.global_avg_pool(x), npuq.ops.global_avg_pool(x), f"global_avg_pool {shape} {mode}")
 
 
+@pytest.mark.parametrize("height", [2048, 2049])  # 2^22 pixels: the last window the int32 path takes
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_global_avg_pool_huge_window_ties(height, offset):
+    """Sums one LSB either side of a rounding tie, at the largest windows of the fast int32/double
+    path and just past it (int64 path): the division must stay exact."""
+    count = height * 2048
+    x = np.full((1, height, 2048, 2), -3, dtype=np.int8)
+    # Channel 0: sum = -3 * count + count / 2 + offset (a tie at -2.5 when offset = 0).
+    # Channel 1: positive, 2.5 * count + offset.
+    flat0 = x[0, :, :, 0].reshape(-1)
+    flat0[: count // 2] = -2
+    flat0[0] += offset
+    x[0, :, :, 1] = 2
+    flat1 = x[0, :, :, 1].reshape(-1)
+    flat1[: count // 2] = 3
+    flat1[0] += offset
+    expected = R.global_avg_pool(x)
+    for isa in npuq.cpu_features()["supported"]:
+        with using_isa(isa):
+            assert_same(expected, npuq.ops.global_avg_pool(x), f"global_avg_pool {height}x2048 isa={isa}")
+
+
 def test_global_avg_pool_equals_full_kernel_avg_pool():
     rng = np.random.default_rng(4)
     x = rng.integers(-128, 128, (2, 5, 6, 9), dtype=np.int8)

@@ -69,12 +69,17 @@ static inline __m256i floor_shift(__m256i p, __m256i pos, __m256i neg, __m256i s
 }
 
 // clamp(r + z) of 8 channels as int32 (docs/arithmetic.md 3.3 and 3.5).
-static inline __m256i requant8(__m256i acc, const Requant8& q) {
+// The multiplier stage alone (no zero point, no clamp).
+static inline __m256i multiply8(__m256i acc, const Requant8& q) {
   const __m256i p_even = _mm256_mul_epi32(acc, q.m0);
   const __m256i p_odd = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), q.m0_odd);
   const __m256i r_even = floor_shift(p_even, q.pos_even, q.neg_even, q.shift_even, q.unbias_even);
   const __m256i r_odd = floor_shift(p_odd, q.pos_odd, q.neg_odd, q.shift_odd, q.unbias_odd);
-  const __m256i r = _mm256_blend_epi32(r_even, _mm256_slli_epi64(r_odd, 32), 0xAA);
+  return _mm256_blend_epi32(r_even, _mm256_slli_epi64(r_odd, 32), 0xAA);
+}
+
+static inline __m256i requant8(__m256i acc, const Requant8& q) {
+  const __m256i r = multiply8(acc, q);
   return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(r, q.lo), q.hi), q.zp);
 }
 
@@ -224,12 +229,45 @@ static void avx2_requantize_rows(const int32_t* acc, int64_t rows, int8_t* out, 
   }
 }
 
+// Per-layer constants of one multiplier broadcast to 8 lanes; requires e in [-31, 0].
+static inline Requant8 broadcast_requant8(int32_t m0, int exponent, fp::Rounding rounding, int32_t zero_point,
+                                          int32_t act_min, int32_t act_max) {
+  alignas(32) int32_t m[8];
+  alignas(32) int64_t pos[8], neg[8], shift[8];
+  for (int j = 0; j < 8; ++j) {
+    m[j] = m0;
+    fused_rounding(exponent, rounding, &pos[j], &neg[j], &shift[j]);
+  }
+  return make_requant8(m, pos, neg, shift, zero_point, act_min, act_max);
+}
+
+
+// Elementwise add (docs/arithmetic.md 6), 8 elements at a time.
+static void avx2_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
+  if (p.out_exponent > 0 || p.out_exponent < -31) return generic_add(a, b, out, count, p);
+  const Requant8 qa = broadcast_requant8(p.a_multiplier, p.a_exponent, p.rounding, 0, -128, 127);
+  const Requant8 qb = broadcast_requant8(p.b_multiplier, p.b_exponent, p.rounding, 0, -128, 127);
+  const Requant8 qo =
+      broadcast_requant8(p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min, p.act_max);
+  const __m256i za = _mm256_set1_epi32(p.a_zero_point), zb = _mm256_set1_epi32(p.b_zero_point);
+  const __m128i shift = _mm_cvtsi32_si128(p.left_shift);
+  const int64_t whole = count / 8 * 8;
+  for (int64_t i = 0; i < whole; i += 8) {
+    const __m256i va = _mm256_sll_epi32(
+        _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(a + i))), za), shift);
+    const __m256i vb = _mm256_sll_epi32(
+        _mm256_sub_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + i))), zb), shift);
+    store8(out + i, requant8(_mm256_add_epi32(multiply8(va, qa), multiply8(vb, qb)), qo), 8);
+  }
+  if (whole < count) generic_add(a + whole, b + whole, out + whole, count - whole, p);
+}
+
 }  // namespace avx2
 NPUQ_TARGET_END
 
 const KernelTable* avx2_kernels() {
   static const KernelTable table = {"avx2", avx2::pairs_gemm_tile, avx2::avx2_depthwise_rows,
-                                    avx2::avx2_requantize_rows, avx2::generic_add, avx2::generic_avg_pool_rows};
+                                    avx2::avx2_requantize_rows, avx2::avx2_add, avx2::generic_avg_pool_rows};
   return &table;
 }
 #else

@@ -401,12 +401,42 @@ static void vnni_requantize_rows(const int32_t* acc, int64_t rows, int8_t* out, 
   }
 }
 
+// Per-layer constants of one multiplier broadcast to 16 lanes; requires e in [-31, 0].
+static inline Requant16 broadcast_requant(int32_t m0, int exponent, fp::Rounding rounding, int32_t zero_point,
+                                          int32_t act_min, int32_t act_max) {
+  alignas(64) int32_t m[16];
+  alignas(64) int64_t pos[16], neg[16], shift[16];
+  for (int j = 0; j < 16; ++j) {
+    m[j] = m0;
+    fused_rounding(exponent, rounding, &pos[j], &neg[j], &shift[j]);
+  }
+  return make_requant(m, pos, neg, shift, zero_point, act_min, act_max);
+}
+
+// Elementwise add (docs/arithmetic.md 6), 16 elements at a time.
+static void vnni_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
+  if (p.out_exponent > 0 || p.out_exponent < -31) return generic_add(a, b, out, count, p);
+  const Requant16 qa = broadcast_requant(p.a_multiplier, p.a_exponent, p.rounding, 0, -128, 127);
+  const Requant16 qb = broadcast_requant(p.b_multiplier, p.b_exponent, p.rounding, 0, -128, 127);
+  const Requant16 qo =
+      broadcast_requant(p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min, p.act_max);
+  const __m512i za = _mm512_set1_epi32(p.a_zero_point), zb = _mm512_set1_epi32(p.b_zero_point);
+  const __m128i shift = _mm_cvtsi32_si128(p.left_shift);
+  for (int64_t i = 0; i < count; i += 16) {
+    const __mmask16 mask = tail_mask(count - i);
+    const __m512i va = _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, a + i)), za), shift);
+    const __m512i vb = _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, b + i)), zb), shift);
+    const __m512i sum = _mm512_add_epi32(multiply16(va, qa), multiply16(vb, qb));  // |each| < 2^30
+    store16(out + i, requant16(sum, qo), mask);
+  }
+}
+
 }  // namespace avx512
 NPUQ_TARGET_END
 
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {"avx512_vnni", avx512::vnni_gemm_tile, avx512::vnni_depthwise_rows,
-                                    avx512::vnni_requantize_rows, avx512::generic_add,
+                                    avx512::vnni_requantize_rows, avx512::vnni_add,
                                     avx512::generic_avg_pool_rows};
   return &table;
 }
