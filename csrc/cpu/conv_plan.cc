@@ -382,7 +382,7 @@ void add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const Add
   validate(p);
   const KernelTable& k = kernels(active_isa());
   const int t = resolve_threads(threads);
-  constexpr int64_t kBlock = 1 << 16;
+  constexpr int64_t kBlock = 1 << 14;  // small enough to balance two threads on 100k elements
   const int64_t blocks = ceil_div(count, kBlock);
 #pragma omp parallel for num_threads(t) schedule(static) if (t > 1 && blocks > 1)
   for (int64_t i = 0; i < blocks; ++i)

@@ -15,9 +15,10 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def integer(v, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
+    if type(v) is not int:  # the common case skips the (slow) abstract-base-class checks
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
     return v
