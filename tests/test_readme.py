@@ -1,0 +1,15 @@
+"""The README's quick start runs as written."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_quick_start_runs():
+    text = README.read_text()
+    match = re.search(r"## Quick start\n\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no python block under '## Quick start'"
+    namespace: dict = {}
+    exec(compile(match.group(1), str(README), "exec"), namespace)  # noqa: S102 - our own README
+    assert namespace["y"].shape == (1, 56, 56, 144)
