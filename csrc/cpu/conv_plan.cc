@@ -70,8 +70,9 @@ void fill_requant_constants(ChannelConstants& cc, const RequantParams& r, int64_
   }
 }
 
-// The same constants with lane i holding channel order[i] (and padding where order[i] >= channels).
-ChannelConstants permute_constants(const ChannelConstants& cc, int64_t channels, int64_t padded,
+// The same constants with lane i of each block holding channel order(i) of that block (and padding
+// where that channel does not exist).
+ChannelConstants permute_constants(const ChannelConstants& cc, int64_t channels, int64_t padded, int64_t block,
                                    int64_t (*order)(int64_t)) {
   ChannelConstants out = cc;
   for (auto* v : {&out.bias, &out.m0, &out.ec}) v->assign(padded, 0);
@@ -79,7 +80,7 @@ ChannelConstants permute_constants(const ChannelConstants& cc, int64_t channels,
   out.round_neg.assign(padded, int64_t{1} << 30);
   out.shift.assign(padded, 31);
   for (int64_t lane = 0; lane < padded; ++lane) {
-    const int64_t c = lane / 32 * 32 + order(lane % 32);
+    const int64_t c = lane / block * block + order(lane % block);
     if (c >= channels) continue;
     out.bias[lane] = cc.bias[c];
     out.m0[lane] = cc.m0[c];
@@ -234,7 +235,17 @@ void Conv2dPlan::pack_depthwise() {
   }
   fill_requant_constants(dw_cc_, requant_, 0, C, dw_.c16);
   std::copy(bias_.begin(), bias_.end(), dw_cc_.bias.begin());
-  dw_lane_cc_ = permute_constants(dw_cc_, C, dw_.c32, depthwise_lane_channel);
+  dw_lane_cc_ = permute_constants(dw_cc_, C, dw_.c32, 32, depthwise_lane_channel);
+  dw_.paired16.assign(dw_.c16 * KH * dw_.pairs * 2, 0);
+  for (int64_t lane = 0; lane < dw_.c16; ++lane) {
+    const int64_t c = lane / 16 * 16 + depthwise_lane_channel16(lane % 16);
+    if (c >= C) continue;
+    for (int64_t kh = 0; kh < KH; ++kh)
+      for (int64_t kw = 0; kw < KW; ++kw)
+        dw_.paired16[(((lane / 16) * KH + kh) * dw_.pairs + kw / 2) * 32 + (lane % 16) * 2 + kw % 2] =
+            weights_[(c * KH + kh) * KW + kw];
+  }
+  dw_lane16_cc_ = permute_constants(dw_cc_, C, dw_.c16, 16, depthwise_lane_channel16);
 }
 
 Conv2dShape Conv2dPlan::shape_for(int64_t batch, int64_t in_h, int64_t in_w) const {
@@ -327,6 +338,7 @@ void Conv2dPlan::run_depthwise(const int8_t* x, const Conv2dShape& s, int8_t* ou
         job.weights = &dw_;
         job.constants = &dw_cc_;
         job.lane_constants = &dw_lane_cc_;
+        job.lane16_constants = &dw_lane16_cc_;
         job.image = item / chunks;
         job.oh_begin = (item % chunks) * rows_per_chunk;
         job.oh_end = std::min(s.out_h, job.oh_begin + rows_per_chunk);

@@ -66,6 +66,7 @@ class Conv2dPlan {
   DepthwiseWeights dw_;
   ChannelConstants dw_cc_;
   ChannelConstants dw_lane_cc_;     // dw_cc_ in the lane order of the VNNI depthwise kernel
+  ChannelConstants dw_lane16_cc_;   // dw_cc_ in the lane order of the AVX2 depthwise kernel
 };
 
 void requantize(const int32_t* acc, int64_t rows, int8_t* out, const RequantParams& r, int threads);

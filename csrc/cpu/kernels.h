@@ -84,6 +84,9 @@ struct DepthwiseWeights {
   // lanes in the order of depthwise_lane_channel().
   int64_t c32 = 0;
   std::vector<int16_t> paired;
+  // AVX2: the same per 16 channels, [c16 / 16][KH][pairs][16 lanes][2], lanes in the order of
+  // depthwise_lane_channel16().
+  std::vector<int16_t> paired16;
 };
 
 // Channel (within its block of 32) held by 32-bit lane `lane` of the VNNI depthwise kernel. Unpacking
@@ -91,6 +94,12 @@ struct DepthwiseWeights {
 // half and 8k+4..8k+7 in the high half; packing the results back to int16 restores the natural order.
 inline int64_t depthwise_lane_channel(int64_t lane) {
   const int64_t half = lane / 16, within = lane % 16;
+  return 8 * (within / 4) + 4 * half + within % 4;
+}
+
+// The same for the AVX2 kernel's blocks of 16 channels (two vectors of 8 lanes).
+inline int64_t depthwise_lane_channel16(int64_t lane) {
+  const int64_t half = lane / 8, within = lane % 8;
   return 8 * (within / 4) + 4 * half + within % 4;
 }
 
@@ -102,6 +111,7 @@ struct DepthwiseJob {
   const DepthwiseWeights* weights;
   const ChannelConstants* constants;       // bias not folded; natural channel order, padded to c16
   const ChannelConstants* lane_constants;  // the same in lane order (depthwise_lane_channel), padded to c32
+  const ChannelConstants* lane16_constants;  // lane order of depthwise_lane_channel16, padded to c16
   int64_t image, oh_begin, oh_end;
   void* scratch;               // depthwise_scratch_bytes(shape) bytes, 64-byte aligned, per thread
 };

@@ -1,5 +1,5 @@
 // AVX2 kernels (x86-64 with AVX2, FMA, BMI2): the generic loops compiled for AVX2, with the GEMM,
-// depthwise and requantization replaced by intrinsics.
+// depthwise, add and requantization replaced by intrinsics.
 //
 // AVX2 has no VNNI and its byte multiply-add (vpmaddubsw) saturates, so the exact products go through
 // vpmaddwd on int16 pairs (two multiply-accumulates per int32 lane). The requantization is the single
@@ -53,6 +53,8 @@ static inline Requant8 make_requant8(const int32_t* m0, const int64_t* round_pos
   q.zp = _mm256_set1_epi32(zero_point);
   return q;
 }
+
+static_assert(sizeof(Requant8) <= 512, "depthwise_scratch_bytes reserves 1 KiB per 16 channels");
 
 // Channels c .. c + 7 of arrays padded to a multiple of 16.
 static inline Requant8 load_requant8(const ChannelConstants& cc, int64_t c) {
@@ -155,45 +157,168 @@ static void pairs_gemm_tile(const GemmTile& t) {
   }
 }
 
-// Depthwise: 8 channels at a time over a row of outputs, constants and weights held per block.
+// --- depthwise: the activations minus their zero point are stored once per input row as int16 pairs
+// (x[iw], x[iw + dilation]) per channel, so that vpmaddwd does two taps of 8 channels at once; the pair
+// rows live in a ring reused by consecutive output rows (the AVX-512 kernel's scheme on 16 channels).
+
+static void build_pair_row16(const DepthwiseJob& job, int64_t ih, int16_t* row, const uint8_t* needed) {
+  const Conv2dShape& s = *job.shape;
+  const int64_t C = s.in_c, c16 = job.weights->c16;
+  const int64_t pw = depthwise_padded_width(s);
+  const __m256i zp = _mm256_set1_epi16(static_cast<int16_t>(job.input_zero_point));
+  const int8_t* xrow = job.x + (job.image * s.in_h + ih) * s.in_w * C;
+  for (int64_t c = 0; c < c16; c += 16) {
+    const int64_t valid = C - c < 16 ? C - c : 16;
+    // x - z of 16 channels of one column as int16; zero in the padding.
+    auto column = [&](int64_t iw) {
+      if (iw < 0 || iw >= s.in_w) return _mm256_setzero_si256();
+      __m128i x16;
+      if (valid == 16) {
+        x16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xrow + iw * C + c));
+      } else {
+        alignas(16) int8_t tmp[16] = {};
+        std::memcpy(tmp, xrow + iw * C + c, static_cast<size_t>(valid));
+        x16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+      }
+      return _mm256_sub_epi16(_mm256_cvtepi8_epi16(x16), zp);
+    };
+    auto store_pair = [&](int64_t iwp, __m256i q0, __m256i q1) {
+      int16_t* dst = row + iwp * c16 * 2 + c * 2;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_unpacklo_epi16(q0, q1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16), _mm256_unpackhi_epi16(q0, q1));
+    };
+    if (s.stride_w == 1 && s.dilation_w == 1) {
+      __m256i q0 = column(-s.pad_left);
+      for (int64_t iwp = 0; iwp < pw; ++iwp) {
+        const __m256i q1 = column(iwp - s.pad_left + 1);
+        store_pair(iwp, q0, q1);
+        q0 = q1;
+      }
+    } else {
+      for (int64_t iwp = 0; iwp < pw; ++iwp)
+        if (needed[iwp]) store_pair(iwp, column(iwp - s.pad_left), column(iwp - s.pad_left + s.dilation_w));
+    }
+  }
+}
+
+// Output stage of 16 channels in lane order (low and high halves): packing to int16 restores the
+// natural order within each 128-bit lane; the saturating packs keep values on their side of the range.
+static inline void store16_lanes(int8_t* dst, __m256i r_lo, __m256i r_hi, __m256i zp16, __m128i act_min8,
+                                 __m128i act_max8, int64_t valid) {
+  const __m256i w = _mm256_adds_epi16(_mm256_packs_epi32(r_lo, r_hi), zp16);
+  const __m256i b = _mm256_permute4x64_epi64(_mm256_packs_epi16(w, w), 0x08);  // qwords 0 and 2
+  const __m128i y = _mm_min_epi8(_mm_max_epi8(_mm256_castsi256_si128(b), act_min8), act_max8);
+  if (valid >= 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), y);
+  } else {
+    alignas(16) int8_t tmp[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tmp), y);
+    std::memcpy(dst, tmp, static_cast<size_t>(valid));
+  }
+}
+
+static inline void store16_lanes_scalar(int8_t* dst, __m256i acc_lo, __m256i acc_hi, const ChannelConstants& cc,
+                                        int64_t lane0, int64_t valid) {
+  alignas(32) int32_t lanes[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8), acc_hi);
+  for (int64_t lane = 0; lane < 16; ++lane) {
+    const int64_t c = depthwise_lane_channel16(lane);
+    if (c >= valid) continue;
+    const int64_t k = lane0 + lane;
+    dst[c] = fp::requantize(lanes[lane], cc.m0[k], cc.ec[k], cc.rounding, cc.zero_point, cc.act_min, cc.act_max);
+  }
+}
+
 static void avx2_depthwise_rows(const DepthwiseJob& job) {
   const Conv2dShape& s = *job.shape;
   const DepthwiseWeights& w = *job.weights;
-  const ChannelConstants& cc = *job.constants;
-  const int64_t C = s.in_c;
-  const __m256i zp = _mm256_set1_epi32(job.input_zero_point);
+  const ChannelConstants& cc = *job.lane16_constants;
+  const int kh_n = static_cast<int>(s.kernel_h);
+  const int pairs = static_cast<int>(w.pairs);
+  const int64_t C = s.in_c, c16 = w.c16;
+  const int64_t ring = depthwise_ring_rows(s);
+  const int64_t pw = depthwise_padded_width(s);
+  const int64_t row_elems = pw * c16 * 2;
+  int16_t* rows = static_cast<int16_t*>(job.scratch);
+  uint8_t* needed = reinterpret_cast<uint8_t*>(rows + ring * row_elems);
+  for (int64_t iwp = 0; iwp < pw; ++iwp) needed[iwp] = s.stride_w == 1;
+  for (int64_t ow = 0; ow < s.out_w; ++ow)
+    for (int j = 0; j < pairs; ++j) needed[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
+  const uintptr_t after_mask = reinterpret_cast<uintptr_t>(needed + pw);
+  Requant8* requant = reinterpret_cast<Requant8*>((after_mask + 63) / 64 * 64);
+  for (int64_t c = 0; c < c16; c += 8) requant[c / 8] = load_requant8(cc, c);
+  int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
+  for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
+  const int64_t col_step = s.stride_w * c16 * 2;
+  const int64_t pair_step = 2 * s.dilation_w * c16 * 2;
+  const __m128i lo8 = _mm_set1_epi8(static_cast<char>(cc.act_min));
+  const __m128i hi8 = _mm_set1_epi8(static_cast<char>(cc.act_max));
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(cc.zero_point));
+
   for (int64_t oh = job.oh_begin; oh < job.oh_end; ++oh) {
+    const int16_t* src[16];
+    int kh_valid[16];
+    int nvalid = 0;
+    for (int kh = 0; kh < kh_n; ++kh) {
+      const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
+      if (ih < 0 || ih >= s.in_h) continue;  // padding rows contribute nothing
+      const int64_t slot = ih % ring;
+      int16_t* row = rows + slot * row_elems;
+      if (tags[slot] != ih) {
+        build_pair_row16(job, ih, row, needed);
+        tags[slot] = ih;
+      }
+      src[nvalid] = row;
+      kh_valid[nvalid] = kh;
+      ++nvalid;
+    }
     int8_t* out_row = job.out + (job.image * s.out_h + oh) * s.out_w * C;
-    for (int64_t c = 0; c < C; c += 8) {
-      const int64_t valid = C - c < 8 ? C - c : 8;
-      const Requant8 q = load_requant8(cc, c);
-      const __m256i bias = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cc.bias.data() + c));
-      for (int64_t ow = 0; ow < s.out_w; ++ow) {
-        __m256i acc = bias;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
-          if (ih < 0 || ih >= s.in_h) continue;  // padding contributes (z - z) * w = 0
-          const int8_t* xrow = job.x + ((job.image * s.in_h + ih) * s.in_w) * C + c;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const int64_t iw = ow * s.stride_w + kw * s.dilation_w - s.pad_left;
-            if (iw < 0 || iw >= s.in_w) continue;
-            __m128i x8;
-            if (valid == 8) {
-              x8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(xrow + iw * C));
-            } else {
-              alignas(16) int8_t tmp[16] = {};
-              std::memcpy(tmp, xrow + iw * C, static_cast<size_t>(valid));
-              x8 = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+    for (int64_t c = 0; c < c16; c += 16) {
+      const int64_t valid = C - c < 16 ? C - c : 16;
+      const __m256i bias_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cc.bias.data() + c));
+      const __m256i bias_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cc.bias.data() + c + 8));
+      const Requant8 q_lo = requant[c / 8], q_hi = requant[c / 8 + 1];  // copies: see the AVX-512 kernel
+      const int16_t* wblock = w.paired16.data() + (c / 16) * kh_n * pairs * 32;
+      auto finish = [&](int64_t ow, __m256i acc_lo, __m256i acc_hi) {
+        int8_t* dst = out_row + ow * C + c;
+        if (cc.vector_ok) store16_lanes(dst, multiply8(acc_lo, q_lo), multiply8(acc_hi, q_hi), zp16, lo8, hi8, valid);
+        else store16_lanes_scalar(dst, acc_lo, acc_hi, cc, c, valid);
+      };
+      int64_t ow = 0;
+      constexpr int kU = 2;
+      for (; ow + kU <= s.out_w; ow += kU) {
+        __m256i lo[kU], hi[kU];
+        for (int u = 0; u < kU; ++u) lo[u] = bias_lo, hi[u] = bias_hi;
+        for (int i = 0; i < nvalid; ++i) {
+          const int16_t* base = src[i] + ow * col_step + c * 2;
+          const int16_t* wk = wblock + kh_valid[i] * pairs * 32;
+          for (int j = 0; j < pairs; ++j) {
+            const __m256i w_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32));
+            const __m256i w_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32 + 16));
+            for (int u = 0; u < kU; ++u) {
+              const int16_t* p = base + u * col_step + j * pair_step;
+              lo[u] = _mm256_add_epi32(lo[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), w_lo));
+              hi[u] = _mm256_add_epi32(hi[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), w_hi));
             }
-            const __m256i xv = _mm256_sub_epi32(_mm256_cvtepi8_epi32(x8), zp);
-            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                w.taps.data() + (kh * s.kernel_w + kw) * w.c16 + c));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
           }
         }
-        int8_t* dst = out_row + ow * C + c;
-        if (cc.vector_ok) store8(dst, requant8(acc, q), valid);
-        else store8_scalar(dst, acc, cc, c, valid);
+        for (int u = 0; u < kU; ++u) finish(ow + u, lo[u], hi[u]);
+      }
+      for (; ow < s.out_w; ++ow) {
+        __m256i lo = bias_lo, hi = bias_hi;
+        for (int i = 0; i < nvalid; ++i) {
+          const int16_t* base = src[i] + ow * col_step + c * 2;
+          const int16_t* wk = wblock + kh_valid[i] * pairs * 32;
+          for (int j = 0; j < pairs; ++j) {
+            const int16_t* p = base + j * pair_step;
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32))));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)),
+                                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32 + 16))));
+          }
+        }
+        finish(ow, lo, hi);
       }
     }
   }
