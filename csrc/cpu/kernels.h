@@ -121,6 +121,58 @@ struct DepthwiseJob {
 // requantization constants of each 16 channels (at most 1 KiB). Big enough for every kernel family.
 inline int64_t depthwise_ring_rows(const Conv2dShape& s) { return (s.kernel_h - 1) * s.dilation_h + 1; }
 inline int64_t depthwise_padded_width(const Conv2dShape& s) { return s.in_w + s.pad_left + s.pad_right; }
+// The ring of int16 pair rows of one depthwise job, shared by the pair kernels of every instruction
+// set: lays out the scratch (rows, then a byte per padded column, then 64-byte aligned room for the
+// kernel's requantization constants), marks the columns that start a pair of taps of some output (with
+// a stride > 1 the others are never read), and finds the rows that feed an output row, building the
+// missing ones on demand. Needs kernel_h <= 16 and at most 64 ring rows (checked by the caller).
+class PairRowRing {
+ public:
+  PairRowRing(const Conv2dShape& s, int64_t lanes, int64_t pairs, void* scratch)
+      : s_(s), ring_((s.kernel_h - 1) * s.dilation_h + 1), row_elems_((s.in_w + s.pad_left + s.pad_right) * lanes * 2),
+        rows_(static_cast<int16_t*>(scratch)), needed_(reinterpret_cast<uint8_t*>(rows_ + ring_ * row_elems_)) {
+    const int64_t pw = s.in_w + s.pad_left + s.pad_right;
+    for (int64_t iwp = 0; iwp < pw; ++iwp) needed_[iwp] = s.stride_w == 1;
+    for (int64_t ow = 0; ow < s.out_w; ++ow)
+      for (int64_t j = 0; j < pairs; ++j) needed_[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
+    const auto end = reinterpret_cast<uintptr_t>(needed_ + pw);
+    constants_ = reinterpret_cast<void*>((end + 63) / 64 * 64);
+    for (int64_t i = 0; i < ring_; ++i) tags_[i] = -1;
+  }
+
+  const uint8_t* needed() const { return needed_; }
+  void* constants() const { return constants_; }
+
+  // The rows of input rows inside the image that feed output row oh (padding rows contribute
+  // nothing), with their kernel rows; build(ih, row) fills a row. Returns how many.
+  template <typename Build>
+  int rows_for(int64_t oh, Build&& build, const int16_t** src, int* kernel_row) {
+    int n = 0;
+    for (int64_t kh = 0; kh < s_.kernel_h; ++kh) {
+      const int64_t ih = oh * s_.stride_h + kh * s_.dilation_h - s_.pad_top;
+      if (ih < 0 || ih >= s_.in_h) continue;
+      const int64_t slot = ih % ring_;
+      int16_t* row = rows_ + slot * row_elems_;
+      if (tags_[slot] != ih) {
+        build(ih, row);
+        tags_[slot] = ih;
+      }
+      src[n] = row;
+      kernel_row[n] = static_cast<int>(kh);
+      ++n;
+    }
+    return n;
+  }
+
+ private:
+  const Conv2dShape& s_;
+  int64_t ring_, row_elems_;
+  int16_t* rows_;
+  uint8_t* needed_;
+  void* constants_ = nullptr;
+  int64_t tags_[64];
+};
+
 inline int64_t depthwise_scratch_bytes(const Conv2dShape& s) {
   const int64_t c32 = (s.in_c + 31) / 32 * 32;
   return depthwise_ring_rows(s) * depthwise_padded_width(s) * c32 * 4 + c32 * 4 + depthwise_padded_width(s) +

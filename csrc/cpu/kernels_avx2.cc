@@ -237,19 +237,10 @@ static void avx2_depthwise_rows(const DepthwiseJob& job) {
   const int kh_n = static_cast<int>(s.kernel_h);
   const int pairs = static_cast<int>(w.pairs);
   const int64_t C = s.in_c, c16 = w.c16;
-  const int64_t ring = depthwise_ring_rows(s);
-  const int64_t pw = depthwise_padded_width(s);
-  const int64_t row_elems = pw * c16 * 2;
-  int16_t* rows = static_cast<int16_t*>(job.scratch);
-  uint8_t* needed = reinterpret_cast<uint8_t*>(rows + ring * row_elems);
-  for (int64_t iwp = 0; iwp < pw; ++iwp) needed[iwp] = s.stride_w == 1;
-  for (int64_t ow = 0; ow < s.out_w; ++ow)
-    for (int j = 0; j < pairs; ++j) needed[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
-  const uintptr_t after_mask = reinterpret_cast<uintptr_t>(needed + pw);
-  Requant8* requant = reinterpret_cast<Requant8*>((after_mask + 63) / 64 * 64);
+  PairRowRing ring(s, c16, pairs, job.scratch);
+  Requant8* requant = static_cast<Requant8*>(ring.constants());
   for (int64_t c = 0; c < c16; c += 8) requant[c / 8] = load_requant8(cc, c);
-  int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
-  for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
+  const auto build = [&](int64_t ih, int16_t* row) { build_pair_row16(job, ih, row, ring.needed()); };
   const int64_t col_step = s.stride_w * c16 * 2;
   const int64_t pair_step = 2 * s.dilation_w * c16 * 2;
   const __m128i lo8 = _mm_set1_epi8(static_cast<char>(cc.act_min));
@@ -259,20 +250,7 @@ static void avx2_depthwise_rows(const DepthwiseJob& job) {
   for (int64_t oh = job.oh_begin; oh < job.oh_end; ++oh) {
     const int16_t* src[16];
     int kh_valid[16];
-    int nvalid = 0;
-    for (int kh = 0; kh < kh_n; ++kh) {
-      const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
-      if (ih < 0 || ih >= s.in_h) continue;  // padding rows contribute nothing
-      const int64_t slot = ih % ring;
-      int16_t* row = rows + slot * row_elems;
-      if (tags[slot] != ih) {
-        build_pair_row16(job, ih, row, needed);
-        tags[slot] = ih;
-      }
-      src[nvalid] = row;
-      kh_valid[nvalid] = kh;
-      ++nvalid;
-    }
+    const int nvalid = ring.rows_for(oh, build, src, kh_valid);
     int8_t* out_row = job.out + (job.image * s.out_h + oh) * s.out_w * C;
     for (int64_t c = 0; c < c16; c += 16) {
       const int64_t valid = C - c < 16 ? C - c : 16;

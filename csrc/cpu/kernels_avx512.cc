@@ -281,21 +281,11 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
   const int kh_n = KH ? KH : static_cast<int>(s.kernel_h);
   const int pairs = PAIRS ? PAIRS : static_cast<int>(w.pairs);
   const int64_t C = s.in_c, c32 = w.c32;
-  const int64_t ring = depthwise_ring_rows(s);
-  const int64_t row_elems = depthwise_padded_width(s) * c32 * 2;
-  int16_t* rows = static_cast<int16_t*>(job.scratch);
-  // Columns that start a tap pair of some output (with a stride > 1 the others are never read).
-  uint8_t* needed = reinterpret_cast<uint8_t*>(rows + ring * row_elems);
-  const int64_t pw = depthwise_padded_width(s);
-  for (int64_t iwp = 0; iwp < pw; ++iwp) needed[iwp] = s.stride_w == 1;
-  for (int64_t ow = 0; ow < s.out_w; ++ow)
-    for (int j = 0; j < pairs; ++j) needed[ow * s.stride_w + 2 * j * s.dilation_w] = 1;
+  PairRowRing ring(s, c32, pairs, job.scratch);
   // Requantization constants of every block of 16 lanes, derived once per job.
-  const uintptr_t after_mask = reinterpret_cast<uintptr_t>(needed + pw);
-  Requant16* requant = reinterpret_cast<Requant16*>((after_mask + 63) / 64 * 64);
+  Requant16* requant = static_cast<Requant16*>(ring.constants());
   for (int64_t c = 0; c < c32; c += 16) requant[c / 16] = load_requant(cc, c);
-  int64_t tags[64];  // input row held by each ring slot (ring <= 64 is checked by the caller)
-  for (int64_t i = 0; i < ring; ++i) tags[i] = -1;
+  const auto build = [&](int64_t ih, int16_t* row) { build_pair_row(job, ih, row, ring.needed()); };
   const int64_t col_step = s.stride_w * c32 * 2;  // int16 elements between consecutive outputs
   const int64_t pair_step = 2 * s.dilation_w * c32 * 2;
   const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(cc.zero_point));
@@ -305,20 +295,7 @@ static void depthwise_rows_impl(const DepthwiseJob& job) {
   for (int64_t oh = job.oh_begin; oh < job.oh_end; ++oh) {
     const int16_t* src[16];
     int kh_valid[16];
-    int nvalid = 0;
-    for (int kh = 0; kh < kh_n; ++kh) {
-      const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
-      if (ih < 0 || ih >= s.in_h) continue;  // padding rows contribute nothing
-      const int64_t slot = ih % ring;
-      int16_t* row = rows + slot * row_elems;
-      if (tags[slot] != ih) {
-        build_pair_row(job, ih, row, needed);
-        tags[slot] = ih;
-      }
-      src[nvalid] = row;
-      kh_valid[nvalid] = kh;
-      ++nvalid;
-    }
+    const int nvalid = ring.rows_for(oh, build, src, kh_valid);
     int8_t* out_row = job.out + (job.image * s.out_h + oh) * s.out_w * C;
     for (int64_t c = 0; c < c32; c += 32) {
       const int64_t valid = C - c < 32 ? C - c : 32;
