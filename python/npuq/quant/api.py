@@ -1,0 +1,281 @@
+"""`npuq.quantize`: a torch model and calibration data in, a quantized model and its report out."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from npuq.quant.equalize import EqualizationResult, bias_correction as _bias_correction, cross_layer_equalize, \
+    input_channel_means
+from npuq.quant.graph import Graph, prepare
+from npuq.quant.observers import QParams, make_observer
+from npuq.quant.simulate import QuantizedModel
+from npuq.quant.weights import QuantizedWeight, per_channel_ranges, quantize_weight, weight_sqnr_db
+
+WEIGHT_METHODS = ("per_layer", "per_channel", "wess", "wess_mse")
+ACTIVATION_METHODS = ("minmax", "percentile", "mse", "kl")
+ROUNDINGS = ("double", "single")
+OVERFLOWS = ("raise", "saturate", "wrap")
+_OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
+
+
+@dataclass
+class LayerReport:
+    path: str
+    kind: str
+    depthwise: bool
+    shape: list[int]
+    method: str
+    bits: int
+    layer_scale: float | None
+    channel_scale_min: float
+    channel_scale_max: float
+    shift_histogram: list[int]          # counts of s_c = 0 .. 15
+    sqnr_db: float                      # weight SQNR of the chosen method
+    sqnr_per_layer_db: float            # weight SQNR of plain per-layer quantization at the same bits
+    range_ratio: float                  # max / min of the per-channel ranges max|W_c| (non-zero channels)
+    zero_channels: int
+    output_scale: float | None = None
+    output_zero_point: int | None = None
+
+
+@dataclass
+class QuantReport:
+    config: dict
+    layers: list[LayerReport] = field(default_factory=list)
+    equalization: dict | None = None
+    activations: dict[str, dict] = field(default_factory=dict)
+    float_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "layers": [asdict(r) for r in self.layers], "equalization": self.equalization,
+                "activations": self.activations, "float_ops": self.float_ops}
+
+    def save_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
+
+    def shift_histogram(self) -> list[int]:
+        total = [0] * 16
+        for r in self.layers:
+            total = [a + b for a, b in zip(total, r.shift_histogram)]
+        return total
+
+    def to_markdown(self) -> str:
+        head = ("| layer | kind | shape | scale | shifts used (s: count) | SQNR per-layer dB | SQNR dB | "
+                "range max/min |\n|---|---|---|---|---|---|---|---|")
+        rows = []
+        for r in self.layers:
+            shifts = ", ".join(f"{s}:{c}" for s, c in enumerate(r.shift_histogram) if c) or "-"
+            scale = f"{r.layer_scale:.3g}" if r.layer_scale is not None else \
+                f"{r.channel_scale_min:.2g}..{r.channel_scale_max:.2g}"
+            kind = "depthwise" if r.depthwise else r.kind
+            rows.append(f"| {r.path} | {kind} | {'x'.join(map(str, r.shape))} | {scale} | {shifts} | "
+                        f"{r.sqnr_per_layer_db:.1f} | {r.sqnr_db:.1f} | {r.range_ratio:.3g} |")
+        return "\n".join([head, *rows])
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _choice(value, name: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def calibration_batches(loader, n_batches: int | None, expected_shape: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+    """The first ``n_batches`` input tensors of ``loader`` (batches may be tensors or (input, label) pairs)."""
+    if loader is None:
+        raise ValueError("calibration data is required: pass calib_loader (an iterable of input batches)")
+    if n_batches is not None and (not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 1):
+        raise ValueError(f"calib_batches must be a positive int or None (all batches), got {n_batches!r}")
+    batches = []
+    for i, batch in enumerate(loader):
+        if n_batches is not None and i >= n_batches:
+            break
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(batch, dict):
+            raise TypeError("calibration batches must be tensors or (input, label) pairs, got a dict")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"calibration batch {i} is a {type(x).__name__}, expected a torch tensor")
+        if not x.is_floating_point():
+            raise TypeError(f"calibration batch {i} has dtype {x.dtype}; expected float inputs (as the model sees them)")
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(f"calibration batch {i} has shape {tuple(x.shape)}; expected (batch, ...) with batch >= 1")
+        ref = expected_shape if expected_shape is not None else (tuple(batches[0].shape[1:]) if batches else None)
+        if ref is not None and tuple(x.shape[1:]) != tuple(ref):
+            raise ValueError(f"calibration batch {i} has per-sample shape {tuple(x.shape[1:])}, expected {tuple(ref)}")
+        if not torch.all(torch.isfinite(x)):
+            raise ValueError(f"calibration batch {i} contains NaN or infinite values")
+        batches.append(x.detach().float())
+    if not batches:
+        raise ValueError("the calibration loader yielded no batches")
+    return batches
+
+
+def quantize_graph_weights(graph: Graph, method: str, bits: int, shift_bits: int) -> dict[str, QuantizedWeight]:
+    out = {}
+    for node in graph.layers():
+        out[node.name] = quantize_weight(node.weight, method, bits, shift_bits=shift_bits, name=node.path)
+    return out
+
+
+def layer_reports(graph: Graph, weights: dict[str, QuantizedWeight], bits: int) -> list[LayerReport]:
+    rows = []
+    for node in graph.layers():
+        qw = weights[node.name]
+        w = node.weight
+        ranges = per_channel_ranges(w)
+        nz = ranges[ranges > 0]
+        ratio = float(nz.max() / nz.min()) if nz.numel() else float("nan")
+        plain = quantize_weight(w, "per_layer", bits, name=node.path)
+        hist = torch.bincount(qw.shift.to(torch.int64), minlength=16)[:16].tolist()
+        rows.append(LayerReport(
+            path=node.path, kind=node.kind, depthwise=node.is_depthwise, shape=list(w.shape), method=qw.method,
+            bits=bits, layer_scale=qw.layer_scale, channel_scale_min=float(qw.channel_scale.min()),
+            channel_scale_max=float(qw.channel_scale.max()), shift_histogram=hist,
+            sqnr_db=weight_sqnr_db(w, qw.dequantize()), sqnr_per_layer_db=weight_sqnr_db(w, plain.dequantize()),
+            range_ratio=ratio, zero_channels=int((ranges == 0).sum())))
+    return rows
+
+
+def calibrate(model: QuantizedModel, batches: list[torch.Tensor], kind: str, progress: bool = False,
+              **observer_kwargs) -> dict[str, QParams]:
+    """Observe every node output of the weight-quantized float model and choose int8 scales."""
+    graph = model.graph
+    observers = {n.name: make_observer(kind, name=n.path, **observer_kwargs) for n in graph if n.kind in _OBSERVED_KINDS}
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=f"calibrating ({kind})", unit="batch", leave=False)
+    for x in it:
+        _, env = model.run_weight_only(x, capture=True)
+        for name, obs in observers.items():
+            obs.update(env[name])
+    qparams: dict[str, QParams] = {}
+    for node in graph:
+        if node.name in observers:
+            qparams[node.name] = observers[node.name].compute()
+        else:  # pooling, flatten and the output keep their input's scale and zero point
+            qparams[node.name] = qparams[node.inputs[0]]
+    return qparams
+
+
+def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, weights: str = "wess", bits: int = 8,
+             activations: str | None = "mse", calib_batches: int | None = 8, shift_bits: int = 4, cle: bool = False,
+             absorb_high_bias: bool | None = None, bias_correction: bool = False, rounding: str = "double",
+             overflow: str = "raise", unsupported: str = "error", example_input: torch.Tensor | None = None,
+             progress: bool = False) -> QuantizedModel:
+    """Post-training quantization of ``model`` for the NPU.
+
+    Parameters
+    ----------
+    model : a torch module (traced with torch.fx) or a :class:`~npuq.quant.graph.Graph` already prepared
+        with :func:`npuq.quant.prepare` (not modified; reuse it to quantize one model many ways).
+    calib_loader : iterable of input batches (tensors or ``(input, label)`` pairs). Needed for activation
+        calibration, bias correction, and to trace a module when ``example_input`` is not given.
+    weights : ``"per_layer"``, ``"per_channel"``, ``"wess"`` (4-bit shift per output channel, one scale per
+        layer) or ``"wess_mse"`` (shifts and layer scale minimizing the weight quantization error).
+    bits : weight bits, 2..8 (activations are always int8).
+    activations : ``None`` for weight-only quantization (float activations), else the observer that
+        chooses the int8 activation ranges: ``"minmax"``, ``"percentile"``, ``"mse"``, ``"kl"``.
+    calib_batches : how many batches of ``calib_loader`` to use (``None``: all).
+    shift_bits : width of the WESS shift, 0..4 (the NPU stores 4 bits per channel).
+    cle, absorb_high_bias, bias_correction : the data-free quantization baselines of Nagel et al. 2019
+        (cross-layer equalization, high-bias absorption (default: on with CLE), empirical bias correction);
+        they compose with every weight method.
+    rounding : requantization rounding, ``"double"`` (TFLite, default) or ``"single"``.
+    overflow : accumulator overflow policy, ``"raise"``, ``"saturate"`` or ``"wrap"``.
+    unsupported : ``"error"`` (default) refuses ops the NPU cannot run and lists them; ``"float"`` keeps
+        them in float between a dequantize and a quantize (simulation only: such a model cannot be
+        compiled for the NPU).
+    """
+    _choice(weights, "weights", WEIGHT_METHODS)
+    _choice(activations, "activations", (None, *ACTIVATION_METHODS))
+    _choice(rounding, "rounding", ROUNDINGS)
+    _choice(overflow, "overflow", OVERFLOWS)
+    _choice(unsupported, "unsupported", ("error", "float"))
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
+    if not isinstance(shift_bits, int) or isinstance(shift_bits, bool) or not 0 <= shift_bits <= 4:
+        raise ValueError(f"shift_bits must be an int in [0, 4] (the NPU stores 4 bits of shift per channel), "
+                         f"got {shift_bits!r}")
+    needs_data = activations is not None or bias_correction or (not isinstance(model, Graph) and example_input is None)
+    batches = None
+    if isinstance(model, Graph):
+        graph = model.clone()
+    elif isinstance(model, nn.Module):
+        if needs_data:
+            batches = calibration_batches(calib_loader, calib_batches,
+                                          tuple(example_input.shape[1:]) if example_input is not None else None)
+        graph = prepare(model, example_input if example_input is not None else batches[0])
+    else:
+        raise TypeError(f"model must be a torch.nn.Module or a prepared npuq Graph, got {type(model).__name__}")
+    if batches is None and needs_data:
+        batches = calibration_batches(calib_loader, calib_batches, graph.input_shape)
+    if batches is not None and tuple(batches[0].shape[1:]) != tuple(graph.input_shape):
+        raise ValueError(f"calibration batches have per-sample shape {tuple(batches[0].shape[1:])}, the model was "
+                         f"prepared for {tuple(graph.input_shape)}")
+    if unsupported == "error":
+        graph.check_supported(" Pass unsupported='float' to keep them in float (simulation only; such a model "
+                              "cannot be compiled for the NPU).")
+    eq = None
+    if cle:
+        eq = cross_layer_equalize(graph, absorb_high_bias=True if absorb_high_bias is None else absorb_high_bias)
+    qweights = quantize_graph_weights(graph, weights, bits, shift_bits)
+    biases = {n.name: n.bias for n in graph.layers()}
+    if bias_correction:
+        means = input_channel_means(graph, batches)
+        biases = {n.name: _bias_correction(n, qweights[n.name].dequantize(), means[n.name]) for n in graph.layers()}
+    config = dict(model=graph.model_name, weights=weights, bits=bits, activations=activations,
+                  calib_batches=len(batches) if batches else 0, shift_bits=shift_bits, cle=cle,
+                  absorb_high_bias=bool(cle and (absorb_high_bias is None or absorb_high_bias)),
+                  bias_correction=bias_correction, rounding=rounding, overflow=overflow, unsupported=unsupported)
+    report = QuantReport(config=config, layers=layer_reports(graph, qweights, bits),
+                         equalization=asdict(eq) if isinstance(eq, EqualizationResult) else None,
+                         float_ops=[n.describe() for n in graph.unsupported()])
+    qmodel = QuantizedModel(graph, qweights, biases, None, rounding=rounding, overflow=overflow, report=report)
+    if activations is None:
+        return qmodel
+    qparams = calibrate(qmodel, batches, activations, progress=progress)
+    qmodel = QuantizedModel(graph, qweights, biases, qparams, rounding=rounding, overflow=overflow, report=report)
+    by_path = {n.path: n.name for n in graph.layers()}
+    for row in report.layers:
+        q = qparams[by_path[row.path]]
+        row.output_scale, row.output_zero_point = q.scale, q.zero_point
+    report.activations = {n.path: {"scale": qparams[n.name].scale, "zero_point": qparams[n.name].zero_point}
+                          for n in graph if n.name in qparams and n.kind in _OBSERVED_KINDS}
+    return qmodel
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, progress: bool = False, desc: str = "evaluating") -> float:
+    """Top-1 accuracy of ``model`` (a torch module or a QuantizedModel) over ``loader`` of (input, label)."""
+    correct = total = 0
+    it = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc=desc, unit="batch", leave=False)
+    for x, y in it:
+        logits = model(x)
+        correct += int((logits.argmax(dim=1) == y).sum())
+        total += int(y.numel())
+    if total == 0:
+        raise ValueError("the evaluation loader yielded no samples")
+    return correct / total
+
+
+__all__ = ["ACTIVATION_METHODS", "LayerReport", "QuantReport", "WEIGHT_METHODS", "calibrate", "calibration_batches",
+           "evaluate", "quantize", "quantize_graph_weights"]

@@ -1,0 +1,702 @@
+"""Graph preparation: a traced torch model becomes a flat list of NPU-level ops.
+
+`prepare(model, example_input)` traces the model with ``torch.fx``, recognises the ops the NPU runs
+(convolution incl. depthwise, fully-connected, residual add, average / global / max pooling, flatten),
+folds every batch norm into the convolution or linear layer in front of it, and fuses ReLU / ReLU6 into
+the clamp of the op that produces their input. Everything else becomes a ``float_op`` node that still
+runs in float (so any traceable model goes through) and is listed by `Graph.unsupported()`; the
+quantizer refuses such graphs unless told to keep those ops in float.
+
+The graph is the common input of the weight quantizers, cross-layer equalization, calibration, the
+quantization simulation and (later) the NPU compiler, so it holds plain tensors and attributes, not
+torch modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+NPU_KINDS = ("conv", "linear", "add", "avg_pool", "global_pool", "max_pool", "flatten")
+ACTIVATIONS = (None, "relu", "relu6")
+
+
+class TraceError(RuntimeError):
+    """The model could not be traced by torch.fx; the message names the module that failed."""
+
+
+class UnsupportedOpsError(ValueError):
+    """The graph contains ops the NPU cannot run; the message lists each one with its module path."""
+
+
+@dataclass
+class Node:
+    """One op of the prepared graph.
+
+    ``weight``/``bias`` are the float parameters after batch-norm folding (conv: ``(C_out, C_in/g, KH,
+    KW)``, linear: ``(C_out, K)``); ``bn`` keeps the folded batch norm's ``(beta, |gamma|)`` per output
+    channel (the pre-activation mean and spread), which high-bias absorption needs.
+    """
+
+    name: str
+    kind: str
+    inputs: list[str]
+    path: str
+    act: str | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    bn: tuple[torch.Tensor, torch.Tensor] | None = None
+    shape: tuple[int, ...] | None = None
+    # float_op only: the callable and its argument template (fx nodes are replaced by their names)
+    target: Callable | None = None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    op_name: str = ""
+
+    @property
+    def is_layer(self) -> bool:
+        return self.kind in ("conv", "linear")
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.kind == "conv" and self.attrs["groups"] > 1 and self.attrs["groups"] == self.weight.shape[0] \
+            and self.weight.shape[1] == 1
+
+    def describe(self) -> str:
+        act = f"+{self.act}" if self.act else ""
+        what = self.op_name or self.kind
+        return f"{self.path or self.name} ({what}{act})"
+
+
+class _Ref:
+    """Placeholder for a graph value inside a float_op's argument template."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+class Graph:
+    """A prepared model: nodes in execution order, one input, one output."""
+
+    def __init__(self, nodes: list[Node], input_name: str, output_name: str, modules: dict[str, nn.Module],
+                 input_shape: tuple[int, ...], model_name: str = ""):
+        self.nodes = nodes
+        self.input_name = input_name
+        self.output_name = output_name
+        self.modules = modules          # float_op modules by node name
+        self.input_shape = input_shape  # example input shape without the batch dimension
+        self.model_name = model_name
+        self._index = {n.name: n for n in nodes}
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def layers(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_layer]
+
+    def users(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs or any(
+            isinstance(a, _Ref) and a.name == name for a in _flatten_args((n.args, n.kwargs)))]
+
+    def unsupported(self) -> list[Node]:
+        return [n for n in self.nodes if n.kind == "float_op"]
+
+    def check_supported(self, hint: str = "") -> None:
+        bad = self.unsupported()
+        if bad:
+            listing = "\n".join(f"  - {n.describe()}" for n in bad)
+            raise UnsupportedOpsError(
+                f"{len(bad)} op(s) of {self.model_name or 'the model'} have no NPU equivalent:\n{listing}\n"
+                f"Supported: conv2d (incl. depthwise/grouped), linear, batch norm after conv/linear, ReLU, ReLU6, "
+                f"residual add, average/global/max pooling, flatten, dropout.{hint}")
+
+    def clone(self) -> "Graph":
+        nodes = [copy.copy(n) for n in self.nodes]
+        for n in nodes:
+            n.inputs = list(n.inputs)
+            n.attrs = dict(n.attrs)
+            if n.weight is not None:
+                n.weight = n.weight.clone()
+            if n.bias is not None:
+                n.bias = n.bias.clone()
+            if n.bn is not None:
+                n.bn = (n.bn[0].clone(), n.bn[1].clone())
+        return Graph(nodes, self.input_name, self.output_name, self.modules, self.input_shape, self.model_name)
+
+    @torch.no_grad()
+    def run_float(self, x: torch.Tensor, capture: bool = False):
+        """Run the prepared graph in float32 (folded weights, fused activations).
+
+        Returns the output, or ``(output, {node name: tensor})`` with ``capture=True``.
+        """
+        env: dict[str, torch.Tensor] = {}
+        for node in self.nodes:
+            env[node.name] = run_float_node(self, node, env, x)
+        out = env[self.output_name]
+        return (out, env) if capture else out
+
+    def summary(self) -> str:
+        lines = []
+        for n in self.nodes:
+            extra = ""
+            if n.is_layer:
+                extra = f" w{tuple(n.weight.shape)}"
+                if n.kind == "conv":
+                    extra += f" s{n.attrs['stride']} p{n.attrs['padding']} g{n.attrs['groups']}"
+            lines.append(f"{n.name:<28} {n.kind:<12} {n.act or '':<6} <- {', '.join(n.inputs):<40}{extra}")
+        return "\n".join(lines)
+
+
+def _flatten_args(obj):
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _flatten_args(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _flatten_args(o)
+    else:
+        yield obj
+
+
+def _resolve(obj, env):
+    if isinstance(obj, _Ref):
+        return env[obj.name]
+    if isinstance(obj, tuple):
+        return tuple(_resolve(o, env) for o in obj)
+    if isinstance(obj, list):
+        return [_resolve(o, env) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _resolve(v, env) for k, v in obj.items()}
+    return obj
+
+
+def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    if act == "relu":
+        return torch.relu(y)
+    if act == "relu6":
+        return torch.clamp(y, 0.0, 6.0)
+    return y
+
+
+def run_float_node(graph: Graph, node: Node, env: dict, x: torch.Tensor,
+                   weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Float semantics of one node; ``weight``/``bias`` override the node's (e.g. dequantized weights)."""
+    k = node.kind
+    if k == "input":
+        return x
+    ins = [env[i] for i in node.inputs]
+    w = node.weight if weight is None else weight
+    b = node.bias if bias is None else bias
+    if k == "conv":
+        a = node.attrs
+        y = F.conv2d(ins[0], w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+    elif k == "linear":
+        y = F.linear(ins[0], w, b)
+    elif k == "add":
+        y = ins[0] + ins[1]
+    elif k == "avg_pool":
+        a = node.attrs
+        y = F.avg_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"], count_include_pad=a["count_include_pad"])
+    elif k == "global_pool":
+        y = ins[0].mean(dim=(2, 3), keepdim=True)
+    elif k == "max_pool":
+        a = node.attrs
+        y = F.max_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"])
+    elif k == "flatten":
+        y = torch.flatten(ins[0], 1)
+    elif k == "output":
+        return ins[0]
+    elif k == "float_op":
+        args = _resolve(node.args, env)
+        kwargs = _resolve(node.kwargs, env)
+        target = graph.modules[node.name] if node.name in graph.modules else node.target
+        return target(*args, **kwargs)
+    else:  # pragma: no cover - kinds are closed
+        raise AssertionError(k)
+    return apply_activation(y, node.act)
+
+
+# --------------------------------------------------------------------------------------------- tracing
+
+
+class _PathTracer(fx.Tracer):
+    """fx tracer that remembers which module was being traced when tracing fails."""
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # annotate the innermost module only
+            if not hasattr(exc, "_npuq_module"):
+                try:
+                    path = self.path_of_module(m)
+                except NameError:
+                    path = type(m).__name__
+                exc._npuq_module = (path, type(m).__name__)
+            raise
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _PathTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = getattr(exc, "_npuq_module", None)
+        at = f"module '{where[0]}' ({where[1]})" if where else f"the top-level forward of {type(model).__name__}"
+        raise TraceError(
+            f"torch.fx could not trace {at}: {type(exc).__name__}: {exc}. Data-dependent control flow "
+            f"(if/for on tensor values) cannot be traced; rewrite that forward without it, or mark the module "
+            f"as a leaf") from exc
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+# ---------------------------------------------------------------------------------------- recognition
+
+_PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Identity)
+_PASSTHROUGH_FUNCTIONS = {F.dropout, F.dropout2d, F.dropout1d, torch.nn.functional.alpha_dropout}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _is_one(size) -> bool:
+    """An adaptive pooling output size of 1 x 1 (None entries keep the input size: not global)."""
+    if isinstance(size, int):
+        return size == 1
+    return isinstance(size, (tuple, list)) and len(size) == 2 and all(v == 1 for v in size)
+
+
+def _shape(fxnode) -> tuple[int, ...] | None:
+    meta = fxnode.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _arg(fxnode, index, name, default):
+    if len(fxnode.args) > index:
+        return fxnode.args[index]
+    return fxnode.kwargs.get(name, default)
+
+
+def _is_fx(a) -> bool:
+    return isinstance(a, fx.Node)
+
+
+def _where(fxn, what: str) -> str:
+    """``module.path.what`` for an op called inside a submodule's forward (fx records the module stack)."""
+    stack = fxn.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        if path:
+            return f"{path}.{what}"
+    return what
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule, model_name: str):
+        self.gm = gm
+        self.model_name = model_name
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.alias: dict[str, str] = {}
+        self.float_modules: dict[str, nn.Module] = {}
+        self.input_name = None
+        self.output_name = None
+
+    def src(self, a) -> str:
+        name = a.name
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def add(self, fxn, kind, inputs, path, **kw):
+        node = Node(name=fxn.name, kind=kind, inputs=[self.src(i) for i in inputs], path=path, shape=_shape(fxn), **kw)
+        self.nodes.append(node)
+        return node
+
+    def float_op(self, fxn, op_name: str, path: str):
+        def to_ref(a):
+            return _Ref(self.src(a))
+
+        args = fx.node.map_arg(fxn.args, to_ref)
+        kwargs = fx.node.map_arg(fxn.kwargs, to_ref)
+        inputs = [r.name for r in _flatten_args((args, kwargs)) if isinstance(r, _Ref)]
+        node = Node(name=fxn.name, kind="float_op", inputs=inputs, path=path, shape=_shape(fxn), args=args,
+                    kwargs=kwargs, op_name=op_name)
+        if fxn.op == "call_module":
+            self.float_modules[fxn.name] = self.modules[fxn.target]
+        elif fxn.op == "call_method":
+            method = fxn.target
+            node.target = lambda obj, *a, _m=method, **k: getattr(obj, _m)(*a, **k)
+        elif fxn.op == "get_attr":
+            value = _fetch_attr(self.gm, fxn.target)
+            node.target = lambda _v=value: _v
+        else:
+            node.target = fxn.target
+        self.nodes.append(node)
+
+    def passthrough(self, fxn, src):
+        self.alias[fxn.name] = self.src(src)
+
+    def activation(self, fxn, src, act: str, path: str):
+        # fused later; for now a standalone activation node
+        self.add(fxn, "act", [src], path, act=act)
+
+    # ------------------------------------------------------------------ per fx node
+    def visit(self, fxn: fx.Node):
+        op = fxn.op
+        if op == "placeholder":
+            if self.input_name is not None:
+                raise UnsupportedOpsError(
+                    f"{self.model_name}: the NPU graph takes exactly one input; forward() has several "
+                    f"({self.input_name}, {fxn.name})")
+            self.input_name = fxn.name
+            self.add(fxn, "input", [], "input")
+        elif op == "output":
+            out = fxn.args[0]
+            if not _is_fx(out):
+                raise UnsupportedOpsError(
+                    f"{self.model_name}: forward() must return one tensor, it returns {type(out).__name__}")
+            self.output_name = fxn.name
+            self.add(fxn, "output", [out], "output")
+        elif op == "call_module":
+            self.visit_module(fxn, self.modules[fxn.target])
+        elif op == "call_function":
+            self.visit_function(fxn)
+        elif op == "call_method":
+            self.visit_method(fxn)
+        elif op == "get_attr":
+            self.float_op(fxn, f"get_attr {fxn.target}", fxn.target)
+        else:  # pragma: no cover
+            self.float_op(fxn, op, fxn.name)
+
+    def visit_module(self, fxn, m):
+        path = fxn.target
+        x = fxn.args[0] if fxn.args else None
+        if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            w = m.weight.detach().float().clone()
+            b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
+            self.add(fxn, "conv", [x], path, weight=w, bias=b,
+                     attrs=dict(stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
+                                groups=int(m.groups)))
+        elif isinstance(m, nn.Conv2d) and isinstance(m.padding, str) and m.padding_mode == "zeros":
+            self.conv_same_padding(fxn, m, x, path)
+        elif isinstance(m, nn.Linear):
+            w = m.weight.detach().float().clone()
+            b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
+            self.add(fxn, "linear", [x], path, weight=w, bias=b)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.track_running_stats and m.running_var is not None:
+            self.add(fxn, "bn", [x], path, attrs=dict(module=m))
+        elif isinstance(m, nn.ReLU):
+            self.activation(fxn, x, "relu", path)
+        elif isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0):
+            self.activation(fxn, x, "relu6", path)
+        elif isinstance(m, nn.AdaptiveAvgPool2d) and _is_one(m.output_size):
+            self.add(fxn, "global_pool", [x], path)
+        elif isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
+            k = _pair(m.kernel_size)
+            self.add(fxn, "avg_pool", [x], path, attrs=dict(kernel_size=k, stride=_pair(m.stride or k),
+                                                            padding=_pair(m.padding),
+                                                            count_include_pad=bool(m.count_include_pad)))
+        elif isinstance(m, nn.MaxPool2d) and not m.ceil_mode and _pair(m.dilation) == (1, 1) and not m.return_indices:
+            k = _pair(m.kernel_size)
+            self.add(fxn, "max_pool", [x], path, attrs=dict(kernel_size=k, stride=_pair(m.stride or k),
+                                                            padding=_pair(m.padding)))
+        elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            self.add(fxn, "flatten", [x], path)
+        elif isinstance(m, _PASSTHROUGH_MODULES):
+            self.passthrough(fxn, x)
+        else:
+            self.float_op(fxn, type(m).__name__, path)
+
+    def conv_same_padding(self, fxn, m, x, path):
+        if m.padding == "valid":
+            pad = (0, 0)
+        else:  # "same" with stride 1; torch pads asymmetrically for even kernels, which the NPU cannot mirror here
+            ext = [d * (k - 1) for d, k in zip(_pair(m.dilation), _pair(m.kernel_size))]
+            if any(e % 2 for e in ext):
+                self.float_op(fxn, "Conv2d(padding='same', even kernel)", path)
+                return
+            pad = (ext[0] // 2, ext[1] // 2)
+        w = m.weight.detach().float().clone()
+        b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
+        self.add(fxn, "conv", [x], path, weight=w, bias=b,
+                 attrs=dict(stride=_pair(m.stride), padding=pad, dilation=_pair(m.dilation), groups=int(m.groups)))
+
+    def visit_function(self, fxn):
+        t = fxn.target
+        fname = getattr(t, "__name__", str(t))
+        name = _where(fxn, fname)
+        args = fxn.args
+        if t in _ADD_FUNCTIONS and len(args) == 2 and all(_is_fx(a) for a in args) and "alpha" not in fxn.kwargs \
+                and _shape(args[0]) == _shape(args[1]):
+            self.add(fxn, "add", list(args), name)
+        elif t in (F.relu, torch.relu, torch.relu_):
+            self.activation(fxn, args[0], "relu", name)
+        elif t is F.relu6 or (t is F.hardtanh and _arg(fxn, 1, "min_val", -1.0) == 0.0
+                             and _arg(fxn, 2, "max_val", 1.0) == 6.0):
+            self.activation(fxn, args[0], "relu6", name)
+        elif t in (torch.clamp, torch.clip) and _is_fx(args[0]) and _arg(fxn, 1, "min", None) == 0 \
+                and _arg(fxn, 2, "max", None) in (None, 6, 6.0):
+            self.activation(fxn, args[0], "relu" if _arg(fxn, 2, "max", None) is None else "relu6", name)
+        elif t is torch.flatten and _arg(fxn, 1, "start_dim", 0) == 1 and _arg(fxn, 2, "end_dim", -1) == -1:
+            self.add(fxn, "flatten", [args[0]], name)
+        elif t is F.adaptive_avg_pool2d and _is_one(_arg(fxn, 1, "output_size", None)):
+            self.add(fxn, "global_pool", [args[0]], name)
+        elif t in _PASSTHROUGH_FUNCTIONS:
+            self.passthrough(fxn, args[0])
+        elif t is torch.mean and self._is_spatial_mean(fxn):
+            self.global_mean(fxn, name)
+        elif t is F.avg_pool2d and not _arg(fxn, 4, "ceil_mode", False) and _arg(fxn, 6, "divisor_override", None) is None:
+            k = _pair(_arg(fxn, 1, "kernel_size", None))
+            s = _arg(fxn, 2, "stride", None)
+            self.add(fxn, "avg_pool", [args[0]], name, attrs=dict(kernel_size=k, stride=_pair(s) if s else k,
+                                                                  padding=_pair(_arg(fxn, 3, "padding", 0)),
+                                                                  count_include_pad=bool(_arg(fxn, 5, "count_include_pad", True))))
+        elif t is F.max_pool2d and not _arg(fxn, 5, "ceil_mode", False) and _pair(_arg(fxn, 4, "dilation", 1)) == (1, 1) \
+                and not _arg(fxn, 6, "return_indices", False):
+            k = _pair(_arg(fxn, 1, "kernel_size", None))
+            s = _arg(fxn, 2, "stride", None)
+            self.add(fxn, "max_pool", [args[0]], name, attrs=dict(kernel_size=k, stride=_pair(s) if s else k,
+                                                                  padding=_pair(_arg(fxn, 3, "padding", 0))))
+        else:
+            self.float_op(fxn, fname, name)
+
+    def visit_method(self, fxn):
+        m = fxn.target
+        args = fxn.args
+        where = _where(fxn, f".{m}")
+        if m in ("clamp", "clamp_", "clip", "clip_") and _arg(fxn, 1, "min", None) == 0 \
+                and _arg(fxn, 2, "max", None) in (None, 6, 6.0):
+            self.activation(fxn, args[0], "relu" if _arg(fxn, 2, "max", None) is None else "relu6", where)
+        elif m in ("add", "add_") and len(args) == 2 and _is_fx(args[1]) and _shape(args[0]) == _shape(args[1]) \
+                and "alpha" not in fxn.kwargs:
+            self.add(fxn, "add", list(args), where)
+        elif m in ("relu", "relu_"):
+            self.activation(fxn, args[0], "relu", where)
+        elif m in ("view", "reshape", "flatten") and self._is_flatten(fxn):
+            self.add(fxn, "flatten", [args[0]], where)
+        elif m == "mean" and self._is_spatial_mean(fxn):
+            self.global_mean(fxn, where)
+        elif m in ("contiguous",):
+            self.passthrough(fxn, args[0])
+        else:
+            self.float_op(fxn, f".{m}()", where)
+
+    def _is_flatten(self, fxn) -> bool:
+        ins, outs = _shape(fxn.args[0]), _shape(fxn)
+        if ins is None or outs is None or len(ins) < 2:
+            return False
+        if fxn.target == "flatten":
+            return _arg(fxn, 1, "start_dim", 0) == 1 and _arg(fxn, 2, "end_dim", -1) == -1
+        # view/reshape: accept only results equal to flatten(x, 1); the batch-2 shape pass rules out
+        # hard-coded batch sizes
+        return outs == (ins[0], math.prod(ins[1:]))
+
+    def _is_spatial_mean(self, fxn) -> bool:
+        ins = _shape(fxn.args[0])
+        dims = _arg(fxn, 1, "dim", None)
+        if ins is None or len(ins) != 4 or dims is None:
+            return False
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        return sorted(d % 4 for d in dims) == [2, 3] and _arg(fxn, 3, "dtype", None) is None
+
+    def global_mean(self, fxn, name):
+        keep = bool(_arg(fxn, 2, "keepdim", False))
+        node = self.add(fxn, "global_pool", [fxn.args[0]], name)
+        if not keep:  # mean over H, W without keepdim = global pool + flatten
+            pooled = node.name + "_pool"
+            node.name = pooled
+            self.nodes.append(Node(name=fxn.name, kind="flatten", inputs=[pooled], path=name, shape=_shape(fxn)))
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------- rewrites
+
+def _fold_batch_norms(nodes: list[Node]) -> list[Node]:
+    by_name = {n.name: n for n in nodes}
+    users: dict[str, int] = {}
+    for n in nodes:
+        for i in set(n.inputs):
+            users[i] = users.get(i, 0) + 1
+    out, rename = [], {}
+    for n in nodes:
+        n.inputs = [rename.get(i, i) for i in n.inputs]
+        if n.kind == "float_op":
+            n.args = _rename_refs(n.args, rename)
+            n.kwargs = _rename_refs(n.kwargs, rename)
+        if n.kind != "bn":
+            out.append(n)
+            continue
+        bn: nn.modules.batchnorm._BatchNorm = n.attrs["module"]
+        prev = by_name.get(n.inputs[0])
+        var = bn.running_var.detach().double()
+        if torch.any(var < 0) or not torch.all(torch.isfinite(var)):
+            raise ValueError(f"batch norm '{n.path}' has negative or non-finite running_var; cannot fold it")
+        inv_std = 1.0 / torch.sqrt(var + bn.eps)
+        gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(var)
+        beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(var)
+        mean = bn.running_mean.detach().double()
+        fold = gamma * inv_std
+        if prev is not None and prev.is_layer and prev.act is None and users.get(prev.name, 0) == 1 \
+                and prev.weight.shape[0] == fold.numel():
+            shape = (-1,) + (1,) * (prev.weight.dim() - 1)
+            prev.weight = (prev.weight.double() * fold.reshape(shape)).float()
+            prev.bias = ((prev.bias.double() - mean) * fold + beta).float()
+            prev.bn = (beta.float(), gamma.abs().float())
+            prev.path = f"{prev.path}+{n.path}"
+            rename[n.name] = prev.name
+        elif isinstance(bn, nn.BatchNorm2d):
+            # a batch norm on its own is a per-channel affine map: a depthwise 1x1 convolution
+            c = fold.numel()
+            n.kind = "conv"
+            n.weight = fold.float().reshape(c, 1, 1, 1)
+            n.bias = (beta - mean * fold).float()
+            n.attrs = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=c)
+            n.bn = (beta.float(), gamma.abs().float())
+            out.append(n)
+        else:
+            n.kind = "float_op"
+            n.op_name = type(bn).__name__
+            n.args = (_Ref(n.inputs[0]),)
+            n.target = bn
+            out.append(n)
+    return out
+
+
+def _fuse_activations(nodes: list[Node]) -> list[Node]:
+    by_name = {n.name: n for n in nodes}
+    users: dict[str, int] = {}
+    for n in nodes:
+        for i in set(n.inputs):
+            users[i] = users.get(i, 0) + 1
+    out, rename = [], {}
+    for n in nodes:
+        n.inputs = [rename.get(i, i) for i in n.inputs]
+        if n.kind == "float_op":
+            n.args = _rename_refs(n.args, rename)
+            n.kwargs = _rename_refs(n.kwargs, rename)
+        if n.kind != "act":
+            out.append(n)
+            continue
+        prev = by_name.get(n.inputs[0])
+        if prev is not None and prev.kind in ("conv", "linear", "add") and users.get(prev.name, 0) == 1 \
+                and (prev.act is None or (prev.act == "relu6" and n.act == "relu")):
+            if prev.act is None:
+                prev.act = n.act
+            prev.path = f"{prev.path}+{n.path}"
+            rename[n.name] = prev.name
+        elif prev is not None and prev.kind in ("conv", "linear", "add") and prev.act == n.act:
+            rename[n.name] = prev.name  # relu(relu(x)) with the inner one fused already
+        else:
+            act = n.act
+            n.kind = "float_op"
+            n.op_name = act
+            n.target = torch.relu if act == "relu" else (lambda t: torch.clamp(t, 0.0, 6.0))
+            n.args = (_Ref(n.inputs[0]),)
+            out.append(n)
+    return out
+
+
+def _rename_refs(obj, rename):
+    if isinstance(obj, _Ref):
+        return _Ref(rename.get(obj.name, obj.name))
+    if isinstance(obj, tuple):
+        return tuple(_rename_refs(o, rename) for o in obj)
+    if isinstance(obj, list):
+        return [_rename_refs(o, rename) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _rename_refs(v, rename) for k, v in obj.items()}
+    return obj
+
+
+def _prune(nodes: list[Node], output: str) -> list[Node]:
+    live, by_name = {output}, {n.name: n for n in nodes}
+    for n in reversed(nodes):
+        if n.name in live:
+            live.update(n.inputs)
+    return [n for n in nodes if n.name in live or by_name[n.name].kind == "input"]
+
+
+def _check_finite(nodes: list[Node]) -> None:
+    for n in nodes:
+        for label, t in (("weight", n.weight), ("bias", n.bias)):
+            if t is not None and not torch.all(torch.isfinite(t)):
+                bad = (~torch.isfinite(t)).nonzero()
+                raise ValueError(
+                    f"layer '{n.path}' has {bad.shape[0]} NaN/inf value(s) in its {label} after batch-norm folding "
+                    f"(first at index {tuple(bad[0].tolist())}); fix the model before quantizing it")
+
+
+def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
+    """Trace ``model`` and return its prepared :class:`Graph`.
+
+    ``example_input`` is one batch (or one sample with its batch dimension) of the real input; it fixes
+    the shapes. The model itself is not modified.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or not example_input.is_floating_point():
+        raise TypeError("example_input must be a float torch tensor with a batch dimension, e.g. one calibration batch")
+    if example_input.dim() < 2 or example_input.shape[0] < 1:
+        raise ValueError(f"example_input must have a batch dimension, got shape {tuple(example_input.shape)}")
+    model = copy.deepcopy(model).eval()
+    gm = trace(model)
+    name = type(model).__name__
+    inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise UnsupportedOpsError(f"{name}: the NPU graph takes exactly one input; forward() takes {len(inputs)} "
+                                  f"({', '.join(inputs)})")
+    # two samples, so that a reshape with a hard-coded batch size cannot pass for a flatten
+    sample = example_input[:1].detach().float()
+    try:
+        ShapeProp(gm).propagate(torch.cat([sample, sample]))
+    except Exception as exc:
+        raise ValueError(f"{name} does not run on an input of shape {tuple(sample.shape[1:])} (batch 2): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    builder = _Builder(gm, name)
+    for fxn in gm.graph.nodes:
+        builder.visit(fxn)
+    nodes = _fold_batch_norms(builder.nodes)
+    nodes = _fuse_activations(nodes)
+    nodes = _prune(nodes, builder.output_name)
+    _check_finite(nodes)
+    graph = Graph(nodes, builder.input_name, builder.output_name, builder.float_modules,
+                  tuple(sample.shape[1:]), name)
+    return graph
+
+
+__all__ = ["ACTIVATIONS", "Graph", "NPU_KINDS", "Node", "TraceError", "UnsupportedOpsError", "apply_activation",
+           "prepare", "run_float_node", "trace"]
