@@ -1,0 +1,150 @@
+"""Trained checkpoints shipped inside the package (``npuq/checkpoints/*.safetensors``).
+
+Each file holds a float32 ``state_dict`` (BN running statistics included) and string metadata
+(model name, width, recipe, accuracy, the command that produced it, ...). The metadata is
+enough to rebuild the architecture, so ``load_checkpoint("mobilenet_v2_w0.5_sgd")`` needs no
+other argument.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from npuq.models.mobilenet import build_model
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+SUFFIX = ".safetensors"
+
+# metadata fields converted back from strings by load_checkpoint
+_INT_FIELDS = ("epochs", "seed", "threads", "batch_size", "macs")
+_FLOAT_FIELDS = ("width", "test_accuracy", "train_seconds")
+_JSON_FIELDS = ("dead_channel_stats", "history")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No checkpoint of that name or path; the message lists the shipped ones."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The tensors of a checkpoint do not fit the architecture its metadata names."""
+
+
+def checkpoint_name(model: str, width: float, recipe: str) -> str:
+    """``mobilenet_v2_w0.5_sgd``: the file stem used for a (model, width, recipe) triple."""
+    return f"{model}_w{width:g}_{recipe}"
+
+
+def list_checkpoints(directory=None) -> list[str]:
+    """Names (file stems) of the checkpoints in ``directory`` (default: the shipped ones)."""
+    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}"))
+
+
+def save_checkpoint(model: torch.nn.Module, path, metadata: dict) -> Path:
+    """Write ``model.state_dict()`` (floats as float32) and ``metadata`` (values stringified;
+    dicts and lists as JSON) to ``path``. ``metadata`` must name ``model`` and ``width``."""
+    from safetensors.torch import save_file
+
+    for key in ("model", "width"):
+        if key not in metadata:
+            raise ValueError(f"checkpoint metadata needs {key!r}")
+    tensors = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu()
+        tensors[name] = (t.float() if t.is_floating_point() else t).contiguous().clone()
+    meta = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in metadata.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    path.chmod(0o644)  # the writer creates 0600; a shipped file must be readable by everyone
+    return path
+
+
+def _resolve(name_or_path) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path).removesuffix(SUFFIX)
+    candidate = CHECKPOINT_DIR / f"{name}{SUFFIX}"
+    if candidate.is_file():
+        return candidate
+    available = ", ".join(list_checkpoints()) or "none"
+    raise CheckpointNotFoundError(
+        f"no checkpoint {str(name_or_path)!r}: not a file, and not among the shipped checkpoints "
+        f"in {CHECKPOINT_DIR} (available: {available})"
+    )
+
+
+def _parse_metadata(raw: dict) -> dict:
+    meta = dict(raw)
+    for key in _INT_FIELDS:
+        if key in meta:
+            meta[key] = int(meta[key])
+    for key in _FLOAT_FIELDS:
+        if key in meta:
+            meta[key] = float(meta[key])
+    for key in _JSON_FIELDS:
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return meta
+
+
+def _read(path: Path, with_tensors: bool):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else None  # noqa: SIM118
+    except Exception as exc:  # the reader raises its own error types for bad headers
+        raise CheckpointMismatchError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return raw, tensors
+
+
+def read_metadata(name_or_path) -> dict:
+    """The parsed metadata of a checkpoint, without loading its tensors."""
+    raw, _ = _read(_resolve(name_or_path), with_tensors=False)
+    return _parse_metadata(raw)
+
+
+def load_checkpoint(name_or_path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model named in the checkpoint's metadata, load its weights, return
+    ``(model in eval mode, metadata)``.
+
+    ``name_or_path`` is a shipped name (see ``list_checkpoints()``, ``.safetensors`` optional) or
+    a file path. Numeric metadata comes back as numbers and the JSON fields as dicts/lists.
+    """
+    path = _resolve(name_or_path)
+    raw, tensors = _read(path, with_tensors=True)
+    missing_meta = [k for k in ("model", "width") if k not in raw]
+    if missing_meta:
+        raise CheckpointMismatchError(f"{path}: metadata lacks {', '.join(missing_meta)}; cannot rebuild the model")
+    meta = _parse_metadata(raw)
+    model = build_model(meta["model"], width=meta["width"])
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(tensors)
+        if tensors[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if wrong_shape:
+            details.append(f"wrong shape {len(wrong_shape)} (e.g. {'; '.join(wrong_shape[:3])})")
+        raise CheckpointMismatchError(
+            f"{path}: tensors do not match {meta['model']} width {meta['width']:g}: " + "; ".join(details)
+        )
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return model, meta
