@@ -12,9 +12,25 @@ if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
     exit 1
   fi
 fi
+# Fashion-MNIST (Debian's dataset-fashion-mnist) for the quantization benchmark and its tests.
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -z "${NPUQ_FASHION_MNIST:-}" ]; then
+  case ",$extras," in
+    *,test,*|*,demo,*|*,bench,*)
+      if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+      else
+        echo "the benchmark needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist" >&2
+      fi ;;
+  esac
+fi
 # torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build.
 case ",$extras," in
-  *,test,*|*,bench,*|*,torch,*) python3 -m pip install --quiet "torch==2.13.0" ;;
+  *,test,*|*,bench,*|*,torch,*|*,demo,*) python3 -m pip install --quiet "torch==2.13.0" ;;
+esac
+# The tests run torchvision's model architectures (pure Python). PyPI's torchvision wheel depends on the
+# CUDA build of torch, so it is installed without its dependencies next to the CPU build.
+case ",$extras," in
+  *,test,*) python3 -m pip install --quiet pillow && python3 -m pip install --quiet --no-deps "torchvision==0.28.0" ;;
 esac
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"

@@ -13,3 +13,14 @@ def test_readme_quick_start_runs():
     namespace: dict = {}
     exec(compile(match.group(1), str(README), "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["y"].shape == (1, 56, 56, 144)
+
+
+def test_readme_quantize_example_runs(capsys):
+    text = README.read_text()
+    match = re.search(r"## Quantize a model\n\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no python block under '## Quantize a model'"
+    namespace: dict = {}
+    exec(compile(match.group(1), str(README), "exec"), namespace)  # noqa: S102 - our own README
+    out = capsys.readouterr().out
+    assert "WESS W8A8" in out and "| layer |" in out
+    assert namespace["qmodel"].integer

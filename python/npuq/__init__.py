@@ -16,6 +16,19 @@ from npuq._tensors import LayoutWarning
 
 __version__ = "0.1.0"
 
+# torch is an optional dependency: the quantization entry points import it on first use.
+_LAZY = {"quantize": "npuq.quant", "prepare": "npuq.quant", "QuantizedModel": "npuq.quant", "quant": None}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module("npuq.quant")
+        return module if _LAZY[name] is None else getattr(module, name)
+    raise AttributeError(f"module 'npuq' has no attribute {name!r}")
+
+
 __all__ = [
     "ARITHMETIC_VERSION",
     "BUILT_WITH_CUDA",
@@ -24,6 +37,8 @@ __all__ = [
     "cpu_features",
     "get_num_threads",
     "ops",
+    "prepare",
+    "quantize",
     "quantize_bias",
     "quantize_multiplier",
     "quantize_multipliers",
