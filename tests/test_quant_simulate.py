@@ -373,3 +373,27 @@ def test_native_backend_refuses_float_ops():
     q = quantize(WithHardswish().eval(), _calib(2, 4), unsupported="float", activations="minmax")
     with pytest.raises(UnsupportedOpsError, match="run_integer"):
         q.run_native(_calib(1, 2)[0])
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18", "mobilenet_v3_small"])
+def test_torchvision_architectures_quantize_end_to_end(arch):
+    from torchvision_compat import torchvision_models
+
+    models = torchvision_models()
+    model = _randomize_bn(getattr(models, arch)(num_classes=10).eval())
+    calib = _calib(2, 4, shape=(3, 64, 64))
+    x = _calib(1, 4, shape=(3, 64, 64), seed=4)[0]
+    if arch == "mobilenet_v3_small":
+        with pytest.raises(UnsupportedOpsError, match="Hardswish"):
+            quantize(model, calib)
+        q = quantize(model, calib, weights="wess", activations="minmax", unsupported="float")
+        assert q.report.float_ops and torch.isfinite(q(x)).all()
+        return
+    q = quantize(model, calib, weights="wess", activations="minmax")
+    out_t, env_t = q.run_integer(x, capture=True)
+    out_n, env_n = q.run_native(x, capture=True)
+    for node in q.graph:
+        assert torch.equal(env_t[node.name], env_n[node.name]), node.describe()
+    with torch.no_grad():
+        ref = model(x)
+    assert float((q(x) - ref).norm() / ref.norm()) < 0.5
