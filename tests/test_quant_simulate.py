@@ -397,3 +397,81 @@ def test_torchvision_architectures_quantize_end_to_end(arch):
     with torch.no_grad():
         ref = model(x)
     assert float((q(x) - ref).norm() / ref.norm()) < 0.5
+
+
+# ------------------------------------------------------------------ random networks (hypothesis)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def conv_stacks(draw):
+    """A random small CNN: conv blocks with random kernel, stride, padding, dilation, groups and
+    activation, optional residual adds and average pooling, then global pooling and a classifier."""
+    c_in = draw(st.integers(1, 4))
+    image = size = draw(st.integers(6, 12))
+    layers, c = [], c_in
+    for _ in range(draw(st.integers(1, 4))):
+        groups = draw(st.sampled_from([1, c] if c > 1 else [1]))
+        c_out = c * draw(st.integers(1, 2)) if groups == c and groups > 1 else draw(st.integers(1, 12))
+        k = draw(st.sampled_from([1, 2, 3]))
+        dil = draw(st.sampled_from([1, 2])) if k > 1 else 1
+        ext = dil * (k - 1) + 1
+        pad = draw(st.integers(0, ext - 1))
+        stride = draw(st.sampled_from([1, 2]))
+        if (size + 2 * pad - ext) // stride + 1 < 2:
+            stride, pad = 1, ext - 1
+        act = draw(st.sampled_from([None, "relu", "relu6"]))
+        residual = stride == 1 and c_out == c and 2 * pad == ext - 1 and draw(st.booleans())
+        pool = draw(st.booleans()) and size >= 4
+        layers.append(dict(c_in=c, c_out=c_out, k=k, stride=stride, pad=pad, dil=dil, groups=groups, act=act,
+                           residual=residual, pool=pool))
+        size = (size + 2 * pad - ext) // stride + 1
+        if pool:
+            size = (size - 2) // 2 + 1
+        c = c_out
+    return c_in, image, layers, draw(st.integers(0, 2**16))
+
+
+class RandomNet(nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.spec = layers
+        self.convs = nn.ModuleList(nn.Conv2d(s["c_in"], s["c_out"], s["k"], s["stride"], s["pad"], s["dil"],
+                                             s["groups"]) for s in layers)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(s["c_out"]) for s in layers)
+        self.fc = nn.Linear(layers[-1]["c_out"], 5)
+
+    def forward(self, x):
+        for s, conv, bn in zip(self.spec, self.convs, self.bns):
+            y = bn(conv(x))
+            if s["residual"]:
+                y = y + x
+            if s["act"] == "relu":
+                y = F.relu(y)
+            elif s["act"] == "relu6":
+                y = F.relu6(y)
+            x = F.avg_pool2d(y, 2) if s["pool"] else y
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=conv_stacks(), weights=st.sampled_from(["per_layer", "per_channel", "wess", "wess_mse"]),
+       rounding=st.sampled_from(["double", "single"]), bits=st.integers(2, 8),
+       observer=st.sampled_from(["minmax", "percentile", "mse", "kl"]))
+def test_random_networks_simulation_equals_native(net, weights, rounding, bits, observer):
+    c_in, size, layers, seed = net
+    torch.manual_seed(seed)
+    model = _randomize_bn(RandomNet(layers).eval(), spread=5.0)
+    calib = _calib(2, 4, shape=(c_in, size, size), seed=seed)
+    q = quantize(model, calib, weights=weights, bits=bits, activations=observer, rounding=rounding)
+    x = _calib(1, 3, shape=(c_in, size, size), seed=seed + 1)[0] * 1.5
+    out_t, env_t = q.run_integer(x, capture=True)
+    out_n, env_n = q.run_native(x, capture=True)
+    for node in q.graph:
+        if node.kind != "input":
+            expected = native_node(q, node, [env_t[i] for i in node.inputs])
+            assert torch.equal(env_t[node.name], expected), node.describe()
+        assert torch.equal(env_t[node.name], env_n[node.name]), node.describe()
+    assert torch.equal(out_t, out_n)
