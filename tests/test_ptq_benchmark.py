@@ -104,3 +104,46 @@ def test_wess_matches_per_channel_at_8_bits_on_a_shipped_model():
         accs[w] = evaluate(q, test)
     assert abs(accs["wess"] - accs["per_channel"]) <= 0.01
     assert accs["wess"] >= fp32 - 0.01
+
+
+def test_shipped_configs_are_valid_and_the_full_one_matches_the_defaults():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("ptq*.toml")):
+        fields = tomllib.loads(path.read_text())
+        cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        cfg.validate()
+    full = tomllib.loads((root / "ptq.toml").read_text())
+    default = BenchConfig()
+    for key, value in full.items():
+        assert getattr(default, key) == (tuple(value) if isinstance(value, list) else value), key
+
+
+def test_ptq_bench_command_with_config_and_overrides(tmp_path, capsys):
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "ptq_quick.toml"
+    rc = main(["ptq-bench", "--config", str(config), "--out", str(tmp_path), "--limit", "200",
+               "--methods", "per_layer", "wess", "--bits", "8", "--modes", "w_a8"])
+    assert rc == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["test_images"] == 200
+    rows = data["models"]["mobilenet_v2_w0.5_adam-l2"]["results"]
+    assert [(r["method"], r["bits"], r["mode"]) for r in rows] == [("per_layer", 8, "w_a8"), ("wess", 8, "w_a8")]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('methodz = ["wess"]\n')
+    with pytest.raises(SystemExit, match="unknown field"):
+        main(["ptq-bench", "--config", str(bad), "--out", str(tmp_path)])
+
+
+def test_benchmark_worker_processes_give_the_same_numbers(tmp_path):
+    cfg = BenchConfig(checkpoints=("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd"), methods=("wess",), bits=(6,),
+                      modes=("w_a8",), test_limit=200, calib_batches=1, calib_batch_size=32)
+    parallel = run_benchmark(cfg, tmp_path / "p", progress=False, workers=2)
+    serial = run_benchmark(cfg, tmp_path / "s", progress=False, workers=1)
+    assert parallel["workers"] == 2 and serial["workers"] == 1
+    for name in cfg.checkpoints:
+        assert parallel["models"][name]["results"][0]["accuracy"] == serial["models"][name]["results"][0]["accuracy"]
+        assert parallel["models"][name]["fp32"] == serial["models"][name]["fp32"]
