@@ -350,6 +350,7 @@ def test_native_backend_equals_torch_simulation_node_by_node(weights, rounding):
     calib = _calib()
     q = quantize(model, calib, weights=weights, bits=6, activations="percentile", rounding=rounding)
     x = _calib(1, 8, seed=11)[0] * 2
+    assert q.backend == "native"  # the default for an NPU-only graph
     out_t, env_t = q.run_integer(x, capture=True)
     out_n, env_n = q.run_native(x, capture=True, threads=2)
     for node in q.graph:
@@ -371,6 +372,7 @@ def test_native_backend_refuses_float_ops():
             return self.fc(F.hardswish(self.conv(x)).mean((2, 3)))
 
     q = quantize(WithHardswish().eval(), _calib(2, 4), unsupported="float", activations="minmax")
+    assert q.backend == "torch"  # the default where float ops remain
     with pytest.raises(UnsupportedOpsError, match="run_integer"):
         q.run_native(_calib(1, 2)[0])
 

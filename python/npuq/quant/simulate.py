@@ -99,8 +99,9 @@ class QuantizedModel(nn.Module):
         self.rounding = rounding
         self.overflow = overflow
         self.report = report
-        # forward() of the integer mode: "torch" (this module's arithmetic) or "native" (npuq.ops kernels)
-        self.backend = "torch"
+        # forward() of the integer mode: "native" (the npuq.ops kernels, fast) or "torch" (this module's
+        # arithmetic, which also runs float ops and CUDA tensors); both give the same integers
+        self.backend = "torch" if graph.unsupported() else "native"
         self._packed = None
         self._dequantized = {k: qw.dequantize() for k, qw in weights.items()}
         self.layers: dict[str, LayerParams] = {}
