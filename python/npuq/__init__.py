@@ -13,25 +13,35 @@ from npuq.fixedpoint import (
 )
 from npuq.runtime import cpu_features, get_num_threads, set_isa, set_num_threads
 from npuq._tensors import LayoutWarning
+from npuq.npu import Emulator, Program, ProgramError, load_program
 
 __version__ = "0.1.0"
 
 # torch is an optional dependency: the quantization entry points import it on first use.
-_LAZY = {"quantize": "npuq.quant", "prepare": "npuq.quant", "QuantizedModel": "npuq.quant", "quant": None}
+_LAZY = {"quantize": ("npuq.quant", "quantize"), "prepare": ("npuq.quant", "prepare"),
+         "QuantizedModel": ("npuq.quant", "QuantizedModel"), "quant": ("npuq.quant", None),
+         "compile": ("npuq.npu.compiler", "compile_model"), "CompileError": ("npuq.npu.compiler", "CompileError")}
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        module = importlib.import_module("npuq.quant")
-        return module if _LAZY[name] is None else getattr(module, name)
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attr is None else getattr(module, attr)
     raise AttributeError(f"module 'npuq' has no attribute {name!r}")
 
 
 __all__ = [
     "ARITHMETIC_VERSION",
     "BUILT_WITH_CUDA",
+    "CompileError",
+    "Emulator",
+    "Program",
+    "ProgramError",
+    "compile",
+    "load_program",
     "LayoutWarning",
     "MultiplierFlushedWarning",
     "cpu_features",

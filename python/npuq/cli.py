@@ -16,7 +16,10 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="print the build, the arithmetic version and the CPU kernels in use")
     _add_quantize_parser(sub)
     _add_ptq_bench_parser(sub)
+    _add_npu_commands(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "func"):
+        return args.func(args)
     if args.command == "quantize":
         return _run_quantize(args)
     if args.command == "ptq-bench":
@@ -31,6 +34,15 @@ def main(argv=None) -> int:
     from npuq.demo import run_demo
 
     return run_demo(out_dir=args.out, seed=args.seed, batch=args.batch)
+
+
+def _add_npu_commands(sub) -> None:
+    """compile, run, export-vectors, verify, cost: each module registers its own sub-commands."""
+    from npuq.npu import commands, cost, vectors
+
+    commands.add_commands(sub)
+    vectors.add_commands(sub)
+    cost.add_commands(sub)
 
 
 def _add_quantize_parser(sub) -> None:

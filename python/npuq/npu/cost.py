@@ -1,0 +1,5 @@
+"""Placeholder."""
+
+
+def add_commands(sub) -> None:
+    pass

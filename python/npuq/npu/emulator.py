@@ -1,0 +1,256 @@
+"""The NPU emulator: runs an NPU program in the integer arithmetic of docs/arithmetic.md.
+
+Every op goes through the native kernels of :mod:`npuq.ops` (packed once per program, OpenMP-threaded,
+NHWC); max pooling, a pure comparison, is done in numpy. Results do not depend on the thread count or
+on how a data set is cut into batches: each image is computed independently and every kernel is
+deterministic.
+
+Needs numpy only (torch tensors are accepted as inputs).
+"""
+
+from __future__ import annotations
+
+import sys
+from numbers import Integral
+
+import numpy as np
+
+from npuq import ops
+from npuq.npu.program import Program, load_program, validate
+
+
+class Emulator:
+    """Run ``program`` on batches of images.
+
+    Args:
+        program: a :class:`~npuq.npu.program.Program` or the path of a program file.
+        threads: threads of the native kernels (default: ``npuq.get_num_threads()``, all cores).
+        batch_size: images per native call in :meth:`run` (bounds memory on big data sets; the result is
+            the same for every value).
+
+    ``run`` returns int8 outputs; ``logits`` their real values; ``predict`` the arg-max class;
+    ``evaluate`` the top-1 accuracy on a labelled data set.
+    """
+
+    def __init__(self, program: Program | str, *, threads: int | None = None, batch_size: int = 500,
+                 device: str = "cpu"):
+        if not isinstance(program, Program):
+            program = load_program(program)
+        if device != "cpu":
+            raise ValueError(f"device {device!r} is not available: this build emulates on 'cpu' only")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.program = program
+        self.shapes = validate(program)
+        self.threads = threads
+        self.batch_size = int(batch_size)
+        self._kernels = {op.name: _pack(op, program) for op in program.layers()}
+
+    # ---------------------------------------------------------------------------------- inputs
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-image shape of the int8 input, (H, W, C) or (K,)."""
+        return self.shapes[self.program.input.name]
+
+    def quantize_input(self, x, layout: str = "NCHW") -> np.ndarray:
+        """Float images -> the program's int8 input (N, H, W, C), exactly as docs/quantization.md 5 says.
+
+        ``x``: float numpy array or torch tensor of shape (N, C, H, W) (``layout="NCHW"``, as the torch
+        model takes it) or (N, H, W, C) (``layout="NHWC"``).
+        """
+        arr = _float_array(x)
+        spec = self.program.input
+        want = self.input_shape
+        if len(want) == 3:
+            if layout not in ("NCHW", "NHWC"):
+                raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+            nchw = (want[2], want[0], want[1])
+            expect = nchw if layout == "NCHW" else want
+            if arr.ndim != 4 or arr.shape[1:] != expect:
+                raise ValueError(f"x has shape {arr.shape}; the program takes {layout} images of shape "
+                                 f"(N, {', '.join(map(str, expect))})")
+            if layout == "NCHW":
+                arr = arr.transpose(0, 2, 3, 1)
+        elif arr.ndim != 2 or arr.shape[1:] != want:
+            raise ValueError(f"x has shape {arr.shape}; the program takes (N, {want[0]})")
+        if np.isnan(arr).any():
+            raise ValueError("x contains NaN")
+        v = arr.astype(np.float32) / np.float32(spec.scale)     # one float32 division per element
+        t = np.trunc(v)
+        frac = v - t
+        r = t + (frac >= 0.5) - (frac <= -0.5)
+        r = np.clip(r, -256.0, 256.0).astype(np.int64)           # +-inf saturate
+        return np.ascontiguousarray(np.clip(r + spec.zero_point, -128, 127).astype(np.int8))
+
+    def _as_int8_input(self, x, layout: str) -> np.ndarray:
+        if _is_torch(x):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"x must be a numpy array or a torch tensor, got {type(x).__name__}")
+        if x.dtype.kind == "f":
+            return self.quantize_input(x, layout)
+        if x.dtype != np.int8:
+            raise TypeError(f"x has dtype {x.dtype}; give int8 quantized input (N, "
+                            f"{', '.join(map(str, self.input_shape))}) or float images")
+        if x.shape[1:] != self.input_shape or x.ndim != len(self.input_shape) + 1:
+            raise ValueError(f"x has shape {x.shape}; the program's int8 input is (N, "
+                             f"{', '.join(map(str, self.input_shape))}) ({'NHWC' if len(self.input_shape) == 3 else 'NK'})")
+        return np.ascontiguousarray(x)
+
+    # ---------------------------------------------------------------------------------- running
+    def run(self, x, *, capture: bool = False, threads: int | None = None, layout: str = "NCHW",
+            progress: bool = False):
+        """Run the program. Returns the output op's int8 values (N, ...).
+
+        ``x``: int8 quantized input (N, H, W, C), or float images (quantized first; ``layout`` says whether
+        they are NCHW, the default, or NHWC). With ``capture=True`` returns ``(output, values)`` where
+        ``values`` maps the input's and every op's name to its int8 values (NHWC / (N, K)).
+        """
+        xq = self._as_int8_input(x, layout)
+        n = xq.shape[0]
+        if n == 0:
+            raise ValueError("x holds no images (batch of size 0)")
+        threads = self.threads if threads is None else threads
+        chunks = range(0, n, self.batch_size)
+        if progress:
+            chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'}")
+        outs, caps = [], []
+        for lo in chunks:
+            values = self._run_batch(xq[lo:lo + self.batch_size], threads, keep_all=capture)
+            outs.append(values[self.program.output])
+            if capture:
+                caps.append(values)
+        out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        if not capture:
+            return out
+        if len(caps) == 1:
+            return out, caps[0]
+        return out, {k: np.concatenate([c[k] for c in caps]) for k in caps[0]}
+
+    def _run_batch(self, xq: np.ndarray, threads, keep_all: bool) -> dict[str, np.ndarray]:
+        p = self.program
+        env = {p.input.name: xq}
+        last_use = self._last_use()
+        for i, op in enumerate(p.ops):
+            args = [env[s] for s in op.inputs]
+            env[op.name] = self._run_op(op, args, threads)
+            if not keep_all:  # free what no later op reads
+                for s in op.inputs:
+                    if last_use[s] == i and s != p.output:
+                        del env[s]
+        return env
+
+    def _last_use(self) -> dict[str, int]:
+        if not hasattr(self, "_last_use_cache"):
+            last = {}
+            for i, op in enumerate(self.program.ops):
+                for s in op.inputs:
+                    last[s] = i
+            self._last_use_cache = last
+        return self._last_use_cache
+
+    def _run_op(self, op, args, threads):
+        k, a = op.kind, op.attrs
+        if k in ("conv2d", "fully_connected"):
+            return self._kernels[op.name](args[0], threads=threads)
+        if k == "add":
+            return ops.add(args[0], args[1], rounding=self.program.rounding, threads=threads, **a)
+        if k == "avg_pool2d":
+            return ops.avg_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]),
+                                  count_include_pad=a["count_include_pad"], input_zero_point=a["input_zero_point"],
+                                  act_min=a["act_min"], act_max=a["act_max"], threads=threads)
+        if k == "global_avg_pool":
+            return ops.global_avg_pool(args[0], act_min=a["act_min"], act_max=a["act_max"], threads=threads)
+        if k == "max_pool2d":
+            return max_pool2d(args[0], a["kernel"], a["stride"], a["padding"])
+        if k == "flatten":
+            return args[0].reshape(args[0].shape[0], -1)
+        raise AssertionError(k)  # pragma: no cover - validate() rejects unknown kinds
+
+    def logits(self, x, **kwargs) -> np.ndarray:
+        """Real values of the output: float32 ``(q - zero_point) * scale`` of :meth:`run`'s int8 output."""
+        q = self.run(x, **kwargs)
+        out = self.program.output_op
+        return (q.astype(np.int32) - out.zero_point).astype(np.float32) * np.float32(out.scale)
+
+    __call__ = logits
+
+    def predict(self, x, **kwargs) -> np.ndarray:
+        """Arg-max class of each image (ties: the lowest index, like torch.argmax on the logits)."""
+        q = self.run(x, **kwargs)
+        return q.reshape(q.shape[0], -1).argmax(axis=1)
+
+    def evaluate(self, data, *, progress: bool = False, threads: int | None = None) -> dict:
+        """Top-1 accuracy on labelled data: an iterable of ``(images, labels)`` batches (a torch DataLoader)
+        or one ``(images, labels)`` pair of arrays. Returns ``{"accuracy", "correct", "total"}``."""
+        if isinstance(data, tuple) and len(data) == 2 and not _is_batch_iterable(data):
+            data = [data]
+        correct = total = 0
+        it = _progress(data, desc=f"emulating {self.program.model or 'program'}") if progress else data
+        for images, labels in it:
+            labels = np.asarray(labels.cpu() if _is_torch(labels) else labels).reshape(-1)
+            pred = self.predict(images, threads=threads)
+            if pred.shape[0] != labels.shape[0]:
+                raise ValueError(f"a batch has {pred.shape[0]} images but {labels.shape[0]} labels")
+            correct += int((pred == labels).sum())
+            total += int(labels.shape[0])
+        if total == 0:
+            raise ValueError("the data set is empty")
+        return {"accuracy": correct / total, "correct": correct, "total": total}
+
+    def __repr__(self):
+        return f"Emulator({self.program!r}, threads={self.threads})"
+
+
+def max_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Max pooling of int8 NHWC values; padded positions never win (each window holds a real value)."""
+    pt, pb, pl, pr = padding
+    if any(padding):
+        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-128)
+    kh, kw = kernel
+    sh, sw = stride
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    return np.ascontiguousarray(win.max(axis=(-2, -1)))
+
+
+def _pack(op, program: Program):
+    t, a = op.tensors, op.attrs
+    m, e = t["multiplier"], t["exponent"]
+    req = dict(multiplier=int(m[0]) if m.shape[0] == 1 else m, exponent=int(e[0]) if e.shape[0] == 1 else e,
+               channel_shift=t["shift"], output_zero_point=a["output_zero_point"], act_min=a["act_min"],
+               act_max=a["act_max"], rounding=program.rounding, overflow=program.overflow)
+    if op.kind == "conv2d":
+        return ops.Conv2d(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], stride=tuple(a["stride"]),
+                          padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **req)
+    return ops.FullyConnected(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], **req)
+
+
+def _is_torch(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _is_batch_iterable(pair) -> bool:
+    a, b = pair
+    return not (hasattr(a, "shape") and hasattr(b, "shape"))
+
+
+def _float_array(x) -> np.ndarray:
+    if _is_torch(x):
+        x = x.detach().cpu().float().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"float images expected, got dtype {x.dtype}")
+    return x
+
+
+def _progress(it, **kw):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in every extra
+        return it
+    return tqdm(it, leave=False, **kw)
+
+
+__all__ = ["Emulator", "max_pool2d"]
