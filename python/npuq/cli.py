@@ -46,7 +46,7 @@ def _add_npu_commands(sub) -> None:
 
 
 def _add_quantize_parser(sub) -> None:
-    from npuq.quant.api import ACTIVATION_METHODS, WEIGHT_METHODS
+    from npuq.methods import ACTIVATION_METHODS, WEIGHT_METHODS
 
     p = sub.add_parser("quantize", help="quantize a Fashion-MNIST checkpoint and report accuracy and per-layer stats")
     p.add_argument("--model", required=True, help="a shipped checkpoint name (see `npuq quantize --list`) or a "

@@ -1,5 +1,121 @@
-"""Placeholder."""
+"""``npuq compile`` and ``npuq run``: a checkpoint becomes an NPU program; a program is evaluated."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 
 def add_commands(sub) -> None:
-    pass
+    from npuq.methods import ACTIVATION_METHODS, OVERFLOWS, ROUNDINGS, WEIGHT_METHODS
+
+    c = sub.add_parser("compile", help="quantize a Fashion-MNIST checkpoint and compile it into an NPU program file")
+    c.add_argument("--model", required=True, help="a shipped checkpoint name (`npuq quantize --help`) or a "
+                   ".safetensors checkpoint path written by scripts/train_fmnist.py")
+    c.add_argument("-o", "--out", required=True, help="the program file to write (e.g. mobilenet_v2.npuq)")
+    c.add_argument("--weights", default="wess", choices=WEIGHT_METHODS)
+    c.add_argument("--bits", type=int, default=8, help="weight bits, 2..8")
+    c.add_argument("--activations", default="mse", choices=ACTIVATION_METHODS, help="activation observer")
+    c.add_argument("--calib-batches", type=int, default=8)
+    c.add_argument("--batch-size", type=int, default=256, help="calibration batch size")
+    c.add_argument("--cle", action="store_true", help="cross-layer equalization (+ high-bias absorption)")
+    c.add_argument("--bias-correction", action="store_true")
+    c.add_argument("--rounding", default="double", choices=ROUNDINGS)
+    c.add_argument("--overflow", default="raise", choices=OVERFLOWS)
+    c.set_defaults(func=_run_compile)
+
+    r = sub.add_parser("run", help="accuracy of an NPU program on Fashion-MNIST (or on .npy images + labels), "
+                       "emulated bit-exactly")
+    r.add_argument("program", help="a program file written by `npuq compile`")
+    r.add_argument("--split", default="test", choices=("test", "train"), help="Fashion-MNIST split")
+    r.add_argument("--images", default=None, help="a .npy of float images (N, C, H, W) or int8 inputs (N, H, W, C) "
+                   "instead of Fashion-MNIST; needs --labels")
+    r.add_argument("--labels", default=None, help="a .npy of integer labels (N,)")
+    r.add_argument("--limit", type=int, default=None, help="first N images only")
+    r.add_argument("--threads", type=int, default=None, help="native kernel threads (default: all cores)")
+    r.add_argument("--batch-size", type=int, default=500)
+    r.add_argument("--json", default=None, help="write the result as JSON to this file")
+    r.set_defaults(func=_run_run)
+
+
+def _run_compile(args) -> int:
+    import npuq
+    from npuq.data.fashion_mnist import fashion_mnist_loader
+    from npuq.models.checkpoints import load_checkpoint
+
+    model, meta = load_checkpoint(args.model)
+    calib = fashion_mnist_loader("train", batch_size=args.batch_size, shuffle=True, seed=1234,
+                                 limit=args.calib_batches * args.batch_size)
+    qmodel = npuq.quantize(model, calib, weights=args.weights, bits=args.bits, activations=args.activations,
+                           calib_batches=args.calib_batches, cle=args.cle, bias_correction=args.bias_correction,
+                           rounding=args.rounding, overflow=args.overflow, progress=True)
+    name = Path(args.model).stem if args.model.endswith(".safetensors") else args.model
+    program = npuq.compile(qmodel, name=name)
+    program.info["checkpoint"] = {"name": name, "test_accuracy": meta.get("test_accuracy")}
+    out = program.save(args.out)
+    print(program.summary())
+    print(f"wrote {out} ({out.stat().st_size} bytes, sha256 {program.digest()[:16]}...)")
+    return 0
+
+
+def _load_arrays(args):
+    import numpy as np
+
+    if args.labels is None:
+        raise SystemExit("npuq run: --images needs --labels")
+    arrays = []
+    for flag, path in (("--images", args.images), ("--labels", args.labels)):
+        try:
+            arrays.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"npuq run: cannot read {flag} {path}: {exc}") from None
+    images, labels = arrays
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise SystemExit(f"npuq run: {args.labels}: labels must be a 1-D integer array, got {labels.dtype} "
+                         f"{labels.shape}")
+    if images.shape[0] != labels.shape[0]:
+        raise SystemExit(f"npuq run: {images.shape[0]} images but {labels.shape[0]} labels")
+    return images, labels
+
+
+def _run_run(args) -> int:
+    import time
+
+    from npuq.npu import Emulator, ProgramError, load_program
+
+    try:
+        program = load_program(args.program)
+    except ProgramError as exc:
+        print(f"npuq run: {exc}", file=sys.stderr)
+        return 2
+    emu = Emulator(program, threads=args.threads, batch_size=args.batch_size)
+    if args.images is not None:
+        images, labels = _load_arrays(args)
+        source = args.images
+    else:
+        from npuq.data.fashion_mnist import fashion_mnist_tensors
+
+        images, labels = fashion_mnist_tensors(args.split)
+        source = f"fashion-mnist:{args.split}"
+    if args.limit is not None:
+        images, labels = images[:args.limit], labels[:args.limit]
+    batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
+               for i in range(0, len(labels), args.batch_size)]
+    start = time.perf_counter()
+    try:
+        result = emu.evaluate(batches, progress=True)
+    except (TypeError, ValueError) as exc:
+        print(f"npuq run: {source}: {exc}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    result.update(program=str(args.program), model=program.model, data=source, seconds=seconds,
+                  images_per_second=result["total"] / seconds, rounding=program.rounding)
+    print(f"{program.model}: top-1 {100 * result['accuracy']:.2f}% ({result['correct']}/{result['total']}) on "
+          f"{source}, {result['images_per_second']:.0f} images/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+__all__ = ["add_commands"]

@@ -18,10 +18,7 @@ from npuq.quant.observers import QParams, make_observer
 from npuq.quant.simulate import QuantizedModel
 from npuq.quant.weights import QuantizedWeight, per_channel_ranges, quantize_weight, weight_sqnr_db
 
-WEIGHT_METHODS = ("per_layer", "per_channel", "wess", "wess_mse")
-ACTIVATION_METHODS = ("minmax", "percentile", "mse", "kl")
-ROUNDINGS = ("double", "single")
-OVERFLOWS = ("raise", "saturate", "wrap")
+from npuq.methods import ACTIVATION_METHODS, OVERFLOWS, ROUNDINGS, WEIGHT_METHODS  # re-exported
 _OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
 
 
