@@ -24,3 +24,15 @@ def test_readme_quantize_example_runs(capsys):
     out = capsys.readouterr().out
     assert "WESS W8A8" in out and "| layer |" in out
     assert namespace["qmodel"].integer
+
+
+def test_readme_emulator_example_runs(capsys, tmp_path, monkeypatch):
+    text = README.read_text()
+    match = re.search(r"## Run a model on the NPU emulator\n\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no python block under '## Run a model on the NPU emulator'"
+    monkeypatch.chdir(tmp_path)  # the example writes v2.npuq in the working directory
+    namespace: dict = {}
+    exec(compile(match.group(1), str(README), "exec"), namespace)  # noqa: S102 - our own README
+    assert (tmp_path / "v2.npuq").is_file()
+    assert "'accuracy': 0.9" in capsys.readouterr().out
+    assert namespace["q"].shape == (8, 10) and len(namespace["values"]) == len(namespace["emu"].program.ops) + 1

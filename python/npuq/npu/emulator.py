@@ -77,7 +77,8 @@ class Emulator:
             raise ValueError("x contains NaN")
         v = arr.astype(np.float32) / np.float32(spec.scale)     # one float32 division per element
         t = np.trunc(v)
-        frac = v - t
+        with np.errstate(invalid="ignore"):                      # inf - inf: NaN fraction, inf saturates below
+            frac = v - t
         r = t + (frac >= 0.5) - (frac <= -0.5)
         r = np.clip(r, -256.0, 256.0).astype(np.int64)           # +-inf saturate
         return np.ascontiguousarray(np.clip(r + spec.zero_point, -128, 127).astype(np.int8))

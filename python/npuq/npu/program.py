@@ -33,6 +33,7 @@ from npuq._C import ARITHMETIC_VERSION  # the version of docs/arithmetic.md the 
 FORMAT = "npuq-program"
 FORMAT_VERSION = 1
 METADATA_KEY = "npuq.program"
+DIGEST_KEY = "npuq.sha256"  # SHA-256 of the graph and the tensors (content_digest), checked on load
 
 OP_KINDS = ("conv2d", "fully_connected", "add", "avg_pool2d", "global_avg_pool", "max_pool2d", "flatten")
 ROUNDING_MODES = ("double", "single")
@@ -147,7 +148,8 @@ class Program:
         """The program file's bytes (safetensors; deterministic: the same program gives the same bytes)."""
         validate(self)
         graph = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return _safetensors_bytes(dict(self.tensor_items()), {METADATA_KEY: graph})
+        tensors = dict(self.tensor_items())
+        return _safetensors_bytes(tensors, {METADATA_KEY: graph, DIGEST_KEY: content_digest(graph, tensors)})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the program to ``path`` (suffix ``.npuq`` by convention). Returns the path."""
@@ -317,6 +319,10 @@ def _check_layer(op: Op, where: str, in_shape: tuple[int, ...]) -> tuple[int, ..
     groups = _int_field(a, "groups", where, 1, 1 << 20)
     if c_out % groups:
         _fail(where, f"groups ({groups}) does not divide the {c_out} output channels")
+    extent = (dil[0] * (w.shape[1] - 1) + 1, dil[1] * (w.shape[2] - 1) + 1)
+    for side, p_, ext in zip(("top", "bottom", "left", "right"), pad, (extent[0], extent[0], extent[1], extent[1])):
+        if p_ >= ext:  # a window of padding alone (docs/arithmetic.md 4)
+            _fail(where, f"padding {side} = {p_} must be smaller than the dilated kernel extent {ext}")
     if w.shape[3] * groups != in_shape[2]:
         _fail(where, f"weight {w.shape} with groups={groups} expects {w.shape[3] * groups} input channels, "
                      f"but '{op.inputs[0]}' has {in_shape[2]}")
@@ -403,7 +409,7 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
                                                          or not 1 <= d <= 1 << 20 for d in shape):
         _fail(f"{source}: input", f"shape must be (H, W, C) or (K,) of positive integers, got {inp.shape!r}")
     _check_scale(inp.scale, f"{source}: input")
-    if np.float32(inp.scale) != inp.scale:
+    if float(np.float32(inp.scale)) != inp.scale:
         _fail(f"{source}: input", f"scale {inp.scale!r} is not a float32 value (the input is quantized in float32)")
     _check_zp(inp.zero_point, f"{source}: input")
     shapes: dict[str, tuple[int, ...]] = {inp.name: tuple(int(d) for d in shape)}
@@ -458,6 +464,18 @@ def _jsonable(obj):
     return obj
 
 
+def content_digest(graph_text: str, tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the graph's JSON text and every tensor (name, dtype, shape, little-endian bytes) in
+    name order. Independent of how a writer lays the tensors out, so any safetensors writer can store a
+    program; a flipped bit anywhere in the graph or the data changes it."""
+    h = hashlib.sha256(graph_text.encode("utf-8"))
+    for key in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[key])
+        h.update(f"\n{key}:{_DTYPE_CODES.get(arr.dtype, arr.dtype.str)}:{list(arr.shape)}\n".encode())
+        h.update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+    return h.hexdigest()
+
+
 def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
     """Serialize in the safetensors layout (8-byte little-endian header size, JSON header, raw data).
 
@@ -489,7 +507,7 @@ def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[s
                       f"(truncated or not a program file)")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, integers beyond Python's digit limit
         _fail(source, f"the header is not valid JSON ({exc}); the file is corrupted or not a program")
     if not isinstance(header, dict):
         _fail(source, "the header is not a JSON object")
@@ -502,7 +520,7 @@ def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[s
         where = f"{source}: tensor '{key}'"
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             _fail(where, "entry must have exactly 'dtype', 'shape' and 'data_offsets'")
-        dt = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        dt = _SAFETENSORS_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dt is None:
             _fail(where, f"dtype {entry['dtype']!r} is not one a program uses ({', '.join(_SAFETENSORS_DTYPES)})")
         shape, offs = entry["shape"], entry["data_offsets"]
@@ -532,6 +550,23 @@ def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[s
     return meta, tensors
 
 
+_MAX_INFO_NESTING = 64
+
+
+def _nesting(obj) -> int:
+    """Depth of nested lists / dicts, without recursion (a hostile file can nest thousands deep)."""
+    deepest, stack = 0, [(obj, 0)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (list, dict)):
+            d += 1
+            deepest = max(deepest, d)
+            if deepest > _MAX_INFO_NESTING:
+                return deepest
+            stack.extend((v, d) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
 def _get(d: dict, key: str, kind, where: str):
     if key not in d:
         _fail(where, f"missing field '{key}'")
@@ -540,6 +575,11 @@ def _get(d: dict, key: str, kind, where: str):
         ok = isinstance(v, int) and not isinstance(v, bool)
     elif kind is float:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if ok:
+            try:
+                v = float(v)
+            except OverflowError:
+                _fail(where, f"field '{key}' = {str(v)[:20]}... does not fit a float")
     else:
         ok = isinstance(v, kind)
     if not ok:
@@ -601,6 +641,12 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
     info = graph.get("info", {})
     if not isinstance(info, dict):
         _fail(source, "field 'info' must be an object")
+    if _nesting(info) > _MAX_INFO_NESTING:
+        _fail(source, f"field 'info' is nested deeper than {_MAX_INFO_NESTING} levels")
+    try:  # what is loaded must save again: no NaN / infinity
+        json.dumps(info, allow_nan=False)
+    except (ValueError, RecursionError) as exc:
+        _fail(source, f"field 'info' cannot be written back as JSON ({str(exc)[:80]})")
     program = Program(input=spec, ops=ops, output=_get(graph, "output", str, source),
                       rounding=_get(graph, "rounding", str, source), overflow=_get(graph, "overflow", str, source),
                       model=_get(graph, "model", str, source), info=info,
@@ -609,7 +655,7 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
     return program
 
 
-def program_from_bytes(data: bytes, source: str = "program") -> Program:
+def program_from_bytes(data: bytes, source: str = "program", *, check_digest: bool = True) -> Program:
     """Parse and validate a program file's bytes (see :func:`load_program`)."""
     meta, tensors = _parse_safetensors(bytes(data), source)
     text = meta.get(METADATA_KEY)
@@ -618,14 +664,30 @@ def program_from_bytes(data: bytes, source: str = "program") -> Program:
                       f"program")
     try:
         graph = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         _fail(source, f"the '{METADATA_KEY}' graph is not valid JSON ({exc})")
-    return program_from_json(graph, tensors, source)
+    program = program_from_json(graph, tensors, source)
+    if check_digest:  # after validation, so that a hand edit is reported by the field it broke
+        stored = meta.get(DIGEST_KEY)
+        if stored is None:
+            _fail(source, f"the header metadata has no '{DIGEST_KEY}' checksum (load with check_digest=False to "
+                          f"accept a program written without one)")
+        if stored != content_digest(text, tensors):
+            _fail(source, f"checksum mismatch: the graph or the tensor data differ from what was written "
+                          f"('{DIGEST_KEY}' {stored[:16]}...); the file is corrupted or was edited (load with "
+                          f"check_digest=False to accept an edited program)")
+    return program
 
 
-def load_program(path: str | os.PathLike) -> Program:
-    """Read and validate a program file. Raises :class:`ProgramError` naming the file and the field."""
+def load_program(path: str | os.PathLike, *, check_digest: bool = True) -> Program:
+    """Read and validate a program file. Raises :class:`ProgramError` naming the file and the field.
+
+    ``check_digest``: compare the stored SHA-256 of the graph and tensors (catches corruption that still
+    parses); turn it off to load a program that was edited on purpose (it is validated all the same).
+    """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ProgramError(f"{path}: not a regular file (a pipe or device?); a program is a file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -634,7 +696,7 @@ def load_program(path: str | os.PathLike) -> Program:
         raise ProgramError(f"{path}: is a directory, not a program file") from None
     except OSError as exc:
         raise ProgramError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return program_from_bytes(data, str(path))
+    return program_from_bytes(data, str(path), check_digest=check_digest)
 
 
 __all__ = ["ARITHMETIC_VERSION", "FORMAT_VERSION", "InputSpec", "Op", "OP_KINDS", "Program", "ProgramError",
