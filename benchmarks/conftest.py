@@ -1,4 +1,4 @@
-"""pytest configuration of the conv speed benchmarks (``python3 -m pytest benchmarks/ --benchmark-only``).
+"""pytest configuration of the speed benchmarks (conv kernels, whole-network emulator) (``python3 -m pytest benchmarks/ --benchmark-only``).
 
 Not part of the default test run: the package's pytest configuration collects ``tests/`` only.
 Needs torch, numpy, pytest-benchmark and (for the npuq cases) an importable npuq; without npuq those
@@ -46,5 +46,5 @@ def pytest_report_header(config):
 
     npuq, err = conv_cases.import_npuq()
     where = f"npuq from {os.path.dirname(npuq.__file__)}" if npuq is not None else f"npuq NOT importable ({err})"
-    return [f"conv benchmarks: {conv_cases.bench_threads()} threads (NPUQ_BENCH_THREADS), "
+    return [f"benchmarks: {conv_cases.bench_threads()} threads (NPUQ_BENCH_THREADS), "
             f"torch {torch.__version__}, {where}"]

@@ -83,20 +83,23 @@ class Emulator:
         r = np.clip(r, -256.0, 256.0).astype(np.int64)           # +-inf saturate
         return np.ascontiguousarray(np.clip(r + spec.zero_point, -128, 127).astype(np.int8))
 
-    def _as_int8_input(self, x, layout: str) -> np.ndarray:
+    def _as_input(self, x, layout: str) -> tuple[np.ndarray, bool]:
+        """``x`` as a numpy array and whether it is float (quantized batch by batch in :meth:`run`)."""
         if _is_torch(x):
-            x = x.detach().cpu().numpy()
+            x = x.detach().cpu()
+            x = x.float().numpy() if x.dtype.is_floating_point else x.numpy()
         if not isinstance(x, np.ndarray):
             raise TypeError(f"x must be a numpy array or a torch tensor, got {type(x).__name__}")
         if x.dtype.kind == "f":
-            return self.quantize_input(x, layout)
+            self.quantize_input(x[:0], layout)  # checks the shape and layout once, quantizes nothing
+            return x, True
         if x.dtype != np.int8:
             raise TypeError(f"x has dtype {x.dtype}; give int8 quantized input (N, "
                             f"{', '.join(map(str, self.input_shape))}) or float images")
         if x.shape[1:] != self.input_shape or x.ndim != len(self.input_shape) + 1:
             raise ValueError(f"x has shape {x.shape}; the program's int8 input is (N, "
                              f"{', '.join(map(str, self.input_shape))}) ({'NHWC' if len(self.input_shape) == 3 else 'NK'})")
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(x), False
 
     # ---------------------------------------------------------------------------------- running
     def run(self, x, *, capture: bool = False, threads: int | None = None, layout: str = "NCHW",
@@ -107,8 +110,8 @@ class Emulator:
         they are NCHW, the default, or NHWC). With ``capture=True`` returns ``(output, values)`` where
         ``values`` maps the input's and every op's name to its int8 values (NHWC / (N, K)).
         """
-        xq = self._as_int8_input(x, layout)
-        n = xq.shape[0]
+        arr, is_float = self._as_input(x, layout)
+        n = arr.shape[0]
         if n == 0:
             raise ValueError("x holds no images (batch of size 0)")
         threads = self.threads if threads is None else threads
@@ -117,7 +120,11 @@ class Emulator:
             chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'}")
         outs, caps = [], []
         for lo in chunks:
-            values = self._run_batch(xq[lo:lo + self.batch_size], threads, keep_all=capture)
+            batch = arr[lo:lo + self.batch_size]
+            # float images are quantized a batch at a time: each image independently, so the bits are the
+            # same as quantizing all at once, without data-set-sized temporaries
+            xq = self.quantize_input(batch, layout) if is_float else batch
+            values = self._run_batch(xq, threads, keep_all=capture)
             outs.append(values[self.program.output])
             if capture:
                 caps.append(values)

@@ -1,0 +1,489 @@
+#!/usr/bin/env python3
+"""Images per second of the NPU emulator on MobileNetV2 / Fashion-MNIST against (a) the quantization
+simulation and (b) torch's own int8 model on the fbgemm engine: one process, one thread count.
+
+What runs (benchmarks/emulator_cases.py builds it; benchmarks/fbgemm_baseline.py converts the torch model):
+
+* ``emulator``    ``npuq.Emulator(npuq.compile(qm), threads=T).run(x)`` on float NCHW images (the input
+                  quantization is part of the time), ``--batch-emulator`` images per native call;
+* ``simulation``  ``qm.run_integer(x)``, the integer simulation in torch arithmetic, ``--batch-simulation``
+                  images per call (it computes the emulator's integers, bit for bit);
+* ``fbgemm``      torch.ao.quantization's int8 model of the same float network (FX graph mode,
+                  ``get_default_qconfig_mapping("fbgemm")``, calibrated on the same 2048 training images
+                  as npuq), ``--batch-fbgemm`` images per call, under ``torch.inference_mode``.
+
+A fourth row, ``emulator_int8_input``, is for information only (not in the ratios): the emulator on the
+same images quantized beforehand, i.e. the native kernels without the float input's quantization.
+
+``torch.set_num_threads(T)`` and ``npuq.set_num_threads(T)`` with ``T = --threads`` (default: all CPUs).
+
+Timing: after one untimed warm-up pass of each, ``--rounds`` interleaved rounds (the order rotates); a
+round times one pass of the emulator and of fbgemm over all test images (``--images``, default the
+10,000) and one pass of the simulation over ``--sim-images`` of them (a different slice each round: with
+the defaults, 5 x 2000 covers the test set once). The reported speed is images / (fastest pass); the
+median pass is reported too. The machine may be shared: before each round the script waits (up to
+``--wait-idle`` s) until the CPUs are idle, each pass records the CPU share other processes used meanwhile
+(bg%), and a pass with bg >= 5% is timed again (up to ``--busy-retries`` times).
+
+Checks (untimed where not covered by the timed passes): the emulator's int8 outputs equal the
+simulation's integers on every test image (exit status 1 otherwise); top-1 accuracy of all three (and
+of the float model) on the same images.
+
+``--sweep`` first times each backend at several batch sizes (best of 2 passes); ``--profile`` adds where
+the time goes per op kind, for the emulator (``Emulator._run_op`` timed per op) and for torch's int8
+model (forward hooks on its modules).
+
+Examples:
+    python3 scripts/bench_emulator.py --out results/bench_emulator.json
+    python3 scripts/bench_emulator.py --threads 1 --rounds 3 --out results/bench_emulator_t1.json
+    python3 scripts/bench_emulator.py --sweep --profile --out results/bench_emulator.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import emulator_cases as ec  # noqa: E402
+
+BUSY = 0.05  # background CPU share above which a pass counts as disturbed
+INT8_INPUT = "emulator_int8_input"
+INT8_INPUT_DESCRIPTION = ("npuq.Emulator(program).run(int8 images quantized beforehand): the native kernels "
+                          "only, for information")
+SWEEP_BATCHES = {"emulator": (100, 250, 500, 1000, 2000), "simulation": (100, 250, 500, 1000),
+                 "fbgemm": (100, 250, 500, 1000, 2000)}
+
+
+# ------------------------------------------------------------------------------------------ machine
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    m = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
+    return m.group(1).strip() if m else platform.processor() or "unknown"
+
+
+class LoadMeter:
+    """CPU share used by other processes since start(): /proc/stat busy time minus this process's own."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ncpu = os.cpu_count() or 1
+        self.start()
+
+    @staticmethod
+    def _busy() -> int | None:
+        line = _read("/proc/stat").splitlines()[:1]
+        if not line or not line[0].startswith("cpu "):
+            return None
+        v = [int(t) for t in line[0].split()[1:]]
+        return sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)
+
+    @staticmethod
+    def _own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    def background(self) -> float | None:
+        busy, wall = self._busy(), time.perf_counter() - self.t0
+        if busy is None or self.busy0 is None or wall <= 0:
+            return None
+        foreign = (busy - self.busy0) / self.hz - (self._own() - self.own0)
+        return max(0.0, foreign / (wall * self.ncpu))
+
+
+def wait_idle(max_wait: float, probe: float = 0.5) -> float | None:
+    """Sleep until other processes use < BUSY of the CPUs (probed over ``probe`` s), at most ``max_wait`` s."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        meter = LoadMeter()
+        time.sleep(probe)
+        bg = meter.background()
+        if bg is None or bg < BUSY or time.perf_counter() >= deadline:
+            return bg
+
+
+# ------------------------------------------------------------------------------------------- timing
+def timed(fn: Callable[..., Any], *args, usage: dict | None = None):
+    """(result, seconds, background CPU share) of ``fn(*args)``, GC off meanwhile. ``usage``, when given,
+    receives this process's system CPU seconds and minor page faults during the call."""
+    gc_on = gc.isenabled()
+    gc.disable()
+    meter = LoadMeter()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        t = time.perf_counter()
+        out = fn(*args)
+        dt = time.perf_counter() - t
+    finally:
+        if gc_on:
+            gc.enable()
+    if usage is not None:
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        usage.update(system_s=r1.ru_stime - r0.ru_stime, minor_faults=r1.ru_minflt - r0.ru_minflt)
+    return out, dt, meter.background()
+
+
+def sweep(setup: ec.Setup, n_images: int, log, max_wait: float = 30.0) -> dict[str, dict[int, float]]:
+    """Images/s of each backend at each batch size of SWEEP_BATCHES (best of 2 passes, each after waiting
+    up to ``max_wait`` s for idle CPUs)."""
+    result: dict[str, dict[int, float]] = {}
+    saved = dict(setup.batch)
+    for impl, batches in SWEEP_BATCHES.items():
+        n = min(n_images, 1000) if impl == "simulation" else n_images
+        x = setup.x[:n]
+        result[impl] = {}
+        for b in batches:
+            setup.batch[impl] = b
+            fn = setup.runner(impl)
+            fn(x[:b])  # warm-up
+            best = math.inf
+            for _ in range(2):
+                if max_wait > 0:
+                    wait_idle(max_wait)
+                best = min(best, timed(fn, x)[1])
+            result[impl][b] = n / best
+            log(f"  sweep {impl:10s} batch {b:5d}: {n / best:9.0f} images/s ({n} images)")
+    setup.batch.clear()
+    setup.batch.update(saved)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ profile
+def conv_kind(groups: int, kh: int, kw: int) -> str:
+    if groups > 1:
+        return f"conv {kh}x{kw} depthwise"
+    if kh == kw == 1:
+        return "conv 1x1 (pointwise)"
+    return f"conv {kh}x{kw} (stem)"
+
+
+def profile_emulator(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[str, Any]:
+    """Seconds per op kind of ``emulator.run(x)`` (min over passes), input quantization and the rest."""
+    emu = setup.emulator
+    emu.batch_size = setup.batch["emulator"]
+    kinds: dict[str, str] = {}
+    for op in emu.program.ops:
+        if op.kind == "conv2d":
+            _, kh, kw, _ = op.tensors["weight"].shape
+            kinds[op.name] = conv_kind(int(op.attrs["groups"]), kh, kw)
+        else:
+            kinds[op.name] = op.kind
+    best: dict[str, float] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for kind in kinds.values():
+        counts[kind] += 1
+    totals = []
+    original_run_op, original_input = emu._run_op, emu._as_int8_input
+    try:
+        for _ in range(passes):
+            acc: dict[str, float] = defaultdict(float)
+
+            def run_op(op, args, threads, _acc=acc):
+                t = time.perf_counter()
+                out = original_run_op(op, args, threads)
+                _acc[kinds[op.name]] += time.perf_counter() - t
+                return out
+
+            def as_int8(xx, layout, _acc=acc):
+                t = time.perf_counter()
+                out = original_input(xx, layout)
+                _acc["input quantization"] += time.perf_counter() - t
+                return out
+
+            emu._run_op, emu._as_int8_input = run_op, as_int8
+            _, total, _ = timed(emu.run, x)
+            acc["other (Python, slicing, concatenation)"] = total - sum(acc.values())
+            totals.append(total)
+            for k, v in acc.items():
+                best[k] = min(best.get(k, v), v)
+    finally:
+        emu.__dict__.pop("_run_op", None)  # back to the class's methods
+        emu.__dict__.pop("_as_int8_input", None)
+    return {"images": int(x.shape[0]), "total_s": min(totals), "seconds": best, "ops": dict(counts)}
+
+
+def _fbgemm_kind(module) -> str | None:
+    name = type(module).__name__
+    if "Conv2d" in name:
+        kh, kw = module.kernel_size
+        return conv_kind(module.groups, kh, kw)
+    if "Linear" in name:
+        return "linear"
+    if "ReLU6" in name or "Hardtanh" in name:
+        return "relu6"
+    if "Pool" in name:
+        return "pool"
+    return None
+
+
+def profile_fbgemm(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[str, Any]:
+    """Seconds per module kind of torch's int8 model (forward hooks); functional ops (input quantization,
+    quantized add, flatten, dequantization) fall into 'other'."""
+    handles, counts = [], defaultdict(int)
+    acc: dict[str, float] = defaultdict(float)
+    starts: dict[int, float] = {}
+
+    def pre(module, _inputs):
+        starts[id(module)] = time.perf_counter()
+
+    def post(module, _inputs, _out):
+        acc[module._bench_kind] += time.perf_counter() - starts.pop(id(module))
+
+    for module in setup.fbgemm.modules():
+        kind = _fbgemm_kind(module)
+        if kind is not None and not list(module.children()):
+            module._bench_kind = kind
+            counts[kind] += 1
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    fn = setup.runner("fbgemm")
+    best: dict[str, float] = {}
+    totals = []
+    try:
+        for _ in range(passes):
+            acc.clear()
+            _, total, _ = timed(fn, x)
+            acc["other (quantize, add, flatten, dequantize, Python)"] = total - sum(acc.values())
+            totals.append(total)
+            for k, v in acc.items():
+                best[k] = min(best.get(k, v), v)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"images": int(x.shape[0]), "total_s": min(totals), "seconds": best, "ops": dict(counts)}
+
+
+def format_profile(title: str, prof: dict[str, Any]) -> str:
+    n, total = prof["images"], prof["total_s"]
+    lines = [f"{title}: {n} images, {total * 1e3:.1f} ms per pass ({n / total:.0f} images/s), fastest of 3 "
+             f"passes per kind", f"  {'kind':42s} {'ops':>4s} {'ms':>9s} {'us/image':>9s} {'share':>6s}"]
+    for kind, s in sorted(prof["seconds"].items(), key=lambda kv: -kv[1]):
+        ops = prof["ops"].get(kind, "")
+        lines.append(f"  {kind:42s} {ops!s:>4s} {s * 1e3:9.1f} {s / n * 1e6:9.2f} {s / total:6.1%}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of all three (default: all CPUs)")
+    p.add_argument("--rounds", type=int, default=5, help="timed passes of each backend (default 5)")
+    p.add_argument("--images", type=int, default=None, help="test images for the emulator and fbgemm (default: all)")
+    p.add_argument("--sim-images", type=int, default=2000, help="test images per simulation pass (default 2000)")
+    for impl in ec.IMPLEMENTATIONS:
+        p.add_argument(f"--batch-{impl}", type=int, default=ec.DEFAULT_BATCH[impl],
+                       help=f"images per call of the {impl} (default {ec.DEFAULT_BATCH[impl]})")
+    p.add_argument("--engine", default="fbgemm", choices=("fbgemm", "x86"),
+                   help="torch quantized engine (default fbgemm; x86 is tried when fbgemm is missing)")
+    p.add_argument("--fbgemm-mode", default="fx", choices=("fx", "eager"), help="torch quantization workflow")
+    p.add_argument("--wait-idle", type=float, default=30.0,
+                   help="before each round, wait up to this many seconds for idle CPUs (default 30; 0: never)")
+    p.add_argument("--busy-retries", type=int, default=2,
+                   help="time a pass again (after waiting for idle CPUs) when other processes used >= 5%% of the "
+                        "CPUs meanwhile, up to this many times (default 2)")
+    p.add_argument("--sweep", action="store_true", help="first time each backend at several batch sizes")
+    p.add_argument("--profile", action="store_true", help="also time the emulator and fbgemm per op kind")
+    p.add_argument("--out", default=None, help="write the results as JSON to this file")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.rounds < 1 or args.sim_images < 1:
+        p.error("--threads, --rounds and --sim-images must be >= 1")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    t_start = time.perf_counter()
+    batch = {impl: getattr(args, f"batch_{impl}") for impl in ec.IMPLEMENTATIONS}
+    setup = ec.build(args.threads, batch=batch, engine=args.engine, fbgemm_mode=args.fbgemm_mode, log=log)
+    import npuq
+
+    x_all, y_all = setup.x, setup.y
+    if args.images is not None:
+        x_all, y_all = x_all[:args.images], y_all[:args.images]
+    n = int(x_all.shape[0])
+    sim_n = min(args.sim_images, n)
+    engine_note = "" if setup.engine == "fbgemm" else " (fbgemm is not available in this torch build)"
+    log(f"threads {args.threads} (torch {torch.get_num_threads()}, npuq {npuq.get_num_threads()}), "
+        f"torch {torch.__version__}, quantized engine {setup.engine}{engine_note}, torch int8 via "
+        f"{setup.fbgemm_mode}; setup {', '.join(f'{k} {v:.1f} s' for k, v in setup.setup_s.items())}")
+
+    with torch.inference_mode():
+        float_pred = ec.top1("float", torch.cat([setup.model(x_all[lo:lo + 500]) for lo in range(0, n, 500)]))
+
+    sweep_result = sweep(setup, n, log, args.wait_idle) if args.sweep else None
+
+    runners = {impl: setup.runner(impl) for impl in ec.IMPLEMENTATIONS}
+    # for information (not in the ratios): the emulator on the int8 input quantized beforehand
+    runners[INT8_INPUT] = runners["emulator"]
+    inputs = {impl: x_all for impl in runners}
+    inputs[INT8_INPUT] = setup.emulator.quantize_input(x_all)
+    n_of = {"emulator": n, "fbgemm": n, "simulation": sim_n, INT8_INPUT: n}
+    log("warm-up ...")
+    for impl, fn in runners.items():
+        fn(inputs[impl][:n_of[impl]])
+
+    names = list(runners)
+    samples: dict[str, list[dict[str, Any]]] = {impl: [] for impl in names}
+    outputs: dict[str, Any] = {}
+    sim_parts: dict[int, torch.Tensor] = {}
+    retried = {impl: 0 for impl in names}
+    for r in range(args.rounds):
+        waited = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
+        order = names[r % len(names):] + names[:r % len(names)]
+        for impl in order:
+            lo = (r * sim_n) % n if impl == "simulation" else 0
+            lo = lo if lo + n_of[impl] <= n else 0
+            xs = inputs[impl][lo:lo + n_of[impl]]
+            usage: dict[str, Any] = {}
+            for attempt in range(args.busy_retries + 1):
+                if attempt:
+                    retried[impl] += 1
+                    if args.wait_idle > 0:
+                        wait_idle(args.wait_idle)
+                out, dt, bg = timed(runners[impl], xs, usage=usage)
+                if bg is None or bg < BUSY:
+                    break
+            if impl == "simulation":
+                sim_parts.setdefault(lo, out)
+            else:
+                outputs[impl] = out
+            samples[impl].append({"seconds": dt, "images": n_of[impl], "background": bg, **usage})
+        log(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{impl} {samples[impl][-1]['images'] / samples[impl][-1]['seconds']:.0f}/s" for impl in names)
+            + (f" (machine busy: {waited:.0%} before the round)" if waited is not None and waited >= BUSY else ""))
+
+    # the simulation's integers on every image (the passes above cover them; the rest runs untimed)
+    covered = np.zeros(n, dtype=bool)
+    sim_out = torch.empty((n,) + tuple(next(iter(sim_parts.values())).shape[1:]), dtype=torch.int64)
+    for lo, part in sim_parts.items():
+        sim_out[lo:lo + part.shape[0]] = part
+        covered[lo:lo + part.shape[0]] = True
+    if not covered.all():
+        log(f"simulation on the {int((~covered).sum())} test images the timed passes did not cover (untimed) ...")
+        for lo in range(0, n, sim_n):
+            hi = min(lo + sim_n, n)
+            if not covered[lo:hi].all():
+                sim_out[lo:hi] = runners["simulation"](x_all[lo:hi])
+    bit_exact = (ec.same_integers(outputs["emulator"], sim_out)
+                 and bool(np.array_equal(outputs["emulator"], outputs[INT8_INPUT])))
+    labels = y_all.numpy()
+    accuracy = {"float": float((float_pred == labels).mean()),
+                "emulator": float((ec.top1("emulator", outputs["emulator"]) == labels).mean()),
+                "simulation": float((ec.top1("simulation", sim_out) == labels).mean()),
+                "fbgemm": float((ec.top1("fbgemm", outputs["fbgemm"]) == labels).mean())}
+
+    speed = {}
+    for impl in names:
+        per_image = [s["seconds"] / s["images"] for s in samples[impl]]
+        bgs = [s["background"] for s in samples[impl] if s["background"] is not None]
+        speed[impl] = {"images_per_pass": n_of[impl], "batch": setup.batch[impl.split("_")[0]],
+                       "images_per_s": 1.0 / min(per_image), "images_per_s_median": 1.0 / statistics.median(per_image),
+                       "max_background": max(bgs) if bgs else None, "retried_busy": retried[impl],
+                       "median_system_s": statistics.median(s["system_s"] for s in samples[impl]),
+                       "median_minor_faults": statistics.median(s["minor_faults"] for s in samples[impl]),
+                       "samples": samples[impl],
+                       "what": (ec.DESCRIPTION.get(impl) or INT8_INPUT_DESCRIPTION).format(engine=setup.engine)}
+    ratios = {"emulator_vs_simulation": speed["emulator"]["images_per_s"] / speed["simulation"]["images_per_s"],
+              "emulator_vs_fbgemm": speed["emulator"]["images_per_s"] / speed["fbgemm"]["images_per_s"],
+              "emulator_vs_simulation_median": (speed["emulator"]["images_per_s_median"]
+                                                / speed["simulation"]["images_per_s_median"]),
+              "emulator_vs_fbgemm_median": (speed["emulator"]["images_per_s_median"]
+                                            / speed["fbgemm"]["images_per_s_median"])}
+    goals = {"emulator_vs_simulation": 3.0, "emulator_vs_fbgemm": 1.0}
+
+    profiles = None
+    if args.profile:
+        if args.wait_idle > 0:
+            wait_idle(args.wait_idle)
+        profiles = {"emulator": profile_emulator(setup, x_all), "fbgemm": profile_fbgemm(setup, x_all)}
+
+    # ------------------------------------------------------------------------------------ report
+    log("")
+    log(f"MobileNetV2 w0.5 ({ec.CHECKPOINT}) on Fashion-MNIST test, {cpu_model()}, {args.threads} threads, "
+        f"torch {torch.__version__} ({setup.engine})")
+    accuracy_of = dict(accuracy, **{INT8_INPUT: accuracy["emulator"]})
+    log(f"{'':20s} {'images/s':>9s} {'(median)':>9s} {'batch':>6s} {'images':>7s} {'top-1':>7s} {'max bg':>7s} "
+        f"{'sys ms':>7s} {'faults':>7s}")
+    for impl in names:
+        s = speed[impl]
+        bg = "" if s["max_background"] is None else f"{s['max_background']:.0%}"
+        log(f"{impl:20s} {s['images_per_s']:9.0f} {s['images_per_s_median']:9.0f} {s['batch']:6d} "
+            f"{s['images_per_pass']:7d} {accuracy_of[impl]:7.2%} {bg:>7s} {s['median_system_s'] * 1e3:7.0f} "
+            f"{s['median_minor_faults']:7.0f}")
+    log(f"{'float':20s} {'':9s} {'':9s} {'':6s} {n:7d} {accuracy['float']:7.2%}")
+    log(f"images/s = images / fastest of {args.rounds} interleaved passes (median pass in parentheses); "
+        f"sys ms, faults: median system CPU time and minor page faults of this process per pass; "
+        f"{INT8_INPUT}: the emulator on input quantized beforehand (not in the ratios)")
+    for key, goal in goals.items():
+        r, rm = ratios[key], ratios[key + "_median"]
+        log(f"{key:24s} {r:6.2f}x (median {rm:.2f}x)  goal >= {goal:g}x: {'met' if r >= goal else 'NOT met'}")
+    log(f"emulator == simulation on all {n} images (int8 outputs): {'yes' if bit_exact else 'NO'}")
+    if sweep_result:
+        log("batch sweep (images/s, best of 2):")
+        for impl, row in sweep_result.items():
+            log(f"  {impl:11s} " + "  ".join(f"{b}: {v:.0f}" for b, v in row.items()))
+    if profiles:
+        log("")
+        log(format_profile("emulator", profiles["emulator"]))
+        log(format_profile(f"torch int8 ({setup.engine})", profiles["fbgemm"]))
+    disturbed = [impl for impl in names if (speed[impl]["max_background"] or 0) >= BUSY]
+    if disturbed:
+        log(f"note: other processes used >= {BUSY:.0%} of the CPUs during some passes of {', '.join(disturbed)}; "
+            f"the fastest pass is the one least disturbed, but rerun on an idle machine to be sure")
+
+    if args.out:
+        result = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
+            "torch": torch.__version__, "quantized_engine": setup.engine, "torch_quantization": setup.fbgemm_mode,
+            "npuq": getattr(npuq, "__version__", None), "npuq_cpu_features": _jsonable(npuq.cpu_features()),
+            "checkpoint": ec.CHECKPOINT, "quantize": ec.QUANTIZE, "calibration": ec.CALIBRATION,
+            "test_images": n, "simulation_images_per_pass": sim_n, "rounds": args.rounds,
+            "speed": speed, "ratios": ratios, "goals": goals, "accuracy": accuracy,
+            "emulator_equals_simulation": bit_exact, "sweep": sweep_result, "profile": profiles,
+            "setup_seconds": setup.setup_s, "total_seconds": time.perf_counter() - t_start,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        log(f"wrote {args.out}")
+    return 0 if bit_exact else 1
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set)):
+        return [_jsonable(x) for x in v]
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
