@@ -201,7 +201,7 @@ def profile_emulator(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[
     for kind in kinds.values():
         counts[kind] += 1
     totals = []
-    original_run_op, original_input = emu._run_op, emu._as_int8_input
+    original_run_op, original_input = emu._run_op, emu.quantize_input
     try:
         for _ in range(passes):
             acc: dict[str, float] = defaultdict(float)
@@ -212,13 +212,13 @@ def profile_emulator(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[
                 _acc[kinds[op.name]] += time.perf_counter() - t
                 return out
 
-            def as_int8(xx, layout, _acc=acc):
+            def as_int8(xx, layout="NCHW", _acc=acc):
                 t = time.perf_counter()
                 out = original_input(xx, layout)
                 _acc["input quantization"] += time.perf_counter() - t
                 return out
 
-            emu._run_op, emu._as_int8_input = run_op, as_int8
+            emu._run_op, emu.quantize_input = run_op, as_int8
             _, total, _ = timed(emu.run, x)
             acc["other (Python, slicing, concatenation)"] = total - sum(acc.values())
             totals.append(total)
@@ -226,7 +226,7 @@ def profile_emulator(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[
                 best[k] = min(best.get(k, v), v)
     finally:
         emu.__dict__.pop("_run_op", None)  # back to the class's methods
-        emu.__dict__.pop("_as_int8_input", None)
+        emu.__dict__.pop("quantize_input", None)
     return {"images": int(x.shape[0]), "total_s": min(totals), "seconds": best, "ops": dict(counts)}
 
 
