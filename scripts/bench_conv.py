@@ -49,9 +49,7 @@ import gc
 import json
 import math
 import os
-import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,6 +63,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import conv_cases as cc  # noqa: E402
+from machine import LoadMeter, cpu_model, read_text as _read, wait_idle  # noqa: E402
 from mobilenetv2_layers import ConvLayer, unique_layers  # noqa: E402
 
 try:  # optional
@@ -90,19 +89,6 @@ BUSY = 0.05  # background CPU share above which a row counts as disturbed
 
 
 # ------------------------------------------------------------------------------------------ machine
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_model() -> str:
-    m = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
-    return m.group(1).strip() if m else platform.processor() or "unknown"
-
-
 def physical_cores() -> int:
     info = _read("/proc/cpuinfo")
     pairs = set()
@@ -139,44 +125,6 @@ def cpu_flags() -> set:
     return set(m.group(1).split()) if m else set()
 
 
-class LoadMeter:
-    """CPU time used by *other* processes while a block runs, as a fraction of all CPUs: the busy time of
-    /proc/stat minus this process's own user+system time. The machine is shared; rows measured while
-    something else ran are not trustworthy."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.ncpu = os.cpu_count() or 1
-        self.start()
-
-    @staticmethod
-    def _stat():
-        line = _read("/proc/stat").splitlines()[:1]
-        if not line or not line[0].startswith("cpu "):
-            return None
-        v = [int(x) for x in line[0].split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return sum(v[:8]) - idle  # busy jiffies (user nice system idle iowait irq softirq steal)
-
-    @staticmethod
-    def _own():
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def start(self):
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._stat(), self._own()
-
-    def background_fraction(self) -> Optional[float]:
-        busy = self._stat()
-        if busy is None or self.busy0 is None:
-            return None
-        wall = time.perf_counter() - self.t0
-        if wall <= 0:
-            return None
-        foreign = (busy - self.busy0) / self.hz - (self._own() - self.own0)
-        return max(0.0, foreign / (wall * self.ncpu))
-
-
 def raise_priority(nice: int) -> Optional[str]:
     """Set the nice value of every thread of this process (Linux nice is per thread; threads created
     later inherit it from their creator). Lower = higher priority; < 0 needs root/CAP_SYS_NICE."""
@@ -206,18 +154,6 @@ def set_autogroup_nice(nice: int) -> Optional[int]:
     except OSError:
         return None
     return int(m.group(1))
-
-
-def wait_idle(max_wait: float, threshold: float = 0.05, probe: float = 1.0) -> Optional[float]:
-    """Sleep until other processes use < threshold of the CPUs (probed over ``probe`` s), at most
-    ``max_wait`` s. Returns the last background fraction."""
-    deadline = time.perf_counter() + max_wait
-    while True:
-        m = LoadMeter()
-        time.sleep(probe)
-        bg = m.background_fraction()
-        if bg is None or bg < threshold or time.perf_counter() >= deadline:
-            return bg
 
 
 # ------------------------------------------------------------------------------------------- timing

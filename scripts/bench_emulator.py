@@ -47,8 +47,6 @@ import gc
 import json
 import math
 import os
-import platform
-import re
 import resource
 import statistics
 import sys
@@ -64,6 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import emulator_cases as ec  # noqa: E402
+from machine import LoadMeter, cpu_model, wait_idle  # noqa: E402
 
 BUSY = 0.05  # background CPU share above which a pass counts as disturbed
 INT8_INPUT = "emulator_int8_input"
@@ -74,62 +73,6 @@ SWEEP_BATCHES = {"emulator": (100, 250, 500, 1000, 2000), "simulation": (100, 25
 
 
 # ------------------------------------------------------------------------------------------ machine
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def cpu_model() -> str:
-    m = re.search(r"^model name\s*:\s*(.+)$", _read("/proc/cpuinfo"), re.M)
-    return m.group(1).strip() if m else platform.processor() or "unknown"
-
-
-class LoadMeter:
-    """CPU share used by other processes since start(): /proc/stat busy time minus this process's own."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.ncpu = os.cpu_count() or 1
-        self.start()
-
-    @staticmethod
-    def _busy() -> int | None:
-        line = _read("/proc/stat").splitlines()[:1]
-        if not line or not line[0].startswith("cpu "):
-            return None
-        v = [int(t) for t in line[0].split()[1:]]
-        return sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)
-
-    @staticmethod
-    def _own() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def start(self) -> None:
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
-
-    def background(self) -> float | None:
-        busy, wall = self._busy(), time.perf_counter() - self.t0
-        if busy is None or self.busy0 is None or wall <= 0:
-            return None
-        foreign = (busy - self.busy0) / self.hz - (self._own() - self.own0)
-        return max(0.0, foreign / (wall * self.ncpu))
-
-
-def wait_idle(max_wait: float, probe: float = 0.5) -> float | None:
-    """Sleep until other processes use < BUSY of the CPUs (probed over ``probe`` s), at most ``max_wait`` s."""
-    deadline = time.perf_counter() + max_wait
-    while True:
-        meter = LoadMeter()
-        time.sleep(probe)
-        bg = meter.background()
-        if bg is None or bg < BUSY or time.perf_counter() >= deadline:
-            return bg
-
-
 # ------------------------------------------------------------------------------------------- timing
 def timed(fn: Callable[..., Any], *args, usage: dict | None = None):
     """(result, seconds, background CPU share) of ``fn(*args)``, GC off meanwhile. ``usage``, when given,
@@ -148,7 +91,7 @@ def timed(fn: Callable[..., Any], *args, usage: dict | None = None):
     if usage is not None:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         usage.update(system_s=r1.ru_stime - r0.ru_stime, minor_faults=r1.ru_minflt - r0.ru_minflt)
-    return out, dt, meter.background()
+    return out, dt, meter.background_fraction()
 
 
 def sweep(setup: ec.Setup, n_images: int, log, max_wait: float = 30.0) -> dict[str, dict[int, float]]:

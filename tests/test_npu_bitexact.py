@@ -26,13 +26,7 @@ from npuq.quant import intmath
 ROUNDINGS = ("double", "single")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # small models on shared cores: one intra-op thread is faster than several competing
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: see conftest.py
 
 
 # ------------------------------------------------------------------------------------------- comparisons

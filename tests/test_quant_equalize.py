@@ -12,13 +12,7 @@ from npuq.quant.graph import Graph, Node, prepare
 from torchvision_compat import torchvision_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these models are small: one intra-op thread is faster than several competing for shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: see conftest.py
 
 
 # --------------------------------------------------------------------------------------------- helpers

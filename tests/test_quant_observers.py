@@ -23,13 +23,7 @@ from npuq.quant.observers import (
 KINDS = ["minmax", "percentile", "mse", "kl"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster on a busy machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: see conftest.py
 
 
 def gen(seed):
