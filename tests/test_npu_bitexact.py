@@ -22,6 +22,7 @@ import npu_reference as NR
 import npuq
 from npuq.npu import Emulator, InputSpec, Op, Program
 from npuq.quant import intmath
+from torch_helpers import randomize_batch_norms as _randomize_batch_norms
 
 ROUNDINGS = ("double", "single")
 
@@ -278,22 +279,6 @@ def test_input_quantization_three_ways(values, scale, zero_point, ties, dtype):
 
 
 # ---------------------------------------------------------------------------- torchvision mobilenet_v2
-def _randomize_batch_norms(model: nn.Module, seed: int) -> nn.Module:
-    """Random running statistics and affine parameters (some negative gammas), so the network is far
-    from the identity-BN initialisation whose activations collapse with depth."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(0.5 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=gen))
-                sign = torch.where(torch.rand(c, generator=gen) < 0.2, -1.0, 1.0)
-                m.weight.copy_(sign * (0.6 + 0.8 * torch.rand(c, generator=gen)))
-                m.bias.copy_(0.3 * torch.randn(c, generator=gen))
-    return model
-
-
 @functools.lru_cache(maxsize=None)
 def _torchvision_mobilenet_v2():
     from torchvision_compat import torchvision_models
