@@ -17,6 +17,7 @@ def main(argv=None) -> int:
     _add_quantize_parser(sub)
     _add_ptq_bench_parser(sub)
     _add_npu_commands(sub)
+    _add_distill_parser(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "func"):
         return args.func(args)
@@ -43,6 +44,41 @@ def _add_npu_commands(sub) -> None:
     commands.add_commands(sub)
     vectors.add_commands(sub)
     cost.add_commands(sub)
+
+
+def _add_distill_parser(sub) -> None:
+    p = sub.add_parser("distill", help="run a knowledge-distillation experiment described by a TOML config "
+                       "(docs/distillation.md): metrics.json, curves.png, resumable checkpoints")
+    p.add_argument("config", help="a TOML config, e.g. configs/distill/kd.toml")
+    p.add_argument("--out", default=None, help="run folder (default: results/distill/<name>); an interrupted "
+                   "run resumes from its checkpoints when started again with the same folder")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    p.set_defaults(func=_run_distill)
+
+
+def _run_distill(args) -> int:
+    import json
+    import sys
+
+    from npuq.distill.experiment import ConfigError, load_experiment, run_experiment
+    from npuq.distill.trainer import OptimConfig
+
+    try:
+        exp = load_experiment(args.config)
+        if args.seed is not None:
+            exp.seed = args.seed
+        if args.epochs is not None:
+            fields = dict(vars(exp.optim), epochs=args.epochs)
+            exp.optim = OptimConfig(**fields)
+    except (ConfigError, ValueError) as exc:
+        print(f"npuq distill: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or f"results/distill/{exp.name}-seed{exp.seed}"
+    metrics = run_experiment(exp, out)
+    print(json.dumps(metrics["final_test_accuracy"], indent=1))
+    print(f"wrote {out}/metrics.json, {out}/curves.png")
+    return 0
 
 
 def _add_quantize_parser(sub) -> None:

@@ -164,7 +164,14 @@ def mobilenet_v2(width: float = 0.5, dropout: float = 0.0) -> MobileNet:
     return MobileNet(nn.Sequential(*layers), last, dropout)
 
 
+def _cnn(width: float = 1.0, **kwargs):
+    from npuq.models.cnn import cnn  # cnn.py imports this module
+
+    return cnn(width, **kwargs)
+
+
 MODELS = {
+    "cnn": _cnn,
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
 }

@@ -1,0 +1,464 @@
+"""Distillation experiments described by small TOML configs, run by ``npuq distill CONFIG``.
+
+A config names the models, the data, the knowledge terms and their weights, the process, the optimizer
+and schedule, and the seed; nothing else is needed to reproduce a run. Every key is checked before any
+training starts: an unknown key or a value of the wrong type is an error naming the key.
+
+```toml
+name = "kd_cnn_w0.25"
+process = "offline"        # alone | offline | dml | born_again | teacher_assistant
+seed = 0
+task_weight = 0.1
+
+[student]
+model = "cnn"              # npuq.models.MODELS: cnn, mobilenet_v1, mobilenet_v2
+width = 0.25
+
+[[teachers]]               # offline / teacher_assistant: one or more; weight: ensemble weight
+model = "cnn"
+width = 4.0
+epochs = 5                 # trained first (cached in the run folder) unless `checkpoint` names a file
+
+[[terms]]                  # knowledge terms (npuq.distill.losses); student / teacher: "logits" or a module path
+loss = "kd"
+weight = 0.9
+temperature = 4.0
+
+[optim]
+name = "sgd"
+lr = 0.05
+epochs = 5
+batch_size = 128
+
+[data]
+train_limit = 0            # 0: the whole training split
+corruption = "none"        # none | noise | occlusion: the student's input (the teachers see it clean)
+```
+
+Outputs in the run folder: ``metrics.json`` (config, per-run histories, final test accuracies),
+``curves.png`` (test accuracy and loss per epoch), ``<run>/checkpoint.safetensors`` (resumable) and
+``<run>/model.safetensors`` (the final weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from npuq.distill.objective import tap_channels
+from npuq.distill.trainer import OptimConfig, accuracy, fit
+
+PROCESSES = ("alone", "offline", "dml", "born_again", "teacher_assistant")
+CORRUPTIONS = ("none", "noise", "occlusion")
+LOSS_KINDS = ("kd", "hint", "attention", "rkd", "rkd_distance", "rkd_angle", "similarity", "pkt")
+
+
+class ConfigError(ValueError):
+    """A distillation config is malformed; the message names the file and the key."""
+
+
+# ------------------------------------------------------------------------------------------- schema
+@dataclass
+class ModelSpec:
+    model: str = "cnn"
+    width: float = 1.0
+    checkpoint: str = ""       # a model.safetensors written by a previous run (teachers)
+    epochs: int = 0            # teachers: train for this many epochs first when no checkpoint is given
+    weight: float = 1.0        # teachers: ensemble weight
+
+
+@dataclass
+class TermSpec:
+    loss: str = "kd"
+    weight: float = 1.0
+    student: str = "logits"
+    teacher: str = "logits"
+    params: dict = field(default_factory=dict)   # the loss's own arguments (temperature, beta, ...)
+
+
+@dataclass
+class DataSpec:
+    train_limit: int = 0
+    corruption: str = "none"
+    corruption_strength: float = 0.5
+
+
+@dataclass
+class Experiment:
+    name: str = "distill"
+    process: str = "offline"
+    seed: int = 0
+    task_weight: float = 1.0
+    ensemble: str = "loss"
+    student: ModelSpec = field(default_factory=ModelSpec)
+    teachers: list = field(default_factory=list)
+    assistant: ModelSpec | None = None
+    terms: list = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataSpec = field(default_factory=DataSpec)
+    peers: int = 2                 # dml
+    generations: int = 2           # born_again: distilled generations after the first
+    kl_weight: float = 1.0         # dml
+
+
+_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+
+
+def _check_type(value, expected, where: str):
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else _bad(where, expected, value)
+    if expected is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _bad(where, expected, value)
+    return value if isinstance(value, expected) else _bad(where, expected, value)
+
+
+def _bad(where, expected, value):
+    raise ConfigError(f"{where} must be {_TYPES.get(expected, expected.__name__)}, got {type(value).__name__} "
+                      f"{value!r:.60}")
+
+
+def _fill(cls, table: dict, where: str, extra_ok: bool = False):
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs, extra = {}, {}
+    for key, value in table.items():
+        if key not in known or key == "params":
+            if extra_ok:
+                extra[key] = value
+                continue
+            raise ConfigError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(known))}")
+        ftype = typing.get_type_hints(cls)[key]
+        kwargs[key] = _check_type(value, ftype, f"{where}.{key}") if ftype in (float, int, str, bool) else value
+    if extra_ok:
+        kwargs["params"] = extra
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse_experiment(table: dict, source: str = "config") -> Experiment:
+    """Validate a config table (from TOML) into an :class:`Experiment`."""
+    known = {f.name for f in fields(Experiment)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    exp = Experiment()
+    for key in ("name", "process", "ensemble"):
+        if key in table:
+            setattr(exp, key, _check_type(table[key], str, f"{source}: {key}"))
+    for key in ("seed", "peers", "generations"):
+        if key in table:
+            setattr(exp, key, _check_type(table[key], int, f"{source}: {key}"))
+    for key in ("task_weight", "kl_weight"):
+        if key in table:
+            setattr(exp, key, _check_type(table[key], float, f"{source}: {key}"))
+    if exp.process not in PROCESSES:
+        raise ConfigError(f"{source}: process must be one of {PROCESSES}, got {exp.process!r}")
+    if exp.task_weight < 0 or exp.kl_weight < 0:
+        raise ConfigError(f"{source}: task_weight and kl_weight must be >= 0")
+    if "student" in table:
+        exp.student = _model(table["student"], f"{source}: student")
+    if "assistant" in table:
+        exp.assistant = _model(table["assistant"], f"{source}: assistant")
+    teachers = table.get("teachers", [])
+    if not isinstance(teachers, list):
+        raise ConfigError(f"{source}: teachers must be an array of tables ([[teachers]])")
+    exp.teachers = [_model(t, f"{source}: teachers[{i}]") for i, t in enumerate(teachers)]
+    terms = table.get("terms", [])
+    if not isinstance(terms, list):
+        raise ConfigError(f"{source}: terms must be an array of tables ([[terms]])")
+    exp.terms = [_term(t, f"{source}: terms[{i}]") for i, t in enumerate(terms)]
+    if "optim" in table:
+        exp.optim = _fill(OptimConfig, table["optim"], f"{source}: optim")
+    if "data" in table:
+        exp.data = _fill(DataSpec, table["data"], f"{source}: data")
+    if exp.data.corruption not in CORRUPTIONS:
+        raise ConfigError(f"{source}: data.corruption must be one of {CORRUPTIONS}, got {exp.data.corruption!r}")
+    if exp.data.train_limit < 0:
+        raise ConfigError(f"{source}: data.train_limit must be >= 0 (0: all)")
+    needs_teacher = exp.process in ("offline", "teacher_assistant")
+    if needs_teacher and not exp.teachers:
+        raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[teachers]] table")
+    if exp.process == "teacher_assistant" and exp.assistant is None:
+        raise ConfigError(f"{source}: process 'teacher_assistant' needs an [assistant] table")
+    if exp.process in ("offline", "teacher_assistant", "born_again") and not exp.terms:
+        raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[terms]] table")
+    if exp.process == "dml" and exp.peers < 2:
+        raise ConfigError(f"{source}: dml needs peers >= 2, got {exp.peers}")
+    if exp.process == "born_again" and exp.generations < 1:
+        raise ConfigError(f"{source}: born_again needs generations >= 1, got {exp.generations}")
+    # build every loss once now: bad loss arguments fail before training
+    for i, t in enumerate(exp.terms):
+        build_loss(t, f"{source}: terms[{i}]")
+    return exp
+
+
+def _model(table, where: str) -> ModelSpec:
+    spec = _fill(ModelSpec, table, where)
+    from npuq.models import MODELS
+
+    if spec.model not in MODELS:
+        raise ConfigError(f"{where}.model: unknown model {spec.model!r}; available: {', '.join(sorted(MODELS))}")
+    if spec.width <= 0 or spec.weight < 0 or spec.epochs < 0:
+        raise ConfigError(f"{where}: width must be > 0, weight >= 0 and epochs >= 0")
+    return spec
+
+
+def _term(table, where: str) -> TermSpec:
+    spec = _fill(TermSpec, table, where, extra_ok=True)
+    if spec.loss not in LOSS_KINDS:
+        raise ConfigError(f"{where}.loss must be one of {LOSS_KINDS}, got {spec.loss!r}")
+    if spec.weight < 0:
+        raise ConfigError(f"{where}.weight must be >= 0, got {spec.weight}")
+    return spec
+
+
+def build_loss(spec: TermSpec, where: str = "term", student_channels=None, teacher_channels=None):
+    from npuq.distill import losses as L
+
+    classes = {"kd": L.KDLoss, "hint": L.HintLoss, "attention": L.AttentionTransfer, "rkd": L.RKD,
+               "rkd_distance": L.RKDDistance, "rkd_angle": L.RKDAngle, "similarity": L.SimilarityPreserving,
+               "pkt": L.PKT}
+    params = dict(spec.params)
+    if spec.loss == "hint" and student_channels is not None:
+        params.setdefault("student_channels", student_channels)
+        params.setdefault("teacher_channels", teacher_channels)
+    try:
+        return classes[spec.loss](**params)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: bad argument for loss '{spec.loss}': {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_experiment(table, str(path))
+
+
+# ------------------------------------------------------------------------------------------- running
+def corrupt(images: torch.Tensor, kind: str, strength: float, seed: int = 0) -> torch.Tensor:
+    """The student's view in privileged-information runs: Gaussian noise (std = strength, in normalized
+    units) or a random square occlusion (side = strength * image side), deterministic per image index."""
+    if kind == "none":
+        return images
+    g = torch.Generator().manual_seed(seed)
+    if kind == "noise":
+        return images + strength * torch.randn(images.shape, generator=g)
+    n, _, h, w = images.shape
+    side = max(1, int(round(strength * min(h, w))))
+    top = torch.randint(0, h - side + 1, (n,), generator=g)
+    left = torch.randint(0, w - side + 1, (n,), generator=g)
+    rows = torch.arange(h)[None, :, None]
+    cols = torch.arange(w)[None, None, :]
+    mask = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side)
+            & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))
+    return images.masked_fill(mask[:, None], float(images.min()))
+
+
+def _data(exp: Experiment):
+    from npuq.data.fashion_mnist import fashion_mnist_tensors
+
+    x, y = fashion_mnist_tensors("train")
+    if exp.data.train_limit:
+        x, y = x[:exp.data.train_limit], y[:exp.data.train_limit]
+    xt, yt = fashion_mnist_tensors("test")
+    return (x, y), (xt, yt)
+
+
+def _build(spec: ModelSpec, seed: int):
+    from npuq.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(spec.model, spec.width)
+
+
+def _save_model(model, path: Path, spec: ModelSpec, metrics: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"model": spec.model, "width": str(spec.width),
+                                          "metrics": json.dumps(metrics)})
+
+
+def _load_model(spec: ModelSpec, path: Path):
+    from safetensors.torch import load_file
+
+    model = _build(spec, 0)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"{path}: cannot load a {spec.model} w{spec.width} from it ({exc})") from None
+    return model.eval()
+
+
+class Runner:
+    """Runs an :class:`Experiment` in ``out_dir``; each training is a resumable sub-run."""
+
+    def __init__(self, exp: Experiment, out_dir: str | Path, progress: bool = True):
+        self.exp = exp
+        self.out = Path(out_dir)
+        self.progress = progress
+        self.train, self.test = _data(exp)
+        self.results: dict[str, Any] = {}
+
+    def _student_view(self):
+        d = self.exp.data
+        if d.corruption == "none":
+            return None
+        return lambda x: corrupt(x, d.corruption, d.corruption_strength, self.exp.seed)
+
+    def train_model(self, run: str, spec: ModelSpec, teachers=(), terms=(), seed_offset: int = 0,
+                    epochs: int | None = None, student_input=None):
+        """Train (or load, when finished earlier) one model; returns it in eval mode."""
+        from npuq.distill.processes import offline_learner
+
+        final = self.out / run / "model.safetensors"
+        if final.exists():
+            model = _load_model(spec, final)
+            self.results[run] = json.loads((self.out / run / "history.json").read_text())
+            return model
+        model = _build(spec, self.exp.seed * 1000 + seed_offset)
+        optim = copy.copy(self.exp.optim)
+        if epochs:
+            optim.epochs = epochs
+        loss_terms = [self._term(t, model, teachers) for t in terms]
+        learner = offline_learner(model, list(teachers), loss_terms, optim, test=self.test,
+                                  task_weight=self.exp.task_weight if terms else 1.0,
+                                  teacher_weights=[1.0] * len(teachers) if teachers else None,
+                                  ensemble=self.exp.ensemble, student_input=student_input)
+        summary = fit(learner, *self.train, optim, seed=self.exp.seed, out_dir=self.out / run,
+                      progress=self.progress, desc=run)
+        learner.modules["objective"].remove_taps()
+        self.results[run] = summary["history"]
+        _save_model(model, final, spec, summary["history"][-1])
+        return model.eval()
+
+    def _term(self, spec: TermSpec, student, teachers):
+        from npuq.distill.objective import Term
+
+        cs = ct = None
+        if spec.loss == "hint":  # the adapter needs the channel counts before the optimizer is built
+            probe = self.train[0][:2]
+            cs, ct = tap_channels(student, spec.student, probe), tap_channels(teachers[0], spec.teacher, probe)
+        return Term(build_loss(spec, spec.loss, cs, ct), spec.weight, student=spec.student, teacher=spec.teacher)
+
+    def teacher(self, i: int, spec: ModelSpec):
+        if spec.checkpoint:
+            path = Path(spec.checkpoint)
+            if not path.exists():
+                raise ConfigError(f"teachers[{i}].checkpoint: no such file {path}")
+            return _load_model(spec, path)
+        if spec.epochs < 1:
+            raise ConfigError(f"teachers[{i}] needs a checkpoint or epochs >= 1 to be trained first")
+        return self.train_model(f"teacher{i}", spec, seed_offset=100 + i, epochs=spec.epochs)
+
+    def run(self) -> dict:
+        exp = self.exp
+        view = self._student_view()
+        finals = {}
+        if exp.process == "alone":
+            m = self.train_model("student", exp.student, student_input=view)
+            finals["student"] = self._acc(m, view)
+        elif exp.process == "offline":
+            teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
+            for i, t in enumerate(teachers):
+                finals[f"teacher{i}"] = self._acc(t, None)
+            m = self.train_model("student", exp.student, teachers, exp.terms, student_input=view)
+            finals["student"] = self._acc(m, view)
+        elif exp.process == "teacher_assistant":
+            teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
+            finals["teacher0"] = self._acc(teachers[0], None)
+            a = self.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1)
+            finals["assistant"] = self._acc(a, None)
+            m = self.train_model("student", exp.student, [a], exp.terms, student_input=view)
+            finals["student"] = self._acc(m, view)
+        elif exp.process == "born_again":
+            prev = self.train_model("generation0", exp.student)
+            finals["generation0"] = self._acc(prev, None)
+            for g in range(1, exp.generations + 1):
+                prev = self.train_model(f"generation{g}", exp.student, [prev], exp.terms, seed_offset=g)
+                finals[f"generation{g}"] = self._acc(prev, None)
+            finals["student"] = finals[f"generation{exp.generations}"]
+        elif exp.process == "dml":
+            finals.update(self._dml())
+        metrics = {"name": exp.name, "process": exp.process, "seed": exp.seed, "final_test_accuracy": finals,
+                   "histories": self.results}
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        self._plot()
+        return metrics
+
+    def _dml(self) -> dict:
+        from npuq.distill.processes import mutual_learner
+
+        exp = self.exp
+        peers = [_build(exp.student, exp.seed * 1000 + i) for i in range(exp.peers)]
+        learner = mutual_learner(peers, exp.optim, test=self.test, kl_weight=exp.kl_weight)
+        summary = fit(learner, *self.train, exp.optim, seed=exp.seed, out_dir=self.out / "dml",
+                      progress=self.progress, desc="dml")
+        self.results["dml"] = summary["history"]
+        accs = {f"peer{i}": accuracy(p, *self.test) for i, p in enumerate(peers)}
+        accs["student"] = sum(accs.values()) / len(peers)
+        for i, p in enumerate(peers):
+            _save_model(p, self.out / "dml" / f"peer{i}.safetensors", exp.student, {"test_accuracy": accs[f"peer{i}"]})
+        return accs
+
+    def _acc(self, model, view) -> float:
+        images, labels = self.test
+        return accuracy(model, view(images) if view is not None else images, labels)
+
+    def _plot(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - matplotlib is in every extra
+            return
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for run, hist in self.results.items():
+            epochs = [h["epoch"] for h in hist]
+            if "test_accuracy" in hist[0]:
+                ax1.plot(epochs, [100 * h["test_accuracy"] for h in hist], marker="o", label=run)
+            key = "train_loss" if "train_loss" in hist[0] else next((k for k in hist[0] if k.startswith("train_")), None)
+            if key:
+                ax2.plot(epochs, [h[key] for h in hist], marker="o", label=f"{run} {key[6:]}")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("test top-1 (%)")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("training loss")
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        fig.suptitle(f"{self.exp.name} ({self.exp.process}, seed {self.exp.seed})")
+        fig.tight_layout()
+        fig.savefig(self.out / "curves.png", dpi=110)
+        plt.close(fig)
+
+
+def run_experiment(config: str | Path | Experiment, out_dir: str | Path, progress: bool = True) -> dict:
+    exp = config if isinstance(config, Experiment) else load_experiment(config)
+    return Runner(exp, out_dir, progress).run()
+
+
+__all__ = ["ConfigError", "Experiment", "ModelSpec", "PROCESSES", "Runner", "TermSpec", "corrupt", "load_experiment",
+           "parse_experiment", "run_experiment"]

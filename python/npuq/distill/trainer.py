@@ -1,0 +1,283 @@
+"""The training loop every distillation process shares: data order, learning-rate schedule,
+checkpoints (safetensors) and resumption, metrics, and data-parallel training under torchrun.
+
+A process describes one *run* as a :class:`Learner`: the modules it trains (and checkpoints), their
+optimizers, and a ``step(x, y)`` that computes the losses, back-propagates and returns the values to
+log. :func:`fit` drives it.
+
+Data order: each epoch's order is ``torch.randperm`` seeded by ``(seed, epoch)`` through a
+``DistributedSampler`` (one replica in a single process), so an interrupted run resumed at an epoch
+boundary sees exactly the batches the uninterrupted run would, and under ``torchrun`` the union of
+the ranks' local batches at step *k* is the single-process global batch *k*.
+
+Distributed: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1) :func:`fit` joins the process
+group (gloo on CPU, NCCL on CUDA), splits each global batch across ranks, averages the gradients
+(all-reduce after backward, before the optimizer step; with equal local batches this is the gradient
+of the global batch) and broadcasts rank 0's buffers (BatchNorm statistics) after every step, so the
+replicas stay identical. Only rank 0 writes files and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule of a run (validated)."""
+
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    epochs: int = 5
+    batch_size: int = 128
+    schedule: str = "cosine"
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for key in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"optim.{key} must be a finite number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        for key in ("epochs", "batch_size"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"optim.{key} must be an integer >= 1, got {v!r}")
+
+    def make(self, params) -> torch.optim.Optimizer:
+        params = [p for p in params if p.requires_grad]
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov and
+                                   self.momentum > 0, weight_decay=self.weight_decay)
+        cls = torch.optim.Adam if self.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class Learner:
+    """What one run trains: ``modules`` (checkpointed by name), their ``optimizers`` (by name), a
+    ``step(x, y) -> {name: float}`` that does forward, backward and returns the values to log (it must
+    not call ``optimizer.step()``: :func:`fit` does, after averaging gradients across ranks), and
+    ``evaluate() -> {name: float}`` run after each epoch."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    step: Callable[[torch.Tensor, torch.Tensor], dict]
+    evaluate: Callable[[], dict] = field(default=lambda: {})
+
+
+# ------------------------------------------------------------------------------------------- distributed
+def world() -> tuple[int, int]:
+    """(rank, world size), joining the process group when launched by torchrun."""
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _unique(tensors):
+    """Each tensor once (a learner's modules may share submodules, e.g. an objective holds the student)."""
+    seen = set()
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            yield t
+
+
+def _average_gradients(modules, world_size: int) -> None:
+    if world_size == 1:
+        return
+    for p in _unique(p for m in modules for p in m.parameters()):
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world_size)
+
+
+def _broadcast_buffers(modules, world_size: int) -> None:
+    if world_size == 1:
+        return
+    for b in _unique(b for m in modules for b in m.buffers()):
+        dist.broadcast(b, src=0)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, learner: Learner, epoch: int, history: list, extra: dict | None = None) -> None:
+    """Modules' state and optimizers' state in one safetensors file; the rest as JSON metadata."""
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for name, m in learner.modules.items():
+        for k, v in m.state_dict().items():
+            tensors[f"module.{name}.{k}"] = v.detach().cpu().contiguous()
+    opt_meta = {}
+    for name, opt in learner.optimizers.items():
+        sd = opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"optim.{name}.{pid}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    opt_meta.setdefault(name, {}).setdefault(str(pid), {})[k] = v
+        opt_meta.setdefault(name, {})["__param_groups__"] = sd["param_groups"]
+    meta["optimizers"] = json.dumps(opt_meta)
+    meta["epoch"] = str(epoch)
+    meta["history"] = json.dumps(history)
+    meta["extra"] = json.dumps(extra or {})
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, learner: Learner) -> tuple[int, list]:
+    """Restore ``learner`` from :func:`save_checkpoint`'s file; returns (epochs done, history)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path}: cannot read the checkpoint ({exc}); delete it to start over") from exc
+    for name, m in learner.modules.items():
+        prefix = f"module.{name}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        missing = set(m.state_dict()) - set(state)
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors of module '{name}' (e.g. "
+                             f"{sorted(missing)[:3]}); it belongs to another configuration")
+        m.load_state_dict(state)
+    opt_meta = json.loads(meta.get("optimizers", "{}"))
+    for name, opt in learner.optimizers.items():
+        om = opt_meta.get(name, {})
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith(f"optim.{name}."):
+                pid, key = k[len(f"optim.{name}."):].split(".", 1)
+                state.setdefault(int(pid), {})[key] = v
+        for pid, st in om.items():
+            if pid != "__param_groups__":
+                state.setdefault(int(pid), {}).update(st)
+        opt.load_state_dict({"state": state, "param_groups": om["__param_groups__"]})
+    return int(meta["epoch"]), json.loads(meta.get("history", "[]"))
+
+
+# ------------------------------------------------------------------------------------------- the loop
+def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: OptimConfig, *, seed: int = 0,
+        out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+        desc: str = "training", max_steps: int | None = None) -> dict:
+    """Train ``learner`` for ``optim.epochs`` epochs over ``(images, labels)``.
+
+    With ``out_dir``: a checkpoint after every epoch (``checkpoint.safetensors``), resumed from when
+    ``resume`` (the default), and ``history.json`` with the per-epoch metrics. Returns
+    ``{"history": [...], "steps": n, "seconds": s, "world_size": w}``.
+    """
+    from torch.utils.data import DistributedSampler
+
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    rank, world_size = world()
+    if optim.batch_size % world_size:
+        raise ValueError(f"batch_size {optim.batch_size} is not divisible by the {world_size} processes")
+    local = optim.batch_size // world_size
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint.safetensors" if out is not None else None
+    # the schedule scales the learning rates the optimizers were built with (a checkpoint holds scaled ones)
+    base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in learner.optimizers.items()}
+    start_epoch, history = 0, []
+    if ckpt is not None and resume and ckpt.exists():
+        start_epoch, history = load_checkpoint(ckpt, learner)
+    sampler = DistributedSampler(range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    steps_per_epoch = len(sampler) // local
+    if steps_per_epoch == 0:
+        raise ValueError(f"no full batch of {optim.batch_size} in {images.shape[0]} training images")
+    total_steps = optim.epochs * steps_per_epoch
+    modules = list(learner.modules.values())
+    _broadcast_parameters(modules, world_size)
+    t0 = time.perf_counter()
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, optim.epochs):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(iter(sampler)))
+        for m in modules:
+            m.train()
+        sums: dict[str, float] = {}
+        iterator = range(steps_per_epoch)
+        if progress and rank == 0:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, desc=f"{desc} {epoch + 1}/{optim.epochs}", leave=False, mininterval=1.0)
+        for i in iterator:
+            scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps)) if optim.schedule == "cosine" else 1.0
+            for name, opt in learner.optimizers.items():
+                for g, lr in zip(opt.param_groups, base_lrs[name]):
+                    g["lr"] = lr * scale
+                opt.zero_grad(set_to_none=True)
+            idx = order[i * local:(i + 1) * local]
+            values = learner.step(images[idx], labels[idx])
+            _average_gradients(modules, world_size)
+            for opt in learner.optimizers.values():
+                opt.step()
+            _broadcast_buffers(modules, world_size)
+            step += 1
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if max_steps is not None and step >= max_steps:
+                break
+        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0}
+        record.update({f"train_{k}": v / max(i + 1, 1) for k, v in sums.items()})
+        record.update(learner.evaluate())
+        history.append(record)
+        if out is not None and rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt, learner, epoch + 1, history)
+            (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+        if max_steps is not None and step >= max_steps:
+            break
+    if world_size > 1:
+        dist.barrier()
+    return {"history": history, "steps": step, "seconds": time.perf_counter() - t0, "world_size": world_size}
+
+
+def _broadcast_parameters(modules, world_size: int) -> None:
+    if world_size == 1:
+        return
+    for t in _unique(t for m in modules for t in (*m.parameters(), *m.buffers())):
+        dist.broadcast(t.data, src=0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (model put in eval mode, then restored)."""
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, images.shape[0], batch_size):
+        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+    model.train(was)
+    return correct / images.shape[0]
+
+
+__all__ = ["Learner", "OPTIMIZERS", "OptimConfig", "SCHEDULES", "accuracy", "fit", "load_checkpoint",
+           "save_checkpoint", "world"]
