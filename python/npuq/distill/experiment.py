@@ -70,7 +70,7 @@ class ConfigError(ValueError):
 class ModelSpec:
     model: str = "cnn"
     width: float = 1.0
-    checkpoint: str = ""       # a model.safetensors written by a previous run (teachers)
+    checkpoint: str = ""       # teachers: a shipped checkpoint name or a model.safetensors of an earlier run
     epochs: int = 0            # teachers: train for this many epochs first when no checkpoint is given
     weight: float = 1.0        # teachers: ensemble weight
 
@@ -364,9 +364,18 @@ class Runner:
 
     def teacher(self, i: int, spec: ModelSpec):
         if spec.checkpoint:
+            from npuq.models.checkpoints import list_checkpoints, load_checkpoint
+
+            if spec.checkpoint in list_checkpoints():   # a shipped, trained network
+                model, meta = load_checkpoint(spec.checkpoint)
+                if meta.get("model") != spec.model or float(meta.get("width", -1)) != spec.width:
+                    raise ConfigError(f"teachers[{i}]: checkpoint {spec.checkpoint!r} is a {meta.get('model')} "
+                                      f"w{meta.get('width')}, not the {spec.model} w{spec.width} the config names")
+                return model.eval()
             path = Path(spec.checkpoint)
             if not path.exists():
-                raise ConfigError(f"teachers[{i}].checkpoint: no such file {path}")
+                raise ConfigError(f"teachers[{i}].checkpoint: no such file {path} (nor a shipped checkpoint: "
+                                  f"{', '.join(list_checkpoints())})")
             return _load_model(spec, path)
         if spec.epochs < 1:
             raise ConfigError(f"teachers[{i}] needs a checkpoint or epochs >= 1 to be trained first")
