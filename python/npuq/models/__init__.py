@@ -1,5 +1,7 @@
-"""Example networks for the post-training quantization benchmark, and their trained checkpoints."""
+"""Example networks (MobileNetV1/V2 for the quantization benchmark, a plain CNN in several widths for the
+distillation experiments) and trained checkpoints."""
 
+from npuq.models.cnn import CNN, cnn
 from npuq.models.mobilenet import (
     MODELS,
     MobileNet,
@@ -11,6 +13,8 @@ from npuq.models.mobilenet import (
 )
 
 __all__ = [
+    "CNN",
+    "cnn",
     "MODELS",
     "MobileNet",
     "build_model",
