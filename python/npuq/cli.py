@@ -50,7 +50,7 @@ def _add_distill_parser(sub) -> None:
     p = sub.add_parser("distill", help="run a knowledge-distillation experiment described by a TOML config "
                        "(docs/distillation.md): metrics.json, curves.png, resumable checkpoints")
     p.add_argument("config", help="a TOML config, e.g. configs/distill/kd.toml")
-    p.add_argument("--out", default=None, help="run folder (default: results/distill/<name>); an interrupted "
+    p.add_argument("--out", default=None, help="run folder (default: results/distill/<name>-seed<seed>); an interrupted "
                    "run resumes from its checkpoints when started again with the same folder")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
     p.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
