@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["student_alone", "kd", "hint", "attention", "rkd", "similarity", "pkt", "dml", "born_again",
            "teacher_assistant"]
-LABELS = {"student_alone": "student alone", "kd": "KD (response)", "hint": "KD + FitNets hint",
+LABELS = {"student_alone": "student alone", "kd": "KD (response)", "kd_balanced": "KD, T = 2, labels 0.5 / KD 0.5", "hint": "KD + FitNets hint",
           "attention": "attention transfer", "rkd": "relational KD (distance + angle)",
           "similarity": "similarity-preserving", "pkt": "probabilistic KT", "dml": "deep mutual learning (2 peers)",
           "born_again": "born-again (2 generations)", "teacher_assistant": "teacher assistant (CNN w1)",
