@@ -19,9 +19,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["student_alone", "kd", "hint", "attention", "rkd", "similarity", "pkt", "dml", "born_again",
-           "teacher_assistant"]
-LABELS = {"student_alone": "student alone", "kd": "KD (response)", "kd_balanced": "KD, T = 2, labels 0.5 / KD 0.5", "hint": "KD + FitNets hint",
+METHODS = ["student_alone", "kd", "kd_balanced", "kd_ensemble", "hint", "attention", "rkd", "similarity", "pkt",
+           "dml", "born_again", "teacher_assistant", "student_alone_noisy", "privileged"]
+# the run each method is compared with (default: the student alone on clean images)
+BASELINES = {"privileged": "student_alone_noisy"}
+LABELS = {"student_alone": "student alone", "kd": "KD (response)", "kd_balanced": "KD, T = 2, labels 0.5 / KD 0.5",
+          "kd_ensemble": "KD from 2 teachers (logits averaged)", "hint": "KD + FitNets hint",
           "attention": "attention transfer", "rkd": "relational KD (distance + angle)",
           "similarity": "similarity-preserving", "pkt": "probabilistic KT", "dml": "deep mutual learning (2 peers)",
           "born_again": "born-again (2 generations)", "teacher_assistant": "teacher assistant (CNN w1)",
@@ -39,9 +42,9 @@ def run_one(job) -> dict:
 
     exp = load_experiment(ROOT / "configs" / "distill" / f"{name}.toml")
     exp.seed = seed
-    if epochs:
+    if epochs is not None:
         exp.optim = OptimConfig(**{**vars(exp.optim), "epochs": epochs})
-    if train_limit:
+    if train_limit is not None:
         exp.data.train_limit = train_limit
     metrics = run_experiment(exp, Path(out) / f"{name}-seed{seed}", progress=False)
     return {"method": name, "seed": seed, "final": metrics["final_test_accuracy"]}
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="override every config's optim.epochs")
-    p.add_argument("--train-limit", type=int, default=None, help="first N training images in every run")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training images in every run (0: all)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="results/distill_table")
     args = p.parse_args(argv)
@@ -67,21 +70,26 @@ def main(argv=None) -> int:
         accs = [r["final"]["student"] for r in rows if r["method"] == m]
         table[m] = dict(mean=statistics.mean(accs), stdev=statistics.stdev(accs) if len(accs) > 1 else 0.0,
                         runs=accs)
-    teacher = next((r["final"]["teacher0"] for r in rows if "teacher0" in r["final"]), None)
+    teachers = {k: v for r in rows for k, v in r["final"].items() if k.startswith("teacher")}
+    teacher = teachers.get("teacher0")
     base = table.get("student_alone", {}).get("mean")
-    lines = [f"| method | student top-1 (mean +- std, {len(args.seeds)} seeds) | vs student alone |",
+    lines = [f"| method | student top-1 (mean +- std, {len(args.seeds)} seeds) | vs baseline |",
              "| --- | --- | --- |"]
     for m, t in table.items():
-        delta = f"{100 * (t['mean'] - base):+.2f}" if base is not None and m != "student_alone" else ""
+        ref = BASELINES.get(m, "student_alone")
+        delta = ""
+        if ref in table and m != ref and not (m == "student_alone_noisy"):
+            delta = f"{100 * (t['mean'] - table[ref]['mean']):+.2f}" + (f" (vs {LABELS[ref]})" if ref != "student_alone" else "")
         lines.append(f"| {LABELS.get(m, m)} | {100 * t['mean']:.2f}% +- {100 * t['stdev']:.2f} | {delta} |")
-    if teacher is not None:
-        lines.append(f"| (teacher: MobileNetV2 w0.5) | {100 * teacher:.2f}% | |")
+    for key, label in (("teacher0", "teacher: MobileNetV2 w0.5"), ("teacher1", "second teacher of kd_ensemble: MobileNetV1 w0.5")):
+        if key in teachers:
+            lines.append(f"| ({label}) | {100 * teachers[key]:.2f}% | |")
     text = "\n".join(lines)
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text + "\n")
-    (out / "table.json").write_text(json.dumps(dict(config=vars(args), table=table, teacher=teacher, rows=rows),
+    (out / "table.json").write_text(json.dumps(dict(config=vars(args), table=table, teachers=teachers, rows=rows),
                                                indent=1) + "\n")
     try:
         import matplotlib

@@ -71,6 +71,64 @@ def test_objective_rejects_bad_setups_before_training():
 
 
 # ------------------------------------------------------------------------------------------ training loop
+class _FiveClasses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 5)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("no_channel_dim", r"batch of shape \(8, 28, 28\).*does not go through"),
+    ("uint8_images", "floating-point"),
+    ("float_labels", "integer torch tensor"),
+    ("one_hot_labels", "integer torch tensor"),
+    ("negative_label", ">= 0"),
+    ("label_beyond_classes", r"labels up to 12 does not go through"),
+    ("teacher_with_5_classes", "does not go through"),
+    ("nan_images", "NaN"),
+    ("count_mismatch", "256 images but 255 labels"),
+])
+def test_bad_training_data_is_refused_before_any_step(case, match):
+    x, y = _data()
+    student, teacher = _cnn(0.25, 0), _cnn(0.5, 1)
+    if case == "no_channel_dim":
+        x = x[:, 0]
+    elif case == "uint8_images":
+        x = (x * 50).clamp(0, 255).to(torch.uint8)
+    elif case == "float_labels":
+        y = y.float()
+    elif case == "one_hot_labels":
+        y = torch.nn.functional.one_hot(y, 10)
+    elif case == "negative_label":
+        y[3] = -1
+    elif case == "label_beyond_classes":
+        y[200] = 12   # far from the first batch
+    elif case == "teacher_with_5_classes":
+        teacher = _FiveClasses()
+    elif case == "nan_images":
+        x[7, 0, 3, 3] = float("nan")
+    elif case == "count_mismatch":
+        y = y[:-1]
+    before = _params(student)
+    optim = OptimConfig(lr=0.1, epochs=1, batch_size=64)
+    learner = offline_learner(student, [teacher], [Term(KDLoss(), 0.5)], optim)
+    with pytest.raises(ValueError, match=match):
+        fit(learner, x, y, optim, progress=False)
+    after = _params(student)   # neither a step nor the probe's forward touched weights or BN statistics
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_mutual_learning_refuses_images_its_peers_cannot_take():
+    x, y = _data(64)
+    optim = OptimConfig(lr=0.1, epochs=1, batch_size=32)
+    learner = mutual_learner([_cnn(0.25, 0), _cnn(0.25, 1)], optim)
+    with pytest.raises(ValueError, match=r"batch of shape \(8, 3, 28, 28\)"):
+        fit(learner, x.repeat(1, 3, 1, 1), y, optim, progress=False)
+
+
 def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     x, y = _data(192)
     optim = OptimConfig(lr=0.05, epochs=3, batch_size=32)
@@ -166,10 +224,35 @@ def _with(path, value):
     (("process",), "online", "process must be one of"),
     (("teachers",), [], "needs at least one"),
     (("data", "corruption"), "blur", "corruption must be one of"),
+    (("teachers", 0, "weight"), 0.0, "weights sum to 0"),
+    (("ensemble",), "median", "ensemble must be one of"),
 ])
 def test_bad_configs_name_the_key(path, value, match):
     with pytest.raises(ConfigError, match=match):
         parse_experiment(_with(path, value), "cfg.toml")
+
+
+def test_teacher_weights_of_the_config_reach_the_objective(tmp_path, monkeypatch):
+    import npuq.distill.processes as processes
+    from npuq.distill.experiment import Runner
+
+    seen = {}
+
+    def spy(student, teachers, terms, optim, **kw):
+        seen["weights"] = kw["teacher_weights"]
+        raise KeyboardInterrupt  # stop before training: only the wiring is under test
+
+    monkeypatch.setattr(processes, "offline_learner", spy)
+    cfg = _with(("teachers",), [{"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"),
+                                 "weight": 3.0},
+                                {"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"),
+                                 "weight": 1.0}])
+    from npuq.distill.experiment import _save_model
+
+    _save_model(build_model("cnn", width=0.25), tmp_path / "a.safetensors", parse_experiment(cfg).student, {})
+    with pytest.raises(KeyboardInterrupt):
+        Runner(parse_experiment(cfg), tmp_path / "run", progress=False).run()
+    assert seen["weights"] == [3.0, 1.0]
 
 
 def test_experiment_runs_writes_metrics_and_curves_and_resumes(tmp_path):

@@ -58,6 +58,7 @@ from npuq.distill.trainer import OptimConfig, accuracy, fit
 
 PROCESSES = ("alone", "offline", "dml", "born_again", "teacher_assistant")
 CORRUPTIONS = ("none", "noise", "occlusion")
+ENSEMBLES = ("loss", "logits")
 LOSS_KINDS = ("kd", "hint", "attention", "rkd", "rkd_distance", "rkd_angle", "similarity", "pkt")
 
 
@@ -190,6 +191,10 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
     needs_teacher = exp.process in ("offline", "teacher_assistant")
     if needs_teacher and not exp.teachers:
         raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[teachers]] table")
+    if exp.teachers and sum(t.weight for t in exp.teachers) <= 0:
+        raise ConfigError(f"{source}: the teachers' weights sum to 0; give at least one teacher a positive weight")
+    if exp.ensemble not in ENSEMBLES:
+        raise ConfigError(f"{source}: ensemble must be one of {ENSEMBLES}, got {exp.ensemble!r}")
     if exp.process == "teacher_assistant" and exp.assistant is None:
         raise ConfigError(f"{source}: process 'teacher_assistant' needs an [assistant] table")
     if exp.process in ("offline", "teacher_assistant", "born_again") and not exp.terms:
@@ -328,7 +333,7 @@ class Runner:
         return lambda x: corrupt(x, d.corruption, d.corruption_strength, self.exp.seed)
 
     def train_model(self, run: str, spec: ModelSpec, teachers=(), terms=(), seed_offset: int = 0,
-                    epochs: int | None = None, student_input=None):
+                    epochs: int | None = None, student_input=None, teacher_weights=None):
         """Train (or load, when finished earlier) one model; returns it in eval mode."""
         from npuq.distill.processes import offline_learner
 
@@ -344,7 +349,8 @@ class Runner:
         loss_terms = [self._term(t, model, teachers) for t in terms]
         learner = offline_learner(model, list(teachers), loss_terms, optim, test=self.test,
                                   task_weight=self.exp.task_weight if terms else 1.0,
-                                  teacher_weights=[1.0] * len(teachers) if teachers else None,
+                                  teacher_weights=(list(teacher_weights) if teacher_weights is not None
+                                                   else [1.0] * len(teachers)) if teachers else None,
                                   ensemble=self.exp.ensemble, student_input=student_input)
         summary = fit(learner, *self.train, optim, seed=self.exp.seed, out_dir=self.out / run,
                       progress=self.progress, desc=run)
@@ -392,12 +398,14 @@ class Runner:
             teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
             for i, t in enumerate(teachers):
                 finals[f"teacher{i}"] = self._acc(t, None)
-            m = self.train_model("student", exp.student, teachers, exp.terms, student_input=view)
+            m = self.train_model("student", exp.student, teachers, exp.terms, student_input=view,
+                                 teacher_weights=[t.weight for t in exp.teachers])
             finals["student"] = self._acc(m, view)
         elif exp.process == "teacher_assistant":
             teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
             finals["teacher0"] = self._acc(teachers[0], None)
-            a = self.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1)
+            a = self.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1,
+                                 teacher_weights=[t.weight for t in exp.teachers])
             finals["assistant"] = self._acc(a, None)
             m = self.train_model("student", exp.student, [a], exp.terms, student_input=view)
             finals["student"] = self._acc(m, view)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from npuq.distill.objective import DistillationObjective, Term, tap_channels
-from npuq.distill.trainer import Learner, OptimConfig, accuracy, fit
+from npuq.distill.trainer import Learner, OptimConfig, accuracy, fit, probe
 
 
 def _items(parts: dict, total: torch.Tensor) -> dict:
@@ -58,8 +58,13 @@ def offline_learner(student: nn.Module, teachers, terms, optim: OptimConfig, *, 
             images = student_input(images)
         return {"test_accuracy": accuracy(student, images, labels)}
 
+    def check(x, y):
+        xs = student_input(x) if student_input is not None else x
+        probe([objective], lambda: objective(xs, y, x_teacher=x if student_input is not None else None),
+              f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}")
+
     return Learner(modules={"objective": objective}, optimizers={"student": optimizer}, step=step,
-                   evaluate=evaluate)
+                   evaluate=evaluate, check=check)
 
 
 def mutual_learner(peers, optim: OptimConfig, *, test=None, kl_weight: float = 1.0,
@@ -101,7 +106,11 @@ def mutual_learner(peers, optim: OptimConfig, *, test=None, kl_weight: float = 1
         accs["test_accuracy"] = sum(accs.values()) / len(peers)
         return accs
 
-    return Learner(modules=modules, optimizers=optimizers, step=step, evaluate=evaluate)
+    def check(x, y):
+        probe(peers, lambda: [F.cross_entropy(p(x), y) for p in peers],
+              f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}")
+
+    return Learner(modules=modules, optimizers=optimizers, step=step, evaluate=evaluate, check=check)
 
 
 def finetune_with_teacher(model: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,

@@ -84,6 +84,42 @@ class Learner:
     optimizers: dict[str, torch.optim.Optimizer]
     step: Callable[[torch.Tensor, torch.Tensor], dict]
     evaluate: Callable[[], dict] = field(default=lambda: {})
+    # check(images, labels) on a few training samples before the first step: raises ValueError when the
+    # data cannot go through the models (wrong shape, too few classes), so nothing trains on bad input
+    check: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+
+
+def check_training_data(images, labels) -> None:
+    """Types and shapes :func:`fit` needs: float images (N, ...) and integer class labels (N,) >= 0."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() < 2:
+        raise ValueError(f"training images must be a floating-point torch tensor (N, C, H, W), got "
+                         f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}")
+    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point()
+            or labels.is_complex() or labels.dtype == torch.bool):
+        raise ValueError(f"training labels must be an integer torch tensor (N,) of class indices, got "
+                         f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {tuple(getattr(labels, 'shape', ()))}")
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"training labels must be class indices >= 0, found {int(labels.min())}")
+    if not torch.isfinite(images).all():
+        raise ValueError("training images contain NaN or infinity")
+
+
+def probe(modules, run: Callable[[], object], what: str) -> None:
+    """Run ``run()`` without gradients, every module in eval mode (batch-norm statistics untouched),
+    turning a failure into a ValueError that says which ``what`` did not fit."""
+    flags = [(m, m.training) for top in modules for m in top.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        with torch.no_grad():
+            run()
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise ValueError(f"{what} does not go through the models ({exc})") from exc
+    finally:
+        for m, was in flags:
+            m.training = was
 
 
 # ------------------------------------------------------------------------------------------- distributed
@@ -194,8 +230,11 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
     """
     from torch.utils.data import DistributedSampler
 
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    check_training_data(images, labels)
+    if learner.check is not None and images.shape[0]:
+        # a few samples, including the one with the largest label (class count vs model outputs)
+        idx = torch.cat([torch.arange(min(7, images.shape[0])), labels.argmax().view(1)])
+        learner.check(images[idx], labels[idx])
     rank, world_size = world()
     if optim.batch_size % world_size:
         raise ValueError(f"batch_size {optim.batch_size} is not divisible by the {world_size} processes")
