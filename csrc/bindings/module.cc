@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../cpu/cpu.h"
+#include "../lrf/bindings.h"
 #include "../reference/reference.h"
 #include "npuq/fixedpoint.h"
 #include "npuq/ops.h"
@@ -369,4 +370,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("avg_pool2d", &avg_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
         py::arg("count_include_pad"), py::arg("input_zero_point"), py::arg("act_min"), py::arg("act_max"),
         py::arg("threads") = 0, py::arg("reference") = false);
+
+  npuq::lrf::register_bindings(m);
 }

@@ -1,0 +1,156 @@
+"""Truncated SVD of a dense matrix by the native core (float32 and float64), for low-rank factorization.
+
+    res = truncated_svd(weight, rank=64)      # numpy array or torch CPU tensor
+    approx = (res.u * res.s) @ res.vt         # res.error == ||weight - approx||_F
+
+Two algorithms (``docs/lrf.md``, "Truncated SVD"): ``"exact"`` runs LAPACK's divide-and-conquer SVD
+(gesdd) on the whole matrix and keeps the leading ``rank`` triplets; ``"randomized"`` is the range
+finder of Halko, Martinsson and Tropp (2011): a sketch of ``rank + oversampling`` random directions,
+``power_iterations`` passes over A and A^T (re-normalized in between), an orthonormal basis Q of the
+sketch, and gesdd of the small matrix Q^T A. ``"auto"`` picks the exact one for small matrices and
+when the sketch would be a large fraction of min(m, n), where it is also the faster.
+
+The dense linear algebra is OpenBLAS from the ``scipy-openblas32`` package (a dependency of npuq),
+opened by the native core when this module is imported; importing it raises ImportError when that
+package is missing. The BLAS threads follow ``threads`` (default: ``npuq.get_num_threads()``).
+
+Results are deterministic: the random test matrix comes from a counter-based generator seeded by
+``seed``, so the same input, seed and thread count give the same bits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from numbers import Integral
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from npuq import _C
+
+__all__ = ["METHODS", "TruncatedSVD", "auto_method", "truncated_svd"]
+
+METHODS = ("auto", "randomized", "exact")
+SUPPORTED_DTYPES = ("float32", "float64")
+
+
+class TruncatedSVD(NamedTuple):
+    """``a ~ u @ diag(s) @ vt``; ``error`` is ``||a - u @ diag(s) @ vt||_F`` (a Python float).
+
+    u: (m, rank), s: (rank,) in decreasing order, vt: (rank, n); numpy arrays, or torch CPU tensors when
+    the input was a torch tensor, in the input's dtype."""
+
+    u: Any
+    s: Any
+    vt: Any
+    error: float
+
+
+def _openblas_library() -> str:
+    """Path of scipy-openblas32's shared library, found without importing the package (which would
+    load the library into the global symbol namespace)."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("npuq.lrf.svd needs OpenBLAS from the scipy-openblas32 package: "
+                          "pip install scipy-openblas32")
+    for root in spec.submodule_search_locations:
+        lib_dir = os.path.join(root, "lib")
+        names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas")) \
+            if os.path.isdir(lib_dir) else []
+        if names:
+            return os.path.join(lib_dir, names[0])
+    raise ImportError("the scipy-openblas32 package has no libscipy_openblas library; reinstall it")
+
+
+def _load() -> None:
+    if not hasattr(_C, "lrf_truncated_svd"):
+        raise ImportError("this build of npuq._C has no truncated SVD; reinstall npuq")
+    if not _C.lrf_lapack_loaded():
+        path = _openblas_library()
+        try:
+            _C.lrf_load_lapack(path)
+        except RuntimeError as exc:
+            raise ImportError(str(exc)) from exc
+
+
+_load()
+
+
+def _integer(v, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+    return v
+
+
+def _is_torch(a) -> bool:
+    return type(a).__module__.split(".")[0] == "torch" and hasattr(a, "detach") and hasattr(a, "numpy")
+
+
+def _as_matrix(a) -> tuple[np.ndarray, bool]:
+    """The input as a C-contiguous, aligned float32/float64 numpy array (copied only when needed), and
+    whether it was a torch tensor."""
+    from_torch = _is_torch(a)
+    if from_torch:
+        if a.device.type != "cpu":
+            raise ValueError(f"truncated_svd takes CPU tensors, got one on {a.device}")
+        import torch  # already imported by whoever made the tensor
+
+        if a.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"truncated_svd: unsupported dtype {a.dtype}; supported: torch.float32, torch.float64")
+        arr = a.detach().resolve_conj().resolve_neg().numpy()
+    elif isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(memoryview(a))  # buffer-protocol objects
+        except TypeError:
+            raise TypeError(f"truncated_svd takes a numpy array, a torch CPU tensor or a buffer, got "
+                            f"{type(a).__name__}") from None
+    if arr.dtype not in (np.float32, np.float64) or arr.dtype.byteorder not in ("=", "|"):
+        if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
+            arr = arr.astype(np.float32 if arr.dtype.itemsize == 4 else np.float64)  # native byte order
+        else:
+            raise TypeError(f"truncated_svd: unsupported dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
+    if arr.ndim != 2:
+        raise ValueError(f"truncated_svd: the matrix must have 2 dimensions, got shape {tuple(arr.shape)}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"truncated_svd: the matrix is empty: shape {tuple(arr.shape)}")
+    return np.require(arr, requirements=("C", "A")), from_torch
+
+
+def auto_method(m: int, n: int, rank: int, oversampling: int = 10) -> str:
+    """The algorithm ``method="auto"`` runs on an m x n matrix: ``"exact"`` or ``"randomized"``."""
+    return "exact" if _C.lrf_auto_picks_exact(m, n, rank, oversampling) else "randomized"
+
+
+def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10, power_iterations: int = 2,
+                  seed: int = 0, threads: int | None = None) -> TruncatedSVD:
+    """The leading ``rank`` singular triplets of the 2-D matrix ``a`` (float32 or float64).
+
+    ``rank`` in [1, min(m, n)]; ``method`` ``"auto"``, ``"randomized"`` or ``"exact"``; ``oversampling``
+    (>= 0) extra sketch columns and ``power_iterations`` (>= 0) passes of the randomized algorithm;
+    ``seed`` (0 <= seed < 2**64) of its random test matrix; ``threads`` (None: npuq's default).
+    Non-contiguous inputs are copied first; the input is never modified.
+
+    Raises ValueError for empty or non-2-D input, NaN/inf entries (naming the first one), and options
+    out of range; TypeError for other dtypes and non-integer options; RuntimeError when LAPACK fails.
+    """
+    arr, from_torch = _as_matrix(a)
+    m, n = arr.shape
+    rank = _integer(rank, "rank", 1, min(m, n))
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    oversampling = _integer(oversampling, "oversampling", 0, 1 << 30)
+    power_iterations = _integer(power_iterations, "power_iterations", 0, 1 << 20)
+    seed = _integer(seed, "seed", 0, (1 << 64) - 1)
+    threads = 0 if threads is None else _integer(threads, "threads", 1, 1 << 16)
+    u, s, vt, error, _info = _C.lrf_truncated_svd(arr, rank, method, oversampling, power_iterations, seed, threads)
+    if from_torch:
+        import torch
+
+        u, s, vt = torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vt)
+    return TruncatedSVD(u, s, vt, float(error))
