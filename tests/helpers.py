@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 
 import reference_numpy as R
 
 INT32_MIN, INT32_MAX = R.INT32_MIN, R.INT32_MAX
+
+def on_ci() -> bool:
+    """Whether this is CI (.ci/run sets NPUQ_CI=1), where every test must run: a missing tool or server is
+    then a failure, not a skip."""
+    return os.environ.get("NPUQ_CI", "") not in ("", "0")
+
+
+def skip_unless_ci(reason: str, allow_module_level: bool = False):
+    if on_ci():
+        pytest.fail(f"{reason} (NPUQ_CI is set: on CI this test must run)", pytrace=False)
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
 
 def scaled_examples(factor: int) -> settings:
     """Run `factor` times the active profile's max_examples (for the cheap, central properties)."""
