@@ -37,12 +37,28 @@ def checkpoint_name(model: str, width: float, recipe: str) -> str:
     return f"{model}_w{width:g}_{recipe}"
 
 
+# metadata ``format`` of checkpoints of other model families sharing the directory, with their loaders
+_OTHER_FAMILIES = {"npuq-asr-1": "npuq.asr.load_asr_checkpoint"}
+
+
+def _other_family(path: Path) -> str | None:
+    """The loader to use for ``path`` when it is a checkpoint of another model family, else None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _OTHER_FAMILIES.get((f.metadata() or {}).get("format"))
+    except Exception:  # an unreadable file is listed, and load_checkpoint reports it
+        return None
+
+
 def list_checkpoints(directory=None) -> list[str]:
-    """Names (file stems) of the checkpoints in ``directory`` (default: the shipped ones)."""
+    """Names (file stems) of the image-model checkpoints in ``directory`` (default: the shipped ones);
+    checkpoints of other model families (the speech recognizer of ``npuq.asr``) are left out."""
     directory = Path(directory) if directory is not None else CHECKPOINT_DIR
     if not directory.is_dir():
         return []
-    return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}"))
+    return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}") if _other_family(p) is None)
 
 
 def save_checkpoint(model: torch.nn.Module, path, metadata: dict) -> Path:
@@ -120,6 +136,9 @@ def load_checkpoint(name_or_path) -> tuple[torch.nn.Module, dict]:
     a file path. Numeric metadata comes back as numbers and the JSON fields as dicts/lists.
     """
     path = _resolve(name_or_path)
+    loader = _other_family(path)
+    if loader is not None:
+        raise CheckpointMismatchError(f"{path} is not an image-model checkpoint: load it with {loader}")
     raw, tensors = _read(path, with_tensors=True)
     missing_meta = [k for k in ("model", "width") if k not in raw]
     if missing_meta:
