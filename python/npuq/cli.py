@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     _add_ptq_bench_parser(sub)
     _add_npu_commands(sub)
     _add_distill_parser(sub)
+    _add_lrf_commands(sub)
     args = parser.parse_args(argv)
     if hasattr(args, "func"):
         return args.func(args)
@@ -44,6 +45,18 @@ def _add_npu_commands(sub) -> None:
     commands.add_commands(sub)
     vectors.add_commands(sub)
     cost.add_commands(sub)
+
+
+def _add_lrf_commands(sub) -> None:
+    # importing the npuq.lrf package imports torch, which `npuq run` must not need; its command module imports
+    # nothing heavy, so it is loaded on its own file and the package is imported only when a command runs
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("npuq.lrf.commands", Path(__file__).parent / "lrf" / "commands.py")
+    commands = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(commands)
+    commands.add_commands(sub)
 
 
 def _add_distill_parser(sub) -> None:
