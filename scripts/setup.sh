@@ -4,28 +4,43 @@
 set -euo pipefail
 extras="${1:-}"
 cd "$(dirname "$0")/.."
+has_extra() {  # has_extra NAME...: whether $extras names one of them
+  local e
+  for e in "$@"; do case ",$extras," in *,"$e",*) return 0 ;; esac; done
+  return 1
+}
+# Debian packages, collected first so that apt-get runs once:
+packages=()
+missing=()   # why each package is needed, for a user without root
 if ! command -v cmake >/dev/null || ! command -v g++ >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq cmake g++ ninja-build >/dev/null
-  else
-    echo "npuq needs cmake and a C++17 compiler (apt-get install cmake g++)" >&2
-    exit 1
-  fi
+  packages+=(cmake g++ ninja-build); missing+=("npuq's build needs cmake and a C++17 compiler")
 fi
 # Fashion-MNIST (Debian's dataset-fashion-mnist) for the quantization benchmark and its tests.
-if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -z "${NPUQ_FASHION_MNIST:-}" ]; then
-  case ",$extras," in
-    *,test,*|*,demo,*|*,bench,*)
-      if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
-      else
-        echo "the benchmark needs Fashion-MNIST: sudo apt-get install dataset-fashion-mnist" >&2
-      fi ;;
-  esac
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -z "${NPUQ_FASHION_MNIST:-}" ] \
+   && has_extra test demo bench; then
+  packages+=(dataset-fashion-mnist); missing+=("the benchmark needs Fashion-MNIST (dataset-fashion-mnist)")
+fi
+# espeak-ng synthesizes the connected-digits speech corpus of npuq.speech.
+if ! command -v espeak-ng >/dev/null && has_extra test demo bench speech; then
+  packages+=(espeak-ng); missing+=("the speech corpus needs espeak-ng")
+fi
+# PostgreSQL's server for the distributed rank-search test (it starts a throw-away server with
+# scripts/test_postgres.sh).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && has_extra test; then
+  packages+=(postgresql); missing+=("the distributed rank-search test needs a PostgreSQL server (postgresql)")
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  else
+    printf '%s\n' "${missing[@]}" >&2
+    echo "install them with: sudo apt-get install ${packages[*]}" >&2
+    command -v cmake >/dev/null && command -v g++ >/dev/null || exit 1
+  fi
 fi
 # torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build.
 case ",$extras," in
-  *,test,*|*,bench,*|*,torch,*|*,demo,*) python3 -m pip install --quiet "torch==2.13.0" ;;
+  *,test,*|*,bench,*|*,torch,*|*,demo,*|*,lrf,*) python3 -m pip install --quiet "torch==2.13.0" ;;
 esac
 # The tests run torchvision's model architectures (pure Python). PyPI's torchvision wheel depends on the
 # CUDA build of torch, so it is installed without its dependencies next to the CPU build.
