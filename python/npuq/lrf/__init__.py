@@ -10,9 +10,10 @@
 See ``docs/lrf.md``.
 """
 
-# Names are imported on first access: the factorized layers need torch, the native truncated SVD
-# (npuq.lrf.svd) does not, and importing one must not pull in the other.
-_EXPORTS = {
+# The factorized layers need torch; the native truncated SVD (npuq.lrf.svd) does not, and must import on a
+# machine without torch. The torch-side names are bound eagerly when torch is there: a lazy binding would
+# lose to the submodule attribute that any `import npuq.lrf.factorize` sets under the function's name.
+_TORCH_EXPORTS = {
     "KeptDenseWarning": "npuq.lrf.factorize", "SVDCache": "npuq.lrf.factorize",
     "factorizable_layers": "npuq.lrf.factorize", "factorize": "npuq.lrf.factorize",
     "factorized_ranks": "npuq.lrf.factorize",
@@ -20,26 +21,37 @@ _EXPORTS = {
     "UnknownLayerError": "npuq.lrf.layers", "break_even_rank": "npuq.lrf.layers",
     "CompressionReport": "npuq.lrf.report", "LayerCompression": "npuq.lrf.report",
     "compression_report": "npuq.lrf.report",
-    "TruncatedSVD": "npuq.lrf.svd", "truncated_svd": "npuq.lrf.svd",
 }
+_SVD_EXPORTS = {"TruncatedSVD": "npuq.lrf.svd", "truncated_svd": "npuq.lrf.svd"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted({**_TORCH_EXPORTS, **_SVD_EXPORTS})
+
+try:
+    import torch as _torch  # noqa: F401
+except ImportError:  # pragma: no cover - torch is in every extra but the bare install
+    _torch = None
+else:
+    from npuq.lrf.factorize import KeptDenseWarning, SVDCache, factorizable_layers, factorize, factorized_ranks
+    from npuq.lrf.layers import (
+        FactorizedConv2d,
+        FactorizedLinear,
+        FactorizedLSTM,
+        UnknownLayerError,
+        break_even_rank,
+    )
+    from npuq.lrf.report import CompressionReport, LayerCompression, compression_report
 
 
 def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'npuq.lrf' has no attribute {name!r}")
-    import importlib
+    # the SVD on first use (its module loads OpenBLAS); the torch-side names only reach here without torch
+    if name in _SVD_EXPORTS:
+        import importlib
 
-    imported = importlib.import_module(module)
-    # bind every name of that module now: importing npuq.lrf.factorize sets a package attribute of the
-    # same name as the function, which must not stay visible as the module
-    for other, where in _EXPORTS.items():
-        if where == module and hasattr(imported, other):
-            globals()[other] = getattr(imported, other)
-    return getattr(imported, name)
+        return getattr(importlib.import_module(_SVD_EXPORTS[name]), name)
+    if name in _TORCH_EXPORTS:
+        raise ImportError(f"npuq.lrf.{name} needs torch (pip install 'npuq[torch]')")
+    raise AttributeError(f"module 'npuq.lrf' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(__all__))
