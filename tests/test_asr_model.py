@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import skip_unless_ci
 
 from npuq.asr import (
     ASRCheckpointError,
@@ -279,13 +280,12 @@ def small_test_set(tmp_path_factory):
     from npuq.speech import DigitsConfig, load_digits
 
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed")
+        skip_unless_ci("espeak-ng is not installed (apt-get install espeak-ng)")
     config = DigitsConfig(seed=7, train_size=1, dev_size=1, test_size=50)
     return load_digits("test", config=config, cache_dir=tmp_path_factory.mktemp("digits"),
                        normalize="utterance", workers=2, progress=False)
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped asr_digits checkpoint")
 def test_shipped_checkpoint_reaches_its_error_rate(small_test_set):
     model, meta = load_asr_checkpoint("asr_digits")
     for key in ("config", "command", "torch_version", "seed", "epochs", "results", "train_seconds"):

@@ -312,7 +312,7 @@ def test_shipped_configs_are_valid():
     assert {p.name for p in configs} >= {"mobilenet_v2_search.toml", "mobilenet_v2_iterate.toml"}
     for path in configs:
         config = load_config(path)
-        assert config.task == "fashion_mnist"
+        assert config.task in ("fashion_mnist", "asr_digits")
     assert parse_config(GOOD).optuna.options()["storage"] is None
 
 

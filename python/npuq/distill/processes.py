@@ -6,7 +6,8 @@
 * :func:`mutual_learner` — deep mutual learning (Zhang et al. 2018): N peers trained together, each
   with its task loss plus the mean KL divergence from every other peer's (detached) prediction.
 * :func:`finetune_with_teacher` — fine-tune a (compressed) model with the original as its teacher;
-  the entry point of the factorization work.
+  the entry point of the factorization work. Its sequence-model counterpart (teacher-forced token logits,
+  padded positions left out) is :func:`npuq.distill.seq2seq.finetune_seq2seq_with_teacher`.
 
 Teacher-assistant chains and born-again generations are sequences of offline runs; :mod:`npuq.distill.
 experiment` strings them together from a config.

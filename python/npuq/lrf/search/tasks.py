@@ -11,10 +11,12 @@ options; everything else in a config is task-independent. A task is a class regi
 * ``finetune(model, teacher) -> nn.Module``: fine-tuning of a compressed model with the original as teacher;
 * ``describe() -> dict``: what was loaded (for the logs).
 
-Only ``fashion_mnist`` is registered here: a shipped Fashion-MNIST MobileNet checkpoint (or a file written by
+``fashion_mnist`` is defined here: a shipped Fashion-MNIST MobileNet checkpoint (or a file written by
 ``npuq lrf apply``), top-1 error on a development split cut from the end of the *training* images (so that
 the test set stays out of every decision), and :func:`~npuq.distill.processes.finetune_with_teacher` on
-training images outside that split.
+training images outside that split. ``asr_digits`` (the speech recognizer of :mod:`npuq.asr`, WER as the
+error) is defined in :mod:`npuq.lrf.search.asr_task`, imported at the end of this module; it loads no
+speech data until it is used.
 """
 
 from __future__ import annotations
@@ -178,3 +180,7 @@ class FashionMnistTask:
         meta = getattr(self, "metadata", {})
         return {"task": "fashion_mnist", **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
                 "checkpoint_test_accuracy": meta.get("test_accuracy")}
+
+
+# registered on import; the module itself imports npuq.asr and npuq.speech only when a task method runs
+from npuq.lrf.search import asr_task as _asr_task  # noqa: E402,F401
