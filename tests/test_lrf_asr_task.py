@@ -116,6 +116,32 @@ def test_full_rank_keeps_the_error_and_low_rank_raises_it(corpus_dir, shipped):
     assert task.evaluate(tiny) > base + 0.1
 
 
+def test_giving_up_on_a_broken_model_returns_a_lower_bound(corpus_dir, shipped):
+    from npuq.speech import DigitsConfig, load_digits
+
+    dev = load_digits("dev", config=DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12),
+                      cache_dir=corpus_dir, normalize="utterance", build=False, progress=False)
+    broken = factorize(shipped, {path: 1 for path in ("encoder_lstm", "decoder_lstm", "pre_output")},
+                       above_break_even="ignore")
+    full = evaluate_wer(broken, dev, batch_size=4)
+    early = evaluate_wer(broken, dev, batch_size=4, give_up_above=0.3)
+    assert full["complete"] and full["wer"] > 0.3
+    assert not early["complete"] and 0.3 < early["wer"] <= full["wer"]
+    assert early["words"] == full["words"] and early["word_errors"] <= full["word_errors"]
+    # a working model is decoded to the end and gets exactly its WER
+    good = evaluate_wer(shipped, dev, batch_size=4, give_up_above=0.3)
+    assert good["complete"] and good == {**evaluate_wer(shipped, dev, batch_size=4), "seconds": good["seconds"]}
+    for bad in (0, -1.0, float("nan"), "high", True):
+        with pytest.raises(ValueError, match="give_up_above"):
+            evaluate_wer(shipped, dev, give_up_above=bad)
+    # the task passes give_up_wer to its dev evaluation only
+    task = small_task(corpus_dir, give_up_wer=0.3, eval_batch=4)
+    assert task.evaluate(broken) == early["wer"]
+    assert task.evaluate(shipped) == good["wer"]
+    with pytest.raises(ConfigError, match=r"task\.give_up_wer"):
+        make_task("asr_digits", {"give_up_wer": -0.5})
+
+
 # -------------------------------------------------------------------------------------- distillation
 
 def test_sequence_distillation_loss_skips_padding():
@@ -135,6 +161,53 @@ def test_sequence_distillation_loss_skips_padding():
     assert again.item() == pytest.approx(total.item())
     with pytest.raises(ValueError, match="no target token"):
         sequence_distillation_loss(student, teacher, torch.zeros(2, 3, dtype=torch.int64), kd)
+
+
+class _TinySeq(torch.nn.Module):
+    """(B, L) token ids -> (B, L, V) logits: enough of a sequence model for the fine-tuning loop."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = torch.nn.Embedding(6, 8)
+        self.out = torch.nn.Linear(8, 6)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.embed(tokens)))
+
+
+def test_finetune_cosine_schedule_decays_to_zero(monkeypatch):
+    from npuq.distill.seq2seq import finetune_seq2seq_with_teacher
+
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randint(1, 6, (4, 5), generator=gen) for _ in range(3)]
+
+    def batches(epoch):
+        for tokens in data:
+            yield (tokens,), tokens
+
+    seen = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    teacher = _TinySeq(1)
+    finetune_seq2seq_with_teacher(_TinySeq(0), teacher, batches, epochs=2, lr=0.01, lr_schedule="cosine",
+                                  total_steps=6, pad_id=0, progress=False)
+    import math
+
+    assert seen == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+    seen.clear()
+    finetune_seq2seq_with_teacher(_TinySeq(0), teacher, batches, epochs=2, lr=0.01, pad_id=0, progress=False)
+    assert seen == [0.01] * 6
+    for bad in ({"lr_schedule": "step"}, {"lr_schedule": "cosine"}, {"lr_schedule": "cosine", "total_steps": 0}):
+        with pytest.raises(ValueError, match="lr_schedule|total_steps"):
+            finetune_seq2seq_with_teacher(_TinySeq(0), teacher, batches, pad_id=0, progress=False, **bad)
+    with pytest.raises(ConfigError, match=r"task\.finetune_schedule"):
+        make_task("asr_digits", {"finetune_schedule": "linear"})
 
 
 def _kd_on(task, student, teacher):

@@ -154,6 +154,58 @@ def test_reinforce_config_is_checked():
         ReinforceConfig(baseline_decay=1.0)
 
 
+@pytest.mark.parametrize("target", [1.2, 2.0, 4.0, 7.0])
+def test_start_probabilities_put_the_mean_candidate_at_the_target(target):
+    space = SearchSpace(toy_model(), fractions=(0.05, 0.1, 0.2, 0.4, 0.7))
+    q = space.start_probabilities(target)
+    assert len(q) == space.n_choices and sum(q) == pytest.approx(1.0) and min(q) >= 0
+    assert 0.05 - 1e-12 <= q[-1] <= 0.95 + 1e-12
+    assert space.reference_size / space.expected_size(q) == pytest.approx(target, rel=1e-6)
+    if target >= 4.0:  # beyond what "keep" alone can do: the shares tilt towards the smaller ranks
+        assert q[0] > q[1] > q[2]
+    # the first batch of an "auto" controller is drawn from exactly these probabilities
+    evaluator = Evaluator(space, toy_error)
+    config = ReinforceConfig(batch_size=200, keep_prior="auto")
+    result = reinforce_search(evaluator, target=target, budget=201, config=config, seed=0, progress=False)
+    first = result.history[:200]
+    mean_size = sum(r.size for r in first) / len(first)
+    assert mean_size == pytest.approx(space.expected_size(q), rel=0.08)
+    assert result.extra["policy"]["start_probabilities"] == q
+
+
+def test_start_probabilities_of_a_target_out_of_reach():
+    space = SearchSpace(toy_model(), fractions=(0.5, 0.7))
+    q = space.start_probabilities(100.0)  # even the smallest ranks everywhere do not get there
+    assert q[0] > 0.9 and q[-1] == pytest.approx(0.05)
+    low = SearchSpace(toy_model()).start_probabilities(1.0001)
+    assert low[-1] == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="target"):
+        space.start_probabilities(0.0)
+    with pytest.raises(ValueError, match="probabilities"):
+        space.expected_size([0.5, 0.5])
+    with pytest.raises(ValueError, match="keep_prior"):
+        ReinforceConfig(keep_prior="sometimes")
+    with pytest.raises(ValueError, match="keep_prior"):
+        ReinforceConfig(keep_prior=True)
+
+
+def test_choose_prefers_a_usable_step_when_the_target_was_not_reached():
+    from npuq.lrf.search.evaluation import Record
+    from npuq.lrf.search.result import SearchResult
+
+    def record(compression, error):
+        return Record((0,), {"x": int(compression * 10)}, int(1000 / compression), compression, error)
+
+    history = [record(1.5, 0.10), record(1.8, 0.105), record(2.2, 3.0)]
+    result = SearchResult("reinforce", 3.0, 0.10, 0.11, history)
+    assert result.at_target is None
+    assert result.choose().compression == 1.8  # not the broken 2.2x point of the front
+    broken = SearchResult("reinforce", 3.0, 0.10, 0.11, [record(1.5, 0.5), record(2.2, 3.0)])
+    assert broken.choose().compression == 2.2  # nothing usable: the most compressed point of the front
+    reached = SearchResult("reinforce", 2.0, 0.10, 0.11, history)
+    assert reached.choose().compression == 2.2  # the target decides when it was reached
+
+
 # ---------------------------------------------------------------------------------------- Optuna
 def _dominates(a, b):
     return a.error <= b.error and a.size <= b.size and (a.error < b.error or a.size < b.size)
@@ -256,6 +308,14 @@ def test_iterate_two_rounds_resumes_after_an_interruption(tmp_path):
     calls = evaluate.calls
     iterate(model, **options)
     assert evaluate.calls == calls
+    # more targets appended: the two rounds are loaded, only the third one runs
+    longer = iterate(model, **{**options, "targets": [1.5, 2.5, 3.0]})
+    assert len(finetuned) == 4 and longer.rounds[:2] == result.rounds
+    assert json.loads((tmp_path / "run.json").read_text())["settings"]["targets"] == [1.5, 2.5, 3.0]
+    for changed in ({"targets": [1.5, 3.0, 4.0, 5.0]}, {"targets": [1.5]}, {"budget_per_round": 12},
+                    {"targets": [1.5, 2.5, 3.0, 4.0], "single_shot": True}):
+        with pytest.raises(StateError, match="other settings"):
+            iterate(model, **{**options, **changed})
 
 
 def test_corrupt_state_file_is_a_clear_error(tmp_path):
@@ -291,6 +351,8 @@ GOOD = {"name": "t", "strategy": "nsga2", "task": {"name": "fashion_mnist", "dev
     ({"search": {"target": "2x"}}, "search.target"),
     ({"iterate": {"targets": [3.0, 2.0]}}, "iterate.targets"),
     ({"reinforce": {"lr": -1.0}}, "reinforce.lr"),
+    ({"reinforce": {"keep_prior": "always"}}, "reinforce.keep_prior"),
+    ({"reinforce": {"keep_prior": 1.5}}, "reinforce.keep_prior"),
     ({"optuna": {"grace_period": 1, "heartbeat_interval": 5}}, "optuna.grace_period"),
     ({"optuna": {"storage": 5}}, "optuna.storage"),
     ({"task": {"name": "speech"}}, "task.name"),
@@ -343,6 +405,37 @@ def test_cli_report_and_apply_on_a_shipped_mobilenet(tmp_path, capsys):
     bad.write_text(json.dumps({"ranks": {"features.99": 3}}))
     assert main(["lrf", "apply", "--model", "mobilenet_v2_w0.5_sgd", "--ranks", str(bad), "--out", str(out)]) == 2
     assert "features.99" in capsys.readouterr().err
+
+
+def test_cli_report_and_apply_on_the_speech_recognizer(tmp_path, capsys):
+    from npuq.cli import main
+    from npuq.lrf.search.asr_task import load_asr_lrf_checkpoint
+
+    assert main(["lrf", "report", "asr_digits", "--json"]) == 0
+    dense = json.loads(capsys.readouterr().out)
+    assert dense["model_params_after"] == dense["model_params_before"] == 1321470
+    ranks = {"encoder_lstm": {"weight_ih_l0": 16, "weight_hh_l0_reverse": 8}, "output": 4}
+    state = tmp_path / "state.json"  # a round's state.json carries "ranks" (and no model name)
+    state.write_text(json.dumps({"round": 1, "ranks": ranks}))
+    assert main(["lrf", "report", str(state)]) == 2
+    assert "give --model" in capsys.readouterr().err
+    assert main(["lrf", "report", str(state), "--model", "asr_digits", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    out = tmp_path / "small.safetensors"
+    assert main(["lrf", "apply", "--model", "asr_digits", "--ranks", str(state), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["lrf", "report", str(out), "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["model_params_after"] == planned["model_params_after"] < 1321470
+    model, meta = load_asr_lrf_checkpoint(out)
+    assert factorized_ranks(model) == ranks and meta["lrf_ranks"] == ranks
+    # a factorized checkpoint is not factorized again
+    assert main(["lrf", "apply", "--model", str(out), "--ranks", str(state), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "factorized already" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"decoder_lstm": {"weight_ih_l9": 3}}))
+    assert main(["lrf", "apply", "--model", "asr_digits", "--ranks", str(bad), "--out", str(out)]) == 2
+    assert "weight_ih_l9" in capsys.readouterr().err
 
 
 def test_cli_bad_config_is_reported(tmp_path, capsys):

@@ -210,18 +210,11 @@ def _looks_normalized(split, normalize: str) -> None:
                              f"load them with load_digits({split.name!r}, normalize='global')")
 
 
-def decode_split(model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64,
-                 length_penalty: float = 1.0) -> list[Hypothesis]:
-    """Hypotheses for the first ``limit`` utterances of ``split`` (a :class:`npuq.speech.DigitsSplit` loaded
-    with ``normalize=model.config.normalize``), in split order; greedy when ``beam == 1``. Batches are
-    formed from utterances of similar length."""
-    count = len(split) if limit is None else min(int(limit), len(split))
-    if count < 1:
-        raise ValueError(f"nothing to decode: split {split.name!r} has {len(split)} utterances, limit={limit}")
+def _decode_batches(model, split, count: int, beam: int, batch_size: int, length_penalty: float):
+    """``(indices, hypotheses)`` per batch of the first ``count`` utterances, shortest batches first."""
     _looks_normalized(split, model.config.normalize)
     order = sorted(range(count), key=lambda i: len(split.features[i]))
     device = next(model.parameters()).device
-    hypotheses: list = [None] * count
     for start in range(0, count, batch_size):
         indices = order[start:start + batch_size]
         batch = split.collate(indices)
@@ -230,18 +223,44 @@ def decode_split(model, split, beam: int = 1, limit: int | None = None, batch_si
             found = greedy_decode(model, features, lengths)
         else:
             found = beam_search(model, features, lengths, beam=beam, length_penalty=length_penalty)
+        yield indices, found
+
+
+def _count(split, limit) -> int:
+    count = len(split) if limit is None else min(int(limit), len(split))
+    if count < 1:
+        raise ValueError(f"nothing to decode: split {split.name!r} has {len(split)} utterances, limit={limit}")
+    return count
+
+
+def decode_split(model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64,
+                 length_penalty: float = 1.0) -> list[Hypothesis]:
+    """Hypotheses for the first ``limit`` utterances of ``split`` (a :class:`npuq.speech.DigitsSplit` loaded
+    with ``normalize=model.config.normalize``), in split order; greedy when ``beam == 1``. Batches are
+    formed from utterances of similar length."""
+    count = _count(split, limit)
+    hypotheses: list = [None] * count
+    for indices, found in _decode_batches(model, split, count, beam, batch_size, length_penalty):
         for i, hypothesis in zip(indices, found):
             hypotheses[i] = hypothesis
     return hypotheses
 
 
 def evaluate_wer(model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64,
-                 length_penalty: float = 1.0) -> dict:
+                 length_penalty: float = 1.0, give_up_above: float | None = None) -> dict:
     """Corpus WER and CER of ``model`` on the first ``limit`` utterances of ``split`` (greedy when
-    ``beam == 1``, batched): ``{"wer", "cer", "utterances", "words", "word_errors", "seconds"}``.
+    ``beam == 1``, batched): ``{"wer", "cer", "utterances", "words", "word_errors", "seconds",
+    "complete"}``.
 
     ``split`` is a :class:`npuq.speech.DigitsSplit` loaded with ``normalize=model.config.normalize``, or
     the name of a split of the default corpus (loaded so).
+
+    ``give_up_above``: stop as soon as the word errors of the utterances decoded so far, divided by the
+    reference words of *all* ``limit`` utterances, exceed this WER. That quotient is a lower bound of the
+    final WER, so the model is certainly worse than the bound; the result then has ``complete = False``,
+    ``wer`` and ``word_errors`` are that lower bound and ``cer`` covers the decoded utterances only. A
+    broken model (one that never emits ``<eos>`` runs every hypothesis to the length limit) is recognised
+    after its first batch instead of costing ten times a working model's decoding time.
     """
     import time
 
@@ -249,13 +268,25 @@ def evaluate_wer(model, split, beam: int = 1, limit: int | None = None, batch_si
         from npuq.speech import load_digits
 
         split = load_digits(split, normalize=model.config.normalize, progress=False)
+    if give_up_above is not None and not (isinstance(give_up_above, (int, float)) and not isinstance(give_up_above, bool)
+                                          and np.isfinite(give_up_above) and give_up_above > 0):
+        raise ValueError(f"give_up_above must be a WER > 0 (or None), got {give_up_above!r}")
     start = time.perf_counter()
-    hypotheses = decode_split(model, split, beam=beam, limit=limit, batch_size=batch_size,
-                              length_penalty=length_penalty)
-    references = split.transcripts[: len(hypotheses)]
-    words = [h.words for h in hypotheses]
-    word_counts = corpus_word_errors(references, words)
-    char_counts = corpus_char_errors(references, words)
-    return {"wer": word_counts.rate, "cer": char_counts.rate, "utterances": len(hypotheses),
-            "words": word_counts.reference_length, "word_errors": word_counts.errors,
-            "seconds": time.perf_counter() - start}
+    count = _count(split, limit)
+    all_references = split.transcripts[:count]
+    total_words = corpus_word_errors(all_references, all_references).reference_length
+    decoded_refs, decoded_words, errors, complete = [], [], 0, True
+    for indices, found in _decode_batches(model, split, count, beam, batch_size, length_penalty):
+        refs = [split.transcripts[i] for i in indices]
+        words = [h.words for h in found]
+        decoded_refs += refs
+        decoded_words += words
+        errors += corpus_word_errors(refs, words).errors
+        if give_up_above is not None and len(decoded_refs) < count and errors / max(total_words, 1) > give_up_above:
+            complete = False
+            break
+    char_counts = corpus_char_errors(decoded_refs, decoded_words)
+    rate = corpus_word_errors(decoded_refs, decoded_words).rate if complete else errors / max(total_words, 1)
+    return {"wer": rate, "cer": char_counts.rate, "utterances": count,
+            "words": total_words, "word_errors": errors, "seconds": time.perf_counter() - start,
+            "complete": complete}

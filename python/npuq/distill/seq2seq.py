@@ -63,7 +63,8 @@ def _check(value, name: str, low: float, strict: bool) -> float:
 
 def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
                                   batches: Callable[[int], Iterable[tuple[tuple, torch.Tensor]]], *,
-                                  epochs: int = 1, lr: float = 5e-4, clip_norm: float = 5.0,
+                                  epochs: int = 1, lr: float = 5e-4, lr_schedule: str = "constant",
+                                  total_steps: int | None = None, clip_norm: float = 5.0,
                                   temperature: float = 2.0, kd_weight: float = 0.9, task_weight: float = 0.1,
                                   pad_id: int = 0, seed: int = 0, threads: int | None = 1,
                                   student_view: Callable[[tuple, torch.Generator], tuple] | None = None,
@@ -74,7 +75,10 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
     ``batches(epoch)`` yields ``(inputs, targets)``: ``model(*inputs)`` and ``teacher(*inputs)`` give logits
     ``(B, L, V)`` for ``targets`` ``(B, L)`` (padded with ``pad_id``). ``student_view(inputs, generator)``,
     when given, is what the student reads instead (data augmentation); the teacher always reads ``inputs``.
-    Adam at a constant ``lr`` with the gradient norm clipped at ``clip_norm``; the student trains in train
+    Adam with the gradient norm clipped at ``clip_norm``, at a constant ``lr`` (``lr_schedule="constant"``) or
+    decaying from ``lr`` to 0 along a half cosine over ``total_steps`` steps (``"cosine"``; ``total_steps`` is
+    then required: the batches of all epochs together; the rate stays 0 for steps beyond them). A decaying
+    rate lets the student settle where a constant one leaves it moving; the student trains in train
     mode (dropout on), the teacher runs in eval mode without gradients and is left as it was. Everything random
     (dropout, ``student_view``) is seeded by ``(seed, epoch)``; ``threads`` fixes torch's thread count during
     the run (``None``: unchanged), so that the result does not depend on the machine's load.
@@ -84,6 +88,12 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     lr = _check(lr, "lr", 0.0, True)
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
+    if lr_schedule == "cosine" and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                    or total_steps < 1):
+        raise ValueError(f"lr_schedule='cosine' needs total_steps, an int >= 1 (the batches of all epochs), got "
+                         f"{total_steps!r}")
     clip_norm = _check(clip_norm, "clip_norm", 0.0, True)
     kd_weight = _check(kd_weight, "kd_weight", 0.0, False)
     task_weight = _check(task_weight, "task_weight", 0.0, False)
@@ -97,6 +107,12 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
         torch.set_num_threads(threads)
     teacher_was_training, student_was_training = teacher.training, model.training
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+    def rate(step: int) -> float:
+        if lr_schedule == "constant":
+            return lr
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
     history, steps = [], 0
     start = time.perf_counter()
     try:
@@ -118,6 +134,8 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
                 if not torch.isfinite(total):
                     raise FloatingPointError(f"the distillation loss is {float(total)} at step {steps + 1}; "
                                              f"lower lr ({lr:g})")
+                for group in optimizer.param_groups:
+                    group["lr"] = rate(steps)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)

@@ -4,7 +4,8 @@
   ``search.json`` (every candidate, the Pareto front, the choices), ``ranks.json`` and ``pareto.png``.
   Several processes given the same ``--storage`` and ``--study-name`` share one Optuna study.
 * ``npuq lrf iterate CONFIG``: search and fine-tune round after round (resumable; ``docs/lrf_search.md``).
-* ``npuq lrf apply --model CKPT --ranks ranks.json --out small.safetensors``: factorize a checkpoint.
+* ``npuq lrf apply --model CKPT --ranks ranks.json --out small.safetensors``: factorize a checkpoint (an
+  image classifier's or the speech recognizer's; the output is of the same kind).
 * ``npuq lrf report MODEL_OR_RANKS``: the parameter report of a checkpoint (dense or factorized) or of a
   ranks file applied to its model.
 """
@@ -211,22 +212,58 @@ def _read_ranks(path) -> tuple[dict, str | None]:
     raise ValueError(f"{path}: expected {{module path: rank}} or an object with a 'ranks' entry")
 
 
+def _is_asr_checkpoint(name_or_path) -> bool:
+    """Whether ``name_or_path`` names a speech-recognizer checkpoint (``npuq.asr``'s format) rather than an
+    image classifier's."""
+    from safetensors import safe_open
+
+    from npuq.asr import ASR_FORMAT
+    from npuq.asr.checkpoint import _resolve
+
+    try:
+        path = _resolve(name_or_path)
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == ASR_FORMAT
+    except Exception:  # not found or unreadable: the image loader gives the error message
+        return False
+
+
+def _load_checkpoint(name_or_path):
+    """``(model, metadata, save)`` for an image or speech checkpoint, dense or factorized; ``save(model,
+    path, metadata, ranks)`` writes a factorized one of the same kind."""
+    if _is_asr_checkpoint(name_or_path):
+        from npuq.lrf.search.asr_task import load_asr_lrf_checkpoint, save_asr_lrf_checkpoint
+
+        model, meta = load_asr_lrf_checkpoint(name_or_path)
+        return model, meta, save_asr_lrf_checkpoint
+    from npuq.lrf.search.tasks import load_lrf_checkpoint, save_lrf_checkpoint
+
+    model, meta = load_lrf_checkpoint(name_or_path)
+    return model, meta, save_lrf_checkpoint
+
+
+def _checkpoint_errors() -> tuple:
+    from npuq.asr import ASRCheckpointError
+    from npuq.models.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
+
+    return (ValueError, KeyError, TypeError, FileNotFoundError, CheckpointNotFoundError, CheckpointMismatchError,
+            ASRCheckpointError)
+
+
 def _run_apply(args) -> int:
     from npuq.lrf import compression_report, factorize
-    from npuq.lrf.search.tasks import load_lrf_checkpoint, save_lrf_checkpoint
-    from npuq.models.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
 
     try:
         ranks, _ = _read_ranks(args.ranks)
-        model, meta = load_lrf_checkpoint(args.model)
+        model, meta, save = _load_checkpoint(args.model)
         if "lrf_ranks" in meta:
             raise ValueError(f"{args.model} is factorized already; apply ranks to the dense checkpoint it came from")
         small = factorize(model, ranks, above_break_even="warn")
-    except (ValueError, KeyError, TypeError, CheckpointNotFoundError, CheckpointMismatchError) as exc:
+    except _checkpoint_errors() as exc:
         return _fail("apply", exc)
     from npuq.lrf import factorized_ranks
 
-    save_lrf_checkpoint(small, args.out, meta, factorized_ranks(small))
+    save(small, args.out, meta, factorized_ranks(small))
     report = compression_report(small)
     print(report.to_markdown())
     print(f"wrote {args.out}")
@@ -235,8 +272,6 @@ def _run_apply(args) -> int:
 
 def _run_report(args) -> int:
     from npuq.lrf import compression_report, factorize
-    from npuq.lrf.search.tasks import load_lrf_checkpoint
-    from npuq.models.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
 
     try:
         if args.target.endswith(".json"):
@@ -244,11 +279,13 @@ def _run_report(args) -> int:
             source = args.model or named
             if source is None:
                 raise ValueError(f"{args.target} names no model; give --model")
-            model, _ = load_lrf_checkpoint(source)
+            model, meta, _ = _load_checkpoint(source)
+            if "lrf_ranks" in meta:
+                raise ValueError(f"{source} is factorized already; give the dense checkpoint the ranks apply to")
             model = factorize(model, ranks, above_break_even="ignore")
         else:
-            model, _ = load_lrf_checkpoint(args.target)
-    except (ValueError, KeyError, TypeError, CheckpointNotFoundError, CheckpointMismatchError) as exc:
+            model, _, _ = _load_checkpoint(args.target)
+    except _checkpoint_errors() as exc:
         return _fail("report", exc)
     report = compression_report(model)
     print(report.to_json() if args.json else report.to_markdown())

@@ -100,6 +100,7 @@ class AsrDigitsTask:
         train_limit: int = 4000              # fine-tuning utterances: the first ones of the training split
         finetune_epochs: int = 2
         finetune_lr: float = 1e-3
+        finetune_schedule: str = "constant"  # or "cosine": from finetune_lr down to 0 over all the steps
         batch_size: int = 32
         clip_norm: float = 5.0
         temperature: float = 2.0
@@ -109,6 +110,7 @@ class AsrDigitsTask:
         bucket_jitter: int = 30              # frames of jitter in the length-sorting of the batches
         seed: int = 0
         eval_batch: int = 64
+        give_up_wer: float = 0.0             # > 0: a dev evaluation stops once the WER is surely above it
         cache_dir: str = ""                  # "": the default corpus cache ($NPUQ_DATA_DIR or ~/.cache/npuq)
         corpus_seed: int = 0                 # the DigitsConfig of the corpus (defaults: the shipped model's)
         corpus_train_size: int = 4000
@@ -133,6 +135,11 @@ class AsrDigitsTask:
             if self.test_limit > self.corpus_test_size:
                 raise ValueError(f"test_limit must be at most the corpus's {self.corpus_test_size} test "
                                  f"utterances (corpus_test_size), got {self.test_limit}")
+            if self.finetune_schedule not in ("constant", "cosine"):
+                raise ValueError(f"finetune_schedule must be 'constant' or 'cosine', got {self.finetune_schedule!r}")
+            if not self.give_up_wer >= 0:
+                raise ValueError(f"give_up_wer must be >= 0 (0: always decode the whole dev set), got "
+                                 f"{self.give_up_wer}")
             for name in ("finetune_lr", "temperature", "clip_norm"):
                 if getattr(self, name) <= 0:
                     raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -171,14 +178,17 @@ class AsrDigitsTask:
         model, self.metadata = load_asr_lrf_checkpoint(self.options.model)
         return model
 
-    def _wer(self, model: nn.Module, split: str, limit: int | None) -> float:
+    def _wer(self, model: nn.Module, split: str, limit: int | None, give_up_above: float | None = None) -> float:
         from npuq.asr import evaluate_wer
 
         data = self.split(split, model.config.normalize)
-        return float(evaluate_wer(model, data, beam=1, limit=limit, batch_size=self.options.eval_batch)["wer"])
+        return float(evaluate_wer(model, data, beam=1, limit=limit, batch_size=self.options.eval_batch,
+                                  give_up_above=give_up_above)["wer"])
 
     def evaluate(self, model: nn.Module) -> float:
-        return self._wer(model, "dev", self.options.dev_size)
+        """Dev WER; with ``give_up_wer`` a model surely above it gets the lower bound reached when decoding
+        stopped (candidates that bad are all equally useless to the search)."""
+        return self._wer(model, "dev", self.options.dev_size, self.options.give_up_wer or None)
 
     def test_error(self, model: nn.Module) -> float:
         return self._wer(model, "test", self.options.test_limit or None)
@@ -211,8 +221,12 @@ class AsrDigitsTask:
                 inputs, targets = teacher_forcing_batch(batch)
                 yield (batch["features"], batch["feature_lengths"], inputs), targets
 
+        per_epoch = -(-count // o.batch_size)
+        if steps is not None:
+            per_epoch = min(per_epoch, steps)
         return finetune_seq2seq_with_teacher(
-            model, teacher, batches, epochs=o.finetune_epochs, lr=o.finetune_lr, clip_norm=o.clip_norm,
+            model, teacher, batches, epochs=o.finetune_epochs, lr=o.finetune_lr, lr_schedule=o.finetune_schedule,
+            total_steps=per_epoch * o.finetune_epochs, clip_norm=o.clip_norm,
             temperature=o.temperature, kd_weight=o.kd_weight, task_weight=o.task_weight, pad_id=VOCAB.pad_id,
             seed=o.seed, threads=1, student_view=_light_spec_augment if o.spec_augment else None,
             progress=o.progress, desc="distillation epoch")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -67,6 +68,15 @@ _NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a strin
 
 def _value(value, expected, where: str):
     origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(expected)
+        for option in options:
+            try:
+                return _value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be " + " or ".join(_NAMES.get(o, o.__name__) for o in options)
+                          + f", got {type(value).__name__} {value!r:.60}")
     if origin is list:
         (item,) = typing.get_args(expected)
         if not isinstance(value, list):
@@ -165,7 +175,7 @@ class ReinforceSpec:
     entropy_weight: float = 0.02
     baseline_decay: float = 0.8
     autoregressive: bool = False
-    keep_prior: float = 0.75
+    keep_prior: float | str = 0.75
     error_scale: float = 0.01
     penalty: float = 10.0
     bonus: float = 0.5

@@ -237,10 +237,18 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
     run_file = out / "run.json"
     if run_file.exists():
         run = _read_json(run_file, "run settings")
-        if run.get("settings") != settings:
-            differing = sorted(k for k in settings if run.get("settings", {}).get(k) != settings[k])
-            raise StateError(f"{out} holds a run with other settings ({', '.join(differing)}); use another out_dir "
-                             "or delete it to start over")
+        saved = run.get("settings", {})
+        if saved != settings:
+            differing = sorted(k for k in settings if saved.get(k) != settings[k])
+            old_targets = saved.get("targets") or []
+            extends = (differing == ["targets"] and len(targets) > len(old_targets)
+                       and targets[:len(old_targets)] == old_targets and not single_shot)
+            if not extends:
+                raise StateError(f"{out} holds a run with other settings ({', '.join(differing)}); use another out_dir "
+                                 "or delete it to start over (a run without single_shot can be continued with more "
+                                 "targets appended to its list)")
+            # more rounds appended to a finished or running list: the rounds done so far stay valid
+            _atomic_write(run_file, json.dumps({**run, "settings": settings}, indent=1) + "\n")
         original_error, reference = float(run["original_error"]), int(run["reference_size"])
     else:
         original_error = float(evaluate(original))

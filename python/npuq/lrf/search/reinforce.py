@@ -39,7 +39,9 @@ class ReinforceConfig:
     """``batch_size`` candidates per policy update, SGD with ``lr``, an LSTM of ``hidden`` units,
     ``entropy_weight`` on the entropy bonus, ``baseline_decay`` of the moving-average baseline,
     ``autoregressive``: feed each choice to the next step; ``keep_prior``: the initial probability of "keep"
-    for every matrix (the other choices share the rest evenly; 0: all choices equally likely)."""
+    for every matrix (the other choices share the rest evenly; 0: all choices equally likely), or ``"auto"``:
+    start where the mean size of the candidates is the target's
+    (:meth:`~npuq.lrf.search.space.SearchSpace.start_probabilities`)."""
 
     batch_size: int = 8
     lr: float = 1.0
@@ -47,7 +49,7 @@ class ReinforceConfig:
     entropy_weight: float = 0.02
     baseline_decay: float = 0.8
     autoregressive: bool = False
-    keep_prior: float = 0.75
+    keep_prior: float | str = 0.75
 
     def __post_init__(self):
         for name in ("batch_size", "hidden"):
@@ -58,8 +60,9 @@ class ReinforceConfig:
             raise ValueError(f"reinforce lr must be > 0, got {self.lr!r}")
         if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
             raise ValueError(f"reinforce entropy_weight must be >= 0, got {self.entropy_weight!r}")
-        if not (isinstance(self.keep_prior, (int, float)) and 0 <= self.keep_prior < 1):
-            raise ValueError(f"reinforce keep_prior must be in [0, 1), got {self.keep_prior!r}")
+        if self.keep_prior != "auto" and not (isinstance(self.keep_prior, (int, float))
+                                               and not isinstance(self.keep_prior, bool) and 0 <= self.keep_prior < 1):
+            raise ValueError(f"reinforce keep_prior must be in [0, 1) or 'auto', got {self.keep_prior!r}")
         if not 0 <= self.baseline_decay < 1:
             raise ValueError(f"reinforce baseline_decay must be in [0, 1), got {self.baseline_decay!r}")
 
@@ -68,7 +71,7 @@ class Policy(nn.Module):
     """An autoregressive LSTM policy over the matrices of a search space."""
 
     def __init__(self, n_features: int, n_choices: int, n_slots: int, hidden: int = 32, autoregressive: bool = False,
-                 keep_prior: float = 0.0):
+                 keep_prior: float = 0.0, start: list[float] | None = None):
         super().__init__()
         self.n_choices = n_choices
         self.autoregressive = autoregressive
@@ -82,6 +85,13 @@ class Policy(nn.Module):
             # candidates (every layer compressed) are useless, as in a small CNN
             with torch.no_grad():
                 self.slot_logits[:, -1] = math.log(keep_prior * (n_choices - 1) / (1 - keep_prior))
+        if start is not None:
+            # explicit starting probabilities (the same for every matrix) override keep_prior
+            if len(start) != n_choices or min(start) < 0:
+                raise ValueError(f"start must hold {n_choices} probabilities >= 0, got {start}")
+            with torch.no_grad():
+                self.slot_logits.copy_(torch.log(torch.tensor(start, dtype=torch.float32).clamp_min(1e-6))
+                                       .expand(n_slots, n_choices))
         # index n_choices stands for "no previous choice" at the first matrix
         self.previous = nn.Embedding(n_choices + 1, hidden)
         self.cell = nn.LSTMCell(hidden, hidden)
@@ -138,10 +148,12 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
     evaluations_before = evaluator.evaluations
     baseline_error = evaluator.baseline_error
     features = space.features()
+    keep_prior = config.keep_prior if space.keep else 0.0
+    start_probabilities = space.start_probabilities(float(target)) if keep_prior == "auto" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = Policy(features.shape[1], space.n_choices, len(space), config.hidden, config.autoregressive,
-                        config.keep_prior if space.keep else 0.0)
+                        0.0 if start_probabilities else keep_prior, start=start_probabilities)
     # plain SGD on purpose: Adam rescales every step to about the same size, so a batch whose rewards hardly
     # differ (all candidates equally bad) would move the policy as far as an informative one
     optimizer = torch.optim.SGD(policy.parameters(), lr=config.lr)
@@ -194,5 +206,5 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
                           evaluator.evaluations - evaluations_before, time.perf_counter() - start)
     result.extra["rewards"] = rewards
     result.extra["reward"] = dict(vars(reward_config))
-    result.extra["policy"] = dict(vars(config))
+    result.extra["policy"] = {**vars(config), "start_probabilities": start_probabilities}
     return result

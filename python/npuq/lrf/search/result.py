@@ -66,10 +66,14 @@ class SearchResult:
         return pareto_front(self.history)
 
     def choose(self) -> Record:
-        """The candidate to carry on with: :attr:`at_target`, else the most compressed one of the front."""
+        """The candidate to carry on with: :attr:`at_target`; when no candidate reached the target, the most
+        compressed one of the front within the error limit (a usable step towards the target), and only
+        when there is none the most compressed one of the front."""
         chosen = self.at_target
         if chosen is None:
-            chosen = max(self.front, key=lambda r: (r.compression, -r.error))
+            front = self.front
+            usable = [r for r in front if r.error <= self.error_limit]
+            chosen = max(usable or front, key=lambda r: (r.compression, -r.error))
         return chosen
 
     def to_dict(self) -> dict:

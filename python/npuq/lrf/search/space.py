@@ -275,6 +275,57 @@ class SearchSpace:
         searched = sum(slot.params(rank) for slot, rank in zip(self.slots, self.key(candidate)))
         return searched + (self._fixed if self.scope == "model" else 0)
 
+    def expected_size(self, probabilities) -> float:
+        """Mean :meth:`size` of candidates that draw every matrix's choice from ``probabilities`` (one per
+        choice index, summing to 1), independently."""
+        q = [float(v) for v in probabilities]
+        if len(q) != self.n_choices or any(not (math.isfinite(v) and v >= 0) for v in q) or abs(sum(q) - 1) > 1e-9:
+            raise ValueError(f"probabilities must be {self.n_choices} non-negative numbers summing to 1, got {q}")
+        total = float(self._fixed if self.scope == "model" else 0)
+        for slot, table in zip(self.slots, self._table):
+            total += sum(v * slot.params(rank) for v, rank in zip(q, table))
+        return total
+
+    def start_probabilities(self, target: float, low: float = 0.05, high: float = 0.95) -> list[float]:
+        """Choice probabilities (the same for every matrix) under which the mean candidate has the target's
+        size, ``reference_size / target``: "keep" at a probability in ``[low, high]``, the rank fractions
+        sharing the rest evenly; when even ``low`` leaves the mean too large, the fractions' shares are
+        tilted geometrically towards the smaller ranks. A controller that starts here draws candidates
+        around the target from its first step, whatever the target and the current ranks (the caps of a
+        re-search)."""
+        if not (math.isfinite(target) and target > 0):
+            raise ValueError(f"target must be a compression > 0, got {target!r}")
+        k = len(self.fractions)
+        wanted = self.reference_size / target
+
+        def probabilities(keep: float, tilt: float) -> list[float]:
+            weights = [math.exp(-tilt * i) for i in range(k)]
+            share = (1 - keep) if self.keep else 1.0
+            q = [share * w / sum(weights) for w in weights] if k else []
+            return q + ([keep] if self.keep else [])
+
+        if self.keep and k:
+            at_low, at_high = self.expected_size(probabilities(low, 0.0)), self.expected_size(probabilities(high, 0.0))
+            if at_high <= wanted:
+                return probabilities(high, 0.0)
+            if at_low <= wanted:
+                # linear in the keep probability
+                keep = low + (high - low) * (wanted - at_low) / (at_high - at_low)
+                return probabilities(keep, 0.0)
+        elif not k:
+            return probabilities(1.0, 0.0)
+        keep = low if self.keep else 0.0
+        lo, hi = 0.0, 20.0  # the size falls as the tilt grows; 20 puts nearly everything on the smallest rank
+        if self.expected_size(probabilities(keep, hi)) > wanted:
+            return probabilities(keep, hi)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if self.expected_size(probabilities(keep, mid)) > wanted:
+                lo = mid
+            else:
+                hi = mid
+        return probabilities(keep, hi)
+
     def compression(self, candidate) -> float:
         """``reference_size / size(candidate)`` (above 1: smaller)."""
         return self.reference_size / self.size(candidate)
