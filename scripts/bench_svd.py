@@ -14,8 +14,11 @@ For every matrix shape and rank this script, in one process and with the same th
    seed; a method that reaches it with none of them is reported as such and not timed;
 4. times, interleaved (each round takes one sample of every method, in rotating order), the best and
    median of --repeats samples, with the garbage collector off:
-   * ``npuq``     npuq.lrf.svd.truncated_svd (method "auto": the exact path when the sketch would be
-                  >= 2/3 of min(m, n), otherwise randomized with the calibrated p, q);
+   * ``npuq``     npuq.lrf.svd.truncated_svd, the faster of its two calibrated algorithms (the table
+                  says which): method "auto" (the exact path when the sketch would be >= 2/3 of
+                  min(m, n), otherwise randomized with the calibrated p, q), and method "krylov" with
+                  the calibrated block size b and depth q: for each b in {r/4, r/2, r, r + 5} the smallest
+                  q reaching the target, then the fastest of those (timed, best of 3);
    * ``torch_svd`` torch.linalg.svd(full_matrices=False) then slicing (rank-independent: timed once per
                   matrix and reused for every rank);
    * ``lowrank``  torch.svd_lowrank(A, q=r+p, niter=q);
@@ -85,6 +88,10 @@ def methods(threads: int):
         res = truncated_svd(a, r, oversampling=p, power_iterations=q, seed=0, threads=threads)
         return res.u, res.s, res.vt
 
+    def npuq_krylov(a, t, r, b, q):
+        res = truncated_svd(a, r, method="krylov", block_size=b, power_iterations=q, seed=0, threads=threads)
+        return res.u, res.s, res.vt
+
     def lowrank(a, t, r, p, q):
         torch.manual_seed(0)
         u, s, v = torch.svd_lowrank(t, q=min(r + p, min(t.shape)), niter=q)
@@ -98,7 +105,35 @@ def methods(threads: int):
         u, s, vt = torch.linalg.svd(t, full_matrices=False)
         return u[:, :r], s[:r], vt[:r]
 
-    return {"npuq": npuq_run, "torch_svd": torch_svd, "lowrank": lowrank, "sklearn": sklearn}
+    return {"npuq": npuq_run, "npuq_krylov": npuq_krylov, "torch_svd": torch_svd, "lowrank": lowrank,
+            "sklearn": sklearn}
+
+
+def calibrate_krylov(fn, a, t, a64, r, opt, tol, k, max_depth=10):
+    """(b, q, error) of npuq's block Krylov method: for each block size b the smallest depth q reaching
+    the target (basis b (q + 1) between r + 5 and min(m, n) columns), then the fastest of those (CPU time,
+    best of 3), or None."""
+    reached = []
+    for b in sorted({max(4, r // 4), max(4, r // 2), r, r + 5}):
+        for q in range(0, max_depth + 1):
+            if b * (q + 1) < min(k, r + 5):
+                continue
+            if b * (q + 1) > k:
+                break
+            err = frob_error(a64, *fn(a, t, r, b, q))
+            if err <= (1 + tol) * opt:
+                reached.append((b, q, err))
+                break
+    best = None
+    for b, q, err in reached:
+        samples = []
+        for _ in range(3):
+            t0 = time.process_time()
+            fn(a, t, r, b, q)
+            samples.append(time.process_time() - t0)
+        if best is None or min(samples) < best[0]:
+            best = (min(samples), (b, q, err))
+    return None if best is None else best[1]
 
 
 def calibrate(name, fn, a, t, a64, r, opt, tol, k):
@@ -112,7 +147,7 @@ def calibrate(name, fn, a, t, a64, r, opt, tol, k):
     if name == "npuq":
         from npuq.lrf.svd import auto_method
 
-        cands = [pq for pq in cands if auto_method(*a.shape, r, pq[0]) == "randomized"] or [(10, 2)]
+        cands = [pq for pq in cands if auto_method(*a.shape, r, pq[0], pq[1]) == "randomized"] or [(10, 2)]
     for p, q in cands:
         err = frob_error(a64, *fn(a, t, r, p, q))
         if err <= (1 + tol) * opt:
@@ -168,9 +203,10 @@ def main(argv=None) -> int:
     print(f"# truncated SVD, {args.dtype}, {args.threads} threads, {cpu_model()}, "
           f"sigma_i = i^-{args.alpha} + noise {args.noise}, target error <= (1 + {args.tol}) * optimal\n", flush=True)
     header = ("| shape | rank | npuq ms | torch_svd ms | lowrank ms | sklearn ms | fastest baseline / npuq | "
-              "err % npuq / svd / lowrank / sklearn | settings (p, q) npuq / lowrank / sklearn |")
+              "npuq algorithm (settings): randomized p,q / krylov b,q | "
+              "err % npuq / svd / lowrank / sklearn | settings (p, q) lowrank / sklearn |")
     print(header)
-    print("| --- " * 9 + "|")
+    print("| --- " * 10 + "|")
     for m, n in shapes:
         a, sig = make_matrix(m, n, args.alpha, args.noise, dtype, seed=m * 7 + n)
         a64 = a.astype(np.float64)
@@ -182,8 +218,11 @@ def main(argv=None) -> int:
                 continue
             opt = float(np.sqrt(np.sum(sig[r:] ** 2)))
             settings, calls = {}, {}
-            for name in ("npuq", "torch_svd", "lowrank", "sklearn"):
-                c = calibrate(name, fns[name], a, t, a64, r, opt, args.tol, k)
+            for name in ("npuq", "npuq_krylov", "torch_svd", "lowrank", "sklearn"):
+                if name == "npuq_krylov":
+                    c = calibrate_krylov(fns[name], a, t, a64, r, opt, args.tol, k)
+                else:
+                    c = calibrate(name, fns[name], a, t, a64, r, opt, args.tol, k)
                 settings[name] = c
                 if name == "torch_svd":
                     # rank-independent: sampled with the first rank only; one sample when it takes > 1 s
@@ -200,6 +239,12 @@ def main(argv=None) -> int:
             samples["torch_svd"] = svd_samples
             best = {k_: (min(v) if v else None) for k_, v in samples.items()}
             med = {k_: (statistics.median(v) if v else None) for k_, v in samples.items()}
+            # npuq: the faster of its two calibrated algorithms
+            algos = [x for x in ("npuq", "npuq_krylov") if best.get(x) is not None and settings[x] is not None]
+            npuq_algo = min(algos, key=lambda x: best[x]) if algos else None
+            randomized_settings = settings["npuq"]
+            if npuq_algo == "npuq_krylov":
+                best["npuq"], med["npuq"], settings["npuq"] = best[npuq_algo], med[npuq_algo], settings[npuq_algo]
             base = [best[b] for b in BASELINES if best.get(b) is not None and settings[b] is not None]
             ratio = min(base) / best["npuq"] if base and best.get("npuq") else None
             fastest = min((b for b in BASELINES if best.get(b) is not None and settings[b] is not None),
@@ -207,9 +252,13 @@ def main(argv=None) -> int:
             row = {"shape": [m, n], "rank": r, "dtype": args.dtype, "threads": args.threads, "optimal_error": opt,
                    "best_s": best, "median_s": med, "samples_s": samples, "ratio_vs_fastest_baseline": ratio,
                    "fastest_baseline": fastest,
-                   "settings": {k_: (None if v is None else {"oversampling": v[0], "power_iterations": v[1],
-                                                             "error": v[2], "error_vs_opt": v[2] / opt - 1})
-                                for k_, v in settings.items()}}
+                   "npuq_algorithm": {"npuq": "randomized", "npuq_krylov": "krylov", None: None}[npuq_algo],
+                   "npuq_randomized_settings": randomized_settings,
+                   "settings": {k_: (None if v is None else {
+                       ("block_size" if k_ == "npuq_krylov" or (k_ == "npuq" and npuq_algo == "npuq_krylov")
+                        else "oversampling"): v[0],
+                       "power_iterations": v[1], "error": v[2], "error_vs_opt": v[2] / opt - 1})
+                       for k_, v in settings.items()}}
             rows.append(row)
 
             def ms(name):
@@ -221,10 +270,20 @@ def main(argv=None) -> int:
             def pq(name):
                 return "none" if settings[name] is None else f"{settings[name][0]},{settings[name][1]}"
 
+            def algo_text():
+                rnd = "none" if randomized_settings is None else \
+                    f"{randomized_settings[0]},{randomized_settings[1]} {ms_of('npuq_rand')}"
+                kry = pq("npuq_krylov") + f" {ms('npuq_krylov')}"
+                return f"{'krylov' if npuq_algo == 'npuq_krylov' else 'randomized'} ({rnd} / {kry})"
+
+            def ms_of(_):
+                v = samples.get("npuq")
+                return "n/a" if not v else f"{min(v) * 1e3:.1f}"
+
             print(f"| {m}x{n} | {r} | {ms('npuq')} | {ms('torch_svd')} | {ms('lowrank')} | {ms('sklearn')} | "
-                  f"{'n/a' if ratio is None else f'{ratio:.2f}'} ({fastest}) | "
+                  f"{'n/a' if ratio is None else f'{ratio:.2f}'} ({fastest}) | {algo_text()} | "
                   f"{pct('npuq')} / {pct('torch_svd')} / {pct('lowrank')} / {pct('sklearn')} | "
-                  f"{pq('npuq')} / {pq('lowrank')} / {pq('sklearn')} |", flush=True)
+                  f"{pq('lowrank')} / {pq('sklearn')} |", flush=True)
 
     os.makedirs(args.out, exist_ok=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
@@ -242,7 +301,7 @@ def main(argv=None) -> int:
         labels = [f"{r['shape'][0]}x{r['shape'][1]}\nr={r['rank']}" for r in rows]
         x = np.arange(len(rows))
         for i, name in enumerate(("npuq",) + BASELINES):
-            vals = [(r["best_s"].get(name) or np.nan) * 1e3 if r["settings"][name] else np.nan for r in rows]
+            vals = [(r["best_s"].get(name) or np.nan) * 1e3 if r["settings"].get(name) else np.nan for r in rows]
             ax.bar(x + (i - 1.5) * 0.2, vals, 0.2, label=name)
         ax.set_yscale("log")
         ax.set_ylabel("best time (ms), log scale")

@@ -34,6 +34,9 @@ void bind_all(void* h, const std::string& path, LapackFns<T>& f, char c) {
   bind(h, path, (p + "orgqr_").c_str(), f.orgqr);
   bind(h, path, (p + "getrf_").c_str(), f.getrf);
   bind(h, path, (p + "laswp_").c_str(), f.laswp);
+  bind(h, path, (p + "syrk_").c_str(), f.syrk);
+  bind(h, path, (p + "potrf_").c_str(), f.potrf);
+  bind(h, path, (p + "trsm_").c_str(), f.trsm);
   bind(h, path, (p + "gesdd_").c_str(), f.gesdd);
 }
 

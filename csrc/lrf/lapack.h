@@ -27,6 +27,13 @@ struct LapackFns {
                 blas_int* info) = nullptr;
   void (*laswp)(const blas_int* n, T* a, const blas_int* lda, const blas_int* k1, const blas_int* k2,
                 const blas_int* ipiv, const blas_int* incx) = nullptr;
+  // C = alpha op(A)^T op(A) + beta C, one triangle: the Gram matrix of a tall basis at half a GEMM's flops
+  void (*syrk)(const char* uplo, const char* trans, const blas_int* n, const blas_int* k, const T* alpha, const T* a,
+               const blas_int* lda, const T* beta, T* c, const blas_int* ldc, fortran_len, fortran_len) = nullptr;
+  void (*potrf)(const char* uplo, const blas_int* n, T* a, const blas_int* lda, blas_int* info, fortran_len) = nullptr;
+  void (*trsm)(const char* side, const char* uplo, const char* transa, const char* diag, const blas_int* m,
+               const blas_int* n, const T* alpha, const T* a, const blas_int* lda, T* b, const blas_int* ldb,
+               fortran_len, fortran_len, fortran_len, fortran_len) = nullptr;
   void (*gesdd)(const char* jobz, const blas_int* m, const blas_int* n, T* a, const blas_int* lda, T* s, T* u,
                 const blas_int* ldu, T* vt, const blas_int* ldvt, T* work, const blas_int* lwork, blas_int* iwork,
                 blas_int* info, fortran_len) = nullptr;

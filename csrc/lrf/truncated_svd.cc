@@ -175,7 +175,7 @@ struct Solver {
   }
 
   // Orthonormal basis of the columns of y (rows x l): Householder QR (geqrf + orgqr).
-  void orthonormalize(T* y, int rows, int l) {
+  void householder(T* y, int rows, int l) {
     std::vector<T> tau(l);
     int info = 0, lw = -1;
     T q1 = 0, q2 = 0;
@@ -194,7 +194,7 @@ struct Solver {
   // A well-conditioned basis of the columns of y between power iterations: the unit lower-trapezoidal
   // factor of an LU factorization with partial pivoting, rows put back in order (entries <= 1 in
   // magnitude, full column rank). About a quarter of the flops of Householder QR; the last basis, which
-  // the projection needs orthonormal, still comes from QR.
+  // the projection needs orthonormal, comes from orthonormal_block().
   void normalize(T* y, int rows, int l) {
     std::vector<int> ipiv(l);
     int info = 0;
@@ -208,6 +208,88 @@ struct Solver {
     const int one = 1, neg = -1;
     f.laswp(&l, y, &rows, &one, &l, ipiv.data(), &neg);
   }
+
+  // y (rows x cols) -= P (P^T y) for the orthonormal columns P (rows x np); nothing when np == 0.
+  void project_out(T* y, int rows, int cols, const T* p, int np) {
+    if (np == 0) return;
+    std::vector<T>& c = coef;
+    c.resize(static_cast<size_t>(np) * cols);
+    gemm('T', 'N', np, cols, rows, T(1), p, rows, y, rows, T(0), c.data(), np);
+    gemm('N', 'N', rows, cols, np, T(-1), p, rows, c.data(), np, T(1), y, rows);
+  }
+
+  // One Cholesky QR step in place: Y^T Y = R^T R (syrk, potrf), Y := Y R^-1 (trsm). False, with y
+  // unchanged, when ||Y^T Y - I||_F exceeds max_departure (NaN included) or potrf finds the Gram matrix
+  // not positive definite.
+  bool cholesky_step(T* y, int rows, int cols, double max_departure) {
+    std::vector<T>& g = gram;
+    g.assign(static_cast<size_t>(cols) * cols, T(0));
+    const char uplo = 'U', trans = 'T', right = 'R', notrans = 'N', nonunit = 'N';
+    const T one = 1, zero = 0;
+    f.syrk(&uplo, &trans, &cols, &rows, &one, y, &rows, &zero, g.data(), &cols, 1, 1);
+    if (max_departure < std::numeric_limits<double>::infinity()) {
+      double sum = 0;
+      for (int j = 0; j < cols; ++j)
+        for (int i = 0; i <= j; ++i) {
+          const double d = static_cast<double>(g[static_cast<size_t>(j) * cols + i]) - (i == j ? 1.0 : 0.0);
+          sum += (i == j ? 1.0 : 2.0) * d * d;
+        }
+      if (!(std::sqrt(sum) <= max_departure)) return false;
+    }
+    int info = 0;
+    f.potrf(&uplo, &cols, g.data(), &cols, &info, 1);
+    if (info < 0) check_info<T>(info, "potrf");
+    if (info > 0) return false;
+    f.trsm(&right, &uplo, &notrans, &nonunit, &rows, &cols, &one, g.data(), &cols, y, &rows, 1, 1, 1, 1);
+    return true;
+  }
+
+  // Replaces the block y (rows x cols) by an orthonormal basis of its columns with the span of the
+  // orthonormal columns P (rows x np, np >= 0) projected out, so that [P, y] is orthonormal and spans
+  // what [P, y] spanned (numerically).
+  //
+  // Cholesky QR is two BLAS-3 calls per pass where Householder QR of a tall, thin matrix runs largely
+  // at BLAS-2 speed (1024 x 133 float32, one thread: 1.7 ms for two passes vs 2.4 ms for geqrf +
+  // orgqr; far more for a Krylov block, whose Householder QR must include all earlier blocks). One pass
+  // loses orthogonality like cond(Y)^2 eps, so a second pass follows (CholQR2; with the projection, block
+  // Gram-Schmidt run twice), and it is accepted only when the Gram matrix of the second pass is within
+  // kMaxDeparture of the identity: then the first pass was accurate enough for the second to restore
+  // orthogonality to rounding level. A Gram matrix too ill-conditioned for that (a sketch of a fast-decaying
+  // or rank-deficient spectrum, which has no power iteration to normalize it) is retried from an LU
+  // factor of the block (entries <= 1, unit diagonal: well conditioned whatever the block was), and
+  // Householder QR is the last resort.
+  BasisUsed orthonormal_block(T* y, int rows, int cols, const T* p, int np, BasisMethod how) {
+    const size_t count = static_cast<size_t>(rows) * cols;
+    if (how == BasisMethod::kAuto) {
+      saved.assign(y, y + count);
+      for (int stage = 0; stage < 2; ++stage) {
+        if (stage == 1) std::copy(saved.begin(), saved.end(), y);
+        project_out(y, rows, cols, p, np);
+        if (stage == 1) normalize(y, rows, cols);
+        if (!cholesky_step(y, rows, cols, std::numeric_limits<double>::infinity())) continue;
+        project_out(y, rows, cols, p, np);
+        if (cholesky_step(y, rows, cols, kMaxDeparture))
+          return stage == 0 ? BasisUsed::kCholesky : BasisUsed::kLuCholesky;
+      }
+      std::copy(saved.begin(), saved.end(), y);
+    }
+    if (np == 0) {
+      householder(y, rows, cols);
+    } else {
+      // Householder QR of [P, y]: its leading np columns are +-P, the rest the orthonormal complement.
+      std::vector<T> both(static_cast<size_t>(rows) * (np + cols));
+      std::copy(p, p + static_cast<size_t>(rows) * np, both.begin());
+      std::copy(y, y + count, both.begin() + static_cast<std::ptrdiff_t>(rows) * np);
+      householder(both.data(), rows, np + cols);
+      std::copy(both.begin() + static_cast<std::ptrdiff_t>(rows) * np, both.end(), y);
+    }
+    return BasisUsed::kHouseholder;
+  }
+
+  // ||G - I||_F at which a second Cholesky QR pass is trusted: then cond(Y)^2 <= (1 + d) / (1 - d) < 2
+  // for the pass's input Y, and the result is orthonormal to a small multiple of eps.
+  static constexpr double kMaxDeparture = 0.25;
+  std::vector<T> gram, coef, saved;
 
   // gesdd (jobz = 'S') of the rows x cols matrix a, which it destroys. u: rows x k, vt: k x cols.
   void gesdd(T* a, int rows, int cols, T* s, T* u, T* vt) {
@@ -257,6 +339,14 @@ bool auto_picks_exact(int64_t m, int64_t n, int64_t rank, int64_t oversampling) 
   return 3 * (rank + oversampling) >= 2 * k;
 }
 
+SvdMethod auto_method(int64_t m, int64_t n, int64_t rank, int64_t oversampling, int64_t power_iterations) {
+  if (auto_picks_exact(m, n, rank, oversampling)) return SvdMethod::kExact;
+  // Never krylov: at its cheapest settings reaching a given accuracy it was measured within ~15% of
+  // the randomized path either way (docs/lrf.md), and at equal settings it is slower (wider basis).
+  (void)power_iterations;
+  return SvdMethod::kRandomized;
+}
+
 template <typename T>
 SvdResult truncated_svd(const T* a, int64_t m, int64_t n, const SvdOptions& opt, T* u, T* s, T* vt) {
   if (m <= 0 || n <= 0)
@@ -274,13 +364,29 @@ SvdResult truncated_svd(const T* a, int64_t m, int64_t n, const SvdOptions& opt,
   if (m > std::numeric_limits<int>::max() || n > std::numeric_limits<int>::max() ||
       m * n > (int64_t{1} << 40))
     throw InvalidArgument("truncated_svd: matrix too large: shape (" + std::to_string(m) + ", " + std::to_string(n) + ")");
-  const int64_t sketch_cols = std::min<int64_t>(k, opt.rank + opt.oversampling);
+  if (opt.block_size < 0)
+    throw InvalidArgument("truncated_svd: block_size must be >= 0, got " + std::to_string(opt.block_size));
+  if (opt.block_size > 0 && opt.method != SvdMethod::kKrylov)
+    throw InvalidArgument("truncated_svd: block_size applies to method 'krylov' only");
+  // Columns of the sketch, or of one Krylov block.
+  const int64_t sketch_cols = std::min<int64_t>(k, opt.block_size > 0 ? opt.block_size : opt.rank + opt.oversampling);
   // One BLAS thread for small problems: there a second thread saves microseconds, but handing work to
   // it costs more than that whenever the cores are shared (for instance with the thread pool of numpy's
   // own OpenBLAS, which keeps spinning after each numpy call). Depends only on the shape and options,
   // so the results stay a function of (input, seed, threads).
-  const bool exact = opt.method == SvdMethod::kExact ||
-                     (opt.method == SvdMethod::kAuto && auto_picks_exact(m, n, opt.rank, opt.oversampling));
+  const SvdMethod method = opt.method == SvdMethod::kAuto
+                              ? auto_method(m, n, opt.rank, opt.oversampling, opt.power_iterations)
+                              : opt.method;
+  const bool exact = method == SvdMethod::kExact;
+  // The Krylov basis holds depth + 1 blocks of sketch_cols columns, at most min(m, n) in all.
+  const int64_t basis_cols =
+      method == SvdMethod::kKrylov
+          ? std::min<int64_t>(k, sketch_cols * (std::min<int64_t>(opt.power_iterations, k) + 1))
+          : sketch_cols;
+  if (basis_cols < opt.rank)
+    throw InvalidArgument("truncated_svd: the Krylov basis, block_size * (power_iterations + 1) = " +
+                          std::to_string(sketch_cols) + " * " + std::to_string(opt.power_iterations + 1) +
+                          " columns, is narrower than rank " + std::to_string(opt.rank));
   const int requested = cpu::resolve_threads(opt.threads);
   const int threads = static_cast<double>(m) * n * (exact ? k : sketch_cols) < kSmallWork ? 1 : requested;
   const Lapack& lib = lapack();
@@ -298,12 +404,13 @@ SvdResult truncated_svd(const T* a, int64_t m, int64_t n, const SvdOptions& opt,
 
   SvdResult res;
   res.exact = exact;
+  res.method = method;
   if (sc.max_abs == 0) {  // every singular value is 0; any orthonormal vectors will do
     std::fill(u, u + m * r, T(0));
     std::fill(vt, vt + static_cast<int64_t>(r) * n, T(0));
     std::fill(s, s + r, T(0));
     for (int j = 0; j < r; ++j) u[static_cast<int64_t>(j) * r + j] = vt[static_cast<int64_t>(j) * n + j] = T(1);
-    if (!exact) res.sketch = sketch_cols;
+    if (!exact) res.sketch = basis_cols;
     return res;
   }
 
@@ -336,36 +443,59 @@ SvdResult truncated_svd(const T* a, int64_t m, int64_t n, const SvdOptions& opt,
     // holds the long side and the matrix gesdd sees (w x l) the short one.
     const bool wt = R < C;
     const int h = wt ? C : R, w = wt ? R : C;
-    const int l = static_cast<int>(std::min<int64_t>(w, opt.rank + opt.oversampling));
-    res.sketch = l;
-    std::vector<T> y(static_cast<int64_t>(h) * l), z(static_cast<int64_t>(w) * l);
+    const int l = static_cast<int>(sketch_cols);  // sketch_cols <= k = w
+    const int L = static_cast<int>(basis_cols);   // columns of the final basis Q
+    res.sketch = L;
+    // y: the basis Q (h x L); z: B^T = W^T Q (w x L), which gesdd overwrites.
+    std::vector<T> y(static_cast<int64_t>(h) * L), z(static_cast<int64_t>(w) * L);
     fill_test_matrix(z.data(), static_cast<int64_t>(w) * l, opt.seed);
     sv.apply_x(wt, l, z.data(), y.data());  // Y = W Omega
-    for (int64_t it = 0; it < opt.power_iterations; ++it) {
-      sv.normalize(y.data(), h, l);
-      sv.apply_x(!wt, l, y.data(), z.data());  // Z = W^T Y
-      sv.normalize(z.data(), w, l);
-      sv.apply_x(wt, l, z.data(), y.data());  // Y = W Z
+    if (method == SvdMethod::kRandomized) {
+      for (int64_t it = 0; it < opt.power_iterations; ++it) {
+        sv.normalize(y.data(), h, l);
+        sv.apply_x(!wt, l, y.data(), z.data());  // Z = W^T Y
+        sv.normalize(z.data(), w, l);
+        sv.apply_x(wt, l, z.data(), y.data());  // Y = W Z
+      }
+      res.basis = sv.orthonormal_block(y.data(), h, l, nullptr, 0, opt.basis);  // Q
+      sv.apply_x(!wt, l, y.data(), z.data());  // Bt = W^T Q (w x l), B = Q^T W
+    } else {
+      // Block Krylov: Q_0 = orth(W Omega), Q_{i+1} = orth(W W^T Q_i) against Q_0..Q_i. Every
+      // Z_i = W^T Q_i is both the input of the next block and a block of B^T = W^T [Q_0 ... Q_q], so
+      // the products are those of `depth` power iterations plus the final projection, as for the
+      // randomized path; the extra cost is the block orthogonalization and the wider small SVD.
+      res.basis = sv.orthonormal_block(y.data(), h, l, nullptr, 0, opt.basis);
+      int off = 0, width = l;
+      while (off + width < L) {
+        T* qi = y.data() + static_cast<int64_t>(off) * h;
+        T* zi = z.data() + static_cast<int64_t>(off) * w;
+        sv.apply_x(!wt, width, qi, zi);  // Z_i = W^T Q_i
+        const int next = std::min(l, L - off - width);  // the last block may be cut at min(m, n) columns
+        T* qn = y.data() + static_cast<int64_t>(off + width) * h;
+        sv.apply_x(wt, next, zi, qn);  // W Z_i, then orthonormalized against Q_0..Q_i
+        res.basis = std::max(res.basis, sv.orthonormal_block(qn, h, next, y.data(), off + width, opt.basis));
+        off += width;
+        width = next;
+      }
+      sv.apply_x(!wt, width, y.data() + static_cast<int64_t>(off) * h, z.data() + static_cast<int64_t>(off) * w);
     }
-    sv.orthonormalize(y.data(), h, l);           // Q
-    sv.apply_x(!wt, l, y.data(), z.data());      // Bt = W^T Q (w x l), B = Q^T W
-    const double norm_b2 = sum_squares(z.data(), static_cast<int64_t>(w) * l);
+    const double norm_b2 = sum_squares(z.data(), static_cast<int64_t>(w) * L);
     // Bt = P diag(sig) Rt^T, so W ~ Q B = (Q Rt) diag(sig) P^T.
-    std::vector<T> sig(l), p(static_cast<int64_t>(w) * l), rtt(static_cast<int64_t>(l) * l);
-    sv.gesdd(z.data(), w, l, sig.data(), p.data(), rtt.data());
+    std::vector<T> sig(L), p(static_cast<int64_t>(w) * L), rtt(static_cast<int64_t>(L) * L);
+    sv.gesdd(z.data(), w, L, sig.data(), p.data(), rtt.data());
     std::copy(sig.begin(), sig.begin() + r, s);
     double tail2 = 0;
-    for (int i = l - 1; i >= r; --i) tail2 += static_cast<double>(sig[i]) * sig[i];
+    for (int i = L - 1; i >= r; --i) tail2 += static_cast<double>(sig[i]) * sig[i];
     err2 = std::max(norm_a2 - norm_b2, 0.0) + tail2;
     if (!wt) {
       // W = X = A^T = Uw S Vw^T: Vt = Uw^T, whose row-major layout is Uw's column-major one; U = Vw.
-      sv.gemm('N', 'T', h, r, l, T(1), y.data(), h, rtt.data(), l, T(0), vt, h);  // Uw = Q Rt[:, :r]
+      sv.gemm('N', 'T', h, r, L, T(1), y.data(), h, rtt.data(), L, T(0), vt, h);  // Uw = Q Rt[:, :r]
       for (int64_t i = 0; i < w; ++i)
         for (int j = 0; j < r; ++j) u[i * r + j] = p[static_cast<int64_t>(j) * w + i];
     } else {
       // W = X^T = A = Uw S Vw^T: U = Uw, written as its transpose Rt[:, :r]^T Q^T; Vt = Vw^T, whose
       // row-major layout is Vw's column-major one.
-      sv.gemm('N', 'T', r, h, l, T(1), rtt.data(), l, y.data(), h, T(0), u, r);
+      sv.gemm('N', 'T', r, h, L, T(1), rtt.data(), L, y.data(), h, T(0), u, r);
       std::memcpy(vt, p.data(), sizeof(T) * w * r);
     }
   }

@@ -3,12 +3,16 @@
     res = truncated_svd(weight, rank=64)      # numpy array or torch CPU tensor
     approx = (res.u * res.s) @ res.vt         # res.error == ||weight - approx||_F
 
-Two algorithms (``docs/lrf.md``, "Truncated SVD"): ``"exact"`` runs LAPACK's divide-and-conquer SVD
+Three algorithms (``docs/lrf.md``, "Truncated SVD"): ``"exact"`` runs LAPACK's divide-and-conquer SVD
 (gesdd) on the whole matrix and keeps the leading ``rank`` triplets; ``"randomized"`` is the range
 finder of Halko, Martinsson and Tropp (2011): a sketch of ``rank + oversampling`` random directions,
 ``power_iterations`` passes over A and A^T (re-normalized in between), an orthonormal basis Q of the
-sketch, and gesdd of the small matrix Q^T A. ``"auto"`` picks the exact one for small matrices and
-when the sketch would be a large fraction of min(m, n), where it is also the faster.
+sketch (Cholesky QR, Householder QR as the fallback), and gesdd of the small matrix Q^T A;
+``"krylov"`` is randomized block Krylov iteration (Musco and Musco, 2015): the same products, but the
+basis keeps every block, [Y, (A A^T) Y, ..., (A A^T)^q Y] with q = ``power_iterations`` (the depth) and
+blocks of ``rank + oversampling`` columns, which reaches a given accuracy with fewer passes over A.
+``"auto"`` picks the exact one for small matrices and when the sketch would be a large fraction of
+min(m, n), where it is also the faster (``auto_method`` says which runs).
 
 The dense linear algebra is OpenBLAS from the ``scipy-openblas32`` package (a dependency of npuq),
 opened by the native core when this module is imported; importing it raises ImportError when that
@@ -31,7 +35,7 @@ from npuq import _C
 
 __all__ = ["METHODS", "TruncatedSVD", "auto_method", "truncated_svd"]
 
-METHODS = ("auto", "randomized", "exact")
+METHODS = ("auto", "randomized", "exact", "krylov")
 SUPPORTED_DTYPES = ("float32", "float64")
 
 
@@ -122,18 +126,24 @@ def _as_matrix(a) -> tuple[np.ndarray, bool]:
     return np.require(arr, requirements=("C", "A")), from_torch
 
 
-def auto_method(m: int, n: int, rank: int, oversampling: int = 10) -> str:
-    """The algorithm ``method="auto"`` runs on an m x n matrix: ``"exact"`` or ``"randomized"``."""
-    return "exact" if _C.lrf_auto_picks_exact(m, n, rank, oversampling) else "randomized"
+def auto_method(m: int, n: int, rank: int, oversampling: int = 10, power_iterations: int = 2) -> str:
+    """The algorithm ``method="auto"`` runs on an m x n matrix: ``"exact"``, ``"randomized"`` or
+    ``"krylov"``."""
+    return _C.lrf_auto_method(m, n, rank, oversampling, power_iterations)
 
 
 def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10, power_iterations: int = 2,
-                  seed: int = 0, threads: int | None = None) -> TruncatedSVD:
+                  seed: int = 0, threads: int | None = None, block_size: int | None = None) -> TruncatedSVD:
     """The leading ``rank`` singular triplets of the 2-D matrix ``a`` (float32 or float64).
 
-    ``rank`` in [1, min(m, n)]; ``method`` ``"auto"``, ``"randomized"`` or ``"exact"``; ``oversampling``
-    (>= 0) extra sketch columns and ``power_iterations`` (>= 0) passes of the randomized algorithm;
-    ``seed`` (0 <= seed < 2**64) of its random test matrix; ``threads`` (None: npuq's default).
+    ``rank`` in [1, min(m, n)]; ``method`` ``"auto"``, ``"randomized"``, ``"exact"`` or ``"krylov"``;
+    ``oversampling`` (>= 0) extra sketch (block) columns and ``power_iterations`` (>= 0) passes of the
+    randomized algorithm, or the depth of the Krylov one (its basis has ``(rank + oversampling) *
+    (power_iterations + 1)`` columns, at most min(m, n));
+    ``seed`` (0 <= seed < 2**64) of its random test matrix; ``threads`` (None: npuq's default);
+    ``block_size`` (``"krylov"`` only; None: ``rank + oversampling``) columns per Krylov block: narrower
+    blocks than the rank make the basis deeper for the same width, at fewer flops per pass over A (the
+    basis, ``block_size * (power_iterations + 1)`` columns capped at min(m, n), must hold ``rank``).
     Non-contiguous inputs are copied first; the input is never modified.
 
     Raises ValueError for empty or non-2-D input, NaN/inf entries (naming the first one), and options
@@ -148,7 +158,19 @@ def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10,
     power_iterations = _integer(power_iterations, "power_iterations", 0, 1 << 20)
     seed = _integer(seed, "seed", 0, (1 << 64) - 1)
     threads = 0 if threads is None else _integer(threads, "threads", 1, 1 << 16)
-    u, s, vt, error, _info = _C.lrf_truncated_svd(arr, rank, method, oversampling, power_iterations, seed, threads)
+    if block_size is None:
+        block_size = 0
+    else:
+        block_size = _integer(block_size, "block_size", 1, 1 << 30)
+        if method != "krylov":
+            raise ValueError(f"block_size applies to method 'krylov' only; got method {method!r}")
+        width = min(min(m, n), min(block_size, min(m, n)) * (power_iterations + 1))
+        if width < rank:
+            raise ValueError(f"the Krylov basis, block_size * (power_iterations + 1) = {block_size} * "
+                             f"{power_iterations + 1} columns (at most min(m, n) = {min(m, n)}), is narrower "
+                             f"than rank {rank}")
+    u, s, vt, error, _info = _C.lrf_truncated_svd(arr, rank, method, oversampling, power_iterations, seed, threads,
+                                                  "auto", block_size)
     if from_torch:
         import torch
 
