@@ -4,7 +4,8 @@ Hypothesis profiles (select with the environment variable NPUQ_HYPOTHESIS_PROFIL
 
 * ``default``  -- ~60 examples per property, no deadline (the fast local run),
 * ``ci``       -- 200 examples, derandomized (reproducible in CI), no deadline,
-* ``thorough`` -- 1000 examples, no deadline (a long soak run).
+* ``thorough`` -- 1000 examples, no deadline (a long soak run),
+* ``quick``    -- 5 examples, derandomized (under slow tools such as compute-sanitizer).
 
 Tests marked ``@pytest.mark.slow`` are skipped unless ``--runslow`` is given or the environment
 variable NPUQ_RUN_SLOW=1 is set.  No benchmark plugin is needed (the suite is benchmark-free).
@@ -26,6 +27,7 @@ settings.register_profile(
     "ci", max_examples=200, deadline=None, derandomize=True, suppress_health_check=_SUPPRESS, print_blob=True
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("quick", max_examples=5, deadline=None, derandomize=True, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("NPUQ_HYPOTHESIS_PROFILE", "default"))
 
 

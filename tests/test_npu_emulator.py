@@ -196,8 +196,8 @@ def test_emulator_bad_input(v2):
         emu.run([[0]])
     with pytest.raises(ValueError, match="batch_size"):
         Emulator(program, batch_size=0)
-    with pytest.raises(ValueError, match="cuda"):
-        Emulator(program, device="cuda")
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+        Emulator(program, device="gpu")  # device="cuda" without a GPU: tests/test_cuda_ops.py
     with pytest.raises(ValueError, match="labels"):
         emu.evaluate((torch.zeros(3, 1, 28, 28), torch.zeros(2, dtype=torch.long)))
     with pytest.raises(ProgramError, match="no such program file"):

@@ -952,7 +952,7 @@ def test_emulator_rejects_bad_inputs_clearly():
         with pytest.raises(ValueError, match="batch_size"):
             Emulator(prog, batch_size=bad)
     with pytest.raises(ValueError, match="device"):
-        Emulator(prog, device="cuda")
+        Emulator(prog, device="cuda:zero")
     with pytest.raises((TypeError, ProgramError)):
         Emulator(12345)
 

@@ -11,11 +11,20 @@
 #include "../cpu/cpu.h"
 #include "../lrf/bindings.h"
 #include "../reference/reference.h"
+#include "params.h"
 #include "npuq/fixedpoint.h"
 #include "npuq/ops.h"
 
 namespace py = pybind11;
 using namespace npuq;
+
+#ifdef NPUQ_WITH_CUDA
+namespace npuq {
+namespace cuda {
+void register_bindings(py::module_& m);  // csrc/cuda/bindings.cc
+}  // namespace cuda
+}  // namespace npuq
+#endif
 
 namespace {
 
@@ -60,18 +69,8 @@ void require_length(const py::array& a, const char* name, int64_t n) {
     throw InvalidArgument(std::string(name) + " must have shape (" + std::to_string(n) + ",), got " + shape_of(a));
 }
 
-fp::Rounding parse_rounding(const std::string& s) {
-  if (s == "double") return fp::Rounding::kDouble;
-  if (s == "single") return fp::Rounding::kSingle;
-  throw InvalidArgument("rounding must be 'double' or 'single', got '" + s + "'");
-}
-
-fp::Overflow parse_overflow(const std::string& s) {
-  if (s == "raise") return fp::Overflow::kRaise;
-  if (s == "saturate") return fp::Overflow::kSaturate;
-  if (s == "wrap") return fp::Overflow::kWrap;
-  throw InvalidArgument("overflow must be 'raise', 'saturate' or 'wrap', got '" + s + "'");
-}
+using bindings::parse_overflow;
+using bindings::parse_rounding;
 
 // Per-channel requantization arrays (already broadcast by the Python layer) for `channels` channels.
 struct RequantArrays {
@@ -245,15 +244,7 @@ py::array_t<int8_t> add(const py::array& a, const py::array& b, std::array<int32
   const int8_t* bp = view<int8_t>(b, "b", -1);
   if (a.ndim() != b.ndim() || !std::equal(a.shape(), a.shape() + a.ndim(), b.shape()))
     throw InvalidArgument("add: a and b must have the same shape, got " + shape_of(a) + " and " + shape_of(b));
-  AddParams p;
-  p.a_zero_point = a_q[0], p.a_multiplier = a_q[1], p.a_exponent = a_q[2];
-  p.b_zero_point = b_q[0], p.b_multiplier = b_q[1], p.b_exponent = b_q[2];
-  p.out_zero_point = out_q[0], p.out_multiplier = out_q[1], p.out_exponent = out_q[2];
-  p.left_shift = left_shift;
-  p.act_min = act_min;
-  p.act_max = act_max;
-  p.rounding = parse_rounding(rounding);
-  validate(p);
+  const AddParams p = bindings::add_params(a_q, b_q, out_q, left_shift, act_min, act_max, rounding);
   std::vector<py::ssize_t> shape(a.shape(), a.shape() + a.ndim());
   py::array_t<int8_t> out(shape);
   int8_t* op = out.mutable_data();
@@ -270,16 +261,8 @@ py::array_t<int8_t> avg_pool2d(const py::array& x, std::array<int64_t, 2> kernel
                                std::array<int64_t, 4> padding, bool count_include_pad, int32_t input_zero_point,
                                int32_t act_min, int32_t act_max, int threads, bool reference) {
   const int8_t* xp = view<int8_t>(x, "x", 4);
-  Pool2dParams p;
-  p.batch = x.shape(0), p.in_h = x.shape(1), p.in_w = x.shape(2), p.channels = x.shape(3);
-  p.kernel_h = kernel[0], p.kernel_w = kernel[1];
-  p.stride_h = stride[0], p.stride_w = stride[1];
-  p.pad_top = padding[0], p.pad_bottom = padding[1], p.pad_left = padding[2], p.pad_right = padding[3];
-  p.count_include_pad = count_include_pad;
-  p.input_zero_point = input_zero_point;
-  p.act_min = act_min;
-  p.act_max = act_max;
-  validate(p);
+  const Pool2dParams p = bindings::pool_params({x.shape(0), x.shape(1), x.shape(2), x.shape(3)}, kernel, stride,
+                                              padding, count_include_pad, input_zero_point, act_min, act_max);
   py::array_t<int8_t> out({p.batch, p.out_h, p.out_w, p.channels});
   int8_t* op = out.mutable_data();
   {
@@ -288,6 +271,13 @@ py::array_t<int8_t> avg_pool2d(const py::array& x, std::array<int64_t, 2> kernel
     else cpu::avg_pool2d(xp, op, p, threads);
   }
   return out;
+}
+
+// (N, OH, OW, C) of pooling an (N, H, W, C) input; validates like the pooling kernels.
+std::array<int64_t, 4> pool_output_shape(std::array<int64_t, 4> x, std::array<int64_t, 2> kernel,
+                                         std::array<int64_t, 2> stride, std::array<int64_t, 4> padding) {
+  const Pool2dParams p = bindings::pool_params(x, kernel, stride, padding);
+  return {p.batch, p.out_h, p.out_w, p.channels};
 }
 
 py::tuple quantize_multiplier(double real) {
@@ -371,5 +361,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("count_include_pad"), py::arg("input_zero_point"), py::arg("act_min"), py::arg("act_max"),
         py::arg("threads") = 0, py::arg("reference") = false);
 
+  m.def("pool_output_shape", &pool_output_shape, py::arg("x_shape"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"));
+
   npuq::lrf::register_bindings(m);
+#ifdef NPUQ_WITH_CUDA
+  npuq::cuda::register_bindings(m);
+#else
+  m.def("cuda_info", [] {
+    py::dict d;
+    d["built"] = false;
+    d["devices"] = 0;
+    d["reason"] = "this npuq build has no CUDA kernels (no CUDA toolkit was found when it was built)";
+    return d;
+  });
+#endif
 }

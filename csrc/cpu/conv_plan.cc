@@ -249,12 +249,7 @@ void Conv2dPlan::pack_depthwise() {
 }
 
 Conv2dShape Conv2dPlan::shape_for(int64_t batch, int64_t in_h, int64_t in_w) const {
-  Conv2dShape s = layer_;
-  s.batch = batch;
-  s.in_h = in_h;
-  s.in_w = in_w;
-  validate(s);
-  return s;
+  return shape_with_input(layer_, batch, in_h, in_w);
 }
 
 void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w, int8_t* out,

@@ -162,6 +162,15 @@ void validate_weights(const int8_t* w, int64_t count) {
       fail("weight[", i, "] (flat index) is -128: int8 weights must lie in [-127, 127] (symmetric)");
 }
 
+Conv2dShape shape_with_input(const Conv2dShape& layer, int64_t batch, int64_t in_h, int64_t in_w) {
+  Conv2dShape s = layer;
+  s.batch = batch;
+  s.in_h = in_h;
+  s.in_w = in_w;
+  validate(s);
+  return s;
+}
+
 std::string describe_overflow(const char* op, int64_t row, int64_t channel, int64_t value) {
   std::ostringstream os;
   os << op << ": the accumulator of output row " << row << ", channel " << channel << " is " << value

@@ -11,6 +11,7 @@ import types
 import numpy as np
 
 from npuq import _C
+from npuq import _cuda
 from npuq import _tensors as T
 from npuq import _validate as V
 from npuq.fixedpoint import quantize_multiplier
@@ -24,6 +25,7 @@ __all__ = [
     "conv2d",
     "fully_connected",
     "global_avg_pool",
+    "max_pool2d",
     "reference",
     "requantize",
 ]
@@ -41,6 +43,10 @@ class Conv2d:
             requantization (docs/arithmetic.md 3); per layer (int) or per output channel (arrays).
         overflow: "raise", "saturate" or "wrap" (docs/arithmetic.md 5).
         threads: default thread count of calls (None: npuq.get_num_threads()).
+
+    Called on a device array (a torch CUDA tensor, channels_last, or an NHWC ``__cuda_array_interface__``
+    array) it runs the CUDA kernels on that array's device and stream and returns a device array of the
+    same kind; the weights are copied to each device once (docs/cuda.md).
     """
 
     def __init__(self, weight, bias=None, *, input_zero_point=0, stride=1, padding=0, dilation=1, groups=1,
@@ -72,8 +78,11 @@ class Conv2d:
                                    rq["channel_shift"], rq["output_zero_point"], rq["act_min"], rq["act_max"],
                                    rq["rounding"], self.overflow, _op_name == "fully_connected")
         self._op_name = _op_name
+        self._cuda_plans = {}
 
-    def __call__(self, x, *, threads=None):
+    def __call__(self, x, *, threads=None, engine="auto"):
+        if _cuda.is_device_array(x):
+            return self._run_cuda(_cuda.view(x, "x", np.int8, 4, nhwc_from_torch=True), engine)
         arr, to_torch = T.activation(x)
         self._check_channels(arr)
         t = V.threads(threads) or self.threads
@@ -92,8 +101,36 @@ class Conv2d:
 
     def _check_channels(self, arr):
         if arr.shape[3] != self.in_channels:
-            raise ValueError(f"x has {arr.shape[3]} channels (NHWC shape {arr.shape}) but the layer expects "
-                             f"{self.in_channels}")
+            raise ValueError(f"x has {arr.shape[3]} channels (NHWC shape {tuple(arr.shape)}) but the layer "
+                             f"expects {self.in_channels}")
+
+    def cuda_plan(self, device: int = 0, stream: int = 0):
+        """The layer's weights and constants on CUDA device ``device`` (copied once, then cached)."""
+        plan = self._cuda_plans.get(device)
+        if plan is None:
+            _cuda.require(device)
+            rq = self._requant
+            plan = _C.CudaConv2dPlan(self._weight, self._bias, self.in_channels, self.stride, self.padding,
+                                     self.dilation, self.groups, self.input_zero_point, rq["multiplier"],
+                                     rq["exponent"], rq["channel_shift"], rq["output_zero_point"], rq["act_min"],
+                                     rq["act_max"], rq["rounding"], self.overflow,
+                                     self._op_name == "fully_connected", device, stream)
+            self._cuda_plans[device] = plan
+        return plan
+
+    def _run_cuda(self, v, engine="auto", out_shape=None):
+        """Run on the device view ``v`` (NHWC); the output is ``out_shape``-shaped memory (default NHWC)."""
+        self._check_channels(v)
+        if engine not in ("auto", "mma", "dp4a"):
+            raise ValueError(f"engine must be 'auto', 'mma' or 'dp4a', got {engine!r}")
+        plan = self.cuda_plan(v.device, v.stream)
+        shape = tuple(plan.output_shape(*v.shape[:3]))
+        if out_shape is None:
+            out, ptr = _cuda.empty(shape, np.int8, v, nchw_from_nhwc=v.torch)
+        else:
+            out, ptr = _cuda.empty(out_shape, np.int8, v)
+        plan.run(v.ptr, v.size, v.shape, ptr, int(np.prod(shape)), v.stream, engine)
+        return out
 
     def __repr__(self):
         return (f"npuq.ops.Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -122,7 +159,14 @@ class FullyConnected:
                              f"{self.in_features}")
         return arr.reshape(arr.shape[0], 1, 1, arr.shape[1]), T.is_torch(x)
 
-    def __call__(self, x, *, threads=None):
+    def __call__(self, x, *, threads=None, engine="auto"):
+        if _cuda.is_device_array(x):
+            v = _cuda.view(x, "x", np.int8, 2)
+            if v.shape[1] != self.in_features:
+                raise ValueError(f"x has {v.shape[1]} features (shape {v.shape}) but the layer expects "
+                                 f"{self.in_features}")
+            image = v._replace(shape=(v.shape[0], 1, 1, v.shape[1]))
+            return self._conv._run_cuda(image, engine, out_shape=(v.shape[0], self.out_features))
         img, to_torch = self._as_image(x)
         out = self._conv(img, threads=threads)
         return T.plain_out(out.reshape(out.shape[0], out.shape[3]), to_torch)
@@ -171,6 +215,27 @@ def add_params(a_scale: float, b_scale: float, output_scale: float, left_shift: 
 def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_point, b_multiplier, b_exponent,
          output_zero_point, output_multiplier, output_exponent, left_shift=20, act_min=-128, act_max=127,
          rounding="double", threads=None):
+    q = []
+    for side, zp, m, e in (("a", a_zero_point, a_multiplier, a_exponent), ("b", b_zero_point, b_multiplier, b_exponent),
+                           ("output", output_zero_point, output_multiplier, output_exponent)):
+        zp = V.zero_point(zp, f"{side}_zero_point")
+        m = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
+        if m != 0 and m < 2**30:
+            raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
+        hi = 0 if side != "output" else 30
+        e = V.integer(e, f"{side}_exponent", -31, hi)
+        q.append((zp, m, e))
+    lo, hi = V.clamp(act_min, act_max)
+    V.choice(rounding, "rounding", V.ROUNDING_MODES)
+    left_shift = V.integer(left_shift, "left_shift", 0, 22)
+    on_device = _cuda.is_device_array(a), _cuda.is_device_array(b)
+    if any(on_device):
+        if not all(on_device):
+            raise TypeError(f"{'a' if on_device[0] else 'b'} is a device array but {'b' if on_device[0] else 'a'} is "
+                            "not: put both on the same CUDA device")
+        if reference:
+            raise TypeError("the reference kernels run on the CPU: pass host arrays")
+        return _add_cuda(a, b, q, left_shift, lo, hi, rounding)
     to_torch = T.is_torch(a)
     if to_torch != T.is_torch(b):
         raise TypeError("a and b must both be numpy arrays or both torch tensors")
@@ -185,21 +250,23 @@ def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_poin
         wrap = T.plain_out
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"a and b must have the same shape, got {a_arr.shape} and {b_arr.shape}")
-    q = []
-    for side, zp, m, e in (("a", a_zero_point, a_multiplier, a_exponent), ("b", b_zero_point, b_multiplier, b_exponent),
-                           ("output", output_zero_point, output_multiplier, output_exponent)):
-        zp = V.zero_point(zp, f"{side}_zero_point")
-        m = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
-        if m != 0 and m < 2**30:
-            raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
-        hi = 0 if side != "output" else 30
-        e = V.integer(e, f"{side}_exponent", -31, hi)
-        q.append((zp, m, e))
-    lo, hi = V.clamp(act_min, act_max)
-    V.choice(rounding, "rounding", V.ROUNDING_MODES)
-    left_shift = V.integer(left_shift, "left_shift", 0, 22)
     out = _C.add(a_arr, b_arr, q[0], q[1], q[2], left_shift, lo, hi, rounding, V.threads(threads), reference)
     return wrap(out, to_torch)
+
+
+def _add_cuda(a, b, q, left_shift, lo, hi, rounding):
+    activation = _cuda.is_torch_cuda(a) and a.dim() == 4 and _cuda.is_torch_cuda(b) and (
+        a.is_contiguous(memory_format=_torch_channels_last()) or b.is_contiguous(memory_format=_torch_channels_last()))
+    va = _cuda.view(a, "a", np.int8, nhwc_from_torch=activation)
+    vb = _cuda.view(b, "b", np.int8, nhwc_from_torch=activation)
+    if va.shape != vb.shape:
+        raise ValueError(f"a and b must have the same shape, got {va.shape} and {vb.shape}")
+    if va.device != vb.device:
+        raise ValueError(f"a is on CUDA device {va.device} but b is on device {vb.device}: put both on one device")
+    out, ptr = _cuda.empty(va.shape, np.int8, va, nchw_from_nhwc=activation)
+    _C.cuda_add(va.ptr, va.size, vb.ptr, vb.size, ptr, va.size, q[0], q[1], q[2], left_shift, lo, hi, rounding,
+                va.device, va.stream)
+    return out
 
 
 def _torch_channels_last():
@@ -218,7 +285,6 @@ def add(a, b, **params):
 
 def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_include_pad=False,
                 input_zero_point=0, act_min=-128, act_max=127, threads=None):
-    arr, to_torch = T.activation(x)
     kernel = V.pair(kernel_size, "kernel_size", 1)
     stride = kernel if stride is None else V.pair(stride, "stride", 1)
     pad = V.padding(padding)
@@ -226,6 +292,9 @@ def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_incl
         raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
     zp = V.zero_point(input_zero_point, "input_zero_point")
     lo, hi = V.clamp(act_min, act_max)
+    if _cuda.is_device_array(x) and not reference:
+        return _pool_cuda(True, x, kernel, stride, pad, bool(count_include_pad), zp, lo, hi)
+    arr, to_torch = T.activation(x)
     out = _C.avg_pool2d(arr, kernel, stride, pad, bool(count_include_pad), zp, lo, hi, V.threads(threads), reference)
     return T.activation_out(out, to_torch)
 
@@ -236,6 +305,10 @@ def avg_pool2d(x, kernel_size, **params):
 
 
 def _global_avg_pool(x, reference, *, act_min=-128, act_max=127, threads=None):
+    if _cuda.is_device_array(x) and not reference:
+        v = _cuda.view(x, "x", np.int8, 4, nhwc_from_torch=True)
+        kernel = (v.shape[1], v.shape[2])
+        return _pool_cuda(True, v, kernel, kernel, (0, 0, 0, 0), False, 0, *V.clamp(act_min, act_max))
     arr, to_torch = T.activation(x)
     kernel = (arr.shape[1], arr.shape[2])
     out = _C.avg_pool2d(arr, kernel, kernel, (0, 0, 0, 0), False, 0, *V.clamp(act_min, act_max),
@@ -246,6 +319,32 @@ def _global_avg_pool(x, reference, *, act_min=-128, act_max=127, threads=None):
 def global_avg_pool(x, **params):
     """Average over the whole image: (N, H, W, C) -> (N, 1, 1, C) (torch: (N, C, 1, 1) channels_last)."""
     return _global_avg_pool(x, False, **params)
+
+
+def _pool_cuda(average, x, kernel, stride, pad, count_include_pad, zp, lo, hi):
+    v = x if isinstance(x, _cuda.DeviceView) else _cuda.view(x, "x", np.int8, 4, nhwc_from_torch=True)
+    shape = tuple(_C.pool_output_shape(v.shape, kernel, stride, pad))
+    out, ptr = _cuda.empty(shape, np.int8, v, nchw_from_nhwc=v.torch)
+    _C.cuda_pool2d(average, v.ptr, v.size, v.shape, ptr, int(np.prod(shape)), kernel, stride, pad, count_include_pad,
+                   zp, lo, hi, v.device, v.stream)
+    return out
+
+
+def max_pool2d(x, kernel_size, *, stride=None, padding=0):
+    """Max pooling of int8 activations (no rounding; padded positions never win). Host arrays: numpy /
+    torch CPU as the other ops; device arrays run the CUDA kernel."""
+    kernel = V.pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else V.pair(stride, "stride", 1)
+    pad = V.padding(padding)
+    if _cuda.is_device_array(x):
+        return _pool_cuda(False, x, kernel, stride, pad, False, 0, -128, 127)
+    arr, to_torch = T.activation(x)
+    tuple(_C.pool_output_shape(arr.shape, kernel, stride, pad))  # validates like the other pooling ops
+    pt, pb, pl, pr = pad
+    if any(pad):
+        arr = np.pad(arr, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-128)
+    win = np.lib.stride_tricks.sliding_window_view(arr, kernel, axis=(1, 2))[:, ::stride[0], ::stride[1]]
+    return T.activation_out(np.ascontiguousarray(win.max(axis=(-2, -1))), to_torch)
 
 
 def _ref_conv2d(x, weight, bias=None, **params):

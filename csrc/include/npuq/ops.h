@@ -82,6 +82,8 @@ void validate(const RequantParams& r, const char* op);
 void validate(Conv2dParams& p);
 void validate(const AddParams& p);
 void validate(Pool2dParams& p);
+// The layer's shape on a (batch, in_h, in_w, in_c) input, validated (the plans' per-call shape).
+Conv2dShape shape_with_input(const Conv2dShape& layer, int64_t batch, int64_t in_h, int64_t in_w);
 // Weights must lie in [-127, 127] (docs/arithmetic.md section 1).
 void validate_weights(const int8_t* w, int64_t count);
 

@@ -100,13 +100,16 @@ def torch_truncated_svd(matrix, rank: int):
 
 
 def _default_svd() -> SVDFunction:
-    """The SVD used when none is given: the native truncated SVD when its module can be imported,
-    otherwise :func:`torch_truncated_svd`."""
+    """The SVD used when none is given: the native truncated SVD when its CPU path can run here (OpenBLAS
+    from scipy-openblas32 loads), otherwise :func:`torch_truncated_svd`."""
+    import importlib
+
     try:
-        from npuq.lrf.svd import truncated_svd
+        native = importlib.import_module("npuq.lrf.svd")
     except ImportError:
         return torch_truncated_svd
-    return truncated_svd
+    available = getattr(native, "cpu_available", lambda: True)
+    return native.truncated_svd if available() else torch_truncated_svd
 
 
 def _float64(x, what: str) -> torch.Tensor:

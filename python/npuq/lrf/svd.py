@@ -15,8 +15,14 @@ blocks of ``rank + oversampling`` columns, which reaches a given accuracy with f
 min(m, n), where it is also the faster (``auto_method`` says which runs).
 
 The dense linear algebra is OpenBLAS from the ``scipy-openblas32`` package (a dependency of npuq),
-opened by the native core when this module is imported; importing it raises ImportError when that
-package is missing. The BLAS threads follow ``threads`` (default: ``npuq.get_num_threads()``).
+opened by the native core the first time a CPU matrix is factorized; that call raises ImportError when
+the package is missing (``cpu_available()`` tells beforehand). The BLAS threads follow ``threads``
+(default: ``npuq.get_num_threads()``).
+
+Device matrices (torch CUDA tensors, objects with ``__cuda_array_interface__``) are factorized on the
+GPU by cuBLAS + cuSOLVER, opened at run time (``npuq.lrf.svd_cuda``; docs/lrf.md, "On the GPU"):
+methods ``"randomized"`` (what ``"auto"`` runs there) and ``"exact"``; the results stay on the input's
+device and stream, as torch CUDA tensors for torch input, ``npuq.CudaArray`` otherwise.
 
 Results are deterministic: the random test matrix comes from a counter-based generator seeded by
 ``seed``, so the same input, seed and thread count give the same bits.
@@ -33,7 +39,7 @@ import numpy as np
 
 from npuq import _C
 
-__all__ = ["METHODS", "TruncatedSVD", "auto_method", "truncated_svd"]
+__all__ = ["METHODS", "TruncatedSVD", "auto_method", "cpu_available", "truncated_svd"]
 
 METHODS = ("auto", "randomized", "exact", "krylov")
 SUPPORTED_DTYPES = ("float32", "float64")
@@ -43,7 +49,8 @@ class TruncatedSVD(NamedTuple):
     """``a ~ u @ diag(s) @ vt``; ``error`` is ``||a - u @ diag(s) @ vt||_F`` (a Python float).
 
     u: (m, rank), s: (rank,) in decreasing order, vt: (rank, n); numpy arrays, or torch CPU tensors when
-    the input was a torch tensor, in the input's dtype."""
+    the input was a torch tensor, in the input's dtype. For device input: torch CUDA tensors on the
+    input's device (torch input) or ``npuq.CudaArray`` (other ``__cuda_array_interface__`` input)."""
 
     u: Any
     s: Any
@@ -68,6 +75,7 @@ def _openblas_library() -> str:
 
 
 def _load() -> None:
+    """Open OpenBLAS for the CPU path (once); ImportError saying what is missing."""
     if not hasattr(_C, "lrf_truncated_svd"):
         raise ImportError("this build of npuq._C has no truncated SVD; reinstall npuq")
     if not _C.lrf_lapack_loaded():
@@ -78,7 +86,13 @@ def _load() -> None:
             raise ImportError(str(exc)) from exc
 
 
-_load()
+def cpu_available() -> bool:
+    """Whether CPU matrices can be factorized here (OpenBLAS from scipy-openblas32 loads); loads it."""
+    try:
+        _load()
+    except ImportError:
+        return False
+    return True
 
 
 def _integer(v, name: str, lo: int, hi: int | None = None) -> int:
@@ -92,6 +106,13 @@ def _integer(v, name: str, lo: int, hi: int | None = None) -> int:
 
 def _is_torch(a) -> bool:
     return type(a).__module__.split(".")[0] == "torch" and hasattr(a, "detach") and hasattr(a, "numpy")
+
+
+def _is_device(a) -> bool:
+    """A torch CUDA tensor or another object with __cuda_array_interface__ (torch CPU tensors have none)."""
+    if _is_torch(a):
+        return a.device.type == "cuda"
+    return hasattr(a, "__cuda_array_interface__")
 
 
 def _as_matrix(a) -> tuple[np.ndarray, bool]:
@@ -127,8 +148,8 @@ def _as_matrix(a) -> tuple[np.ndarray, bool]:
 
 
 def auto_method(m: int, n: int, rank: int, oversampling: int = 10, power_iterations: int = 2) -> str:
-    """The algorithm ``method="auto"`` runs on an m x n matrix: ``"exact"``, ``"randomized"`` or
-    ``"krylov"``."""
+    """The algorithm ``method="auto"`` runs on an m x n CPU matrix: ``"exact"``, ``"randomized"`` or
+    ``"krylov"`` (on the GPU it always runs ``"randomized"``)."""
     return _C.lrf_auto_method(m, n, rank, oversampling, power_iterations)
 
 
@@ -146,9 +167,20 @@ def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10,
     basis, ``block_size * (power_iterations + 1)`` columns capped at min(m, n), must hold ``rank``).
     Non-contiguous inputs are copied first; the input is never modified.
 
+    Device input (a torch CUDA tensor or an ``__cuda_array_interface__`` object, C-contiguous) runs on
+    the GPU, on the input's own device and (for torch) the current stream of that device: methods
+    ``"auto"`` (= ``"randomized"``) and ``"exact"``; ``threads`` does not apply there. Non-contiguous
+    device input is refused (ValueError: pass ``a.contiguous()``), as is a build without CUDA kernels or
+    a machine where cuBLAS / cuSOLVER cannot be loaded (RuntimeError, saying what was tried).
+
     Raises ValueError for empty or non-2-D input, NaN/inf entries (naming the first one), and options
-    out of range; TypeError for other dtypes and non-integer options; RuntimeError when LAPACK fails.
+    out of range; TypeError for other dtypes and non-integer options; RuntimeError when LAPACK fails;
+    MemoryError when the GPU runs out of memory.
     """
+    if _is_device(a):
+        return _truncated_svd_device(a, rank, method=method, oversampling=oversampling,
+                                     power_iterations=power_iterations, seed=seed, block_size=block_size)
+    _load()
     arr, from_torch = _as_matrix(a)
     m, n = arr.shape
     rank = _integer(rank, "rank", 1, min(m, n))
@@ -176,3 +208,25 @@ def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10,
 
         u, s, vt = torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vt)
     return TruncatedSVD(u, s, vt, float(error))
+
+
+def _truncated_svd_device(a, rank, *, method, oversampling, power_iterations, seed, block_size) -> TruncatedSVD:
+    from npuq.lrf import svd_cuda
+
+    view, dtype = svd_cuda.describe(a)  # dtype, shape and contiguity, before any CUDA call
+    m, n = view.shape
+    rank = _integer(rank, "rank", 1, min(m, n))
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
+    if method not in svd_cuda.GPU_METHODS:
+        raise ValueError(f"method {method!r} is not available on the GPU; use one of "
+                         f"{', '.join(map(repr, svd_cuda.GPU_METHODS))} (or a CPU matrix)")
+    oversampling = _integer(oversampling, "oversampling", 0, 1 << 30)
+    power_iterations = _integer(power_iterations, "power_iterations", 0, 1 << 20)
+    seed = _integer(seed, "seed", 0, (1 << 64) - 1)
+    if block_size is not None:
+        raise ValueError("block_size applies to method 'krylov' only, which runs on the CPU")
+    u, s, vt, error = svd_cuda.truncated_svd_gpu(a, rank, method=method, oversampling=oversampling,
+                                                 power_iterations=power_iterations, seed=seed, view=view,
+                                                 dtype=dtype)
+    return TruncatedSVD(u, s, vt, error)

@@ -5,7 +5,9 @@ NHWC); max pooling, a pure comparison, is done in numpy. Results do not depend o
 on how a data set is cut into batches: each image is computed independently and every kernel is
 deterministic.
 
-Needs numpy only (torch tensors are accepted as inputs).
+Needs numpy only (torch tensors are accepted as inputs). ``device="cuda"`` runs the same program with the
+CUDA kernels (docs/cuda.md), bit for bit the same outputs; device inputs (torch CUDA tensors,
+``__cuda_array_interface__`` arrays) are read in place and give device outputs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from numbers import Integral
 
 import numpy as np
 
-from npuq import ops
+from npuq import _C, _cuda, ops
 from npuq.npu.program import Program, load_program, validate
 
 
@@ -27,6 +29,8 @@ class Emulator:
         threads: threads of the native kernels (default: ``npuq.get_num_threads()``, all cores).
         batch_size: images per native call in :meth:`run` (bounds memory on big data sets; the result is
             the same for every value).
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: where the integer kernels run. On a GPU the
+            weights are copied to the device once, here.
 
     ``run`` returns int8 outputs; ``logits`` their real values; ``predict`` the arg-max class;
     ``evaluate`` the top-1 accuracy on a labelled data set.
@@ -36,8 +40,7 @@ class Emulator:
                  device: str = "cpu"):
         if not isinstance(program, Program):
             program = load_program(program)
-        if device != "cpu":
-            raise ValueError(f"device {device!r} is not available: this build emulates on 'cpu' only")
+        kind, index = _cuda.parse_device(device)
         if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.program = program
@@ -45,6 +48,13 @@ class Emulator:
         self.threads = threads
         self.batch_size = int(batch_size)
         self._kernels = {op.name: _pack(op, program) for op in program.layers()}
+        self.device = "cpu"
+        self._device_index = None
+        if kind == "cuda":
+            self._device_index = _cuda.require(index)
+            self.device = f"cuda:{self._device_index}"
+            for k in self._kernels.values():  # weights to the device now, not in the first batch
+                (k._conv if isinstance(k, ops.FullyConnected) else k).cuda_plan(self._device_index)
 
     # ---------------------------------------------------------------------------------- inputs
     @property
@@ -110,6 +120,8 @@ class Emulator:
         they are NCHW, the default, or NHWC). With ``capture=True`` returns ``(output, values)`` where
         ``values`` maps the input's and every op's name to its int8 values (NHWC / (N, K)).
         """
+        if self._device_index is not None:
+            return self._run_cuda(x, capture, layout, progress)
         arr, is_float = self._as_input(x, layout)
         n = arr.shape[0]
         if n == 0:
@@ -148,6 +160,126 @@ class Emulator:
                         del env[s]
         return env
 
+    # ---------------------------------------------------------------------------------- on the GPU
+    def _run_cuda(self, x, capture: bool, layout: str, progress: bool):
+        dev = self._device_index
+        on_device = _cuda.is_device_array(x)
+        if on_device:
+            is_float, n = self._check_device_input(x, layout)
+            torch_out = _cuda.is_torch_cuda(x)
+        else:
+            arr, is_float = self._as_input(x, layout)
+            n, torch_out = arr.shape[0], False
+        if n == 0:
+            raise ValueError("x holds no images (batch of size 0)")
+        chunks = range(0, n, self.batch_size)
+        if progress:
+            chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'} on {self.device}")
+        outs, caps = [], []
+        rows = None if not on_device or _cuda.is_torch_cuda(x) else _cuda.borrow(
+            x, "x", np.float32 if is_float else np.int8)
+        for lo in chunks:
+            if on_device:
+                part = x[lo:lo + self.batch_size] if rows is None else rows.rows(lo, lo + self.batch_size)
+                xb = self._device_batch(part, is_float, layout)
+            else:
+                batch = arr[lo:lo + self.batch_size]
+                xq = self.quantize_input(batch, layout) if is_float else batch
+                xb = _cuda.to_device(xq, dev)
+            values = self._run_batch_cuda(xb, keep_all=capture)
+            out = values[self.program.output]
+            outs.append(out if on_device else out.numpy())
+            if capture:
+                caps.append(values if on_device else {k: v.numpy() for k, v in values.items()})
+        if on_device:
+            outs = [_as_caller_device(o, torch_out, dev) for o in outs]
+            caps = [{k: _as_caller_device(v, torch_out, dev) for k, v in c.items()} for c in caps]
+        out = outs[0] if len(outs) == 1 else _concat(outs)
+        if not capture:
+            return out
+        if len(caps) == 1:
+            return out, caps[0]
+        return out, {k: _concat([c[k] for c in caps]) for k in caps[0]}
+
+    def _check_device_input(self, x, layout):
+        """(is_float, N) of a device input, after checking its dtype, shape and device."""
+        cai_dtype = None if _cuda.is_torch_cuda(x) else np.dtype(x.__cuda_array_interface__["typestr"])
+        shape = tuple(x.shape)
+        if _cuda.is_torch_cuda(x):
+            is_float = x.dtype.is_floating_point
+            dev = x.device.index
+            if not is_float and str(x.dtype) != "torch.int8":
+                raise TypeError(f"x has dtype {x.dtype}; give int8 quantized input (N, "
+                                f"{', '.join(map(str, self.input_shape))}) or float images")
+        else:
+            is_float = cai_dtype.kind == "f"
+            dev = _cuda.view(x, "x", cai_dtype).device
+            if not is_float and cai_dtype != np.int8:
+                raise TypeError(f"x has dtype {cai_dtype}; give int8 quantized input or float32 images")
+            if is_float and cai_dtype != np.float32:
+                raise TypeError(f"device float images must be float32, got {cai_dtype}")
+        if dev is not None and dev != self._device_index:
+            raise ValueError(f"x is on cuda:{dev} but this emulator runs on {self.device}: move x there "
+                             f"(x.to('{self.device}')) or build the emulator with device='cuda:{dev}'")
+        if is_float:
+            want = self.input_shape
+            if len(want) == 3:
+                if layout not in ("NCHW", "NHWC"):
+                    raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+                expect = (want[2], want[0], want[1]) if layout == "NCHW" else want
+                if not _cuda.is_torch_cuda(x) and layout == "NCHW":
+                    raise ValueError("float device arrays other than torch tensors must be NHWC: pass layout='NHWC'")
+            else:
+                expect = want
+            if len(shape) != len(expect) + 1 or shape[1:] != expect:
+                raise ValueError(f"x has shape {shape}; the program takes {layout} images of shape "
+                                 f"(N, {', '.join(map(str, expect))})")
+        elif len(shape) != len(self.input_shape) + 1 or shape[1:] != self.input_shape:
+            raise ValueError(f"x has shape {shape}; the program's int8 input is (N, "
+                             f"{', '.join(map(str, self.input_shape))}) "
+                             f"({'NHWC' if len(self.input_shape) == 3 else 'NK'})")
+        return is_float, shape[0]
+
+    def _device_batch(self, xb, is_float, layout):
+        """One batch of a device input as an int8 NHWC device array (quantized on the GPU if float)."""
+        if not is_float:
+            return _cuda.borrow(xb, "x", np.int8)
+        if _cuda.is_torch_cuda(xb):
+            xb = xb.detach()
+            if layout == "NCHW" and xb.dim() == 4:
+                xb = xb.permute(0, 2, 3, 1)
+            xb = xb.float().contiguous()
+        v = _cuda.view(xb, "x", np.float32)
+        out, ptr = _cuda.empty(v.shape, np.int8, v._replace(torch=False))
+        _C.cuda_quantize_input(v.ptr, v.size, ptr, v.size, float(self.program.input.scale),
+                               int(self.program.input.zero_point), v.device, v.stream)
+        # cuda_quantize_input synchronizes (it reports NaN), so the float batch may be freed after it
+        return out
+
+    def _run_batch_cuda(self, xb, keep_all: bool) -> dict:
+        p = self.program
+        env = {p.input.name: xb}
+        last_use = self._last_use()
+        for i, op in enumerate(p.ops):
+            args = [env[s] for s in op.inputs]
+            env[op.name] = self._run_op_cuda(op, args)
+            if not keep_all:
+                for s in op.inputs:
+                    if last_use[s] == i and s != p.output:
+                        del env[s]
+        return env
+
+    def _run_op_cuda(self, op, args):
+        k, a = op.kind, op.attrs
+        if k in ("conv2d", "fully_connected"):
+            return self._kernels[op.name](args[0])
+        if k == "max_pool2d":
+            return ops.max_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]))
+        if k == "flatten":
+            shape = tuple(args[0].shape)
+            return args[0].reshape([shape[0], int(np.prod(shape[1:]))])
+        return self._run_op(op, args, None)  # add and the average pools dispatch on device arrays
+
     def _last_use(self) -> dict[str, int]:
         if not hasattr(self, "_last_use_cache"):
             last = {}
@@ -176,16 +308,17 @@ class Emulator:
         raise AssertionError(k)  # pragma: no cover - validate() rejects unknown kinds
 
     def logits(self, x, **kwargs) -> np.ndarray:
-        """Real values of the output: float32 ``(q - zero_point) * scale`` of :meth:`run`'s int8 output."""
-        q = self.run(x, **kwargs)
+        """Real values of the output: float32 ``(q - zero_point) * scale`` of :meth:`run`'s int8 output
+        (a numpy array, also for device inputs)."""
+        q = _host(self.run(x, **kwargs))
         out = self.program.output_op
         return (q.astype(np.int32) - out.zero_point).astype(np.float32) * np.float32(out.scale)
 
     __call__ = logits
 
     def predict(self, x, **kwargs) -> np.ndarray:
-        """Arg-max class of each image (ties: the lowest index, like torch.argmax on the logits)."""
-        q = self.run(x, **kwargs)
+        """Arg-max class of each image (ties: the lowest index, like torch.argmax on the logits); numpy."""
+        q = _host(self.run(x, **kwargs))
         return q.reshape(q.shape[0], -1).argmax(axis=1)
 
     def evaluate(self, data, *, progress: bool = False, threads: int | None = None) -> dict:
@@ -207,7 +340,8 @@ class Emulator:
         return {"accuracy": correct / total, "correct": correct, "total": total}
 
     def __repr__(self):
-        return f"Emulator({self.program!r}, threads={self.threads})"
+        dev = "" if self.device == "cpu" else f", device={self.device!r}"
+        return f"Emulator({self.program!r}, threads={self.threads}{dev})"
 
 
 def max_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
@@ -231,6 +365,32 @@ def _pack(op, program: Program):
         return ops.Conv2d(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], stride=tuple(a["stride"]),
                           padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **req)
     return ops.FullyConnected(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], **req)
+
+
+def _host(q) -> np.ndarray:
+    if isinstance(q, np.ndarray):
+        return q
+    return _cuda.to_host(q)
+
+
+def _as_caller_device(obj, torch_out: bool, device: int):
+    """A device result as the caller's kind: a torch tensor (same memory) for torch inputs."""
+    if not torch_out:
+        return obj
+    import torch
+
+    return torch.as_tensor(obj, device=torch.device("cuda", device))
+
+
+def _concat(parts):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if _cuda.is_torch_cuda(parts[0]):
+        import torch
+
+        return torch.cat(parts)
+    host = np.concatenate([_cuda.to_host(p) for p in parts])
+    return _cuda.to_device(host, parts[0].device, 0)
 
 
 def _is_torch(x) -> bool:
