@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import npuq
 from npuq import _C
 from npuq.lrf import svd_cuda
 from npuq.lrf.svd import truncated_svd
@@ -18,7 +19,6 @@ try:
 except ImportError:  # pragma: no cover - torch is in the test extra
     torch = None
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILT = bool(getattr(_C, "BUILT_WITH_CUDA", False))
 HAS_GPU_SVD = BUILT and hasattr(_C, "cuda_truncated_svd")
 GPU_READY = HAS_GPU_SVD and torch is not None and torch.cuda.is_available()
@@ -161,7 +161,9 @@ def test_import_without_openblas():
         "else:\n"
         "    raise AssertionError('no ImportError')\n"
         "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "python"), os.environ.get("PYTHONPATH", "")]))
+    # the npuq this test process imported (an installed one, or the source tree with its built _C)
+    where = os.path.dirname(os.path.dirname(os.path.abspath(npuq.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([where, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
