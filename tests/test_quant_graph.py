@@ -336,8 +336,13 @@ CASES = {
                              dict(conv=1)),
     "padding_valid": (lambda: nn.Sequential(_conv(4, 6, 3, padding="valid"), nn.BatchNorm2d(6)), (4, 7, 7),
                       dict(conv=1)),
+    # torch pads an even "same" extent one pixel more at the bottom / right: asymmetric NPU padding
     "padding_same_even_kernel": (lambda: nn.Sequential(_conv(4, 6, 4, padding="same")), (4, 7, 7),
-                                 dict(float_op=1)),
+                                 dict(conv=1)),
+    "zero_pad_then_conv": (lambda: nn.Sequential(nn.ZeroPad2d((0, 1, 1, 0)), _conv(4, 6, 3, stride=2)), (4, 8, 8),
+                           dict(conv=1)),
+    "zero_pad_then_pool": (lambda: nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2)), (4, 8, 8),
+                           dict(float_op=1, max_pool=1)),
     "padding_mode_reflect": (lambda: nn.Sequential(_conv(4, 6, 3, padding=1, padding_mode="reflect")), (4, 7, 7),
                              dict(float_op=1)),
 }

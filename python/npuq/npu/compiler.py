@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from npuq.npu.program import InputSpec, Op, Program, ProgramError, validate
-from npuq.quant.graph import Graph
+from npuq.quant.graph import Graph, conv_padding
 from npuq.quant.simulate import QuantizedModel
 
 
@@ -73,8 +73,7 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
             if k == "conv":
                 a = node.attrs
                 weight = w.permute(0, 2, 3, 1)            # OIHW -> OHWI
-                attrs = dict(stride=list(a["stride"]), padding=[a["padding"][0], a["padding"][0], a["padding"][1],
-                                                               a["padding"][1]],
+                attrs = dict(stride=list(a["stride"]), padding=list(conv_padding(a)),
                              dilation=list(a["dilation"]), groups=int(a["groups"]))
                 kind = "conv2d"
             else:

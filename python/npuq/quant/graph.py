@@ -105,6 +105,7 @@ class Graph:
         self.modules = modules          # float_op modules by node name
         self.input_shape = input_shape  # example input shape without the batch dimension
         self.model_name = model_name
+        self.notes: list[str] = []      # what preparation changed that a user should know (see prepare)
         self._index = {n.name: n for n in nodes}
 
     def __getitem__(self, name: str) -> Node:
@@ -146,7 +147,19 @@ class Graph:
                 n.bias = n.bias.clone()
             if n.bn is not None:
                 n.bn = (n.bn[0].clone(), n.bn[1].clone())
-        return Graph(nodes, self.input_name, self.output_name, self.modules, self.input_shape, self.model_name)
+        graph = Graph(nodes, self.input_name, self.output_name, self.modules, self.input_shape, self.model_name)
+        graph.notes = list(self.notes)
+        return graph
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """ValueError unless ``x`` is a batch of the per-sample shape the graph was prepared for (the shapes,
+        and any padding computed from them, were fixed then)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the input must be a torch tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(f"{self.model_name or 'the model'} was prepared for inputs of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}); got {tuple(x.shape)}. Prepare (quantize) "
+                             f"it again with an example input of the new size")
 
     @torch.no_grad()
     def run_float(self, x: torch.Tensor, capture: bool = False):
@@ -154,6 +167,7 @@ class Graph:
 
         Returns the output, or ``(output, {node name: tensor})`` with ``capture=True``.
         """
+        self.check_input(x)
         env: dict[str, torch.Tensor] = {}
         for node in self.nodes:
             env[node.name] = run_float_node(self, node, env, x)
@@ -203,6 +217,12 @@ def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
     return y
 
 
+def conv_padding(attrs: dict) -> tuple[int, int, int, int]:
+    """A conv node's padding as (top, bottom, left, right); nodes keep torch's (h, w) when it is symmetric."""
+    p = tuple(int(v) for v in attrs["padding"])
+    return p if len(p) == 4 else (p[0], p[0], p[1], p[1])
+
+
 def run_float_node(graph: Graph, node: Node, env: dict, x: torch.Tensor,
                    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Float semantics of one node; ``weight``/``bias`` override the node's (e.g. dequantized weights)."""
@@ -214,7 +234,12 @@ def run_float_node(graph: Graph, node: Node, env: dict, x: torch.Tensor,
     b = node.bias if bias is None else bias
     if k == "conv":
         a = node.attrs
-        y = F.conv2d(ins[0], w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+        pad = a["padding"]
+        if len(pad) == 4:  # (top, bottom, left, right), e.g. a folded TF-SAME pad: F.pad takes (l, r, t, b)
+            y = F.conv2d(F.pad(ins[0], (pad[2], pad[3], pad[0], pad[1])), w, b, a["stride"], 0, a["dilation"],
+                         a["groups"])
+        else:
+            y = F.conv2d(ins[0], w, b, a["stride"], pad, a["dilation"], a["groups"])
     elif k == "linear":
         y = F.linear(ins[0], w, b)
     elif k == "add":
@@ -267,6 +292,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as exc:
         where = getattr(exc, "_npuq_module", None)
         at = f"module '{where[0]}' ({where[1]})" if where else f"the top-level forward of {type(model).__name__}"
+        failed = dict(model.named_modules()).get(where[0]) if where else None
+        if callable(getattr(failed, "static_for_input", None)):
+            raise TraceError(f"torch.fx could not trace {at}: its padding depends on the input size. Fix the input "
+                             f"size first: npuq.quant.prepare(model, example_input) (or npuq.quantize) does it "
+                             f"from the example input") from exc
         raise TraceError(
             f"torch.fx could not trace {at}: {type(exc).__name__}: {exc}. Data-dependent control flow "
             f"(if/for on tensor values) cannot be traced; rewrite that forward without it, or mark the module "
@@ -430,6 +460,8 @@ class _Builder:
                                                             padding=_pair(m.padding)))
         elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             self.add(fxn, "flatten", [x], path)
+        elif isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)) and m.value == 0 and _zero_pad_4d(fxn, m.padding):
+            self.add(fxn, "pad", [x], path, attrs=dict(padding=_zero_pad_4d(fxn, m.padding)))
         elif isinstance(m, _PASSTHROUGH_MODULES):
             self.passthrough(fxn, x)
         else:
@@ -438,12 +470,11 @@ class _Builder:
     def conv_same_padding(self, fxn, m, x, path):
         if m.padding == "valid":
             pad = (0, 0)
-        else:  # "same" with stride 1; torch pads asymmetrically for even kernels, which the NPU cannot mirror here
+        else:  # "same" (stride 1): torch puts the odd pixel of an even extent at the bottom / right
             ext = [d * (k - 1) for d, k in zip(_pair(m.dilation), _pair(m.kernel_size))]
-            if any(e % 2 for e in ext):
-                self.float_op(fxn, "Conv2d(padding='same', even kernel)", path)
-                return
             pad = (ext[0] // 2, ext[1] // 2)
+            if any(e % 2 for e in ext):
+                pad = (ext[0] // 2, ext[0] - ext[0] // 2, ext[1] // 2, ext[1] - ext[1] // 2)
         w = m.weight.detach().float().clone()
         b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
         self.add(fxn, "conv", [x], path, weight=w, bias=b,
@@ -471,6 +502,9 @@ class _Builder:
             self.add(fxn, "global_pool", [args[0]], name)
         elif t in _PASSTHROUGH_FUNCTIONS:
             self.passthrough(fxn, args[0])
+        elif t is F.pad and _arg(fxn, 2, "mode", "constant") == "constant" and not _arg(fxn, 3, "value", None) \
+                and _zero_pad_4d(fxn, _arg(fxn, 1, "pad", None)):
+            self.add(fxn, "pad", [args[0]], name, attrs=dict(padding=_zero_pad_4d(fxn, _arg(fxn, 1, "pad", None))))
         elif t is torch.mean and self._is_spatial_mean(fxn):
             self.global_mean(fxn, name)
         elif t is F.avg_pool2d and not _arg(fxn, 4, "ceil_mode", False) and _arg(fxn, 6, "divisor_override", None) is None:
@@ -536,6 +570,22 @@ class _Builder:
             self.nodes.append(Node(name=fxn.name, kind="flatten", inputs=[pooled], path=name, shape=_shape(fxn)))
 
 
+def _zero_pad_4d(fxn, pad) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of a constant pad of the last two axes of a 4-D tensor (torch's
+    ``(left, right[, top, bottom])`` order), or None when it is something else (negative, other axes)."""
+    if isinstance(pad, int) and not isinstance(pad, bool):
+        pad = (pad,) * 4
+    if not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) \
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pad):
+        return None
+    shape = _shape(fxn.args[0]) if fxn.args and _is_fx(fxn.args[0]) else None
+    if shape is None or len(shape) != 4:
+        return None
+    left, right = pad[0], pad[1]
+    top, bottom = (pad[2], pad[3]) if len(pad) == 4 else (0, 0)
+    return int(top), int(bottom), int(left), int(right)
+
+
 def _fetch_attr(gm, target: str):
     obj = gm
     for part in target.split("."):
@@ -593,6 +643,44 @@ def _fold_batch_norms(nodes: list[Node]) -> list[Node]:
             n.args = (_Ref(n.inputs[0]),)
             n.target = bn
             out.append(n)
+    return out
+
+
+def _fold_pads(nodes: list[Node]) -> list[Node]:
+    """Fold a zero pad into the padding of the convolution it feeds, when that convolution is its only user
+    and each side stays below the dilated kernel extent (the NPU's bound). Zero padding is real 0, which
+    is what the convolution pads with, so the fold is exact. A pad left over is not an NPU op."""
+    users: dict[str, list[Node]] = {}
+    for n in nodes:
+        for i in set(n.inputs):
+            users.setdefault(i, []).append(n)
+    out, rename = [], {}
+    for n in nodes:
+        n.inputs = [rename.get(i, i) for i in n.inputs]
+        if n.kind == "float_op":
+            n.args = _rename_refs(n.args, rename)
+            n.kwargs = _rename_refs(n.kwargs, rename)
+        if n.kind != "pad":
+            out.append(n)
+            continue
+        consumers = users.get(n.name, [])
+        conv = consumers[0] if len(consumers) == 1 and consumers[0].kind == "conv" else None
+        if conv is not None:
+            kh, kw = conv.weight.shape[2], conv.weight.shape[3]
+            dh, dw = conv.attrs["dilation"]
+            ext = (dh * (kh - 1) + 1,) * 2 + (dw * (kw - 1) + 1,) * 2
+            total = tuple(a + b for a, b in zip(n.attrs["padding"], conv_padding(conv.attrs)))
+            if all(p < e for p, e in zip(total, ext)):
+                conv.attrs["padding"] = total if total[0] != total[1] or total[2] != total[3] \
+                    else (total[0], total[2])
+                rename[n.name] = n.inputs[0]
+                continue
+        t, b, l, r = n.attrs["padding"]
+        n.kind = "float_op"
+        n.op_name = "pad"
+        n.target = lambda x, _p=(l, r, t, b): F.pad(x, _p)
+        n.args = (_Ref(n.inputs[0]),)
+        out.append(n)
     return out
 
 
@@ -660,6 +748,42 @@ def _check_finite(nodes: list[Node]) -> None:
                     f"(first at index {tuple(bad[0].tolist())}); fix the model before quantizing it")
 
 
+def fix_input_size(model: nn.Module, sample: torch.Tensor) -> list[str]:
+    """Replace, in place, every module whose forward depends on the input's shape and that offers a
+    ``static_for_input(input_shape)`` method (e.g. TensorFlow "SAME" padding computed from the input
+    size) by its static equivalent for the shapes it sees on ``sample``. Returns notes for the graph."""
+    dynamic = {name: m for name, m in model.named_modules() if name and callable(getattr(m, "static_for_input", None))}
+    if not dynamic:
+        return []
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name):
+        def hook(module, args):
+            seen.setdefault(name, tuple(args[0].shape))  # returns None: the arguments stay as they are
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in dynamic.items()]
+    try:
+        with torch.no_grad():
+            model(sample)
+    except Exception as exc:
+        raise ValueError(f"{type(model).__name__} does not run on an input of shape {tuple(sample.shape[1:])}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, m in dynamic.items():
+        if name not in seen:
+            continue  # not on the path of this input: left alone (tracing it would fail, as it should)
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, m.static_for_input(seen[name]))
+    size = "x".join(map(str, sample.shape[2:])) if sample.dim() == 4 else str(tuple(sample.shape[1:]))
+    return [f"input size fixed at {size}: the shape-dependent padding of {len(seen)} module(s) "
+            f"({', '.join(list(seen)[:3])}{', ...' if len(seen) > 3 else ''}) is static from here on; "
+            f"the prepared graph runs on {size} inputs only"]
+
+
 def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     """Trace ``model`` and return its prepared :class:`Graph`.
 
@@ -673,6 +797,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     if example_input.dim() < 2 or example_input.shape[0] < 1:
         raise ValueError(f"example_input must have a batch dimension, got shape {tuple(example_input.shape)}")
     model = copy.deepcopy(model).eval()
+    notes = fix_input_size(model, example_input[:1].detach().float())
     gm = trace(model)
     name = type(model).__name__
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
@@ -689,14 +814,19 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     builder = _Builder(gm, name)
     for fxn in gm.graph.nodes:
         builder.visit(fxn)
-    nodes = _fold_batch_norms(builder.nodes)
+    nodes = _fold_pads(builder.nodes)
+    nodes = _fold_batch_norms(nodes)
     nodes = _fuse_activations(nodes)
     nodes = _prune(nodes, builder.output_name)
     _check_finite(nodes)
     graph = Graph(nodes, builder.input_name, builder.output_name, builder.float_modules,
                   tuple(sample.shape[1:]), name)
+    folded = sum(1 for n in builder.nodes if n.kind == "pad") - sum(1 for n in nodes if n.op_name == "pad")
+    if folded:
+        notes.append(f"{folded} zero pad(s) folded into the asymmetric padding of the convolution after each")
+    graph.notes = notes
     return graph
 
 
 __all__ = ["ACTIVATIONS", "Graph", "NPU_KINDS", "Node", "TraceError", "UnsupportedOpsError", "apply_activation",
-           "prepare", "run_float_node", "trace"]
+           "conv_padding", "fix_input_size", "prepare", "run_float_node", "trace"]
