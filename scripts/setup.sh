@@ -40,7 +40,7 @@ if [ "${#packages[@]}" -gt 0 ]; then
 fi
 # torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build.
 case ",$extras," in
-  *,test,*|*,bench,*|*,torch,*|*,demo,*|*,lrf,*) python3 -m pip install --quiet "torch==2.13.0" ;;
+  *,test,*|*,bench,*|*,torch,*|*,demo,*|*,lrf,*|*,imagenet,*) python3 -m pip install --quiet "torch==2.13.0" ;;
 esac
 # The tests run torchvision's model architectures (pure Python). PyPI's torchvision wheel depends on the
 # CUDA build of torch, so it is installed without its dependencies next to the CPU build.

@@ -171,6 +171,8 @@ def _run_ptq_bench(args) -> int:
     if args.config:
         with open(args.config, "rb") as f:
             fields = tomllib.load(f)
+        if fields.get("task") == "imagenet":
+            return _run_imagenet_bench(args, fields)
         unknown = set(fields) - set(BenchConfig.__dataclass_fields__)
         if unknown:
             raise SystemExit(f"{args.config}: unknown field(s) {sorted(unknown)}; "
@@ -189,6 +191,35 @@ def _run_ptq_bench(args) -> int:
 
     print(to_markdown(results))
     print(f"wrote {args.out}/results.json, results.md, accuracy_vs_bits.png, channel_ranges.png")
+    return 0
+
+
+def _run_imagenet_bench(args, fields: dict) -> int:
+    """The real-model section (``task = "imagenet"`` in the config): see npuq.ptq_imagenet."""
+    from npuq.ptq_imagenet import ImageNetBenchConfig, run_benchmark, to_markdown
+
+    unknown = set(fields) - set(ImageNetBenchConfig.__dataclass_fields__)
+    if unknown:
+        raise SystemExit(f"{args.config}: unknown field(s) {sorted(unknown)}; "
+                         f"known: {sorted(ImageNetBenchConfig.__dataclass_fields__)}")
+    for key, value in (("methods", args.methods), ("bits", args.bits), ("modes", args.modes),
+                       ("activations", args.activations), ("eval_crops", args.limit)):
+        if value is not None:
+            fields[key] = value
+    if args.checkpoints is not None or args.calib_batches is not None:
+        raise SystemExit("--checkpoints and --calib-batches do not apply to the ImageNet benchmark; set model and "
+                         "calib_crops in its config")
+    for key in ("methods", "bits", "modes"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    cfg = ImageNetBenchConfig(**fields)
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise SystemExit(f"{args.config}: {exc}") from None
+    results = run_benchmark(cfg, args.out)
+    print(to_markdown(results))
+    print(f"wrote {args.out}/results.json, results.md, fidelity_vs_bits.png, channel_ranges.png")
     return 0
 
 
