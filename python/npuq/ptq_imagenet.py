@@ -45,9 +45,17 @@ METHODS: dict[str, tuple[str, dict]] = {
     "wess_bc": ("wess", dict(weights="wess", bias_correction=True)),
     "wess_mse_bc": ("wess", dict(weights="wess_mse", bias_correction=True)),
     "cle_wess": ("wess", dict(weights="wess", cle=True)),
+    # data-aware: the WESS grid chosen for each layer's output error, adaptive rounding on top
+    "wess_output": ("wess", dict(weights="wess_output")),
+    "wess_output_bc": ("wess", dict(weights="wess_output", bias_correction=True)),
+    "wess_output_ada_bc": ("wess", dict(weights="wess_output", adaround=True, bias_correction=True)),
+    # the same adaptive rounding on the per-channel grid, so that the comparison stays fair
+    "per_channel_ada_bc": ("per_channel", dict(weights="per_channel", adaround=True, bias_correction=True)),
 }
 LABELS = {"per_layer": "per-layer", "per_channel": "per-channel", "per_channel_bc": "per-channel+BC",
-          "wess": "WESS", "wess_bc": "WESS+BC", "wess_mse_bc": "WESS-MSE+BC", "cle_wess": "CLE+WESS"}
+          "wess": "WESS", "wess_bc": "WESS+BC", "wess_mse_bc": "WESS-MSE+BC", "cle_wess": "CLE+WESS",
+          "wess_output": "WESS-output", "wess_output_bc": "WESS-output+BC",
+          "wess_output_ada_bc": "WESS-output+AdaRound+BC", "per_channel_ada_bc": "per-channel+AdaRound+BC"}
 MODES = ("weight_only", "w_a8")
 
 
@@ -274,20 +282,28 @@ def run_benchmark(cfg: ImageNetBenchConfig, out_dir: str | Path, progress: bool 
     logits: dict = {}
     best_w8a8 = None
     bar = tqdm(runs, desc="PTQ on EfficientNet-Lite0", unit="run", disable=not progress)
-    for mode, bits, method in bar:
+    if cfg.qat:
+        results["qat"] = json.loads(Path(cfg.qat).read_text())
+    for i, (mode, bits, method) in enumerate(bar):
         bar.set_postfix_str(f"{_mode_label(mode, bits)} {LABELS.get(method, method)}")
         row, qmodel = run_one(graph, calib, evaluation, reference, cfg, mode, bits, method, logits)
         results["results"].append(row)
         if mode == "w_a8" and bits == 8 and row["family"] == "wess" and "error" not in row and \
                 (best_w8a8 is None or row["top1_agreement"] > best_w8a8[0]["top1_agreement"]):
             best_w8a8 = (row, qmodel)
-    results["summary"] = summarize(results, logits, reference)
-    if cfg.qat:
-        results["qat"] = json.loads(Path(cfg.qat).read_text())
-    if cfg.npu_check and best_w8a8 is not None:
-        results["npu"] = npu_check(best_w8a8[1], evaluation, out, best_w8a8[0]["method"], progress=progress)
+        last_w8a8 = i + 1 == len(runs) or runs[i + 1][:2] != ("w_a8", 8)
+        if cfg.npu_check and best_w8a8 is not None and "npu" not in results and mode == "w_a8" and bits == 8 \
+                and last_w8a8:
+            results["npu"] = npu_check(best_w8a8[1], evaluation, out, best_w8a8[0]["method"], progress=progress)
+            best_w8a8 = None   # its simulation holds the calibration state: let it go
+        # tables written after every run, so that an interrupted benchmark still leaves what it measured
+        results["summary"] = summarize(results, logits, reference)
+        results["seconds"] = time.perf_counter() - started
+        (out / "results.partial.json").write_text(json.dumps(results, indent=1, default=_json_default))
+        (out / "results.md").write_text(to_markdown(results))
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out / "results.partial.json").unlink(missing_ok=True)
     (out / "results.md").write_text(to_markdown(results))
     plot_results(results, out)
     return results

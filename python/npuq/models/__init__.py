@@ -1,7 +1,9 @@
 """Example networks (MobileNetV1/V2 for the quantization benchmark, a plain CNN in several widths for the
-distillation experiments) and trained checkpoints."""
+distillation experiments), trained checkpoints, and EfficientNet-Lite0 with its published ImageNet weights
+(the ``imagenet`` extra)."""
 
 from npuq.models.cnn import CNN, cnn
+from npuq.models.efficientnet import EfficientNetLite, efficientnet_lite0
 from npuq.models.mobilenet import (
     MODELS,
     MobileNet,
@@ -14,7 +16,9 @@ from npuq.models.mobilenet import (
 
 __all__ = [
     "CNN",
+    "EfficientNetLite",
     "cnn",
+    "efficientnet_lite0",
     "MODELS",
     "MobileNet",
     "build_model",

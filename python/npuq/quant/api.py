@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -11,14 +12,15 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from npuq.quant.equalize import EqualizationResult, bias_correction as _bias_correction, cross_layer_equalize, \
-    input_channel_means
+from npuq.quant.bias_range import BiasRangeWarning, fit_biases
+from npuq.quant.equalize import RELU6_MODES, EqualizationResult, cross_layer_equalize, empirical_bias_correction
 from npuq.quant.graph import Graph, prepare
 from npuq.quant.observers import QParams, make_observer
 from npuq.quant.simulate import QuantizedModel
 from npuq.quant.weights import QuantizedWeight, per_channel_ranges, quantize_weight, weight_sqnr_db
 
 from npuq.methods import ACTIVATION_METHODS, OVERFLOWS, ROUNDINGS, WEIGHT_METHODS  # re-exported
+from npuq.methods import DATA_AWARE_WEIGHT_METHODS
 _OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
 
 
@@ -49,10 +51,16 @@ class QuantReport:
     equalization: dict | None = None
     activations: dict[str, dict] = field(default_factory=dict)
     float_ops: list[str] = field(default_factory=list)
+    # channels whose weight scale was coarsened (or bias saturated) to keep the int32 bias exact, one dict
+    # per channel (npuq.quant.bias_range.BiasAdjustment)
+    bias_adjustments: list[dict] = field(default_factory=list)
+    # per pass ("weights", then "activations" in integer mode): npuq.quant.equalize.BiasCorrectionResult
+    bias_correction: dict | None = None
 
     def to_dict(self) -> dict:
         return {"config": self.config, "layers": [asdict(r) for r in self.layers], "equalization": self.equalization,
-                "activations": self.activations, "float_ops": self.float_ops}
+                "activations": self.activations, "float_ops": self.float_ops,
+                "bias_adjustments": self.bias_adjustments, "bias_correction": self.bias_correction}
 
     def save_json(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
@@ -74,6 +82,20 @@ class QuantReport:
             kind = "depthwise" if r.depthwise else r.kind
             rows.append(f"| {r.path} | {kind} | {'x'.join(map(str, r.shape))} | {scale} | {shifts} | "
                         f"{r.sqnr_per_layer_db:.1f} | {r.sqnr_db:.1f} | {r.range_ratio:.3g} |")
+        table = "\n".join([head, *rows])
+        adjusted = self.bias_adjustments_markdown()
+        return f"{table}\n\n{adjusted}" if adjusted else table
+
+    def bias_adjustments_markdown(self) -> str:
+        """The channels changed by the bias policy, one row each ("" when there are none)."""
+        if not self.bias_adjustments:
+            return ""
+        head = ("Bias range: channels whose int32 bias did not fit (docs/quantization.md)\n\n"
+                "| layer | channel | action | reason | scale before | scale after | shift before | shift after | "
+                "bias | int32 bias needed | int32 bias |\n|---|---|---|---|---|---|---|---|---|---|---|")
+        rows = [f"| {a['layer']} | {a['channel']} | {a['action']} | {a['reason']} | {a['old_scale']:.3g} | "
+                f"{a['new_scale']:.3g} | {a['old_shift']} | {a['new_shift']} | {a['bias']:.4g} | "
+                f"{a['bias_q_needed']:.4g} | {a['bias_q']} |" for a in self.bias_adjustments]
         return "\n".join([head, *rows])
 
 
@@ -171,9 +193,10 @@ def calibrate(model: QuantizedModel, batches: list[torch.Tensor], kind: str, pro
 
 def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, weights: str = "wess", bits: int = 8,
              activations: str | None = "mse", calib_batches: int | None = 8, shift_bits: int = 4, cle: bool = False,
-             absorb_high_bias: bool | None = None, bias_correction: bool = False, rounding: str = "double",
+             absorb_high_bias: bool | None = None, bias_correction: bool | str = False, rounding: str = "double",
              overflow: str = "raise", unsupported: str = "error", example_input: torch.Tensor | None = None,
-             progress: bool = False) -> QuantizedModel:
+             progress: bool = False, cle_relu6: str = "skip", adaround=False,
+             layer_inputs: str = "quantized") -> QuantizedModel:
     """Post-training quantization of ``model`` for the NPU.
 
     Parameters
@@ -183,32 +206,57 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
     calib_loader : iterable of input batches (tensors or ``(input, label)`` pairs). Needed for activation
         calibration, bias correction, and to trace a module when ``example_input`` is not given.
     weights : ``"per_layer"``, ``"per_channel"``, ``"wess"`` (4-bit shift per output channel, one scale per
-        layer) or ``"wess_mse"`` (shifts and layer scale minimizing the weight quantization error).
+        layer), ``"wess_mse"`` (shifts and layer scale minimizing the weight quantization error) or
+        ``"wess_output"`` (the WESS grid minimizing the error of each layer's output on the calibration
+        data, :mod:`npuq.quant.data_aware`; needs ``calib_loader``).
     bits : weight bits, 2..8 (activations are always int8).
     activations : ``None`` for weight-only quantization (float activations), else the observer that
         chooses the int8 activation ranges: ``"minmax"``, ``"percentile"``, ``"mse"``, ``"kl"``.
     calib_batches : how many batches of ``calib_loader`` to use (``None``: all).
     shift_bits : width of the WESS shift, 0..4 (the NPU stores 4 bits per channel).
-    cle, absorb_high_bias, bias_correction : the data-free quantization baselines of Nagel et al. 2019
-        (cross-layer equalization, high-bias absorption (default: on with CLE), empirical bias correction);
-        they compose with every weight method.
+    cle, absorb_high_bias : cross-layer equalization and high-bias absorption (default: on with CLE) of
+        Nagel et al. 2019, restricted to the layer pairs where they leave the float function unchanged
+        (``docs/quantization.md``); the float fidelity is in ``report.equalization``.
+    cle_relu6 : ``"skip"`` (default) leaves pairs with a ReLU6 between them unequalized; ``"replace"``
+        turns those ReLU6 into ReLU first (the paper's choice; it changes the float model, and warns).
+    bias_correction : ``False``, ``True`` (per output channel, the mean error of each layer measured on
+        the calibration data with the quantized network upstream is added to its bias) or ``"auto"`` (the
+        same, kept only for the layers whose output error it lowers). Composes with every weight method.
     rounding : requantization rounding, ``"double"`` (TFLite, default) or ``"single"``.
-    overflow : accumulator overflow policy, ``"raise"``, ``"saturate"`` or ``"wrap"``.
+    overflow : accumulator overflow policy, ``"raise"``, ``"saturate"`` or ``"wrap"``. Biases that do not
+        fit int32 get a coarser weight scale in their channel (``report.bias_adjustments``); where that is
+        not possible, ``"raise"`` raises and the other policies saturate the bias with a warning.
     unsupported : ``"error"`` (default) refuses ops the NPU cannot run and lists them; ``"float"`` keeps
         them in float between a dequantize and a quantize (simulation only: such a model cannot be
         compiled for the NPU).
+    adaround : ``False`` (round to nearest), ``True`` or an :class:`npuq.quant.adaround.AdaRoundConfig`:
+        after the weight method has chosen the grid, choose each weight's rounding (down or up) to minimize
+        its layer's output error on the calibration data. The grid (scales, shifts) and the range
+        ``[-qmax, qmax]`` are unchanged, so the NPU cost is that of ``weights``. Needs ``calib_loader``.
+    layer_inputs : where ``weights="wess_output"`` and ``adaround`` take each layer's calibration inputs:
+        ``"quantized"`` (default; layer by layer, through the already-quantized layers in front, matching
+        the float model's output) or ``"float"`` (from the float model; less memory). See
+        :mod:`npuq.quant.adaround`.
     """
     _choice(weights, "weights", WEIGHT_METHODS)
     _choice(activations, "activations", (None, *ACTIVATION_METHODS))
     _choice(rounding, "rounding", ROUNDINGS)
     _choice(overflow, "overflow", OVERFLOWS)
     _choice(unsupported, "unsupported", ("error", "float"))
+    _choice(bias_correction, "bias_correction", (False, True, "auto"))
+    _choice(cle_relu6, "cle_relu6", RELU6_MODES)
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     if not isinstance(shift_bits, int) or isinstance(shift_bits, bool) or not 0 <= shift_bits <= 4:
         raise ValueError(f"shift_bits must be an int in [0, 4] (the NPU stores 4 bits of shift per channel), "
                          f"got {shift_bits!r}")
-    needs_data = activations is not None or bias_correction or (not isinstance(model, Graph) and example_input is None)
+    from npuq.quant.data_aware import LAYER_INPUTS, quantize_graph_data_aware, resolve_adaround
+
+    ada = resolve_adaround(adaround)
+    _choice(layer_inputs, "layer_inputs", LAYER_INPUTS)
+    data_aware = weights in DATA_AWARE_WEIGHT_METHODS or ada is not None
+    needs_data = activations is not None or bias_correction or data_aware or \
+        (not isinstance(model, Graph) and example_input is None)
     batches = None
     if isinstance(model, Graph):
         graph = model.clone()
@@ -219,7 +267,7 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
         graph = prepare(model, example_input if example_input is not None else batches[0])
     else:
         raise TypeError(f"model must be a torch.nn.Module or a prepared npuq Graph, got {type(model).__name__}")
-    if batches is None and needs_data:
+    if batches is None and (needs_data or (cle and calib_loader is not None)):
         batches = calibration_batches(calib_loader, calib_batches, graph.input_shape)
     if batches is not None and tuple(batches[0].shape[1:]) != tuple(graph.input_shape):
         raise ValueError(f"calibration batches have per-sample shape {tuple(batches[0].shape[1:])}, the model was "
@@ -229,23 +277,50 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
                               "cannot be compiled for the NPU).")
     eq = None
     if cle:
-        eq = cross_layer_equalize(graph, absorb_high_bias=True if absorb_high_bias is None else absorb_high_bias)
-    qweights = quantize_graph_weights(graph, weights, bits, shift_bits)
+        eq = cross_layer_equalize(graph, absorb_high_bias=True if absorb_high_bias is None else absorb_high_bias,
+                                  relu6=cle_relu6, batches=batches)
+    if data_aware:
+        qweights = quantize_graph_data_aware(graph, batches, weights, bits, shift_bits, adaround=ada,
+                                             layer_inputs=layer_inputs, centered=bool(bias_correction),
+                                             progress=progress)
+    else:
+        qweights = quantize_graph_weights(graph, weights, bits, shift_bits)
     biases = {n.name: n.bias for n in graph.layers()}
-    if bias_correction:
-        means = input_channel_means(graph, batches)
-        biases = {n.name: _bias_correction(n, qweights[n.name].dequantize(), means[n.name]) for n in graph.layers()}
+    corrections = {}
+    if bias_correction:  # first with float activations (the weight-only model, calibrated next)
+        biases, bc = empirical_bias_correction(graph, qweights, biases, batches, auto=bias_correction == "auto")
+        corrections["weights"] = asdict(bc)
     config = dict(model=graph.model_name, weights=weights, bits=bits, activations=activations,
                   calib_batches=len(batches) if batches else 0, shift_bits=shift_bits, cle=cle,
                   absorb_high_bias=bool(cle and (absorb_high_bias is None or absorb_high_bias)),
-                  bias_correction=bias_correction, rounding=rounding, overflow=overflow, unsupported=unsupported)
+                  bias_correction=bias_correction, rounding=rounding, overflow=overflow, unsupported=unsupported,
+                  cle_relu6=cle_relu6, adaround=asdict(ada) if ada is not None else False,
+                  layer_inputs=layer_inputs if data_aware else None)
     report = QuantReport(config=config, layers=layer_reports(graph, qweights, bits),
                          equalization=asdict(eq) if isinstance(eq, EqualizationResult) else None,
-                         float_ops=[n.describe() for n in graph.unsupported()])
+                         float_ops=[n.describe() for n in graph.unsupported()],
+                         bias_correction=corrections or None)
     qmodel = QuantizedModel(graph, qweights, biases, None, rounding=rounding, overflow=overflow, report=report)
     if activations is None:
         return qmodel
     qparams = calibrate(qmodel, batches, activations, progress=progress)
+    if bias_correction:  # again with the int8 activations simulated at the calibrated scales
+        biases, bc = empirical_bias_correction(graph, qweights, biases, batches, auto=bias_correction == "auto",
+                                               qparams=qparams)
+        corrections["activations"] = asdict(bc)
+    # the int32 bias policy (npuq.quant.bias_range): needs the input scales, so it runs after calibration
+    fit = fit_biases(graph, qweights, biases, qparams, overflow=overflow)
+    if fit.adjustments:
+        qweights, biases = fit.weights, fit.biases
+        report.layers = layer_reports(graph, qweights, bits)
+        report.bias_adjustments = [asdict(a) for a in fit.adjustments]
+        saturated = sum(a.action == "saturated" for a in fit.adjustments)
+        warnings.warn(
+            f"{len(fit.adjustments)} output channel(s) in {len(fit.changed_layers)} layer(s) had a bias that does not "
+            f"fit int32 at their weight scale ({', '.join(fit.changed_layers[:5])}"
+            f"{', ...' if len(fit.changed_layers) > 5 else ''}): {len(fit.adjustments) - saturated} got a coarser "
+            f"weight scale (bias kept exact), {saturated} a saturated bias; see report.bias_adjustments",
+            BiasRangeWarning, stacklevel=2)
     qmodel = QuantizedModel(graph, qweights, biases, qparams, rounding=rounding, overflow=overflow, report=report)
     by_path = {n.path: n.name for n in graph.layers()}
     for row in report.layers:

@@ -61,7 +61,8 @@ def layer_params(node: Node, qw: QuantizedWeight, bias: torch.Tensor, qin: QPara
     try:
         bias_q = quantize_bias(bias.double().numpy(), acc_scale.numpy())
     except OverflowError as exc:
-        raise OverflowError(f"layer '{node.path}': {exc}") from exc
+        raise OverflowError(f"layer '{node.path}': {exc} (npuq.quantize coarsens the weight scale of such channels "
+                            f"first: npuq.quant.bias_range.fit_biases)") from exc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MultiplierFlushedWarning)
         if qw.layer_scale is not None:
@@ -131,6 +132,7 @@ class QuantizedModel(nn.Module):
     # ------------------------------------------------------------------------------------ float modes
     @torch.no_grad()
     def run_weight_only(self, x: torch.Tensor, capture: bool = False):
+        self.graph.check_input(x)
         env = {}
         for node in self.graph:
             if node.is_layer:
@@ -150,6 +152,7 @@ class QuantizedModel(nn.Module):
         """
         if not self.integer:
             raise RuntimeError("this model was quantized weight-only (activations=None); it has no integer mode")
+        self.graph.check_input(x)
         env: dict[str, torch.Tensor] = {}
         qp = self.qparams
         for node in self.graph:
@@ -232,6 +235,7 @@ class QuantizedModel(nn.Module):
         if not self.integer:
             raise RuntimeError("this model was quantized weight-only (activations=None); it has no integer mode")
         self.graph.check_supported(" The native backend runs NPU ops only; use run_integer() for this model.")
+        self.graph.check_input(x)
         packed = self._native_layers()
         env: dict[str, np.ndarray] = {}
         qp = self.qparams

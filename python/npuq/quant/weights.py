@@ -21,6 +21,14 @@ Methods (``quantize_weight(w, method)``):
   with the smallest total error wins. The plain WESS solution (alpha = 1 with the WESS shifts) is
   always a candidate, and the result is checked against it, so ``"wess_mse"`` is never worse than
   ``"wess"`` in total squared error.
+* ``"wess_output"``: the WESS grid (one layer scale, 4-bit shifts) chosen to minimize the error of the
+  layer's *output* on calibration data rather than the weight error; it needs the moments of the
+  layer's inputs: ``quantize_weight(w, "wess_output", stats=...)`` with a
+  :class:`npuq.quant.data_aware.LayerStats` (``npuq.quantize`` collects them itself). See
+  :mod:`npuq.quant.data_aware`.
+
+Any of these grids can then be rounded adaptively instead of to nearest (:mod:`npuq.quant.adaround`);
+``QuantizedWeight.rounding`` says which.
 
 All computations run in float64 on the CPU; the returned tensors are CPU tensors.
 """
@@ -34,6 +42,8 @@ from numbers import Integral, Real
 import torch
 
 __all__ = [
+    "DATA_AWARE_METHODS",
+    "DATA_FREE_METHODS",
     "MAX_SHIFT_BITS",
     "METHODS",
     "QuantizedWeight",
@@ -44,7 +54,9 @@ __all__ = [
     "wess_shifts",
 ]
 
-METHODS = ("per_layer", "per_channel", "wess", "wess_mse")
+METHODS = ("per_layer", "per_channel", "wess", "wess_mse", "wess_output")
+DATA_FREE_METHODS = ("per_layer", "per_channel", "wess", "wess_mse")
+DATA_AWARE_METHODS = ("wess_output",)  # need calibration statistics (``stats=``)
 MAX_SHIFT_BITS = 4  # the NPU stores a 4-bit shift per output channel (docs/arithmetic.md, section 1)
 MIN_BITS, MAX_BITS = 2, 8
 
@@ -86,6 +98,7 @@ class QuantizedWeight:
     each output channel, the WESS shift included (``layer_scale / 2^shift[c]``). ``layer_scale`` is the one
     per-layer scale of ``per_layer``, ``wess`` and ``wess_mse`` (None for ``per_channel``). ``shift``
     (int64, ``[C_out]``) holds the WESS shifts ``s_c`` in ``[0, 2^shift_bits - 1]`` (all 0 unless WESS).
+    ``rounding`` is ``"nearest"`` or ``"adaround"`` (adaptive rounding on the same grid).
     """
 
     q: torch.Tensor
@@ -94,6 +107,7 @@ class QuantizedWeight:
     shift: torch.Tensor
     bits: int
     method: str
+    rounding: str = "nearest"
 
     @property
     def qmax(self) -> int:
@@ -235,18 +249,34 @@ def weight_sqnr_db(w, w_hat) -> float:
 
 
 def quantize_weight(
-    w, method: str = "wess", bits: int = 8, *, shift_bits: int = 4, name: str = "weight"
+    w, method: str = "wess", bits: int = 8, *, shift_bits: int = 4, name: str = "weight", stats=None,
+    centered: bool = False,
 ) -> QuantizedWeight:
     """Quantize a float weight tensor (output channel on axis 0) with ``method`` (see the module doc).
 
     ``bits`` in [2, 8]; ``shift_bits`` in [0, 4] (only used by the WESS methods; 0 means plain per-layer).
-    ``name`` (e.g. the layer path) is used in error messages. Raises TypeError for a non-tensor or
-    non-float input, ValueError for fewer than 2 dims, NaN/inf values, an all-zero tensor (the caller
-    may skip such a layer), an unknown method, or bits / shift_bits out of range.
+    ``name`` (e.g. the layer path) is used in error messages. ``stats`` (a
+    :class:`npuq.quant.data_aware.LayerStats`, required by ``"wess_output"``, ignored by the others) and
+    ``centered`` (minimize the output error left after bias correction) define the output error of the
+    data-aware methods. Raises TypeError for a non-tensor or non-float input, ValueError for fewer than 2
+    dims, NaN/inf values, an all-zero tensor (the caller may skip such a layer), an unknown method,
+    bits / shift_bits out of range, or a data-aware method without ``stats``.
     """
     method = _check_method(method)
     bits = _check_bits(bits)
     shift_bits = _check_shift_bits(shift_bits)
+    if method in DATA_AWARE_METHODS:
+        if stats is None:
+            raise ValueError(
+                f"weight method {method!r} (weight `{name}`) minimizes the layer's output error on calibration "
+                f"data and needs the layer's input statistics: pass stats=npuq.quant.data_aware.layer_stats("
+                f"<input batches>, kind=..., weight_shape=...), or quantize the model with "
+                f"npuq.quantize(model, calib_loader, weights={method!r}); the data-free methods are "
+                f"{', '.join(DATA_FREE_METHODS)}"
+            )
+        from npuq.quant.data_aware import wess_output
+
+        return wess_output(w, stats, bits, shift_bits=shift_bits, centered=centered, name=name)
     w64 = _as_weight(w, name)
     qmax = (1 << (bits - 1)) - 1
     r = _ranges(w64)
