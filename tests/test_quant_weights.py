@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from npuq.quant.weights import (
+    DATA_AWARE_METHODS,
     METHODS,
     QuantizedWeight,
     per_channel_ranges,
@@ -23,6 +24,9 @@ from npuq.quant.weights import (
 )
 
 ALL_BITS = range(2, 9)
+
+# the methods that need nothing but the weight (data-aware ones: tests/test_quant_data_aware.py)
+DATA_FREE = tuple(m for m in METHODS if m not in DATA_AWARE_METHODS)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: see conftest.py
@@ -222,7 +226,7 @@ def test_shift_cap(shift_bits):
 def test_zero_channel():
     w = make_layer(3, channels=5)
     w[2] = 0.0
-    for method in METHODS:
+    for method in DATA_FREE:
         qw = quantize_weight(w, method, 8)
         assert int(qw.shift[2]) == 0
         assert int(qw.q[2].abs().sum()) == 0
@@ -343,7 +347,7 @@ def test_wess_mse_helps_at_low_bits():
 def test_all_methods_all_bits(bits):
     w = make_layer(bits, channels=4, shape=(2, 3, 3), spread=8)
     errs = {}
-    for method in METHODS:
+    for method in DATA_FREE:
         qw = quantize_weight(w, method, bits)
         assert qw.q.dtype == torch.int8 and int(qw.q.abs().max()) <= qmax_of(bits)
         assert qw.dequantize().shape == w.shape

@@ -348,16 +348,16 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
                     value = term.loss(student.recorded[term.student], t_feats[term.teacher])
                     parts[term.name] = value
                 total = total + term.weight * value
+            values = {k: float(v.detach()) for k, v in parts.items()}
+            values["loss"] = float(total.detach())
+            if not math.isfinite(values["loss"]):   # before the step: the weights stay those of the last good one
+                raise FloatingPointError(f"the distillation loss became {values['loss']} at step {step + 1}: "
+                                         f"lower lr (now {lr:g})")
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             student.recorded = {}
             step += 1
-            values = {k: float(v.detach()) for k, v in parts.items()}
-            values["loss"] = float(total.detach())
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"the distillation loss became {values['loss']} at step {step}: lower lr "
-                                         f"(now {lr})")
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if history is not None:
