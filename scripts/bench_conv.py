@@ -25,10 +25,13 @@ benchmarks/mobilenetv2_layers.py) and every requested batch size this script, in
    of this CPU's int8 peak.
 
 Peak int8 throughput (the assumption, override with --peak-gmacs):
-    cores x GHz x 64 MACs/cycle/core
-One AVX-512 VNNI ``vpdpbusd zmm`` does 64 u8 x s8 multiply-accumulates (16 int32 lanes x 4); AMD Zen 4
-executes a 512-bit op as two 256-bit halves and is assumed to sustain one such zmm ``vpdpbusd`` per
-cycle per core (two 256-bit VNNI pipes). ``cores`` is the number of physical cores the benchmark uses
+    cores x GHz x MACs/cycle/core of the kernel family that ran (npuq.cpu_features()["active"])
+* avx512_vnni, 64: one ``vpdpbusd zmm`` does 64 u8 x s8 multiply-accumulates (16 int32 lanes x 4); AMD
+  Zen 4 executes a 512-bit op as two 256-bit halves and is assumed to sustain one such zmm ``vpdpbusd``
+  per cycle per core (two 256-bit VNNI pipes).
+* avx2, 32: the AVX2 kernels multiply exact int16 pairs with ``vpmaddwd ymm`` (8 int32 lanes x 2 = 16
+  multiply-accumulates), two per cycle per core.
+* portable, 16: the compiler's baseline SIMD (SSE2 ``pmaddwd xmm``, 8 multiply-accumulates), two per cycle. ``cores`` is the number of physical cores the benchmark uses
 (min(threads, physical cores)); GHz is read from /proc/cpuinfo "cpu MHz" (falling back to lscpu). In a
 VM that is the nominal clock; with boost the real peak is higher, so "% of peak" is an upper estimate.
 
@@ -84,11 +87,21 @@ IMPL_DESC = {
 # --quick: one layer of each interesting sort.
 QUICK_IDS = ("stem3-32_224x224_s2", "dw32-32_112x112_s1", "dw96-96_112x112_s2", "pw16-96_112x112_s1",
              "pw96-24_56x56_s1", "dw576-576_14x14_s1", "pw320-1280_7x7_s1")
-MACS_PER_CYCLE_VNNI512 = 64
+# int8 multiply-accumulates per cycle per core of each kernel family (see the module docstring)
+MACS_PER_CYCLE = {"avx512_vnni": 64, "avx2": 32, "portable": 16}
 BUSY = 0.05  # background CPU share above which a row counts as disturbed
 
 
 # ------------------------------------------------------------------------------------------ machine
+def kernel_family(npuq) -> str:
+    """The kernel family whose peak "% of peak" is measured against: the one npuq runs, or, without npuq,
+    the best this CPU has (torch's fbgemm picks its kernels the same way)."""
+    if npuq is not None:
+        return npuq.cpu_features()["active"]
+    flags = cpu_flags()
+    return "avx512_vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "portable"
+
+
 def physical_cores() -> int:
     info = _read("/proc/cpuinfo")
     pairs = set()
@@ -494,13 +507,13 @@ def main(argv=None) -> int:
         ghz, ghz_src = args.ghz, "--ghz"
     cores = physical_cores()
     used_cores = min(threads, cores)
-    vnni = "avx512_vnni" in cpu_flags()
+    family = kernel_family(npuq)
     if args.peak_gmacs:
         peak, peak_note = args.peak_gmacs, "--peak-gmacs"
     elif ghz:
-        peak = used_cores * ghz * MACS_PER_CYCLE_VNNI512
-        peak_note = (f"{used_cores} cores x {ghz:.3f} GHz ({ghz_src}) x {MACS_PER_CYCLE_VNNI512} MACs/cycle "
-                     f"(1 vpdpbusd zmm per cycle per core{'' if vnni else '; NOTE: this CPU lacks AVX512-VNNI'})")
+        peak = used_cores * ghz * MACS_PER_CYCLE[family]
+        peak_note = (f"{used_cores} cores x {ghz:.3f} GHz ({ghz_src}) x {MACS_PER_CYCLE[family]} MACs/cycle "
+                     f"(the {family} kernels' peak)")
     else:
         peak, peak_note = None, "unknown clock (use --peak-gmacs)"
 
@@ -610,7 +623,7 @@ def main(argv=None) -> int:
         meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv,
                 "args": vars(args), "threads": threads, "cpu_model": cpu_model(), "physical_cores": cores,
                 "logical_cpus": os.cpu_count(), "ghz": ghz, "ghz_source": ghz_src, "peak_gmacs": peak,
-                "peak_note": peak_note, "torch": torch.__version__, "numpy": np.__version__,
+                "peak_note": peak_note, "kernel_family": family, "torch": torch.__version__, "numpy": np.__version__,
                 "python": sys.version, "npuq_error": npuq_err,
                 "npuq_version": getattr(npuq, "__version__", None) if npuq else None,
                 "npuq_arithmetic_version": getattr(npuq, "ARITHMETIC_VERSION", None) if npuq else None,

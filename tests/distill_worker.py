@@ -1,11 +1,19 @@
-"""One process of the data-parallel distillation test (tests/test_distill_distributed.py).
+"""Worker processes of the distillation tests.
 
-Run as ``torchrun --standalone --nproc_per_node=N tests/distill_worker.py OUT`` (or with N = 1 and no
-torchrun for the single-process reference). Trains a small student with a KD term from a fixed teacher
-on a fixed synthetic data set and writes, per rank, the loss of every step and the final parameters.
+* ``torchrun --standalone --nproc_per_node=N tests/distill_worker.py OUT`` (or N = 1 without torchrun for
+  the single-process reference), for tests/test_distill_distributed.py: trains a small student with a KD
+  term from a fixed teacher on a fixed synthetic data set and writes, per rank, the loss of every step and
+  the final parameters.
+* ``python tests/distill_worker.py experiment CONFIG.json OUT KILL_AFTER_EPOCH TEST_IMAGES``, for
+  tests/test_distill_resume.py: runs the experiment (evaluated on the first TEST_IMAGES test images, as
+  that test's runs are) and kills itself with SIGKILL right after the checkpoint of epoch KILL_AFTER_EPOCH
+  is on disk, as ``kill -9`` would at that moment. The kill point is a step of the program, not a time:
+  the test does not depend on how fast the machine is.
 """
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +32,18 @@ def _net(width: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, width, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(width * 36, 10))
 
 
-def main(out: str) -> None:
+def _write(path: Path, data: bytes) -> None:
+    # complete or absent: a test never reads half a result
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def data_parallel(out: str) -> None:
+    import io
+
+    import torch.distributed as dist
+
     torch.set_num_threads(1)
     rank, world_size = world()
     g = torch.Generator().manual_seed(0)
@@ -38,9 +57,37 @@ def main(out: str) -> None:
     fit(learner, images, labels, optim, seed=5, progress=False)
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.clone() for k, v in student.state_dict().items()}, path / f"params_rank{rank}.pt")
-    (path / f"losses_rank{rank}.json").write_text(json.dumps({"world_size": world_size, "losses": losses}))
+    params = io.BytesIO()
+    torch.save({k: v.clone() for k, v in student.state_dict().items()}, params)
+    _write(path / f"params_rank{rank}.pt", params.getvalue())
+    _write(path / f"losses_rank{rank}.json", json.dumps({"world_size": world_size, "losses": losses}).encode())
+    if dist.is_initialized():
+        # leave together, after every rank has written: no rank tears its connections down under another
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def experiment_killed_after(config: str, out: str, kill_after_epoch: int, test_images: int) -> None:
+    import npuq.distill.experiment as experiment
+    import npuq.distill.trainer as trainer
+
+    torch.set_num_threads(1)
+    data = experiment._data
+    experiment._data = lambda exp: (lambda train, test: (train, (test[0][:test_images], test[1][:test_images])))(
+        *data(exp))
+    save = trainer.save_checkpoint
+
+    def save_then_die(path, learner, epoch, history, extra=None):
+        save(path, learner, epoch, history, extra)
+        if epoch == kill_after_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer.save_checkpoint = save_then_die
+    experiment.run_experiment(experiment.parse_experiment(json.loads(Path(config).read_text())), out, progress=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "experiment":
+        experiment_killed_after(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        data_parallel(sys.argv[1])

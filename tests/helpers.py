@@ -226,3 +226,14 @@ def using_isa(isa):
         yield
     finally:
         npuq.set_isa("auto")
+
+
+def json_paths(obj, prefix=()):
+    """Every path (tuple of keys / list indexes) into a JSON value, the root's () included."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from json_paths(v, prefix + (i,))

@@ -308,3 +308,18 @@ def test_shipped_configs_parse_and_their_taps_exist():
                           if t.loss == "hint" else build_loss(t, f), t.weight, t.student, t.teacher) for t in exp.terms]
             total, _ = DistillationObjective(student, [teacher], terms)(torch.cat([probe, probe]), torch.arange(4))
             assert torch.isfinite(total), f
+
+
+def test_cli_distill_refuses_a_folder_with_other_settings(tmp_path, capsys):
+    """Rerunning with --epochs 2 into a folder trained for 1 epoch once returned the 1-epoch model silently."""
+    cfg = tmp_path / "a.toml"
+    cfg.write_text('name = "a"\nprocess = "alone"\n[student]\nmodel = "cnn"\nwidth = 0.25\n'
+                   '[optim]\nepochs = 1\nbatch_size = 64\n[data]\ntrain_limit = 256\n')
+    out = str(tmp_path / "run")
+    assert cli_main(["distill", str(cfg), "--out", out]) == 0
+    assert cli_main(["distill", str(cfg), "--out", out]) == 0
+    assert "returning its saved result" in capsys.readouterr().out
+    assert cli_main(["distill", str(cfg), "--out", out, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npuq distill: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "optim.epochs: 1 -> 2" in err and "another output folder" in err

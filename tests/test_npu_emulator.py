@@ -241,8 +241,9 @@ def test_cli_compile_and_run(tmp_path, capsys):
                      "--json", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["total"] == 50
     np.save(tmp_path / "lab.npy", y[:49].numpy())
-    with pytest.raises(SystemExit, match="50 images but 49 labels"):
-        cli_main(["run", str(path), "--images", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy")])
+    assert cli_main(["run", str(path), "--images", str(tmp_path / "img.npy"), "--labels",
+                     str(tmp_path / "lab.npy")]) == 2
+    assert "npuq run: 50 images but 49 labels" in capsys.readouterr().err
 
 
 def test_cli_run_rejects_a_broken_program(tmp_path, capsys):

@@ -28,10 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import npu_reference as NR
+from helpers import json_paths
 import npuq
 from npuq.npu import Emulator, Program, ProgramError, load_program
-from npuq.npu.program import DIGEST_KEY, METADATA_KEY, _safetensors_bytes, content_digest, program_from_bytes, \
-    validate
+from npuq.npu.program import DIGEST_KEY, MAX_PEAK_BYTES, METADATA_KEY, _safetensors_bytes, content_digest, \
+    memory_plan, program_from_bytes, validate
 
 
 # ------------------------------------------------------------------------------------------------ programs
@@ -1005,7 +1006,11 @@ def _run_accepted(prog: Program) -> str:
     shapes = validate(prog)
     again = program_from_bytes(prog.to_bytes(), "again")
     assert again.to_bytes() == prog.to_bytes()
-    if max(math.prod(s) for s in shapes.values()) > 1 << 20:
+    plan = memory_plan(prog, shapes)  # within the loader's limits, but maybe too slow for the numpy reference
+    assert plan.peak_bytes <= MAX_PEAK_BYTES
+    taps = max([math.prod(op.attrs["kernel"]) for op in prog.ops if op.kind == "max_pool2d"], default=1)
+    if (max(math.prod(s) for s in shapes.values()) > 1 << 20 or plan.peak_bytes > 1 << 24
+            or sum(f.work for f in plan.footprints) > 1 << 26 or taps > 4096):
         return "accepted (too large to run)"
     x = _images(prog, 1, seed=len(prog.ops))
     try:
@@ -1062,26 +1067,18 @@ def test_fuzz_byte_mutations(data):
     load_or_reject(data, "bytes")
 
 
+_HUGE = st.one_of(st.sampled_from([1, 2, 3, 2**15, 2**16 - 1, 2**16, 2**20, 2**20 + 1, 2**31, 2**40]),
+                  st.integers(1, 2**16))  # around every bound of a size, padding, kernel, stride or dilation
+
 _JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-    st.sampled_from([0, 1, -1, 2**31, -(2**31), 2**63, 10**400]),
+    st.sampled_from([0, 1, -1, 2**31, -(2**31), 2**63, 10**400, 2**15, 2**16, 2**20]),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
     st.sampled_from(["conv2d", "add", "flatten", "double", "single", "wrap", "saturate", "HWC", "I8", "I32",
                      "weight", "bias", "shift", "npuq-program"]),
 )
 _JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)
-
-
-def _paths(obj, prefix=()):
-    """Every path (sequence of keys / indices) into a JSON value, the root included."""
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, prefix + (i,))
 
 
 def _at(obj, path):
@@ -1096,13 +1093,31 @@ def _nudge(value, draw):
         return not value
     if isinstance(value, int):
         as_float = float(value) if abs(value) < 2**1000 else math.inf
-        return draw(st.sampled_from([value + 1, value - 1, -value, 2 * value, value + 2**31, 0, as_float]))
+        return draw(st.sampled_from([value + 1, value - 1, -value, 2 * value, value + 2**31, 0, as_float, 2**16,
+                                     2**16 - 1, 2**20, value * 2**15]))
     if isinstance(value, float):
         as_int = int(value) if math.isfinite(value) else 0
         return draw(st.sampled_from([value * 2, -value, 0.0, value + 1e-3, as_int, math.nextafter(value, 2)]))
     if isinstance(value, list) and value:
         return draw(st.sampled_from([value[:-1], value + value[-1:], value[::-1], []]))
     return draw(_JSON_VALUES)
+
+
+_DUP = "\u0000duplicate\u0000"  # a key no graph has: its JSON text is replaced by the key to duplicate
+
+
+def _with_duplicate_key(obj, draw) -> tuple[str, bool]:
+    """``obj`` as JSON text, maybe (when it holds an object with a key) with one key written twice, the
+    second time with another value: a first-wins and a last-wins reader would read different files."""
+    objects = [p for p in json_paths(obj) if isinstance(_at(obj, p), dict) and _at(obj, p)]
+    if not objects or not draw(st.integers(0, 3)) == 0:
+        return json.dumps(obj), False
+    target = _at(obj, draw(st.sampled_from(objects)))
+    key = draw(st.sampled_from(sorted(target)))
+    target[_DUP] = draw(st.one_of(st.just(target[key]), _JSON_VALUES))
+    text = json.dumps(obj).replace(json.dumps(_DUP), json.dumps(key))
+    del target[_DUP]
+    return text, True
 
 
 @st.composite
@@ -1115,7 +1130,7 @@ def structured_edits(draw):
     for _ in range(draw(st.integers(1, 3))):
         target = draw(st.sampled_from(["graph", "graph", "graph", "tensor", "header"]))
         if target == "graph":
-            paths = list(_paths(graph))
+            paths = list(json_paths(graph))
             path = draw(st.sampled_from(paths))
             action = draw(st.sampled_from(["nudge", "random", "delete", "add"]))
             if not path:
@@ -1161,26 +1176,58 @@ def structured_edits(draw):
         else:
             header_edits.append((draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"])),
                                  draw(st.one_of(_JSON_VALUES, st.sampled_from(["I8", "U8", "I32", "F32"])))))
-    text = json.dumps(graph)  # NaN / Infinity come out as the non-standard literals json.loads accepts
+    # NaN / Infinity come out as the non-standard literals json.loads accepts
+    text, duplicated = _with_duplicate_key(graph, draw)
     data = join_file(text, tensors)
-    if header_edits:
+    if header_edits or draw(st.integers(0, 7)) == 0:
         (n,) = struct.unpack("<Q", data[:8])
         header = json.loads(data[8:8 + n])
         keys = sorted(k for k in header if k != "__metadata__")
         for field, value in header_edits:
             if keys:
                 header[draw(st.sampled_from(keys))][field] = value
-        h = json.dumps(header).encode()
+        h, dup_header = _with_duplicate_key(header, draw)
+        duplicated |= dup_header
+        h = h.encode()
         h += b" " * (-len(h) % 8)
         data = struct.pack("<Q", len(h)) + h + data[8 + n:]
-    return data
+    return data, duplicated
 
 
 @settings(max_examples=5 * settings.default.max_examples, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=structured_edits())
-def test_fuzz_structured_edits(data):
-    load_or_reject(data, "structured")
+@given(case=structured_edits())
+def test_fuzz_structured_edits(case):
+    data, duplicated = case
+    outcome = load_or_reject(data, "structured")
+    if duplicated:  # a key written twice is refused whatever its values
+        assert outcome == "rejected"
+
+
+@st.composite
+def resource_edits(draw):
+    """A valid program file with 1-3 sizes made huge: an op's kernel, padding, stride or dilation, or the
+    input's height and width (its channels kept, so that the layers still chain)."""
+    kind = draw(st.sampled_from(["all_ops", "spatial_flatten"]))
+    graph, tensors, _ = split_file(file_bytes(kind))
+    sized = [o for o in graph["ops"] if {"kernel", "padding", "stride", "dilation"} & set(o["attrs"])]
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.integers(0, 3)) == 0:
+            shape = graph["input"]["shape"]
+            graph["input"]["shape"] = [draw(_HUGE) for _ in shape[:-1]] + shape[-1:]
+            continue
+        attrs = draw(st.sampled_from(sized))["attrs"]
+        field = draw(st.sampled_from(sorted({"kernel", "padding", "stride", "dilation"} & set(attrs))))
+        attrs[field] = [draw(_HUGE) for _ in attrs[field]]
+    return join_file(graph, tensors)
+
+
+@settings(max_examples=2 * settings.default.max_examples, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=resource_edits())
+def test_fuzz_resource_edits(data):
+    """Huge sizes: ProgramError or a program within the resource limits (docs/program.md 4), quickly."""
+    load_or_reject(data, "resource")
 
 
 def test_fuzz_case_count(request):
@@ -1189,6 +1236,7 @@ def test_fuzz_case_count(request):
     for key, count in sorted(FUZZ_STATS.items()):
         print(f"  {key}: {count}")
     ran = {item.name for item in request.session.items}
-    for family, test in (("bytes", "test_fuzz_byte_mutations"), ("structured", "test_fuzz_structured_edits")):
+    for family, test in (("bytes", "test_fuzz_byte_mutations"), ("structured", "test_fuzz_structured_edits"),
+                         ("resource", "test_fuzz_resource_edits")):
         if test in ran:
             assert FUZZ_RUNS[family] > 0, family

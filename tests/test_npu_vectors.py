@@ -165,7 +165,9 @@ def test_files_hold_the_emulator_values_and_program_tensors(program, images, gol
 def test_manifest_header_sizes_and_crcs(program, golden):
     out, manifest = golden
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert manifest["format"] == "npuq-golden-vectors" and manifest["format_version"] == 1
+    assert manifest["format"] == "npuq-golden-vectors" and manifest["format_version"] == 2
+    assert manifest["manifest_sha256"] == vectors.manifest_digest(manifest)
+    assert manifest["op_count"] == len(program.ops) == len(manifest["ops"])
     assert manifest["program_sha256"] == program.digest()
     assert manifest["model"] == program.model
     assert manifest["arithmetic_version"] == npuq.ARITHMETIC_VERSION
@@ -178,6 +180,10 @@ def test_manifest_header_sizes_and_crcs(program, golden):
             assert info["bytes"] == len(data)
             assert info["crc32"] == f"{zlib.crc32(data):08x}"
             listed.add(info["path"])
+    assert manifest["program_file"]["path"] == "program.npuq"
+    assert (out / "program.npuq").read_bytes() == program.to_bytes()
+    listed.add("program.npuq")
+    assert manifest["total_bytes"] == sum((out / p).stat().st_size for p in listed)
     on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
     assert on_disk == listed and manifest["file_count"] == len(listed)
     add = op_entry(manifest, "add")

@@ -53,3 +53,43 @@ def test_readme_real_model_example_runs(capsys):
     out = capsys.readouterr().out
     assert "top1_agreement" in out and "kl_mean" in out
     assert namespace["qmodel"].integer and not namespace["qmodel"].graph.unsupported()
+
+
+def _main_job_paragraph() -> str:
+    text = README.read_text()
+    start = text.index("Run the main job")
+    return " ".join(text[start:text.index("```bash", start)].split())
+
+
+def test_readme_main_job_names_every_method_it_runs():
+    """The main job's description once left out two of the seven methods the benchmark runs."""
+    from npuq.ptq_benchmark import BenchConfig, LABELS
+
+    paragraph = _main_job_paragraph()
+    missing = [LABELS[m] for m in BenchConfig().methods if f" {LABELS[m]} " not in paragraph.replace(",", " ")]
+    assert not missing, f"README's main job omits {missing}"
+    assert all(f"W{b}A8" in paragraph for b in BenchConfig().bits)
+
+
+def test_readme_command_lines_parse():
+    """Every `npuq ...` line of the README's shell blocks is accepted by the command-line parser."""
+    import shlex
+
+    from npuq.cli import build_parser
+
+    text = README.read_text()
+    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.splitlines()]
+    commands = [part.strip() for line in lines for part in line.split("&&") if part.strip().startswith("npuq ")]
+    assert len(commands) >= 5
+    parser = build_parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit as exc:
+            raise AssertionError(f"README command does not parse: {command}") from exc
+
+
+def test_readme_has_no_placeholders():
+    text = README.read_text()
+    assert "SETUP_TIMES" not in text and "W<b>A8" not in text

@@ -334,6 +334,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("get_num_threads", &cpu::default_threads);
   m.def("set_num_threads", &cpu::set_default_threads);
+  m.attr("MAX_THREADS") = cpu::kMaxThreads;
 
   py::class_<PyConv2dPlan>(m, "Conv2dPlan")
       .def(py::init<const py::array&, const py::object&, int64_t, std::array<int64_t, 2>, std::array<int64_t, 4>,

@@ -23,9 +23,12 @@ void reset_isa();                        // the best supported one
 const KernelTable& kernels(Isa isa);
 
 // --- threads (isa.cc) ---
+// The most threads a call may ask for. OpenMP aborts the whole process (no exception) when it cannot
+// create a thread, which a request for thousands provokes; no kernel here gains past a few dozen.
+constexpr int kMaxThreads = 256;
 int default_threads();
-void set_default_threads(int n);         // n >= 1
-int resolve_threads(int requested);      // 0 -> default
+void set_default_threads(int n);         // 1 <= n <= kMaxThreads
+int resolve_threads(int requested);      // 0 -> default; 1 <= requested <= kMaxThreads
 
 // A convolution with its weights packed for the kernels, reusable across calls and inputs of any
 // spatial size and batch. Holds copies of everything it needs.

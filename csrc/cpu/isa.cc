@@ -1,4 +1,5 @@
 // Run-time choice of the kernel family, and the default thread count.
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -48,7 +49,7 @@ std::atomic<int>& active() {
 
 int initial_threads() {
 #ifdef _OPENMP
-  return omp_get_max_threads();
+  return std::min(omp_get_max_threads(), kMaxThreads);
 #else
   return 1;
 #endif
@@ -100,12 +101,15 @@ const KernelTable& kernels(Isa isa) { return *table_or_null(isa); }
 int default_threads() { return threads().load(); }
 
 void set_default_threads(int n) {
-  if (n < 1) throw InvalidArgument("threads must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw InvalidArgument("threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(n));
   threads().store(n);
 }
 
 int resolve_threads(int requested) {
-  if (requested < 0) throw InvalidArgument("threads must be >= 1 (or None), got " + std::to_string(requested));
+  if (requested < 0 || requested > kMaxThreads)
+    throw InvalidArgument("threads must be in [1, " + std::to_string(kMaxThreads) + "] (or None), got " +
+                          std::to_string(requested));
 #ifdef _OPENMP
   return requested == 0 ? default_threads() : requested;
 #else

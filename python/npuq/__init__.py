@@ -11,7 +11,7 @@ from npuq.fixedpoint import (
     quantize_multiplier,
     quantize_multipliers,
 )
-from npuq.runtime import cpu_features, get_num_threads, set_isa, set_num_threads
+from npuq.runtime import MAX_THREADS, cpu_features, get_num_threads, set_isa, set_num_threads
 from npuq._tensors import LayoutWarning
 from npuq.npu import Emulator, Program, ProgramError, load_program
 
@@ -38,6 +38,7 @@ __all__ = [
     "BUILT_WITH_CUDA",
     "CompileError",
     "Emulator",
+    "MAX_THREADS",
     "Program",
     "ProgramError",
     "compile",

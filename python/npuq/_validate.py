@@ -43,10 +43,13 @@ def choice(v, name: str, options) -> str:
 
 
 def threads(v) -> int:
-    """0 means the default (npuq.get_num_threads())."""
+    """0 means the default (npuq.get_num_threads()). The bound is the native core's (``npuq.MAX_THREADS``):
+    past it OpenMP may fail to create threads, which aborts the process instead of raising."""
     if v is None:
         return 0
-    return integer(v, "threads", 1, 1 << 16)
+    from npuq import _C
+
+    return integer(v, "threads", 1, int(_C.MAX_THREADS))
 
 
 def pair(v, name: str, lo: int) -> tuple[int, int]:

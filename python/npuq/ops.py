@@ -186,15 +186,19 @@ def _requantize(acc, reference, *, multiplier, exponent, channel_shift=None, out
                 act_max=127, rounding="double", threads=None):
     to_torch = T.is_torch(acc)
     arr = T.array(acc, "acc", np.int32)
+    scalar = arr.ndim == 0  # one value of one channel, as npuq.quant.intmath.requantize takes it
+    if scalar:
+        arr = arr.reshape(1)  # the native kernel reads the channels from the last axis
     rq = V.requant(arr.shape[-1], multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
                    rounding)
     out = _C.requantize(arr, rq["multiplier"], rq["exponent"], rq["channel_shift"], rq["output_zero_point"],
                         rq["act_min"], rq["act_max"], rq["rounding"], V.threads(threads), reference)
-    return T.plain_out(out, to_torch)
+    return T.plain_out(out.reshape(()) if scalar else out, to_torch)
 
 
 def requantize(acc, **params):
-    """Requantize int32 accumulators (last axis = channels) to int8 (docs/arithmetic.md 3)."""
+    """Requantize int32 accumulators (last axis = channels) to int8 (docs/arithmetic.md 3). A 0-d ``acc`` is one
+    value of one channel and gives a 0-d result."""
     return _requantize(acc, False, **params)
 
 

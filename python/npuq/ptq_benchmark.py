@@ -1,4 +1,4 @@
-"""The post-training quantization benchmark: methods x weight bits x (weight-only, W<b>A8) on the full
+"""The post-training quantization benchmark: methods x weight bits x (weight-only, int8 activations) on the full
 Fashion-MNIST test set, for the shipped MobileNet checkpoints. ``npuq ptq-bench`` runs it.
 
 Writes ``results.json`` (every number), ``results.md`` (the tables), ``accuracy_vs_bits.png`` and
@@ -42,7 +42,7 @@ class BenchConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     bits: tuple[int, ...] = (8, 6, 5, 4)
     modes: tuple[str, ...] = ("weight_only", "w_a8")
-    activations: str = "mse"          # activation observer in the W<b>A8 mode
+    activations: str = "mse"          # activation observer of the integer (W8A8 ... W2A8) mode
     calib_batches: int = 4
     calib_batch_size: int = 256
     eval_batch_size: int = 250
@@ -67,6 +67,11 @@ class BenchConfig:
         missing = [c for c in self.checkpoints if c not in available and not Path(c).is_file()]
         if missing:
             raise ValueError(f"checkpoint(s) {missing} not found; available: {sorted(available)}")
+
+
+def wa8_label(bits) -> str:
+    """The integer mode's name for these weight widths: "W8A8 / W6A8 / W4A8" (widest first)."""
+    return " / ".join(f"W{b}A8" for b in sorted(set(bits), reverse=True))
 
 
 def _mode_label(mode: str, bits: int) -> str:
@@ -186,26 +191,28 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, progress: bool = True, 
         bar.set_postfix_str(label)
         bar.update(1)
 
-    if workers == 1:
-        for ckpt in cfg.checkpoints:
-            results["models"][ckpt] = run_checkpoint(cfg, ckpt, tick, threads=cfg.threads)
-    else:
-        ctx = mp.get_context("spawn")  # no fork after torch / OpenMP threads exist
-        with mp.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            queue = manager.Queue()
-            futures = {ckpt: pool.submit(_worker, cfg, ckpt, queue, 1) for ckpt in cfg.checkpoints}
-            done = 0
-            while done < runs:
-                try:
-                    tick(queue.get(timeout=1.0))
-                    done += 1
-                except queue_module.Empty:
-                    failed = [f for f in futures.values() if f.done() and f.exception() is not None]
-                    if failed:  # a worker died: report its error instead of waiting forever
-                        raise failed[0].exception() from None
-            for ckpt, fut in futures.items():
-                results["models"][ckpt] = fut.result()
-    bar.close()
+    try:  # the bar ends its line before an error is printed
+        if workers == 1:
+            for ckpt in cfg.checkpoints:
+                results["models"][ckpt] = run_checkpoint(cfg, ckpt, tick, threads=cfg.threads)
+        else:
+            ctx = mp.get_context("spawn")  # no fork after torch / OpenMP threads exist
+            with mp.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                queue = manager.Queue()
+                futures = {ckpt: pool.submit(_worker, cfg, ckpt, queue, 1) for ckpt in cfg.checkpoints}
+                done = 0
+                while done < runs:
+                    try:
+                        tick(queue.get(timeout=1.0))
+                        done += 1
+                    except queue_module.Empty:
+                        failed = [f for f in futures.values() if f.done() and f.exception() is not None]
+                        if failed:  # a worker died: report its error instead of waiting forever
+                            raise failed[0].exception() from None
+                for ckpt, fut in futures.items():
+                    results["models"][ckpt] = fut.result()
+    finally:
+        bar.close()
     results["test_images"] = _count_test(cfg)
     results["seconds"] = time.perf_counter() - started
     results["summary"] = summarize(results)
@@ -257,7 +264,7 @@ def summarize(results: dict) -> dict:
 def to_markdown(results: dict) -> str:
     lines = ["# Post-training quantization on Fashion-MNIST", "",
              f"Full test set: {results['test_images']} images. Accuracy (%) of each method; weight bits per column.",
-             f"Activation observer for W<b>A8: `{results['config']['activations']}`, "
+             f"Activation observer of the int8-activation mode: `{results['config']['activations']}`, "
              f"{results['config']['calib_batches']} calibration batches of {results['config']['calib_batch_size']}.",
              f"Total time {results['seconds']:.0f} s on {results['environment']['cpus']} CPUs "
              f"({results['workers']} worker process(es)).", ""]
@@ -277,7 +284,8 @@ def to_markdown(results: dict) -> str:
             rows = [r for r in entry["results"] if r["mode"] == mode]
             if not rows:
                 continue
-            title = "weight-only (float activations)" if mode == "weight_only" else "W<b>A8 (integer simulation)"
+            title = ("weight-only (float activations)" if mode == "weight_only"
+                     else f"{wa8_label(bits)}: int8 activations (integer simulation)")
             lines += [f"### {title}", "", "| method | " + " | ".join(f"W{b}" for b in bits) + " |",
                       "|---|" + "---|" * len(bits)]
             for m in methods:
@@ -317,7 +325,8 @@ def plot_results(results: dict, out: Path) -> None:
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=LABELS.get(m, m))
             ax.axhline(100 * entry["fp32"], color="k", ls="--", lw=0.8, label="FP32")
-            ax.set_title(f"{name}\n{'weight-only' if mode == 'weight_only' else 'W<b>A8'}", fontsize=9)
+            bits = [r["bits"] for r in entry["results"] if r["mode"] == mode]
+            ax.set_title(f"{name}\n{'weight-only' if mode == 'weight_only' else wa8_label(bits)}", fontsize=9)
             ax.set_xlabel("weight bits")
             ax.set_ylabel("top-1 (%)")
             ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
 """The post-training quantization benchmark on a real pretrained ImageNet network.
 
 ``npuq ptq-bench --config configs/ptq_imagenet.toml`` runs it: EfficientNet-Lite0 with its published
-weights (the ``imagenet`` extra), every method x weight bits x (weight-only, W<b>A8), judged against the
+weights (the ``imagenet`` extra), every method x weight bits x (weight-only, int8 activations), judged against the
 FP32 model on real photographs (:mod:`npuq.data.photos`; no ImageNet labels exist offline, so the numbers
 are fidelity to FP32: top-1 / top-5 agreement, mean KL, logit SQNR, each with its bootstrap spread,
 :mod:`npuq.fidelity`). Calibration and evaluation crops come from disjoint photographs.
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from npuq.fidelity import collect_logits, fidelity, paired_difference
+from npuq.ptq_benchmark import wa8_label
 from npuq.quant.api import quantize
 from npuq.quant.graph import Graph, prepare
 from npuq.quant.weights import per_channel_ranges, quantize_weight
@@ -284,23 +285,26 @@ def run_benchmark(cfg: ImageNetBenchConfig, out_dir: str | Path, progress: bool 
     bar = tqdm(runs, desc="PTQ on EfficientNet-Lite0", unit="run", disable=not progress)
     if cfg.qat:
         results["qat"] = json.loads(Path(cfg.qat).read_text())
-    for i, (mode, bits, method) in enumerate(bar):
-        bar.set_postfix_str(f"{_mode_label(mode, bits)} {LABELS.get(method, method)}")
-        row, qmodel = run_one(graph, calib, evaluation, reference, cfg, mode, bits, method, logits)
-        results["results"].append(row)
-        if mode == "w_a8" and bits == 8 and row["family"] == "wess" and "error" not in row and \
-                (best_w8a8 is None or row["top1_agreement"] > best_w8a8[0]["top1_agreement"]):
-            best_w8a8 = (row, qmodel)
-        last_w8a8 = i + 1 == len(runs) or runs[i + 1][:2] != ("w_a8", 8)
-        if cfg.npu_check and best_w8a8 is not None and "npu" not in results and mode == "w_a8" and bits == 8 \
-                and last_w8a8:
-            results["npu"] = npu_check(best_w8a8[1], evaluation, out, best_w8a8[0]["method"], progress=progress)
-            best_w8a8 = None   # its simulation holds the calibration state: let it go
-        # tables written after every run, so that an interrupted benchmark still leaves what it measured
-        results["summary"] = summarize(results, logits, reference)
-        results["seconds"] = time.perf_counter() - started
-        (out / "results.partial.json").write_text(json.dumps(results, indent=1, default=_json_default))
-        (out / "results.md").write_text(to_markdown(results))
+    try:  # the bar ends its line before an error is printed
+        for i, (mode, bits, method) in enumerate(bar):
+            bar.set_postfix_str(f"{_mode_label(mode, bits)} {LABELS.get(method, method)}")
+            row, qmodel = run_one(graph, calib, evaluation, reference, cfg, mode, bits, method, logits)
+            results["results"].append(row)
+            if mode == "w_a8" and bits == 8 and row["family"] == "wess" and "error" not in row and \
+                    (best_w8a8 is None or row["top1_agreement"] > best_w8a8[0]["top1_agreement"]):
+                best_w8a8 = (row, qmodel)
+            last_w8a8 = i + 1 == len(runs) or runs[i + 1][:2] != ("w_a8", 8)
+            if cfg.npu_check and best_w8a8 is not None and "npu" not in results and mode == "w_a8" and bits == 8 \
+                    and last_w8a8:
+                results["npu"] = npu_check(best_w8a8[1], evaluation, out, best_w8a8[0]["method"], progress=progress)
+                best_w8a8 = None   # its simulation holds the calibration state: let it go
+            # tables written after every run, so that an interrupted benchmark still leaves what it measured
+            results["summary"] = summarize(results, logits, reference)
+            results["seconds"] = time.perf_counter() - started
+            (out / "results.partial.json").write_text(json.dumps(results, indent=1, default=_json_default))
+            (out / "results.md").write_text(to_markdown(results))
+    finally:
+        bar.close()
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (out / "results.partial.json").unlink(missing_ok=True)
@@ -347,7 +351,7 @@ def to_markdown(results: dict) -> str:
         f"disjoint from the {cfg['calib_crops']} calibration crops). No ImageNet labels exist offline: top-1 / top-5 "
         f"agreement with FP32, mean KL(FP32 || quantized) and logit SQNR, not accuracy. Brackets: 95% bootstrap "
         f"interval over the crops (one crop is {100 / cfg['eval_crops']:.2f} points of agreement).", "",
-        f"Activation observer for W<b>A8: `{cfg['activations']}`; rounding `{cfg['rounding']}`. "
+        f"Activation observer of the int8-activation mode: `{cfg['activations']}`; rounding `{cfg['rounding']}`. "
         f"Total time {results.get('seconds', 0):.0f} s on {env['cpus']} CPUs ({env['processor']}).", "",
         "Preparation: " + "; ".join(results["graph_notes"]) + ". Prepared graph vs the torch model: top-1 "
         f"agreement {_pct(results['prepared_graph_vs_model']['top1_agreement'])}%, logit SQNR "
@@ -364,7 +368,8 @@ def to_markdown(results: dict) -> str:
         sel = [r for r in rows if r["mode"] == mode]
         if not sel:
             continue
-        title = "Weight-only (float activations)" if mode == "weight_only" else "W<b>A8 (integer simulation)"
+        title = ("Weight-only (float activations)" if mode == "weight_only"
+                 else f"{wa8_label(bits)}: int8 activations (integer simulation)")
         lines += [f"## {title}", "", "Top-1 agreement % [95% interval] / mean KL per weight bit width.", "",
                   "| method | " + " | ".join(f"W{b}" if mode == "weight_only" else f"W{b}A8" for b in bits) + " |",
                   "|---|" + "---|" * len(bits)]
@@ -453,7 +458,9 @@ def plot_results(results: dict, out: Path) -> None:
                 axes[0][j].errorbar(xs, agree, yerr=err, ls=style, marker="o", capsize=2, label=LABELS.get(m, m))
                 axes[1][j].semilogy(xs, [max(r["kl_mean"], 1e-6) for _, r in pts], ls=style, marker="o",
                                     label=LABELS.get(m, m))
-            axes[0][j].set_title("weight-only" if mode == "weight_only" else "W<b>A8 (integer)", fontsize=9)
+            mode_bits = [r["bits"] for r in rows if r["mode"] == mode]
+            axes[0][j].set_title("weight-only" if mode == "weight_only" else f"{wa8_label(mode_bits)} (integer)",
+                                 fontsize=9)
             axes[0][j].set_ylabel("top-1 agreement with FP32 (%)")
             axes[1][j].set_ylabel("mean KL(FP32 || quantized)")
             for ax in (axes[0][j], axes[1][j]):

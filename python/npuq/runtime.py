@@ -25,8 +25,14 @@ def get_num_threads() -> int:
     return int(_C.get_num_threads())
 
 
+MAX_THREADS: int = int(_C.MAX_THREADS)
+"""The most threads the native kernels accept (OpenMP aborts the process when thread creation fails)."""
+
+
 def set_num_threads(n: int) -> None:
-    """Set the default number of threads (>= 1). Results do not depend on it."""
+    """Set the default number of threads, 1..MAX_THREADS. Results do not depend on it."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"threads must be an int, got {type(n).__name__}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads must be in [1, {MAX_THREADS}], got {n}")
     _C.set_num_threads(n)

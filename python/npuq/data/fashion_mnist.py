@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -78,16 +79,33 @@ def _resolve_root(root) -> Path:
     return Path(root) if root is not None else default_root()
 
 
+def _where_from(root: Path) -> str:
+    """How ``root`` was chosen, so that a "not found" message tells the user what to change."""
+    env = os.environ.get(ENV_VAR)
+    if env and Path(env) == root:
+        return f"the directory named by {ENV_VAR}={env}"
+    if root == DEFAULT_ROOT:
+        return f"the Debian package's directory {DEFAULT_ROOT}"
+    return f"the directory {root}"
+
+
 def _find_file(root: Path, stem: str) -> Path:
     candidates = [root / f"{stem}.gz", root / stem]
     for path in candidates:
         if path.is_file():
             return path
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST file not found: looked for {candidates[0]} (or {candidates[1]}). "
-        f"Install the dataset with `sudo apt-get install dataset-fashion-mnist`, or set the "
-        f"environment variable {ENV_VAR} (or pass root=...) to a directory holding the IDX files."
-    )
+    where = _where_from(root)
+    if where.startswith("the Debian"):
+        fix = (f"install the dataset with `sudo apt-get install dataset-fashion-mnist`, or set the environment "
+               f"variable {ENV_VAR} to a directory holding the IDX files")
+    elif ENV_VAR in where:
+        fix = (f"point {ENV_VAR} at the directory that holds {stem}.gz (or unset it to use the Debian package "
+               f"dataset-fashion-mnist)")
+    else:
+        fix = (f"pass a directory holding the IDX files, or leave root unset to use {ENV_VAR} or the Debian "
+               f"package (`sudo apt-get install dataset-fashion-mnist`)")
+    raise DatasetNotFoundError(f"Fashion-MNIST file {candidates[0]} (or {candidates[1].name}) not found in {where}; "
+                               f"{fix}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -121,7 +139,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         raise IdxFormatError(f"{name}: truncated IDX header ({len(data)} bytes, {header_len} needed)")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = header_len + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header_len + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise IdxFormatError(

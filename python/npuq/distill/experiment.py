@@ -35,14 +35,29 @@ train_limit = 0            # 0: the whole training split
 corruption = "none"        # none | noise | occlusion: the student's input (the teachers see it clean)
 ```
 
-Outputs in the run folder: ``metrics.json`` (config, per-run histories, final test accuracies),
-``curves.png`` (test accuracy and loss per epoch), ``<run>/checkpoint.safetensors`` (resumable) and
-``<run>/model.safetensors`` (the final weights).
+Outputs in the run folder: ``experiment.json`` (the effective settings: the config with every override),
+``metrics.json`` (config, per-run histories, final test accuracies), ``curves.png`` (test accuracy and loss
+per epoch), ``<run>/checkpoint.safetensors`` (resumable) and ``<run>/model.safetensors`` (the final weights).
+Every file is written atomically (a temporary file, flushed, renamed over the old one).
+
+Starting a run in a folder that holds one (:meth:`Runner.check_folder`):
+
+* the same settings: finished models are loaded, an interrupted one resumes from its last epoch; a run
+  that had finished returns its saved result and says so;
+* other settings: a :class:`ResumeError` naming each differing setting, since the saved models would not
+  be what the new settings give. Two changes are let through because the result is exactly what a clean
+  run in a new folder would give: ``name`` (a label), and ``optim.epochs`` when the learning rate does not
+  depend on it (``optim.schedule = "constant"``) and no later model is taught by the one it trains
+  (``alone``, ``offline``, ``dml``): training continues from the saved epoch, or resumes an interrupted
+  run to the new total, provided no more epochs than that are done already.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import io
 import json
 import math
 import tomllib
@@ -54,7 +69,8 @@ from typing import Any
 import torch
 
 from npuq.distill.objective import tap_channels
-from npuq.distill.trainer import OptimConfig, accuracy, fit
+from npuq.distill.trainer import (OptimConfig, ResumeError, accuracy, atomic_write_bytes, atomic_write_text, fit,
+                                  flatten, read_checkpoint_info)
 
 PROCESSES = ("alone", "offline", "dml", "born_again", "teacher_assistant")
 CORRUPTIONS = ("none", "noise", "occlusion")
@@ -296,24 +312,96 @@ def _build(spec: ModelSpec, seed: int):
     return build_model(spec.model, spec.width)
 
 
-def _save_model(model, path: Path, spec: ModelSpec, metrics: dict) -> None:
-    from safetensors.torch import save_file
+def _save_model(model, path: Path, spec: ModelSpec, metrics: dict, epochs: int | None = None) -> None:
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"model": spec.model, "width": str(spec.width),
-                                          "metrics": json.dumps(metrics)})
+    meta = {"model": spec.model, "width": str(spec.width), "metrics": json.dumps(metrics)}
+    if epochs is not None:   # what a later start compares with the epochs it asks for
+        meta["epochs"] = str(epochs)
+    atomic_write_bytes(path, save(state, metadata=meta))
 
 
-def _load_model(spec: ModelSpec, path: Path):
+def _load_model(spec: ModelSpec, path: Path, error: type[ValueError] = ConfigError, advice: str = ""):
     from safetensors.torch import load_file
 
     model = _build(spec, 0)
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated or corrupt files
+        raise error(f"{path}: unreadable or truncated safetensors file ({exc}){advice}") from None
+    try:
+        model.load_state_dict(state)
     except (OSError, RuntimeError) as exc:
-        raise ConfigError(f"{path}: cannot load a {spec.model} w{spec.width} from it ({exc})") from None
+        raise error(f"{path}: cannot load a {spec.model} w{spec.width} from it ({exc}){advice}") from None
     return model.eval()
+
+
+def _model_epochs(path: Path, advice: str) -> int:
+    """The epochs a finished run's model was trained for, from its header (no tensors read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["epochs"]) if "epochs" in meta else int(json.loads(meta["metrics"])["epoch"])
+    except Exception as exc:  # truncated file, or no epoch count in it
+        raise ResumeError(f"{path}: unreadable or truncated model file ({exc!r}){advice}") from None
+
+
+def _read_json(path: Path, what: str, advice: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ResumeError(f"{path}: the {what} is unreadable or corrupt ({exc}){advice}") from None
+
+
+# ------------------------------------------------------------------------------------------- settings record
+RECORD = "experiment.json"
+RECORD_VERSION = 1
+# settings that do not change any trained weight: a difference is recorded, not refused
+COSMETIC = ("name",)
+# processes whose optim.epochs model teaches no later model (a teacher_assistant's assistant and a
+# born_again generation do): only these can change optim.epochs on resume
+LEAF_PROCESSES = ("alone", "offline", "dml")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_file(name: str) -> Path | None:
+    """The file a teacher's ``checkpoint`` names (a path or a shipped checkpoint), or None if there is none."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    try:
+        from npuq.models.checkpoints import _resolve
+
+        return _resolve(name)
+    except Exception:  # not found: Runner.teacher reports it with the list of shipped checkpoints
+        return None
+
+
+def experiment_settings(exp: Experiment) -> dict:
+    """Everything that decides the result of ``exp`` (the config after every override, e.g. ``--seed`` and
+    ``--epochs``), as plain JSON values. A teacher read from a file adds the file's SHA-256: a teacher
+    retrained or replaced under the same name teaches something else."""
+    settings = json.loads(json.dumps(dataclasses.asdict(exp)))
+    for spec, entry in zip(exp.teachers, settings["teachers"]):
+        if spec.checkpoint:
+            path = _checkpoint_file(spec.checkpoint)
+            entry["checkpoint_sha256"] = _sha256(path) if path is not None else None
+    return settings
+
+
+def _show(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class Runner:
@@ -325,6 +413,11 @@ class Runner:
         self.progress = progress
         self.train, self.test = _data(exp)
         self.results: dict[str, Any] = {}
+        self.trained: list[str] = []   # sub-runs that took at least one training step in this start
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            print(f"npuq distill: {text}", flush=True)
 
     def _student_view(self):
         d = self.exp.data
@@ -332,20 +425,97 @@ class Runner:
             return None
         return lambda x: corrupt(x, d.corruption, d.corruption_strength, self.exp.seed)
 
+    # ------------------------------------------------------------------ the settings record
+    def _advice(self) -> str:
+        return f"; delete it, or use another output folder than {self.out} (or delete that folder) to start over"
+
+    def _holds_results(self) -> bool:
+        if (self.out / "metrics.json").exists():
+            return True
+        names = ("checkpoint.safetensors", "model.safetensors", "history.json")
+        return self.out.is_dir() and any((d / n).exists() for d in self.out.iterdir() if d.is_dir() for n in names)
+
+    def check_folder(self) -> str:
+        """Compare the settings of this start with those recorded in the folder, record them, and return
+        ``"new"``, ``"same"`` or ``"changed"`` (a change that cannot alter any result, see the module text).
+        Raises :class:`ResumeError` naming every differing setting otherwise, before anything is trained."""
+        record = self.out / RECORD
+        settings = experiment_settings(self.exp)
+        entry = {"version": RECORD_VERSION, "settings": settings}
+        holds = self._holds_results()
+        if holds and not record.exists():
+            raise ResumeError(f"{self.out} holds trained models but no {RECORD} (written by an older npuq, or "
+                              "by something else): the settings they were trained with cannot be checked; "
+                              f"use another output folder, or delete {self.out} to start over")
+        if not holds:   # nothing trained here yet (or a start that failed before its first epoch): nothing to keep
+            atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
+            return "new"
+        saved = _read_json(record, "settings record", self._advice())
+        if not isinstance(saved, dict) or saved.get("version") != RECORD_VERSION or "settings" not in saved:
+            raise ResumeError(f"{record}: not a settings record of this npuq (version {RECORD_VERSION})"
+                              + self._advice())
+        old, new = flatten(saved["settings"]), flatten(settings)
+        differing = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+        if not differing:
+            return "same"
+        refused = [k for k in differing if k not in COSMETIC]
+        if refused:
+            self._check_change(refused, old, new)
+        atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
+        changes = ", ".join(f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in differing)
+        self._say(f"{self.out}: settings changed ({changes}); going on from the saved state gives what a clean run "
+                  "with these settings would")
+        return "changed"
+
+    def _check_change(self, differing: list, old: dict, new: dict) -> None:
+        changes = "; ".join(f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in differing)
+        head = (f"{self.out} holds a run of this experiment with other settings ({changes}); its models are not what "
+                "these settings give")
+        how = (f"To run these settings, use another output folder (--out), or delete {self.out} to start over; to "
+               f"get the saved result, start it with the settings recorded in {self.out / RECORD}.")
+        if differing != ["optim.epochs"]:
+            raise ResumeError(f"{head}. {how}")
+        exp, epochs = self.exp, new["optim.epochs"]
+        if exp.optim.schedule != "constant":
+            raise ResumeError(f"{head}: with the {exp.optim.schedule} schedule the learning rate of every step depends "
+                              f"on the total number of epochs, so training cannot go on to {epochs} epochs and end "
+                              f"as a clean {epochs}-epoch run would (optim.schedule = \"constant\" can). {how}")
+        if exp.process not in LEAF_PROCESSES:
+            raise ResumeError(f"{head}: in process '{exp.process}' the models trained for optim.epochs teach the "
+                              f"next ones, so every later model would change too. {how}")
+        run = "dml" if exp.process == "dml" else "student"
+        done = self._epochs_done(self.out / run)
+        if done > epochs:
+            raise ResumeError(f"{head}: {run} has {done} epochs done already and the {epochs}-epoch state is not "
+                              f"kept. {how}")
+
+    def _epochs_done(self, folder: Path) -> int:
+        ckpt, final = folder / "checkpoint.safetensors", folder / "model.safetensors"
+        if ckpt.exists():
+            return read_checkpoint_info(ckpt)["epoch"]
+        return _model_epochs(final, self._advice()) if final.exists() else 0
+
+    # ------------------------------------------------------------------ training
     def train_model(self, run: str, spec: ModelSpec, teachers=(), terms=(), seed_offset: int = 0,
                     epochs: int | None = None, student_input=None, teacher_weights=None):
-        """Train (or load, when finished earlier) one model; returns it in eval mode."""
+        """Train (or load, when finished earlier for as many epochs) one model; returns it in eval mode."""
         from npuq.distill.processes import offline_learner
 
-        final = self.out / run / "model.safetensors"
-        if final.exists():
-            model = _load_model(spec, final)
-            self.results[run] = json.loads((self.out / run / "history.json").read_text())
-            return model
-        model = _build(spec, self.exp.seed * 1000 + seed_offset)
         optim = copy.copy(self.exp.optim)
         if epochs:
             optim.epochs = epochs
+        final = self.out / run / "model.safetensors"
+        if final.exists():
+            held = _model_epochs(final, self._advice())
+            if held == optim.epochs:
+                model = _load_model(spec, final, ResumeError, self._advice())
+                self.results[run] = _read_json(self.out / run / "history.json", "training history", self._advice())
+                return model
+            if held > optim.epochs:   # check_folder refuses this first; a safety net for direct callers
+                raise ResumeError(f"{final} was trained for {held} epochs, not the {optim.epochs} asked for"
+                                  + self._advice())
+            # fewer: check_folder allowed more epochs; fit continues from the checkpoint
+        model = _build(spec, self.exp.seed * 1000 + seed_offset)
         loss_terms = [self._term(t, model, teachers) for t in terms]
         learner = offline_learner(model, list(teachers), loss_terms, optim, test=self.test,
                                   task_weight=self.exp.task_weight if terms else 1.0,
@@ -355,9 +525,17 @@ class Runner:
         summary = fit(learner, *self.train, optim, seed=self.exp.seed, out_dir=self.out / run,
                       progress=self.progress, desc=run)
         learner.modules["objective"].remove_taps()
+        self._note(run, summary, optim.epochs)
         self.results[run] = summary["history"]
-        _save_model(model, final, spec, summary["history"][-1])
+        _save_model(model, final, spec, summary["history"][-1], optim.epochs)
         return model.eval()
+
+    def _note(self, run: str, summary: dict, epochs: int) -> None:
+        start = summary["start_epoch"]
+        if start < epochs:
+            self.trained.append(run)
+        if 0 < start < epochs:
+            self._say(f"{run}: resumed at epoch {start} of {epochs} from {self.out / run / 'checkpoint.safetensors'}")
 
     def _term(self, spec: TermSpec, student, teachers):
         from npuq.distill.objective import Term
@@ -389,6 +567,7 @@ class Runner:
 
     def run(self) -> dict:
         exp = self.exp
+        state = self.check_folder()
         view = self._student_view()
         finals = {}
         if exp.process == "alone":
@@ -420,9 +599,11 @@ class Runner:
             finals.update(self._dml())
         metrics = {"name": exp.name, "process": exp.process, "seed": exp.seed, "final_test_accuracy": finals,
                    "histories": self.results}
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         self._plot()
+        if state != "new" and not self.trained:
+            self._say(f"{self.out} holds this experiment, trained with these settings already: returning its saved "
+                      "result, nothing was trained (use another --out, or delete the folder, to train again)")
         return metrics
 
     def _dml(self) -> dict:
@@ -433,11 +614,13 @@ class Runner:
         learner = mutual_learner(peers, exp.optim, test=self.test, kl_weight=exp.kl_weight)
         summary = fit(learner, *self.train, exp.optim, seed=exp.seed, out_dir=self.out / "dml",
                       progress=self.progress, desc="dml")
+        self._note("dml", summary, exp.optim.epochs)
         self.results["dml"] = summary["history"]
         accs = {f"peer{i}": accuracy(p, *self.test) for i, p in enumerate(peers)}
         accs["student"] = sum(accs.values()) / len(peers)
         for i, p in enumerate(peers):
-            _save_model(p, self.out / "dml" / f"peer{i}.safetensors", exp.student, {"test_accuracy": accs[f"peer{i}"]})
+            _save_model(p, self.out / "dml" / f"peer{i}.safetensors", exp.student, {"test_accuracy": accs[f"peer{i}"]},
+                        exp.optim.epochs)
         return accs
 
     def _acc(self, model, view) -> float:
@@ -468,8 +651,10 @@ class Runner:
         ax2.legend(fontsize=7)
         fig.suptitle(f"{self.exp.name} ({self.exp.process}, seed {self.exp.seed})")
         fig.tight_layout()
-        fig.savefig(self.out / "curves.png", dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
+        atomic_write_bytes(self.out / "curves.png", png.getvalue())
 
 
 def run_experiment(config: str | Path | Experiment, out_dir: str | Path, progress: bool = True) -> dict:
@@ -477,5 +662,5 @@ def run_experiment(config: str | Path | Experiment, out_dir: str | Path, progres
     return Runner(exp, out_dir, progress).run()
 
 
-__all__ = ["ConfigError", "Experiment", "ModelSpec", "PROCESSES", "Runner", "TermSpec", "corrupt", "load_experiment",
-           "parse_experiment", "run_experiment"]
+__all__ = ["ConfigError", "Experiment", "ModelSpec", "PROCESSES", "ResumeError", "Runner", "TermSpec", "corrupt",
+           "experiment_settings", "load_experiment", "parse_experiment", "run_experiment"]

@@ -10,6 +10,14 @@ Data order: each epoch's order is ``torch.randperm`` seeded by ``(seed, epoch)``
 boundary sees exactly the batches the uninterrupted run would, and under ``torchrun`` the union of
 the ranks' local batches at step *k* is the single-process global batch *k*.
 
+Checkpoints: after every epoch, written atomically (a temporary file in the same folder, flushed to disk,
+renamed over the old one: a run killed at any moment leaves the previous checkpoint or the new one). Each
+records the settings that decide the result (``optim``, the seed, the number of training samples); a
+resume with other settings is a :class:`ResumeError` naming them, except a change of ``optim.epochs``
+under the constant schedule (the learning rate of a step and the order of an epoch do not depend on the
+total, so the resumed run ends exactly as a clean one with the new total), to no fewer epochs than are done.
+A truncated or corrupt checkpoint is a :class:`ResumeError` naming the file.
+
 Distributed: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1) :func:`fit` joins the process
 group (gloo on CPU, NCCL on CUDA), splits each global batch across ranks, averages the gradients
 (all-reduce after backward, before the optimizer step; with equal local batches this is the gradient
@@ -22,8 +30,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -157,10 +167,57 @@ def _broadcast_buffers(modules, world_size: int) -> None:
         dist.broadcast(b, src=0)
 
 
+# ------------------------------------------------------------------------------------------- files
+class ResumeError(ValueError):
+    """A run folder cannot be resumed: a saved file is unreadable, or it was written with other settings.
+    The message names the file or the differing settings and says how to proceed."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never a part:
+    a temporary file in the same folder (same file system, so the rename is atomic), flushed to disk,
+    then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique temporary name: ranks or runs writing the same file at once do not write into each other's;
+    # mode 0o666 lets the umask decide the permissions, as for any file the user creates
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())   # the data is on disk before the name points to it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # makes the rename itself durable; not every platform can open a folder (Windows), which is fine
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, learner: Learner, epoch: int, history: list, extra: dict | None = None) -> None:
-    """Modules' state and optimizers' state in one safetensors file; the rest as JSON metadata."""
-    from safetensors.torch import save_file
+    """Modules' state and optimizers' state in one safetensors file; the rest as JSON metadata.
+    Written atomically (:func:`atomic_write_bytes`): a run killed while saving keeps its previous checkpoint."""
+    from safetensors.torch import save
 
     tensors, meta = {}, {}
     for name, m in learner.modules.items():
@@ -180,30 +237,53 @@ def save_checkpoint(path: Path, learner: Learner, epoch: int, history: list, ext
     meta["epoch"] = str(epoch)
     meta["history"] = json.dumps(history)
     meta["extra"] = json.dumps(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _unreadable(path: Path, what: str, exc) -> ResumeError:
+    return ResumeError(f"{path}: the {what} is unreadable or truncated ({exc}); delete it to redo that training "
+                       "from its start (the run's other files are kept), or use another output folder")
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> dict:
+    """``{"epoch": n, "history": [...], "extra": {...}}`` of a checkpoint, from its header only (no tensors
+    are read). Raises :class:`ResumeError` for a truncated or corrupt file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        info = {"epoch": int(meta["epoch"]), "history": json.loads(meta.get("history", "[]")),
+                "extra": json.loads(meta.get("extra", "{}"))}
+    except Exception as exc:  # safetensors raises its own error types for damaged files; KeyError: no epoch
+        raise _unreadable(path, "checkpoint", exc) from exc
+    return info
 
 
 def load_checkpoint(path: Path, learner: Learner) -> tuple[int, list]:
-    """Restore ``learner`` from :func:`save_checkpoint`'s file; returns (epochs done, history)."""
+    """Restore ``learner`` from :func:`save_checkpoint`'s file; returns (epochs done, history).
+    Raises :class:`ResumeError` for a damaged file or one written for other modules."""
     from safetensors import safe_open
 
+    path = Path(path)
+    info = read_checkpoint_info(path)
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: cannot read the checkpoint ({exc}); delete it to start over") from exc
+        opt_meta = json.loads(meta.get("optimizers", "{}"))
+    except Exception as exc:
+        raise _unreadable(path, "checkpoint", exc) from exc
     for name, m in learner.modules.items():
         prefix = f"module.{name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing = set(m.state_dict()) - set(state)
         if missing:
-            raise ValueError(f"{path}: checkpoint lacks {len(missing)} tensors of module '{name}' (e.g. "
-                             f"{sorted(missing)[:3]}); it belongs to another configuration")
+            raise ResumeError(f"{path}: checkpoint lacks {len(missing)} tensors of module '{name}' (e.g. "
+                              f"{sorted(missing)[:3]}); it belongs to another configuration: use another output "
+                              "folder, or delete the checkpoint to train from the start")
         m.load_state_dict(state)
-    opt_meta = json.loads(meta.get("optimizers", "{}"))
     for name, opt in learner.optimizers.items():
         om = opt_meta.get(name, {})
         state: dict = {}
@@ -214,8 +294,60 @@ def load_checkpoint(path: Path, learner: Learner) -> tuple[int, list]:
         for pid, st in om.items():
             if pid != "__param_groups__":
                 state.setdefault(int(pid), {}).update(st)
+        if "__param_groups__" not in om:
+            raise ResumeError(f"{path}: checkpoint has no state for optimizer '{name}'; it belongs to another "
+                              "configuration: use another output folder, or delete the checkpoint")
         opt.load_state_dict({"state": state, "param_groups": om["__param_groups__"]})
-    return int(meta["epoch"]), json.loads(meta.get("history", "[]"))
+    return info["epoch"], info["history"]
+
+
+def run_settings(optim: OptimConfig, seed: int, samples: int) -> dict:
+    """What decides a run's result besides the learner itself, as recorded in its checkpoints."""
+    return {"optim": asdict(optim), "seed": int(seed), "samples": int(samples)}
+
+
+def check_resumable(path: Path, info: dict, settings: dict) -> None:
+    """Refuse to resume the checkpoint at ``path`` (``info`` from :func:`read_checkpoint_info`) with other
+    ``settings`` (:func:`run_settings`) than it was written with, unless the resumed run ends exactly as a
+    clean run with the new settings would: only ``optim.epochs`` may change, with a constant learning rate
+    (the data order of an epoch depends on the seed and the epoch only), to no fewer epochs than are done."""
+    saved = info["extra"].get("settings")
+    if saved is None:   # written before checkpoints recorded their settings
+        warnings.warn(f"{path}: the checkpoint does not record the settings it was trained with; resuming it "
+                      "without checking them", stacklevel=3)
+        return
+    old, new = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(settings)))
+    differing = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
+    done, wanted = info["epoch"], new["optim.epochs"]
+    how = (f"use another output folder, or delete {path} (and the run's other files) to train with the new "
+           "settings from the start")
+    if any(k != "optim.epochs" for k in differing):
+        changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
+        raise ResumeError(f"{path}: the checkpoint was trained with other settings ({changes}); resuming it would "
+                          f"not give the result of the settings asked for: {how}")
+    if done > wanted:
+        raise ResumeError(f"{path}: the checkpoint holds {done} epochs, more than the {wanted} asked for; the "
+                          f"{wanted}-epoch state is not kept: {how}")
+    if differing and new["optim.schedule"] != "constant":
+        raise ResumeError(f"{path}: the run was started for {old['optim.epochs']} epochs and is asked for "
+                          f"{wanted} now; with the {new['optim.schedule']} schedule the learning rate of every "
+                          f"step depends on the total, so resuming cannot give what a clean {wanted}-epoch run "
+                          f"gives (only schedule 'constant' can change its epochs): {how}")
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """Nested dicts and lists as ``{"a.b[0].c": leaf}``: the names the settings checks report."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list):
+        out = {f"{prefix}.length": len(value)}
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -225,8 +357,10 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
     """Train ``learner`` for ``optim.epochs`` epochs over ``(images, labels)``.
 
     With ``out_dir``: a checkpoint after every epoch (``checkpoint.safetensors``), resumed from when
-    ``resume`` (the default), and ``history.json`` with the per-epoch metrics. Returns
-    ``{"history": [...], "steps": n, "seconds": s, "world_size": w}``.
+    ``resume`` (the default), and ``history.json`` with the per-epoch metrics; both written atomically.
+    The checkpoint records ``optim``, ``seed`` and the number of training samples: resuming with other
+    values is a :class:`ResumeError` (see :func:`check_resumable`). Returns ``{"history": [...],
+    "steps": n, "seconds": s, "world_size": w, "start_epoch": e}`` (``e``: the epochs found done).
     """
     from torch.utils.data import DistributedSampler
 
@@ -244,7 +378,9 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
     # the schedule scales the learning rates the optimizers were built with (a checkpoint holds scaled ones)
     base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in learner.optimizers.items()}
     start_epoch, history = 0, []
+    settings = run_settings(optim, seed, images.shape[0])
     if ckpt is not None and resume and ckpt.exists():
+        check_resumable(ckpt, read_checkpoint_info(ckpt), settings)
         start_epoch, history = load_checkpoint(ckpt, learner)
     sampler = DistributedSampler(range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=seed, drop_last=True)
@@ -290,13 +426,14 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
         history.append(record)
         if out is not None and rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(ckpt, learner, epoch + 1, history)
-            (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+            save_checkpoint(ckpt, learner, epoch + 1, history, extra={"settings": settings})
+            atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
         if max_steps is not None and step >= max_steps:
             break
     if world_size > 1:
         dist.barrier()
-    return {"history": history, "steps": step, "seconds": time.perf_counter() - t0, "world_size": world_size}
+    return {"history": history, "steps": step, "seconds": time.perf_counter() - t0, "world_size": world_size,
+            "start_epoch": start_epoch}
 
 
 def _broadcast_parameters(modules, world_size: int) -> None:
@@ -318,5 +455,6 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / images.shape[0]
 
 
-__all__ = ["Learner", "OPTIMIZERS", "OptimConfig", "SCHEDULES", "accuracy", "fit", "load_checkpoint",
+__all__ = ["Learner", "OPTIMIZERS", "OptimConfig", "ResumeError", "SCHEDULES", "accuracy", "atomic_write_bytes",
+           "atomic_write_text", "check_resumable", "fit", "load_checkpoint", "read_checkpoint_info", "run_settings",
            "save_checkpoint", "world"]

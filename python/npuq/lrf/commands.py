@@ -19,6 +19,8 @@ from pathlib import Path
 
 
 def add_commands(sub) -> None:
+    from npuq._cliutil import float_range, int_range
+
     lrf = sub.add_parser("lrf", help="low-rank factorization: rank search (RL or Optuna), iterative compression, "
                          "apply ranks, parameter reports (docs/lrf_search.md)")
     commands = lrf.add_subparsers(dest="lrf_command", required=True)
@@ -28,14 +30,14 @@ def add_commands(sub) -> None:
     s.add_argument("--out", default=None, help="output folder (default: results/lrf/<name>)")
     s.add_argument("--strategy", default=None, choices=("reinforce", "nsga2", "tpe", "random"),
                    help="override the config's strategy")
-    s.add_argument("--budget", type=int, default=None, help="override [search] budget (candidates; Optuna: the "
+    s.add_argument("--budget", type=int_range(1), default=None, help="override [search] budget (candidates; Optuna: the "
                    "completed trials of the whole study)")
-    s.add_argument("--target", type=float, default=None, help="override [search] target compression")
+    s.add_argument("--target", type=float_range(1.0), default=None, help="override [search] target compression")
     s.add_argument("--seed", type=int, default=None, help="override the config's seed")
     s.add_argument("--storage", default=None, help="override [optuna] storage: an SQLite path or a database URL "
                    "such as postgresql://user:password@host:5432/db (shared by all workers)")
     s.add_argument("--study-name", default=None, help="override [optuna] study_name")
-    s.add_argument("--worker-id", type=int, default=None, help="offsets the sampler seed of this worker of a "
+    s.add_argument("--worker-id", type=int_range(0), default=None, help="offsets the sampler seed of this worker of a "
                    "shared study (default: derived from host name and process id)")
     s.set_defaults(func=_run_search)
 

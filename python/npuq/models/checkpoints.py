@@ -118,8 +118,20 @@ def _read(path: Path, with_tensors: bool):
             raw = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else None  # noqa: SIM118
     except Exception as exc:  # the reader raises its own error types for bad headers
-        raise CheckpointMismatchError(f"{path}: not a readable safetensors file ({exc})") from exc
+        hint = "; it is an NPU program: run it with `npuq run`" if _looks_like_program(path) else ""
+        raise CheckpointMismatchError(f"{path}: not a checkpoint, not a readable safetensors file ({exc}){hint}; "
+                                      "expected a shipped checkpoint name or a .safetensors checkpoint") from exc
     return raw, tensors
+
+
+def _looks_like_program(path: Path) -> bool:
+    """Whether ``path`` is an NPU program file (its JSON graph names the program format), a common mix-up."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'"npuq-program' in head or path.suffix == ".npuq"
 
 
 def read_metadata(name_or_path) -> dict:
@@ -141,6 +153,9 @@ def load_checkpoint(name_or_path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointMismatchError(f"{path} is not an image-model checkpoint: load it with {loader}")
     raw, tensors = _read(path, with_tensors=True)
     missing_meta = [k for k in ("model", "width") if k not in raw]
+    if missing_meta and _looks_like_program(path):
+        raise CheckpointMismatchError(f"{path} is an NPU program, not a checkpoint: run it with `npuq run`, or give "
+                                      "a shipped checkpoint name or a .safetensors checkpoint")
     if missing_meta:
         raise CheckpointMismatchError(f"{path}: metadata lacks {', '.join(missing_meta)}; cannot rebuild the model")
     meta = _parse_metadata(raw)

@@ -6,23 +6,19 @@ import json
 import sys
 from pathlib import Path
 
+from npuq._cliutil import CommandError
+
 
 def add_commands(sub) -> None:
-    from npuq.methods import ACTIVATION_METHODS, OVERFLOWS, ROUNDINGS, WEIGHT_METHODS
+    from npuq._cliutil import int_range, threads_arg
+    from npuq.cli import add_quantization_options, shipped_checkpoints_help
+    from npuq.methods import OVERFLOWS
 
     c = sub.add_parser("compile", help="quantize a Fashion-MNIST checkpoint and compile it into an NPU program file")
-    c.add_argument("--model", required=True, help="a shipped checkpoint name (`npuq quantize --help`) or a "
-                   ".safetensors checkpoint path written by scripts/train_fmnist.py")
+    c.add_argument("--model", required=True, help=shipped_checkpoints_help())
     c.add_argument("-o", "--out", required=True, help="the program file to write (e.g. mobilenet_v2.npuq)")
-    c.add_argument("--weights", default="wess", choices=WEIGHT_METHODS)
-    c.add_argument("--bits", type=int, default=8, help="weight bits, 2..8")
-    c.add_argument("--activations", default="mse", choices=ACTIVATION_METHODS, help="activation observer")
-    c.add_argument("--calib-batches", type=int, default=8)
-    c.add_argument("--batch-size", type=int, default=256, help="calibration batch size")
-    c.add_argument("--cle", action="store_true", help="cross-layer equalization (+ high-bias absorption)")
-    c.add_argument("--bias-correction", action="store_true")
-    c.add_argument("--rounding", default="double", choices=ROUNDINGS)
-    c.add_argument("--overflow", default="raise", choices=OVERFLOWS)
+    add_quantization_options(c, weight_only=False)
+    c.add_argument("--overflow", default="raise", choices=OVERFLOWS, help="what an int32 accumulator overflow does")
     c.set_defaults(func=_run_compile)
 
     r = sub.add_parser("run", help="accuracy of an NPU program on Fashion-MNIST (or on .npy images + labels), "
@@ -31,11 +27,14 @@ def add_commands(sub) -> None:
     r.add_argument("--split", default="test", choices=("test", "train"), help="Fashion-MNIST split")
     r.add_argument("--images", default=None, help="a .npy of float images (N, C, H, W) or int8 inputs (N, H, W, C) "
                    "instead of Fashion-MNIST; needs --labels")
-    r.add_argument("--labels", default=None, help="a .npy of integer labels (N,)")
-    r.add_argument("--limit", type=int, default=None, help="first N images only")
-    r.add_argument("--threads", type=int, default=None, help="native kernel threads (default: all cores)")
-    r.add_argument("--batch-size", type=int, default=500)
+    r.add_argument("--labels", default=None, help="a .npy of integer labels (N,); needs --images")
+    r.add_argument("--limit", type=int_range(1), default=None, help="first N images only")
+    r.add_argument("--threads", type=threads_arg, default=None, help="native kernel threads (default: all cores)")
+    r.add_argument("--batch-size", type=int_range(1, 65_536), default=500, help="images per emulator call")
     r.add_argument("--json", default=None, help="write the result as JSON to this file")
+    r.add_argument("--dump", default=None, metavar="DIR", help="also write every op's output in the dump layout "
+                   "`npuq verify` reads (a reference dump; DIR must be new or empty; all images: mind --limit)")
+    r.add_argument("--dump-format", default="bin", choices=("bin", "hex", "npy", "all"), help="file format of --dump")
     r.set_defaults(func=_run_run)
 
 
@@ -60,35 +59,30 @@ def _run_compile(args) -> int:
 
 
 def _load_arrays(args):
-    import numpy as np
+    from npuq._untrusted import load_npy
 
-    if args.labels is None:
-        raise SystemExit("npuq run: --images needs --labels")
-    arrays = []
-    for flag, path in (("--images", args.images), ("--labels", args.labels)):
-        try:
-            arrays.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"npuq run: cannot read {flag} {path}: {exc}") from None
-    images, labels = arrays
+    images = load_npy(args.images, CommandError, "--images file")
+    labels = load_npy(args.labels, CommandError, "--labels file")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise SystemExit(f"npuq run: {args.labels}: labels must be a 1-D integer array, got {labels.dtype} "
-                         f"{labels.shape}")
+        raise CommandError(f"{args.labels}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if images.ndim < 2:
+        raise CommandError(f"{args.images}: images must be a batch (N, C, H, W) or (N, H, W, C), got shape "
+                           f"{images.shape}")
     if images.shape[0] != labels.shape[0]:
-        raise SystemExit(f"npuq run: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise CommandError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.shape[0] == 0:
+        raise CommandError(f"{args.images}: no images")
     return images, labels
 
 
 def _run_run(args) -> int:
     import time
 
-    from npuq.npu import Emulator, ProgramError, load_program
+    from npuq.npu import Emulator, load_program
 
-    try:
-        program = load_program(args.program)
-    except ProgramError as exc:
-        print(f"npuq run: {exc}", file=sys.stderr)
-        return 2
+    if (args.images is None) != (args.labels is None):
+        raise CommandError("--images and --labels go together: give both (or neither, for Fashion-MNIST)")
+    program = load_program(args.program)
     emu = Emulator(program, threads=args.threads, batch_size=args.batch_size)
     if args.images is not None:
         images, labels = _load_arrays(args)
@@ -100,6 +94,11 @@ def _run_run(args) -> int:
         source = f"fashion-mnist:{args.split}"
     if args.limit is not None:
         images, labels = images[:args.limit], labels[:args.limit]
+    if args.dump is not None:
+        from npuq.npu.vectors import write_dump
+
+        written = write_dump(program, images, args.dump, fmt=args.dump_format, threads=args.threads)
+        print(f"wrote {len(written)} op output files of {len(labels)} images to {args.dump}/")
     batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
                for i in range(0, len(labels), args.batch_size)]
     start = time.perf_counter()

@@ -113,6 +113,11 @@ class OpCost:
     cycles: int                    # max(compute, memory): transfers overlap compute (double buffering)
     bound: str                     # "compute", "memory" or "none"
     utilization: float | None
+    # the emulator (golden reference) on the host, per image: its temporaries for this op (a max pool's
+    # padded plane, a conv's im2col panel or depthwise row ring on one thread), and those plus the
+    # activations alive: npuq.npu.program.op_footprint, what the loader bounds (docs/program.md 4)
+    scratch_bytes: int = 0
+    working_set_bytes: int = 0
 
     @property
     def param_bytes(self) -> int:
@@ -135,6 +140,8 @@ class CostReport:
     peak_op: str
     activations_on_chip: bool      # peak * batch fits the on-chip buffer
     notes: list[str] = field(default_factory=list)
+    peak_working_set_bytes: int = 0  # per image, the emulator's: the largest OpCost.working_set_bytes
+    peak_working_set_op: str = ""
 
     # ---------------------------------------------------------------------------- totals
     def _sum(self, key: str) -> int:
@@ -216,6 +223,8 @@ class CostReport:
             "peak_activation_bytes_batch": self.peak_activation_bytes * cfg.batch,
             "peak_op": self.peak_op,
             "activations_on_chip": self.activations_on_chip,
+            "peak_working_set_bytes": self.peak_working_set_bytes,
+            "peak_working_set_op": self.peak_working_set_op,
             "offchip_bytes": self.offchip_bytes,
             "compute_cycles": self.compute_cycles,
             "memory_cycles": self.memory_cycles,
@@ -265,20 +274,30 @@ def estimate_cost(program: Program, config: NPUConfig | None = None) -> CostRepo
         config = NPUConfig()
     if not isinstance(config, NPUConfig):
         raise TypeError(f"config must be an NPUConfig, got {type(config).__name__}")
+    from npuq.npu.program import memory_plan
+
     shapes = program.shapes()  # validates
-    live, peak, peak_op = activation_liveness(program, shapes)
+    plan = memory_plan(program, shapes)
+    live = plan.live
+    peak_index = int(np.argmax(live))
+    peak, peak_op = live[peak_index], program.ops[peak_index].name
     on_chip = peak * config.batch <= config.buffer_bytes
     offchip_acts = _offchip_activation_bytes(program, shapes, on_chip)
     ops = []
     for i, op in enumerate(program.ops):
-        ops.append(_op_cost(op, [shapes[s] for s in op.inputs], shapes[op.name], live[i], offchip_acts[i], config))
+        cost = _op_cost(op, [shapes[s] for s in op.inputs], shapes[op.name], live[i], offchip_acts[i], config)
+        f = plan.footprints[i]
+        cost.scratch_bytes = f.intermediate_bytes + f.scratch_bytes
+        cost.working_set_bytes = plan.working_sets[i]
+        ops.append(cost)
     notes = []
     if not on_chip:
         notes.append(f"peak activations x batch ({peak * config.batch} bytes) exceed the on-chip buffer "
                      f"({config.buffer_bytes} bytes): every op reads its inputs from and writes its output to "
                      f"off-chip memory")
     return CostReport(model=program.model, config=config, ops=ops, peak_activation_bytes=peak, peak_op=peak_op,
-                      activations_on_chip=on_chip, notes=notes)
+                      activations_on_chip=on_chip, notes=notes, peak_working_set_bytes=plan.peak_bytes,
+                      peak_working_set_op=program.ops[plan.peak_index].name)
 
 
 def _elements(shape: tuple[int, ...]) -> int:
@@ -300,20 +319,12 @@ def activation_liveness(program: Program, shapes: dict[str, tuple[int, ...]] | N
 
     Alive at op ``i``: every buffer written before (or by) op ``i`` that op ``i`` or a later op still
     reads; the program output stays alive to the end. The first op reaching the peak is reported.
+    One pass over the ops (:func:`npuq.npu.program.live_activation_bytes`), linear in their number.
     """
+    from npuq.npu.program import live_activation_bytes
+
     shapes = program.shapes() if shapes is None else shapes
-    storage = _storage_of(program)
-    born = {program.input.name: -1}
-    last_use = {program.input.name: -1}
-    for i, op in enumerate(program.ops):
-        if storage[op.name] == op.name:
-            born[op.name] = i
-            last_use[op.name] = i
-        for src in op.inputs:
-            last_use[storage[src]] = max(last_use[storage[src]], i)
-    last_use[storage[program.output]] = len(program.ops)
-    size = {buf: _elements(shapes[buf]) * ACTIVATION_BYTES for buf in born}
-    live = [sum(size[b] for b in born if born[b] <= i <= last_use[b]) for i in range(len(program.ops))]
+    live = [b * ACTIVATION_BYTES for b in live_activation_bytes(program, shapes)]
     peak_index = int(np.argmax(live))
     return live, live[peak_index], program.ops[peak_index].name
 
@@ -469,6 +480,9 @@ def _format_table(report: CostReport) -> str:
            f"peak activation memory    {_n(t['peak_activation_bytes'])} B per image at '{t['peak_op']}' "
            f"({_n(t['peak_activation_bytes_batch'])} B for the batch: "
            f"{'fits on chip' if t['activations_on_chip'] else 'spills to off-chip memory'})",
+           f"emulator working set      {_n(t['peak_working_set_bytes'])} B per image at "
+           f"'{t['peak_working_set_op']}' (values alive and the op's temporaries on the host; the loader's limit "
+           f"is 1 GiB)",
            f"off-chip traffic          {_n(t['offchip_bytes'])} B per batch",
            f"cycles                    {_n(t['cycles'])} per batch (compute {_n(t['compute_cycles'])}, memory "
            f"{_n(t['memory_cycles'])}; {t['compute_bound_ops']} ops compute-bound, {t['memory_bound_ops']} "
@@ -509,17 +523,22 @@ def _plot(report: CostReport, path: Path) -> Path:
 # ====================================================================================== command line
 def add_commands(sub) -> None:
     """Register ``npuq cost PROGRAM [options]`` on the argparse sub-parsers ``sub``."""
+    from npuq._cliutil import float_range, int_range
+
     defaults = NPUConfig()
     p = sub.add_parser("cost", help="estimate MACs, memory, cycles and latency of an NPU program "
                        "(docs/cost_model.md)")
     p.add_argument("program", help="a program file (.npuq) written by `npuq compile` or Program.save")
-    p.add_argument("--rows", type=int, default=defaults.rows, help="MAC array rows (reduction)")
-    p.add_argument("--cols", type=int, default=defaults.cols, help="MAC array columns (output channels) and "
-                   "vector lanes")
-    p.add_argument("--clock-mhz", type=float, default=defaults.clock_mhz)
-    p.add_argument("--bandwidth-gbps", type=float, default=defaults.bandwidth_gbps, help="off-chip GB/s")
-    p.add_argument("--buffer-bytes", type=int, default=defaults.buffer_bytes, help="on-chip activation buffer")
-    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument("--rows", type=int_range(1, 1 << 16), default=defaults.rows, help="MAC array rows (reduction)")
+    p.add_argument("--cols", type=int_range(1, 1 << 16), default=defaults.cols, help="MAC array columns (output "
+                   "channels) and vector lanes")
+    p.add_argument("--clock-mhz", type=float_range(0, 1e6, lo_open=True), default=defaults.clock_mhz,
+                   help="NPU clock")
+    p.add_argument("--bandwidth-gbps", type=float_range(0, 1e6, lo_open=True), default=defaults.bandwidth_gbps,
+                   help="off-chip GB/s")
+    p.add_argument("--buffer-bytes", type=int_range(0, 1 << 40), default=defaults.buffer_bytes,
+                   help="on-chip activation buffer")
+    p.add_argument("--batch", type=int_range(1, 1 << 20), default=defaults.batch, help="images per inference")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--plot", default=None, metavar="PATH", help="also plot cycles per op (needs matplotlib)")
     p.set_defaults(func=_run_cost)

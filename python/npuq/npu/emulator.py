@@ -12,13 +12,21 @@ CUDA kernels (docs/cuda.md), bit for bit the same outputs; device inputs (torch 
 
 from __future__ import annotations
 
+import math
 import sys
 from numbers import Integral
 
 import numpy as np
 
 from npuq import _C, _cuda, ops
-from npuq.npu.program import Program, load_program, validate
+from npuq.npu.program import MAX_OP_BYTES, Program, load_program, memory_plan, validate
+
+# The memory of one native call. A batch is split so that its images' values and temporaries (the memory
+# plan of docs/program.md 4) stay within BATCH_BYTES; a kernel whose threads each allocate scratch (the
+# depthwise row ring) runs on fewer threads where they would together pass SCRATCH_BYTES. The loader bounds
+# one image's needs (1 GiB), so one image always fits; results depend on neither split.
+BATCH_BYTES = 2 << 30
+SCRATCH_BYTES = MAX_OP_BYTES
 
 
 class Emulator:
@@ -28,7 +36,7 @@ class Emulator:
         program: a :class:`~npuq.npu.program.Program` or the path of a program file.
         threads: threads of the native kernels (default: ``npuq.get_num_threads()``, all cores).
         batch_size: images per native call in :meth:`run` (bounds memory on big data sets; the result is
-            the same for every value).
+            the same for every value). Fewer where a call would need more than ``BATCH_BYTES`` (2 GiB).
         device: ``"cpu"`` (default), ``"cuda"`` or ``"cuda:N"``: where the integer kernels run. On a GPU the
             weights are copied to the device once, here.
 
@@ -45,6 +53,7 @@ class Emulator:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.program = program
         self.shapes = validate(program)
+        self._plan = memory_plan(program, self.shapes)
         self.threads = threads
         self.batch_size = int(batch_size)
         self._kernels = {op.name: _pack(op, program) for op in program.layers()}
@@ -127,12 +136,13 @@ class Emulator:
         if n == 0:
             raise ValueError("x holds no images (batch of size 0)")
         threads = self.threads if threads is None else threads
-        chunks = range(0, n, self.batch_size)
+        step = self._images_per_call(capture)
+        chunks = range(0, n, step)
         if progress:
             chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'}")
         outs, caps = [], []
         for lo in chunks:
-            batch = arr[lo:lo + self.batch_size]
+            batch = arr[lo:lo + step]
             # float images are quantized a batch at a time: each image independently, so the bits are the
             # same as quantizing all at once, without data-set-sized temporaries
             xq = self.quantize_input(batch, layout) if is_float else batch
@@ -147,18 +157,44 @@ class Emulator:
             return out, caps[0]
         return out, {k: np.concatenate([c[k] for c in caps]) for k in caps[0]}
 
+    def _images_per_call(self, capture: bool) -> int:
+        """``batch_size``, or fewer images where their values and temporaries would pass BATCH_BYTES."""
+        plan = self._plan
+        temporaries = [f.intermediate_bytes for f in plan.footprints]
+        if capture:  # every value is kept to the end
+            values = sum(math.prod(self.shapes[s]) for s in [self.program.input.name] +
+                         [op.name for op in self.program.ops if op.kind != "flatten"])  # a flatten is a view
+            per_image = values + max(temporaries)
+        else:
+            per_image = max(v + t for v, t in zip(plan.live, temporaries))
+        return max(1, min(self.batch_size, BATCH_BYTES // max(1, per_image)))
+
+    def _threads_for(self, index: int, threads):
+        """``threads``, or fewer for a kernel whose per-thread scratch would together pass SCRATCH_BYTES."""
+        scratch = self._plan.footprints[index].scratch_bytes
+        if not scratch:
+            return threads
+        cap = max(1, SCRATCH_BYTES // scratch)
+        wanted = threads or self.threads or _C.get_num_threads()
+        return cap if wanted > cap else threads
+
     def _run_batch(self, xq: np.ndarray, threads, keep_all: bool) -> dict[str, np.ndarray]:
         p = self.program
         env = {p.input.name: xq}
-        last_use = self._last_use()
         for i, op in enumerate(p.ops):
             args = [env[s] for s in op.inputs]
-            env[op.name] = self._run_op(op, args, threads)
-            if not keep_all:  # free what no later op reads
-                for s in op.inputs:
-                    if last_use[s] == i and s != p.output:
-                        del env[s]
+            env[op.name] = self._run_op(op, args, self._threads_for(i, threads))
+            if not keep_all:
+                self._free_dead(env, op, i)
         return env
+
+    def _free_dead(self, env: dict, op, index: int) -> None:
+        """Drop what no later op reads: the inputs op ``index`` read last, and its own output if nothing reads
+        it. The memory plan the loader bounds counts a value only up to its last reader."""
+        last_use, output = self._last_use(), self.program.output
+        for name in {*op.inputs, op.name}:
+            if last_use.get(name, index) == index and name != output:
+                env.pop(name, None)
 
     # ---------------------------------------------------------------------------------- on the GPU
     def _run_cuda(self, x, capture: bool, layout: str, progress: bool):
@@ -172,7 +208,8 @@ class Emulator:
             n, torch_out = arr.shape[0], False
         if n == 0:
             raise ValueError("x holds no images (batch of size 0)")
-        chunks = range(0, n, self.batch_size)
+        step = self._images_per_call(capture)
+        chunks = range(0, n, step)
         if progress:
             chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'} on {self.device}")
         outs, caps = [], []
@@ -180,10 +217,10 @@ class Emulator:
             x, "x", np.float32 if is_float else np.int8)
         for lo in chunks:
             if on_device:
-                part = x[lo:lo + self.batch_size] if rows is None else rows.rows(lo, lo + self.batch_size)
+                part = x[lo:lo + step] if rows is None else rows.rows(lo, lo + step)
                 xb = self._device_batch(part, is_float, layout)
             else:
-                batch = arr[lo:lo + self.batch_size]
+                batch = arr[lo:lo + step]
                 xq = self.quantize_input(batch, layout) if is_float else batch
                 xb = _cuda.to_device(xq, dev)
             values = self._run_batch_cuda(xb, keep_all=capture)
@@ -259,14 +296,11 @@ class Emulator:
     def _run_batch_cuda(self, xb, keep_all: bool) -> dict:
         p = self.program
         env = {p.input.name: xb}
-        last_use = self._last_use()
         for i, op in enumerate(p.ops):
             args = [env[s] for s in op.inputs]
             env[op.name] = self._run_op_cuda(op, args)
             if not keep_all:
-                for s in op.inputs:
-                    if last_use[s] == i and s != p.output:
-                        del env[s]
+                self._free_dead(env, op, i)
         return env
 
     def _run_op_cuda(self, op, args):

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from npuq._C import ARITHMETIC_VERSION  # the version of docs/arithmetic.md the ops follow
+from npuq._untrusted import JSONRejected, file_kind, loads_strict
 
 FORMAT = "npuq-program"
 FORMAT_VERSION = 1
@@ -49,6 +51,29 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _SAFETENSORS_DTYPES = {"I8": np.int8, "U8": np.uint8, "I32": np.int32}
 _DTYPE_CODES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+
+# ---------------------------------------------------------------------------------- resource limits
+# A program file is hostile until validated: a 1 KB file can declare a pooling window whose padded plane
+# is gigabytes, or shapes whose products leave int64. These bound what loading, costing and emulating an
+# accepted program may take (docs/program.md 4, "Resource limits"); a program beyond any of them is a
+# ProgramError at load time. Real networks are orders of magnitude below every one.
+MAX_FILE_BYTES = 2 << 30         # a program file (2 GiB)
+MAX_TENSOR_ELEMENTS = 2**31 - 1  # any tensor of the file and any per-image value: int32 indexing is safe
+MAX_OP_BYTES = 256 << 20         # per image, one op: its inputs, output and temporary buffers (256 MiB)
+MAX_PEAK_BYTES = 1 << 30         # per image: the values alive together plus the running op's buffers (1 GiB)
+MAX_OP_WORK = 2**34              # per image, one op: multiply-accumulates or element operations
+MAX_OP_PARAM_BYTES = 256 << 20   # one layer's parameters as the native kernels pack them (256 MiB)
+MAX_PARAM_BYTES = 4 << 30        # all layers' packed parameters together (4 GiB)
+
+# What the native kernels allocate and accept (csrc/cpu/kernels.h, conv_plan.cc, reference/validate.cc),
+# mirrored here so that a program that validates never fails in them.
+_NATIVE_INDEX_LIMIT = 1 << 40    # validate.cc: products of indices of a conv / pool
+_NATIVE_REDUCTION_LIMIT = 1 << 31  # validate.cc: KH * KW * C_in / groups of a conv
+_NATIVE_POOL_TAPS = 1 << 30      # validate.cc: taps of one pooling window
+_PANEL_ROWS = 24                 # kernels.h kPanelRows: im2col rows packed at once, per thread
+_SCRATCH_ALIGN = 64              # conv_plan.cc Scratch: every scratch buffer is over-allocated for alignment
+_CONSTANT_BYTES = 36             # kernels.h ChannelConstants per padded channel: 3 int32 + 3 int64
+_GROUP_OVERHEAD = 512            # per GEMM group: vector headers and allocator overhead (an upper estimate)
 
 
 class ProgramError(ValueError):
@@ -362,7 +387,7 @@ def _check_op(op: Op, where: str, in_shapes: list[tuple[int, ...]]) -> tuple[int
         _clamp(a, where)
         return x
     if k == "flatten":
-        return (int(np.prod(x)),)
+        return (_elements(x),)
     if len(x) != 3:
         _fail(where, f"{k} needs an (H, W, C) input, but '{op.inputs[0]}' has shape {x}")
     if k == "global_avg_pool":
@@ -383,6 +408,232 @@ def _check_op(op: Op, where: str, in_shapes: list[tuple[int, ...]]) -> tuple[int
     if oh < 1 or ow < 1:
         _fail(where, f"kernel {kernel} does not fit the {x[0]}x{x[1]} input")
     return (oh, ow, x[2])
+
+
+# ====================================================================================== resources
+@dataclass(frozen=True)
+class OpFootprint:
+    """What running one op takes, per image unless said otherwise (bytes; activations are int8).
+
+    ``intermediate_bytes`` are per-image temporaries beyond the inputs and the output (the padded plane of
+    a max pool); ``scratch_bytes`` is per thread of a native kernel and independent of the batch (the
+    im2col panel of a GEMM conv, the row ring of a depthwise conv); ``param_bytes`` is per program (the
+    layer's parameters as the native kernels pack them); ``work`` counts multiply-accumulates or element
+    operations as the kernels run them (GEMM tiles padded to 16 channels and 4 taps)."""
+
+    input_bytes: int
+    output_bytes: int
+    intermediate_bytes: int = 0
+    scratch_bytes: int = 0
+    param_bytes: int = 0
+    work: int = 0
+    temporary: str = ""  # what the temporaries are, for messages
+
+    @property
+    def working_set_bytes(self) -> int:
+        """Everything the op touches for one image on one thread: bounded by MAX_OP_BYTES."""
+        return self.input_bytes + self.output_bytes + self.intermediate_bytes + self.scratch_bytes
+
+
+def _elements(shape) -> int:
+    return math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def op_footprint(op: Op, in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> OpFootprint:
+    """The memory and work of running ``op`` (validated, with its inputs' and its output's per-image shapes)
+    in the emulator: what the loader bounds and the cost model reports. Mirrors what the emulator and the
+    native kernels allocate; keep it in step with csrc/cpu (kernels.h, conv_plan.cc) and emulator.py."""
+    k = op.kind
+    if k == "flatten":
+        return OpFootprint(0, 0, temporary="none (a view of its input)")
+    reads = sum(_elements(s) for s in dict(zip(op.inputs, in_shapes)).values())  # a value read twice is one buffer
+    out = _elements(out_shape)
+    if k == "conv2d":
+        return _conv_footprint(op, in_shapes[0], out_shape, reads, out)
+    if k == "fully_connected":
+        c_out, kk = (int(d) for d in op.tensors["weight"].shape)
+        return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(kk), param_bytes=_gemm_params(1, c_out, kk),
+                           work=_round_up(c_out, 16) * _round_up(kk, 4), temporary="the im2col panel")
+    if k == "add":
+        return OpFootprint(reads, out, work=out)
+    if k == "global_avg_pool":
+        return OpFootprint(reads, out, work=reads)
+    kh, kw = op.attrs["kernel"]
+    work = out * kh * kw
+    pt, pb, pl, pr = op.attrs["padding"]
+    if k == "max_pool2d" and (pt or pb or pl or pr):  # emulator.max_pool2d pads with np.pad
+        h, w, c = in_shapes[0]
+        plane = (h + pt + pb, w + pl + pr, c)
+        return OpFootprint(reads, out, intermediate_bytes=_elements(plane), work=work,
+                           temporary=f"the padded input plane {'x'.join(map(str, plane))}")
+    return OpFootprint(reads, out, work=work)  # avg_pool2d: the native kernel clips windows, no copy
+
+
+def _conv_footprint(op: Op, x: tuple[int, ...], y: tuple[int, ...], reads: int, out: int) -> OpFootprint:
+    a, w = op.attrs, op.tensors["weight"]
+    c_out, kh, kw, c_group = (int(d) for d in w.shape)
+    groups = int(a["groups"])
+    pixels = y[0] * y[1]
+    if groups == x[2] and groups > 1 and c_out == x[2]:  # Conv2dPlan's depthwise path
+        c16, c32, pairs = _round_up(c_out, 16), _round_up(c_out, 32), -(-kw // 2)
+        pt, pb, pl, pr = a["padding"]
+        padded_w = x[1] + pl + pr
+        ring = (kh - 1) * a["dilation"][0] + 1  # kernels.h depthwise_scratch_bytes
+        scratch = ring * padded_w * c32 * 4 + c32 * 4 + padded_w + c32 // 16 * 1024 + 128 + _SCRATCH_ALIGN
+        params = (kh * kw * c16 * 4 + (c32 + c16) * kh * pairs * 4 + (2 * c16 + c32) * _CONSTANT_BYTES
+                  + c_out * (kh * kw + 13))
+        work = pixels * c16 * kh * kw + x[0] * padded_w * c32
+        return OpFootprint(reads, out, scratch_bytes=scratch, param_bytes=params, work=work,
+                           temporary=f"the depthwise row ring ({ring} rows of {padded_w} columns)")
+    k = kh * kw * c_group
+    work = pixels * groups * _round_up(c_out // groups, 16) * _round_up(k, 4)
+    return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(k), param_bytes=_gemm_params(groups, c_out, k),
+                       work=work, temporary="the im2col panel")
+
+
+def _gemm_scratch(k: int) -> int:
+    """One im2col panel of a GEMM conv / fully-connected layer (per thread)."""
+    return _PANEL_ROWS * _round_up(k, 4) + _SCRATCH_ALIGN
+
+
+def _gemm_params(groups: int, c_out: int, k: int) -> int:
+    """Conv2dPlan's packed GEMM weights: per group int8 and int16 copies of the weights and the channel
+    constants, padded to 16 channels; plus its plain copies of the weights, bias and requantization."""
+    n16, k4 = _round_up(c_out // groups, 16), _round_up(k, 4)
+    return groups * (n16 * k4 * 3 + n16 * _CONSTANT_BYTES + _GROUP_OVERHEAD) + c_out * (k + 13)
+
+
+def live_activation_bytes(program: Program, shapes: dict[str, tuple[int, ...]]) -> list[int]:
+    """Per-image activation bytes alive while each op runs (docs/cost_model.md 2), in one pass.
+
+    Every value lives in one buffer (a flatten's output shares its input's). A buffer is alive from the op
+    that writes it (the input: from the start) to its last reader (the program output: to the end). Each
+    buffer adds its size on its first op and removes it after its last, so the live bytes of every op are
+    prefix sums: linear in the op count (a sum over all buffers per op was quadratic).
+    """
+    n = len(program.ops)
+    storage = {program.input.name: program.input.name}
+    born = {program.input.name: 0}
+    last = {program.input.name: 0}
+    for i, op in enumerate(program.ops):
+        if op.kind == "flatten":
+            storage[op.name] = storage[op.inputs[0]]
+        else:
+            storage[op.name] = op.name
+            born[op.name] = last[op.name] = i
+        for src in op.inputs:
+            last[storage[src]] = i  # ops run in order: the latest reader so far is the last
+    last[storage[program.output]] = n - 1
+    change = [0] * (n + 1)
+    for buf, first in born.items():
+        size = _elements(shapes[buf])
+        change[first] += size
+        change[last[buf] + 1] -= size
+    live, total = [], 0
+    for delta in change[:n]:
+        total += delta
+        live.append(total)
+    return live
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The footprint of every op and the memory around it, per image (built by :func:`memory_plan`)."""
+
+    footprints: list[OpFootprint]
+    live: list[int]          # activation bytes alive while each op runs (live_activation_bytes)
+    working_sets: list[int]  # live + the op's temporaries + one thread's scratch: bounded by MAX_PEAK_BYTES
+    peak_bytes: int          # the largest working set
+    peak_index: int          # the first op reaching it
+    param_bytes: int         # every layer's packed parameters (per program): bounded by MAX_PARAM_BYTES
+
+
+def memory_plan(program: Program, shapes: dict[str, tuple[int, ...]] | None = None) -> MemoryPlan:
+    """:class:`MemoryPlan` of a program (validated first unless its ``shapes`` are given)."""
+    shapes = validate(program) if shapes is None else shapes
+    footprints = [op_footprint(op, [shapes[s] for s in op.inputs], shapes[op.name]) for op in program.ops]
+    return _plan(program, shapes, footprints)
+
+
+def _plan(program: Program, shapes: dict[str, tuple[int, ...]], footprints: list[OpFootprint]) -> MemoryPlan:
+    live = live_activation_bytes(program, shapes)
+    working = [v + f.intermediate_bytes + f.scratch_bytes for v, f in zip(live, footprints)]
+    peak = max(working)
+    return MemoryPlan(footprints, live, working, peak, working.index(peak),
+                      sum(f.param_bytes for f in footprints))
+
+
+def _check_elements(where: str, what: str, shape: tuple[int, ...]) -> None:
+    n = _elements(shape)
+    if n > MAX_TENSOR_ELEMENTS:
+        _fail(where, f"{what} {tuple(shape)} has {n:,} elements, more than the limit of {MAX_TENSOR_ELEMENTS:,} "
+                     f"(2^31 - 1; docs/program.md 4)")
+
+
+def _check_native(op: Op, where: str, x: tuple[int, ...], y: tuple[int, ...]) -> None:
+    """The native kernels' own size checks (csrc/reference/validate.cc), on one image: a program they would
+    refuse is refused here, naming the op, instead of failing in the emulator."""
+    limit = _NATIVE_INDEX_LIMIT
+    if op.kind == "conv2d":
+        c_out, kh, kw, c_group = (int(d) for d in op.tensors["weight"].shape)
+        dil = op.attrs["dilation"]
+        extent = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)  # Conv2dPlan checks the layer on this input
+        for h, w in ((x[0], x[1]), extent):
+            if h * w > limit // x[2]:
+                _fail(where, f"the native convolution kernels refuse it: a {h}x{w}x{x[2]} input is beyond their "
+                             f"2^40 index limit")
+        k = kh * kw * c_group
+        if y[0] * y[1] > limit // c_out or k > _NATIVE_REDUCTION_LIMIT or c_out * k > limit:
+            _fail(where, f"the native convolution kernels refuse it: output {y} with a reduction of {k} is beyond "
+                         f"their index limits")
+    elif op.kind in ("avg_pool2d", "max_pool2d"):
+        kh, kw = op.attrs["kernel"]
+        if kh * kw > _NATIVE_POOL_TAPS:
+            _fail(where, f"kernel {[kh, kw]} has {kh * kw:,} taps, more than the {_NATIVE_POOL_TAPS:,} (2^30) the "
+                         f"native pooling kernels take")
+    elif op.kind == "global_avg_pool" and x[0] * x[1] > _NATIVE_POOL_TAPS:
+        _fail(where, f"a {x[0]}x{x[1]} window has more than the 2^30 taps the native pooling kernels take")
+
+
+def _check_footprint(where: str, f: OpFootprint) -> None:
+    if f.working_set_bytes > MAX_OP_BYTES:
+        temp = f" + temporaries {f.intermediate_bytes + f.scratch_bytes:,} B ({f.temporary})" if f.temporary else ""
+        _fail(where, f"working set of {f.working_set_bytes:,} bytes per image (inputs {f.input_bytes:,} B + output "
+                     f"{f.output_bytes:,} B{temp}) exceeds the limit of {MAX_OP_BYTES:,} bytes (256 MiB; "
+                     f"docs/program.md 4)")
+    if f.work > MAX_OP_WORK:
+        _fail(where, f"needs {f.work:,} operations per image, more than the limit of {MAX_OP_WORK:,} (2^34; "
+                     f"docs/program.md 4)")
+    if f.param_bytes > MAX_OP_PARAM_BYTES:
+        _fail(where, f"its parameters packed for the native kernels take {f.param_bytes:,} bytes, more than the "
+                     f"limit of {MAX_OP_PARAM_BYTES:,} (256 MiB; docs/program.md 4)")
+
+
+def _check_resources(op: Op, where: str, in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
+                     ) -> OpFootprint:
+    """Every resource limit of one op (docs/program.md 4), the cheapest and clearest first."""
+    _check_elements(where, "the output shape", out_shape)
+    footprint = op_footprint(op, in_shapes, out_shape)
+    _check_footprint(where, footprint)
+    _check_native(op, where, in_shapes[0], out_shape)
+    return footprint
+
+
+def _check_program_memory(p: Program, source: str, shapes: dict[str, tuple[int, ...]],
+                          footprints: list[OpFootprint]) -> None:
+    plan = _plan(p, shapes, footprints)
+    for i, ws in enumerate(plan.working_sets):  # the first op over the limit, like every other check
+        if ws > MAX_PEAK_BYTES:
+            _fail(f"{source}: op {i} '{p.ops[i].name}'", f"the values alive while it runs and its temporaries take "
+                  f"{ws:,} bytes per image ({plan.live[i]:,} B of values alive), more than the limit of "
+                  f"{MAX_PEAK_BYTES:,} (1 GiB; docs/program.md 4)")
+    if plan.param_bytes > MAX_PARAM_BYTES:
+        _fail(source, f"the layers' parameters packed for the native kernels take {plan.param_bytes:,} bytes in "
+                      f"total, more than the limit of {MAX_PARAM_BYTES:,} (4 GiB; docs/program.md 4)")
 
 
 def validate(program: Program, source: str = "program") -> dict[str, tuple[int, ...]]:
@@ -412,7 +663,9 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
     if float(np.float32(inp.scale)) != inp.scale:
         _fail(f"{source}: input", f"scale {inp.scale!r} is not a float32 value (the input is quantized in float32)")
     _check_zp(inp.zero_point, f"{source}: input")
+    _check_elements(f"{source}: input", "shape", shape)
     shapes: dict[str, tuple[int, ...]] = {inp.name: tuple(int(d) for d in shape)}
+    footprints = []
     if not p.ops:
         _fail(source, "the program has no ops")
     for i, op in enumerate(p.ops):
@@ -433,9 +686,12 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
             _fail(where, "tensors must be a dict")
         _check_scale(op.scale, where)
         _check_zp(op.zero_point, where)
-        shapes[op.name] = _check_op(op, where, [shapes[s] for s in op.inputs])
+        in_shapes = [shapes[s] for s in op.inputs]
+        shapes[op.name] = _check_op(op, where, in_shapes)
+        footprints.append(_check_resources(op, where, in_shapes, shapes[op.name]))
     if p.output not in shapes or p.output == inp.name:
         _fail(source, f"output {p.output!r} is not the name of an op")
+    _check_program_memory(p, source, shapes, footprints)
     return shapes
 
 
@@ -498,17 +754,33 @@ def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str])
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
-    if len(data) < 8:
-        _fail(source, f"the file is {len(data)} bytes long: too short to be a program (truncated?)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        _fail(source, f"header size field says {n} bytes but the file has {len(data) - 8} after it "
-                      f"(truncated or not a program file)")
+def _load_json(text: str | bytes, source: str, what: str, hint: str = ""):
+    """Strict JSON (npuq._untrusted): a key twice in one object would be two different programs to two
+    readers; bytes must be UTF-8. NaN / Infinity are left to the field checks (free-form info may hold them)."""
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        return loads_strict(text)
+    except JSONRejected as exc:
+        _fail(source, f"{what}: {exc}")
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, integers beyond Python's digit limit
-        _fail(source, f"the header is not valid JSON ({exc}); the file is corrupted or not a program")
+        _fail(source, f"{what} is not valid JSON ({exc}){hint}")
+
+
+def _header_size(head: bytes, file_size: int, source: str) -> int:
+    """The header size field of the first 8 bytes of a file of ``file_size`` bytes, checked: the header
+    must fit in the file (and in _MAX_HEADER) before anything more is read or parsed."""
+    if file_size < 8:
+        _fail(source, f"the file is {file_size} bytes long: too short to be a program (truncated?)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > min(_MAX_HEADER, file_size - 8):
+        _fail(source, f"header size field says {n} bytes but the file has {file_size - 8} after it "
+                      f"(truncated or not a program file; a header has at most {_MAX_HEADER:,} bytes)")
+    return n
+
+
+def _parse_safetensors(data, source: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    data = memoryview(data).cast("B")  # slices of a memoryview are views: the file is never copied whole
+    n = _header_size(data[:8], len(data), source)
+    header = _load_json(bytes(data[8:8 + n]), source, "the header", "; the file is corrupted or not a program")
     if not isinstance(header, dict):
         _fail(source, "the header is not a JSON object")
     meta = header.pop("__metadata__", None)
@@ -526,6 +798,7 @@ def _parse_safetensors(data: bytes, source: str) -> tuple[dict[str, str], dict[s
         shape, offs = entry["shape"], entry["data_offsets"]
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**40 for d in shape) or len(shape) > 8:
             _fail(where, f"shape {shape!r} is not a list of non-negative integers")
+        _check_elements(where, "shape", tuple(max(d, 1) for d in shape))  # an empty tensor's other dims too
         if not isinstance(offs, list) or len(offs) != 2 or not all(type(d) is int for d in offs):
             _fail(where, f"data_offsets {offs!r} is not a pair of integers")
         begin, end = offs
@@ -656,16 +929,17 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
 
 
 def program_from_bytes(data: bytes, source: str = "program", *, check_digest: bool = True) -> Program:
-    """Parse and validate a program file's bytes (see :func:`load_program`)."""
-    meta, tensors = _parse_safetensors(bytes(data), source)
+    """Parse and validate a program file's bytes (any bytes-like object; see :func:`load_program`)."""
+    size = memoryview(data).nbytes
+    if size > MAX_FILE_BYTES:
+        _fail(source, f"{size:,} bytes: larger than the maximum program size of {MAX_FILE_BYTES:,} bytes (2 GiB; "
+                      f"docs/program.md 4)")
+    meta, tensors = _parse_safetensors(data, source)
     text = meta.get(METADATA_KEY)
     if text is None:
         _fail(source, f"the header metadata has no '{METADATA_KEY}' entry: a safetensors file, but not an npuq "
                       f"program")
-    try:
-        graph = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        _fail(source, f"the '{METADATA_KEY}' graph is not valid JSON ({exc})")
+    graph = _load_json(text, source, f"the '{METADATA_KEY}' graph")
     program = program_from_json(graph, tensors, source)
     if check_digest:  # after validation, so that a hand edit is reported by the field it broke
         stored = meta.get(DIGEST_KEY)
@@ -686,10 +960,8 @@ def load_program(path: str | os.PathLike, *, check_digest: bool = True) -> Progr
     parses); turn it off to load a program that was edited on purpose (it is validated all the same).
     """
     path = Path(path)
-    if path.exists() and not path.is_dir() and not path.is_file():
-        raise ProgramError(f"{path}: not a regular file (a pipe or device?); a program is a file")
     try:
-        data = path.read_bytes()
+        data = _read_program_file(path)
     except FileNotFoundError:
         raise ProgramError(f"{path}: no such program file") from None
     except IsADirectoryError:
@@ -699,5 +971,45 @@ def load_program(path: str | os.PathLike, *, check_digest: bool = True) -> Progr
     return program_from_bytes(data, str(path), check_digest=check_digest)
 
 
-__all__ = ["ARITHMETIC_VERSION", "FORMAT_VERSION", "InputSpec", "Op", "OP_KINDS", "Program", "ProgramError",
-           "load_program", "program_from_bytes", "program_from_json", "validate"]
+def _read_program_file(path: Path) -> bytearray:
+    """The file's bytes, read in full only after its type, its size and its header size field pass: a pipe,
+    a device or a 4 GB file is refused after at most 8 bytes."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(info.st_mode):
+            _fail(str(path), f"is {file_kind(info.st_mode)}, not a regular file; a program is a file")
+        size = info.st_size
+        if size > MAX_FILE_BYTES:
+            _fail(str(path), f"the file is {size:,} bytes, larger than the maximum program size of "
+                             f"{MAX_FILE_BYTES:,} bytes (2 GiB; docs/program.md 4)")
+        head = bytearray(min(size, 8))
+        _read_into(f, memoryview(head), path)
+        _header_size(head, size, str(path))
+        data = bytearray(size)  # allocated only now that the header size fits the file
+        data[:8] = head
+        _read_into(f, memoryview(data)[8:], path)
+        if f.read(1):
+            _fail(str(path), "the file grew while it was read; read it again once it is written")
+    return data
+
+
+def _read_into(f, view: memoryview, path: Path) -> int:
+    """Fill ``view`` from ``f``; a file shorter than its size said (truncated meanwhile) is an error."""
+    done = 0
+    while done < len(view):
+        got = f.readinto(view[done:])
+        if not got:
+            _fail(str(path), f"the file shrank while it was read ({len(view) - done:,} bytes missing); read it "
+                             f"again once it is written")
+        done += got
+    return done
+
+
+__all__ = ["ARITHMETIC_VERSION", "FORMAT_VERSION", "InputSpec", "MAX_FILE_BYTES", "MAX_OP_BYTES", "MAX_OP_PARAM_BYTES",
+           "MAX_OP_WORK", "MAX_PARAM_BYTES", "MAX_PEAK_BYTES", "MAX_TENSOR_ELEMENTS", "MemoryPlan", "Op", "OP_KINDS",
+           "OpFootprint", "Program", "ProgramError", "live_activation_bytes", "load_program", "memory_plan",
+           "op_footprint", "program_from_bytes", "program_from_json", "validate"]

@@ -4,11 +4,18 @@
 bench needs to drive and check one op of the NPU: the op's int8 input(s), its integer parameters
 (weights, bias, multiplier, exponent, WESS shifts) and its expected int8 output. Every array is written
 three times: ``.hex`` (one two's-complement word per line, for Verilog ``$readmemh``), ``.bin`` (raw
-little-endian) and ``.npy``. ``manifest.json`` describes the set and holds the size and CRC32 of
-every file.
+little-endian) and ``.npy``. ``manifest.json`` describes the set, holds the size and CRC32 of every
+file and a SHA-256 digest of itself; ``program.npuq`` is a copy of the program the set was written for.
 
 :func:`verify` compares a directory of hardware outputs (same relative paths as the golden op outputs)
 with a golden set, op by op in program order, and reports the first mismatching op and element.
+:func:`write_dump` writes the emulator's outputs in that dump layout (``npuq run --dump``).
+
+The golden set certifies itself: the manifest digest catches any edit of the manifest, the op count
+and the program copy catch a consistently edited manifest that drops an op, and every op must list
+exactly the arrays its kind requires. Files are read only when they are regular files inside their
+directory and of the size the manifest (or the expected shape) allows, so a link to a device, a FIFO
+or a huge file is an error, not a hang.
 
 File formats, directory layout and exit codes: ``docs/golden_vectors.md``.
 
@@ -17,11 +24,15 @@ Only numpy and the standard library are needed (tqdm, when installed, draws the 
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import hashlib
 import io
 import json
 import math
 import os
 import re
+import secrets
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -30,13 +41,19 @@ from typing import Any
 
 import numpy as np
 
-from npuq.npu.program import Program, load_program
+from npuq._untrusted import JSONRejected, inside, load_npy, loads_strict, npy_header, read_regular, size_limit
+from npuq.npu.program import OP_KINDS, Program, ProgramError, load_program, program_from_bytes
 
 VECTORS_FORMAT = "npuq-golden-vectors"
-VECTORS_FORMAT_VERSION = 1
+#: 2: the manifest digest, the op count, the program copy and the per-op required arrays
+VECTORS_FORMAT_VERSION = 2
 REPORT_FORMAT = "npuq-verify-report"
-REPORT_FORMAT_VERSION = 1
+REPORT_FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
+#: the manifest field holding the SHA-256 of the canonical JSON of all the other fields
+DIGEST_FIELD = "manifest_sha256"
+#: the copy of the program inside a vector set
+PROGRAM_FILE = "program.npuq"
 
 #: the three encodings of every array; verify reads a dump's files in this order
 FILE_FORMATS = ("bin", "hex", "npy")
@@ -47,10 +64,23 @@ LAYOUT_AXES = {"NHWC": ("n", "h", "w", "c"), "NK": ("n", "k"), "OHWI": ("o", "h"
                "C": ("c",)}
 #: the per-layer parameter arrays in the order they are written
 LAYER_ARRAYS = ("weight", "bias", "multiplier", "exponent", "shift")
+LAYER_KINDS = ("conv2d", "fully_connected")
+
+# Size limits checked before a file is read. A manifest of a 1000-op program is a few MB; a hex dump
+# may carry comments and @address lines, hence the generous bytes per value; a .npy header is at most
+# 64 KiB (numpy's own reader refuses headers over 10000 characters).
+MANIFEST_MAX_BYTES = 256 << 20
+HEX_DUMP_BYTES_PER_VALUE = 64
+HEX_DUMP_SLACK_BYTES = 64 << 10
+NPY_HEADER_MAX_BYTES = 64 << 10
+#: no manifest integer needs more digits (a byte count); Python refuses to parse over 4300 anyway
+_MAX_INT_DIGITS = 40
 
 _FASHION_SPEC = re.compile(r"^fashion-mnist:(train|test):([0-9]+)$")
 _HEX_WORD = re.compile(r"^[0-9a-fA-F][0-9a-fA-F_]*$")
 _HEX_DIGITS_ONLY = re.compile(r"[0-9a-fA-F]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CRC32 = re.compile(r"[0-9a-f]{8}")
 
 
 class VectorsError(ValueError):
@@ -157,6 +187,118 @@ def crc32_hex(data: bytes) -> str:
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
 
 
+# ====================================================================================== safe file access
+def _safe_path(root: Path, rel: Any, where: str) -> Path:
+    """``root / rel`` for a manifest path; absolute paths and ``..`` would leave the vector directory."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
+        raise GoldenVectorsError(f"{where}: file path {rel!r} is not a relative path inside the vector directory")
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+        raise GoldenVectorsError(f"{where}: file path {rel!r} is not a relative path inside the vector directory")
+    return root.joinpath(*parts)
+
+
+def _read_file(path: Path, root: Path | None, error: type[VectorsError], what: str, check_size) -> bytes | None:
+    """The bytes of a regular file inside ``root`` (None if absent); ``check_size(size)`` raises for a size
+    the caller cannot accept, before a byte is read (npuq._untrusted)."""
+    return read_regular(path, error, what, root=root, check_size=check_size)
+
+
+def _write_file(root: Path, rel: str, data: bytes) -> None:
+    """Write a new file ``root/rel``; it must not exist yet and must land inside ``root`` (no link on the
+    way leads out: writing never goes through a symlink)."""
+    path = _safe_path(root, rel, str(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not inside(os.path.realpath(path.parent), os.path.realpath(root)):
+        raise VectorsError(f"{path}: would be written outside {root} (through a link); refusing")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    with os.fdopen(os.open(path, flags, 0o666), "wb") as f:
+        f.write(data)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory tree, best effort, never following a symlink: a link is removed itself and
+    what it points to is not touched (an old vector set may hold links to directories outside it)."""
+    try:
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.unlink(path)
+            return
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    _remove_tree(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+# ====================================================================================== manifest JSON
+def _load_json(data: bytes, where: str) -> Any:
+    """Parse manifest bytes strictly: UTF-8, no duplicate keys, no NaN or infinity, no huge integers."""
+    try:
+        return loads_strict(data, max_int_digits=_MAX_INT_DIGITS, finite=True)
+    except JSONRejected as exc:
+        raise GoldenVectorsError(f"{where}: not a valid manifest: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise GoldenVectorsError(f"{where}: cannot read the manifest ({_one_line(exc)})") from None
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``manifest`` without its ``manifest_sha256`` field: keys
+    sorted, no whitespace, ASCII escapes (``json.dumps(sort_keys=True, separators=(",", ":"))``)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def required_arrays(kind: str) -> tuple[str, ...]:
+    """The arrays an op of ``kind`` has in a vector set, in the order they are written: its input(s)
+    (``input``, or ``input_a`` and ``input_b`` for an add), the layer parameters (conv2d and
+    fully_connected) and ``output``. Raises :class:`GoldenVectorsError` for an unknown kind."""
+    if kind not in OP_KINDS:
+        raise GoldenVectorsError(f"op kind {kind!r} is not one of {', '.join(OP_KINDS)}")
+    return _input_keys(kind) + (LAYER_ARRAYS if kind in LAYER_KINDS else ()) + ("output",)
+
+
+def _input_keys(kind: str) -> tuple[str, ...]:
+    return ("input_a", "input_b") if kind == "add" else ("input",)
+
+
+def _array_spec(kind: str, key: str) -> tuple[str, tuple[str, ...]]:
+    """The dtype and the allowed layouts of array ``key`` of an op of ``kind``."""
+    if key == "weight":
+        return "int8", ("OHWI",) if kind == "conv2d" else ("OK",)
+    if key == "shift":
+        return "uint8", ("C",)
+    if key in ("bias", "multiplier", "exponent"):
+        return "int32", ("C",)
+    return "int8", ("NHWC", "NK")  # activations: an input or the output
+
+
+def _hex_header(name: str, dtype: str, layout: str, shape) -> str:
+    return f"{name} dtype={dtype} layout={layout} shape={'x'.join(str(d) for d in shape)}"
+
+
+def _golden_size_range(fmt: str, entry: dict, count: int, itemsize: int) -> tuple[int, int]:
+    """The sizes a golden file of an (already checked) array entry may have: exact for ``.bin`` and
+    ``.hex`` (written by this module), the data plus a bounded header for ``.npy``."""
+    data = count * itemsize
+    if fmt == "bin":
+        return data, data
+    if fmt == "hex":
+        header = f"// {_hex_header(entry['name'], entry['dtype'], entry['layout'], entry['shape'])}\n"
+        size = len(header.encode("utf-8")) + count * (2 * itemsize + 1)
+        return size, size
+    return data + 16, data + NPY_HEADER_MAX_BYTES
+
+
 # ====================================================================================== export
 @dataclass
 class _ArrayPlan:
@@ -178,39 +320,39 @@ def _op_dir(index: int, name: str, n_ops: int) -> str:
     return f"ops/{index:0{width}d}_{name}"
 
 
-def _input_file_names(op) -> list[str]:
-    return ["input"] if len(op.inputs) == 1 else [f"input_{chr(ord('a') + i)}" for i in range(len(op.inputs))]
-
-
 def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[str, _ArrayPlan]:
     """The arrays of one op, keyed by file name: input(s), parameters (layers only), output."""
+    keys = _input_keys(op.kind)
+    if len(op.inputs) != len(keys):
+        raise VectorsError(f"op '{op.name}' ({op.kind}) reads {len(op.inputs)} values; a {op.kind} op reads "
+                           f"{len(keys)}")
     folder = _op_dir(index, op.name, n_ops)
     plan = {}
-    for key, source in zip(_input_file_names(op), op.inputs):
+    for key, source in zip(keys, op.inputs):
         plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", values[source],
                                _activation_layout(values[source]), value=source)
-    if op.kind in ("conv2d", "fully_connected"):
+    if op.kind in LAYER_KINDS:
         for key in LAYER_ARRAYS:
-            tensor = op.tensors[key]
-            layout = ("OHWI" if tensor.ndim == 4 else "OK") if key == "weight" else "C"
-            plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", tensor, layout)
+            plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", op.tensors[key],
+                                   _array_spec(op.kind, key)[1][0])
     out = values[op.name]
     plan["output"] = _ArrayPlan(f"{folder}/output", f"{op.name}.output", out, _activation_layout(out),
                                 value=op.name)
     return plan
 
 
+def _encode(array: np.ndarray, fmt: str, header: str) -> bytes:
+    return hex_bytes(array, header) if fmt == "hex" else _ENCODERS[fmt](array)
+
+
 def _write_array(outdir: Path, plan: _ArrayPlan) -> dict:
     """Write the three files of one array; return its manifest entry."""
-    shape = "x".join(str(d) for d in plan.array.shape)
-    header = f"{plan.name} dtype={plan.array.dtype.name} layout={plan.layout} shape={shape}"
+    header = _hex_header(plan.name, plan.array.dtype.name, plan.layout, plan.array.shape)
     files = {}
     for fmt in FILE_FORMATS:
-        data = hex_bytes(plan.array, header) if fmt == "hex" else _ENCODERS[fmt](plan.array)
+        data = _encode(plan.array, fmt, header)
         rel = f"{plan.stem}.{fmt}"
-        path = outdir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        _write_file(outdir, rel, data)
         files[fmt] = {"path": rel, "bytes": len(data), "crc32": crc32_hex(data)}
     entry = {"name": plan.name, "dtype": plan.array.dtype.name, "layout": plan.layout,
              "shape": [int(d) for d in plan.array.shape], "files": files}
@@ -223,51 +365,199 @@ def _as_program(program) -> Program:
     return program if isinstance(program, Program) else load_program(program)
 
 
-def _prepare_outdir(outdir: Path, overwrite: bool) -> None:
-    """Create ``outdir``; a non-empty one is only reused with ``overwrite`` and only if it holds a
-    previous vector set, whose listed files are removed first (so no stale op folder survives)."""
-    if outdir.exists() and not outdir.is_dir():
+def _emulate(program: Program, inputs, layout: str, threads: int | None, label: str) -> dict[str, np.ndarray]:
+    """Every value of the program on ``inputs``: the network input's and each op's int8 output."""
+    from npuq.npu.emulator import Emulator
+
+    try:
+        _, values = Emulator(program, threads=threads).run(inputs, capture=True, layout=layout)
+    except (TypeError, ValueError) as exc:
+        raise VectorsError(f"{label}: {exc}") from None
+    return values
+
+
+# ------------------------------------------------------------------------------ the output directory
+@dataclass
+class _Target:
+    """Where a vector set or a dump goes: the resolved directory, and whether it holds a previous
+    vector set to replace (``--force``)."""
+
+    path: Path
+    shown: str      # as the user wrote it, for messages
+    replace: bool
+
+
+def _output_target(outdir: Path, overwrite: bool, what: str = "vector set") -> _Target:
+    """Check ``outdir`` before anything is computed: new or empty, or (``overwrite``) a previous vector
+    set holding nothing else. A link to a directory is followed once, here: everything else works on
+    the resolved path."""
+    real = Path(os.path.realpath(outdir))
+    if real.parent == real:
+        raise VectorsError(f"{outdir}: cannot write a {what} in place of the file-system root")
+    if os.path.lexists(real) and not real.is_dir():
         raise VectorsError(f"{outdir}: exists and is not a directory")
-    if not outdir.exists() or not any(outdir.iterdir()):
-        outdir.mkdir(parents=True, exist_ok=True)
-        return
-    manifest_path = outdir / MANIFEST_NAME
+    try:
+        empty = not real.exists() or not any(real.iterdir())
+    except OSError as exc:
+        raise VectorsError(f"{outdir}: cannot list the directory ({exc.strerror or exc})") from None
+    if empty:
+        return _Target(real, str(outdir), replace=False)
     if not overwrite:
-        raise VectorsError(f"{outdir}: the directory is not empty; choose a new one or overwrite a previous "
-                           f"vector set (overwrite=True, --force)")
+        hint = " or overwrite a previous vector set (overwrite=True, --force)" if what == "vector set" else ""
+        raise VectorsError(f"{outdir}: the directory is not empty; choose a new one{hint}")
+    _check_previous_set(real, str(outdir))
+    return _Target(real, str(outdir), replace=True)
+
+
+def _check_previous_set(real: Path, shown: str) -> None:
+    """A directory may be replaced only if it holds a vector set (of any format version) and nothing but
+    its files: the manifest, the files it lists, their folders, and links (which are removed themselves,
+    never followed). Anything else is someone's file: refuse."""
+    manifest_path = real / MANIFEST_NAME
     try:
-        old = json.loads(manifest_path.read_text())
-        if old.get("format") != VECTORS_FORMAT:
-            raise ValueError(f"format {old.get('format')!r} is not {VECTORS_FORMAT!r}")
-        old_files = [f["path"] for entry in _manifest_arrays(old, str(manifest_path)) for f in entry["files"].values()]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VectorsError(f"{outdir}: not empty and holds no readable {MANIFEST_NAME} of a previous vector set "
+        data = _read_file(manifest_path, real, VectorsError, "manifest",
+                          size_limit(manifest_path, VectorsError, "manifest", MANIFEST_MAX_BYTES))
+        if data is None:
+            raise VectorsError(f"no {MANIFEST_NAME}")
+        old = _load_json(data, str(manifest_path))
+        fmt = old.get("format") if isinstance(old, dict) else None
+        if fmt != VECTORS_FORMAT:
+            raise VectorsError(f"format {fmt!r} is not {VECTORS_FORMAT!r}")
+    except VectorsError as exc:
+        raise VectorsError(f"{shown}: not empty and holds no readable {MANIFEST_NAME} of a previous vector set "
                            f"({exc}); refusing to overwrite it") from None
-    for rel in old_files:
-        _safe_path(outdir, rel, str(manifest_path)).unlink(missing_ok=True)
-    manifest_path.unlink()
-    ops_dir = outdir / "ops"
-    if ops_dir.is_dir():
-        for sub in sorted(ops_dir.iterdir()):
-            if sub.is_dir() and not any(sub.iterdir()):
-                sub.rmdir()
+    foreign = _foreign_files(real, {MANIFEST_NAME} | _listed_paths(old))
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise VectorsError(f"{shown}: holds {', '.join(foreign[:5])}{more}, which the previous vector set's "
+                           f"{MANIFEST_NAME} does not list; refusing to replace the directory (move them first)")
 
 
-def _progress(iterable, total: int, enabled: bool):
-    if not enabled:
-        return iterable
+def _listed_paths(manifest: Any) -> set[str]:
+    """The file paths a (possibly old or damaged) manifest lists: every ``path`` of an object that also
+    has a ``crc32`` (an op's ``path`` is a torch module name, not a file). Iterative: any depth."""
+    paths, stack = set(), [manifest]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            if isinstance(obj.get("path"), str) and "crc32" in obj:
+                paths.add(str(PurePosixPath(obj["path"])))
+            stack.extend(obj.values())
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return paths
+
+
+def _foreign_files(real: Path, ours: set[str]) -> list[str]:
+    """The entries under ``real`` that are not ``ours`` (relative paths), without following links."""
+    foreign, stack = [], [("", real)]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_symlink():
+                    continue  # removed as a link; what it points to is never touched
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((rel + "/", Path(entry.path)))
+                elif not (entry.is_file(follow_symlinks=False) and rel in ours):
+                    foreign.append(rel)
+    return sorted(foreign)
+
+
+def _fresh_sibling(target: Path, tag: str) -> Path:
+    """An unused hidden name next to ``target`` (same file system: a rename there is atomic)."""
+    for _ in range(100):
+        candidate = target.parent / f".{target.name}.{tag}-{secrets.token_hex(4)}"
+        if not os.path.lexists(candidate):
+            return candidate
+    raise VectorsError(f"{target}: no free temporary name next to it")
+
+
+@contextlib.contextmanager
+def _staging(target: _Target):
+    """A new directory next to the target to write into; removed again if writing fails, so that a
+    failed export leaves neither a half-written set nor anything that blocks the next export."""
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        stage = _fresh_sibling(target.path, "partial")
+        try:
+            stage.mkdir()
+            break
+        except FileExistsError:  # taken in between: draw another name
+            continue
+    else:
+        raise VectorsError(f"{target.shown}: no free temporary name next to it")
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: no bar then
-        return iterable
-    return tqdm(iterable, total=total, desc="writing vectors", unit="array", leave=False)
+        yield stage
+    except BaseException:
+        _remove_tree(stage)
+        raise
+
+
+def _install(stage: Path, target: _Target) -> None:
+    """Move the finished ``stage`` into place with renames: the target directory is either the old one
+    or the complete new one, never a mixture."""
+    real = target.path
+    if not target.replace:
+        try:
+            if real.is_dir():
+                real.rmdir()  # empty when checked; a file written there since is not overwritten
+            os.rename(stage, real)
+        except OSError as exc:
+            raise VectorsError(f"{target.shown}: cannot move the new files into place ({exc.strerror or exc})") \
+                from None
+        return
+    _check_previous_set(real, target.shown)  # again: the emulation may have taken a while
+    aside = _fresh_sibling(real, "old")
+    os.rename(real, aside)
+    try:
+        os.rename(stage, real)
+    except BaseException:
+        os.rename(aside, real)
+        raise
+    _remove_tree(aside)
+
+
+@contextlib.contextmanager
+def _progress(iterable, total: int, enabled: bool):
+    """``iterable``, with a progress bar when enabled; the bar is closed (its line cleared) however the
+    block ends, so that an error message is not printed after a half-drawn bar."""
+    bar = None
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # tqdm is optional: no bar then
+            pass
+        else:
+            bar = tqdm(iterable, total=total, desc="writing vectors", unit="array", leave=False)
+    try:
+        yield iterable if bar is None else bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _described_fields(program: Program) -> dict:
+    """The top-level manifest fields that describe the program and the file conventions: export writes
+    them, the check compares them with the program copy (so an edited description is caught too)."""
+    out_op = program.output_op
+    return {"model": program.model, "program_format_version": program.format_version,
+            "arithmetic_version": program.arithmetic_version, "rounding": program.rounding,
+            "overflow": program.overflow, "byte_order": "little",
+            "hex": {"digits": dict(HEX_DIGITS), "order": "row-major", "header": "one leading // comment line",
+                    "encoding": "two's complement, lower case, one value per line"},
+            "input": {"name": program.input.name, "scale": float(program.input.scale),
+                      "zero_point": int(program.input.zero_point)},
+            "output": {"op": program.output, "scale": float(out_op.scale), "zero_point": int(out_op.zero_point)}}
 
 
 def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
     entry = {"index": index, "name": op.name, "kind": op.kind, "path": op.path, "dir": folder,
              "inputs": list(op.inputs), "params": _json_scalars(op.attrs),
-             "output_scale": float(op.scale), "output_zero_point": int(op.zero_point), "arrays": arrays}
-    if op.kind in ("conv2d", "fully_connected"):
+             "output_scale": float(op.scale), "output_zero_point": int(op.zero_point), "arrays": arrays,
+             "required_arrays": list(required_arrays(op.kind))}
+    if op.kind in LAYER_KINDS:
         entry["requantization"] = "per_channel" if op.tensors["multiplier"].shape[0] > 1 else "per_layer"
     return entry
 
@@ -292,20 +582,12 @@ def export_vectors(program: Program | str | os.PathLike, inputs, outdir: str | o
     :meth:`Emulator.quantize_input`. ``source`` is recorded in the manifest (e.g.
     ``"fashion-mnist:test:8"``). The files and the manifest are byte-identical for the same program
     and inputs, whatever ``threads``. ``outdir`` must be new or empty, or hold a previous vector set
-    and ``overwrite=True``.
+    (and nothing else) and ``overwrite=True``. The set is written next to ``outdir`` and renamed into
+    place at the end: a failed export changes nothing.
     """
-    from npuq.npu.emulator import Emulator
-
     program = _as_program(program)
-    emulator = Emulator(program, threads=threads)
-    label = source or "inputs"
-    try:
-        _, values = emulator.run(inputs, capture=True, layout=layout)
-    except (TypeError, ValueError) as exc:
-        raise VectorsError(f"{label}: {exc}") from None
-    outdir = Path(outdir)
-    _prepare_outdir(outdir, overwrite)
-
+    target = _output_target(Path(outdir), overwrite)
+    values = _emulate(program, inputs, layout, threads, source or "inputs")
     n_ops = len(program.ops)
     op_plans = [_plan_op(i, op, n_ops, values) for i, op in enumerate(program.ops)]
     net_in = values[program.input.name]
@@ -314,36 +596,72 @@ def export_vectors(program: Program | str | os.PathLike, inputs, outdir: str | o
     plans += [p for op_plan in op_plans for p in op_plan.values()]
     plans.append(_ArrayPlan("output", "output", net_out, _activation_layout(net_out), value=program.output))
 
-    entries = {p.stem: _write_array(outdir, p) for p in _progress(plans, len(plans), progress)}
-    ops = [_op_manifest(i, op, _op_dir(i, op.name, n_ops), {k: entries[p.stem] for k, p in op_plans[i].items()})
-           for i, op in enumerate(program.ops)]
-    out_op = program.output_op
-    all_files = [f for e in entries.values() for f in e["files"].values()]
-    manifest = {
-        "format": VECTORS_FORMAT,
-        "format_version": VECTORS_FORMAT_VERSION,
-        "model": program.model,
-        "program_sha256": program.digest(),
-        "program_format_version": program.format_version,
-        "arithmetic_version": program.arithmetic_version,
-        "rounding": program.rounding,
-        "overflow": program.overflow,
-        "byte_order": "little",
-        "images": int(net_in.shape[0]),
-        "input_source": source or "array",
-        "hex": {"digits": dict(HEX_DIGITS), "order": "row-major", "header": "one leading // comment line",
-                "encoding": "two's complement, lower case, one value per line"},
-        "input": {"name": program.input.name, "scale": float(program.input.scale),
-                  "zero_point": int(program.input.zero_point), "array": entries["input"]},
-        "output": {"op": program.output, "scale": float(out_op.scale), "zero_point": int(out_op.zero_point),
-                   "array": entries["output"]},
-        "ops": ops,
-        "file_count": len(all_files),
-        "total_bytes": sum(f["bytes"] for f in all_files),
-    }
-    text = json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n"
-    (outdir / MANIFEST_NAME).write_text(text, encoding="utf-8")
-    return json.loads(text)  # exactly what the file holds (lists, not tuples)
+    with _staging(target) as stage:
+        with _progress(plans, len(plans), progress) as bar:
+            entries = {p.stem: _write_array(stage, p) for p in bar}
+        program_bytes = program.to_bytes()
+        _write_file(stage, PROGRAM_FILE, program_bytes)
+        program_file = {"path": PROGRAM_FILE, "bytes": len(program_bytes), "crc32": crc32_hex(program_bytes)}
+        ops = [_op_manifest(i, op, _op_dir(i, op.name, n_ops),
+                            {k: entries[p.stem] for k, p in op_plans[i].items()})
+               for i, op in enumerate(program.ops)]
+        all_files = [f for e in entries.values() for f in e["files"].values()] + [program_file]
+        manifest = {
+            "format": VECTORS_FORMAT,
+            "format_version": VECTORS_FORMAT_VERSION,
+            "program_sha256": hashlib.sha256(program_bytes).hexdigest(),
+            "program_file": program_file,
+            "op_count": n_ops,
+            "images": int(net_in.shape[0]),
+            "input_source": source or "array",
+            "ops": ops,
+            "file_count": len(all_files),
+            "total_bytes": sum(f["bytes"] for f in all_files),
+            **_described_fields(program),
+        }
+        manifest["input"]["array"] = entries["input"]
+        manifest["output"]["array"] = entries["output"]
+        # the digest is taken over what a reader parses back (lists, not tuples; floats as printed)
+        manifest = json.loads(json.dumps(manifest, allow_nan=False))
+        manifest[DIGEST_FIELD] = manifest_digest(manifest)
+        text = json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False) + "\n"
+        _write_file(stage, MANIFEST_NAME, text.encode("utf-8"))
+        _install(stage, target)
+    return json.loads(text)  # exactly what the file holds
+
+
+def _dump_formats(fmt) -> tuple[str, ...]:
+    formats = FILE_FORMATS if fmt == "all" else (fmt,) if isinstance(fmt, str) else tuple(fmt)
+    bad = [f for f in formats if f not in FILE_FORMATS]
+    if bad or not formats:
+        raise VectorsError(f"dump format {bad[0] if bad else fmt!r} is not one of {', '.join(FILE_FORMATS)} "
+                           f"(or 'all')")
+    return formats
+
+
+def write_dump(program: Program | str | os.PathLike, inputs, outdir: str | os.PathLike, *,
+               fmt: str | tuple[str, ...] = "bin", threads: int | None = None, layout: str = "NCHW") -> list[str]:
+    """Write the emulator's output of every op on ``inputs`` in the dump layout :func:`verify` reads
+    (``ops/<NNN>_<op>/output.<fmt>``, the golden set's relative paths): a reference dump, or a model
+    for the hardware's. ``fmt``: ``bin``, ``hex``, ``npy``, several of them, or ``all``. ``outdir``
+    must be new or empty. Returns the relative paths written, in program order.
+    """
+    formats = _dump_formats(fmt)
+    program = _as_program(program)
+    target = _output_target(Path(outdir), overwrite=False, what="dump")
+    values = _emulate(program, inputs, layout, threads, "inputs")
+    n_ops = len(program.ops)
+    written = []
+    with _staging(target) as stage:
+        for i, op in enumerate(program.ops):
+            array = values[op.name]
+            header = _hex_header(f"{op.name}.output", array.dtype.name, _activation_layout(array), array.shape)
+            for f in formats:
+                rel = f"{_op_dir(i, op.name, n_ops)}/output.{f}"
+                _write_file(stage, rel, _encode(array, f, header))
+                written.append(rel)
+        _install(stage, target)
+    return written
 
 
 # ====================================================================================== golden check
@@ -360,121 +678,314 @@ def _field(obj: Any, key: str, kind, where: str):
     return value
 
 
-def _manifest_arrays(manifest: dict, where: str) -> list[dict]:
-    """Every array entry of a manifest: the network input, each op's arrays, the network output."""
-    arrays = [_field(_field(manifest, "input", dict, where), "array", dict, f"{where}: input")]
-    for i, op in enumerate(_field(manifest, "ops", list, where)):
-        arrays.extend(_field(op, "arrays", dict, f"{where}: ops[{i}]").values())
-    arrays.append(_field(_field(manifest, "output", dict, where), "array", dict, f"{where}: output"))
+def _manifest_arrays(manifest: dict) -> list[dict]:
+    """Every array entry of a checked manifest: the network input, each op's arrays, the network output."""
+    arrays = [manifest["input"]["array"]]
+    for op in manifest["ops"]:
+        arrays.extend(op["arrays"][key] for key in op["required_arrays"])
+    arrays.append(manifest["output"]["array"])
     return arrays
 
 
-def _safe_path(root: Path, rel: str, where: str) -> Path:
-    """``root / rel`` for a manifest path; absolute paths and ``..`` would leave the vector directory."""
-    parts = PurePosixPath(rel).parts
-    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
-        raise GoldenVectorsError(f"{where}: file path {rel!r} is not a relative path inside the vector directory")
-    return root.joinpath(*parts)
-
-
-def _check_array_entry(root: Path, entry: dict, where: str) -> None:
-    name = _field(entry, "name", str, where)
-    where = f"{where} '{name}'"
-    dtype = _field(entry, "dtype", str, where)
-    if dtype not in HEX_DIGITS:
-        raise GoldenVectorsError(f"{where}: dtype {dtype!r} is not one of {', '.join(HEX_DIGITS)}")
-    layout = _field(entry, "layout", str, where)
-    shape = _field(entry, "shape", list, where)
-    if layout not in LAYOUT_AXES or len(shape) != len(LAYOUT_AXES[layout]) or \
-            not all(isinstance(d, int) and d >= 1 for d in shape):
-        raise GoldenVectorsError(f"{where}: layout {layout!r} and shape {shape} do not fit together")
-    files = _field(entry, "files", dict, where)
-    for fmt in FILE_FORMATS:
-        _check_file(root, _field(files, fmt, dict, where), f"{where} ({fmt})")
-    want = math.prod(shape) * np.dtype(dtype).itemsize
-    if files["bin"]["bytes"] != want:
-        raise GoldenVectorsError(f"{where}: the manifest lists {files['bin']['bytes']} bytes for "
-                                 f"{files['bin']['path']} but shape {shape} of {dtype} needs {want}")
-
-
-def _check_file(root: Path, info: dict, where: str) -> None:
-    rel = _field(info, "path", str, where)
-    size = _field(info, "bytes", int, where)
-    crc = _field(info, "crc32", str, where)
-    path = _safe_path(root, rel, where)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise GoldenVectorsError(f"{path}: golden file is missing (listed in {MANIFEST_NAME})") from None
-    except OSError as exc:
-        raise GoldenVectorsError(f"{path}: cannot read golden file ({exc.strerror or exc})") from None
-    if len(data) != size:
-        raise GoldenVectorsError(f"{path}: golden file has {len(data)} bytes, the manifest says {size} "
-                                 f"(truncated or altered)")
-    actual = crc32_hex(data)
-    if actual != crc.lower():
-        raise GoldenVectorsError(f"{path}: CRC32 {actual} does not match the manifest's {crc} (the golden file "
-                                 f"was altered or corrupted)")
-
-
-def check_vectors(vectors_dir: str | os.PathLike) -> dict:
-    """Check a golden vector directory against its manifest (every file present, sizes and CRC32s);
-    return the manifest. Raises :class:`GoldenVectorsError` naming the first bad file."""
-    root = Path(vectors_dir)
-    manifest_path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise GoldenVectorsError(f"{root}: no such vector directory")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GoldenVectorsError(f"{manifest_path}: missing; {root} is not a golden vector directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise GoldenVectorsError(f"{manifest_path}: cannot read the manifest ({exc})") from None
-    where = str(manifest_path)
+def _load_manifest(root: Path) -> dict:
+    """Read, parse and fully check ``root/manifest.json`` (no other file is read)."""
+    path = root / MANIFEST_NAME
+    where = str(path)
+    data = _read_file(path, root, GoldenVectorsError, "manifest",
+                      size_limit(path, GoldenVectorsError, "manifest", MANIFEST_MAX_BYTES))
+    if data is None:
+        raise GoldenVectorsError(f"{where}: missing; {root} is not a golden vector directory")
+    manifest = _load_json(data, where)
     fmt = manifest.get("format") if isinstance(manifest, dict) else None
     if fmt != VECTORS_FORMAT:
         raise GoldenVectorsError(f"{where}: field 'format' is {fmt!r}, expected {VECTORS_FORMAT!r}")
     version = _field(manifest, "format_version", int, where)
+    if version < VECTORS_FORMAT_VERSION:
+        raise GoldenVectorsError(f"{where}: format_version {version} was written by an older npuq, without the "
+                                 f"manifest digest and program copy this npuq requires; re-export the vectors "
+                                 f"(npuq export-vectors PROGRAM INPUTS {root} --force)")
     if version != VECTORS_FORMAT_VERSION:
         raise GoldenVectorsError(f"{where}: format_version {version} is not supported (this npuq reads "
                                  f"version {VECTORS_FORMAT_VERSION})")
-    for key in ("model", "program_sha256"):
-        _field(manifest, key, str, where)
-    _field(manifest, "images", int, where)
-    for i, op in enumerate(_field(manifest, "ops", list, where)):
-        op_where = f"{where}: ops[{i}]"
-        for key in ("name", "kind", "dir"):
-            _field(op, key, str, op_where)
-        _field(_field(op, "arrays", dict, op_where), "output", dict, op_where)
-    for entry in _manifest_arrays(manifest, where):
-        _check_array_entry(root, entry, f"{where}: array")
+    stored = _field(manifest, DIGEST_FIELD, str, where)
+    try:
+        actual = manifest_digest(manifest)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise GoldenVectorsError(f"{where}: cannot compute the manifest digest ({_one_line(exc)})") from None
+    if actual != stored:
+        raise GoldenVectorsError(f"{where}: the manifest digest ({DIGEST_FIELD}) does not match its content: the "
+                                 f"manifest was edited or corrupted after export; re-export the vectors")
+    _check_manifest(manifest, where)
+    return manifest
+
+
+def _check_manifest(m: dict, where: str) -> None:
+    """The manifest's structure: the op count, each op's arrays as its kind requires, every path and
+    size as export writes them, the inputs of each op written before it. A manifest edited with its
+    digest recomputed still has to pass all of this (and the program copy, :func:`_check_program`)."""
+    for key in ("model", "rounding", "overflow", "input_source"):
+        _field(m, key, str, where)
+    if not _SHA256.fullmatch(_field(m, "program_sha256", str, where)):
+        raise GoldenVectorsError(f"{where}: program_sha256 is not 64 lower-case hex digits")
+    images = _field(m, "images", int, where)
+    if images < 1:
+        raise GoldenVectorsError(f"{where}: images is {images}; at least 1")
+    ops = _field(m, "ops", list, where)
+    op_count = _field(m, "op_count", int, where)
+    if op_count != len(ops):
+        raise GoldenVectorsError(f"{where}: lists {len(ops)} ops but op_count is {op_count}: an op entry was "
+                                 f"removed or added")
+    if not ops:
+        raise GoldenVectorsError(f"{where}: lists no op")
+    net_in = _field(m, "input", dict, where)
+    in_name = _field(net_in, "name", str, f"{where}: input")
+    shapes = {in_name: _check_array(_field(net_in, "array", dict, f"{where}: input"), f"{where}: input",
+                                    kind="", key="input", name="input", stem="input", value=in_name,
+                                    images=images)}
+    for i, op in enumerate(ops):
+        _check_op(op, i, len(ops), shapes, images, where)
+    net_out = _field(m, "output", dict, where)
+    out_op = _field(net_out, "op", str, f"{where}: output")
+    if out_op not in shapes or out_op == in_name:
+        raise GoldenVectorsError(f"{where}: output op {out_op!r} is not one of the ops")
+    shape = _check_array(_field(net_out, "array", dict, f"{where}: output"), f"{where}: output", kind="",
+                         key="output", name="output", stem="output", value=out_op, images=images)
+    if shape != shapes[out_op]:
+        raise GoldenVectorsError(f"{where}: output has shape {list(shape)}, op '{out_op}' {list(shapes[out_op])}")
+    _check_file_info(_field(m, "program_file", dict, where), PROGRAM_FILE, f"{where}: program_file", 1, None)
+    files = [f for entry in _manifest_arrays(m) for f in entry["files"].values()] + [m["program_file"]]
+    if _field(m, "file_count", int, where) != len(files) or \
+            _field(m, "total_bytes", int, where) != sum(f["bytes"] for f in files):
+        raise GoldenVectorsError(f"{where}: file_count / total_bytes do not match the files listed "
+                                 f"({len(files)} files, {sum(f['bytes'] for f in files)} bytes)")
+
+
+def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], images: int, where: str) -> None:
+    """One op entry; adds the op's output shape to ``shapes`` (value name -> shape)."""
+    w = f"{where}: ops[{i}]"
+    if not isinstance(op, dict):
+        raise GoldenVectorsError(f"{w}: not an object")
+    index = _field(op, "index", int, w)
+    name = _field(op, "name", str, w)
+    kind = _field(op, "kind", str, w)
+    w = f"{where}: op {i} '{name}'"
+    if index != i:
+        raise GoldenVectorsError(f"{w}: index {index} at position {i} (an op entry was removed, added or moved)")
+    if name in shapes:
+        raise GoldenVectorsError(f"{w}: the name is used twice")
+    if kind not in OP_KINDS:
+        raise GoldenVectorsError(f"{w}: kind {kind!r} is not one of {', '.join(OP_KINDS)}")
+    folder = _field(op, "dir", str, w)
+    if folder != _op_dir(i, name, n_ops):
+        raise GoldenVectorsError(f"{w}: dir {folder!r}, expected {_op_dir(i, name, n_ops)!r}")
+    inputs = _field(op, "inputs", list, w)
+    keys = _input_keys(kind)
+    if len(inputs) != len(keys) or not all(isinstance(s, str) for s in inputs):
+        raise GoldenVectorsError(f"{w}: inputs {inputs!r}; a {kind} op reads {len(keys)} named value(s)")
+    for source in inputs:
+        if source not in shapes:
+            raise GoldenVectorsError(f"{w}: reads {source!r}, which neither the network input nor an earlier op is")
+    required = required_arrays(kind)
+    recorded = _field(op, "required_arrays", list, w)
+    if recorded != list(required):
+        raise GoldenVectorsError(f"{w}: required_arrays is {recorded!r}; a {kind} op has {list(required)}")
+    arrays = _field(op, "arrays", dict, w)
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise GoldenVectorsError(f"{w}: the manifest lacks the {', '.join(missing)} array(s) that a {kind} op "
+                                 f"requires")
+    extra = sorted(set(arrays) - set(required))
+    if extra:
+        raise GoldenVectorsError(f"{w}: arrays {extra} are not arrays of a {kind} op")
+    for key, source in zip(keys, inputs):
+        shape = _check_array(arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}",
+                             value=source, images=images)
+        if shape != shapes[source]:
+            raise GoldenVectorsError(f"{w}: {key} has shape {list(shape)}, but {source!r} has {list(shapes[source])}")
+    for key in LAYER_ARRAYS if kind in LAYER_KINDS else ():
+        _check_array(arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=None,
+                     images=None)
+    shapes[name] = _check_array(arrays["output"], w, kind=kind, key="output", name=f"{name}.output",
+                                stem=f"{folder}/output", value=name, images=images)
+
+
+def _check_array(entry: Any, where: str, *, kind: str, key: str, name: str, stem: str, value: str | None,
+                 images: int | None) -> tuple[int, ...]:
+    """One array entry: the name, dtype and layout its place requires, a sane shape, the three files at
+    their paths with the sizes that shape gives. Returns the shape."""
+    w = f"{where}: array '{key}'"
+    if not isinstance(entry, dict):
+        raise GoldenVectorsError(f"{w}: not an object")
+    if _field(entry, "name", str, w) != name:
+        raise GoldenVectorsError(f"{w}: name {entry['name']!r}, expected {name!r}")
+    want_dtype, layouts = _array_spec(kind, key)
+    dtype = _field(entry, "dtype", str, w)
+    if dtype != want_dtype:
+        raise GoldenVectorsError(f"{w}: dtype {dtype!r}, expected {want_dtype!r}")
+    layout = _field(entry, "layout", str, w)
+    shape = _field(entry, "shape", list, w)
+    if layout not in layouts or len(shape) != len(LAYOUT_AXES[layout]) or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise GoldenVectorsError(f"{w}: layout {layout!r} and shape {shape!r} do not fit together (layouts: "
+                                 f"{', '.join(layouts)})")
+    if images is not None and shape[0] != images:
+        raise GoldenVectorsError(f"{w}: shape {shape} does not hold the set's {images} image(s)")
+    if value is not None and entry.get("value") != value:
+        raise GoldenVectorsError(f"{w}: value {entry.get('value')!r}, expected {value!r}")
+    files = _field(entry, "files", dict, w)
+    if set(files) != set(FILE_FORMATS):
+        raise GoldenVectorsError(f"{w}: files {sorted(files)}, expected {list(FILE_FORMATS)}")
+    count, itemsize = math.prod(shape), np.dtype(dtype).itemsize
+    for fmt in FILE_FORMATS:
+        lo, hi = _golden_size_range(fmt, entry, count, itemsize)
+        _check_file_info(files[fmt], f"{stem}.{fmt}", f"{w} ({fmt})", lo, hi)
+    return tuple(shape)
+
+
+def _check_file_info(info: Any, rel: str, where: str, lo: int, hi: int | None) -> None:
+    """A file entry: at the path export writes, of a size in [lo, hi], with a well-formed CRC32."""
+    path = _field(info, "path", str, where)
+    if path != rel:
+        raise GoldenVectorsError(f"{where}: path {path!r}, expected {rel!r}")
+    size = _field(info, "bytes", int, where)
+    if size < lo or (hi is not None and size > hi):
+        want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+        raise GoldenVectorsError(f"{where}: the manifest lists {size} bytes for {rel}, but its dtype and shape give "
+                                 f"{want}")
+    if not _CRC32.fullmatch(_field(info, "crc32", str, where)):
+        raise GoldenVectorsError(f"{where}: crc32 {info['crc32']!r} is not 8 lower-case hex digits")
+
+
+def _read_listed(root: Path, info: dict) -> bytes:
+    """A golden file listed in the (checked) manifest: a regular file inside ``root``, of the listed
+    size (checked before reading) and CRC32."""
+    path = _safe_path(root, info["path"], MANIFEST_NAME)
+    size = info["bytes"]
+
+    def check(actual):
+        if actual != size:
+            raise GoldenVectorsError(f"{path}: golden file has {actual} bytes, the manifest says {size} "
+                                     f"(truncated or altered)")
+
+    data = _read_file(path, root, GoldenVectorsError, "golden file", check)
+    if data is None:
+        raise GoldenVectorsError(f"{path}: golden file is missing (listed in {MANIFEST_NAME})")
+    actual = crc32_hex(data)
+    if actual != info["crc32"]:
+        raise GoldenVectorsError(f"{path}: CRC32 {actual} does not match the manifest's {info['crc32']} (the golden "
+                                 f"file was altered or corrupted)")
+    return data
+
+
+def _check_program(root: Path, m: dict) -> Program:
+    """The program copy must be the program the manifest names (SHA-256), and its ops the manifest's:
+    same count, names, kinds and inputs. Returns it."""
+    path = root / PROGRAM_FILE
+    data = _read_listed(root, m["program_file"])
+    if hashlib.sha256(data).hexdigest() != m["program_sha256"]:
+        raise GoldenVectorsError(f"{path}: not the program the manifest names (its SHA-256 is not program_sha256)")
+    try:
+        program = program_from_bytes(data, str(path))
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
+        raise GoldenVectorsError(f"{path}: not a valid program copy ({_one_line(exc)})") from None
+    where = f"{root / MANIFEST_NAME}"
+    if len(program.ops) != m["op_count"]:
+        raise GoldenVectorsError(f"{where}: lists {m['op_count']} ops, the program {PROGRAM_FILE} has "
+                                 f"{len(program.ops)}")
+    for i, (op, entry) in enumerate(zip(program.ops, m["ops"])):
+        if (op.name, op.kind, list(op.inputs)) != (entry["name"], entry["kind"], entry["inputs"]):
+            raise GoldenVectorsError(f"{where}: op {i} is '{entry['name']}' ({entry['kind']}, reads "
+                                     f"{entry['inputs']}) but the program {PROGRAM_FILE} has '{op.name}' "
+                                     f"({op.kind}, reads {list(op.inputs)})")
+        described = _normalized(_op_manifest(i, op, entry["dir"], {}))
+        _same_description(entry, described, f"{where}: op {i} '{op.name}'", skip=("arrays",))
+    _same_description(m, _normalized(_described_fields(program)), where, skip=())
+    return program
+
+
+def _normalized(obj: Any) -> Any:
+    """``obj`` as a JSON reader sees it (lists, not tuples; floats as printed)."""
+    return json.loads(json.dumps(obj, allow_nan=False))
+
+
+def _same_description(entry: dict, described: dict, where: str, skip: tuple[str, ...]) -> None:
+    for key, want in described.items():
+        if key in skip:
+            continue
+        got = entry.get(key)
+        if isinstance(want, dict) and isinstance(got, dict):
+            got = {k: got.get(k) for k in want}  # input / output also hold the array entry
+        if got != want:
+            raise GoldenVectorsError(f"{where}: field '{key}' is {_short_repr(got)}, but the program {PROGRAM_FILE} "
+                                     f"gives {_short_repr(want)}")
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_vectors(vectors_dir: str | os.PathLike) -> dict:
+    """Check a golden vector directory; return its manifest. The manifest's digest and structure, the
+    program copy against the manifest, then every listed file (a regular file, size, CRC32) and every
+    layer parameter against the program's tensors. Raises :class:`GoldenVectorsError` naming the first
+    bad file or field."""
+    root = Path(vectors_dir)
+    if not root.is_dir():
+        raise GoldenVectorsError(f"{root}: no such vector directory")
+    manifest = _load_manifest(root)
+    program = _check_program(root, manifest)
+    tensors = {f"{op.name}.{key}": array for op in program.ops for key, array in op.tensors.items()}
+    for entry in _manifest_arrays(manifest):
+        for fmt in FILE_FORMATS:
+            data = _read_listed(root, entry["files"][fmt])
+            tensor = tensors.get(entry["name"])
+            if fmt == "bin" and tensor is not None and (list(tensor.shape) != entry["shape"] or
+                                                        data != bin_bytes(tensor)):
+                raise GoldenVectorsError(f"{root / entry['files'][fmt]['path']}: differs from the program's "
+                                         f"{entry['name']}")
     return manifest
 
 
 def _read_golden(root: Path, entry: dict) -> np.ndarray:
-    data = _safe_path(root, entry["files"]["bin"]["path"], MANIFEST_NAME).read_bytes()
+    data = _read_listed(root, entry["files"]["bin"])
     dtype = np.dtype(entry["dtype"]).newbyteorder("<")
     return np.frombuffer(data, dtype=dtype).reshape(entry["shape"]).astype(entry["dtype"])
 
 
 # ====================================================================================== dumps
-def read_dump(path: str | os.PathLike, fmt: str, dtype, shape) -> np.ndarray:
+def read_dump(path: str | os.PathLike, fmt: str, dtype, shape, *, root: str | os.PathLike | None = None) -> np.ndarray:
     """Read one hardware dump file (``fmt`` ``bin``, ``hex`` or ``npy``) that must hold ``shape`` values
-    of ``dtype``. Raises :class:`DumpError` naming the file for a wrong size, dtype, shape or bad line."""
+    of ``dtype``. Raises :class:`DumpError` naming the file for a wrong size, dtype, shape or bad line,
+    and for anything but a regular file (a FIFO, a device, a link out of ``root`` when given). The size
+    is checked before the file is read, a ``.npy`` header before its data."""
     path = Path(path)
-    dtype = np.dtype(dtype)
-    shape = tuple(shape)
+    if fmt not in FILE_FORMATS:
+        raise ValueError(f"unknown dump format {fmt!r}; use one of {FILE_FORMATS}")
+    array = _read_dump(path, None if root is None else Path(root), fmt, np.dtype(dtype), tuple(shape))
+    if array is None:
+        raise DumpError(f"{path}: no such dump file")
+    return array
+
+
+def _read_dump(path: Path, root: Path | None, fmt: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray | None:
     count = math.prod(shape)
     what = f"shape {'x'.join(map(str, shape))} of {dtype.name}"
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DumpError(f"{path}: cannot read the dump file ({exc.strerror or exc})") from None
+
+    def check(size):
+        if fmt == "bin" and size != count * dtype.itemsize:
+            raise DumpError(f"{path}: {size} bytes, expected {count * dtype.itemsize} ({what}, little-endian); "
+                            f"truncated or written with another dtype?")
+        limit = (count * HEX_DUMP_BYTES_PER_VALUE + HEX_DUMP_SLACK_BYTES if fmt == "hex"
+                 else count * dtype.itemsize + NPY_HEADER_MAX_BYTES)
+        if size > limit:
+            raise DumpError(f"{path}: {size} bytes, more than a {fmt} file of {what} can hold (at most {limit}); "
+                            f"not this op's output?")
+
+    data = _read_file(path, root, DumpError, "dump file", check)
+    if data is None:
+        return None
     if fmt == "bin":
-        want = count * dtype.itemsize
-        if len(data) != want:
-            raise DumpError(f"{path}: {len(data)} bytes, expected {want} ({what}, little-endian); truncated or "
-                            f"written with another dtype?")
         return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape).astype(dtype)
     if fmt == "hex":
         try:
@@ -485,20 +996,28 @@ def read_dump(path: str | os.PathLike, fmt: str, dtype, shape) -> np.ndarray:
         if flat.size != count:
             raise DumpError(f"{path}: holds {flat.size} values, expected {count} ({what})")
         return flat.reshape(shape)
-    if fmt == "npy":
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, EOFError, OSError) as exc:
-            raise DumpError(f"{path}: not a readable .npy file ({exc})") from None
-        if not isinstance(array, np.ndarray):
-            raise DumpError(f"{path}: holds an archive, not one array")
-        # any byte order is fine; the kind and width must be the golden dtype's
-        if array.dtype.kind != dtype.kind or array.dtype.itemsize != dtype.itemsize:
-            raise DumpError(f"{path}: dtype {array.dtype}, expected {dtype.name}")
-        if array.shape != shape:
-            raise DumpError(f"{path}: shape {array.shape}, expected {shape}")
-        return array.astype(dtype)
-    raise ValueError(f"unknown dump format {fmt!r}; use one of {FILE_FORMATS}")
+    return _decode_npy(data, path, dtype, shape, what)
+
+
+
+
+def _decode_npy(data: bytes, path: Path, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A ``.npy`` file's array, its header checked against ``dtype`` and ``shape`` before the data is
+    touched (a header may claim any size; np.load would try to allocate it). Any byte order and
+    C or Fortran order; no objects, no structured dtypes, no trailing bytes."""
+    found_shape, fortran, found, offset = npy_header(data, DumpError, path)
+    if found.hasobject or found.fields is not None or found.subdtype is not None or \
+            found.kind != dtype.kind or found.itemsize != dtype.itemsize:
+        raise DumpError(f"{path}: dtype {found}, expected {dtype.name}")
+    if tuple(found_shape) != shape:
+        raise DumpError(f"{path}: shape {tuple(found_shape)}, expected {shape}")
+    body = data[offset:]
+    if len(body) != math.prod(shape) * dtype.itemsize:
+        raise DumpError(f"{path}: {len(body)} bytes of data after the .npy header, expected "
+                        f"{math.prod(shape) * dtype.itemsize} ({what})")
+    flat = np.frombuffer(body, dtype=found)
+    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    return np.ascontiguousarray(array.astype(dtype))
 
 
 @dataclass
@@ -549,13 +1068,15 @@ class OpCheck:
     """One op's output in the dump. ``status``: ``pass``, ``mismatch``, ``missing`` or ``skipped`` (a
     flatten that was not dumped). When several
     formats of the output were dumped, each is compared; ``mismatches`` and ``first_mismatch`` are those
-    of the first mismatching file in the order bin, hex, npy."""
+    of the first mismatching file in the order bin, hex, npy. ``missing_allowed``: an ``allow_missing``
+    pattern names the op, so its absence does not fail the check."""
 
     index: int
     name: str
     kind: str
     elements: int
     files: list[FileCheck] = field(default_factory=list)
+    missing_allowed: bool = False
 
     @property
     def status(self) -> str:
@@ -581,6 +1102,7 @@ class OpCheck:
 
     def to_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "kind": self.kind, "status": self.status,
+                "missing_allowed": self.missing_allowed if self.status == "missing" else False,
                 "elements": self.elements, "mismatches": self.mismatches,
                 "first_mismatch": self.first_mismatch.to_dict() if self.first_mismatch else None,
                 "files": [f.to_dict() for f in self.files]}
@@ -596,12 +1118,21 @@ class VerifyResult:
     program_sha256: str
     images: int
     ops: list[OpCheck]
-    allow_missing: bool = False
+    allow_missing: tuple[str, ...] = ()
 
     @property
     def missing(self) -> list[str]:
-        """Names of the ops with no output file in the dump, in program order."""
+        """Names of the ops with no output file in the dump, in program order (allowed or not)."""
         return [o.name for o in self.ops if o.status == "missing"]
+
+    @property
+    def missing_allowed(self) -> list[str]:
+        """The missing ops that ``allow_missing`` names."""
+        return [o.name for o in self.ops if o.status == "missing" and o.missing_allowed]
+
+    @property
+    def missing_not_allowed(self) -> list[str]:
+        return [o.name for o in self.ops if o.status == "missing" and not o.missing_allowed]
 
     @property
     def mismatched(self) -> list[OpCheck]:
@@ -623,10 +1154,11 @@ class VerifyResult:
 
     @property
     def status(self) -> str:
-        """``pass``, ``mismatch`` or ``missing`` (ops missing without ``allow_missing``, or no op dumped)."""
+        """``pass``, ``mismatch`` or ``missing`` (an op missing that ``allow_missing`` does not name, or
+        no op dumped at all)."""
         if self.mismatched:
             return "mismatch"
-        if self.missing and (not self.allow_missing or not self.checked):
+        if self.missing_not_allowed or not self.checked:
             return "missing"
         return "pass"
 
@@ -643,10 +1175,10 @@ class VerifyResult:
         return {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "status": self.status,
                 "exit_code": self.exit_code, "vectors": self.vectors_dir, "dump": self.dump_dir,
                 "model": self.model, "program_sha256": self.program_sha256, "images": self.images,
-                "allow_missing": self.allow_missing, "ops_total": len(self.ops), "ops_checked": len(self.checked),
-                "ops_passed": sum(o.status == "pass" for o in self.ops),
+                "allow_missing": list(self.allow_missing), "ops_total": len(self.ops),
+                "ops_checked": len(self.checked), "ops_passed": sum(o.status == "pass" for o in self.ops),
                 "ops_mismatched": [o.name for o in self.mismatched], "ops_missing": self.missing,
-                "total_mismatches": self.total_mismatches,
+                "ops_missing_allowed": self.missing_allowed, "total_mismatches": self.total_mismatches,
                 "first_mismatch": first.to_dict() if first else None,
                 "ops": [o.to_dict() for o in self.ops]}
 
@@ -670,10 +1202,12 @@ class VerifyResult:
                          f"elements differ in {bad.file}")
         if len(self.mismatched) > max_ops:
             lines.append(f"  ... and {len(self.mismatched) - max_ops} more mismatching ops")
-        if self.missing:
-            shown = ", ".join(self.missing[:max_ops])
-            more = f" ... (+{len(self.missing) - max_ops})" if len(self.missing) > max_ops else ""
-            lines.append(f"  missing from the dump: {shown}{more}")
+        for names, label in ((self.missing_not_allowed, "missing from the dump"),
+                             (self.missing_allowed, f"missing, allowed by --allow-missing "
+                                                    f"{','.join(self.allow_missing)}")):
+            if names:
+                more = f" ... (+{len(names) - max_ops})" if len(names) > max_ops else ""
+                lines.append(f"  {label}: {', '.join(names[:max_ops])}{more}")
         first = self.first_mismatch
         if first:
             lines.append(f"first mismatch: {first.describe()}")
@@ -699,40 +1233,61 @@ def _compare(expected: np.ndarray, actual: np.ndarray, op_index: int, op: dict, 
     return FileCheck(rel, fmt, count, first)
 
 
-def _check_op_dump(golden: Path, dump: Path, op_index: int, op: dict) -> OpCheck:
+def _allow_patterns(allow_missing) -> tuple[str, ...]:
+    """``allow_missing`` as glob patterns: names or patterns (a string may hold several, comma-separated);
+    True means any op (``*``), False or None none."""
+    if allow_missing is True:
+        return ("*",)
+    if allow_missing is False or allow_missing is None:
+        return ()
+    items = [allow_missing] if isinstance(allow_missing, str) else list(allow_missing)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"allow_missing must be op or file names / glob patterns (strings), got {allow_missing!r}")
+    return tuple(p.strip() for item in items for p in item.split(",") if p.strip())
+
+
+def _missing_allowed(op: dict, patterns: tuple[str, ...]) -> bool:
+    """Whether a pattern names the op: by its name, its folder, or its output file (any format)."""
+    stem = f"{op['dir']}/output"
+    names = [op["name"], op["dir"], stem] + [f"{stem}.{fmt}" for fmt in FILE_FORMATS]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
+
+
+def _check_op_dump(golden: Path, dump: Path, op_index: int, op: dict, allow: tuple[str, ...]) -> OpCheck:
     entry = op["arrays"]["output"]
     expected = _read_golden(golden, entry)
-    stem = entry["files"]["bin"]["path"][: -len(".bin")]
-    result = OpCheck(index=op_index, name=op["name"], kind=op["kind"], elements=expected.size)
+    result = OpCheck(index=op_index, name=op["name"], kind=op["kind"], elements=expected.size,
+                     missing_allowed=_missing_allowed(op, allow))
     for fmt in FILE_FORMATS:
-        rel = f"{stem}.{fmt}"
+        rel = entry["files"][fmt]["path"]
         path = dump.joinpath(*PurePosixPath(rel).parts)
-        if not path.exists():
-            continue
-        if not path.is_file():
-            raise DumpError(f"{path}: exists but is not a file")
-        actual = read_dump(path, fmt, entry["dtype"], entry["shape"])
-        result.files.append(_compare(expected, actual, op_index, op, entry, rel, fmt))
+        actual = _read_dump(path, dump, fmt, np.dtype(entry["dtype"]), tuple(entry["shape"]))
+        if actual is not None:
+            result.files.append(_compare(expected, actual, op_index, op, entry, rel, fmt))
     return result
 
 
-def verify(vectors_dir: str | os.PathLike, dump_dir: str | os.PathLike, *, allow_missing: bool = False) -> VerifyResult:
+def verify(vectors_dir: str | os.PathLike, dump_dir: str | os.PathLike, *, allow_missing=()) -> VerifyResult:
     """Compare the hardware outputs in ``dump_dir`` with the golden vectors in ``vectors_dir``.
 
-    First checks the golden set against its manifest (:func:`check_vectors`). Then, op by op in program
-    order, reads ``<op dir>/output.bin``, ``.hex`` and ``.npy`` from the dump (every one present) and
-    compares it with the golden output. Raises :class:`GoldenVectorsError` / :class:`DumpError` for a
-    broken golden set or a malformed dump file; mismatches and missing ops are in the result.
+    First checks the golden set (:func:`check_vectors`: manifest digest, op count, program copy, every
+    file). Then, op by op in program order, reads ``<op dir>/output.bin``, ``.hex`` and ``.npy`` from
+    the dump (every one present; regular files inside ``dump_dir`` only) and compares it with the
+    golden output. ``allow_missing``: op names, op folders or output file paths (glob patterns, e.g.
+    ``"pool"``, ``"ops/01*"``) whose absence from the dump does not fail the check; True allows any.
+    Raises :class:`GoldenVectorsError` / :class:`DumpError` for a broken golden set or a malformed dump
+    file; mismatches and missing ops are in the result.
     """
+    allow = _allow_patterns(allow_missing)
     golden = Path(vectors_dir)
     manifest = check_vectors(golden)
     dump = Path(dump_dir)
     if not dump.is_dir():
         raise DumpError(f"{dump}: no such dump directory")
-    ops = [_check_op_dump(golden, dump, i, op) for i, op in enumerate(manifest["ops"])]
+    ops = [_check_op_dump(golden, dump, i, op, allow) for i, op in enumerate(manifest["ops"])]
     return VerifyResult(vectors_dir=str(golden), dump_dir=str(dump), model=manifest["model"],
                         program_sha256=manifest["program_sha256"], images=manifest["images"], ops=ops,
-                        allow_missing=allow_missing)
+                        allow_missing=allow)
 
 
 # ====================================================================================== inputs for the CLI
@@ -751,12 +1306,7 @@ def load_inputs(spec: str) -> tuple[np.ndarray, str]:
     path = Path(spec)
     if path.suffix != ".npy":
         raise VectorsError(f"inputs {spec!r}: expected a .npy file or fashion-mnist:<train|test>:N")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise VectorsError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise VectorsError(f"{path}: not a readable .npy file ({exc})") from None
+    array = load_npy(path, VectorsError, "inputs")
     if not isinstance(array, np.ndarray) or not (array.dtype == np.int8 or array.dtype.kind == "f"):
         raise VectorsError(f"{path}: dtype {getattr(array, 'dtype', type(array).__name__)}; give int8 quantized "
                            f"inputs (N, H, W, C) or float images (N, C, H, W)")
@@ -785,21 +1335,25 @@ def add_commands(sub) -> None:
                    "(N, H, W, C) or float images (N, C, H, W)")
     e.add_argument("outdir", help="the directory to write (new or empty)")
     e.add_argument("--threads", type=int, default=None, help="native kernel threads (the files do not depend on it)")
-    e.add_argument("--force", action="store_true", help="replace a previous vector set in OUTDIR")
+    e.add_argument("--force", action="store_true", help="replace a previous vector set in OUTDIR (one holding "
+                   "nothing but the set's files)")
     e.set_defaults(func=_run_export)
 
     v = sub.add_parser("verify", help="compare a hardware dump with golden vectors; exit 0 pass, 1 mismatch "
                        "or missing ops, 2 broken golden set or malformed dump")
     v.add_argument("vectors", help="the golden vector directory written by `npuq export-vectors`")
-    v.add_argument("dump", help="the hardware's outputs: <op dir>/output.bin, .hex or .npy, same relative paths")
+    v.add_argument("dump", help="the hardware's outputs: <op dir>/output.bin, .hex or .npy, same relative paths "
+                   "(`npuq run --dump` writes one)")
     v.add_argument("--json", default=None, help="also write the report as JSON to this file")
-    v.add_argument("--allow-missing", action="store_true", help="ops absent from the dump do not fail the check")
+    # append + optional value: repeatable, and a bare --allow-missing still means any op (as before)
+    v.add_argument("--allow-missing", action="append", nargs="?", const="*", default=None, metavar="NAME",
+                   help="ops that may be absent from the dump: op names, op folders or output paths, glob "
+                   "patterns allowed ('pool', 'ops/01*'); repeat or separate with commas; bare: any op")
     v.set_defaults(func=_run_verify)
 
 
 def _run_export(args) -> int:
     from npuq.data.fashion_mnist import IdxFormatError
-    from npuq.npu.program import ProgramError
 
     try:
         program = load_program(args.program)
@@ -807,7 +1361,7 @@ def _run_export(args) -> int:
         manifest = export_vectors(program, images, args.outdir, threads=args.threads, source=source,
                                   overwrite=args.force, progress=True)
     except (VectorsError, ProgramError, IdxFormatError, OSError) as exc:
-        print(f"npuq export-vectors: error: {exc}", file=sys.stderr)
+        print(f"npuq export-vectors: error: {_one_line(exc, 2000)}", file=sys.stderr)
         return 2
     print(f"wrote {manifest['file_count']} files ({manifest['total_bytes']} bytes) for {len(manifest['ops'])} ops "
           f"and {manifest['images']} images of '{manifest['model']}' to {args.outdir}/ "
@@ -817,29 +1371,37 @@ def _run_export(args) -> int:
 
 def _run_verify(args) -> int:
     try:
-        result = verify(args.vectors, args.dump, allow_missing=args.allow_missing)
+        result = verify(args.vectors, args.dump, allow_missing=args.allow_missing or ())
     except VectorsError as exc:
-        print(f"npuq verify: error: {exc}", file=sys.stderr)
+        print(f"npuq verify: error: {_one_line(exc, 2000)}", file=sys.stderr)
         if args.json:
             report = {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "status": "error",
                       "exit_code": 2, "vectors": str(args.vectors), "dump": str(args.dump), "error": str(exc)}
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            try:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            except OSError as err:
+                print(f"npuq verify: cannot write {args.json}: {err.strerror or err}", file=sys.stderr)
         return 2
     print(result.report())
     if args.json:
         try:
             result.save_json(args.json)
         except OSError as exc:
-            print(f"npuq verify: cannot write {args.json}: {exc}", file=sys.stderr)
+            print(f"npuq verify: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
             return 2
     return result.exit_code
 
 
 __all__ = [
+    "DIGEST_FIELD",
     "FILE_FORMATS",
     "HEX_DIGITS",
+    "LAYER_ARRAYS",
     "LAYOUT_AXES",
+    "PROGRAM_FILE",
+    "VECTORS_FORMAT",
+    "VECTORS_FORMAT_VERSION",
     "DumpError",
     "FileCheck",
     "GoldenVectorsError",
@@ -854,8 +1416,11 @@ __all__ = [
     "export_vectors",
     "hex_bytes",
     "load_inputs",
+    "manifest_digest",
     "npy_bytes",
     "parse_hex",
     "read_dump",
-    "verify"
+    "required_arrays",
+    "verify",
+    "write_dump",
 ]
