@@ -4,7 +4,7 @@ Two modes:
 
 * **weight-only** (``activations=None`` in :func:`npuq.quantize`): activations stay float; every
   conv / linear uses its dequantized integer weights ``q * channel_scale`` and its float bias.
-* **integer** (W8A8 / W<b>A8): the network runs in the integer arithmetic of ``docs/arithmetic.md``:
+* **integer** (W8A8, or W4A8 ... W2A8 with fewer weight bits): the network runs in the integer arithmetic of ``docs/arithmetic.md``:
   int8 activations with zero points, int32 biases, exact accumulators, requantization with the
   per-layer multiplier and the per-channel WESS shift (or per-channel multipliers), fused clamps,
   TFLite-style add and pooling. The integers are those the NPU produces (the tests hold them equal to
