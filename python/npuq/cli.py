@@ -111,21 +111,17 @@ def _add_distill_parser(sub) -> None:
 
 def _run_distill(args) -> int:
     import json
-    import sys
 
-    from npuq.distill.experiment import ConfigError, load_experiment, run_experiment
+    from npuq.distill.experiment import load_experiment, run_experiment
     from npuq.distill.trainer import OptimConfig
 
-    try:
-        exp = load_experiment(args.config)
-        if args.seed is not None:
-            exp.seed = args.seed
-        if args.epochs is not None:
-            fields = dict(vars(exp.optim), epochs=args.epochs)
-            exp.optim = OptimConfig(**fields)
-    except (ConfigError, ValueError) as exc:
-        print(f"npuq distill: {exc}", file=sys.stderr)
-        return 2
+    # a bad config, a missing teacher or a folder trained with other settings (ResumeError) are ValueErrors:
+    # run_command reports them as one line, exit 2
+    exp = load_experiment(args.config)
+    if args.seed is not None:
+        exp.seed = args.seed
+    if args.epochs is not None:
+        exp.optim = OptimConfig(**dict(vars(exp.optim), epochs=args.epochs))
     out = args.out or f"results/distill/{exp.name}-seed{exp.seed}"
     metrics = run_experiment(exp, out)
     print(json.dumps(metrics["final_test_accuracy"], indent=1))
