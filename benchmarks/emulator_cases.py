@@ -194,7 +194,6 @@ def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | N
     if model == "efficientnet_lite0":
         return _build_efficientnet(threads, batch=batch, engine=engine, fbgemm_mode=fbgemm_mode, pads=pads,
                                    weights=weights, images=images, calib_images=calib_images, log=log)
-    import npuq
     from npuq.data.fashion_mnist import fashion_mnist_loader, fashion_mnist_tensors
     from npuq.models.checkpoints import load_checkpoint
 
@@ -206,15 +205,8 @@ def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | N
     model.eval()
     x, y = fashion_mnist_tensors("test")
 
-    t = time.perf_counter()
-    log(f"quantizing {CHECKPOINT} with npuq ({', '.join(f'{k}={v}' for k, v in quantize.items())}) ...")
     calib = fashion_mnist_loader("train", **CALIBRATION)
-    qmodel = npuq.quantize(model, calib, **quantize)
-    setup_s["npuq_quantize"] = time.perf_counter() - t
-    t = time.perf_counter()
-    program = npuq.compile(qmodel)
-    emulator = npuq.Emulator(program, threads=threads)
-    setup_s["npuq_compile"] = time.perf_counter() - t
+    qmodel, program, emulator = _npuq_side(model, calib, quantize, threads, setup_s, log, CHECKPOINT)
 
     t = time.perf_counter()
     log(f"converting to torch int8 ({engine}, {fbgemm_mode}) ...")
@@ -229,9 +221,24 @@ def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | N
                  calibration=dict(CALIBRATION))
 
 
+def _npuq_side(model, calib, quantize: dict, threads: int, setup_s: dict, log, name: str):
+    """Quantize, compile and load into the emulator, timing each step into ``setup_s``."""
+    import npuq
+
+    t = time.perf_counter()
+    shown = {k: v for k, v in quantize.items() if k != "calib_batches"}
+    log(f"quantizing {name} with npuq ({', '.join(f'{k}={v}' for k, v in shown.items())}) ...")
+    qmodel = npuq.quantize(model, calib, **quantize)
+    setup_s["npuq_quantize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    program = npuq.compile(qmodel)
+    emulator = npuq.Emulator(program, threads=threads)
+    setup_s["npuq_compile"] = time.perf_counter() - t
+    return qmodel, program, emulator
+
+
 def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weights, images, calib_images,
                         log) -> Setup:
-    import npuq
     from npuq.data.photos import photo_crops
     from npuq.models import efficientnet
 
@@ -255,14 +262,8 @@ def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weigh
     x = efficientnet.preprocess(photo_crops("evaluation", evaluation["count"], seed=evaluation["seed"]))
     setup_s["load"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    log(f"quantizing EfficientNet-Lite0 with npuq ({', '.join(f'{k}={v}' for k, v in quantize.items())}) ...")
-    qmodel = npuq.quantize(model, calib, calib_batches=None, **quantize)
-    setup_s["npuq_quantize"] = time.perf_counter() - t
-    t = time.perf_counter()
-    program = npuq.compile(qmodel)
-    emulator = npuq.Emulator(program, threads=threads)
-    setup_s["npuq_compile"] = time.perf_counter() - t
+    qmodel, program, emulator = _npuq_side(model, calib, dict(quantize, calib_batches=None), threads, setup_s, log,
+                                           "EfficientNet-Lite0")
 
     t = time.perf_counter()
     log(f"converting to torch int8 ({engine}, {fbgemm_mode}, zero pads: {pads}) ...")

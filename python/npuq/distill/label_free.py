@@ -118,21 +118,13 @@ def _int(value, name: str, low: int, high: int | None = None) -> int:
     return value
 
 
-def _positive(value, name: str) -> float:
+def _real(value, name: str, *, zero_ok: bool) -> float:
+    """A finite real number, > 0 (or >= 0 with ``zero_ok``)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
-
-
-def _non_negative(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be a finite number {'>=' if zero_ok else '>'} 0, got {value}")
     return value
 
 
@@ -249,10 +241,10 @@ def label_free_qat(teacher: nn.Module | Graph, student_graph: Graph, data: Data,
     epochs = _int(epochs, "epochs", 1)
     batch_size = _int(batch_size, "batch_size", 1)
     seed = _int(seed, "seed", 0)
-    lr = _positive(lr, "lr")
-    temperature = _positive(temperature, "temperature")
-    hint_weight = _non_negative(hint_weight, "hint_weight")
-    weight_decay = _non_negative(weight_decay, "weight_decay")
+    lr = _real(lr, "lr", zero_ok=False)
+    temperature = _real(temperature, "temperature", zero_ok=False)
+    hint_weight = _real(hint_weight, "hint_weight", zero_ok=True)
+    weight_decay = _real(weight_decay, "weight_decay", zero_ok=True)
     warmup_steps = _int(warmup_steps, "warmup_steps", 0)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")

@@ -198,12 +198,6 @@ def _safe_path(root: Path, rel: Any, where: str) -> Path:
     return root.joinpath(*parts)
 
 
-def _read_file(path: Path, root: Path | None, error: type[VectorsError], what: str, check_size) -> bytes | None:
-    """The bytes of a regular file inside ``root`` (None if absent); ``check_size(size)`` raises for a size
-    the caller cannot accept, before a byte is read (npuq._untrusted)."""
-    return read_regular(path, error, what, root=root, check_size=check_size)
-
-
 def _write_file(root: Path, rel: str, data: bytes) -> None:
     """Write a new file ``root/rel``; it must not exist yet and must land inside ``root`` (no link on the
     way leads out: writing never goes through a symlink)."""
@@ -415,8 +409,8 @@ def _check_previous_set(real: Path, shown: str) -> None:
     never followed). Anything else is someone's file: refuse."""
     manifest_path = real / MANIFEST_NAME
     try:
-        data = _read_file(manifest_path, real, VectorsError, "manifest",
-                          size_limit(manifest_path, VectorsError, "manifest", MANIFEST_MAX_BYTES))
+        data = read_regular(manifest_path, VectorsError, "manifest", root=real,
+                            check_size=size_limit(manifest_path, VectorsError, "manifest", MANIFEST_MAX_BYTES))
         if data is None:
             raise VectorsError(f"no {MANIFEST_NAME}")
         old = _load_json(data, str(manifest_path))
@@ -691,8 +685,8 @@ def _load_manifest(root: Path) -> dict:
     """Read, parse and fully check ``root/manifest.json`` (no other file is read)."""
     path = root / MANIFEST_NAME
     where = str(path)
-    data = _read_file(path, root, GoldenVectorsError, "manifest",
-                      size_limit(path, GoldenVectorsError, "manifest", MANIFEST_MAX_BYTES))
+    data = read_regular(path, GoldenVectorsError, "manifest", root=root,
+                        check_size=size_limit(path, GoldenVectorsError, "manifest", MANIFEST_MAX_BYTES))
     if data is None:
         raise GoldenVectorsError(f"{where}: missing; {root} is not a golden vector directory")
     manifest = _load_json(data, where)
@@ -867,7 +861,7 @@ def _read_listed(root: Path, info: dict) -> bytes:
             raise GoldenVectorsError(f"{path}: golden file has {actual} bytes, the manifest says {size} "
                                      f"(truncated or altered)")
 
-    data = _read_file(path, root, GoldenVectorsError, "golden file", check)
+    data = read_regular(path, GoldenVectorsError, "golden file", root=root, check_size=check)
     if data is None:
         raise GoldenVectorsError(f"{path}: golden file is missing (listed in {MANIFEST_NAME})")
     actual = crc32_hex(data)
@@ -982,7 +976,7 @@ def _read_dump(path: Path, root: Path | None, fmt: str, dtype: np.dtype, shape: 
             raise DumpError(f"{path}: {size} bytes, more than a {fmt} file of {what} can hold (at most {limit}); "
                             f"not this op's output?")
 
-    data = _read_file(path, root, DumpError, "dump file", check)
+    data = read_regular(path, DumpError, "dump file", root=root, check_size=check)
     if data is None:
         return None
     if fmt == "bin":
