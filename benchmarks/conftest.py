@@ -6,16 +6,11 @@ cases are skipped and the torch ones still run.
 """
 
 import os
-import sys
 
 import pytest
 
-# The helpers live next to this file; make them importable whatever pytest's import mode is.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import conv_cases  # noqa: E402
+# the helpers next to this file import by name: pyproject's pytest settings put benchmarks/ on the path
+import conv_cases
 
 
 @pytest.fixture(scope="session")

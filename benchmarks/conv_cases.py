@@ -1,6 +1,6 @@
 """Shared setup of the conv speed benchmarks: data, quantization parameters and the callables timed.
 
-Used by ``benchmarks/test_conv_speed.py`` (pytest-benchmark) and ``scripts/bench_conv.py`` (standalone
+Used by ``benchmarks/test_conv_speed.py`` (pytest-benchmark) and ``benchmarks/bench_conv.py`` (standalone
 table), so that both time exactly the same thing.
 
 One problem, three implementations:

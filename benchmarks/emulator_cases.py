@@ -1,6 +1,6 @@
 """Shared setup of the emulator speed benchmark: the model, the data and the callables timed.
 
-Used by ``benchmarks/test_emulator_speed.py`` (pytest-benchmark) and ``scripts/bench_emulator.py``
+Used by ``benchmarks/test_emulator_speed.py`` (pytest-benchmark) and ``benchmarks/bench_emulator.py``
 (one run, all backends, JSON), so that both time exactly the same thing. Two networks (``MODELS``):
 
 ``mobilenet_v2`` (the default): MobileNetV2 width 0.5 trained on Fashion-MNIST (checkpoint
@@ -49,7 +49,7 @@ CHECKPOINT = "mobilenet_v2_w0.5_sgd"
 CALIBRATION = dict(batch_size=256, shuffle=True, seed=1234, limit=8 * 256)
 QUANTIZE = dict(weights="wess", bits=8, activations="mse")
 IMPLEMENTATIONS = ("emulator", "simulation", "fbgemm")
-# Images per call of each backend (scripts/bench_emulator.py --sweep measures the alternatives). Beyond a
+# Images per call of each backend (benchmarks/bench_emulator.py --sweep measures the alternatives). Beyond a
 # few hundred images the activations of a call no longer fit in the caches and all of them slow down.
 DEFAULT_BATCH = {"emulator": 500, "simulation": 100, "fbgemm": 1000}
 DESCRIPTION = {

@@ -30,8 +30,6 @@ import traceback
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 
 def cuda_time_ms(fn, min_ms: float = 20.0, samples: int = 5) -> float:
     """Median per-call time of ``fn`` in ms, by CUDA events around back-to-back calls."""

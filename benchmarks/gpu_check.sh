@@ -81,7 +81,7 @@ EOF
 # (from tests/, so that `npuq` is the build under test, not the source tree)
 wants tests && stage "GPU tests (pytest -m gpu)" "${NPUQ_GPU_TEST_LIMIT:-240}" tests.log \
   bash -c "cd '$ROOT/tests' && NPUQ_HYPOTHESIS_PROFILE=\${NPUQ_HYPOTHESIS_PROFILE:-default} $PY -m pytest -q -m gpu \
-           -p no:cacheprovider -rs --durations=15 --junitxml='$OUT_DIR/tests.xml' test_cuda_ops.py test_lrf_svd_cuda.py"
+           -p no:cacheprovider -rs --durations=15 --junitxml='$OUT_DIR/tests.xml' ops/test_cuda_ops.py lrf/test_svd_cuda.py"
 wants tests && note "  $(grep -E '(passed|failed|skipped|error)' "$OUT_DIR/tests.log" | tail -1)"
 
 # 3. benchmarks ---------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ if ! wants memcheck; then
 elif command -v compute-sanitizer >/dev/null; then
   stage "compute-sanitizer memcheck (GPU op tests, few examples)" "${NPUQ_GPU_MEMCHECK_LIMIT:-150}" memcheck.log \
     bash -c "cd '$ROOT/tests' && NPUQ_HYPOTHESIS_PROFILE=quick compute-sanitizer --tool memcheck --error-exitcode 99 \
-             --target-processes all $PY -m pytest -q -m gpu -p no:cacheprovider -x test_cuda_ops.py \
+             --target-processes all $PY -m pytest -q -m gpu -p no:cacheprovider -x ops/test_cuda_ops.py \
              -k 'not torchvision and not trained and not random_networks and not memory'"
   note "  $(grep -E 'ERROR SUMMARY' "$OUT_DIR/memcheck.log" | tail -1)"
 else

@@ -3,7 +3,7 @@
 
 For every matrix shape and rank, in one process, float32 by default:
 
-1. builds on the GPU a matrix with a trained-weight-like spectrum (as scripts/bench_svd.py does on the
+1. builds on the GPU a matrix with a trained-weight-like spectrum (as benchmarks/bench_svd.py does on the
    CPU): A = U diag(sigma) V^T + noise, U and V random orthonormal, sigma_i = i^-alpha (--alpha, default
    0.75), plus i.i.d. Gaussian noise of standard deviation --noise * sigma_1 / sqrt(max(m, n)); the exact
    singular values come from torch.linalg.svdvals of the matrix in float64;

@@ -9,7 +9,7 @@ Run explicitly (not collected by the default test run):
 Test ids are ``[<layer id>-b<batch>-<implementation>]``; each (layer, batch) is its own benchmark
 group, so pytest-benchmark's table compares the three implementations of one layer side by side.
 ``extra_info`` carries the layer's MACs and the GMAC/s of the median time. See conv_cases.py for what
-exactly each implementation runs; scripts/bench_conv.py prints the same comparison as one table.
+exactly each implementation runs; benchmarks/bench_conv.py prints the same comparison as one table.
 """
 
 import numpy as np

@@ -4,7 +4,7 @@
 
 The cost model (validation and memory plan included) is linear in the op count: ``extra_info["us_per_op"]``
 stays about the same from 2,000 to 16,000 ops. Its liveness used to be quadratic (8,000 ops took 17 s and
-16,000 ops 80 s). tests/test_program_hardening.py checks the linearity by counting executed lines.
+16,000 ops 80 s). tests/npu/test_program_hardening.py checks the linearity by counting executed lines.
 """
 
 import pytest

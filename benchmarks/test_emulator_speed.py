@@ -13,7 +13,7 @@ takes the same float NCHW images (the first ``<images>`` of the test set) and re
 of them: the emulator quantizes the input itself (``emulator.run(x)``), the simulation is
 ``qm.run_integer(x)``, torch's model quantizes its input in its first node. ``extra_info`` carries
 images/s of the median time. Setup (quantization with npuq, conversion with torch) takes about a
-minute before the first benchmark. scripts/bench_emulator.py measures the full test set, accuracy and
+minute before the first benchmark. benchmarks/bench_emulator.py measures the full test set, accuracy and
 the ratios in one run; emulator_cases.py says exactly what each side runs.
 """
 

@@ -7,7 +7,7 @@ matrices with a decaying spectrum (sigma_i = i^-0.75 plus noise).
     python3 -m pytest benchmarks/test_svd_speed.py --benchmark-only --benchmark-group-by=group
 
 Each (shape, rank) is a benchmark group. ``extra_info["error_vs_optimal"]`` is the method's Frobenius
-error over the optimal truncation error, minus 1. scripts/bench_svd.py compares at equal accuracy (each
+error over the optimal truncation error, minus 1. benchmarks/bench_svd.py compares at equal accuracy (each
 method's settings calibrated to within 1% of the optimum) and prints one table.
 """
 

@@ -38,10 +38,22 @@ if [ "${#packages[@]}" -gt 0 ]; then
     command -v cmake >/dev/null && command -v g++ >/dev/null || exit 1
   fi
 fi
-# torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build.
-case ",$extras," in
-  *,test,*|*,bench,*|*,torch,*|*,demo,*|*,lrf,*|*,imagenet,*) python3 -m pip install --quiet "torch==2.13.0" ;;
-esac
+# torch is pinned to the CPU build; install it first so that nothing pulls a CUDA build. The pin is read
+# from pyproject.toml's torch extra (written once there), for the extras that include it.
+torch_pin="$(python3 - "$extras" <<'EOF'
+import sys
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+wanted = [e for e in sys.argv[1].split(",") if e]
+if "torch" in wanted or any("npuq[torch]" in extras.get(e, ()) for e in wanted):
+    print(next(r for r in extras["torch"] if r.partition("==")[0].strip() == "torch"))
+EOF
+)"
+if [ -n "$torch_pin" ]; then
+  python3 -m pip install --quiet "$torch_pin"
+fi
 # The tests run torchvision's model architectures (pure Python). PyPI's torchvision wheel depends on the
 # CUDA build of torch, so it is installed without its dependencies next to the CPU build.
 case ",$extras," in

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away PostgreSQL server for the distributed rank-search test (tests/test_lrf_distributed.py).
+# A throw-away PostgreSQL server for the distributed rank-search test (tests/lrf/search/test_distributed.py).
 #
 #   eval "$(scripts/test_postgres.sh start)"   # prints export lines: NPUQ_TEST_POSTGRES_URL, NPUQ_TEST_POSTGRES_DIR
 #   scripts/test_postgres.sh stop "$NPUQ_TEST_POSTGRES_DIR"

@@ -21,7 +21,7 @@ import torch
 from npuq.data import fashion_mnist_loader, fashion_mnist_tensors
 from npuq.models import MODELS, build_model, count_macs
 from npuq.models.checkpoints import checkpoint_name, save_checkpoint
-from npuq.training import (
+from npuq.apps.training import (
     DEFAULT_THREADS,
     RECIPES,
     dead_channel_stats,

@@ -12,13 +12,9 @@ variable NPUQ_RUN_SLOW=1 is set.  No benchmark plugin is needed (the suite is be
 """
 
 import os
-import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
-
-# make `import reference_numpy` / `import helpers` work whatever the import mode
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 

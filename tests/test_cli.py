@@ -305,6 +305,66 @@ def test_the_installed_entry_point_has_no_traceback(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+# ------------------------------------------------------------------------------------------ assembly
+def test_every_command_is_registered_by_the_module_the_table_names():
+    import importlib
+
+    parsers = _all_parsers()
+    for command, module_name in cli.COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert callable(module.add_commands), module_name
+        assert f"npuq {command}" in parsers, command
+    top = {name.split()[1] for name in parsers if name.count(" ") == 1}
+    assert top == {*cli.COMMANDS, "info"}
+
+
+def test_no_module_of_the_package_imports_the_cli():
+    """The command modules share npuq._cliutil; npuq.cli only assembles them (no import cycle through it)."""
+    import ast
+
+    package = Path(npuq.__file__).resolve().parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+                     if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if "npuq.cli" in names:
+                offenders.append(str(path.relative_to(package)))
+    assert not offenders, offenders
+
+
+def _without_torch(*argv: str) -> subprocess.CompletedProcess:
+    code = "import sys; sys.modules['torch'] = None\nfrom npuq.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def test_the_commands_that_need_no_torch_work_without_it(tmp_path):
+    result = _without_torch("--help")
+    assert result.returncode == 0 and "verify" in result.stdout and "quantize" in result.stdout, result.stderr
+    for command in ("run", "verify", "export-vectors", "cost", "lrf"):
+        result = _without_torch(command, "--help")
+        assert result.returncode == 0 and "usage: npuq " + command in result.stdout, (command, result.stderr)
+    result = _without_torch("run", str(tmp_path / "nope.npuq"))
+    assert result.returncode == 2 and result.stderr.startswith("npuq run: ") and "nope.npuq" in result.stderr
+    # a command that needs torch says so in one line
+    for argv in (["quantize", "--model", "x"], ["distill", "c.toml", "--help"]):
+        result = _without_torch(*argv)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, (argv, result.stderr)
+        assert result.stderr.startswith(f"npuq {argv[0]}: ") and "torch" in result.stderr, result.stderr
+
+
+def test_a_command_imports_only_its_own_subsystem():
+    code = ("import sys\nfrom npuq.cli import main\n"
+            "try:\n    main(['verify', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'npuq.quant', 'npuq.distill', 'npuq.lrf') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ------------------------------------------------------------------------------------------ fuzzing
 # Tokens a careless user or a script could pass: every command, every option of every parser, values of
 # every kind (negative, huge, non-numeric, empty, paths to the wrong sort of file). Heavy work is replaced
@@ -330,9 +390,9 @@ def fuzz_tokens(tmp_path_factory):
 
 @pytest.fixture
 def heavy_work_stubbed(monkeypatch):
-    import npuq.demo
-    import npuq.ptq_benchmark
-    import npuq.ptq_imagenet
+    import npuq.apps.demo
+    import npuq.apps.ptq_benchmark
+    import npuq.apps.ptq_imagenet
     from npuq.distill import experiment
     from npuq.models import checkpoints
     from npuq.npu import emulator, vectors
@@ -340,8 +400,8 @@ def heavy_work_stubbed(monkeypatch):
     def reached(*args, **kwargs):
         raise _Reached
 
-    for module, name in ((npuq.ptq_benchmark, "run_benchmark"), (npuq.ptq_imagenet, "run_benchmark"),
-                         (npuq.demo, "run_demo"), (experiment, "run_experiment"), (checkpoints, "load_checkpoint"),
+    for module, name in ((npuq.apps.ptq_benchmark, "run_benchmark"), (npuq.apps.ptq_imagenet, "run_benchmark"),
+                         (npuq.apps.demo, "run_demo"), (experiment, "run_experiment"), (checkpoints, "load_checkpoint"),
                          (emulator.Emulator, "evaluate"), (vectors, "export_vectors")):
         monkeypatch.setattr(module, name, reached)
 
@@ -366,10 +426,10 @@ def test_fuzzed_command_lines_never_show_a_traceback(capsys, fuzz_tokens, heavy_
 
 # ------------------------------------------------------------------------------------------ benchmark script
 def test_percent_of_peak_uses_the_kernel_family_that_ran():
-    """scripts/bench_conv.py once used the AVX-512 VNNI peak on CPUs without VNNI."""
+    """benchmarks/bench_conv.py once used the AVX-512 VNNI peak on CPUs without VNNI."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_conv_script", ROOT / "scripts" / "bench_conv.py")
+    spec = importlib.util.spec_from_file_location("bench_conv_script", ROOT / "benchmarks" / "bench_conv.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 

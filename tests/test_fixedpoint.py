@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npuq
-import reference_numpy as R
-from helpers import (
+from support import reference_numpy as R
+from support.helpers import (
     scaled_examples,
     EXPONENT_STRATEGY,
     INT32_MAX,

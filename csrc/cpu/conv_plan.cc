@@ -1,5 +1,6 @@
-// Packing and running convolutions: the work split between threads, the im2col panels, and the exact
-// 64-bit path for channels whose accumulator could overflow int32.
+// The CPU orchestration of every op: packing and running convolutions (the work split between threads,
+// the im2col panels, the exact 64-bit path for channels whose accumulator could overflow int32), and the
+// thread split of requantize, add and average pooling.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -7,8 +8,8 @@
 #include <memory>
 #include <mutex>
 
-#include "../reference/reference.h"
 #include "cpu.h"
+#include "reference/reference.h"
 
 namespace npuq {
 namespace cpu {
@@ -111,7 +112,8 @@ void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group
     } else {
       const int64_t iw_first = ow * s.stride_w - s.pad_left;
       // Without groups or horizontal dilation, a kernel row inside the image is one contiguous run.
-      const bool row_contiguous = s.groups == 1 && s.dilation_w == 1 && iw_first >= 0 && iw_first + s.kernel_w <= s.in_w;
+      const bool row_contiguous =
+          s.groups == 1 && s.dilation_w == 1 && iw_first >= 0 && iw_first + s.kernel_w <= s.in_w;
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         const int64_t ih = oh * s.stride_h + kh * s.dilation_h - s.pad_top;
         if (row_contiguous && ih >= 0 && ih < s.in_h) {
@@ -139,22 +141,17 @@ void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group
 
 }  // namespace
 
-Conv2dPlan::Conv2dPlan(const Conv2dShape& shape, const int8_t* weights, const int32_t* bias,
-                       int32_t input_zero_point, const RequantParams& requant, fp::Overflow overflow,
-                       const char* op_name)
-    : layer_(shape), input_zero_point_(input_zero_point), overflow_(overflow), op_name_(op_name) {
+Conv2dPlan::Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const int32_t* bias)
+    : layer_(layer.shape), input_zero_point_(layer.input_zero_point), overflow_(layer.overflow), op_name_(layer.op) {
   // Validate the layer on a 1-pixel-larger-than-kernel input; per-call shapes are validated in run().
-  Conv2dParams probe;
-  probe.shape = layer_;
+  Conv2dParams probe = layer;
   probe.shape.batch = 1;
   probe.shape.in_h = (layer_.kernel_h - 1) * layer_.dilation_h + 1;
   probe.shape.in_w = (layer_.kernel_w - 1) * layer_.dilation_w + 1;
-  probe.input_zero_point = input_zero_point;
-  probe.requant = requant;
-  probe.overflow = overflow;
   validate(probe);
   layer_.in_c_per_group = probe.shape.in_c_per_group;
   layer_.out_c_per_group = probe.shape.out_c_per_group;
+  const RequantParams& requant = layer.requant;
 
   const int64_t per_channel = layer_.reduction_size();
   weights_.assign(weights, weights + layer_.out_c * per_channel);
@@ -171,7 +168,7 @@ Conv2dPlan::Conv2dPlan(const Conv2dShape& shape, const int8_t* weights, const in
   requant_.shift = shift_.data();
 
   // A channel is safe when no input can push its exact accumulator outside int32 (arithmetic.md 5).
-  const int64_t deviation = max_input_deviation(input_zero_point);
+  const int64_t deviation = max_input_deviation(input_zero_point_);
   for (int64_t oc = 0; oc < layer_.out_c; ++oc) {
     int64_t abs_sum = 0;
     for (int64_t k = 0; k < per_channel; ++k) abs_sum += std::abs(int64_t{weights_[oc * per_channel + k]});
@@ -252,8 +249,7 @@ Conv2dShape Conv2dPlan::shape_for(int64_t batch, int64_t in_h, int64_t in_w) con
   return shape_with_input(layer_, batch, in_h, in_w);
 }
 
-void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w, int8_t* out,
-                     int threads) const {
+void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w, int8_t* out, int threads) const {
   const Conv2dShape s = shape_for(batch, in_h, in_w);
   const int t = resolve_threads(threads);
   const KernelTable& k = kernels(active_isa());
@@ -262,8 +258,7 @@ void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w,
   if (!unsafe_.empty()) fix_unsafe_channels(x, s, out, t);
 }
 
-void Conv2dPlan::run_gemm(const int8_t* x, const Conv2dShape& s, int8_t* out, int threads,
-                          const KernelTable& k) const {
+void Conv2dPlan::run_gemm(const int8_t* x, const Conv2dShape& s, int8_t* out, int threads, const KernelTable& k) const {
   const int64_t m = s.out_rows();
   const int64_t tiles = ceil_div(m, kPanelRows);
   const int64_t n16 = gemm_.front().n16;
@@ -363,9 +358,9 @@ void Conv2dPlan::fix_unsafe_channels(const int8_t* x, const Conv2dShape& s, int8
         int32_t acc = 0;
         if (!fp::apply_overflow_policy(exact, overflow_, &acc))
           throw AccumulatorOverflow(describe_overflow(op_name_, row, oc, exact));
-        out[row * s.out_c + oc] = fp::requantize(acc, requant_.multiplier[oc], requant_.effective_exponent(oc),
-                                                 requant_.rounding, requant_.zero_point, requant_.act_min,
-                                                 requant_.act_max);
+        out[row * s.out_c + oc] =
+            fp::requantize(acc, requant_.multiplier[oc], requant_.effective_exponent(oc), requant_.rounding,
+                           requant_.zero_point, requant_.act_min, requant_.act_max);
       }
     });
   }

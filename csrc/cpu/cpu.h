@@ -34,9 +34,9 @@ int resolve_threads(int requested);      // 0 -> default; 1 <= requested <= kMax
 // spatial size and batch. Holds copies of everything it needs.
 class Conv2dPlan {
  public:
-  // shape.batch / in_h / in_w are ignored (set per call). Throws InvalidArgument.
-  Conv2dPlan(const Conv2dShape& shape, const int8_t* weights, const int32_t* bias, int32_t input_zero_point,
-             const RequantParams& requant, fp::Overflow overflow, const char* op_name = "conv2d");
+  // layer.shape.batch / in_h / in_w are ignored (set per call); layer.op must be a string literal.
+  // weights: OHWI [C_out][KH][KW][C_in / groups]; bias: [C_out] or nullptr. Throws InvalidArgument.
+  Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const int32_t* bias);
 
   // The shape of a call on an (batch, in_h, in_w, in_c) input; validates it.
   Conv2dShape shape_for(int64_t batch, int64_t in_h, int64_t in_w) const;

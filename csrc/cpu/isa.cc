@@ -74,8 +74,7 @@ const char* isa_name(Isa isa) {
 Isa parse_isa(const std::string& name) {
   for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512Vnni})
     if (name == isa_name(isa)) return isa;
-  throw InvalidArgument("unknown instruction set '" + name +
-                        "': expected 'portable', 'avx2', 'avx512_vnni' or 'auto'");
+  throw InvalidArgument("unknown instruction set '" + name + "': expected 'portable', 'avx2', 'avx512_vnni' or 'auto'");
 }
 
 std::vector<Isa> supported_isas() {

@@ -1,5 +1,5 @@
-// Interface between the CPU orchestration (threads, packing, overflow fix-up: conv_plan.cc, ops.cc)
-// and the per-instruction-set inner kernels (kernels_portable.cc, kernels_avx2.cc, kernels_avx512.cc).
+// Interface between the CPU orchestration (threads, packing, overflow fix-up: conv_plan.cc) and the
+// per-instruction-set inner kernels (kernels_portable.cc, kernels_avx2.cc, kernels_avx512.cc).
 //
 // Every kernel computes a disjoint slice of the output, so results never depend on how the work is
 // split between threads.
@@ -52,8 +52,7 @@ struct ChannelConstants {
 //         = floor((p + 2^30) / 2^31)                                        for n = 0
 // by floor(floor(u / a) / b) = floor(u / (a b)); the sign of p is the sign of the SRDHM result, except
 // where that result is 0, and then both offsets give 0. Every sum fits int64.
-inline void fused_rounding(int ec, fp::Rounding rounding, int64_t* round_pos, int64_t* round_neg,
-                           int64_t* shift) {
+inline void fused_rounding(int ec, fp::Rounding rounding, int64_t* round_pos, int64_t* round_neg, int64_t* shift) {
   const int n = -ec;
   *shift = 31 + n;
   if (rounding == fp::Rounding::kSingle) {
@@ -129,8 +128,11 @@ inline int64_t depthwise_padded_width(const Conv2dShape& s) { return s.in_w + s.
 class PairRowRing {
  public:
   PairRowRing(const Conv2dShape& s, int64_t lanes, int64_t pairs, void* scratch)
-      : s_(s), ring_((s.kernel_h - 1) * s.dilation_h + 1), row_elems_((s.in_w + s.pad_left + s.pad_right) * lanes * 2),
-        rows_(static_cast<int16_t*>(scratch)), needed_(reinterpret_cast<uint8_t*>(rows_ + ring_ * row_elems_)) {
+      : s_(s),
+        ring_((s.kernel_h - 1) * s.dilation_h + 1),
+        row_elems_((s.in_w + s.pad_left + s.pad_right) * lanes * 2),
+        rows_(static_cast<int16_t*>(scratch)),
+        needed_(reinterpret_cast<uint8_t*>(rows_ + ring_ * row_elems_)) {
     const int64_t pw = s.in_w + s.pad_left + s.pad_right;
     for (int64_t iwp = 0; iwp < pw; ++iwp) needed_[iwp] = s.stride_w == 1;
     for (int64_t ow = 0; ow < s.out_w; ++ow)

@@ -64,8 +64,8 @@ static inline Requant8 load_requant8(const ChannelConstants& cc, int64_t c) {
 
 static inline __m256i floor_shift(__m256i p, __m256i pos, __m256i neg, __m256i shift, __m256i unbias) {
   // The sign of p selects the offset (blendv reads the top bit of each 64-bit lane).
-  const __m256i k = _mm256_castpd_si256(
-      _mm256_blendv_pd(_mm256_castsi256_pd(pos), _mm256_castsi256_pd(neg), _mm256_castsi256_pd(p)));
+  const __m256i k =
+      _mm256_castpd_si256(_mm256_blendv_pd(_mm256_castsi256_pd(pos), _mm256_castsi256_pd(neg), _mm256_castsi256_pd(p)));
   const __m256i biased = _mm256_xor_si256(_mm256_add_epi64(p, k), _mm256_set1_epi64x(INT64_MIN));
   return _mm256_sub_epi64(_mm256_srlv_epi64(biased, shift), unbias);
 }
@@ -102,8 +102,7 @@ static inline void store8_scalar(int8_t* dst, __m256i acc, const ChannelConstant
   alignas(32) int32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
   for (int64_t j = 0; j < valid; ++j)
-    dst[j] = fp::requantize(lanes[j], cc.m0[c + j], cc.ec[c + j], cc.rounding, cc.zero_point, cc.act_min,
-                            cc.act_max);
+    dst[j] = fp::requantize(lanes[j], cc.m0[c + j], cc.ec[c + j], cc.rounding, cc.zero_point, cc.act_min, cc.act_max);
 }
 
 // GEMM: MR rows x 16 channels; per pair of k, vpmaddwd of the broadcast activation pair with the
@@ -117,8 +116,8 @@ static void gemm_block(const GemmTile& t, int64_t row0, int64_t rows, int64_t n0
   const int16_t* b = w.pair_block(n0 / kChannelBlock);
   const uint8_t* a = t.panel + row0 * w.k4;
   // Bytes (a0, a1) to the zero-extended int16 pair in every 32-bit lane.
-  const __m256i widen = _mm256_setr_epi8(0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1,
-                                         1, -1, 0, -1, 1, -1, 0, -1, 1, -1);
+  const __m256i widen = _mm256_setr_epi8(0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1, -1, 0, -1, 1,
+                                         -1, 0, -1, 1, -1, 0, -1, 1, -1);
   __m256i acc[MR][2];
   const __m256i bias0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cc.bias.data() + n0));
   const __m256i bias1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cc.bias.data() + n0 + 8));
@@ -276,8 +275,10 @@ static void avx2_depthwise_rows(const DepthwiseJob& job) {
             const __m256i w_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32 + 16));
             for (int u = 0; u < kU; ++u) {
               const int16_t* p = base + u * col_step + j * pair_step;
-              lo[u] = _mm256_add_epi32(lo[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), w_lo));
-              hi[u] = _mm256_add_epi32(hi[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), w_hi));
+              lo[u] = _mm256_add_epi32(
+                  lo[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), w_lo));
+              hi[u] = _mm256_add_epi32(
+                  hi[u], _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), w_hi));
             }
           }
         }
@@ -290,10 +291,12 @@ static void avx2_depthwise_rows(const DepthwiseJob& job) {
           const int16_t* wk = wblock + kh_valid[i] * pairs * 32;
           for (int j = 0; j < pairs; ++j) {
             const int16_t* p = base + j * pair_step;
-            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
-                                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32))));
-            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)),
-                                                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32 + 16))));
+            lo = _mm256_add_epi32(lo,
+                                  _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32))));
+            hi = _mm256_add_epi32(
+                hi, _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)),
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + j * 32 + 16))));
           }
         }
         finish(ow, lo, hi);
@@ -344,7 +347,6 @@ static inline Requant8 broadcast_requant8(int32_t m0, int exponent, fp::Rounding
   return make_requant8(m, pos, neg, shift, zero_point, act_min, act_max);
 }
 
-
 // Elementwise add (docs/arithmetic.md 6), 8 elements at a time.
 static void avx2_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
   if (p.out_exponent > 0 || p.out_exponent < -31) return generic_add(a, b, out, count, p);
@@ -369,8 +371,9 @@ static void avx2_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t coun
 NPUQ_TARGET_END
 
 const KernelTable* avx2_kernels() {
-  static const KernelTable table = {"avx2", avx2::pairs_gemm_tile, avx2::avx2_depthwise_rows,
-                                    avx2::avx2_requantize_rows, avx2::avx2_add, avx2::generic_avg_pool_rows};
+  static const KernelTable table = {
+      "avx2",         avx2::pairs_gemm_tile,      avx2::avx2_depthwise_rows, avx2::avx2_requantize_rows,
+      avx2::avx2_add, avx2::generic_avg_pool_rows};
   return &table;
 }
 #else

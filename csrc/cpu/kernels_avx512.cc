@@ -70,8 +70,7 @@ static inline __m512i multiply16(__m512i acc, const Requant16& q) {
       _mm512_add_epi64(p_even, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_even), q.pos_even, q.neg_even)),
       q.shift_even);
   const __m512i r_odd = _mm512_srav_epi64(
-      _mm512_add_epi64(p_odd, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_odd), q.pos_odd, q.neg_odd)),
-      q.shift_odd);
+      _mm512_add_epi64(p_odd, _mm512_mask_blend_epi64(_mm512_movepi64_mask(p_odd), q.pos_odd, q.neg_odd)), q.shift_odd);
   // The quotients fit int32: interleave the low dwords of the even and odd 64-bit results.
   const __m512i low_dwords = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
   return _mm512_permutex2var_epi32(r_even, low_dwords, r_odd);
@@ -85,8 +84,8 @@ static inline __m512i requant16(__m512i acc, const Requant16& q) {
 // Output stage of 64 consecutive channels with saturating packs: clamp(r + z, act_min, act_max) equals
 // clamp(sat8(sat16(sat16(r) + z)), act_min, act_max) because every saturation keeps the side of the
 // activation range a value lies on.
-static inline void store64(int8_t* dst, __m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i zp16,
-                           __m512i act_min8, __m512i act_max8) {
+static inline void store64(int8_t* dst, __m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i zp16, __m512i act_min8,
+                           __m512i act_max8) {
   const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(r0, r1), zp16);
   const __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(r2, r3), zp16);
   // packs interleave 128-bit lanes: dword 4k + m holds channels 4k..4k+3 of vector m.
@@ -105,13 +104,11 @@ static inline __mmask16 tail_mask(int64_t valid) {
 }
 
 // Scalar requantization of a vector, for layers with an effective exponent outside [-31, 0].
-static inline void requant16_scalar(__m512i acc, const ChannelConstants& cc, int64_t c, int8_t* dst,
-                                    int64_t valid) {
+static inline void requant16_scalar(__m512i acc, const ChannelConstants& cc, int64_t c, int8_t* dst, int64_t valid) {
   alignas(64) int32_t lanes[16];
   _mm512_store_si512(lanes, acc);
   for (int64_t j = 0; j < valid; ++j)
-    dst[j] = fp::requantize(lanes[j], cc.m0[c + j], cc.ec[c + j], cc.rounding, cc.zero_point, cc.act_min,
-                            cc.act_max);
+    dst[j] = fp::requantize(lanes[j], cc.m0[c + j], cc.ec[c + j], cc.rounding, cc.zero_point, cc.act_min, cc.act_max);
 }
 
 static inline int32_t load4(const uint8_t* p) {
@@ -250,8 +247,8 @@ static void build_pair_row(const DepthwiseJob& job, int64_t ih, int16_t* row, co
 // Output stage of 32 channels whose multiplier results are in lane order (low and high halves):
 // packing to int16 restores the natural channel order (see depthwise_lane_channel). The saturating
 // packs keep every value on its side of the activation range, so the clamp afterwards is exact.
-static inline void store32(int8_t* dst, __m512i r_lo, __m512i r_hi, __m512i zp16, __m256i act_min8,
-                           __m256i act_max8, __mmask32 mask) {
+static inline void store32(int8_t* dst, __m512i r_lo, __m512i r_hi, __m512i zp16, __m256i act_min8, __m256i act_max8,
+                           __mmask32 mask) {
   const __m512i w = _mm512_adds_epi16(_mm512_packs_epi32(r_lo, r_hi), zp16);
   const __m512i b = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_packs_epi16(w, w));
   const __m256i y = _mm256_min_epi8(_mm256_max_epi8(_mm512_castsi512_si256(b), act_min8), act_max8);
@@ -401,8 +398,10 @@ static void vnni_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t coun
   const __m128i shift = _mm_cvtsi32_si128(p.left_shift);
   for (int64_t i = 0; i < count; i += 16) {
     const __mmask16 mask = tail_mask(count - i);
-    const __m512i va = _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, a + i)), za), shift);
-    const __m512i vb = _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, b + i)), zb), shift);
+    const __m512i va =
+        _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, a + i)), za), shift);
+    const __m512i vb =
+        _mm512_sll_epi32(_mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, b + i)), zb), shift);
     const __m512i sum = _mm512_add_epi32(multiply16(va, qa), multiply16(vb, qb));  // |each| < 2^30
     store16(out + i, requant16(sum, qo), mask);
   }
@@ -412,9 +411,9 @@ static void vnni_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t coun
 NPUQ_TARGET_END
 
 const KernelTable* avx512_kernels() {
-  static const KernelTable table = {"avx512_vnni", avx512::vnni_gemm_tile, avx512::vnni_depthwise_rows,
-                                    avx512::vnni_requantize_rows, avx512::vnni_add,
-                                    avx512::generic_avg_pool_rows};
+  static const KernelTable table = {
+      "avx512_vnni",    avx512::vnni_gemm_tile,       avx512::vnni_depthwise_rows, avx512::vnni_requantize_rows,
+      avx512::vnni_add, avx512::generic_avg_pool_rows};
   return &table;
 }
 #else

@@ -8,8 +8,11 @@ namespace portable {
 }  // namespace portable
 
 const KernelTable& portable_kernels() {
-  static const KernelTable table = {"portable", portable::generic_gemm_tile, portable::generic_depthwise_rows,
-                                    portable::generic_requantize_rows, portable::generic_add,
+  static const KernelTable table = {"portable",
+                                    portable::generic_gemm_tile,
+                                    portable::generic_depthwise_rows,
+                                    portable::generic_requantize_rows,
+                                    portable::generic_add,
                                     portable::generic_avg_pool_rows};
   return table;
 }

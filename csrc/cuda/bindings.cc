@@ -4,6 +4,8 @@
 // buffer behind each one; the Python layer (python/npuq/_cuda.py) takes them from torch tensors or
 // `__cuda_array_interface__` objects. Every pointer is checked to be device memory of the device the
 // call runs on, and every count against what the kernel will touch, before anything is launched.
+#include "bindings.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -15,10 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "../bindings/params.h"
+#include "common/params.h"
 #include "kernels.h"
 #include "runtime.h"
-#include "svd_bindings.h"
 
 namespace py = pybind11;
 
@@ -26,19 +27,6 @@ namespace npuq {
 namespace cuda {
 
 namespace {
-
-using bindings::parse_overflow;
-using bindings::parse_rounding;
-
-template <typename T>
-const T* host_data(const py::array& a, const char* name, int64_t count) {
-  if (!a.dtype().is(py::dtype::of<T>())) throw py::type_error(std::string(name) + " has the wrong dtype");
-  if (!(a.flags() & py::array::c_style)) throw InvalidArgument(std::string(name) + " must be C-contiguous");
-  if (a.size() != count)
-    throw InvalidArgument(std::string(name) + " must have " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  return static_cast<const T*>(a.data());
-}
 
 void require_count(int64_t have, int64_t need, const char* name) {
   if (have < need)
@@ -138,39 +126,11 @@ class DeviceArray {
 
 class PyCudaConv2dPlan {
  public:
-  PyCudaConv2dPlan(const py::array& weight, const py::object& bias, int64_t in_c, std::array<int64_t, 2> stride,
-                   std::array<int64_t, 4> padding, std::array<int64_t, 2> dilation, int64_t groups,
-                   int32_t input_zero_point, const py::array& m0, const py::array& exponent, const py::object& shift,
-                   int32_t output_zero_point, int32_t act_min, int32_t act_max, const std::string& rounding,
-                   const std::string& overflow, bool fully_connected, int device, uintptr_t stream) {
-    if (weight.ndim() != 4) throw InvalidArgument("weight must be 4-D (C_out, KH, KW, C_in / groups)");
-    if (groups < 1) throw InvalidArgument("groups must be >= 1, got " + std::to_string(groups));
-    Conv2dShape s;
-    s.in_c = in_c;
-    s.out_c = weight.shape(0);
-    s.kernel_h = weight.shape(1);
-    s.kernel_w = weight.shape(2);
-    s.stride_h = stride[0], s.stride_w = stride[1];
-    s.pad_top = padding[0], s.pad_bottom = padding[1], s.pad_left = padding[2], s.pad_right = padding[3];
-    s.dilation_h = dilation[0], s.dilation_w = dilation[1];
-    s.groups = groups;
-    if (in_c % groups != 0 || weight.shape(3) * groups != in_c)
-      throw InvalidArgument("weight has " + std::to_string(weight.shape(3)) + " input channels per group but the layer has " +
-                            std::to_string(in_c) + " input channels in " + std::to_string(groups) + " groups");
-    const int8_t* w = host_data<int8_t>(weight, "weight", weight.size());
-    const int32_t* b = nullptr;
-    if (!bias.is_none()) b = host_data<int32_t>(bias.cast<py::array>(), "bias", s.out_c);
-    RequantParams r;
-    r.channels = s.out_c;
-    r.multiplier = host_data<int32_t>(m0, "multiplier", s.out_c);
-    r.exponent = host_data<int32_t>(exponent, "exponent", s.out_c);
-    if (!shift.is_none()) r.shift = host_data<uint8_t>(shift.cast<py::array>(), "channel_shift", s.out_c);
-    r.zero_point = output_zero_point;
-    r.act_min = act_min;
-    r.act_max = act_max;
-    r.rounding = parse_rounding(rounding);
-    plan_ = std::make_unique<Conv2dPlan>(s, w, b, input_zero_point, r, parse_overflow(overflow),
-                                         fully_connected ? "fully_connected" : "conv2d", device, as_stream(stream));
+  // The layer is checked by the conversion the CPU plan uses (common/params.h), then by the plan.
+  PyCudaConv2dPlan(const bindings::ConvArgs& params, const py::array& weight, const py::object& bias, int device,
+                   uintptr_t stream) {
+    const bindings::ConvLayer l = bindings::conv_layer(params, weight, bias);
+    plan_ = std::make_unique<Conv2dPlan>(l.params, l.weight, l.bias, device, as_stream(stream));
   }
 
   std::array<int64_t, 4> output_shape(int64_t batch, int64_t in_h, int64_t in_w) const {
@@ -203,10 +163,9 @@ class PyCudaConv2dPlan {
   std::unique_ptr<Conv2dPlan> plan_;
 };
 
-void add_py(uintptr_t a, int64_t a_count, uintptr_t b, int64_t b_count, uintptr_t out, int64_t out_count, std::array<int32_t, 3> a_q,
-            std::array<int32_t, 3> b_q, std::array<int32_t, 3> out_q, int32_t left_shift, int32_t act_min,
-            int32_t act_max, const std::string& rounding, int device, uintptr_t stream) {
-  const AddParams p = bindings::add_params(a_q, b_q, out_q, left_shift, act_min, act_max, rounding);
+void add_py(const bindings::AddArgs& params, uintptr_t a, int64_t a_count, uintptr_t b, int64_t b_count, uintptr_t out,
+            int64_t out_count, int device, uintptr_t stream) {
+  const AddParams p = bindings::add_params(params);
   const int64_t count = a_count;
   if (count < 1) throw InvalidArgument("add: the inputs are empty");
   if (b_count != a_count)
@@ -221,23 +180,22 @@ void add_py(uintptr_t a, int64_t a_count, uintptr_t b, int64_t b_count, uintptr_
       count, p, device, as_stream(stream));
 }
 
-void pool_py(bool average, uintptr_t x, int64_t x_count, std::array<int64_t, 4> x_shape, uintptr_t out,
-             int64_t out_count, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
-             std::array<int64_t, 4> padding, bool count_include_pad, int32_t zx, int32_t act_min, int32_t act_max,
-             int device, uintptr_t stream) {
-  const Pool2dParams p =
-      bindings::pool_params(x_shape, kernel, stride, padding, count_include_pad, zx, act_min, act_max);
+void pool_py(bool average, const bindings::PoolArgs& params, uintptr_t x, int64_t x_count,
+             std::array<int64_t, 4> x_shape, uintptr_t out, int64_t out_count, int device, uintptr_t stream) {
+  const Pool2dParams p = bindings::pool_params(x_shape, params);
   require_count(x_count, p.batch * p.in_h * p.in_w * p.channels, "x");
   require_count(out_count, p.batch * p.out_h * p.out_w * p.channels, "out");
   require_device(device);
   require_device_pointer(as_ptr(x), device, "x");
   require_device_pointer(as_ptr(out), device, "out");
-  if (average) avg_pool2d(static_cast<const int8_t*>(as_ptr(x)), static_cast<int8_t*>(as_ptr(out)), p, device, as_stream(stream));
-  else max_pool2d(static_cast<const int8_t*>(as_ptr(x)), static_cast<int8_t*>(as_ptr(out)), p, device, as_stream(stream));
+  if (average)
+    avg_pool2d(static_cast<const int8_t*>(as_ptr(x)), static_cast<int8_t*>(as_ptr(out)), p, device, as_stream(stream));
+  else
+    max_pool2d(static_cast<const int8_t*>(as_ptr(x)), static_cast<int8_t*>(as_ptr(out)), p, device, as_stream(stream));
 }
 
-void quantize_py(uintptr_t x, int64_t count, uintptr_t out, int64_t out_count, float scale, int32_t zero_point, int device,
-                 uintptr_t stream) {
+void quantize_py(uintptr_t x, int64_t count, uintptr_t out, int64_t out_count, float scale, int32_t zero_point,
+                 int device, uintptr_t stream) {
   if (count < 1) throw InvalidArgument("quantize_input: x is empty");
   require_count(out_count, count, "out");
   if (zero_point < -128 || zero_point > 127) throw InvalidArgument("quantize_input: zero_point must be in [-128, 127]");
@@ -323,11 +281,12 @@ void register_bindings(py::module_& m) {
       .def("reshape", &DeviceArray::reshape, py::arg("shape"))
       .def_property_readonly("__cuda_array_interface__", &DeviceArray::interface)
       .def_property_readonly("ptr", &DeviceArray::ptr)
-      .def_property_readonly("shape", [](const DeviceArray& a) {
-        py::tuple t(a.shape().size());
-        for (size_t i = 0; i < a.shape().size(); ++i) t[i] = a.shape()[i];
-        return t;
-      })
+      .def_property_readonly("shape",
+                             [](const DeviceArray& a) {
+                               py::tuple t(a.shape().size());
+                               for (size_t i = 0; i < a.shape().size(); ++i) t[i] = a.shape()[i];
+                               return t;
+                             })
       .def_property_readonly("dtype", &DeviceArray::dtype)
       .def_property_readonly("device", &DeviceArray::device)
       .def_property_readonly("stream", &DeviceArray::stream)
@@ -335,14 +294,8 @@ void register_bindings(py::module_& m) {
       .def_property_readonly("nbytes", &DeviceArray::nbytes);
 
   py::class_<PyCudaConv2dPlan>(m, "CudaConv2dPlan")
-      .def(py::init<const py::array&, const py::object&, int64_t, std::array<int64_t, 2>, std::array<int64_t, 4>,
-                    std::array<int64_t, 2>, int64_t, int32_t, const py::array&, const py::array&, const py::object&,
-                    int32_t, int32_t, int32_t, const std::string&, const std::string&, bool, int, uintptr_t>(),
-           py::arg("weight"), py::arg("bias"), py::arg("in_channels"), py::arg("stride"), py::arg("padding"),
-           py::arg("dilation"), py::arg("groups"), py::arg("input_zero_point"), py::arg("multiplier"),
-           py::arg("exponent"), py::arg("channel_shift"), py::arg("output_zero_point"), py::arg("act_min"),
-           py::arg("act_max"), py::arg("rounding"), py::arg("overflow"), py::arg("fully_connected"), py::arg("device"),
-           py::arg("stream"))
+      .def(py::init<const bindings::ConvArgs&, const py::array&, const py::object&, int, uintptr_t>(),
+           py::arg("params"), py::arg("weight"), py::arg("bias"), py::arg("device"), py::arg("stream"))
       .def("output_shape", &PyCudaConv2dPlan::output_shape, py::arg("batch"), py::arg("in_h"), py::arg("in_w"))
       .def("run", &PyCudaConv2dPlan::run, py::arg("x"), py::arg("x_count"), py::arg("x_shape"), py::arg("out"),
            py::arg("out_count"), py::arg("stream"), py::arg("engine") = "auto")
@@ -350,19 +303,12 @@ void register_bindings(py::module_& m) {
       .def_property_readonly("device", &PyCudaConv2dPlan::device)
       .def_property_readonly("unsafe_channels", &PyCudaConv2dPlan::unsafe_channels);
 
-  m.def("cuda_add", &add_py, py::arg("a"), py::arg("a_count"), py::arg("b"), py::arg("b_count"), py::arg("out"),
-        py::arg("out_count"), py::arg("a_params"),
-        py::arg("b_params"), py::arg("output_params"), py::arg("left_shift"), py::arg("act_min"), py::arg("act_max"),
-        py::arg("rounding"), py::arg("device"), py::arg("stream"));
-  m.def("cuda_pool2d", &pool_py, py::arg("average"), py::arg("x"), py::arg("x_count"), py::arg("x_shape"),
-        py::arg("out"), py::arg("out_count"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
-        py::arg("count_include_pad"), py::arg("input_zero_point"), py::arg("act_min"), py::arg("act_max"),
-        py::arg("device"), py::arg("stream"));
+  m.def("cuda_add", &add_py, py::arg("params"), py::arg("a"), py::arg("a_count"), py::arg("b"), py::arg("b_count"),
+        py::arg("out"), py::arg("out_count"), py::arg("device"), py::arg("stream"));
+  m.def("cuda_pool2d", &pool_py, py::arg("average"), py::arg("params"), py::arg("x"), py::arg("x_count"),
+        py::arg("x_shape"), py::arg("out"), py::arg("out_count"), py::arg("device"), py::arg("stream"));
   m.def("cuda_quantize_input", &quantize_py, py::arg("x"), py::arg("count"), py::arg("out"), py::arg("out_count"),
-        py::arg("scale"),
-        py::arg("zero_point"), py::arg("device"), py::arg("stream"));
-
-  register_svd_bindings(m);
+        py::arg("scale"), py::arg("zero_point"), py::arg("device"), py::arg("stream"));
 }
 
 }  // namespace cuda

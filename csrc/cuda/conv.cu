@@ -63,9 +63,8 @@ __device__ __forceinline__ int8_t finish(int64_t exact, int64_t oc, const Requan
 
 // Exact accumulator of one output: bias + sum (x - z_x) * w over the taps inside the image (padding holds
 // z_x and contributes nothing). dp4a over 4 channels when vec4 (C_in / groups % 4 == 0, aligned).
-__device__ int64_t exact_accumulator(const ConvGeometry& g, const int8_t* __restrict__ x,
-                                     const int8_t* __restrict__ w, const int32_t* __restrict__ bias, int64_t m,
-                                     int64_t oc, bool vec4) {
+__device__ int64_t exact_accumulator(const ConvGeometry& g, const int8_t* __restrict__ x, const int8_t* __restrict__ w,
+                                     const int32_t* __restrict__ bias, int64_t m, int64_t oc, bool vec4) {
   const int64_t pix = m % (g.out_h * g.out_w), n = m / (g.out_h * g.out_w);
   const int64_t oh = pix / g.out_w, ow = pix % g.out_w;
   const int64_t group = oc / g.out_c_per_group, cin_g = g.in_c_per_group;
@@ -100,12 +99,10 @@ __device__ int64_t exact_accumulator(const ConvGeometry& g, const int8_t* __rest
 // "direct" path, and the exact fix-up of unsafe channels (channels != nullptr: only those, in order).
 __global__ void direct_kernel(ConvGeometry g, const int8_t* __restrict__ x, const int8_t* __restrict__ w,
                               const int32_t* __restrict__ bias, Requant r, const int32_t* __restrict__ channels,
-                              int64_t channel_count, bool vec4, int8_t* __restrict__ out,
-                              unsigned long long* error) {
+                              int64_t channel_count, bool vec4, int8_t* __restrict__ out, unsigned long long* error) {
   const int64_t rows = g.batch * g.out_h * g.out_w;
   const int64_t total = rows * channel_count;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t m = i / channel_count, j = i % channel_count;
     const int64_t oc = channels ? channels[j] : j;
     const int64_t exact = exact_accumulator(g, x, w, bias, m, oc, vec4);
@@ -114,8 +111,8 @@ __global__ void direct_kernel(ConvGeometry g, const int8_t* __restrict__ x, cons
 }
 
 // The exact accumulator of one output, for the error message of the "raise" policy.
-__global__ void one_accumulator_kernel(ConvGeometry g, const int8_t* x, const int8_t* w, const int32_t* bias,
-                                       int64_t m, int64_t oc, int64_t* value) {
+__global__ void one_accumulator_kernel(ConvGeometry g, const int8_t* x, const int8_t* w, const int32_t* bias, int64_t m,
+                                       int64_t oc, int64_t* value) {
   *value = exact_accumulator(g, x, w, bias, m, oc, false);
 }
 
@@ -130,8 +127,7 @@ __global__ void depthwise_kernel(ConvGeometry g, const int8_t* __restrict__ x, c
   const int64_t vecs = g.out_c / kVec;
   const int64_t total = rows * vecs;
   const int64_t mult = g.out_c_per_group;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total;
-       i += int64_t{gridDim.x} * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t m = i / vecs, oc0 = (i % vecs) * kVec;
     const int64_t pix = m % (g.out_h * g.out_w), n = m / (g.out_h * g.out_w);
     const int64_t oh = pix / g.out_w, ow = pix % g.out_w;
@@ -163,8 +159,8 @@ __global__ void depthwise_kernel(ConvGeometry g, const int8_t* __restrict__ x, c
       res[v] = finish(static_cast<int64_t>(bias[oc]) + sum[v], oc, r, error, m * g.out_c + oc);
     }
     if (kVec == 4) {
-      *reinterpret_cast<char4*>(out + m * g.out_c + oc0) = make_char4(res[0], res[kVec > 1 ? 1 : 0],
-                                                                     res[kVec > 2 ? 2 : 0], res[kVec > 3 ? 3 : 0]);
+      *reinterpret_cast<char4*>(out + m * g.out_c + oc0) =
+          make_char4(res[0], res[kVec > 1 ? 1 : 0], res[kVec > 2 ? 2 : 0], res[kVec > 3 ? 3 : 0]);
     } else {
       for (int v = 0; v < kVec; ++v) out[m * g.out_c + oc0 + v] = res[v];
     }
@@ -189,8 +185,7 @@ struct GemmArgs {
 // Loads this thread's 16 bytes of the A tile (row t / 2, bytes (t % 2) * 16 of the 32) for reduction
 // offset k0. kVec: bytes per load that stay inside one tap (16, 4 or 1).
 template <int kVec>
-__device__ __forceinline__ uint4 load_a(const GemmArgs& a, int64_t m, int64_t n, int64_t oh, int64_t ow,
-                                        int64_t k0) {
+__device__ __forceinline__ uint4 load_a(const GemmArgs& a, int64_t m, int64_t n, int64_t oh, int64_t ow, int64_t k0) {
   const ConvGeometry& g = a.g;
   const uint32_t pad = static_cast<uint8_t>(g.input_zero_point) * 0x01010101u;
   uint32_t words[4] = {pad, pad, pad, pad};
@@ -204,7 +199,7 @@ __device__ __forceinline__ uint4 load_a(const GemmArgs& a, int64_t m, int64_t n,
           return *reinterpret_cast<const uint4*>(a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_c + c);
       }
     } else if (kVec == 4) {
-      #pragma unroll
+#pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t k = k0 + 4 * j;
         if (k >= g.k) break;
@@ -215,7 +210,7 @@ __device__ __forceinline__ uint4 load_a(const GemmArgs& a, int64_t m, int64_t n,
           words[j] = *reinterpret_cast<const uint32_t*>(a.x + ((n * g.in_h + ih) * g.in_w + iw) * g.in_c + c);
       }
     } else {
-      #pragma unroll
+#pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int64_t k = k0 + j;
         if (k >= g.k) break;
@@ -235,10 +230,9 @@ __device__ __forceinline__ uint4 load_a(const GemmArgs& a, int64_t m, int64_t n,
 
 __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
   __trap();  // the host never selects the mma engine below compute capability 8.0
 #endif
@@ -290,7 +284,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
       const int warp = t / 32, lane = t % 32, grp = lane / 4, tig = lane % 4;
       const int wm = warp % 2, wn = warp / 2;
       uint32_t fa[2][4], fb[4][2];
-      #pragma unroll
+#pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         const uint8_t* base = As + (wm * 32 + mi * 16 + grp) * kSmemRow + 4 * tig;
         fa[mi][0] = *reinterpret_cast<const uint32_t*>(base);
@@ -298,30 +292,29 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
         fa[mi][2] = *reinterpret_cast<const uint32_t*>(base + 16);
         fa[mi][3] = *reinterpret_cast<const uint32_t*>(base + 8 * kSmemRow + 16);
       }
-      #pragma unroll
+#pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const uint8_t* base = Bs + (wn * 32 + ni * 8 + grp) * kSmemRow + 4 * tig;
         fb[ni][0] = *reinterpret_cast<const uint32_t*>(base);
         fb[ni][1] = *reinterpret_cast<const uint32_t*>(base + 16);
       }
-      #pragma unroll
-      #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-        #pragma unroll
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
         for (int ni = 0; ni < 4; ++ni) mma_s8(acc_mma[mi][ni], fa[mi], fb[ni]);
     } else {
       // thread owns rows (t % 16) * 4 + i and channels (t / 16) * 8 + j
       const int tm = t % 16, tn = t / 16;
-      #pragma unroll
+#pragma unroll
       for (int kk = 0; kk < kTileK / 4; ++kk) {
         int av[4], bv[8];
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < 4; ++i) av[i] = *reinterpret_cast<const int*>(As + (tm * 4 + i) * kSmemRow + 4 * kk);
-        #pragma unroll
+#pragma unroll
         for (int j = 0; j < 8; ++j) bv[j] = *reinterpret_cast<const int*>(Bs + (tn * 8 + j) * kSmemRow + 4 * kk);
-        #pragma unroll
+#pragma unroll
         for (int i = 0; i < 4; ++i)
-          #pragma unroll
+#pragma unroll
           for (int j = 0; j < 8; ++j) acc_dp[i][j] = __dp4a(av[i], bv[j], acc_dp[i][j]);
       }
     }
@@ -331,10 +324,9 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
   if constexpr (kMma) {
     const int warp = t / 32, lane = t % 32, grp = lane / 4, tig = lane % 4;
     const int wm = warp % 2, wn = warp / 2;
-    #pragma unroll
+#pragma unroll
     for (int mi = 0; mi < 2; ++mi)
-      #pragma unroll
-      #pragma unroll
+#pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
         const int64_t m = block_m + wm * 32 + mi * 16 + grp;
         const int64_t oc = block_n + wn * 32 + ni * 8 + 2 * tig;
@@ -345,9 +337,9 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(GemmArgs a) {
       }
   } else {
     const int tm = t % 16, tn = t / 16;
-    #pragma unroll
+#pragma unroll
     for (int i = 0; i < 4; ++i)
-      #pragma unroll
+#pragma unroll
       for (int j = 0; j < 8; ++j) store_result(a, block_m + tm * 4 + i, block_n + tn * 8 + j, acc_dp[i][j]);
   }
 }
@@ -374,25 +366,27 @@ const char* engine_name(GemmEngine e) {
   return e == GemmEngine::kMma ? "mma" : e == GemmEngine::kDp4a ? "dp4a" : "auto";
 }
 
-Conv2dPlan::Conv2dPlan(const Conv2dShape& layer, const int8_t* weights, const int32_t* bias,
-                       int32_t input_zero_point, const RequantParams& requant, fp::Overflow overflow,
-                       const char* op_name, int device, cudaStream_t stream)
-    : layer_(layer),
-      input_zero_point_(input_zero_point),
-      zero_point_(requant.zero_point),
-      act_min_(requant.act_min),
-      act_max_(requant.act_max),
-      rounding_(requant.rounding),
-      overflow_(overflow),
-      op_name_(op_name),
+Conv2dPlan::Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const int32_t* bias, int device,
+                       cudaStream_t stream)
+    : layer_(layer.shape),
+      input_zero_point_(layer.input_zero_point),
+      zero_point_(layer.requant.zero_point),
+      act_min_(layer.requant.act_min),
+      act_max_(layer.requant.act_max),
+      rounding_(layer.requant.rounding),
+      overflow_(layer.overflow),
+      op_name_(layer.op),
       device_(device) {
+  const RequantParams& requant = layer.requant;
+  const int32_t input_zero_point = layer.input_zero_point;
   require_device(device);
   DeviceGuard guard(device);
   int major = 0;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
   has_mma_ = major >= 8;
 
-  // Validate the layer the way the CPU plan does (a 1x1 image stands in for the input).
+  // Validate the layer on an input the size of the dilated kernel, as the CPU plan does; per-call shapes
+  // are validated in shape_for().
   Conv2dShape probe = layer_;
   probe.batch = 1;
   probe.in_h = std::max<int64_t>(probe.dilation_h * (probe.kernel_h - 1) + 1, 1);
@@ -400,7 +394,7 @@ Conv2dPlan::Conv2dPlan(const Conv2dShape& layer, const int8_t* weights, const in
   validate(probe);
   layer_.in_c_per_group = probe.in_c_per_group;
   layer_.out_c_per_group = probe.out_c_per_group;
-  validate(requant, op_name);
+  validate(requant, op_name_);
   const int64_t oc_n = layer_.out_c, k = layer_.reduction_size();
   validate_weights(weights, oc_n * k);
   k_ = k;
@@ -451,8 +445,8 @@ Conv2dShape Conv2dPlan::shape_for(int64_t batch, int64_t in_h, int64_t in_w) con
   return shape_with_input(layer_, batch, in_h, in_w);
 }
 
-void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w, int8_t* out,
-                     cudaStream_t stream, GemmEngine engine) const {
+void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w, int8_t* out, cudaStream_t stream,
+                     GemmEngine engine) const {
   const Conv2dShape s = shape_for(batch, in_h, in_w);
   DeviceGuard guard(device_);
   const ConvGeometry g = geometry(s, input_zero_point_);
@@ -481,7 +475,8 @@ void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w,
     for (int64_t row0 = 0; row0 < rows; row0 += max_rows_per_launch) {
       a.row0 = row0;
       const int64_t launch_rows = std::min(rows - row0, max_rows_per_launch);
-      const dim3 grid(static_cast<unsigned>(oc_pad_ / kTileN), static_cast<unsigned>((launch_rows + kTileM - 1) / kTileM));
+      const dim3 grid(static_cast<unsigned>(oc_pad_ / kTileN),
+                      static_cast<unsigned>((launch_rows + kTileM - 1) / kTileM));
 #define NPUQ_GEMM(V, M) gemm_kernel<V, M><<<grid, kThreads, 0, stream>>>(a)
       if (vec == 16) mma ? NPUQ_GEMM(16, true) : NPUQ_GEMM(16, false);
       else if (vec == 4) mma ? NPUQ_GEMM(4, true) : NPUQ_GEMM(4, false);
@@ -500,17 +495,16 @@ void Conv2dPlan::run(const int8_t* x, int64_t batch, int64_t in_h, int64_t in_w,
   } else if (std::strcmp(path_, "depthwise") == 0) {
     const bool vec4 = s.out_c_per_group == 1 && s.out_c % 4 == 0 && aligned(x, 4) && aligned(out, 4);
     if (vec4) {
-      depthwise_kernel<4><<<blocks_for(rows * s.out_c / 4, 256), 256, 0, stream>>>(g, x, w_taps_.as<int8_t>(),
-                                                                                   bias_.as<int32_t>(), r, out, error_ptr);
+      depthwise_kernel<4><<<blocks_for(rows * s.out_c / 4, 256), 256, 0, stream>>>(
+          g, x, w_taps_.as<int8_t>(), bias_.as<int32_t>(), r, out, error_ptr);
     } else {
       depthwise_kernel<1><<<blocks_for(rows * s.out_c, 256), 256, 0, stream>>>(g, x, w_taps_.as<int8_t>(),
                                                                                bias_.as<int32_t>(), r, out, error_ptr);
     }
     check_launch("depthwise_kernel");
   } else {
-    direct_kernel<<<blocks_for(rows * s.out_c, 256), 256, 0, stream>>>(g, x, w_ohwi_.as<int8_t>(), bias_.as<int32_t>(),
-                                                                        r, nullptr, s.out_c, channels_vec4, out,
-                                                                        error_ptr);
+    direct_kernel<<<blocks_for(rows * s.out_c, 256), 256, 0, stream>>>(
+        g, x, w_ohwi_.as<int8_t>(), bias_.as<int32_t>(), r, nullptr, s.out_c, channels_vec4, out, error_ptr);
     check_launch("direct_kernel");
   }
 

@@ -27,8 +27,7 @@ __global__ void add_kernel(const int8_t* __restrict__ a, const int8_t* __restric
     const int32_t ra = fp::multiply(sa, p.a_multiplier, p.a_exponent, p.rounding);
     const int32_t rb = fp::multiply(sb, p.b_multiplier, p.b_exponent, p.rounding);
     const int32_t sum = fp::saturate_int32(int64_t{ra} + rb);
-    out[i] = fp::requantize(sum, p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min,
-                            p.act_max);
+    out[i] = fp::requantize(sum, p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min, p.act_max);
   }
 }
 

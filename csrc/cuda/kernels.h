@@ -3,7 +3,7 @@
 // (npuq/ops.h), exactly as for the CPU kernels, and check the device pointers (runtime.h).
 //
 // The arithmetic is that of csrc/include/npuq/fixedpoint.h, compiled for the device: every output
-// equals the scalar reference's bit for bit (tests/test_cuda_ops.py).
+// equals the scalar reference's bit for bit (tests/ops/test_cuda_ops.py).
 #pragma once
 
 #include <cstdint>
@@ -40,9 +40,9 @@ const char* engine_name(GemmEngine e);
 // path under the "raise" and "saturate" policies; "raise" then synchronizes the stream to report.
 class Conv2dPlan {
  public:
-  Conv2dPlan(const Conv2dShape& layer, const int8_t* weights, const int32_t* bias, int32_t input_zero_point,
-             const RequantParams& requant, fp::Overflow overflow, const char* op_name, int device,
-             cudaStream_t stream);
+  // layer.shape.batch / in_h / in_w are ignored (set per call); layer.op must be a string literal.
+  // weights: OHWI [C_out][KH][KW][C_in / groups] and bias [C_out] (or nullptr) in host memory.
+  Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const int32_t* bias, int device, cudaStream_t stream);
 
   Conv2dShape shape_for(int64_t batch, int64_t in_h, int64_t in_w) const;
   // Enqueues the convolution on `stream`. Throws AccumulatorOverflow (after synchronizing) under the

@@ -5,8 +5,8 @@
 namespace npuq {
 namespace ref {
 
-int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias, const Conv2dParams& p,
-                           int64_t n, int64_t oh, int64_t ow, int64_t oc) {
+int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias, const Conv2dParams& p, int64_t n,
+                           int64_t oh, int64_t ow, int64_t oc) {
   const Conv2dShape& s = p.shape;
   const int64_t group = oc / s.out_c_per_group;
   const int64_t cin_g = s.in_c_per_group;
@@ -49,8 +49,8 @@ void requantize(const int32_t* acc, int64_t rows, int8_t* out, const RequantPara
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t c = 0; c < r.channels; ++c) {
       const int64_t k = i * r.channels + c;
-      out[k] = fp::requantize(acc[k], r.multiplier[c], r.effective_exponent(c), r.rounding, r.zero_point,
-                              r.act_min, r.act_max);
+      out[k] = fp::requantize(acc[k], r.multiplier[c], r.effective_exponent(c), r.rounding, r.zero_point, r.act_min,
+                              r.act_max);
     }
 }
 
@@ -63,8 +63,7 @@ void add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const Add
     const int32_t ra = fp::multiply(sa, p.a_multiplier, p.a_exponent, p.rounding);
     const int32_t rb = fp::multiply(sb, p.b_multiplier, p.b_exponent, p.rounding);
     const int32_t sum = fp::saturate_int32(int64_t{ra} + rb);  // never saturates, see validate()
-    out[i] = fp::requantize(sum, p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min,
-                            p.act_max);
+    out[i] = fp::requantize(sum, p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min, p.act_max);
   }
 }
 

@@ -11,8 +11,8 @@ namespace npuq {
 namespace ref {
 
 // Exact (64-bit) accumulator of one conv output: bias + sum (x - z_x) * w (section 4).
-int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias, const Conv2dParams& p,
-                           int64_t n, int64_t oh, int64_t ow, int64_t oc);
+int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias, const Conv2dParams& p, int64_t n,
+                           int64_t oh, int64_t ow, int64_t oc);
 
 // out: [N, OH, OW, C_out]. Throws AccumulatorOverflow under the kRaise policy.
 void conv2d(const int8_t* x, const int8_t* w, const int32_t* bias, int8_t* out, const Conv2dParams& p);

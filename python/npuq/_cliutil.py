@@ -1,5 +1,7 @@
-"""What every ``npuq`` sub-command shares: the parser class, argument types that state their ranges, and
-the rule that turns a user's mistake into one line on stderr and exit code 2.
+"""What every ``npuq`` sub-command shares: the parser class, argument types that state their ranges, the
+options of several commands (``add_quantization_options``), and the rule that turns a user's mistake into
+one line on stderr and exit code 2. The subsystems' command modules import these from here, never from
+:mod:`npuq.cli`, which only assembles them.
 
 The rule: a command reports a mistake by raising :class:`CommandError` (or any of npuq's own input errors,
 which are ``ValueError``/``OSError`` subclasses); :func:`run_command` prints ``npuq CMD: message`` and
@@ -108,6 +110,29 @@ def removes_if_empty(folder):
         raise
 
 
+def shipped_checkpoints_help() -> str:
+    """The ``--model`` help: the shipped image checkpoints by name, read without importing torch."""
+    names = shipped_image_checkpoints()
+    return (f"a shipped checkpoint ({', '.join(names) or 'none installed'}) or a .safetensors checkpoint "
+            "written by scripts/train_fmnist.py")
+
+
+def add_quantization_options(p, *, weight_only: bool) -> None:
+    """The options `npuq quantize` and `npuq compile` share."""
+    from npuq.methods import ACTIVATION_METHODS, ROUNDINGS, WEIGHT_METHODS
+
+    p.add_argument("--weights", default="wess", choices=WEIGHT_METHODS, help="weight quantization method")
+    p.add_argument("--bits", type=int_range(2, 8), default=8, metavar="{2..8}", help="weight bits")
+    acts = [*ACTIVATION_METHODS, "none"] if weight_only else list(ACTIVATION_METHODS)
+    p.add_argument("--activations", default="mse", choices=acts, help="activation observer for int8 activations"
+                   + (", or 'none' for weight-only quantization" if weight_only else ""))
+    p.add_argument("--calib-batches", type=int_range(1, 100_000), default=8, help="calibration batches")
+    p.add_argument("--batch-size", type=int_range(1, 65_536), default=256, help="calibration batch size")
+    p.add_argument("--cle", action="store_true", help="cross-layer equalization (+ high-bias absorption)")
+    p.add_argument("--bias-correction", action="store_true", help="correct the mean output error of each layer")
+    p.add_argument("--rounding", default="double", choices=ROUNDINGS, help="requantization rounding")
+
+
 def shipped_image_checkpoints() -> list[str]:
     """Names of the shipped image-classifier checkpoints, from the files' headers (torch is not imported)."""
     # other model families (the speech recognizer, format "npuq-asr-1") share the folder
@@ -180,5 +205,5 @@ def _prefixed(prog: str, message: str) -> str:
     return message if message.startswith("npuq ") else f"{prog}: {message}"
 
 
-__all__ = ["CommandError", "EXIT_USAGE", "HelpFormatter", "Parser", "float_range", "int_range", "one_line",
-           "run_command", "threads_arg"]
+__all__ = ["CommandError", "EXIT_USAGE", "HelpFormatter", "Parser", "add_quantization_options", "float_range",
+           "int_range", "one_line", "run_command", "shipped_checkpoints_help", "threads_arg"]

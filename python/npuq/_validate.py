@@ -1,9 +1,21 @@
-"""Argument checks of npuq.ops, in one place: every public op passes its arguments through here
-before they reach the native core (which checks them again, so that nothing can crash it)."""
+"""The validation vocabulary of npuq, and the argument checks of npuq.ops built from it.
+
+Constraints are small objects that check one value and say what they accept (the idea of scikit-learn's
+``Interval`` / ``StrOptions``): :class:`Interval` for integers and real numbers in a range,
+:class:`Options` for one of a fixed set of names. ``check(value, name, constraint)`` returns the value
+normalized (a Python ``int`` or ``float``) or raises ``TypeError`` (wrong type) / ``ValueError`` (out of
+range, not an option) naming the argument. The quantizers, the torch integer arithmetic
+(``npuq.quant.intmath``), the config files (``npuq.config``) and every public op use these, so the same
+value is accepted or refused with the same words everywhere.
+
+Every public op of npuq.ops passes its arguments through here before they reach the native core (which
+checks them again, so that nothing can crash it)."""
 
 from __future__ import annotations
 
-from numbers import Integral
+import math
+import operator
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -12,16 +24,107 @@ from npuq import _tensors
 ROUNDING_MODES = ("double", "single")
 OVERFLOW_POLICIES = ("raise", "saturate", "wrap")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+MAX_EXTENT = 1 << 20  # strides, dilations, kernel sizes and paddings: far past any real layer, safe in int64 products
+
+
+def _as_int(v, name: str) -> int:
+    """An integer argument as a Python int: ints, numpy integers and 0-d integer tensors; never a bool
+    (``True`` is an ``int`` in Python, but never a meaningful count or zero point)."""
+    if type(v) is int:  # the common case skips the (slow) abstract-base-class checks
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if isinstance(v, Integral):
+        return int(v)
+    if _tensors.is_torch(v) and v.dim() == 0 and not v.dtype.is_floating_point and not v.dtype.is_complex \
+            and str(v.dtype) != "torch.bool":
+        return int(v.item())
+    try:  # other integer scalars (0-d integer numpy arrays)
+        if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu":
+            return operator.index(v)
+    except TypeError:
+        pass
+    raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+
+
+class Interval:
+    """Numbers of ``kind`` (``int`` or ``float``) in ``[lo, hi]``; ``None`` leaves a side open.
+
+    ``closed`` says which ends belong to it: "both" (default), "left", "right" or "neither". Floats must be
+    finite; ints may be given as any integer type (never a bool), floats as any real number."""
+
+    def __init__(self, kind: type, lo=None, hi=None, closed: str = "both"):
+        if kind not in (int, float):
+            raise TypeError(f"Interval kind must be int or float, got {kind!r}")
+        if closed not in ("both", "left", "right", "neither"):
+            raise ValueError(f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}")
+        self.kind, self.lo, self.hi, self.closed = kind, lo, hi, closed
+
+    def __str__(self) -> str:
+        left = "[" if self.closed in ("both", "left") and self.lo is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.hi is not None else ")"
+        lo = "-inf" if self.lo is None else str(self.lo)
+        hi = "inf" if self.hi is None else str(self.hi)
+        return f"{left}{lo}, {hi}{right}"
+
+    def describe(self) -> str:
+        return f"{'an int' if self.kind is int else 'a number'} in {self}"
+
+    def contains(self, v) -> bool:
+        if self.lo is not None and (v < self.lo or (v == self.lo and self.closed in ("right", "neither"))):
+            return False
+        if self.hi is not None and (v > self.hi or (v == self.hi and self.closed in ("left", "neither"))):
+            return False
+        return True
+
+    def check(self, v, name: str):
+        if self.kind is int:
+            v = _as_int(v, name)
+        else:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, Real):
+                raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+            v = float(v)
+            if not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v}")
+        if not self.contains(v):
+            raise ValueError(f"{name} must be in {self}, got {v}")
+        return v
+
+
+class Options:
+    """One of a fixed set of names (strings)."""
+
+    def __init__(self, options, what: str | None = None):
+        self.options = tuple(options)
+        self.what = what
+
+    def __str__(self) -> str:
+        return ", ".join(map(repr, self.options))
+
+    def describe(self) -> str:
+        return f"one of {self}"
+
+    def contains(self, v) -> bool:
+        return isinstance(v, str) and v in self.options
+
+    def check(self, v, name: str):
+        if not self.contains(v):
+            raise ValueError(f"{name} must be one of {self}; got {v!r}")
+        return v
+
+
+ROUNDING = Options(ROUNDING_MODES)
+OVERFLOW = Options(OVERFLOW_POLICIES)
+
+
+def check(v, name: str, constraint):
+    """``v`` normalized by ``constraint`` (an :class:`Interval` or :class:`Options`), or the error that
+    names ``name``."""
+    return constraint.check(v, name)
 
 
 def integer(v, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    if type(v) is not int:  # the common case skips the (slow) abstract-base-class checks
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        v = int(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
-    return v
+    return Interval(int, lo, hi).check(v, name)
 
 
 def zero_point(v, name: str) -> int:
@@ -37,9 +140,7 @@ def clamp(act_min, act_max) -> tuple[int, int]:
 
 
 def choice(v, name: str, options) -> str:
-    if v not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {v!r}")
-    return v
+    return Options(options).check(v, name)
 
 
 def threads(v) -> int:
@@ -57,7 +158,7 @@ def pair(v, name: str, lo: int) -> tuple[int, int]:
         v = (v, v)
     if not isinstance(v, (tuple, list)) or len(v) != 2:
         raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-    return tuple(integer(x, name, lo, 1 << 20) for x in v)
+    return tuple(integer(x, name, lo, MAX_EXTENT) for x in v)
 
 
 def padding(v) -> tuple[int, int, int, int]:
@@ -68,7 +169,7 @@ def padding(v) -> tuple[int, int, int, int]:
         v = (v[0], v[0], v[1], v[1])
     if not isinstance(v, (tuple, list)) or len(v) != 4:
         raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right), got {v!r}")
-    return tuple(integer(x, "padding", 0, 1 << 20) for x in v)
+    return tuple(integer(x, "padding", 0, MAX_EXTENT) for x in v)
 
 
 def per_channel(v, name: str, channels: int, lo: int, hi: int, dtype) -> np.ndarray:

@@ -1,10 +1,19 @@
 """Names of the quantization methods and arithmetic modes, importable without torch (the CLI needs
-them to build its parser on machines that only verify vectors)."""
+them to build its parser on machines that only verify vectors).
 
-WEIGHT_METHODS = ("per_layer", "per_channel", "wess", "wess_mse", "wess_output")
-DATA_AWARE_WEIGHT_METHODS = ("wess_output",)  # need calibration data (npuq.quantize collects it)
-ACTIVATION_METHODS = ("minmax", "percentile", "mse", "kl")
-ROUNDINGS = ("double", "single")
-OVERFLOWS = ("raise", "saturate", "wrap")
+The method names are the declared names of their registries (:mod:`npuq.registry`), read without importing
+a quantizer; the arithmetic modes come from :mod:`npuq._validate`, which checks them."""
+
+from npuq._validate import OVERFLOW_POLICIES, ROUNDING_MODES
+from npuq.registry import ACTIVATION_OBSERVERS, WEIGHT_QUANTIZERS
+
+WEIGHT_METHODS = WEIGHT_QUANTIZERS.names()
+# need calibration data (npuq.quantize collects it). Declared here, not read from the registrations
+# (WEIGHT_QUANTIZERS.select(data_aware=True)), because that would import the quantizers and torch;
+# npuq.quant.weights refuses a method whose registration disagrees with this list.
+DATA_AWARE_WEIGHT_METHODS = ("wess_output",)
+ACTIVATION_METHODS = ACTIVATION_OBSERVERS.names()
+ROUNDINGS = ROUNDING_MODES
+OVERFLOWS = OVERFLOW_POLICIES
 
 __all__ = ["ACTIVATION_METHODS", "DATA_AWARE_WEIGHT_METHODS", "OVERFLOWS", "ROUNDINGS", "WEIGHT_METHODS"]

@@ -71,12 +71,13 @@ class Conv2d:
         rq = V.requant(out_channels, multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
                        rounding)
         self.overflow = V.choice(overflow, "overflow", V.OVERFLOW_POLICIES)
-        self._requant = rq
         self._weight = w
-        self._plan = _C.Conv2dPlan(w, self._bias, self.in_channels, self.stride, self.padding, self.dilation,
-                                   groups, self.input_zero_point, rq["multiplier"], rq["exponent"],
-                                   rq["channel_shift"], rq["output_zero_point"], rq["act_min"], rq["act_max"],
-                                   rq["rounding"], self.overflow, _op_name == "fully_connected")
+        # the layer as the native plans and the reference take it (every backend checks it the same way)
+        self._params = _C.Conv2dParams(in_channels=self.in_channels, stride=self.stride, padding=self.padding,
+                                       dilation=self.dilation, groups=groups, input_zero_point=self.input_zero_point,
+                                       requant=_C.RequantParams(**rq), overflow=self.overflow,
+                                       fully_connected=_op_name == "fully_connected")
+        self._plan = _C.Conv2dPlan(self._params, w, self._bias)
         self._op_name = _op_name
         self._cuda_plans = {}
 
@@ -92,11 +93,7 @@ class Conv2d:
         """The same convolution through the scalar reference kernel (slow; for checking)."""
         arr, to_torch = T.activation(x)
         self._check_channels(arr)
-        rq = self._requant
-        out = _C.ref_conv2d(arr, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups,
-                            self.input_zero_point, rq["multiplier"], rq["exponent"], rq["channel_shift"],
-                            rq["output_zero_point"], rq["act_min"], rq["act_max"], rq["rounding"], self.overflow,
-                            self._op_name == "fully_connected")
+        out = _C.ref_conv2d(self._params, arr, self._weight, self._bias)
         return T.activation_out(out, to_torch)
 
     def _check_channels(self, arr):
@@ -109,12 +106,7 @@ class Conv2d:
         plan = self._cuda_plans.get(device)
         if plan is None:
             _cuda.require(device)
-            rq = self._requant
-            plan = _C.CudaConv2dPlan(self._weight, self._bias, self.in_channels, self.stride, self.padding,
-                                     self.dilation, self.groups, self.input_zero_point, rq["multiplier"],
-                                     rq["exponent"], rq["channel_shift"], rq["output_zero_point"], rq["act_min"],
-                                     rq["act_max"], rq["rounding"], self.overflow,
-                                     self._op_name == "fully_connected", device, stream)
+            plan = _C.CudaConv2dPlan(self._params, self._weight, self._bias, device, stream)
             self._cuda_plans[device] = plan
         return plan
 
@@ -191,8 +183,7 @@ def _requantize(acc, reference, *, multiplier, exponent, channel_shift=None, out
         arr = arr.reshape(1)  # the native kernel reads the channels from the last axis
     rq = V.requant(arr.shape[-1], multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
                    rounding)
-    out = _C.requantize(arr, rq["multiplier"], rq["exponent"], rq["channel_shift"], rq["output_zero_point"],
-                        rq["act_min"], rq["act_max"], rq["rounding"], V.threads(threads), reference)
+    out = _C.requantize(_C.RequantParams(**rq), arr, V.threads(threads), reference)
     return T.plain_out(out.reshape(()) if scalar else out, to_torch)
 
 
@@ -219,19 +210,19 @@ def add_params(a_scale: float, b_scale: float, output_scale: float, left_shift: 
 def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_point, b_multiplier, b_exponent,
          output_zero_point, output_multiplier, output_exponent, left_shift=20, act_min=-128, act_max=127,
          rounding="double", threads=None):
-    q = []
+    q = {}
     for side, zp, m, e in (("a", a_zero_point, a_multiplier, a_exponent), ("b", b_zero_point, b_multiplier, b_exponent),
                            ("output", output_zero_point, output_multiplier, output_exponent)):
-        zp = V.zero_point(zp, f"{side}_zero_point")
-        m = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
+        q[f"{side}_zero_point"] = V.zero_point(zp, f"{side}_zero_point")
+        m = q[f"{side}_multiplier"] = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
         if m != 0 and m < 2**30:
             raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
         hi = 0 if side != "output" else 30
-        e = V.integer(e, f"{side}_exponent", -31, hi)
-        q.append((zp, m, e))
+        q[f"{side}_exponent"] = V.integer(e, f"{side}_exponent", -31, hi)
     lo, hi = V.clamp(act_min, act_max)
     V.choice(rounding, "rounding", V.ROUNDING_MODES)
     left_shift = V.integer(left_shift, "left_shift", 0, 22)
+    params = _C.AddParams(**q, left_shift=left_shift, act_min=lo, act_max=hi, rounding=rounding)
     on_device = _cuda.is_device_array(a), _cuda.is_device_array(b)
     if any(on_device):
         if not all(on_device):
@@ -239,7 +230,7 @@ def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_poin
                             "not: put both on the same CUDA device")
         if reference:
             raise TypeError("the reference kernels run on the CPU: pass host arrays")
-        return _add_cuda(a, b, q, left_shift, lo, hi, rounding)
+        return _add_cuda(a, b, params)
     to_torch = T.is_torch(a)
     if to_torch != T.is_torch(b):
         raise TypeError("a and b must both be numpy arrays or both torch tensors")
@@ -254,11 +245,11 @@ def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_poin
         wrap = T.plain_out
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"a and b must have the same shape, got {a_arr.shape} and {b_arr.shape}")
-    out = _C.add(a_arr, b_arr, q[0], q[1], q[2], left_shift, lo, hi, rounding, V.threads(threads), reference)
+    out = _C.add(params, a_arr, b_arr, V.threads(threads), reference)
     return wrap(out, to_torch)
 
 
-def _add_cuda(a, b, q, left_shift, lo, hi, rounding):
+def _add_cuda(a, b, params):
     activation = _cuda.is_torch_cuda(a) and a.dim() == 4 and _cuda.is_torch_cuda(b) and (
         a.is_contiguous(memory_format=_torch_channels_last()) or b.is_contiguous(memory_format=_torch_channels_last()))
     va = _cuda.view(a, "a", np.int8, nhwc_from_torch=activation)
@@ -268,8 +259,7 @@ def _add_cuda(a, b, q, left_shift, lo, hi, rounding):
     if va.device != vb.device:
         raise ValueError(f"a is on CUDA device {va.device} but b is on device {vb.device}: put both on one device")
     out, ptr = _cuda.empty(va.shape, np.int8, va, nchw_from_nhwc=activation)
-    _C.cuda_add(va.ptr, va.size, vb.ptr, vb.size, ptr, va.size, q[0], q[1], q[2], left_shift, lo, hi, rounding,
-                va.device, va.stream)
+    _C.cuda_add(params, va.ptr, va.size, vb.ptr, vb.size, ptr, va.size, va.device, va.stream)
     return out
 
 
@@ -296,10 +286,12 @@ def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_incl
         raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
     zp = V.zero_point(input_zero_point, "input_zero_point")
     lo, hi = V.clamp(act_min, act_max)
+    params = _C.Pool2dParams(kernel=kernel, stride=stride, padding=pad, count_include_pad=bool(count_include_pad),
+                             input_zero_point=zp, act_min=lo, act_max=hi)
     if _cuda.is_device_array(x) and not reference:
-        return _pool_cuda(True, x, kernel, stride, pad, bool(count_include_pad), zp, lo, hi)
+        return _pool_cuda(True, x, params)
     arr, to_torch = T.activation(x)
-    out = _C.avg_pool2d(arr, kernel, stride, pad, bool(count_include_pad), zp, lo, hi, V.threads(threads), reference)
+    out = _C.avg_pool2d(params, arr, V.threads(threads), reference)
     return T.activation_out(out, to_torch)
 
 
@@ -311,13 +303,16 @@ def avg_pool2d(x, kernel_size, **params):
 def _global_avg_pool(x, reference, *, act_min=-128, act_max=127, threads=None):
     if _cuda.is_device_array(x) and not reference:
         v = _cuda.view(x, "x", np.int8, 4, nhwc_from_torch=True)
-        kernel = (v.shape[1], v.shape[2])
-        return _pool_cuda(True, v, kernel, kernel, (0, 0, 0, 0), False, 0, *V.clamp(act_min, act_max))
+        return _pool_cuda(True, v, _global_pool_params(v.shape, act_min, act_max))
     arr, to_torch = T.activation(x)
-    kernel = (arr.shape[1], arr.shape[2])
-    out = _C.avg_pool2d(arr, kernel, kernel, (0, 0, 0, 0), False, 0, *V.clamp(act_min, act_max),
-                        V.threads(threads), reference)
+    out = _C.avg_pool2d(_global_pool_params(arr.shape, act_min, act_max), arr, V.threads(threads), reference)
     return T.activation_out(out, to_torch)
+
+
+def _global_pool_params(shape, act_min, act_max):
+    lo, hi = V.clamp(act_min, act_max)
+    kernel = (shape[1], shape[2])
+    return _C.Pool2dParams(kernel=kernel, stride=kernel, act_min=lo, act_max=hi)
 
 
 def global_avg_pool(x, **params):
@@ -325,12 +320,11 @@ def global_avg_pool(x, **params):
     return _global_avg_pool(x, False, **params)
 
 
-def _pool_cuda(average, x, kernel, stride, pad, count_include_pad, zp, lo, hi):
+def _pool_cuda(average, x, params):
     v = x if isinstance(x, _cuda.DeviceView) else _cuda.view(x, "x", np.int8, 4, nhwc_from_torch=True)
-    shape = tuple(_C.pool_output_shape(v.shape, kernel, stride, pad))
+    shape = tuple(_C.pool_output_shape(v.shape, params.kernel, params.stride, params.padding))
     out, ptr = _cuda.empty(shape, np.int8, v, nchw_from_nhwc=v.torch)
-    _C.cuda_pool2d(average, v.ptr, v.size, v.shape, ptr, int(np.prod(shape)), kernel, stride, pad, count_include_pad,
-                   zp, lo, hi, v.device, v.stream)
+    _C.cuda_pool2d(average, params, v.ptr, v.size, v.shape, ptr, int(np.prod(shape)), v.device, v.stream)
     return out
 
 
@@ -341,7 +335,7 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0):
     stride = kernel if stride is None else V.pair(stride, "stride", 1)
     pad = V.padding(padding)
     if _cuda.is_device_array(x):
-        return _pool_cuda(False, x, kernel, stride, pad, False, 0, -128, 127)
+        return _pool_cuda(False, x, _C.Pool2dParams(kernel=kernel, stride=stride, padding=pad))
     arr, to_torch = T.activation(x)
     tuple(_C.pool_output_shape(arr.shape, kernel, stride, pad))  # validates like the other pooling ops
     pt, pb, pl, pr = pad

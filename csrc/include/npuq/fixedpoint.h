@@ -86,8 +86,8 @@ NPUQ_HD int8_t output_stage(int32_t r, int32_t zero_point, int32_t act_min, int3
 }
 
 // The whole requantization of one accumulator (section 3).
-NPUQ_HD int8_t requantize(int32_t acc, int32_t m0, int ec, Rounding r, int32_t zero_point,
-                          int32_t act_min, int32_t act_max) {
+NPUQ_HD int8_t requantize(int32_t acc, int32_t m0, int ec, Rounding r, int32_t zero_point, int32_t act_min,
+                          int32_t act_max) {
   return output_stage(multiply(acc, m0, ec, r), zero_point, act_min, act_max);
 }
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 from npuq.asr.model import ASRConfig, AttentionASR
+from npuq.models.checkpoints import CHECKPOINT_DIR, SUFFIX, resolve_checkpoint  # noqa: F401 (names of this module too)
 
 ASR_FORMAT = "npuq-asr-1"
-SUFFIX = ".safetensors"
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 # metadata fields turned back from strings into numbers or JSON by load_asr_checkpoint
 _INT_FIELDS = ("epochs", "seed", "threads", "parameters", "best_epoch", "beam")
@@ -50,18 +48,6 @@ def save_asr_checkpoint(model: AttentionASR, path, metadata: dict | None = None)
     return path
 
 
-def _resolve(name_or_path) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    candidate = CHECKPOINT_DIR / (str(name_or_path).removesuffix(SUFFIX) + SUFFIX)
-    if candidate.is_file():
-        return candidate
-    shipped = sorted(p.name[: -len(SUFFIX)] for p in CHECKPOINT_DIR.glob(f"*{SUFFIX}"))
-    raise FileNotFoundError(f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in {CHECKPOINT_DIR} "
-                            f"(files there: {', '.join(shipped) or 'none'})")
-
-
 def _parse(raw: dict) -> dict:
     meta = dict(raw)
     for key in _INT_FIELDS:
@@ -93,7 +79,7 @@ def load_asr_checkpoint(name_or_path="asr_digits") -> tuple[AttentionASR, dict]:
     ``results`` as dicts/lists."""
     from safetensors import safe_open
 
-    path = _resolve(name_or_path)
+    path = resolve_checkpoint(name_or_path, kind="asr")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}

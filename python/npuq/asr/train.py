@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -214,7 +215,7 @@ def _train(train_split, dev_split, config, options, out_dir, resume, progress, s
     state_path = out / STATE_FILE if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    done = {"epoch": 0, "history": [], "best_epoch": 0, "best_dev_wer": float("inf"), "seconds": 0.0,
+    done: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": 0, "best_dev_wer": float("inf"), "seconds": 0.0,
             "stopped": None}
     if state_path is not None and resume and state_path.exists():
         done = _load_state(state_path, model, best_model, optimizer)

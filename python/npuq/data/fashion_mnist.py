@@ -51,7 +51,7 @@ _FILES = {
 }
 
 # IDX type code -> big-endian numpy dtype (the format stores everything most significant byte first)
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

@@ -126,7 +126,7 @@ def photo_crops(split: str, count: int, *, size: int = 224, seed: int = 0, progr
         it = tqdm(it, total=count, desc=f"{split} crops", unit="crop", leave=False)
     for i, s in it:
         window = photos[s.source][s.top:s.top + s.side, s.left:s.left + s.side]
-        im = Image.fromarray(window).resize((size, size), Image.BILINEAR)
+        im = Image.fromarray(window).resize((size, size), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
         out[i] = arr[:, ::-1] if s.flip else arr
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()

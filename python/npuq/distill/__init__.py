@@ -7,12 +7,14 @@ quantization-aware distillation of a fake-quantized graph from its FP32 model
 support (:mod:`~npuq.distill.trainer`), and experiments described by TOML configs (:mod:`~npuq.distill.experiment`, ``npuq distill CONFIG``).
 """
 
-from npuq.distill.experiment import ConfigError, Experiment, load_experiment, run_experiment
+from npuq.distill.experiment import LOSS_KINDS, PROCESSES, ConfigError, Experiment, load_experiment, run_experiment
 from npuq.distill.label_free import label_free_qat
 from npuq.distill.objective import DistillationObjective, Term
 from npuq.distill.processes import finetune_with_teacher, mutual_learner, offline_learner
 from npuq.distill.trainer import Learner, OptimConfig, accuracy, fit
 
-__all__ = ["ConfigError", "DistillationObjective", "Experiment", "Learner", "OptimConfig", "Term", "accuracy",
-           "finetune_with_teacher", "fit", "label_free_qat", "load_experiment", "mutual_learner", "offline_learner",
-           "run_experiment"]
+# LOSS_KINDS and PROCESSES: the names of npuq.registry.DISTILL_LOSSES and DISTILL_PROCESSES (a config's
+# [[terms]] loss and process)
+__all__ = ["LOSS_KINDS", "PROCESSES", "ConfigError", "DistillationObjective", "Experiment", "Learner", "OptimConfig",
+           "Term", "accuracy", "finetune_with_teacher", "fit", "label_free_qat", "load_experiment", "mutual_learner",
+           "offline_learner", "run_experiment"]

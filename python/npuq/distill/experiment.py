@@ -11,7 +11,7 @@ seed = 0
 task_weight = 0.1
 
 [student]
-model = "cnn"              # npuq.models.MODELS: cnn, mobilenet_v1, mobilenet_v2
+model = "cnn"              # npuq.registry.MODELS: cnn, mobilenet_v1, mobilenet_v2
 width = 0.25
 
 [[teachers]]               # offline / teacher_assistant: one or more; weight: ensemble weight
@@ -59,27 +59,22 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
-import tomllib
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from npuq.config import ConfigError, fill, read_toml, value
 from npuq.distill.objective import tap_channels
 from npuq.distill.trainer import (OptimConfig, ResumeError, accuracy, atomic_write_bytes, atomic_write_text, fit,
                                   flatten, read_checkpoint_info)
+from npuq.registry import DISTILL_LOSSES, DISTILL_PROCESSES, MODELS
 
-PROCESSES = ("alone", "offline", "dml", "born_again", "teacher_assistant")
 CORRUPTIONS = ("none", "noise", "occlusion")
 ENSEMBLES = ("loss", "logits")
-LOSS_KINDS = ("kd", "hint", "attention", "rkd", "rkd_distance", "rkd_angle", "similarity", "pkt")
-
-
-class ConfigError(ValueError):
-    """A distillation config is malformed; the message names the file and the key."""
+# the loss names of [[terms]] tables; the processes are registered below, where they are defined
+LOSS_KINDS = DISTILL_LOSSES.names()
 
 
 # ------------------------------------------------------------------------------------------- schema
@@ -126,44 +121,6 @@ class Experiment:
     kl_weight: float = 1.0         # dml
 
 
-_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table"}
-
-
-def _check_type(value, expected, where: str):
-    if expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else _bad(where, expected, value)
-    if expected is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _bad(where, expected, value)
-    return value if isinstance(value, expected) else _bad(where, expected, value)
-
-
-def _bad(where, expected, value):
-    raise ConfigError(f"{where} must be {_TYPES.get(expected, expected.__name__)}, got {type(value).__name__} "
-                      f"{value!r:.60}")
-
-
-def _fill(cls, table: dict, where: str, extra_ok: bool = False):
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table, got {type(table).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    kwargs, extra = {}, {}
-    for key, value in table.items():
-        if key not in known or key == "params":
-            if extra_ok:
-                extra[key] = value
-                continue
-            raise ConfigError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(known))}")
-        ftype = typing.get_type_hints(cls)[key]
-        kwargs[key] = _check_type(value, ftype, f"{where}.{key}") if ftype in (float, int, str, bool) else value
-    if extra_ok:
-        kwargs["params"] = extra
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def parse_experiment(table: dict, source: str = "config") -> Experiment:
     """Validate a config table (from TOML) into an :class:`Experiment`."""
     known = {f.name for f in fields(Experiment)}
@@ -173,15 +130,16 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
     exp = Experiment()
     for key in ("name", "process", "ensemble"):
         if key in table:
-            setattr(exp, key, _check_type(table[key], str, f"{source}: {key}"))
+            setattr(exp, key, value(table[key], str, f"{source}: {key}"))
     for key in ("seed", "peers", "generations"):
         if key in table:
-            setattr(exp, key, _check_type(table[key], int, f"{source}: {key}"))
+            setattr(exp, key, value(table[key], int, f"{source}: {key}"))
     for key in ("task_weight", "kl_weight"):
         if key in table:
-            setattr(exp, key, _check_type(table[key], float, f"{source}: {key}"))
-    if exp.process not in PROCESSES:
+            setattr(exp, key, value(table[key], float, f"{source}: {key}"))
+    if exp.process not in DISTILL_PROCESSES:
         raise ConfigError(f"{source}: process must be one of {PROCESSES}, got {exp.process!r}")
+    needs = DISTILL_PROCESSES.meta(exp.process)
     if exp.task_weight < 0 or exp.kl_weight < 0:
         raise ConfigError(f"{source}: task_weight and kl_weight must be >= 0")
     if "student" in table:
@@ -197,23 +155,22 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
         raise ConfigError(f"{source}: terms must be an array of tables ([[terms]])")
     exp.terms = [_term(t, f"{source}: terms[{i}]") for i, t in enumerate(terms)]
     if "optim" in table:
-        exp.optim = _fill(OptimConfig, table["optim"], f"{source}: optim")
+        exp.optim = fill(OptimConfig, table["optim"], f"{source}: optim")
     if "data" in table:
-        exp.data = _fill(DataSpec, table["data"], f"{source}: data")
+        exp.data = fill(DataSpec, table["data"], f"{source}: data")
     if exp.data.corruption not in CORRUPTIONS:
         raise ConfigError(f"{source}: data.corruption must be one of {CORRUPTIONS}, got {exp.data.corruption!r}")
     if exp.data.train_limit < 0:
         raise ConfigError(f"{source}: data.train_limit must be >= 0 (0: all)")
-    needs_teacher = exp.process in ("offline", "teacher_assistant")
-    if needs_teacher and not exp.teachers:
+    if needs.get("teachers") and not exp.teachers:
         raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[teachers]] table")
     if exp.teachers and sum(t.weight for t in exp.teachers) <= 0:
         raise ConfigError(f"{source}: the teachers' weights sum to 0; give at least one teacher a positive weight")
     if exp.ensemble not in ENSEMBLES:
         raise ConfigError(f"{source}: ensemble must be one of {ENSEMBLES}, got {exp.ensemble!r}")
-    if exp.process == "teacher_assistant" and exp.assistant is None:
-        raise ConfigError(f"{source}: process 'teacher_assistant' needs an [assistant] table")
-    if exp.process in ("offline", "teacher_assistant", "born_again") and not exp.terms:
+    if needs.get("assistant") and exp.assistant is None:
+        raise ConfigError(f"{source}: process '{exp.process}' needs an [assistant] table")
+    if needs.get("terms") and not exp.terms:
         raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[terms]] table")
     if exp.process == "dml" and exp.peers < 2:
         raise ConfigError(f"{source}: dml needs peers >= 2, got {exp.peers}")
@@ -226,9 +183,7 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
 
 
 def _model(table, where: str) -> ModelSpec:
-    spec = _fill(ModelSpec, table, where)
-    from npuq.models import MODELS
-
+    spec = fill(ModelSpec, table, where)
     if spec.model not in MODELS:
         raise ConfigError(f"{where}.model: unknown model {spec.model!r}; available: {', '.join(sorted(MODELS))}")
     if spec.width <= 0 or spec.weight < 0 or spec.epochs < 0:
@@ -237,7 +192,7 @@ def _model(table, where: str) -> ModelSpec:
 
 
 def _term(table, where: str) -> TermSpec:
-    spec = _fill(TermSpec, table, where, extra_ok=True)
+    spec = fill(TermSpec, table, where, extra="params")
     if spec.loss not in LOSS_KINDS:
         raise ConfigError(f"{where}.loss must be one of {LOSS_KINDS}, got {spec.loss!r}")
     if spec.weight < 0:
@@ -246,17 +201,14 @@ def _term(table, where: str) -> TermSpec:
 
 
 def build_loss(spec: TermSpec, where: str = "term", student_channels=None, teacher_channels=None):
-    from npuq.distill import losses as L
-
-    classes = {"kd": L.KDLoss, "hint": L.HintLoss, "attention": L.AttentionTransfer, "rkd": L.RKD,
-               "rkd_distance": L.RKDDistance, "rkd_angle": L.RKDAngle, "similarity": L.SimilarityPreserving,
-               "pkt": L.PKT}
+    """The loss module of a term (:data:`npuq.registry.DISTILL_LOSSES`); a loss registered with
+    ``channels=True`` gets the tapped channel counts unless the term sets them."""
     params = dict(spec.params)
-    if spec.loss == "hint" and student_channels is not None:
+    if DISTILL_LOSSES.meta(spec.loss).get("channels") and student_channels is not None:
         params.setdefault("student_channels", student_channels)
         params.setdefault("teacher_channels", teacher_channels)
     try:
-        return classes[spec.loss](**params)
+        return DISTILL_LOSSES.get(spec.loss)(**params)
     except TypeError as exc:
         raise ConfigError(f"{where}: bad argument for loss '{spec.loss}': {exc}") from None
     except ValueError as exc:
@@ -264,15 +216,7 @@ def build_loss(spec: TermSpec, where: str = "term", student_channels=None, teach
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_experiment(table, str(path))
+    return parse_experiment(read_toml(path), str(path))
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -361,9 +305,6 @@ RECORD = "experiment.json"
 RECORD_VERSION = 1
 # settings that do not change any trained weight: a difference is recorded, not refused
 COSMETIC = ("name",)
-# processes whose optim.epochs model teaches no later model (a teacher_assistant's assistant and a
-# born_again generation do): only these can change optim.epochs on resume
-LEAF_PROCESSES = ("alone", "offline", "dml")
 
 
 def _sha256(path: Path) -> str:
@@ -541,7 +482,7 @@ class Runner:
         from npuq.distill.objective import Term
 
         cs = ct = None
-        if spec.loss == "hint":  # the adapter needs the channel counts before the optimizer is built
+        if DISTILL_LOSSES.meta(spec.loss).get("channels"):  # an adapter: sized before the optimizer is built
             probe = self.train[0][:2]
             cs, ct = tap_channels(student, spec.student, probe), tap_channels(teachers[0], spec.teacher, probe)
         return Term(build_loss(spec, spec.loss, cs, ct), spec.weight, student=spec.student, teacher=spec.teacher)
@@ -568,35 +509,7 @@ class Runner:
     def run(self) -> dict:
         exp = self.exp
         state = self.check_folder()
-        view = self._student_view()
-        finals = {}
-        if exp.process == "alone":
-            m = self.train_model("student", exp.student, student_input=view)
-            finals["student"] = self._acc(m, view)
-        elif exp.process == "offline":
-            teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
-            for i, t in enumerate(teachers):
-                finals[f"teacher{i}"] = self._acc(t, None)
-            m = self.train_model("student", exp.student, teachers, exp.terms, student_input=view,
-                                 teacher_weights=[t.weight for t in exp.teachers])
-            finals["student"] = self._acc(m, view)
-        elif exp.process == "teacher_assistant":
-            teachers = [self.teacher(i, t) for i, t in enumerate(exp.teachers)]
-            finals["teacher0"] = self._acc(teachers[0], None)
-            a = self.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1,
-                                 teacher_weights=[t.weight for t in exp.teachers])
-            finals["assistant"] = self._acc(a, None)
-            m = self.train_model("student", exp.student, [a], exp.terms, student_input=view)
-            finals["student"] = self._acc(m, view)
-        elif exp.process == "born_again":
-            prev = self.train_model("generation0", exp.student)
-            finals["generation0"] = self._acc(prev, None)
-            for g in range(1, exp.generations + 1):
-                prev = self.train_model(f"generation{g}", exp.student, [prev], exp.terms, seed_offset=g)
-                finals[f"generation{g}"] = self._acc(prev, None)
-            finals["student"] = finals[f"generation{exp.generations}"]
-        elif exp.process == "dml":
-            finals.update(self._dml())
+        finals = DISTILL_PROCESSES.get(exp.process)(self, self._student_view())
         metrics = {"name": exp.name, "process": exp.process, "seed": exp.seed, "final_test_accuracy": finals,
                    "histories": self.results}
         atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
@@ -657,10 +570,66 @@ class Runner:
         atomic_write_bytes(self.out / "curves.png", png.getvalue())
 
 
+# ------------------------------------------------------------------------------------------- processes
+# Each process trains the models of one experiment and returns their final test accuracies (the student's
+# as "student"). Registered with what its config must hold (teachers, terms, an assistant) and whether
+# it is a leaf: the model trained for optim.epochs teaches no later model (a teacher_assistant's assistant
+# and a born_again generation do), so only a leaf can change optim.epochs on resume.
+@DISTILL_PROCESSES.register("alone", leaf=True)
+def _alone(runner: Runner, view) -> dict:
+    m = runner.train_model("student", runner.exp.student, student_input=view)
+    return {"student": runner._acc(m, view)}
+
+
+@DISTILL_PROCESSES.register("offline", teachers=True, terms=True, leaf=True)
+def _offline(runner: Runner, view) -> dict:
+    exp = runner.exp
+    teachers = [runner.teacher(i, t) for i, t in enumerate(exp.teachers)]
+    finals = {f"teacher{i}": runner._acc(t, None) for i, t in enumerate(teachers)}
+    m = runner.train_model("student", exp.student, teachers, exp.terms, student_input=view,
+                           teacher_weights=[t.weight for t in exp.teachers])
+    finals["student"] = runner._acc(m, view)
+    return finals
+
+
+@DISTILL_PROCESSES.register("dml", leaf=True)
+def _mutual(runner: Runner, view) -> dict:
+    return runner._dml()
+
+
+@DISTILL_PROCESSES.register("born_again", terms=True)
+def _born_again(runner: Runner, view) -> dict:
+    exp = runner.exp
+    prev = runner.train_model("generation0", exp.student)
+    finals = {"generation0": runner._acc(prev, None)}
+    for g in range(1, exp.generations + 1):
+        prev = runner.train_model(f"generation{g}", exp.student, [prev], exp.terms, seed_offset=g)
+        finals[f"generation{g}"] = runner._acc(prev, None)
+    finals["student"] = finals[f"generation{exp.generations}"]
+    return finals
+
+
+@DISTILL_PROCESSES.register("teacher_assistant", teachers=True, terms=True, assistant=True)
+def _teacher_assistant(runner: Runner, view) -> dict:
+    exp = runner.exp
+    teachers = [runner.teacher(i, t) for i, t in enumerate(exp.teachers)]
+    finals = {"teacher0": runner._acc(teachers[0], None)}
+    a = runner.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1,
+                           teacher_weights=[t.weight for t in exp.teachers])
+    finals["assistant"] = runner._acc(a, None)
+    m = runner.train_model("student", exp.student, [a], exp.terms, student_input=view)
+    finals["student"] = runner._acc(m, view)
+    return finals
+
+
+PROCESSES = DISTILL_PROCESSES.names()
+LEAF_PROCESSES = DISTILL_PROCESSES.select(leaf=True)
+
+
 def run_experiment(config: str | Path | Experiment, out_dir: str | Path, progress: bool = True) -> dict:
     exp = config if isinstance(config, Experiment) else load_experiment(config)
     return Runner(exp, out_dir, progress).run()
 
 
-__all__ = ["ConfigError", "Experiment", "ModelSpec", "PROCESSES", "ResumeError", "Runner", "TermSpec", "corrupt",
-           "experiment_settings", "load_experiment", "parse_experiment", "run_experiment"]
+__all__ = ["ConfigError", "Experiment", "LOSS_KINDS", "ModelSpec", "PROCESSES", "ResumeError", "Runner", "TermSpec",
+           "corrupt", "experiment_settings", "load_experiment", "parse_experiment", "run_experiment"]

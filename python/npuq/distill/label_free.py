@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -331,7 +332,7 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
                 t_logits, t_feats = run_teacher(x)
             s_logits = student(x)
             parts = {}
-            total = 0.0
+            total: Any = 0.0  # a tensor after the first term
             for term in terms:
                 if term.student == LOGITS:
                     value = term.loss(s_logits, t_logits)

@@ -23,6 +23,10 @@ Relational knowledge (between the samples of a batch, so the batch needs at leas
 
 :class:`WeightedSum` combines several terms, returning the total and each term for logging.
 
+Each loss is registered in :data:`npuq.registry.DISTILL_LOSSES` under the name a config's ``[[terms]]``
+table gives as ``loss`` (``kd``, ``hint``, ...); a loss registered with ``channels=True`` is built with the
+channel counts of the student's and the teacher's taps (``student_channels``, ``teacher_channels``).
+
 Half-precision inputs (float16, bfloat16) are computed in float32 (softmax, Gram matrices and sums of
 powers overflow or lose too much in half precision); the loss is then float32. Float64 stays float64.
 The formulas exactly as implemented, and where they follow the official code rather than the paper's
@@ -39,6 +43,8 @@ from numbers import Real
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from npuq.registry import DISTILL_LOSSES
 
 __all__ = [
     "PKT",
@@ -151,6 +157,7 @@ def _embeddings(x: torch.Tensor, name: str, where: str, min_batch: int, why: str
 # ------------------------------------------------------------------------------------------- response
 
 
+@DISTILL_LOSSES.register("kd")
 class KDLoss(nn.Module):
     """Knowledge distillation on softened logits (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge
     in a Neural Network").
@@ -209,6 +216,7 @@ class ChannelAdapter(nn.Module):
         return self.linear(x.movedim(1, -1)).movedim(-1, 1)
 
 
+@DISTILL_LOSSES.register("hint", channels=True)  # its adapter is sized from the tapped channels
 class HintLoss(nn.Module):
     """Hint-based feature distillation (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets").
 
@@ -329,6 +337,7 @@ class HintLoss(nn.Module):
         return f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, mode={self.mode!r}"
 
 
+@DISTILL_LOSSES.register("attention")
 class AttentionTransfer(nn.Module):
     """Activation-based attention transfer (Zagoruyko & Komodakis 2017, "Paying More Attention to
     Attention: Improving the Performance of Convolutional Neural Networks via Attention Transfer").
@@ -411,6 +420,7 @@ def _angle_potential(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(directions, directions.transpose(1, 2))
 
 
+@DISTILL_LOSSES.register("rkd_distance")
 class RKDDistance(nn.Module):
     """Distance-wise relational knowledge distillation (Park, Kim, Lu & Cho 2019, "Relational Knowledge
     Distillation"), RKD-D.
@@ -437,6 +447,7 @@ class RKDDistance(nn.Module):
         return F.smooth_l1_loss(psi_s, psi_t, reduction="mean", beta=1.0)
 
 
+@DISTILL_LOSSES.register("rkd_angle")
 class RKDAngle(nn.Module):
     """Angle-wise relational knowledge distillation (Park et al. 2019), RKD-A.
 
@@ -461,6 +472,7 @@ class RKDAngle(nn.Module):
         return F.smooth_l1_loss(psi_s, psi_t, reduction="mean", beta=1.0)
 
 
+@DISTILL_LOSSES.register("rkd")
 class RKD(nn.Module):
     """Relational knowledge distillation (Park et al. 2019): ``distance_weight * RKD-D + angle_weight *
     RKD-A`` (see :class:`RKDDistance` and :class:`RKDAngle`). Defaults 25 and 50, the weights the paper
@@ -488,6 +500,7 @@ class RKD(nn.Module):
         return f"distance_weight={self.distance_weight}, angle_weight={self.angle_weight}"
 
 
+@DISTILL_LOSSES.register("similarity")
 class SimilarityPreserving(nn.Module):
     """Similarity-preserving knowledge distillation (Tung & Mori 2019, "Similarity-Preserving Knowledge
     Distillation").
@@ -526,6 +539,7 @@ class SimilarityPreserving(nn.Module):
         return f"gamma={self.gamma}"
 
 
+@DISTILL_LOSSES.register("pkt")
 class PKT(nn.Module):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018, "Learning Deep Representations with
     Probabilistic Knowledge Transfer").

@@ -286,7 +286,7 @@ def load_checkpoint(path: Path, learner: Learner) -> tuple[int, list]:
         m.load_state_dict(state)
     for name, opt in learner.optimizers.items():
         om = opt_meta.get(name, {})
-        state: dict = {}
+        state = {}
         for k, v in tensors.items():
             if k.startswith(f"optim.{name}."):
                 pid, key = k[len(f"optim.{name}."):].split(".", 1)
@@ -443,16 +443,12 @@ def _broadcast_parameters(modules, world_size: int) -> None:
         dist.broadcast(t.data, src=0)
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
     """Top-1 accuracy (model put in eval mode, then restored)."""
-    was = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, images.shape[0], batch_size):
-        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-    model.train(was)
-    return correct / images.shape[0]
+    from npuq.evaluation import top1_accuracy
+
+    n = images.shape[0]
+    return top1_accuracy(model, ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, n, batch_size)))
 
 
 __all__ = ["Learner", "OPTIMIZERS", "OptimConfig", "ResumeError", "SCHEDULES", "accuracy", "atomic_write_bytes",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 def add_commands(sub) -> None:
     from npuq._cliutil import float_range, int_range
+    from npuq.registry import SEARCH_STRATEGIES  # declared names: no torch or optuna import
 
     lrf = sub.add_parser("lrf", help="low-rank factorization: rank search (RL or Optuna), iterative compression, "
                          "apply ranks, parameter reports (docs/lrf_search.md)")
@@ -28,7 +29,7 @@ def add_commands(sub) -> None:
     s = commands.add_parser("search", help="search per-layer ranks at a target compression (TOML config)")
     s.add_argument("config", help="a TOML config, e.g. configs/lrf/mobilenet_v2_search.toml")
     s.add_argument("--out", default=None, help="output folder (default: results/lrf/<name>)")
-    s.add_argument("--strategy", default=None, choices=("reinforce", "nsga2", "tpe", "random"),
+    s.add_argument("--strategy", default=None, choices=SEARCH_STRATEGIES.names(),
                    help="override the config's strategy")
     s.add_argument("--budget", type=int_range(1), default=None, help="override [search] budget (candidates; Optuna: the "
                    "completed trials of the whole study)")
@@ -220,10 +221,10 @@ def _is_asr_checkpoint(name_or_path) -> bool:
     from safetensors import safe_open
 
     from npuq.asr import ASR_FORMAT
-    from npuq.asr.checkpoint import _resolve
+    from npuq.models.checkpoints import resolve_checkpoint
 
     try:
-        path = _resolve(name_or_path)
+        path = resolve_checkpoint(name_or_path, kind="asr")
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("format") == ASR_FORMAT
     except Exception:  # not found or unreadable: the image loader gives the error message

@@ -14,6 +14,7 @@ import copy
 import difflib
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -41,7 +42,7 @@ __all__ = ["KeptDenseWarning", "SVDCache", "UnknownLayerError", "factorizable_la
            "factorized_ranks"]
 
 FACTORIZED_TYPES = (FactorizedLinear, FactorizedConv2d, FactorizedLSTM)
-_BUILDERS = {nn.Linear: FactorizedLinear, nn.Conv2d: FactorizedConv2d, nn.LSTM: FactorizedLSTM}
+_BUILDERS: dict[type, Any] = {nn.Linear: FactorizedLinear, nn.Conv2d: FactorizedConv2d, nn.LSTM: FactorizedLSTM}
 _ON_DENSE = ("warn", "ignore", "raise")
 
 

@@ -49,7 +49,7 @@ def require_cuda_build() -> None:
                            "(nvcc), or pass a CPU matrix (a.cpu())")
     if not hasattr(_C, "cuda_truncated_svd"):
         raise RuntimeError("this build of npuq has CUDA kernels but no GPU truncated SVD (npuq._C has no "
-                           "cuda_truncated_svd); rebuild npuq from a source tree that has csrc/cuda/svd.cu")
+                           "cuda_truncated_svd); rebuild npuq from a source tree that has csrc/lrf/cuda/svd.cu")
 
 
 def _is_library(basename: str, kind: str) -> bool:

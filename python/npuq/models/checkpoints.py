@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from npuq.models.mobilenet import build_model
+from npuq._validate import Options, check
+from npuq.models import build_model
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SUFFIX = ".safetensors"
@@ -81,19 +82,38 @@ def save_checkpoint(model: torch.nn.Module, path, metadata: dict) -> Path:
     return path
 
 
-def _resolve(name_or_path) -> Path:
+CHECKPOINT_KINDS = ("image", "asr")
+
+
+def resolve_checkpoint(name_or_path, kind: str = "image") -> Path:
+    """The file of a checkpoint: ``name_or_path`` itself when it is a file, else the shipped checkpoint of that
+    name (``.safetensors`` optional) in :data:`CHECKPOINT_DIR`.
+
+    ``kind`` (``"image"``: :func:`load_checkpoint`'s image classifiers, ``"asr"``: the speech recognizers of
+    :mod:`npuq.asr`) only chooses what :class:`CheckpointNotFoundError` lists: the shipped checkpoints of
+    that kind, or (``"asr"``) every file of the directory.
+    """
+    check(kind, "kind", Options(CHECKPOINT_KINDS))
     path = Path(name_or_path)
     if path.is_file():
         return path
-    name = str(name_or_path).removesuffix(SUFFIX)
-    candidate = CHECKPOINT_DIR / f"{name}{SUFFIX}"
+    candidate = CHECKPOINT_DIR / (str(name_or_path).removesuffix(SUFFIX) + SUFFIX)
     if candidate.is_file():
         return candidate
+    if kind == "asr":
+        shipped = sorted(p.name[: -len(SUFFIX)] for p in CHECKPOINT_DIR.glob(f"*{SUFFIX}"))
+        raise CheckpointNotFoundError(f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in "
+                                      f"{CHECKPOINT_DIR} (files there: {', '.join(shipped) or 'none'})")
     available = ", ".join(list_checkpoints()) or "none"
     raise CheckpointNotFoundError(
         f"no checkpoint {str(name_or_path)!r}: not a file, and not among the shipped checkpoints "
         f"in {CHECKPOINT_DIR} (available: {available})"
     )
+
+
+def _resolve(name_or_path) -> Path:
+    # the former private name, still imported by npuq.distill.experiment
+    return resolve_checkpoint(name_or_path)
 
 
 def _parse_metadata(raw: dict) -> dict:
@@ -136,7 +156,7 @@ def _looks_like_program(path: Path) -> bool:
 
 def read_metadata(name_or_path) -> dict:
     """The parsed metadata of a checkpoint, without loading its tensors."""
-    raw, _ = _read(_resolve(name_or_path), with_tensors=False)
+    raw, _ = _read(resolve_checkpoint(name_or_path), with_tensors=False)
     return _parse_metadata(raw)
 
 
@@ -147,7 +167,7 @@ def load_checkpoint(name_or_path) -> tuple[torch.nn.Module, dict]:
     ``name_or_path`` is a shipped name (see ``list_checkpoints()``, ``.safetensors`` optional) or
     a file path. Numeric metadata comes back as numbers and the JSON fields as dicts/lists.
     """
-    path = _resolve(name_or_path)
+    path = resolve_checkpoint(name_or_path)
     loader = _other_family(path)
     if loader is not None:
         raise CheckpointMismatchError(f"{path} is not an image-model checkpoint: load it with {loader}")

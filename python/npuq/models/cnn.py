@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from npuq.models.mobilenet import scale_channels
+from npuq.models.blocks import conv_bn, scale_channels
+from npuq.registry import MODELS
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    return [*conv_bn(cin, cout, 3, 1), nn.ReLU(inplace=True)]
 
 
 class CNN(nn.Module):
@@ -38,6 +39,7 @@ class CNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
+@MODELS.register("cnn")
 def cnn(width: float = 1.0, dropout: float = 0.0) -> CNN:
     if dropout:
         raise ValueError("cnn has no dropout option")

@@ -18,6 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npuq.models.blocks import conv_bn, scale_channels
+from npuq.registry import MODELS
+
 NUM_CLASSES = 10
 
 # MobileNet V1 body: (output channels at width 1, stride) of each depthwise-separable block.
@@ -51,30 +54,13 @@ V2_STEM = 32
 V2_LAST = 1280
 
 
-def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
-    """``channels * width`` rounded to the nearest multiple of ``divisor`` (ties up), at least ``divisor``.
-
-    Multiples of 8 map cleanly onto the vector lanes of the integer kernels.
-    """
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
-    scaled = channels * width
-    return max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-
-
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1) -> list[nn.Module]:
-    # bias-free conv: the following BatchNorm supplies the shift, and folds into the conv later
-    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
-    return [conv, nn.BatchNorm2d(cout)]
-
-
 class DepthwiseSeparable(nn.Module):
     """MobileNet V1 block: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.depthwise = nn.Sequential(*_conv_bn(cin, cin, 3, stride, groups=cin), nn.ReLU(inplace=False))
-        self.pointwise = nn.Sequential(*_conv_bn(cin, cout, 1, 1), nn.ReLU(inplace=False))
+        self.depthwise = nn.Sequential(*conv_bn(cin, cin, 3, stride, groups=cin), nn.ReLU(inplace=False))
+        self.pointwise = nn.Sequential(*conv_bn(cin, cout, 1, 1), nn.ReLU(inplace=False))
 
     def forward(self, x):
         return self.pointwise(self.depthwise(x))
@@ -90,9 +76,9 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers += [*_conv_bn(cin, hidden, 1, 1), nn.ReLU6(inplace=False)]
-        layers += [*_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(inplace=False)]
-        layers += _conv_bn(hidden, cout, 1, 1)
+            layers += [*conv_bn(cin, hidden, 1, 1), nn.ReLU6(inplace=False)]
+        layers += [*conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(inplace=False)]
+        layers += conv_bn(hidden, cout, 1, 1)
         self.body = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -138,10 +124,11 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+@MODELS.register("mobilenet_v1")
 def mobilenet_v1(width: float = 0.5, dropout: float = 0.0) -> MobileNet:
     """MobileNet V1 for 28x28x1: 3x3 stride-2 stem, the blocks of ``V1_BLOCKS``, pool, linear."""
     cin = scale_channels(V1_STEM, width)
-    layers: list[nn.Module] = [nn.Sequential(*_conv_bn(1, cin, 3, 2), nn.ReLU(inplace=False))]
+    layers: list[nn.Module] = [nn.Sequential(*conv_bn(1, cin, 3, 2), nn.ReLU(inplace=False))]
     for channels, stride in V1_BLOCKS:
         cout = scale_channels(channels, width)
         layers.append(DepthwiseSeparable(cin, cout, stride))
@@ -149,41 +136,20 @@ def mobilenet_v1(width: float = 0.5, dropout: float = 0.0) -> MobileNet:
     return MobileNet(nn.Sequential(*layers), cin, dropout)
 
 
+@MODELS.register("mobilenet_v2")
 def mobilenet_v2(width: float = 0.5, dropout: float = 0.0) -> MobileNet:
     """MobileNet V2 for 28x28x1: 3x3 stride-2 stem, the inverted residuals of ``V2_BLOCKS``,
     a last 1x1 conv to ``1280 * width`` channels, pool, (dropout), linear."""
     cin = scale_channels(V2_STEM, width)
-    layers: list[nn.Module] = [nn.Sequential(*_conv_bn(1, cin, 3, 2), nn.ReLU6(inplace=False))]
+    layers: list[nn.Module] = [nn.Sequential(*conv_bn(1, cin, 3, 2), nn.ReLU6(inplace=False))]
     for t, c, n, s in V2_BLOCKS:
         cout = scale_channels(c, width)
         for i in range(n):
             layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
             cin = cout
     last = scale_channels(V2_LAST, width)
-    layers.append(nn.Sequential(*_conv_bn(cin, last, 1, 1), nn.ReLU6(inplace=False)))
+    layers.append(nn.Sequential(*conv_bn(cin, last, 1, 1), nn.ReLU6(inplace=False)))
     return MobileNet(nn.Sequential(*layers), last, dropout)
-
-
-def _cnn(width: float = 1.0, **kwargs):
-    from npuq.models.cnn import cnn  # cnn.py imports this module
-
-    return cnn(width, **kwargs)
-
-
-MODELS = {
-    "cnn": _cnn,
-    "mobilenet_v1": mobilenet_v1,
-    "mobilenet_v2": mobilenet_v2,
-}
-
-
-def build_model(name: str, width: float = 0.5, **kwargs) -> MobileNet:
-    """Build a registered model by name (see ``MODELS``)."""
-    try:
-        factory = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}") from None
-    return factory(width=width, **kwargs)
 
 
 def count_macs(model: nn.Module, input_shape=(1, 1, 28, 28), per_layer: bool = False):

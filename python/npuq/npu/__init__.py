@@ -3,7 +3,9 @@ cost model.
 
 * :class:`Program` / :func:`load_program` — a quantized network as integer ops (``docs/program.md``);
 * :func:`compile_model` (``npuq.compile``) — a :class:`npuq.QuantizedModel` -> :class:`Program`;
-* :class:`Emulator` — runs a program bit-exactly on the native kernels.
+* :class:`Emulator` — runs a program bit-exactly on the native kernels;
+* ``npuq.npu.optable.OP_TABLE`` — one entry per op kind, the only place the loader, the emulator, the
+  cost model and the golden vectors learn about kinds (``docs/program.md`` 7).
 
 Everything but the compiler needs numpy only.
 """

@@ -10,8 +10,7 @@ from npuq._cliutil import CommandError
 
 
 def add_commands(sub) -> None:
-    from npuq._cliutil import int_range, threads_arg
-    from npuq.cli import add_quantization_options, shipped_checkpoints_help
+    from npuq._cliutil import add_quantization_options, int_range, shipped_checkpoints_help, threads_arg
     from npuq.methods import OVERFLOWS
 
     c = sub.add_parser("compile", help="quantize a Fashion-MNIST checkpoint and compile it into an NPU program file")

@@ -11,7 +11,10 @@ The model and everything it leaves out are written down in ``docs/cost_model.md`
 comparing layers, networks and quantization schemes with each other, not for predicting silicon to the
 cycle.
 
-Only numpy and the standard library are imported here (matplotlib only by :meth:`CostReport.plot`).
+What an op kind costs (the unit it runs on, its MACs or element operations, whether it is a view) is the
+op table's (:mod:`npuq.npu.optable`: ``cost_unit``, ``mac_dims``, ``vector_ops``, ``view``); this module
+turns those into bytes and cycles. Besides the table, only numpy and the standard library are imported
+here (matplotlib only by :meth:`CostReport.plot`).
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from npuq.npu.optable import MAC_KINDS, OP_TABLE, VECTOR_KINDS  # noqa: F401 - MAC_KINDS, VECTOR_KINDS re-exported
+
 if TYPE_CHECKING:  # pragma: no cover
     from npuq.npu.program import Op, Program
-
-MAC_KINDS = ("conv2d", "fully_connected")
-VECTOR_KINDS = ("add", "avg_pool2d", "global_avg_pool", "max_pool2d")
 
 # Requantization parameter widths (bits). The multiplier is a Q31 mantissa; the exponent lies in
 # [-31, 30] and is stored in a byte; WESS shifts are 4-bit (docs/quantization.md 2).
@@ -305,11 +307,11 @@ def _elements(shape: tuple[int, ...]) -> int:
 
 
 def _storage_of(program: Program) -> dict[str, str]:
-    """Value name -> the name of the buffer holding it. A flatten is a reshape: its output shares its
-    input's buffer, so it is neither stored twice nor moved."""
+    """Value name -> the name of the buffer holding it. A view (a flatten) is a reshape: its output shares
+    its input's buffer, so it is neither stored twice nor moved."""
     storage = {program.input.name: program.input.name}
     for op in program.ops:
-        storage[op.name] = storage[op.inputs[0]] if op.kind == "flatten" else op.name
+        storage[op.name] = storage[op.inputs[0]] if OP_TABLE[op.kind].view else op.name
     return storage
 
 
@@ -332,20 +334,20 @@ def activation_liveness(program: Program, shapes: dict[str, tuple[int, ...]] | N
 def _offchip_activation_bytes(program: Program, shapes, on_chip: bool) -> list[int]:
     """Per-image activation bytes each op moves to or from off-chip memory.
 
-    Activations off chip: each op reads its inputs and writes its output (a flatten moves nothing).
-    On chip: only the network input (read by the first op other than a flatten that needs it) and the
-    network output (written by the op that produces its buffer) cross the chip boundary.
+    Activations off chip: each op reads its inputs and writes its output (a view, a flatten, moves
+    nothing). On chip: only the network input (read by the first op other than a view that needs it) and
+    the network output (written by the op that produces its buffer) cross the chip boundary.
     """
     storage = _storage_of(program)
     if not on_chip:
-        return [0 if op.kind == "flatten" else
+        return [0 if OP_TABLE[op.kind].view else
                 sum(_elements(shapes[s]) for s in op.inputs) * ACTIVATION_BYTES + _elements(shapes[op.name])
                 * ACTIVATION_BYTES for op in program.ops]
     moved = [0] * len(program.ops)
     input_read = False
     result = storage[program.output]
     for i, op in enumerate(program.ops):
-        reads_input = op.kind != "flatten" and any(storage[s] == program.input.name for s in op.inputs)
+        reads_input = not OP_TABLE[op.kind].view and any(storage[s] == program.input.name for s in op.inputs)
         if reads_input and not input_read:
             moved[i] += _elements(shapes[program.input.name]) * ACTIVATION_BYTES
             input_read = True
@@ -370,12 +372,10 @@ def _requant_bytes(op: Op) -> tuple[str, int, int]:
 
 
 def _layer_dims(op: Op, out_shape) -> tuple[int, int, int]:
-    """(output channels, reduction length of one output, output pixels per image) of a MAC layer.
-    The reduction is KH * KW * C_in / groups for a conv (the weight's OHWI shape already holds
-    C_in / groups), K for a fully-connected layer."""
-    w = op.tensors["weight"]
-    pixels = out_shape[0] * out_shape[1] if op.kind == "conv2d" else 1
-    return int(w.shape[0]), int(np.prod(w.shape[1:])), int(pixels)
+    """(output channels, reduction length of one output, output pixels per image) of a MAC layer: the op
+    table's ``mac_dims``. The reduction is KH * KW * C_in / groups for a conv (the weight's OHWI shape
+    already holds C_in / groups), K for a fully-connected layer."""
+    return OP_TABLE[op.kind].mac_dims(op, out_shape)
 
 
 def _mac_cycles(op: Op, out_shape, config: NPUConfig) -> int:
@@ -391,23 +391,19 @@ def _mac_cycles(op: Op, out_shape, config: NPUConfig) -> int:
 
 
 def _vector_ops(op: Op, in_shapes, out_shape) -> int:
-    """Element operations per image: one per output element of an add; one per window tap of a pool
-    (an add or a compare), one per input element of a global average."""
-    if op.kind == "add":
-        return _elements(out_shape)
-    if op.kind == "global_avg_pool":
-        return _elements(in_shapes[0])
-    if op.kind in ("avg_pool2d", "max_pool2d"):
-        kh, kw = op.attrs["kernel"]
-        return _elements(out_shape) * kh * kw
-    return 0
+    """Element operations per image of a vector-unit op, the op table's ``vector_ops``: one per output
+    element of an add; one per window tap of a pool (an add or a compare), one per input element of a
+    global average. 0 for the other units."""
+    spec = OP_TABLE[op.kind]
+    return int(spec.vector_ops(op, in_shapes, out_shape)) if spec.vector_ops is not None else 0
 
 
 def _op_cost(op: Op, in_shapes, out_shape, live_bytes: int, act_offchip: int, config: NPUConfig) -> OpCost:
     batch = config.batch
     macs = vector_ops = weight_bytes = bias_bytes = requant = per_channel = 0
     weight_bits = scheme = None
-    if op.kind in MAC_KINDS:
+    unit = OP_TABLE[op.kind].cost_unit
+    if unit == "mac_array":  # a layer: weights, bias and requantization parameters (OpSpec.layer)
         w = op.tensors["weight"]
         c_out, reduction, pixels = _layer_dims(op, out_shape)
         macs = c_out * reduction * pixels
@@ -416,13 +412,13 @@ def _op_cost(op: Op, in_shapes, out_shape, live_bytes: int, act_offchip: int, co
         bias_bytes = int(op.tensors["bias"].size) * BIAS_BITS // 8
         scheme, requant, per_channel = _requant_bytes(op)
         compute = batch * _mac_cycles(op, out_shape, config)
-        unit, work, lanes = "mac_array", macs, config.macs_per_cycle
-    elif op.kind in VECTOR_KINDS:
+        work, lanes = macs, config.macs_per_cycle
+    elif unit == "vector":
         vector_ops = _vector_ops(op, in_shapes, out_shape)
         compute = math.ceil(batch * vector_ops / config.cols)
-        unit, work, lanes = "vector", vector_ops, config.cols
-    else:  # flatten: a reshape of the buffer, no work
-        compute, unit, work, lanes = 0, "none", 0, 1
+        work, lanes = vector_ops, config.cols
+    else:  # "none": a view (flatten), a reshape of the buffer, no work
+        compute, work, lanes = 0, 0, 1
     offchip = weight_bytes + bias_bytes + requant + batch * act_offchip
     memory = math.ceil(offchip / config.bytes_per_cycle)
     cycles = max(compute, memory)

@@ -1,9 +1,10 @@
 """The NPU emulator: runs an NPU program in the integer arithmetic of docs/arithmetic.md.
 
 Every op goes through the native kernels of :mod:`npuq.ops` (packed once per program, OpenMP-threaded,
-NHWC); max pooling, a pure comparison, is done in numpy. Results do not depend on the thread count or
-on how a data set is cut into batches: each image is computed independently and every kernel is
-deterministic.
+NHWC); max pooling, a pure comparison, is done in numpy. Which kernel runs an op, and how, is the op
+table's (:mod:`npuq.npu.optable`: each kind's ``run``, ``run_cuda`` and ``pack``). Results do not depend
+on the thread count or on how a data set is cut into batches: each image is computed independently and
+every kernel is deterministic.
 
 Needs numpy only (torch tensors are accepted as inputs). ``device="cuda"`` runs the same program with the
 CUDA kernels (docs/cuda.md), bit for bit the same outputs; device inputs (torch CUDA tensors,
@@ -19,6 +20,7 @@ from numbers import Integral
 import numpy as np
 
 from npuq import _C, _cuda, ops
+from npuq.npu.optable import OP_TABLE, RunContext
 from npuq.npu.program import MAX_OP_BYTES, Program, load_program, memory_plan, validate
 
 # The memory of one native call. A batch is split so that its images' values and temporaries (the memory
@@ -56,7 +58,8 @@ class Emulator:
         self._plan = memory_plan(program, self.shapes)
         self.threads = threads
         self.batch_size = int(batch_size)
-        self._kernels = {op.name: _pack(op, program) for op in program.layers()}
+        self._kernels = {op.name: OP_TABLE[op.kind].pack(op, program.rounding, program.overflow)
+                         for op in program.ops if OP_TABLE[op.kind].pack is not None}
         self.device = "cpu"
         self._device_index = None
         if kind == "cuda":
@@ -163,7 +166,7 @@ class Emulator:
         temporaries = [f.intermediate_bytes for f in plan.footprints]
         if capture:  # every value is kept to the end
             values = sum(math.prod(self.shapes[s]) for s in [self.program.input.name] +
-                         [op.name for op in self.program.ops if op.kind != "flatten"])  # a flatten is a view
+                         [op.name for op in self.program.ops if not OP_TABLE[op.kind].view])  # a view: no memory
             per_image = values + max(temporaries)
         else:
             per_image = max(v + t for v, t in zip(plan.live, temporaries))
@@ -304,15 +307,10 @@ class Emulator:
         return env
 
     def _run_op_cuda(self, op, args):
-        k, a = op.kind, op.attrs
-        if k in ("conv2d", "fully_connected"):
-            return self._kernels[op.name](args[0])
-        if k == "max_pool2d":
-            return ops.max_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]))
-        if k == "flatten":
-            shape = tuple(args[0].shape)
-            return args[0].reshape([shape[0], int(np.prod(shape[1:]))])
-        return self._run_op(op, args, None)  # add and the average pools dispatch on device arrays
+        """One op on device arrays: the op table's ``run_cuda``, or its ``run`` (the npuq.ops kernels
+        dispatch on device arrays), with the default thread count."""
+        spec = OP_TABLE[op.kind]
+        return (spec.run_cuda or spec.run)(op, args, self._context(op, None))
 
     def _last_use(self) -> dict[str, int]:
         if not hasattr(self, "_last_use_cache"):
@@ -324,22 +322,12 @@ class Emulator:
         return self._last_use_cache
 
     def _run_op(self, op, args, threads):
-        k, a = op.kind, op.attrs
-        if k in ("conv2d", "fully_connected"):
-            return self._kernels[op.name](args[0], threads=threads)
-        if k == "add":
-            return ops.add(args[0], args[1], rounding=self.program.rounding, threads=threads, **a)
-        if k == "avg_pool2d":
-            return ops.avg_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]),
-                                  count_include_pad=a["count_include_pad"], input_zero_point=a["input_zero_point"],
-                                  act_min=a["act_min"], act_max=a["act_max"], threads=threads)
-        if k == "global_avg_pool":
-            return ops.global_avg_pool(args[0], act_min=a["act_min"], act_max=a["act_max"], threads=threads)
-        if k == "max_pool2d":
-            return max_pool2d(args[0], a["kernel"], a["stride"], a["padding"])
-        if k == "flatten":
-            return args[0].reshape(args[0].shape[0], -1)
-        raise AssertionError(k)  # pragma: no cover - validate() rejects unknown kinds
+        """One op on host arrays: the op table's ``run``."""
+        return OP_TABLE[op.kind].run(op, args, self._context(op, threads))
+
+    def _context(self, op, threads) -> RunContext:
+        return RunContext(kernel=self._kernels.get(op.name), rounding=self.program.rounding,
+                          overflow=self.program.overflow, threads=threads)
 
     def logits(self, x, **kwargs) -> np.ndarray:
         """Real values of the output: float32 ``(q - zero_point) * scale`` of :meth:`run`'s int8 output
@@ -379,26 +367,9 @@ class Emulator:
 
 
 def max_pool2d(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
-    """Max pooling of int8 NHWC values; padded positions never win (each window holds a real value)."""
-    pt, pb, pl, pr = padding
-    if any(padding):
-        x = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-128)
-    kh, kw = kernel
-    sh, sw = stride
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    return np.ascontiguousarray(win.max(axis=(-2, -1)))
-
-
-def _pack(op, program: Program):
-    t, a = op.tensors, op.attrs
-    m, e = t["multiplier"], t["exponent"]
-    req = dict(multiplier=int(m[0]) if m.shape[0] == 1 else m, exponent=int(e[0]) if e.shape[0] == 1 else e,
-               channel_shift=t["shift"], output_zero_point=a["output_zero_point"], act_min=a["act_min"],
-               act_max=a["act_max"], rounding=program.rounding, overflow=program.overflow)
-    if op.kind == "conv2d":
-        return ops.Conv2d(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], stride=tuple(a["stride"]),
-                          padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"], **req)
-    return ops.FullyConnected(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], **req)
+    """Max pooling of int8 NHWC values; padded positions never win (each window holds a real value).
+    ``padding`` is (top, bottom, left, right). The one implementation is :func:`npuq.ops.max_pool2d`."""
+    return ops.max_pool2d(x, tuple(kernel), stride=tuple(stride), padding=tuple(padding))
 
 
 def _host(q) -> np.ndarray:

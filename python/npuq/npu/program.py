@@ -31,23 +31,21 @@ import numpy as np
 
 from npuq._C import ARITHMETIC_VERSION  # the version of docs/arithmetic.md the ops follow
 from npuq._untrusted import JSONRejected, file_kind, loads_strict
+from npuq._validate import OVERFLOW_POLICIES, ROUNDING_MODES
+from npuq.npu._checks import ProgramError, elements as _elements, fail as _fail
+from npuq.npu.optable import LAYER_KINDS, OP_KINDS, OP_TABLE, OP_TENSORS, OpFootprint
 
 FORMAT = "npuq-program"
 FORMAT_VERSION = 1
 METADATA_KEY = "npuq.program"
 DIGEST_KEY = "npuq.sha256"  # SHA-256 of the graph and the tensors (content_digest), checked on load
 
-OP_KINDS = ("conv2d", "fully_connected", "add", "avg_pool2d", "global_avg_pool", "max_pool2d", "flatten")
-ROUNDING_MODES = ("double", "single")
-OVERFLOW_POLICIES = ("raise", "saturate", "wrap")
-
-# the integer tensors of each op kind: field -> dtype (shapes are checked per kind below)
-LAYER_TENSORS = {"weight": np.int8, "bias": np.int32, "multiplier": np.int32, "exponent": np.int32,
-                 "shift": np.uint8}
-OP_TENSORS = {"conv2d": LAYER_TENSORS, "fully_connected": LAYER_TENSORS}
+# The op kinds (OP_KINDS) and each kind's tensors (OP_TENSORS: field -> dtype), attributes, shape checks,
+# footprint, kernels and cost are the op table's (npuq.npu.optable.OP_TABLE). ROUNDING_MODES and
+# OVERFLOW_POLICIES are npuq._validate's, shared with npuq.ops.
+LAYER_TENSORS = dict(OP_TENSORS[LAYER_KINDS[0]])  # the tensors of a layer (conv2d, fully_connected)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _SAFETENSORS_DTYPES = {"I8": np.int8, "U8": np.uint8, "I32": np.int32}
 _DTYPE_CODES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
@@ -64,20 +62,8 @@ MAX_PEAK_BYTES = 1 << 30         # per image: the values alive together plus the
 MAX_OP_WORK = 2**34              # per image, one op: multiply-accumulates or element operations
 MAX_OP_PARAM_BYTES = 256 << 20   # one layer's parameters as the native kernels pack them (256 MiB)
 MAX_PARAM_BYTES = 4 << 30        # all layers' packed parameters together (4 GiB)
-
-# What the native kernels allocate and accept (csrc/cpu/kernels.h, conv_plan.cc, reference/validate.cc),
-# mirrored here so that a program that validates never fails in them.
-_NATIVE_INDEX_LIMIT = 1 << 40    # validate.cc: products of indices of a conv / pool
-_NATIVE_REDUCTION_LIMIT = 1 << 31  # validate.cc: KH * KW * C_in / groups of a conv
-_NATIVE_POOL_TAPS = 1 << 30      # validate.cc: taps of one pooling window
-_PANEL_ROWS = 24                 # kernels.h kPanelRows: im2col rows packed at once, per thread
-_SCRATCH_ALIGN = 64              # conv_plan.cc Scratch: every scratch buffer is over-allocated for alignment
-_CONSTANT_BYTES = 36             # kernels.h ChannelConstants per padded channel: 3 int32 + 3 int64
-_GROUP_OVERHEAD = 512            # per GEMM group: vector headers and allocator overhead (an upper estimate)
-
-
-class ProgramError(ValueError):
-    """A program (in memory or in a file) is malformed; the message names the file, op and field."""
+# (the native kernels' own limits, mirrored so that a valid program never fails in them, are the op
+# table's: npuq.npu.optable)
 
 
 @dataclass
@@ -134,7 +120,7 @@ class Program:
         raise KeyError(f"the program has no op '{name}'; ops: {', '.join(o.name for o in self.ops)}")
 
     def layers(self) -> list[Op]:
-        return [o for o in self.ops if o.kind in ("conv2d", "fully_connected")]
+        return [o for o in self.ops if o.kind in LAYER_KINDS]
 
     @property
     def output_op(self) -> Op:
@@ -208,310 +194,26 @@ class Program:
 
 
 # ====================================================================================== validation
-def _fail(where: str, msg: str):
-    raise ProgramError(f"{where}: {msg}")
-
-
-def _int_field(attrs: dict, key: str, where: str, lo: int, hi: int) -> int:
-    if key not in attrs:
-        _fail(where, f"missing attribute '{key}'")
-    v = attrs[key]
-    if isinstance(v, bool) or not isinstance(v, Integral):
-        _fail(where, f"attribute '{key}' must be an integer, got {type(v).__name__} {v!r}")
-    if not lo <= v <= hi:
-        _fail(where, f"attribute '{key}' = {v} is out of range [{lo}, {hi}]")
-    return int(v)
-
-
-def _int_list(attrs: dict, key: str, where: str, n: int, lo: int, hi: int) -> tuple[int, ...]:
-    if key not in attrs:
-        _fail(where, f"missing attribute '{key}'")
-    v = attrs[key]
-    if not isinstance(v, (list, tuple)) or len(v) != n:
-        _fail(where, f"attribute '{key}' must be a list of {n} integers, got {v!r}")
-    out = []
-    for i, x in enumerate(v):
-        if isinstance(x, bool) or not isinstance(x, Integral):
-            _fail(where, f"attribute '{key}'[{i}] must be an integer, got {x!r}")
-        if not lo <= x <= hi:
-            _fail(where, f"attribute '{key}'[{i}] = {x} is out of range [{lo}, {hi}]")
-        out.append(int(x))
-    return tuple(out)
-
-
-def _clamp(attrs: dict, where: str) -> None:
-    lo = _int_field(attrs, "act_min", where, -128, 127)
-    hi = _int_field(attrs, "act_max", where, -128, 127)
-    if lo > hi:
-        _fail(where, f"act_min ({lo}) > act_max ({hi})")
-
-
-def _check_keys(attrs: dict, allowed: set[str], where: str) -> None:
-    if not isinstance(attrs, dict):
-        _fail(where, f"attrs must be an object, got {type(attrs).__name__}")
-    unknown = set(attrs) - allowed
-    if unknown:
-        _fail(where, f"unknown attribute(s) {sorted(unknown)}; this op kind has {sorted(allowed)}")
-
-
-def _tensor(op: Op, key: str, where: str, ndim: int) -> np.ndarray:
-    if key not in op.tensors:
-        _fail(where, f"missing tensor '{op.name}.{key}'")
-    t = op.tensors[key]
-    want = np.dtype(LAYER_TENSORS[key])
-    if not isinstance(t, np.ndarray):
-        _fail(where, f"tensor '{op.name}.{key}' must be a numpy array, got {type(t).__name__}")
-    if t.dtype != want:
-        _fail(where, f"tensor '{op.name}.{key}' has dtype {t.dtype}, expected {want}")
-    if t.ndim != ndim:
-        _fail(where, f"tensor '{op.name}.{key}' has shape {t.shape}, expected {ndim} dimension(s)")
-    return t
-
-
-def _first_bad(mask: np.ndarray) -> str:
-    idx = tuple(int(i) for i in np.argwhere(mask)[0])
-    return f"{int(mask.sum())} value(s), first at index {idx if len(idx) > 1 else idx[0]}"
-
-
-_LAYER_ATTRS = {"input_zero_point", "output_zero_point", "act_min", "act_max", "weight_bits"}
-_CONV_ATTRS = _LAYER_ATTRS | {"stride", "padding", "dilation", "groups"}
-_ADD_ATTRS = {"a_zero_point", "a_multiplier", "a_exponent", "b_zero_point", "b_multiplier", "b_exponent",
-              "output_zero_point", "output_multiplier", "output_exponent", "left_shift", "act_min", "act_max"}
-_POOL_ATTRS = {"kernel", "stride", "padding", "count_include_pad", "input_zero_point", "act_min", "act_max"}
-_ALLOWED_ATTRS = {"conv2d": _CONV_ATTRS, "fully_connected": _LAYER_ATTRS, "add": _ADD_ATTRS,
-                  "avg_pool2d": _POOL_ATTRS, "global_avg_pool": {"act_min", "act_max"},
-                  "max_pool2d": {"kernel", "stride", "padding"}, "flatten": set()}
-
-
-def _check_requant(op: Op, where: str, c_out: int) -> None:
-    m = _tensor(op, "multiplier", where, 1)
-    e = _tensor(op, "exponent", where, 1)
-    s = _tensor(op, "shift", where, 1)
-    if m.shape[0] not in (1, c_out):
-        _fail(where, f"tensor '{op.name}.multiplier' has {m.shape[0]} values; expected 1 (per layer) or {c_out} "
-                     f"(per channel)")
-    if e.shape != m.shape:
-        _fail(where, f"tensor '{op.name}.exponent' has shape {e.shape}, expected {m.shape} like the multiplier")
-    if s.shape != (c_out,):
-        _fail(where, f"tensor '{op.name}.shift' has shape {s.shape}, expected ({c_out},)")
-    bad = (m != 0) & (m < 2**30)
-    if bad.any():
-        _fail(where, f"tensor '{op.name}.multiplier': {_first_bad(bad)} not a Q31 mantissa (0 or in [2^30, 2^31-1])")
-    bad = (e < -31) | (e > 30)
-    if bad.any():
-        _fail(where, f"tensor '{op.name}.exponent': {_first_bad(bad)} outside [-31, 30]")
-    bad = s > 15
-    if bad.any():
-        _fail(where, f"tensor '{op.name}.shift': {_first_bad(bad)} above 15 (shifts are 4-bit)")
-
-
-def _check_layer(op: Op, where: str, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-    a = op.attrs
-    _check_keys(a, _ALLOWED_ATTRS[op.kind], where)
-    _int_field(a, "input_zero_point", where, -128, 127)
-    _int_field(a, "output_zero_point", where, -128, 127)
-    _clamp(a, where)
-    bits = _int_field(a, "weight_bits", where, 2, 8)
-    conv = op.kind == "conv2d"
-    w = _tensor(op, "weight", where, 4 if conv else 2)
-    c_out = w.shape[0]
-    if w.size == 0:
-        _fail(where, f"tensor '{op.name}.weight' is empty (shape {w.shape})")
-    limit = 2 ** (bits - 1) - 1
-    bad = (w < -limit) | (w > limit)
-    if bad.any():
-        _fail(where, f"tensor '{op.name}.weight': {_first_bad(bad)} outside [-{limit}, {limit}] "
-                     f"(weight_bits = {bits})")
-    b = _tensor(op, "bias", where, 1)
-    if b.shape != (c_out,):
-        _fail(where, f"tensor '{op.name}.bias' has shape {b.shape}, expected ({c_out},)")
-    _check_requant(op, where, c_out)
-    extra = set(op.tensors) - set(LAYER_TENSORS)
-    if extra:
-        _fail(where, f"unknown tensor(s) {sorted(extra)}")
-    if not conv:
-        if len(in_shape) != 1:
-            _fail(where, f"fully_connected needs a flat input (K,), but '{op.inputs[0]}' has shape {in_shape}; "
-                         f"insert a flatten op")
-        if w.shape[1] != in_shape[0]:
-            _fail(where, f"weight has {w.shape[1]} input features but '{op.inputs[0]}' has {in_shape[0]}")
-        return (c_out,)
-    if len(in_shape) != 3:
-        _fail(where, f"conv2d needs an (H, W, C) input, but '{op.inputs[0]}' has shape {in_shape}")
-    stride = _int_list(a, "stride", where, 2, 1, 1 << 16)
-    pad = _int_list(a, "padding", where, 4, 0, 1 << 16)
-    dil = _int_list(a, "dilation", where, 2, 1, 1 << 16)
-    groups = _int_field(a, "groups", where, 1, 1 << 20)
-    if c_out % groups:
-        _fail(where, f"groups ({groups}) does not divide the {c_out} output channels")
-    extent = (dil[0] * (w.shape[1] - 1) + 1, dil[1] * (w.shape[2] - 1) + 1)
-    for side, p_, ext in zip(("top", "bottom", "left", "right"), pad, (extent[0], extent[0], extent[1], extent[1])):
-        if p_ >= ext:  # a window of padding alone (docs/arithmetic.md 4)
-            _fail(where, f"padding {side} = {p_} must be smaller than the dilated kernel extent {ext}")
-    if w.shape[3] * groups != in_shape[2]:
-        _fail(where, f"weight {w.shape} with groups={groups} expects {w.shape[3] * groups} input channels, "
-                     f"but '{op.inputs[0]}' has {in_shape[2]}")
-    oh = _out_size(in_shape[0], w.shape[1], stride[0], dil[0], pad[0], pad[1])
-    ow = _out_size(in_shape[1], w.shape[2], stride[1], dil[1], pad[2], pad[3])
-    if oh < 1 or ow < 1:
-        _fail(where, f"kernel {w.shape[1]}x{w.shape[2]} (dilation {dil}, padding {pad}) does not fit the "
-                     f"{in_shape[0]}x{in_shape[1]} input")
-    return (oh, ow, c_out)
-
-
-def _out_size(n: int, k: int, stride: int, dilation: int, lo: int, hi: int) -> int:
-    return (n + lo + hi - dilation * (k - 1) - 1) // stride + 1
-
-
 def _check_op(op: Op, where: str, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    k, a = op.kind, op.attrs
-    n_inputs = 2 if k == "add" else 1
-    if len(op.inputs) != n_inputs:
-        _fail(where, f"{k} takes {n_inputs} input(s), got {len(op.inputs)}")
-    if k in ("conv2d", "fully_connected"):
-        return _check_layer(op, where, in_shapes[0])
-    _check_keys(a, _ALLOWED_ATTRS[k], where)
-    if op.tensors:
-        _fail(where, f"{k} has no tensors, got {sorted(op.tensors)}")
-    x = in_shapes[0]
-    if k == "add":
-        if in_shapes[0] != in_shapes[1]:
-            _fail(where, f"inputs '{op.inputs[0]}' {in_shapes[0]} and '{op.inputs[1]}' {in_shapes[1]} differ in shape")
-        for side in ("a", "b", "output"):
-            _int_field(a, f"{side}_zero_point", where, -128, 127)
-            m = _int_field(a, f"{side}_multiplier", where, 0, _INT32_MAX)
-            if m and m < 2**30:
-                _fail(where, f"attribute '{side}_multiplier' = {m} is not a Q31 mantissa (0 or in [2^30, 2^31-1])")
-            _int_field(a, f"{side}_exponent", where, -31, 30 if side == "output" else 0)
-        _int_field(a, "left_shift", where, 0, 22)
-        _clamp(a, where)
-        return x
-    if k == "flatten":
-        return (_elements(x),)
-    if len(x) != 3:
-        _fail(where, f"{k} needs an (H, W, C) input, but '{op.inputs[0]}' has shape {x}")
-    if k == "global_avg_pool":
-        _clamp(a, where)
-        return (1, 1, x[2])
-    kernel = _int_list(a, "kernel", where, 2, 1, 1 << 16)
-    stride = _int_list(a, "stride", where, 2, 1, 1 << 16)
-    pad = _int_list(a, "padding", where, 4, 0, 1 << 16)
-    if any(p > kk // 2 for p, kk in zip(pad, (kernel[0], kernel[0], kernel[1], kernel[1]))):
-        _fail(where, f"padding {pad} exceeds half the kernel {kernel} (a window could lie wholly in the padding)")
-    if k == "avg_pool2d":
-        _int_field(a, "input_zero_point", where, -128, 127)
-        if not isinstance(a.get("count_include_pad"), bool):
-            _fail(where, f"attribute 'count_include_pad' must be true or false, got {a.get('count_include_pad')!r}")
-        _clamp(a, where)
-    oh = _out_size(x[0], kernel[0], stride[0], 1, pad[0], pad[1])
-    ow = _out_size(x[1], kernel[1], stride[1], 1, pad[2], pad[3])
-    if oh < 1 or ow < 1:
-        _fail(where, f"kernel {kernel} does not fit the {x[0]}x{x[1]} input")
-    return (oh, ow, x[2])
+    """One op (of a known kind, its inputs defined): the op table's checks (OpSpec.check); its output shape."""
+    return OP_TABLE[op.kind].check(op, where, in_shapes)
 
 
 # ====================================================================================== resources
-@dataclass(frozen=True)
-class OpFootprint:
-    """What running one op takes, per image unless said otherwise (bytes; activations are int8).
-
-    ``intermediate_bytes`` are per-image temporaries beyond the inputs and the output (the padded plane of
-    a max pool); ``scratch_bytes`` is per thread of a native kernel and independent of the batch (the
-    im2col panel of a GEMM conv, the row ring of a depthwise conv); ``param_bytes`` is per program (the
-    layer's parameters as the native kernels pack them); ``work`` counts multiply-accumulates or element
-    operations as the kernels run them (GEMM tiles padded to 16 channels and 4 taps)."""
-
-    input_bytes: int
-    output_bytes: int
-    intermediate_bytes: int = 0
-    scratch_bytes: int = 0
-    param_bytes: int = 0
-    work: int = 0
-    temporary: str = ""  # what the temporaries are, for messages
-
-    @property
-    def working_set_bytes(self) -> int:
-        """Everything the op touches for one image on one thread: bounded by MAX_OP_BYTES."""
-        return self.input_bytes + self.output_bytes + self.intermediate_bytes + self.scratch_bytes
-
-
-def _elements(shape) -> int:
-    return math.prod(int(d) for d in shape)  # Python ints: no int64 wrap-around
-
-
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
-
-
 def op_footprint(op: Op, in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> OpFootprint:
     """The memory and work of running ``op`` (validated, with its inputs' and its output's per-image shapes)
-    in the emulator: what the loader bounds and the cost model reports. Mirrors what the emulator and the
-    native kernels allocate; keep it in step with csrc/cpu (kernels.h, conv_plan.cc) and emulator.py."""
-    k = op.kind
-    if k == "flatten":
-        return OpFootprint(0, 0, temporary="none (a view of its input)")
-    reads = sum(_elements(s) for s in dict(zip(op.inputs, in_shapes)).values())  # a value read twice is one buffer
-    out = _elements(out_shape)
-    if k == "conv2d":
-        return _conv_footprint(op, in_shapes[0], out_shape, reads, out)
-    if k == "fully_connected":
-        c_out, kk = (int(d) for d in op.tensors["weight"].shape)
-        return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(kk), param_bytes=_gemm_params(1, c_out, kk),
-                           work=_round_up(c_out, 16) * _round_up(kk, 4), temporary="the im2col panel")
-    if k == "add":
-        return OpFootprint(reads, out, work=out)
-    if k == "global_avg_pool":
-        return OpFootprint(reads, out, work=reads)
-    kh, kw = op.attrs["kernel"]
-    work = out * kh * kw
-    pt, pb, pl, pr = op.attrs["padding"]
-    if k == "max_pool2d" and (pt or pb or pl or pr):  # emulator.max_pool2d pads with np.pad
-        h, w, c = in_shapes[0]
-        plane = (h + pt + pb, w + pl + pr, c)
-        return OpFootprint(reads, out, intermediate_bytes=_elements(plane), work=work,
-                           temporary=f"the padded input plane {'x'.join(map(str, plane))}")
-    return OpFootprint(reads, out, work=work)  # avg_pool2d: the native kernel clips windows, no copy
-
-
-def _conv_footprint(op: Op, x: tuple[int, ...], y: tuple[int, ...], reads: int, out: int) -> OpFootprint:
-    a, w = op.attrs, op.tensors["weight"]
-    c_out, kh, kw, c_group = (int(d) for d in w.shape)
-    groups = int(a["groups"])
-    pixels = y[0] * y[1]
-    if groups == x[2] and groups > 1 and c_out == x[2]:  # Conv2dPlan's depthwise path
-        c16, c32, pairs = _round_up(c_out, 16), _round_up(c_out, 32), -(-kw // 2)
-        pt, pb, pl, pr = a["padding"]
-        padded_w = x[1] + pl + pr
-        ring = (kh - 1) * a["dilation"][0] + 1  # kernels.h depthwise_scratch_bytes
-        scratch = ring * padded_w * c32 * 4 + c32 * 4 + padded_w + c32 // 16 * 1024 + 128 + _SCRATCH_ALIGN
-        params = (kh * kw * c16 * 4 + (c32 + c16) * kh * pairs * 4 + (2 * c16 + c32) * _CONSTANT_BYTES
-                  + c_out * (kh * kw + 13))
-        work = pixels * c16 * kh * kw + x[0] * padded_w * c32
-        return OpFootprint(reads, out, scratch_bytes=scratch, param_bytes=params, work=work,
-                           temporary=f"the depthwise row ring ({ring} rows of {padded_w} columns)")
-    k = kh * kw * c_group
-    work = pixels * groups * _round_up(c_out // groups, 16) * _round_up(k, 4)
-    return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(k), param_bytes=_gemm_params(groups, c_out, k),
-                       work=work, temporary="the im2col panel")
-
-
-def _gemm_scratch(k: int) -> int:
-    """One im2col panel of a GEMM conv / fully-connected layer (per thread)."""
-    return _PANEL_ROWS * _round_up(k, 4) + _SCRATCH_ALIGN
-
-
-def _gemm_params(groups: int, c_out: int, k: int) -> int:
-    """Conv2dPlan's packed GEMM weights: per group int8 and int16 copies of the weights and the channel
-    constants, padded to 16 channels; plus its plain copies of the weights, bias and requantization."""
-    n16, k4 = _round_up(c_out // groups, 16), _round_up(k, 4)
-    return groups * (n16 * k4 * 3 + n16 * _CONSTANT_BYTES + _GROUP_OVERHEAD) + c_out * (k + 13)
+    in the emulator: what the loader bounds and the cost model reports. Each kind's footprint function in
+    the op table (npuq.npu.optable) mirrors what the emulator and the native kernels allocate; keep it in
+    step with csrc/cpu (kernels.h, conv_plan.cc)."""
+    return OP_TABLE[op.kind].footprint_of(op, in_shapes, out_shape)
 
 
 def live_activation_bytes(program: Program, shapes: dict[str, tuple[int, ...]]) -> list[int]:
     """Per-image activation bytes alive while each op runs (docs/cost_model.md 2), in one pass.
 
-    Every value lives in one buffer (a flatten's output shares its input's). A buffer is alive from the op
-    that writes it (the input: from the start) to its last reader (the program output: to the end). Each
+    Every value lives in one buffer (a view's output, a flatten's, shares its input's). A buffer is alive
+    from the op that writes it (the input: from the start) to its last reader (the program output: to the
+    end). Each
     buffer adds its size on its first op and removes it after its last, so the live bytes of every op are
     prefix sums: linear in the op count (a sum over all buffers per op was quadratic).
     """
@@ -520,7 +222,7 @@ def live_activation_bytes(program: Program, shapes: dict[str, tuple[int, ...]]) 
     born = {program.input.name: 0}
     last = {program.input.name: 0}
     for i, op in enumerate(program.ops):
-        if op.kind == "flatten":
+        if OP_TABLE[op.kind].view:
             storage[op.name] = storage[op.inputs[0]]
         else:
             storage[op.name] = op.name
@@ -575,28 +277,11 @@ def _check_elements(where: str, what: str, shape: tuple[int, ...]) -> None:
 
 
 def _check_native(op: Op, where: str, x: tuple[int, ...], y: tuple[int, ...]) -> None:
-    """The native kernels' own size checks (csrc/reference/validate.cc), on one image: a program they would
-    refuse is refused here, naming the op, instead of failing in the emulator."""
-    limit = _NATIVE_INDEX_LIMIT
-    if op.kind == "conv2d":
-        c_out, kh, kw, c_group = (int(d) for d in op.tensors["weight"].shape)
-        dil = op.attrs["dilation"]
-        extent = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)  # Conv2dPlan checks the layer on this input
-        for h, w in ((x[0], x[1]), extent):
-            if h * w > limit // x[2]:
-                _fail(where, f"the native convolution kernels refuse it: a {h}x{w}x{x[2]} input is beyond their "
-                             f"2^40 index limit")
-        k = kh * kw * c_group
-        if y[0] * y[1] > limit // c_out or k > _NATIVE_REDUCTION_LIMIT or c_out * k > limit:
-            _fail(where, f"the native convolution kernels refuse it: output {y} with a reduction of {k} is beyond "
-                         f"their index limits")
-    elif op.kind in ("avg_pool2d", "max_pool2d"):
-        kh, kw = op.attrs["kernel"]
-        if kh * kw > _NATIVE_POOL_TAPS:
-            _fail(where, f"kernel {[kh, kw]} has {kh * kw:,} taps, more than the {_NATIVE_POOL_TAPS:,} (2^30) the "
-                         f"native pooling kernels take")
-    elif op.kind == "global_avg_pool" and x[0] * x[1] > _NATIVE_POOL_TAPS:
-        _fail(where, f"a {x[0]}x{x[1]} window has more than the 2^30 taps the native pooling kernels take")
+    """The native kernels' own size checks (csrc/common/validate.cc), on one image: a program they would
+    refuse is refused here, naming the op, instead of failing in the emulator (the op table's ``native``)."""
+    native = OP_TABLE[op.kind].native
+    if native is not None:
+        native(op, where, x, y)
 
 
 def _check_footprint(where: str, f: OpFootprint) -> None:
@@ -675,8 +360,8 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
         where = f"{source}: op {i} '{op.name}'"
         if op.name in shapes:
             _fail(where, "the name is used twice")
-        if op.kind not in OP_KINDS:
-            _fail(where, f"unknown kind {op.kind!r}; known: {', '.join(OP_KINDS)}")
+        if not isinstance(op.kind, str) or op.kind not in OP_TABLE:
+            _fail(where, f"unknown kind {op.kind!r}; known: {', '.join(OP_TABLE)}")
         if not isinstance(op.inputs, (list, tuple)) or not all(isinstance(s, str) for s in op.inputs):
             _fail(where, f"inputs must be a list of names, got {op.inputs!r}")
         for s in op.inputs:

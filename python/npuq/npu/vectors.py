@@ -17,7 +17,9 @@ exactly the arrays its kind requires. Files are read only when they are regular 
 directory and of the size the manifest (or the expected shape) allows, so a link to a device, a FIFO
 or a huge file is an error, not a hang.
 
-File formats, directory layout and exit codes: ``docs/golden_vectors.md``.
+File formats, directory layout and exit codes: ``docs/golden_vectors.md``. Which arrays an op's folder
+holds (its inputs, its tensors with their dtypes and layouts, its output) is the op table's
+(:mod:`npuq.npu.optable`: ``vector_inputs``, ``tensors``, ``required_arrays``).
 
 Only numpy and the standard library are needed (tqdm, when installed, draws the progress bar).
 """
@@ -42,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from npuq._untrusted import JSONRejected, inside, load_npy, loads_strict, npy_header, read_regular, size_limit
-from npuq.npu.program import OP_KINDS, Program, ProgramError, load_program, program_from_bytes
+from npuq.npu.optable import LAYER_KINDS, OP_KINDS, OP_TABLE, is_view  # noqa: F401 - OP_KINDS re-exported
+from npuq.npu.program import Program, ProgramError, load_program, program_from_bytes
 
 VECTORS_FORMAT = "npuq-golden-vectors"
 #: 2: the manifest digest, the op count, the program copy and the per-op required arrays
@@ -62,9 +65,9 @@ HEX_DIGITS = {"int8": 2, "uint8": 2, "int32": 8}
 #: the axis names of each layout, for reporting an element's position
 LAYOUT_AXES = {"NHWC": ("n", "h", "w", "c"), "NK": ("n", "k"), "OHWI": ("o", "h", "w", "i"), "OK": ("o", "k"),
                "C": ("c",)}
-#: the per-layer parameter arrays in the order they are written
-LAYER_ARRAYS = ("weight", "bias", "multiplier", "exponent", "shift")
-LAYER_KINDS = ("conv2d", "fully_connected")
+#: the per-layer parameter arrays in the order they are written (a layer's tensors in the op table; every
+#: layer kind, LAYER_KINDS, has these)
+LAYER_ARRAYS = tuple(OP_TABLE[LAYER_KINDS[0]].tensors)
 
 # Size limits checked before a file is read. A manifest of a 1000-op program is a few MB; a hex dump
 # may carry comments and @address lines, hence the generous bytes per value; a .npy header is at most
@@ -255,25 +258,25 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def required_arrays(kind: str) -> tuple[str, ...]:
     """The arrays an op of ``kind`` has in a vector set, in the order they are written: its input(s)
     (``input``, or ``input_a`` and ``input_b`` for an add), the layer parameters (conv2d and
-    fully_connected) and ``output``. Raises :class:`GoldenVectorsError` for an unknown kind."""
-    if kind not in OP_KINDS:
-        raise GoldenVectorsError(f"op kind {kind!r} is not one of {', '.join(OP_KINDS)}")
-    return _input_keys(kind) + (LAYER_ARRAYS if kind in LAYER_KINDS else ()) + ("output",)
+    fully_connected) and ``output`` (the op table's ``OpSpec.required_arrays``). Raises
+    :class:`GoldenVectorsError` for an unknown kind."""
+    if not isinstance(kind, str) or kind not in OP_TABLE:
+        raise GoldenVectorsError(f"op kind {kind!r} is not one of {', '.join(OP_TABLE)}")
+    return OP_TABLE[kind].required_arrays
 
 
 def _input_keys(kind: str) -> tuple[str, ...]:
-    return ("input_a", "input_b") if kind == "add" else ("input",)
+    return OP_TABLE[kind].vector_inputs
 
 
 def _array_spec(kind: str, key: str) -> tuple[str, tuple[str, ...]]:
-    """The dtype and the allowed layouts of array ``key`` of an op of ``kind``."""
-    if key == "weight":
-        return "int8", ("OHWI",) if kind == "conv2d" else ("OK",)
-    if key == "shift":
-        return "uint8", ("C",)
-    if key in ("bias", "multiplier", "exponent"):
-        return "int32", ("C",)
-    return "int8", ("NHWC", "NK")  # activations: an input or the output
+    """The dtype and the allowed layouts of array ``key`` of an op of ``kind``: a tensor's from the op
+    table, else an activation's (an input or the output; ``kind`` "" for the network's input and output)."""
+    spec = OP_TABLE.get(kind)
+    tensor = spec.tensors.get(key) if spec is not None else None
+    if tensor is not None:
+        return np.dtype(tensor.dtype).name, (tensor.layout,)
+    return "int8", ("NHWC", "NK")
 
 
 def _hex_header(name: str, dtype: str, layout: str, shape) -> str:
@@ -325,10 +328,8 @@ def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[
     for key, source in zip(keys, op.inputs):
         plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", values[source],
                                _activation_layout(values[source]), value=source)
-    if op.kind in LAYER_KINDS:
-        for key in LAYER_ARRAYS:
-            plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", op.tensors[key],
-                                   _array_spec(op.kind, key)[1][0])
+    for key, tensor in OP_TABLE[op.kind].tensors.items():
+        plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", op.tensors[key], tensor.layout)
     out = values[op.name]
     plan["output"] = _ArrayPlan(f"{folder}/output", f"{op.name}.output", out, _activation_layout(out),
                                 value=op.name)
@@ -551,7 +552,7 @@ def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
              "inputs": list(op.inputs), "params": _json_scalars(op.attrs),
              "output_scale": float(op.scale), "output_zero_point": int(op.zero_point), "arrays": arrays,
              "required_arrays": list(required_arrays(op.kind))}
-    if op.kind in LAYER_KINDS:
+    if OP_TABLE[op.kind].layer:
         entry["requantization"] = "per_channel" if op.tensors["multiplier"].shape[0] > 1 else "per_layer"
     return entry
 
@@ -767,8 +768,8 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
         raise GoldenVectorsError(f"{w}: index {index} at position {i} (an op entry was removed, added or moved)")
     if name in shapes:
         raise GoldenVectorsError(f"{w}: the name is used twice")
-    if kind not in OP_KINDS:
-        raise GoldenVectorsError(f"{w}: kind {kind!r} is not one of {', '.join(OP_KINDS)}")
+    if kind not in OP_TABLE:
+        raise GoldenVectorsError(f"{w}: kind {kind!r} is not one of {', '.join(OP_TABLE)}")
     folder = _field(op, "dir", str, w)
     if folder != _op_dir(i, name, n_ops):
         raise GoldenVectorsError(f"{w}: dir {folder!r}, expected {_op_dir(i, name, n_ops)!r}")
@@ -796,7 +797,7 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
                              value=source, images=images)
         if shape != shapes[source]:
             raise GoldenVectorsError(f"{w}: {key} has shape {list(shape)}, but {source!r} has {list(shapes[source])}")
-    for key in LAYER_ARRAYS if kind in LAYER_KINDS else ():
+    for key in OP_TABLE[kind].tensors:
         _check_array(arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=None,
                      images=None)
     shapes[name] = _check_array(arrays["output"], w, kind=kind, key="output", name=f"{name}.output",
@@ -1075,9 +1076,9 @@ class OpCheck:
     @property
     def status(self) -> str:
         if not self.files:
-            # a flatten is a reshape of its input's bytes (NHWC order): hardware that does not run it as
-            # an op has nothing to dump, and its input was checked already
-            return "skipped" if self.kind == "flatten" else "missing"
+            # a view (a flatten) is a reshape of its input's bytes (NHWC order): hardware that does not run
+            # it as an op has nothing to dump, and its input was checked already
+            return "skipped" if is_view(self.kind) else "missing"
         return "mismatch" if self.mismatches else "pass"
 
     @property

@@ -12,16 +12,18 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from npuq import evaluation
+from npuq._validate import OVERFLOW_POLICIES, ROUNDING_MODES
+from npuq.methods import ACTIVATION_METHODS, WEIGHT_METHODS  # re-exported
 from npuq.quant.bias_range import BiasRangeWarning, fit_biases
 from npuq.quant.equalize import RELU6_MODES, EqualizationResult, cross_layer_equalize, empirical_bias_correction
-from npuq.quant.graph import Graph, prepare
+from npuq.quant.graph import OBSERVED_KINDS, Graph, prepare
+from npuq.quant.layerwise import LAYER_INPUTS, quantize_graph_data_aware, resolve_adaround
 from npuq.quant.observers import QParams, make_observer
 from npuq.quant.simulate import QuantizedModel
-from npuq.quant.weights import QuantizedWeight, per_channel_ranges, quantize_weight, weight_sqnr_db
+from npuq.quant.weights import QuantizedWeight, _quantizer, per_channel_ranges, quantize_weight, weight_sqnr_db
+from npuq.registry import ACTIVATION_OBSERVERS, WEIGHT_QUANTIZERS
 
-from npuq.methods import ACTIVATION_METHODS, OVERFLOWS, ROUNDINGS, WEIGHT_METHODS  # re-exported
-from npuq.methods import DATA_AWARE_WEIGHT_METHODS
-_OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
 
 
 @dataclass
@@ -172,7 +174,7 @@ def calibrate(model: QuantizedModel, batches: list[torch.Tensor], kind: str, pro
               **observer_kwargs) -> dict[str, QParams]:
     """Observe every node output of the weight-quantized float model and choose int8 scales."""
     graph = model.graph
-    observers = {n.name: make_observer(kind, name=n.path, **observer_kwargs) for n in graph if n.kind in _OBSERVED_KINDS}
+    observers = {n.name: make_observer(kind, name=n.path, **observer_kwargs) for n in graph if n.kind in OBSERVED_KINDS}
     it = batches
     if progress:
         from tqdm.auto import tqdm
@@ -238,10 +240,12 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
         the float model's output) or ``"float"`` (from the float model; less memory). See
         :mod:`npuq.quant.adaround`.
     """
-    _choice(weights, "weights", WEIGHT_METHODS)
-    _choice(activations, "activations", (None, *ACTIVATION_METHODS))
-    _choice(rounding, "rounding", ROUNDINGS)
-    _choice(overflow, "overflow", OVERFLOWS)
+    # the registries at call time, not the name lists of import time: a quantizer or observer registered
+    # since is usable
+    _choice(weights, "weights", WEIGHT_QUANTIZERS.names())
+    _choice(activations, "activations", (None, *ACTIVATION_OBSERVERS.names()))
+    _choice(rounding, "rounding", ROUNDING_MODES)
+    _choice(overflow, "overflow", OVERFLOW_POLICIES)
     _choice(unsupported, "unsupported", ("error", "float"))
     _choice(bias_correction, "bias_correction", (False, True, "auto"))
     _choice(cle_relu6, "cle_relu6", RELU6_MODES)
@@ -250,11 +254,9 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
     if not isinstance(shift_bits, int) or isinstance(shift_bits, bool) or not 0 <= shift_bits <= 4:
         raise ValueError(f"shift_bits must be an int in [0, 4] (the NPU stores 4 bits of shift per channel), "
                          f"got {shift_bits!r}")
-    from npuq.quant.data_aware import LAYER_INPUTS, quantize_graph_data_aware, resolve_adaround
-
     ada = resolve_adaround(adaround)
     _choice(layer_inputs, "layer_inputs", LAYER_INPUTS)
-    data_aware = weights in DATA_AWARE_WEIGHT_METHODS or ada is not None
+    data_aware = _quantizer(weights)[1] or ada is not None
     needs_data = activations is not None or bias_correction or data_aware or \
         (not isinstance(model, Graph) and example_input is None)
     batches = None
@@ -327,26 +329,14 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
         q = qparams[by_path[row.path]]
         row.output_scale, row.output_zero_point = q.scale, q.zero_point
     report.activations = {n.path: {"scale": qparams[n.name].scale, "zero_point": qparams[n.name].zero_point}
-                          for n in graph if n.name in qparams and n.kind in _OBSERVED_KINDS}
+                          for n in graph if n.name in qparams and n.kind in OBSERVED_KINDS}
     return qmodel
 
 
-@torch.no_grad()
 def evaluate(model, loader, *, progress: bool = False, desc: str = "evaluating") -> float:
-    """Top-1 accuracy of ``model`` (a torch module or a QuantizedModel) over ``loader`` of (input, label)."""
-    correct = total = 0
-    it = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(loader, desc=desc, unit="batch", leave=False)
-    for x, y in it:
-        logits = model(x)
-        correct += int((logits.argmax(dim=1) == y).sum())
-        total += int(y.numel())
-    if total == 0:
-        raise ValueError("the evaluation loader yielded no samples")
-    return correct / total
+    """Top-1 accuracy of ``model`` (a torch module or a QuantizedModel, put in eval mode and then restored,
+    or any callable) over ``loader`` of (input, label); see :func:`npuq.evaluation.top1_accuracy`."""
+    return evaluation.top1_accuracy(model, loader, progress=progress, desc=desc)
 
 
 __all__ = ["ACTIVATION_METHODS", "LayerReport", "QuantReport", "WEIGHT_METHODS", "calibrate", "calibration_batches",

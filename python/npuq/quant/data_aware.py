@@ -43,10 +43,10 @@ objective, with the plain WESS and the WESS-MSE solutions and the best of the th
 deterministic.
 
 **Statistics.** :func:`layer_stats` accumulates the moments of one layer from input batches;
-:func:`quantize_graph_data_aware` runs a prepared graph over calibration batches and quantizes its layers
-one after the other (optionally with adaptive rounding, :mod:`npuq.quant.adaround`), each layer's inputs
-coming from the already-quantized layers in front of it or from the float model. A conv layer's patches
-are subsampled (a fixed number of output positions per batch, chosen with a seeded generator).
+:func:`npuq.quant.layerwise.quantize_graph_data_aware` runs a prepared graph over calibration batches and
+quantizes its layers one after the other (optionally with adaptive rounding, :mod:`npuq.quant.adaround`),
+each layer's inputs coming from the already-quantized layers in front of it or from the float model. A conv
+layer's patches are subsampled (a fixed number of output positions per batch, chosen with a seeded generator).
 """
 
 from __future__ import annotations
@@ -62,9 +62,12 @@ from npuq.quant.weights import (
     QuantizedWeight,
     _as_weight,
     _check_bits,
+    _check_scale,
     _check_shift_bits,
+    quantize_weight,
     round_half_away,
 )
+from npuq.registry import WEIGHT_QUANTIZERS
 
 __all__ = [
     "DATA_AWARE_METHODS",
@@ -73,13 +76,10 @@ __all__ = [
     "StatsAccumulator",
     "layer_objective",
     "layer_stats",
-    "quantize_graph_data_aware",
-    "resolve_adaround",
     "wess_output",
 ]
 
 DEFAULT_DAMPING = 1e-3
-LAYER_INPUTS = ("quantized", "float")
 
 # wess_output search defaults
 _STEPS_PER_OCTAVE = 32
@@ -504,8 +504,6 @@ def wess_output(w, stats: LayerStats, bits: int = 8, *, shift_bits: int = 4, cen
                 damping: float = DEFAULT_DAMPING, name: str = "weight", objective: LayerObjective | None = None,
                 **search) -> QuantizedWeight:
     """``quantize_weight(w, "wess_output", stats=...)``: see the module doc."""
-    from npuq.quant.weights import _check_scale, quantize_weight
-
     bits = _check_bits(bits)
     shift_bits = _check_shift_bits(shift_bits)
     w64 = _as_weight(w, name)
@@ -531,128 +529,7 @@ def wess_output(w, stats: LayerStats, bits: int = 8, *, shift_bits: int = 4, cen
     return best
 
 
-# ------------------------------------------------------------------------------------- whole graphs
-
-
-def resolve_adaround(adaround):
-    """``npuq.quantize``'s ``adaround`` argument as an AdaRoundConfig, or None for nearest rounding."""
-    from npuq.quant.adaround import AdaRoundConfig
-
-    if adaround is False or adaround is None:
-        return None
-    if adaround is True:
-        return AdaRoundConfig()
-    if isinstance(adaround, AdaRoundConfig):
-        return adaround
-    raise TypeError(f"adaround must be False, True or an npuq.quant.adaround.AdaRoundConfig, got {adaround!r}")
-
-
-def _users_count(graph) -> dict[str, int]:
-    return {n.name: len(graph.users(n.name)) for n in graph}
-
-
-def quantize_graph_data_aware(graph, batches, method: str, bits: int, shift_bits: int = 4, *, adaround=None,
-                              layer_inputs: str = "quantized", centered: bool = False,
-                              damping: float = DEFAULT_DAMPING, positions: int | None = None, seed: int = 0,
-                              progress: bool = False) -> dict:
-    """Quantize every conv / linear layer of ``graph`` with ``method`` using calibration ``batches``.
-
-    Layers are visited in execution order. For each, the moments of its inputs are collected
-    (:class:`LayerStats`), its weight is quantized (data-aware methods use the moments; the others
-    ignore them) and, when ``adaround`` is an :class:`~npuq.quant.adaround.AdaRoundConfig`, re-rounded
-    on the same grid to minimize the layer's output error. ``layer_inputs="quantized"``: each layer's
-    inputs come from the calibration batches run through the float graph with every layer in front
-    already quantized (weight-only), and the target is the float model's output of the layer
-    (see :mod:`npuq.quant.adaround` for why this is the default); ``"float"``: from the float graph.
-    ``positions``: conv output positions sampled per batch (None: :func:`default_positions`).
-
-    Returns ``{node name: QuantizedWeight}``. Memory: ``"quantized"`` holds the live activations of all
-    calibration batches twice (float and quantized); ``"float"`` one batch at a time.
-    """
-    from npuq.quant.graph import run_float_node
-    from npuq.quant.weights import quantize_weight
-
-    if layer_inputs not in LAYER_INPUTS:
-        raise ValueError(f"layer_inputs must be one of {', '.join(map(repr, LAYER_INPUTS))}, got {layer_inputs!r}")
-    batches = list(batches)
-    if not batches:
-        raise ValueError("data-aware weight quantization needs calibration batches")
-    layers = graph.layers()
-    index = {n.name: i for i, n in enumerate(layers)}
-
-    def accumulator(node, paired):
-        dim = int(math.prod(node.weight.shape[1:]))
-        pos = positions if positions is not None else default_positions(dim, len(batches))
-        return _accumulator_for(node, positions=pos, seed=seed * 7919 + index[node.name], paired=paired)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        what = method + ("+adaround" if adaround is not None else "")
-        bar = tqdm(total=len(layers), desc=f"quantizing weights ({what})", unit="layer", leave=False)
-
-    def quantize_layer(node, stats):
-        obj = layer_objective(node.weight, stats, centered=centered, damping=damping, name=node.path)
-        if method in DATA_AWARE_METHODS:
-            qw = wess_output(node.weight, stats, bits, shift_bits=shift_bits, name=node.path, objective=obj)
-        else:
-            qw = quantize_weight(node.weight, method, bits, shift_bits=shift_bits, name=node.path)
-        if adaround is not None:
-            from npuq.quant.adaround import adaround_weight
-
-            qw = adaround_weight(node.weight, qw, obj, adaround, name=node.path)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(node.path[-40:], refresh=False)
-        return qw
-
-    out: dict = {}
-    users = _users_count(graph)
-    try:
-        if layer_inputs == "float":
-            accs = {n.name: accumulator(n, False) for n in layers}
-            for x in batches:
-                env: dict = {}
-                left = dict(users)
-                for node in graph:
-                    env[node.name] = run_float_node(graph, node, env, x)
-                    if node.is_layer:
-                        accs[node.name].update(env[node.inputs[0]])
-                    for i in set(node.inputs):
-                        left[i] -= 1
-                        if left[i] <= 0:
-                            env.pop(i, None)
-            for node in layers:
-                out[node.name] = quantize_layer(node, accs[node.name].result())
-            return out
-        # sequential: float and quantized streams over all batches, node by node
-        env_f = [dict() for _ in batches]
-        env_q = [dict() for _ in batches]
-        left = dict(users)
-        last = max(i for i, n in enumerate(graph.nodes) if n.is_layer)
-        for pos, node in enumerate(graph.nodes):
-            if pos > last:
-                break
-            if node.is_layer:
-                acc = accumulator(node, True)
-                for b in range(len(batches)):
-                    acc.update(env_f[b][node.inputs[0]], env_q[b][node.inputs[0]])
-                qw = quantize_layer(node, acc.result())
-                out[node.name] = qw
-                w_hat = qw.dequantize()
-            for b, x in enumerate(batches):
-                env_f[b][node.name] = run_float_node(graph, node, env_f[b], x)
-                if node.is_layer:
-                    env_q[b][node.name] = run_float_node(graph, node, env_q[b], x, w_hat, node.bias)
-                else:
-                    env_q[b][node.name] = run_float_node(graph, node, env_q[b], x)
-            for i in set(node.inputs):
-                left[i] -= 1
-                if left[i] <= 0:
-                    for e in (*env_f, *env_q):
-                        e.pop(i, None)
-        return out
-    finally:
-        if bar is not None:
-            bar.close()
+@WEIGHT_QUANTIZERS.register("wess_output", data_aware=True)
+def _wess_output(w, bits: int, *, shift_bits: int, name: str, stats: LayerStats, centered: bool = False,
+                 objective: LayerObjective | None = None) -> QuantizedWeight:
+    return wess_output(w, stats, bits, shift_bits=shift_bits, centered=centered, name=name, objective=objective)

@@ -34,12 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from npuq.quant import intmath
-from npuq.quant.graph import Graph, Node, apply_activation, run_float_node
+from npuq.quant.graph import OBSERVED_KINDS, Graph, Node, apply_activation, run_float_node
 
 RELU6_MODES = ("skip", "replace")
-# graph nodes whose outputs carry int8 activation scales (as calibrated by npuq.quant.api.calibrate)
-_QUANTIZED_OUTPUTS = ("input", "conv", "linear", "add", "float_op")
-
 
 class EqualizationWarning(UserWarning):
     """Cross-layer equalization skipped pairs, or changed the float function of the model."""
@@ -411,7 +408,7 @@ def empirical_bias_correction(graph: Graph, weights: dict, biases: dict | None, 
                 if remaining[i] == 0 and i != graph.output_name:
                     ref_store.pop(i, None)
                     q_store.pop(i, None)
-        if qparams is not None and node.kind in _QUANTIZED_OUTPUTS and node.name in qparams:
+        if qparams is not None and node.kind in OBSERVED_KINDS and node.name in qparams:
             q_vals = [_fake_quantize(v, qparams[node.name]) for v in q_vals]
         ref_store[node.name], q_store[node.name] = ref_vals, q_vals
     return biases, result

@@ -27,6 +27,9 @@ from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
 NPU_KINDS = ("conv", "linear", "add", "avg_pool", "global_pool", "max_pool", "flatten")
+# the nodes whose output gets int8 parameters of its own (chosen by an observer in calibration); pooling,
+# flatten and the output keep those of their input
+OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
 ACTIVATIONS = (None, "relu", "relu6")
 
 

@@ -19,7 +19,9 @@ Conventions
   sequences / arrays / tensors of length C along ``channel_axis`` (1 by default: the C of NCHW and the
   last axis of (N, C)); every combination of per-layer and per-channel parameters is allowed.
 * Bad arguments raise ``TypeError`` (wrong type / dtype) or ``ValueError`` (range, shape) naming the
-  argument; an accumulator outside int32 under ``overflow="raise"`` raises ``OverflowError``.
+  argument; an accumulator outside int32 under ``overflow="raise"`` raises ``OverflowError``. Scalar
+  arguments are checked by :mod:`npuq._validate`, as those of :mod:`npuq.ops` are: the same values are
+  accepted (strides, dilations, kernel sizes and paddings up to ``MAX_EXTENT`` = 2^20) with the same words.
 
 The float fast path of the convolution and the linear layer is exact by construction (see
 :func:`accumulation_dtype`); while it runs, reduced-precision float modes (TF32, bf16) are switched off
@@ -42,6 +44,9 @@ from numbers import Integral, Real
 import torch
 import torch.nn.functional as F
 
+from npuq import _validate
+from npuq._validate import OVERFLOW, ROUNDING, check, clamp, integer, pair
+
 __all__ = [
     "INT32_MAX",
     "INT32_MIN",
@@ -62,59 +67,12 @@ __all__ = [
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 _Q31_MIN = 2**30  # the smallest non-zero multiplier mantissa
-_ROUNDING_MODES = ("double", "single")
-_OVERFLOW_POLICIES = ("raise", "saturate", "wrap")
 _FLOAT32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 _FLOAT64_EXACT = 2**53
 
 # --------------------------------------------------------------------------------------------------
-# argument checks
+# argument checks: the scalars through npuq._validate (the same words as npuq.ops), the tensors here
 # --------------------------------------------------------------------------------------------------
-
-
-def _int(v, name: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, Integral):
-        if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.dtype.is_floating_point and v.dtype != torch.bool:
-            v = int(v.item())
-        else:
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {v}")
-    return v
-
-
-def _choice(v, name: str, options) -> str:
-    if not isinstance(v, str) or v not in options:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {v!r}")
-    return v
-
-
-def _clamp_bounds(act_min, act_max) -> tuple[int, int]:
-    lo = _int(act_min, "act_min", -128, 127)
-    hi = _int(act_max, "act_max", -128, 127)
-    if lo > hi:
-        raise ValueError(f"act_min ({lo}) must be <= act_max ({hi})")
-    return lo, hi
-
-
-def _pair(v, name: str, lo: int) -> tuple[int, int]:
-    if isinstance(v, Integral) and not isinstance(v, bool):
-        v = (v, v)
-    if not isinstance(v, (tuple, list)) or len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-    return tuple(_int(i, name, lo) for i in v)
-
-
-def _padding(v) -> tuple[int, int, int, int]:
-    """int, (h, w) or (top, bottom, left, right) -> (top, bottom, left, right)."""
-    if isinstance(v, Integral) and not isinstance(v, bool):
-        v = (v,) * 4
-    if isinstance(v, (tuple, list)) and len(v) == 2:
-        v = (v[0], v[0], v[1], v[1])
-    if not isinstance(v, (tuple, list)) or len(v) != 4:
-        raise ValueError(f"padding must be an int, (h, w) or (top, bottom, left, right), got {v!r}")
-    return tuple(_int(i, "padding", 0) for i in v)
 
 
 def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
@@ -162,7 +120,7 @@ def _param(v, name: str, lo: int, hi: int) -> torch.Tensor:
     if isinstance(v, bool):
         raise TypeError(f"{name} must be an int or a 1-D integer array, got bool")
     if isinstance(v, Integral):
-        return torch.tensor(_int(v, name, lo, hi), dtype=torch.int64)
+        return torch.tensor(integer(v, name, lo, hi), dtype=torch.int64)
     if isinstance(v, torch.Tensor):
         t = v.detach()
     else:
@@ -221,7 +179,7 @@ def _along_axis(t: torch.Tensor, ndim: int, axis: int | None, device) -> torch.T
 def _channel_axis(channel_axis, ndim: int) -> int | None:
     """The normalized channel axis, or None when ``acc`` has no such axis (then only per-layer
     parameters are accepted)."""
-    axis = _int(channel_axis, "channel_axis")
+    axis = integer(channel_axis, "channel_axis")
     if not -ndim <= axis < ndim:
         return None
     return axis % ndim
@@ -347,7 +305,7 @@ def srdhm(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
     if isinstance(b, torch.Tensor):
         b = _int_tensor(b, "b", INT32_MIN, INT32_MAX).to(a.device)
     else:
-        b = torch.tensor(_int(b, "b", INT32_MIN, INT32_MAX), dtype=torch.int64, device=a.device)
+        b = torch.tensor(integer(b, "b", INT32_MIN, INT32_MAX), dtype=torch.int64, device=a.device)
     return _srdhm(a, b)
 
 
@@ -363,7 +321,7 @@ def rdbpot(h: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
         n = _int_tensor(n, "n", 0, torch.iinfo(torch.int64).max).to(h.device)
     else:
         # every n >= 63 gives the same result (0) as n = 63
-        n = torch.tensor(min(_int(n, "n", 0), 63), dtype=torch.int64, device=h.device)
+        n = torch.tensor(min(integer(n, "n", 0), 63), dtype=torch.int64, device=h.device)
     return _rdbpot(h, n)
 
 
@@ -396,9 +354,9 @@ def requantize(
         int64 tensor of ``acc``'s shape with values in [act_min, act_max].
     """
     acc = _int_tensor(acc, "acc", INT32_MIN, INT32_MAX)
-    rounding = _choice(rounding, "rounding", _ROUNDING_MODES)
-    zp = _int(output_zero_point, "output_zero_point", -128, 127)
-    lo, hi = _clamp_bounds(act_min, act_max)
+    rounding = check(rounding, "rounding", ROUNDING)
+    zp = _validate.zero_point(output_zero_point, "output_zero_point")
+    lo, hi = clamp(act_min, act_max)
     axis = _channel_axis(channel_axis, acc.dim())
     shape = tuple(acc.shape)
     m0 = _multiplier(multiplier, "multiplier")
@@ -427,7 +385,7 @@ def saturate_accumulator(acc: torch.Tensor, overflow: str = "raise", op: str = "
     ``"saturate"``: clamp to [-2^31, 2^31 - 1]. ``"wrap"``: reduce modulo 2^32 into int32.
     ``acc``: integers (any int64 value). Returns int64.
     """
-    overflow = _choice(overflow, "overflow", _OVERFLOW_POLICIES)
+    overflow = check(overflow, "overflow", OVERFLOW)
     if not isinstance(op, str):
         raise TypeError(f"op must be a str, got {type(op).__name__}")
     acc = _int_tensor(acc, "acc", torch.iinfo(torch.int64).min, torch.iinfo(torch.int64).max)
@@ -480,7 +438,7 @@ def accumulation_dtype(w_q: torch.Tensor, zero_point: int) -> torch.dtype:
     w = _int_tensor(w_q, "w_q", -127, 127)
     if w.dim() < 1:
         raise ValueError("w_q must have an output-channel axis")
-    return _accumulation_dtype(w, _int(zero_point, "zero_point", -128, 127))
+    return _accumulation_dtype(w, _validate.zero_point(zero_point, "zero_point"))
 
 
 def _set_attr(saved: list, obj, name: str, value) -> None:
@@ -506,8 +464,9 @@ def _exact_float_math(device: torch.device):
             _set_attr(saved, backends.cudnn, "enabled", False)
             _set_attr(saved, backends.cuda.matmul, "fp32_precision", "ieee")
         else:
-            _set_attr(saved, backends.mkldnn.conv, "fp32_precision", "ieee")
-            _set_attr(saved, backends.mkldnn.matmul, "fp32_precision", "ieee")
+            # attributes that torch creates at run time (its stubs do not declare them)
+            _set_attr(saved, backends.mkldnn.conv, "fp32_precision", "ieee")  # type: ignore[attr-defined]
+            _set_attr(saved, backends.mkldnn.matmul, "fp32_precision", "ieee")  # type: ignore[attr-defined]
             if torch._C._get_nnpack_enabled():
                 torch._C._set_nnpack_enabled(False)
                 saved.append((None, "nnpack", True))
@@ -571,11 +530,11 @@ def conv2d_accumulator(
     """
     x = _int_tensor(x_q, "x_q", -128, 127, ndim=4)
     w = _int_tensor(w_q, "w_q", -127, 127, ndim=4).to(x.device)
-    zp = _int(zero_point, "zero_point", -128, 127)
-    groups = _int(groups, "groups", 1)
-    sh, sw = _pair(stride, "stride", 1)
-    dh, dw = _pair(dilation, "dilation", 1)
-    pt, pb, pl, pr = _padding(padding)
+    zp = _validate.zero_point(zero_point, "zero_point")
+    groups = integer(groups, "groups", 1)
+    sh, sw = pair(stride, "stride", 1)
+    dh, dw = pair(dilation, "dilation", 1)
+    pt, pb, pl, pr = _validate.padding(padding)
     n, c_in, h, wd = x.shape
     c_out, c_in_g, kh, kw = w.shape
     if c_out == 0 or c_in_g == 0 or kh == 0 or kw == 0:
@@ -621,7 +580,7 @@ def linear_accumulator(
     """
     x = _int_tensor(x_q, "x_q", -128, 127, ndim=2)
     w = _int_tensor(w_q, "w_q", -127, 127, ndim=2).to(x.device)
-    zp = _int(zero_point, "zero_point", -128, 127)
+    zp = _validate.zero_point(zero_point, "zero_point")
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w_q has {w.shape[1]} inputs (shape {tuple(w.shape)}) but x_q has {x.shape[1]} features")
     if w.shape[0] == 0 or w.shape[1] == 0:
@@ -675,18 +634,18 @@ def add(
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     b = b.to(a.device)
-    za = _int(a_zero_point, "a_zero_point", -128, 127)
-    zb = _int(b_zero_point, "b_zero_point", -128, 127)
-    zo = _int(output_zero_point, "output_zero_point", -128, 127)
-    ma = _multiplier(_int(a_multiplier, "a_multiplier"), "a_multiplier")
-    mb = _multiplier(_int(b_multiplier, "b_multiplier"), "b_multiplier")
-    mo = _multiplier(_int(output_multiplier, "output_multiplier"), "output_multiplier")
-    ea = _param(_int(a_exponent, "a_exponent"), "a_exponent", -31, 0)
-    eb = _param(_int(b_exponent, "b_exponent"), "b_exponent", -31, 0)
-    eo = _param(_int(output_exponent, "output_exponent"), "output_exponent", -31, 30)
-    ls = _int(left_shift, "left_shift", 0, 22)
-    lo, hi = _clamp_bounds(act_min, act_max)
-    rounding = _choice(rounding, "rounding", _ROUNDING_MODES)
+    za = _validate.zero_point(a_zero_point, "a_zero_point")
+    zb = _validate.zero_point(b_zero_point, "b_zero_point")
+    zo = _validate.zero_point(output_zero_point, "output_zero_point")
+    ma = _multiplier(integer(a_multiplier, "a_multiplier"), "a_multiplier")
+    mb = _multiplier(integer(b_multiplier, "b_multiplier"), "b_multiplier")
+    mo = _multiplier(integer(output_multiplier, "output_multiplier"), "output_multiplier")
+    ea = _param(integer(a_exponent, "a_exponent"), "a_exponent", -31, 0)
+    eb = _param(integer(b_exponent, "b_exponent"), "b_exponent", -31, 0)
+    eo = _param(integer(output_exponent, "output_exponent"), "output_exponent", -31, 30)
+    ls = integer(left_shift, "left_shift", 0, 22)
+    lo, hi = clamp(act_min, act_max)
+    rounding = check(rounding, "rounding", ROUNDING)
     # |a - z_a| <= 255, so (a - z_a) * 2^22 < 2^30 and |A|, |B| < 2^30: A + B fits int32
     ra = _requantize_value((a - za).mul_(1 << ls), ma, ea, rounding, None)
     rb = _requantize_value((b - zb).mul_(1 << ls), mb, eb, rounding, None)
@@ -725,13 +684,13 @@ def avg_pool2d(
     and hold ``input_zero_point``. Returns int64 (N, C, H_out, W_out) in [act_min, act_max].
     """
     x = _int_tensor(x, "x", -128, 127, ndim=4)
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
-    sh, sw = (kh, kw) if stride is None else _pair(stride, "stride", 1)
-    pt, pb, pl, pr = _padding(padding)
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", 1)
+    pt, pb, pl, pr = _validate.padding(padding)
     if not isinstance(count_include_pad, bool):
         raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
-    zp = _int(input_zero_point, "input_zero_point", -128, 127)
-    lo, hi = _clamp_bounds(act_min, act_max)
+    zp = _validate.zero_point(input_zero_point, "input_zero_point")
+    lo, hi = clamp(act_min, act_max)
     if max(pt, pb) >= kh or max(pl, pr) >= kw:
         raise ValueError(f"padding {(pt, pb, pl, pr)} must be smaller than the kernel ({kh} x {kw})")
     _, _, h, w = x.shape
@@ -761,7 +720,7 @@ def global_avg_pool(x: torch.Tensor, act_min: int = -128, act_max: int = 127) ->
     ``x``: (N, C, H, W) int8 values. Returns int64 (N, C, 1, 1) in [act_min, act_max].
     """
     x = _int_tensor(x, "x", -128, 127, ndim=4)
-    lo, hi = _clamp_bounds(act_min, act_max)
+    lo, hi = clamp(act_min, act_max)
     _, _, h, w = x.shape
     if h == 0 or w == 0:
         raise ValueError(f"x has an empty image: shape {tuple(x.shape)}")
@@ -811,7 +770,7 @@ def quantize_input(x_float: torch.Tensor, scale, zero_point: int) -> torch.Tenso
         raise TypeError(f"x_float must be a torch.Tensor, got {type(x_float).__name__}")
     if not x_float.dtype.is_floating_point:
         raise TypeError(f"x_float must have a floating dtype, got {x_float.dtype}")
-    zp = _int(zero_point, "zero_point", -128, 127)
+    zp = _validate.zero_point(zero_point, "zero_point")
     x32 = x_float.detach().to(torch.float32)
     if bool(torch.isnan(x32).any()):
         raise ValueError("x_float contains NaN")
@@ -840,7 +799,7 @@ def dequantize(q: torch.Tensor, scale, zero_point) -> torch.Tensor:
             raise TypeError(f"zero_point must be an int or an integer tensor, got dtype {zero_point.dtype}")
         zp = zero_point.detach().to(device=qi.device, dtype=torch.int64)
     else:
-        zp = _int(zero_point, "zero_point", -128, 127)
+        zp = _validate.zero_point(zero_point, "zero_point")
     if isinstance(scale, torch.Tensor):
         if not scale.dtype.is_floating_point:
             raise TypeError(f"scale must be a float or a floating tensor, got dtype {scale.dtype}")

@@ -6,7 +6,8 @@ Activations are asymmetric int8 (``docs/arithmetic.md`` section 1): ``real = sca
 representable (it quantizes to ``zero_point``). :func:`qparams_from_range` is the one place that turns a
 real range into a scale and a zero point; the observers only choose the range.
 
-Observers (``make_observer(kind, **kwargs)``):
+Observers (``make_observer(kind, **kwargs)``; each class is registered under its ``kind`` in
+:data:`npuq.registry.ACTIVATION_OBSERVERS`, whose declared names list them):
 
 * ``"minmax"`` (:class:`MinMaxObserver`): the exact minimum and maximum of all observed values.
 * ``"percentile"`` (:class:`PercentileObserver`): ``hi`` is the ``percentile``-th percentile of the observed
@@ -58,13 +59,15 @@ raises RuntimeError.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 
-from npuq.quant.weights import round_half_away
+from npuq.quant.weights import _check_bits, round_half_away
+from npuq.registry import ACTIVATION_OBSERVERS
 
 __all__ = [
     "DEGENERATE_SCALE",
@@ -88,12 +91,6 @@ DEGENERATE_SCALE = 1.0
 MIN_SCALE = 2.0**-126
 _HISTC_CHUNK = 1 << 24
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def _check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, Integral) or not 2 <= int(bits) <= 8:
-        raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
-    return int(bits)
 
 
 def _int_range(bits: int) -> tuple[int, int]:
@@ -236,6 +233,7 @@ class Observer:
                 f"n_values={self.n_values})")
 
 
+@ACTIVATION_OBSERVERS.register("minmax")
 class MinMaxObserver(Observer):
     """The exact range [min, max] of all observed values."""
 
@@ -355,6 +353,7 @@ class _HistogramObserver(Observer):
         return float(x[k - 1] + (target - f0) / (f1 - f0) * (x[k] - x[k - 1]))
 
 
+@ACTIVATION_OBSERVERS.register("percentile")
 class PercentileObserver(_HistogramObserver):
     """Clips both tails: ``hi`` = the ``percentile``-th percentile, ``lo`` = the ``(100 - percentile)``-th.
 
@@ -410,6 +409,7 @@ def _hist_sq_error(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, lo: t
     return (mean_sq * counts[None, :]).sum(dim=1)
 
 
+@ACTIVATION_OBSERVERS.register("mse")
 class MSEObserver(_HistogramObserver):
     """The range ``[lo * a, hi * b]`` (a, b in (0, 1]) minimizing the quantization MSE of the observed values.
 
@@ -482,6 +482,7 @@ class MSEObserver(_HistogramObserver):
         return result[0], result[1]
 
 
+@ACTIVATION_OBSERVERS.register("kl")
 class KLObserver(_HistogramObserver):
     """TensorRT-style entropy calibration with 255 quantization levels (see the module doc).
 
@@ -548,9 +549,11 @@ class KLObserver(_HistogramObserver):
         """The best value c in [first, last] of one window coordinate: ``window(c) -> (start, width)``.
         Every ``_STRIDE``-th value (and ``last``), then every value around the best of those."""
         coarse = torch.cat([torch.arange(first, last + 1, self._STRIDE), torch.tensor([last])]).unique()
-        c = coarse[self._best(hist, cum, *window(coarse), levels)]
+        start, width = window(coarse)
+        c = coarse[self._best(hist, cum, start, width, levels)]
         fine = torch.arange(max(first, int(c) - self._STRIDE + 1), min(last, int(c) + self._STRIDE - 1) + 1)
-        return int(fine[self._best(hist, cum, *window(fine), levels)])
+        start, width = window(fine)
+        return int(fine[self._best(hist, cum, start, width, levels)])
 
     def _best(self, hist, cum, start, width, levels) -> int:
         """Index of the candidate window with the smallest divergence (the last one among equals;
@@ -599,18 +602,28 @@ class KLObserver(_HistogramObserver):
         return kl.masked_fill_(q_total == 0.0, math.inf)  # a window without values
 
 
-OBSERVER_KINDS = {
-    "minmax": MinMaxObserver,
-    "percentile": PercentileObserver,
-    "mse": MSEObserver,
-    "kl": KLObserver,
-}
-
-
 def make_observer(kind: str, **kwargs) -> Observer:
     """A new observer of ``kind`` ("minmax", "percentile", "mse", "kl"); kwargs go to its constructor
     (all take ``name`` and ``bits``; percentile: ``percentile``; kl: ``bins``; histogram observers:
     ``hist_bins``)."""
-    if kind not in OBSERVER_KINDS:
-        raise ValueError(f"unknown observer kind {kind!r}; valid kinds: {', '.join(OBSERVER_KINDS)}")
-    return OBSERVER_KINDS[kind](**kwargs)
+    return ACTIVATION_OBSERVERS.get(ACTIVATION_OBSERVERS.check(kind, "observer kind"))(**kwargs)
+
+
+
+class _ObserverKinds(Mapping):
+    """The observer classes by kind, read-only: a view of :data:`npuq.registry.ACTIVATION_OBSERVERS` (a copy
+    made at import time would miss the classes registered after this module)."""
+
+    def __getitem__(self, kind: str) -> type:
+        if kind not in ACTIVATION_OBSERVERS:
+            raise KeyError(kind)
+        return ACTIVATION_OBSERVERS.get(kind)
+
+    def __iter__(self):
+        return iter(ACTIVATION_OBSERVERS.names())
+
+    def __len__(self) -> int:
+        return len(ACTIVATION_OBSERVERS)
+
+
+OBSERVER_KINDS = _ObserverKinds()

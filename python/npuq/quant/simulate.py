@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from npuq.fixedpoint import MultiplierFlushedWarning, quantize_bias, quantize_multiplier, quantize_multipliers
-from npuq.ops import add_params
+from npuq.ops import add_params, max_pool2d
 from npuq.quant import intmath
 from npuq.quant.graph import Graph, Node, _resolve, run_float_node
 from npuq.quant.observers import QParams
@@ -316,9 +316,8 @@ def _from_native(a: np.ndarray) -> torch.Tensor:
 
 
 def _max_pool_nhwc(x: np.ndarray, attrs: dict) -> np.ndarray:
-    t = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32)  # int8 values are exact in float32
-    y = F.max_pool2d(t, attrs["kernel_size"], attrs["stride"], attrs["padding"])
-    return np.ascontiguousarray(y.permute(0, 2, 3, 1).to(torch.int8).numpy())
+    # the NPU's max pooling (npuq.ops.max_pool2d, the emulator's too): padding (h, w) on both sides
+    return max_pool2d(x, attrs["kernel_size"], stride=attrs["stride"], padding=attrs["padding"])
 
 
 __all__ = ["LayerParams", "QuantizedModel", "activation_clamp", "layer_params"]

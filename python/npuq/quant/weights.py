@@ -30,6 +30,10 @@ Methods (``quantize_weight(w, method)``):
 Any of these grids can then be rounded adaptively instead of to nearest (:mod:`npuq.quant.adaround`);
 ``QuantizedWeight.rounding`` says which.
 
+Each method is a function registered in :data:`npuq.registry.WEIGHT_QUANTIZERS` where it is defined
+(``@WEIGHT_QUANTIZERS.register("wess", data_aware=False)``); a new one is that function, its name in the
+registry's declared names and, if it needs calibration data, in ``npuq.methods.DATA_AWARE_WEIGHT_METHODS``.
+
 All computations run in float64 on the CPU; the returned tensors are CPU tensors.
 """
 
@@ -40,6 +44,10 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 
 import torch
+
+from npuq._validate import Interval
+from npuq.methods import DATA_AWARE_WEIGHT_METHODS
+from npuq.registry import WEIGHT_QUANTIZERS
 
 __all__ = [
     "DATA_AWARE_METHODS",
@@ -54,11 +62,15 @@ __all__ = [
     "wess_shifts",
 ]
 
-METHODS = ("per_layer", "per_channel", "wess", "wess_mse", "wess_output")
-DATA_FREE_METHODS = ("per_layer", "per_channel", "wess", "wess_mse")
-DATA_AWARE_METHODS = ("wess_output",)  # need calibration statistics (``stats=``)
+# the names come from the registry's declaration and the data-aware ones from npuq.methods, so that neither
+# list loads a quantizer module (quantize_weight checks each against the registration it dispatches to)
+METHODS = WEIGHT_QUANTIZERS.names()
+DATA_AWARE_METHODS = DATA_AWARE_WEIGHT_METHODS  # need calibration statistics (``stats=``)
+DATA_FREE_METHODS = tuple(m for m in METHODS if m not in DATA_AWARE_METHODS)
 MAX_SHIFT_BITS = 4  # the NPU stores a 4-bit shift per output channel (docs/arithmetic.md, section 1)
 MIN_BITS, MAX_BITS = 2, 8
+_BITS = Interval(int, MIN_BITS, MAX_BITS)
+_SHIFT_BITS = Interval(int, 0, MAX_SHIFT_BITS)
 
 # wess_mse search grid: layer scales R_layer / qmax * alpha, alpha = linspace(0.3, 1.0, 100)
 _MSE_ALPHA_MIN, _MSE_ALPHA_COUNT = 0.3, 100
@@ -122,29 +134,35 @@ class QuantizedWeight:
 # ----------------------------------------------------------------------------------------- checks
 
 
+def _is_int_in(v, interval: Interval) -> bool:
+    # a bad type is a ValueError here (not _validate's TypeError): these messages predate the vocabulary
+    return not isinstance(v, bool) and isinstance(v, Integral) and interval.contains(int(v))
+
+
 def _check_bits(bits) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, Integral) or not MIN_BITS <= int(bits) <= MAX_BITS:
-        raise ValueError(f"bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    if not _is_int_in(bits, _BITS):
+        raise ValueError(f"bits must be {_BITS.describe()}, got {bits!r}")
     return int(bits)
 
 
 def _check_shift_bits(shift_bits) -> int:
-    if (
-        isinstance(shift_bits, bool)
-        or not isinstance(shift_bits, Integral)
-        or not 0 <= int(shift_bits) <= MAX_SHIFT_BITS
-    ):
+    if not _is_int_in(shift_bits, _SHIFT_BITS):
         raise ValueError(
-            f"shift_bits must be an int in [0, {MAX_SHIFT_BITS}] (the NPU stores at most "
+            f"shift_bits must be {_SHIFT_BITS.describe()} (the NPU stores at most "
             f"{MAX_SHIFT_BITS} bits per channel for the WESS shift), got {shift_bits!r}"
         )
     return int(shift_bits)
 
 
-def _check_method(method) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown weight quantization method {method!r}; valid methods: {', '.join(METHODS)}")
-    return method
+def _quantizer(method):
+    """The registered quantizer of ``method`` and whether it is data-aware; an unknown name raises the
+    registry's error, which lists the known ones."""
+    fn = WEIGHT_QUANTIZERS.get(method)
+    data_aware = bool(WEIGHT_QUANTIZERS.meta(method).get("data_aware"))
+    if data_aware != (method in DATA_AWARE_METHODS):  # the torch-free list would send it the wrong data
+        raise RuntimeError(f"weight quantization method {method!r} is registered with data_aware={data_aware}, "
+                           "but npuq.methods.DATA_AWARE_WEIGHT_METHODS says otherwise: make them agree")
+    return fn, data_aware
 
 
 def _as_weight(w, name: str) -> torch.Tensor:
@@ -261,24 +279,31 @@ def quantize_weight(
     data-aware methods. Raises TypeError for a non-tensor or non-float input, ValueError for fewer than 2
     dims, NaN/inf values, an all-zero tensor (the caller may skip such a layer), an unknown method,
     bits / shift_bits out of range, or a data-aware method without ``stats``.
+
+    ``method`` names an entry of :data:`npuq.registry.WEIGHT_QUANTIZERS`: a function ``fn(w, bits, *,
+    shift_bits, name, stats, centered, objective=None)`` returning a :class:`QuantizedWeight`, registered
+    with ``data_aware=True`` when it needs ``stats``.
     """
-    method = _check_method(method)
+    fn, data_aware = _quantizer(method)
     bits = _check_bits(bits)
     shift_bits = _check_shift_bits(shift_bits)
-    if method in DATA_AWARE_METHODS:
-        if stats is None:
-            raise ValueError(
-                f"weight method {method!r} (weight `{name}`) minimizes the layer's output error on calibration "
-                f"data and needs the layer's input statistics: pass stats=npuq.quant.data_aware.layer_stats("
-                f"<input batches>, kind=..., weight_shape=...), or quantize the model with "
-                f"npuq.quantize(model, calib_loader, weights={method!r}); the data-free methods are "
-                f"{', '.join(DATA_FREE_METHODS)}"
-            )
-        from npuq.quant.data_aware import wess_output
+    if data_aware and stats is None:
+        raise ValueError(
+            f"weight method {method!r} (weight `{name}`) minimizes the layer's output error on calibration "
+            f"data and needs the layer's input statistics: pass stats=npuq.quant.data_aware.layer_stats("
+            f"<input batches>, kind=..., weight_shape=...), or quantize the model with "
+            f"npuq.quantize(model, calib_loader, weights={method!r}); the data-free methods are "
+            f"{', '.join(DATA_FREE_METHODS)}"
+        )
+    return fn(w, bits, shift_bits=shift_bits, name=name, stats=stats, centered=centered)
 
-        return wess_output(w, stats, bits, shift_bits=shift_bits, centered=centered, name=name)
+
+# The data-free quantizers ignore the data arguments (stats, centered, objective) that every quantizer is given.
+
+
+def _nonzero_weight(w, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The validated float64 weight, its per-channel ranges and their maximum (refusing an all-zero tensor)."""
     w64 = _as_weight(w, name)
-    qmax = (1 << (bits - 1)) - 1
     r = _ranges(w64)
     r_layer = float(r.max())
     if r_layer == 0.0:
@@ -286,35 +311,62 @@ def quantize_weight(
             f"cannot choose a scale for an all-zero weight tensor `{name}` (shape {tuple(w64.shape)}); "
             f"the caller may skip it"
         )
-    channels = w64.shape[0]
-    no_shift = torch.zeros(channels, dtype=torch.int64)
+    return w64, r, r_layer
 
-    if method == "per_channel":
-        scale = torch.where(r > 0, r / qmax, torch.ones_like(r))
-        _check_scale(float(scale.min()), name)
-        return QuantizedWeight(_quantize(w64, scale, qmax), scale, None, no_shift, bits, method)
 
+def _qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+@WEIGHT_QUANTIZERS.register("per_channel", data_aware=False)
+def _per_channel(w, bits: int, *, name: str, **data) -> QuantizedWeight:
+    w64, r, _ = _nonzero_weight(w, name)
+    qmax = _qmax(bits)
+    scale = torch.where(r > 0, r / qmax, torch.ones_like(r))
+    _check_scale(float(scale.min()), name)
+    no_shift = torch.zeros(w64.shape[0], dtype=torch.int64)
+    return QuantizedWeight(_quantize(w64, scale, qmax), scale, None, no_shift, bits, "per_channel")
+
+
+@WEIGHT_QUANTIZERS.register("per_layer", data_aware=False)
+def _per_layer(w, bits: int, *, name: str, **data) -> QuantizedWeight:
+    w64, _, r_layer = _nonzero_weight(w, name)
+    qmax = _qmax(bits)
     layer_scale = _check_scale(r_layer / qmax, name)
-    if method == "per_layer":
-        scale = torch.full((channels,), layer_scale, dtype=torch.float64)
-        return QuantizedWeight(_quantize(w64, scale, qmax), scale, layer_scale, no_shift, bits, method)
+    channels = w64.shape[0]
+    scale = torch.full((channels,), layer_scale, dtype=torch.float64)
+    no_shift = torch.zeros(channels, dtype=torch.int64)
+    return QuantizedWeight(_quantize(w64, scale, qmax), scale, layer_scale, no_shift, bits, "per_layer")
 
-    cap = (1 << shift_bits) - 1
-    shift = _shifts_from_ranges(r, cap)
+
+def _wess_grid(w64: torch.Tensor, r: torch.Tensor, r_layer: float, bits: int, shift_bits: int, name: str,
+               method: str) -> QuantizedWeight:
+    qmax = _qmax(bits)
+    layer_scale = _check_scale(r_layer / qmax, name)
+    shift = _shifts_from_ranges(r, (1 << shift_bits) - 1)
     scale = layer_scale / torch.pow(2.0, shift.to(torch.float64))
     _check_scale(float(scale.min()), name)
-    q = _quantize(w64, scale, qmax)
-    if method == "wess":
-        return QuantizedWeight(q, scale, layer_scale, shift, bits, method)
+    return QuantizedWeight(_quantize(w64, scale, qmax), scale, layer_scale, shift, bits, method)
 
-    # wess_mse
+
+@WEIGHT_QUANTIZERS.register("wess", data_aware=False)
+def _wess(w, bits: int, *, shift_bits: int, name: str, **data) -> QuantizedWeight:
+    w64, r, r_layer = _nonzero_weight(w, name)
+    return _wess_grid(w64, r, r_layer, bits, shift_bits, name, "wess")
+
+
+@WEIGHT_QUANTIZERS.register("wess_mse", data_aware=False)
+def _wess_mse(w, bits: int, *, shift_bits: int, name: str, **data) -> QuantizedWeight:
+    w64, r, r_layer = _nonzero_weight(w, name)
+    plain = _wess_grid(w64, r, r_layer, bits, shift_bits, name, "wess_mse")
+    qmax, cap = _qmax(bits), (1 << shift_bits) - 1
     best_scale, best_shift = _mse_search(w64, r_layer / qmax, qmax, cap)
     _check_scale(best_scale / 2.0**cap, name)
     mse_cs = best_scale / torch.pow(2.0, best_shift.to(torch.float64))
     mse_q = _quantize(w64, mse_cs, qmax)
-    if _sq_error(w64, mse_q, mse_cs) <= _sq_error(w64, q, scale):
-        return QuantizedWeight(mse_q, mse_cs, best_scale, best_shift, bits, method)
-    return QuantizedWeight(q, scale, layer_scale, shift, bits, method)  # never worse than wess
+    if _sq_error(w64, mse_q, mse_cs) <= _sq_error(w64, plain.q, plain.channel_scale):
+        return QuantizedWeight(mse_q, mse_cs, best_scale, best_shift, bits, "wess_mse")
+    return plain  # never worse than wess
 
 
 def _mse_search(w64: torch.Tensor, base: float, qmax: int, cap: int) -> tuple[float, torch.Tensor]:

@@ -5,6 +5,8 @@
 * :mod:`~npuq.lrf.search.reinforce`: :func:`reinforce_search` (an LSTM policy trained with REINFORCE);
 * :mod:`~npuq.lrf.search.optuna_search`: :func:`optuna_search` (NSGA-II / TPE, shareable between workers
   through a database);
+* :mod:`~npuq.lrf.search.strategies`: :func:`search` (one search with a strategy of
+  :data:`npuq.registry.SEARCH_STRATEGIES`, ``STRATEGIES`` its names);
 * :mod:`~npuq.lrf.search.iterate`: :func:`iterate` (search, fine-tune, search again at a stricter target);
 * :mod:`~npuq.lrf.search.tasks` and :mod:`~npuq.lrf.search.config`: what the ``npuq lrf`` commands run.
 
@@ -19,10 +21,12 @@ from npuq.lrf.search.optuna_search import StorageError, open_storage, optuna_sea
 from npuq.lrf.search.reinforce import ReinforceConfig, reinforce_search
 from npuq.lrf.search.result import SearchResult, pareto_front
 from npuq.lrf.search.space import DEFAULT_FRACTIONS, KEEP, SearchSpace, Slot, densify
+from npuq.lrf.search.strategies import STRATEGIES, search
 
 __all__ = [
     "DEFAULT_FRACTIONS",
     "KEEP",
+    "STRATEGIES",
     "Evaluator",
     "Record",
     "ReinforceConfig",
@@ -41,22 +45,3 @@ __all__ = [
     "reward",
     "search",
 ]
-
-STRATEGIES = ("reinforce", "nsga2", "tpe", "random")
-
-
-def search(evaluator: Evaluator, *, strategy: str = "reinforce", target: float, budget: int,
-           max_error_increase: float = 0.01, seed: int = 0, progress: bool = True, desc: str | None = None,
-           reinforce: ReinforceConfig | None = None, reward_config: RewardConfig | None = None,
-           optuna_options: dict | None = None) -> SearchResult:
-    """One search of ``budget`` candidates at ``target`` compression with ``strategy``: ``"reinforce"``, or an
-    Optuna sampler (``"nsga2"``, ``"tpe"``, ``"random"``; ``optuna_options`` go to :func:`optuna_search`)."""
-    if strategy == "reinforce":
-        return reinforce_search(evaluator, target=target, budget=budget, max_error_increase=max_error_increase,
-                                config=reinforce, reward_config=reward_config, seed=seed, progress=progress, desc=desc)
-    if strategy in STRATEGIES:
-        return optuna_search(evaluator, target=target, n_trials=budget, sampler=strategy, seed=seed,
-                             max_error_increase=max_error_increase, progress=progress, desc=desc,
-                             **(optuna_options or {}))
-    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-

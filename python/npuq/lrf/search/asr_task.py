@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from npuq.lrf.search.tasks import register_task
+from npuq.registry import SEARCH_TASKS
 
 __all__ = ["AsrDigitsTask", "load_asr_lrf_checkpoint", "save_asr_lrf_checkpoint"]
 
@@ -41,10 +41,11 @@ def load_asr_lrf_checkpoint(name_or_path="asr_digits") -> tuple[nn.Module, dict]
     from safetensors import safe_open
 
     from npuq.asr import ASR_FORMAT, ASRCheckpointError, ASRConfig, AttentionASR, load_asr_checkpoint
-    from npuq.asr.checkpoint import _parse, _resolve  # the name lookup and metadata parsing of load_asr_checkpoint
+    from npuq.asr.checkpoint import _parse  # the metadata parsing of load_asr_checkpoint
+    from npuq.models.checkpoints import resolve_checkpoint
     from npuq.lrf.factorize import factorize
 
-    path = _resolve(name_or_path)
+    path = resolve_checkpoint(name_or_path, kind="asr")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -88,7 +89,7 @@ def _length_batches(lengths, batch_size: int, seed: int, epoch: int, jitter: flo
 
 
 # ------------------------------------------------------------------------------------------ the task
-@register_task("asr_digits")
+@SEARCH_TASKS.register("asr_digits")
 class AsrDigitsTask:
     """The digits recognizer: error = greedy word error rate."""
 

@@ -39,83 +39,22 @@ study_name = ""
 population_size = 20
 ```
 
-An unknown key, a value of the wrong type or out of range raises :class:`ConfigError` naming the key.
+An unknown key, a value of the wrong type or out of range raises :class:`ConfigError` naming the key (the
+error of every config of npuq, :class:`npuq.config.ConfigError`).
 """
 
 from __future__ import annotations
 
-import math
-import tomllib
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from npuq.distill.experiment import ConfigError as _DistillConfigError
+from npuq.config import ConfigError, fill, read_toml, value
 from npuq.lrf.search.space import BASES, DEFAULT_FRACTIONS, SCOPES
+from npuq.registry import SEARCH_STRATEGIES
 
 __all__ = ["ConfigError", "LrfConfig", "fill", "load_config", "parse_config"]
 
-STRATEGIES = ("reinforce", "nsga2", "tpe", "random")
-
-
-class ConfigError(_DistillConfigError):
-    """An ``npuq lrf`` config is malformed; the message names the file and the key."""
-
-
-_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-
-
-def _value(value, expected, where: str):
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(expected)
-        for option in options:
-            try:
-                return _value(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} must be " + " or ".join(_NAMES.get(o, o.__name__) for o in options)
-                          + f", got {type(value).__name__} {value!r:.60}")
-    if origin is list:
-        (item,) = typing.get_args(expected)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} must be a list of {_NAMES.get(item, item.__name__)}s, got "
-                              f"{type(value).__name__} {value!r:.60}")
-        return [_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if expected is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    elif expected is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif expected in (str, bool):
-        if isinstance(value, expected):
-            return value
-    else:
-        raise ConfigError(f"{where}: unsupported option type {expected!r}")
-    raise ConfigError(f"{where} must be {_NAMES[expected]}, got {type(value).__name__} {value!r:.60}")
-
-
-def fill(cls, table, where: str):
-    """An instance of dataclass ``cls`` from a TOML table: unknown keys, wrong types and values its
-    ``__post_init__`` rejects raise :class:`ConfigError` naming ``where`` and the key."""
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table, got {type(table).__name__} {table!r:.60}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key '{key}'; known: {', '.join(sorted(known))}")
-        kwargs[key] = _value(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        message = str(exc)
-        key = next((k for k in known if message.startswith(f"{k} ")), None) \
-            or next((k for k in known if f" {k} " in message), None)
-        raise ConfigError(f"{where}.{key}: {message}" if key else f"{where}: {message}") from None
+STRATEGIES = SEARCH_STRATEGIES.names()  # declared in the registry: nothing is imported for them
 
 
 @dataclass
@@ -270,7 +209,7 @@ def parse_config(table: dict, source: str = "config") -> LrfConfig:
     config = LrfConfig(source=source)
     for key, kind in _SCALARS.items():
         if key in table:
-            setattr(config, key, _value(table[key], kind, f"{source}: {key}"))
+            setattr(config, key, value(table[key], kind, f"{source}: {key}"))
     if config.strategy not in STRATEGIES:
         raise ConfigError(f"{source}: strategy must be one of {STRATEGIES}, got {config.strategy!r}")
     if config.max_error_increase < 0:
@@ -282,24 +221,12 @@ def parse_config(table: dict, source: str = "config") -> LrfConfig:
     if not isinstance(task, dict):
         raise ConfigError(f"{source}: task must be a table ([task] with name = ...), got {type(task).__name__}")
     task = dict(task)
-    config.task = _value(task.pop("name", config.task), str, f"{source}: task.name")
+    config.task = value(task.pop("name", config.task), str, f"{source}: task.name")
     config.task_options = task
-    from npuq.lrf.search.tasks import TASKS, make_task
-
-    if config.task not in TASKS:
-        raise ConfigError(f"{source}: task.name: unknown task {config.task!r}; registered: {', '.join(sorted(TASKS))}")
-    make_task(config.task, task, f"{source}: task")  # validates the options now, loads nothing
+    config.make_task()  # checks the name and the options now, loads nothing
     return config
 
 
 def load_config(path: str | Path) -> LrfConfig:
     """Read and validate a TOML config file."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(table, str(path))
+    return parse_config(read_toml(path), str(path))

@@ -139,7 +139,7 @@ def _run_search(space: SearchSpace, evaluate: Callable, baseline_error: float | 
                 budget: int, strategy: str, max_error_increase: float, seed: int, progress: bool,
                 reinforce: ReinforceConfig | None, reward_config: RewardConfig | None,
                 optuna_options: dict | None) -> tuple[SearchResult, Evaluator]:
-    from npuq.lrf.search import search
+    from npuq.lrf.search.strategies import search
 
     evaluator = Evaluator(space, evaluate, baseline_error=baseline_error, source={"round": label})
     if optuna_options and optuna_options.get("study_name"):

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from npuq.lrf.search.evaluation import Evaluator, Record
 from npuq.lrf.search.result import SearchResult
+from npuq.registry import SEARCH_STRATEGIES
 
 __all__ = ["SAMPLERS", "StorageError", "open_storage", "optuna_search", "redact"]
 
-SAMPLERS = ("nsga2", "tpe", "random")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -152,16 +152,53 @@ def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, 
         raise StorageError(f"cannot open the study storage {redact(url)}: {reason}") from exc
 
 
+# ------------------------------------------------------------------------------------- the samplers
+_FACTORIES: dict = {}
+
+
+def _strategy(evaluator: Evaluator, *, strategy: str, target: float, budget: int, max_error_increase: float,
+              seed: int, progress: bool, desc: str | None, optuna_options: dict | None = None, **_) -> SearchResult:
+    """An Optuna sampler as a strategy of :func:`npuq.lrf.search.search` (the strategy names the sampler)."""
+    return optuna_search(evaluator, target=target, n_trials=budget, sampler=strategy, seed=seed,
+                         max_error_increase=max_error_increase, progress=progress, desc=desc, **(optuna_options or {}))
+
+
+def _sampler(name: str):
+    """Decorator: ``factory(optuna, seed, population_size) -> sampler`` becomes sampler and search strategy
+    ``name``."""
+
+    def add(factory):
+        _FACTORIES[name] = factory
+        SEARCH_STRATEGIES.add(name, _strategy, sampler=True)
+        return factory
+
+    return add
+
+
+@_sampler("nsga2")
+def _nsga2(optuna, seed: int | None, population_size: int):
+    return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
+
+
+@_sampler("tpe")
+def _tpe(optuna, seed: int | None, population_size: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, population_size))
+
+
+@_sampler("random")
+def _random(optuna, seed: int | None, population_size: int):
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+SAMPLERS = tuple(_FACTORIES)
+
+
 def _make_sampler(optuna, name: str, seed: int | None, population_size: int):
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
-    if name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, population_size))
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    if name not in _FACTORIES:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    return _FACTORIES[name](optuna, seed, population_size)
 
 
 def _space_digest(evaluator: Evaluator) -> str:

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from npuq.lrf.search.evaluation import Evaluator, RewardConfig, reward
 from npuq.lrf.search.result import SearchResult
+from npuq.registry import SEARCH_STRATEGIES
 
 __all__ = ["Policy", "ReinforceConfig", "reinforce_search"]
 
@@ -208,3 +209,12 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
     result.extra["reward"] = dict(vars(reward_config))
     result.extra["policy"] = {**vars(config), "start_probabilities": start_probabilities}
     return result
+
+
+@SEARCH_STRATEGIES.register("reinforce")
+def _strategy(evaluator: Evaluator, *, target: float, budget: int, max_error_increase: float, seed: int,
+              progress: bool, desc: str | None, reinforce: ReinforceConfig | None = None,
+              reward_config: RewardConfig | None = None, **_) -> SearchResult:
+    """The ``reinforce`` strategy of :func:`npuq.lrf.search.search`."""
+    return reinforce_search(evaluator, target=target, budget=budget, max_error_increase=max_error_increase,
+                            config=reinforce, reward_config=reward_config, seed=seed, progress=progress, desc=desc)

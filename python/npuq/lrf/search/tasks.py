@@ -1,8 +1,8 @@
 """The task-specific parts of a rank search: which model, how its error is measured, how it is fine-tuned.
 
 A config's ``[task]`` table names a registered task (``name = "fashion_mnist"``) and gives that task's own
-options; everything else in a config is task-independent. A task is a class registered with
-:func:`register_task`, built from its validated options, with
+options; everything else in a config is task-independent. A task is a class registered in
+:data:`npuq.registry.SEARCH_TASKS` (``@SEARCH_TASKS.register("name")``), built from its validated options, with
 
 * ``load_model() -> nn.Module``: the original model;
 * ``evaluate(model) -> float``: the error on the development data that search decisions use (lower is
@@ -15,43 +15,58 @@ options; everything else in a config is task-independent. A task is a class regi
 ``npuq lrf apply``), top-1 error on a development split cut from the end of the *training* images (so that
 the test set stays out of every decision), and :func:`~npuq.distill.processes.finetune_with_teacher` on
 training images outside that split. ``asr_digits`` (the speech recognizer of :mod:`npuq.asr`, WER as the
-error) is defined in :mod:`npuq.lrf.search.asr_task`, imported at the end of this module; it loads no
-speech data until it is used.
+error) is defined in :mod:`npuq.lrf.search.asr_task`, which the registry imports on the first lookup of a
+task; it loads no speech data until it is used.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 
+from npuq.config import ConfigError, fill
+from npuq.registry import SEARCH_TASKS
+
 __all__ = ["FashionMnistTask", "TASKS", "load_lrf_checkpoint", "make_task", "register_task", "save_lrf_checkpoint"]
 
-TASKS: dict[str, type] = {}
+
+class _Tasks(Mapping):
+    """The registered tasks by name, read-only: a view of :data:`npuq.registry.SEARCH_TASKS`."""
+
+    def __getitem__(self, name: str) -> type:
+        if name not in SEARCH_TASKS:
+            raise KeyError(name)
+        return SEARCH_TASKS.get(name)
+
+    def __iter__(self):
+        return iter(SEARCH_TASKS.names())
+
+    def __len__(self) -> int:
+        return len(SEARCH_TASKS)
+
+    def __repr__(self) -> str:
+        return f"TASKS({dict(self)!r})"
+
+
+TASKS = _Tasks()
 
 
 def register_task(name: str):
-    """Class decorator: make a task class available as ``[task] name = "<name>"``. The class has an
-    ``Options`` dataclass (the table's other keys) and is constructed as ``cls(options)``."""
-
-    def add(cls):
-        if name in TASKS:
-            raise ValueError(f"task {name!r} is registered twice ({TASKS[name].__qualname__}, {cls.__qualname__})")
-        TASKS[name] = cls
-        return cls
-
-    return add
+    """Class decorator, the same as ``@SEARCH_TASKS.register(name)``: make a task class available as
+    ``[task] name = "<name>"``. The class has an ``Options`` dataclass (the table's other keys) and is
+    constructed as ``cls(options)``."""
+    return SEARCH_TASKS.register(name)
 
 
 def make_task(name: str, options: dict | None = None, where: str = "task"):
-    """The task ``name`` built from its option table (validated by :mod:`npuq.lrf.search.config`)."""
-    from npuq.lrf.search.config import ConfigError, fill
-
-    if name not in TASKS:
-        raise ConfigError(f"{where}.name: unknown task {name!r}; registered: {', '.join(sorted(TASKS))}")
-    cls = TASKS[name]
+    """The task ``name`` built from its option table, checked by :func:`npuq.config.fill`."""
+    if name not in SEARCH_TASKS:
+        raise ConfigError(f"{where}.name: unknown task {name!r}; registered: {', '.join(sorted(SEARCH_TASKS))}")
+    cls = SEARCH_TASKS.get(name)
     return cls(fill(cls.Options, options or {}, where))
 
 
@@ -71,12 +86,13 @@ def load_lrf_checkpoint(name_or_path) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
     from npuq.lrf.factorize import factorize
-    from npuq.models.checkpoints import CheckpointMismatchError, _resolve, build_model, load_checkpoint, read_metadata
+    from npuq.models.checkpoints import (CheckpointMismatchError, build_model, load_checkpoint, read_metadata,
+                                         resolve_checkpoint)
 
     meta = read_metadata(name_or_path)
     if "lrf_ranks" not in meta:
         return load_checkpoint(name_or_path)
-    path = _resolve(name_or_path)
+    path = resolve_checkpoint(name_or_path)
     try:
         ranks = json.loads(meta["lrf_ranks"])
     except json.JSONDecodeError as exc:
@@ -92,7 +108,7 @@ def load_lrf_checkpoint(name_or_path) -> tuple[nn.Module, dict]:
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
-@register_task("fashion_mnist")
+@SEARCH_TASKS.register("fashion_mnist")
 class FashionMnistTask:
     """A Fashion-MNIST classifier: error = 1 - top-1 accuracy."""
 
@@ -181,6 +197,3 @@ class FashionMnistTask:
         return {"task": "fashion_mnist", **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
                 "checkpoint_test_accuracy": meta.get("test_accuracy")}
 
-
-# registered on import; the module itself imports npuq.asr and npuq.speech only when a task method runs
-from npuq.lrf.search import asr_task as _asr_task  # noqa: E402,F401
