@@ -70,8 +70,9 @@ def main(argv=None) -> int:
             teacher(x)
 
     hint = HintLoss(tap_channels(student, args.tap, x[:2]), tap_channels(teacher, args.tap, x[:2]))
-    objective = DistillationObjective(student, [teacher], [Term(KDLoss(4.0), 0.9), Term(hint, 1.0, args.tap, args.tap)],
-                                      task_weight=0.1)
+    objective = DistillationObjective(
+        student, [teacher], [Term(KDLoss(4.0), 0.9), Term(hint, 1.0, args.tap, args.tap)], task_weight=0.1
+    )
     distill_opt = optim.make(objective.trainable_parameters())
 
     def distill_step():
@@ -88,11 +89,22 @@ def main(argv=None) -> int:
             results[name].append(_time(fn, max(1, args.repeats // 3), args.inner))
     t = {k: min(v) for k, v in results.items()}
     ratio = t["distill_step"] / (t["teacher_forward"] + t["plain_step"])
-    report = dict(threads=torch.get_num_threads(), batch=args.batch, teacher=f"cnn w{args.teacher_width}",
-                  student=f"cnn w{args.student_width}", tap=args.tap, seconds=t, ratio=ratio, goal=1.2)
+    report = dict(
+        threads=torch.get_num_threads(),
+        batch=args.batch,
+        teacher=f"cnn w{args.teacher_width}",
+        student=f"cnn w{args.student_width}",
+        tap=args.tap,
+        seconds=t,
+        ratio=ratio,
+        goal=1.2,
+    )
     for k, v in t.items():
         print(f"{k:<16} {1000 * v:8.2f} ms")
-    print(f"distill_step / (teacher_forward + plain_step) = {ratio:.3f}  (goal < 1.2: {'met' if ratio < 1.2 else 'NOT met'})")
+    print(
+        f"distill_step / (teacher_forward + plain_step) = {ratio:.3f}  "
+        f"(goal < 1.2: {'met' if ratio < 1.2 else 'NOT met'})"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -76,16 +76,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+import emulator_cases as ec
 import numpy as np
 import torch
-
-import emulator_cases as ec
 from machine import LoadMeter, cpu_model, wait_idle
 
 BUSY = 0.05  # background CPU share above which a pass counts as disturbed
 INT8_INPUT = "emulator_int8_input"
-INT8_INPUT_DESCRIPTION = ("npuq.Emulator(program).run(int8 images quantized beforehand): the native kernels "
-                          "only, for information")
+INT8_INPUT_DESCRIPTION = (
+    "npuq.Emulator(program).run(int8 images quantized beforehand): the native kernels only, for information"
+)
 
 
 # ------------------------------------------------------------------------------------------ machine
@@ -241,8 +241,10 @@ def profile_fbgemm(setup: ec.Setup, x: torch.Tensor, passes: int = 3) -> dict[st
 
 def format_profile(title: str, prof: dict[str, Any]) -> str:
     n, total = prof["images"], prof["total_s"]
-    lines = [f"{title}: {n} images, {total * 1e3:.1f} ms per pass ({n / total:.0f} images/s), fastest of 3 "
-             f"passes per kind", f"  {'kind':42s} {'ops':>4s} {'ms':>9s} {'us/image':>9s} {'share':>6s}"]
+    lines = [
+        f"{title}: {n} images, {total * 1e3:.1f} ms per pass ({n / total:.0f} images/s), fastest of 3 passes per kind",
+        f"  {'kind':42s} {'ops':>4s} {'ms':>9s} {'us/image':>9s} {'share':>6s}",
+    ]
     for kind, s in sorted(prof["seconds"].items(), key=lambda kv: -kv[1]):
         ops = prof["ops"].get(kind, "")
         lines.append(f"  {kind:42s} {ops!s:>4s} {s * 1e3:9.1f} {s / n * 1e6:9.2f} {s / total:6.1%}")
@@ -251,40 +253,77 @@ def format_profile(title: str, prof: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=ec.DEFAULT_MODEL, choices=ec.MODELS,
-                   help=f"the network (default {ec.DEFAULT_MODEL}: MobileNetV2 w0.5 on Fashion-MNIST)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads of all backends (default: all CPUs)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default=ec.DEFAULT_MODEL,
+        choices=ec.MODELS,
+        help=f"the network (default {ec.DEFAULT_MODEL}: MobileNetV2 w0.5 on Fashion-MNIST)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads of all backends (default: all CPUs)"
+    )
     p.add_argument("--rounds", type=int, default=5, help="timed passes of each backend (default 5)")
-    p.add_argument("--images", type=int, default=None,
-                   help="test images (default: all; efficientnet_lite0: evaluation crops, default "
-                        f"{ec.EFFICIENTNET_EVALUATION['count']})")
-    p.add_argument("--calib-images", type=int, default=None,
-                   help=f"efficientnet_lite0: calibration crops (default {ec.EFFICIENTNET_CALIBRATION['count']})")
-    p.add_argument("--sim-images", type=int, default=2000,
-                   help="test images per simulation pass, where it is timed (default 2000)")
-    p.add_argument("--weights", default=None,
-                   help="npuq's weight quantization method (default wess; e.g. per_layer, per_channel)")
-    p.add_argument("--check", default="integer", choices=("integer", "native"),
-                   help="where the simulation is not timed: check the emulator against qm.run_integer (default) "
-                        "or qm.run_native")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="test images (default: all; efficientnet_lite0: evaluation crops, default "
+        f"{ec.EFFICIENTNET_EVALUATION['count']})",
+    )
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=None,
+        help=f"efficientnet_lite0: calibration crops (default {ec.EFFICIENTNET_CALIBRATION['count']})",
+    )
+    p.add_argument(
+        "--sim-images", type=int, default=2000, help="test images per simulation pass, where it is timed (default 2000)"
+    )
+    p.add_argument(
+        "--weights", default=None, help="npuq's weight quantization method (default wess; e.g. per_layer, per_channel)"
+    )
+    p.add_argument(
+        "--check",
+        default="integer",
+        choices=("integer", "native"),
+        help="where the simulation is not timed: check the emulator against qm.run_integer (default) or qm.run_native",
+    )
     for impl in ec.ALL_IMPLEMENTATIONS:
         defaults = ", ".join(f"{c.name} {c.batch[impl]}" for c in ec.CASES.values() if impl in c.batch)
-        p.add_argument(f"--batch-{impl}", type=int, default=None,
-                       help=f"images per call of the {impl} (default: {defaults})")
-    p.add_argument("--engine", default="fbgemm", choices=("fbgemm", "x86"),
-                   help="torch quantized engine (default fbgemm; x86 is tried when fbgemm is missing)")
+        p.add_argument(
+            f"--batch-{impl}", type=int, default=None, help=f"images per call of the {impl} (default: {defaults})"
+        )
+    p.add_argument(
+        "--engine",
+        default="fbgemm",
+        choices=("fbgemm", "x86"),
+        help="torch quantized engine (default fbgemm; x86 is tried when fbgemm is missing)",
+    )
     p.add_argument("--fbgemm-mode", default="fx", choices=("fx", "eager"), help="torch quantization workflow")
-    p.add_argument("--pads", default="fold", choices=("fold", "stride1", "keep"),
-                   help="zero pads (EfficientNet) in torch's models: folded into the convolutions like npuq does "
-                        "(default; the fbgemm_stride1 row adds the strided depthwise rewrite), also with that "
-                        "rewrite (stride1), or kept as traced (keep); see benchmarks/fbgemm_baseline.py")
-    p.add_argument("--wait-idle", type=float, default=30.0,
-                   help="before each round, wait up to this many seconds for idle CPUs (default 30; 0: never)")
-    p.add_argument("--busy-retries", type=int, default=2,
-                   help="time a pass again (after waiting for idle CPUs) when other processes used >= 5%% of the "
-                        "CPUs meanwhile, up to this many times (default 2)")
+    p.add_argument(
+        "--pads",
+        default="fold",
+        choices=("fold", "stride1", "keep"),
+        help="zero pads (EfficientNet) in torch's models: folded into the convolutions like npuq does "
+        "(default; the fbgemm_stride1 row adds the strided depthwise rewrite), also with that "
+        "rewrite (stride1), or kept as traced (keep); see benchmarks/fbgemm_baseline.py",
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=30.0,
+        help="before each round, wait up to this many seconds for idle CPUs (default 30; 0: never)",
+    )
+    p.add_argument(
+        "--busy-retries",
+        type=int,
+        default=2,
+        help="time a pass again (after waiting for idle CPUs) when other processes used >= 5%% of the "
+        "CPUs meanwhile, up to this many times (default 2)",
+    )
     p.add_argument("--sweep", action="store_true", help="first time each backend at several batch sizes")
     p.add_argument("--profile", action="store_true", help="also time the emulator and fbgemm per op kind")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
@@ -300,34 +339,49 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     case = ec.CASES[args.model]
-    batch = {impl: getattr(args, f"batch_{impl}") for impl in ec.ALL_IMPLEMENTATIONS
-             if getattr(args, f"batch_{impl}") is not None}
-    extra = ({"images": args.images, "calib_images": args.calib_images} if args.model == "efficientnet_lite0"
-             else {})
-    setup = ec.build(args.threads, model=args.model, batch=batch, engine=args.engine, fbgemm_mode=args.fbgemm_mode,
-                     pads=args.pads, weights=args.weights, log=log, **extra)
+    batch = {
+        impl: getattr(args, f"batch_{impl}")
+        for impl in ec.ALL_IMPLEMENTATIONS
+        if getattr(args, f"batch_{impl}") is not None
+    }
+    extra = {"images": args.images, "calib_images": args.calib_images} if args.model == "efficientnet_lite0" else {}
+    setup = ec.build(
+        args.threads,
+        model=args.model,
+        batch=batch,
+        engine=args.engine,
+        fbgemm_mode=args.fbgemm_mode,
+        pads=args.pads,
+        weights=args.weights,
+        log=log,
+        **extra,
+    )
     import npuq
 
     x_all, y_all = setup.x, setup.y
     if args.images is not None:
-        x_all = x_all[:args.images]
-        y_all = None if y_all is None else y_all[:args.images]
+        x_all = x_all[: args.images]
+        y_all = None if y_all is None else y_all[: args.images]
     n = int(x_all.shape[0])
     sim_n = min(args.sim_images, n)
     engine_note = "" if setup.engine == "fbgemm" else " (fbgemm is not available in this torch build)"
-    log(f"threads {args.threads} (torch {torch.get_num_threads()}, npuq {npuq.get_num_threads()}), "
+    log(
+        f"threads {args.threads} (torch {torch.get_num_threads()}, npuq {npuq.get_num_threads()}), "
         f"torch {torch.__version__}, quantized engine {setup.engine}{engine_note}, torch int8 via "
-        f"{setup.fbgemm_mode}; setup {', '.join(f'{k} {v:.1f} s' for k, v in setup.setup_s.items())}")
+        f"{setup.fbgemm_mode}; setup {', '.join(f'{k} {v:.1f} s' for k, v in setup.setup_s.items())}"
+    )
     for name, info in (setup.pads or {}).items():
-        log(f"zero pads of torch's model ({name}): {info['folded_into_conv']} folded into the convolutions, "
+        log(
+            f"zero pads of torch's model ({name}): {info['folded_into_conv']} folded into the convolutions, "
             f"{info['depthwise_stride1']} strided depthwise convolutions run at stride 1 and subsampled, "
-            f"{info['kept']} left as pads" + (" (quantized pads in the int8 model)" if name != "keep" else ""))
+            f"{info['kept']} left as pads" + (" (quantized pads in the int8 model)" if name != "keep" else "")
+        )
 
     timed_impls = list(setup.implementations)
     float_chunk = setup.batch["fp32"]
     if "fp32" not in timed_impls:  # the float model's outputs (untimed): the reference of accuracy / agreement
         with torch.inference_mode():
-            float_out = torch.cat([setup.model(x_all[lo:lo + float_chunk]) for lo in range(0, n, float_chunk)])
+            float_out = torch.cat([setup.model(x_all[lo : lo + float_chunk]) for lo in range(0, n, float_chunk)])
 
     sweep_result = sweep(setup, n, log, args.wait_idle) if args.sweep else None
 
@@ -339,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     n_of = {impl: (sim_n if impl == "simulation" else n) for impl in runners}
     log("warm-up ...")
     for impl, fn in runners.items():
-        fn(inputs[impl][:n_of[impl]])
+        fn(inputs[impl][: n_of[impl]])
 
     names = list(runners)
     samples: dict[str, list[dict[str, Any]]] = {impl: [] for impl in names}
@@ -348,11 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     retried = {impl: 0 for impl in names}
     for r in range(args.rounds):
         waited = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for impl in order:
             lo = (r * sim_n) % n if impl == "simulation" else 0
             lo = lo if lo + n_of[impl] <= n else 0
-            xs = inputs[impl][lo:lo + n_of[impl]]
+            xs = inputs[impl][lo : lo + n_of[impl]]
             usage: dict[str, Any] = {}
             for attempt in range(args.busy_retries + 1):
                 if attempt:
@@ -367,9 +421,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 outputs[impl] = out
             samples[impl].append({"seconds": dt, "images": n_of[impl], "background": bg, **usage})
-        log(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{impl} {samples[impl][-1]['images'] / samples[impl][-1]['seconds']:.0f}/s" for impl in names)
-            + (f" (machine busy: {waited:.0%} before the round)" if waited is not None and waited >= BUSY else ""))
+        log(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{impl} {samples[impl][-1]['images'] / samples[impl][-1]['seconds']:.0f}/s" for impl in names)
+            + (f" (machine busy: {waited:.0%} before the round)" if waited is not None and waited >= BUSY else "")
+        )
 
     # the simulation's integers on every image (the timed passes cover what they cover; the rest runs untimed)
     t_check = time.perf_counter()
@@ -377,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         covered = np.zeros(n, dtype=bool)
         sim_out = torch.empty((n,) + tuple(next(iter(sim_parts.values())).shape[1:]), dtype=torch.int64)
         for lo, part in sim_parts.items():
-            sim_out[lo:lo + part.shape[0]] = part
-            covered[lo:lo + part.shape[0]] = True
+            sim_out[lo : lo + part.shape[0]] = part
+            covered[lo : lo + part.shape[0]] = True
         if not covered.all():
             log(f"simulation on the {int((~covered).sum())} test images the timed passes did not cover (untimed) ...")
             for lo in range(0, n, sim_n):
@@ -391,8 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"checking the emulator against qm.{check_with} on all {n} images (untimed) ...")
         sim_out = setup.reference_integers(x_all, args.check)
     check_s = time.perf_counter() - t_check
-    bit_exact = (ec.same_integers(outputs["emulator"], sim_out)
-                 and bool(np.array_equal(outputs["emulator"], outputs[INT8_INPUT])))
+    bit_exact = ec.same_integers(outputs["emulator"], sim_out) and bool(
+        np.array_equal(outputs["emulator"], outputs[INT8_INPUT])
+    )
     float_ref = outputs["fp32"] if "fp32" in outputs else float_out
     float_pred = ec.top1("fp32", float_ref)
     preds = {impl: ec.top1(impl, outputs[impl]) for impl in timed_impls if impl not in ("simulation", "fp32")}
@@ -400,15 +457,20 @@ def main(argv: list[str] | None = None) -> int:
     accuracy = agreement = fidelity = None
     if y_all is not None:
         labels = y_all.numpy()
-        accuracy = {"float": float((float_pred == labels).mean()),
-                    **{impl: float((preds[impl] == labels).mean()) for impl in preds}}
+        accuracy = {
+            "float": float((float_pred == labels).mean()),
+            **{impl: float((preds[impl] == labels).mean()) for impl in preds},
+        }
         quality_of = dict(accuracy, fp32=accuracy["float"])
     else:
         from npuq.fidelity import fidelity as _fidelity
 
         ref = ec.logits(setup, "fp32", float_ref)
-        fidelity = {impl: _fidelity(ref, ec.logits(setup, impl, outputs[impl]))
-                    for impl in timed_impls if impl not in ("fp32", "simulation")}
+        fidelity = {
+            impl: _fidelity(ref, ec.logits(setup, impl, outputs[impl]))
+            for impl in timed_impls
+            if impl not in ("fp32", "simulation")
+        }
         agreement = {"float": 1.0, **{impl: float((preds[impl] == float_pred).mean()) for impl in preds}}
         quality_of = dict(agreement, fp32=1.0)
     quality_of[INT8_INPUT] = quality_of["emulator"]
@@ -417,21 +479,27 @@ def main(argv: list[str] | None = None) -> int:
     for impl in names:
         per_image = [s["seconds"] / s["images"] for s in samples[impl]]
         bgs = [s["background"] for s in samples[impl] if s["background"] is not None]
-        speed[impl] = {"images_per_pass": n_of[impl], "batch": setup.batch[impl.split("_")[0]],
-                       "images_per_s": 1.0 / min(per_image), "images_per_s_median": 1.0 / statistics.median(per_image),
-                       "max_background": max(bgs) if bgs else None,
-                       "median_background": statistics.median(bgs) if bgs else None, "retried_busy": retried[impl],
-                       "median_system_s": statistics.median(s["system_s"] for s in samples[impl]),
-                       "median_minor_faults": statistics.median(s["minor_faults"] for s in samples[impl]),
-                       "samples": samples[impl],
-                       "what": (ec.DESCRIPTION.get(impl) or INT8_INPUT_DESCRIPTION).format(engine=setup.engine)}
+        speed[impl] = {
+            "images_per_pass": n_of[impl],
+            "batch": setup.batch[impl.split("_")[0]],
+            "images_per_s": 1.0 / min(per_image),
+            "images_per_s_median": 1.0 / statistics.median(per_image),
+            "max_background": max(bgs) if bgs else None,
+            "median_background": statistics.median(bgs) if bgs else None,
+            "retried_busy": retried[impl],
+            "median_system_s": statistics.median(s["system_s"] for s in samples[impl]),
+            "median_minor_faults": statistics.median(s["minor_faults"] for s in samples[impl]),
+            "samples": samples[impl],
+            "what": (ec.DESCRIPTION.get(impl) or INT8_INPUT_DESCRIPTION).format(engine=setup.engine),
+        }
     ratios = {}
     others = [impl for impl in timed_impls if impl != "emulator"]
     for impl in others:
         ratios[f"emulator_vs_{impl}"] = speed["emulator"]["images_per_s"] / speed[impl]["images_per_s"]
     for impl in others:
-        ratios[f"emulator_vs_{impl}_median"] = (speed["emulator"]["images_per_s_median"]
-                                                / speed[impl]["images_per_s_median"])
+        ratios[f"emulator_vs_{impl}_median"] = (
+            speed["emulator"]["images_per_s_median"] / speed[impl]["images_per_s_median"]
+        )
     goals = dict(case.goals)
 
     profiles = None
@@ -444,19 +512,25 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log(f"{case.title}, {cpu_model()}, {args.threads} threads, torch {torch.__version__} ({setup.engine})")
     quality = "top-1" if accuracy is not None else "agree"
-    log(f"{'':20s} {'images/s':>9s} {'(median)':>9s} {'batch':>6s} {'images':>7s} {quality:>7s} {'max bg':>7s} "
-        f"{'sys ms':>7s} {'faults':>7s}")
+    log(
+        f"{'':20s} {'images/s':>9s} {'(median)':>9s} {'batch':>6s} {'images':>7s} {quality:>7s} {'max bg':>7s} "
+        f"{'sys ms':>7s} {'faults':>7s}"
+    )
     for impl in names:
         s = speed[impl]
         bg = "" if s["max_background"] is None else f"{s['max_background']:.0%}"
-        log(f"{impl:20s} {s['images_per_s']:9.0f} {s['images_per_s_median']:9.0f} {s['batch']:6d} "
+        log(
+            f"{impl:20s} {s['images_per_s']:9.0f} {s['images_per_s_median']:9.0f} {s['batch']:6d} "
             f"{s['images_per_pass']:7d} {quality_of[impl]:7.2%} {bg:>7s} {s['median_system_s'] * 1e3:7.0f} "
-            f"{s['median_minor_faults']:7.0f}")
+            f"{s['median_minor_faults']:7.0f}"
+        )
     if "fp32" not in names:
         log(f"{'float':20s} {'':9s} {'':9s} {'':6s} {n:7d} {quality_of['float']:7.2%}")
-    log(f"images/s = images / fastest of {args.rounds} interleaved passes (median pass in parentheses); "
+    log(
+        f"images/s = images / fastest of {args.rounds} interleaved passes (median pass in parentheses); "
         f"sys ms, faults: median system CPU time and minor page faults of this process per pass; "
-        f"{INT8_INPUT}: the emulator on input quantized beforehand (not in the ratios)")
+        f"{INT8_INPUT}: the emulator on input quantized beforehand (not in the ratios)"
+    )
     if accuracy is None:
         log("agree = top-1 agreement with the float model on the same images (no labels: not accuracy)")
     for impl in others:
@@ -468,10 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"emulator == simulation ({check_with}) on all {n} images (int8 outputs): {'yes' if bit_exact else 'NO'}")
     if fidelity:
         for impl, f in fidelity.items():
-            log(f"{impl:14s} vs fp32: top-1 agreement {f['top1_agreement']:.1%} "
+            log(
+                f"{impl:14s} vs fp32: top-1 agreement {f['top1_agreement']:.1%} "
                 f"[{f['top1_agreement_ci'][0]:.1%}, {f['top1_agreement_ci'][1]:.1%}], top-5 {f['top5_agreement']:.1%} "
                 f"[{f['top5_agreement_ci'][0]:.1%}, {f['top5_agreement_ci'][1]:.1%}], KL {f['kl_mean']:.3f}, "
-                f"logit SQNR {f['logit_sqnr_db']:.1f} dB (95% bootstrap intervals, n={f['n']})")
+                f"logit SQNR {f['logit_sqnr_db']:.1f} dB (95% bootstrap intervals, n={f['n']})"
+            )
     if sweep_result:
         log("batch sweep (images/s, best of 2):")
         for impl, row in sweep_result.items():
@@ -482,25 +558,46 @@ def main(argv: list[str] | None = None) -> int:
         log(format_profile(f"torch int8 ({setup.engine})", profiles["fbgemm"]))
     disturbed = [impl for impl in names if (speed[impl]["max_background"] or 0) >= BUSY]
     if disturbed:
-        log(f"note: other processes used >= {BUSY:.0%} of the CPUs during some passes of {', '.join(disturbed)}; "
-            f"the fastest pass is the one least disturbed, but rerun on an idle machine to be sure")
+        log(
+            f"note: other processes used >= {BUSY:.0%} of the CPUs during some passes of {', '.join(disturbed)}; "
+            f"the fastest pass is the one least disturbed, but rerun on an idle machine to be sure"
+        )
 
     if args.out:
         result = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["benchmarks/bench_emulator.py", *(sys.argv[1:] if argv is None else argv)]),
-            "model": case.name, "title": case.title, "data": case.data,
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
-            "torch": torch.__version__, "quantized_engine": setup.engine, "torch_quantization": setup.fbgemm_mode,
-            "npuq": getattr(npuq, "__version__", None), "npuq_cpu_features": _jsonable(npuq.cpu_features()),
-            "checkpoint": case.checkpoint, "quantize": setup.quantize, "calibration": setup.calibration,
+            "model": case.name,
+            "title": case.title,
+            "data": case.data,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "quantized_engine": setup.engine,
+            "torch_quantization": setup.fbgemm_mode,
+            "npuq": getattr(npuq, "__version__", None),
+            "npuq_cpu_features": _jsonable(npuq.cpu_features()),
+            "checkpoint": case.checkpoint,
+            "quantize": setup.quantize,
+            "calibration": setup.calibration,
             "zero_pads": setup.pads,
-            "test_images": n, "simulation_images_per_pass": sim_n if "simulation" in names else None,
-            "rounds": args.rounds, "speed": speed, "ratios": ratios, "goals": goals, "accuracy": accuracy,
-            "agreement_with_fp32": agreement, "fidelity_vs_fp32": fidelity,
-            "emulator_equals_simulation": bit_exact, "checked_with": check_with, "check_seconds": check_s,
-            "sweep": sweep_result, "profile": profiles,
-            "setup_seconds": setup.setup_s, "total_seconds": time.perf_counter() - t_start,
+            "test_images": n,
+            "simulation_images_per_pass": sim_n if "simulation" in names else None,
+            "rounds": args.rounds,
+            "speed": speed,
+            "ratios": ratios,
+            "goals": goals,
+            "accuracy": accuracy,
+            "agreement_with_fp32": agreement,
+            "fidelity_vs_fp32": fidelity,
+            "emulator_equals_simulation": bit_exact,
+            "checked_with": check_with,
+            "check_seconds": check_s,
+            "sweep": sweep_result,
+            "profile": profiles,
+            "setup_seconds": setup.setup_s,
+            "total_seconds": time.perf_counter() - t_start,
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

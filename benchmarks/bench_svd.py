@@ -45,7 +45,6 @@ import time
 
 import numpy as np
 import torch
-
 from machine import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,8 +103,13 @@ def methods(threads: int):
         u, s, vt = torch.linalg.svd(t, full_matrices=False)
         return u[:, :r], s[:r], vt[:r]
 
-    return {"npuq": npuq_run, "npuq_krylov": npuq_krylov, "torch_svd": torch_svd, "lowrank": lowrank,
-            "sklearn": sklearn}
+    return {
+        "npuq": npuq_run,
+        "npuq_krylov": npuq_krylov,
+        "torch_svd": torch_svd,
+        "lowrank": lowrank,
+        "sklearn": sklearn,
+    }
 
 
 def calibrate_krylov(fn, a, t, a64, r, opt, tol, k, max_depth=10):
@@ -160,7 +164,7 @@ def time_interleaved(calls: dict, repeats: int, min_time: float):
     gc.disable()
     try:
         for rnd in range(repeats):
-            order = names[rnd % len(names):] + names[:rnd % len(names)]
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for k in order:
                 t0 = time.perf_counter()
                 calls[k]()
@@ -184,8 +188,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(REPO, "results", "bench_svd"))
     args = ap.parse_args(argv)
 
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes] if args.shapes else \
-        (QUICK_SHAPES if args.quick else SHAPES)
+    shapes = (
+        [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
+        if args.shapes
+        else (QUICK_SHAPES if args.quick else SHAPES)
+    )
     ranks = args.ranks or (QUICK_RANKS if args.quick else RANKS)
     repeats = 3 if args.quick else args.repeats
     dtype = np.dtype(args.dtype)
@@ -199,11 +206,16 @@ def main(argv=None) -> int:
     fns = methods(args.threads)
 
     rows = []
-    print(f"# truncated SVD, {args.dtype}, {args.threads} threads, {cpu_model()}, "
-          f"sigma_i = i^-{args.alpha} + noise {args.noise}, target error <= (1 + {args.tol}) * optimal\n", flush=True)
-    header = ("| shape | rank | npuq ms | torch_svd ms | lowrank ms | sklearn ms | fastest baseline / npuq | "
-              "npuq algorithm (settings): randomized p,q / krylov b,q | "
-              "err % npuq / svd / lowrank / sklearn | settings (p, q) lowrank / sklearn |")
+    print(
+        f"# truncated SVD, {args.dtype}, {args.threads} threads, {cpu_model()}, "
+        f"sigma_i = i^-{args.alpha} + noise {args.noise}, target error <= (1 + {args.tol}) * optimal\n",
+        flush=True,
+    )
+    header = (
+        "| shape | rank | npuq ms | torch_svd ms | lowrank ms | sklearn ms | fastest baseline / npuq | "
+        "npuq algorithm (settings): randomized p,q / krylov b,q | "
+        "err % npuq / svd / lowrank / sklearn | settings (p, q) lowrank / sklearn |"
+    )
     print(header)
     print("| --- " * 10 + "|")
     for m, n in shapes:
@@ -231,7 +243,7 @@ def main(argv=None) -> int:
                         continue
                 if c is not None:
                     p, q = c[0], c[1]
-                    calls[name] = (lambda f=fns[name], p=p, q=q: f(a, t, r, p, q))
+                    calls[name] = lambda f=fns[name], p=p, q=q: f(a, t, r, p, q)
             samples = time_interleaved(calls, repeats, 0)
             if "torch_svd" in samples:
                 svd_samples = samples["torch_svd"]
@@ -246,18 +258,42 @@ def main(argv=None) -> int:
                 best["npuq"], med["npuq"], settings["npuq"] = best[npuq_algo], med[npuq_algo], settings[npuq_algo]
             base = [best[b] for b in BASELINES if best.get(b) is not None and settings[b] is not None]
             ratio = min(base) / best["npuq"] if base and best.get("npuq") else None
-            fastest = min((b for b in BASELINES if best.get(b) is not None and settings[b] is not None),
-                          key=lambda b: best[b], default=None)
-            row = {"shape": [m, n], "rank": r, "dtype": args.dtype, "threads": args.threads, "optimal_error": opt,
-                   "best_s": best, "median_s": med, "samples_s": samples, "ratio_vs_fastest_baseline": ratio,
-                   "fastest_baseline": fastest,
-                   "npuq_algorithm": {"npuq": "randomized", "npuq_krylov": "krylov", None: None}[npuq_algo],
-                   "npuq_randomized_settings": randomized_settings,
-                   "settings": {k_: (None if v is None else {
-                       ("block_size" if k_ == "npuq_krylov" or (k_ == "npuq" and npuq_algo == "npuq_krylov")
-                        else "oversampling"): v[0],
-                       "power_iterations": v[1], "error": v[2], "error_vs_opt": v[2] / opt - 1})
-                       for k_, v in settings.items()}}
+            fastest = min(
+                (b for b in BASELINES if best.get(b) is not None and settings[b] is not None),
+                key=lambda b: best[b],
+                default=None,
+            )
+            row = {
+                "shape": [m, n],
+                "rank": r,
+                "dtype": args.dtype,
+                "threads": args.threads,
+                "optimal_error": opt,
+                "best_s": best,
+                "median_s": med,
+                "samples_s": samples,
+                "ratio_vs_fastest_baseline": ratio,
+                "fastest_baseline": fastest,
+                "npuq_algorithm": {"npuq": "randomized", "npuq_krylov": "krylov", None: None}[npuq_algo],
+                "npuq_randomized_settings": randomized_settings,
+                "settings": {
+                    k_: (
+                        None
+                        if v is None
+                        else {
+                            (
+                                "block_size"
+                                if k_ == "npuq_krylov" or (k_ == "npuq" and npuq_algo == "npuq_krylov")
+                                else "oversampling"
+                            ): v[0],
+                            "power_iterations": v[1],
+                            "error": v[2],
+                            "error_vs_opt": v[2] / opt - 1,
+                        }
+                    )
+                    for k_, v in settings.items()
+                },
+            }
             rows.append(row)
 
             def ms(name):
@@ -270,8 +306,11 @@ def main(argv=None) -> int:
                 return "none" if settings[name] is None else f"{settings[name][0]},{settings[name][1]}"
 
             def algo_text():
-                rnd = "none" if randomized_settings is None else \
-                    f"{randomized_settings[0]},{randomized_settings[1]} {ms_of('npuq_rand')}"
+                rnd = (
+                    "none"
+                    if randomized_settings is None
+                    else f"{randomized_settings[0]},{randomized_settings[1]} {ms_of('npuq_rand')}"
+                )
                 kry = pq("npuq_krylov") + f" {ms('npuq_krylov')}"
                 return f"{'krylov' if npuq_algo == 'npuq_krylov' else 'randomized'} ({rnd} / {kry})"
 
@@ -279,15 +318,27 @@ def main(argv=None) -> int:
                 v = samples.get("npuq")
                 return "n/a" if not v else f"{min(v) * 1e3:.1f}"
 
-            print(f"| {m}x{n} | {r} | {ms('npuq')} | {ms('torch_svd')} | {ms('lowrank')} | {ms('sklearn')} | "
-                  f"{'n/a' if ratio is None else f'{ratio:.2f}'} ({fastest}) | {algo_text()} | "
-                  f"{pct('npuq')} / {pct('torch_svd')} / {pct('lowrank')} / {pct('sklearn')} | "
-                  f"{pq('lowrank')} / {pq('sklearn')} |", flush=True)
+            print(
+                f"| {m}x{n} | {r} | {ms('npuq')} | {ms('torch_svd')} | {ms('lowrank')} | {ms('sklearn')} | "
+                f"{'n/a' if ratio is None else f'{ratio:.2f}'} ({fastest}) | {algo_text()} | "
+                f"{pct('npuq')} / {pct('torch_svd')} / {pct('lowrank')} / {pct('sklearn')} | "
+                f"{pq('lowrank')} / {pq('sklearn')} |",
+                flush=True,
+            )
 
     os.makedirs(args.out, exist_ok=True)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
-            "threads": args.threads, "dtype": args.dtype, "alpha": args.alpha, "noise": args.noise, "tol": args.tol,
-            "repeats": repeats, "torch": torch.__version__, "argv": sys.argv[1:]}
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "dtype": args.dtype,
+        "alpha": args.alpha,
+        "noise": args.noise,
+        "tol": args.tol,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "argv": sys.argv[1:],
+    }
     with open(os.path.join(args.out, f"bench_svd_{args.dtype}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     try:

@@ -1,4 +1,5 @@
-"""pytest configuration of the speed benchmarks (conv kernels, whole-network emulator) (``python3 -m pytest benchmarks/ --benchmark-only``).
+"""pytest configuration of the speed benchmarks (conv kernels, whole-network emulator):
+``python3 -m pytest benchmarks/ --benchmark-only``.
 
 Not part of the default test run: the package's pytest configuration collects ``tests/`` only.
 Needs torch, numpy, pytest-benchmark and (for the npuq cases) an importable npuq; without npuq those
@@ -7,10 +8,9 @@ cases are skipped and the torch ones still run.
 
 import os
 
-import pytest
-
 # the helpers next to this file import by name: pyproject's pytest settings put benchmarks/ on the path
 import conv_cases
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -41,5 +41,6 @@ def pytest_report_header(config):
 
     npuq, err = conv_cases.import_npuq()
     where = f"npuq from {os.path.dirname(npuq.__file__)}" if npuq is not None else f"npuq NOT importable ({err})"
-    return [f"benchmarks: {conv_cases.bench_threads()} threads (NPUQ_BENCH_THREADS), "
-            f"torch {torch.__version__}, {where}"]
+    return [
+        f"benchmarks: {conv_cases.bench_threads()} threads (NPUQ_BENCH_THREADS), torch {torch.__version__}, {where}"
+    ]

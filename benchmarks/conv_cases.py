@@ -35,12 +35,11 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from mobilenetv2_layers import ConvLayer
 
 # Scales: powers of two so that the float <-> int conversions on the torch side are exact.
-S_X = 2.0 ** -5  # input scale
-S_W = 2.0 ** -7  # weight scale (per tensor, symmetric)
+S_X = 2.0**-5  # input scale
+S_W = 2.0**-7  # weight scale (per tensor, symmetric)
 NPUQ_INPUT_ZERO_POINT = -128  # int8; torch quint8 zero point 0 (post-ReLU activations)
 NPUQ_OUTPUT_ZERO_POINT = 0  # int8; torch quint8 zero point 128
 TARGET_OUTPUT_STD = 30.0  # output LSBs: keeps the outputs mostly inside the int8 range
@@ -64,6 +63,7 @@ def import_npuq():
     try:
         import npuq  # noqa: F401
         import npuq.ops  # noqa: F401
+
         return npuq, None
     except Exception as exc:  # ImportError, or a half-built extension
         return None, f"{type(exc).__name__}: {exc}"
@@ -101,21 +101,36 @@ def make_conv_data(layer: ConvLayer, batch: int, seed: int = 0) -> ConvData:
     w = rng.integers(-127, 128, size=layer.weight_shape_oihw, dtype=np.int8)
     k = layer.c_in_per_group * layer.kernel * layer.kernel
     # std of (x - z_x) * w summed over k terms: x - z_x uniform in [0, 255], w uniform in [-127, 127].
-    acc_std = math.sqrt(k * (255 * 257 / 12 + 127.5 ** 2) * (255 * 255 - 1) / 12)
+    acc_std = math.sqrt(k * (255 * 257 / 12 + 127.5**2) * (255 * 255 - 1) / 12)
     bias = rng.integers(-int(acc_std), int(acc_std) + 1, size=layer.c_out, dtype=np.int64).astype(np.int32)
     multiplier_real = TARGET_OUTPUT_STD / acc_std
-    return ConvData(layer=layer, batch=batch, x=x, w_oihw=w,
-                    w_ohwi=np.ascontiguousarray(w.transpose(0, 2, 3, 1)), bias=bias,
-                    multiplier_real=multiplier_real, s_out=S_X * S_W / multiplier_real)
+    return ConvData(
+        layer=layer,
+        batch=batch,
+        x=x,
+        w_oihw=w,
+        w_ohwi=np.ascontiguousarray(w.transpose(0, 2, 3, 1)),
+        bias=bias,
+        multiplier_real=multiplier_real,
+        s_out=S_X * S_W / multiplier_real,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- npuq
 def npuq_kwargs(data: ConvData, npuq_module) -> Dict[str, Any]:
     m0, e = npuq_module.quantize_multiplier(data.multiplier_real)
     layer = data.layer
-    return dict(input_zero_point=NPUQ_INPUT_ZERO_POINT, stride=layer.stride, padding=layer.padding,
-                groups=layer.groups, multiplier=int(m0), exponent=int(e),
-                output_zero_point=NPUQ_OUTPUT_ZERO_POINT, act_min=-128, act_max=127)
+    return dict(
+        input_zero_point=NPUQ_INPUT_ZERO_POINT,
+        stride=layer.stride,
+        padding=layer.padding,
+        groups=layer.groups,
+        multiplier=int(m0),
+        exponent=int(e),
+        output_zero_point=NPUQ_OUTPUT_ZERO_POINT,
+        act_min=-128,
+        act_max=127,
+    )
 
 
 def build_npuq(data: ConvData, npuq_module) -> Callable[[], np.ndarray]:
@@ -141,8 +156,15 @@ def torch_int8_module(data: ConvData):
     layer = data.layer
     with warnings.catch_warnings():  # torch deprecates quantized tensors; silence it (setup only)
         warnings.simplefilter("ignore")
-        conv = nnq.Conv2d(layer.c_in, layer.c_out, layer.kernel, stride=layer.stride, padding=layer.padding,
-                          groups=layer.groups, bias=True)
+        conv = nnq.Conv2d(
+            layer.c_in,
+            layer.c_out,
+            layer.kernel,
+            stride=layer.stride,
+            padding=layer.padding,
+            groups=layer.groups,
+            bias=True,
+        )
         w = torch.quantize_per_tensor(torch.from_numpy(data.w_oihw).float() * S_W, S_W, 0, torch.qint8)
         bias = torch.from_numpy(data.bias).double().mul(S_X * S_W).float()
         conv.set_weight_bias(w, bias)
@@ -152,7 +174,7 @@ def torch_int8_module(data: ConvData):
 
 
 def torch_quint8_input(data: ConvData, channels_last: bool = True) -> torch.Tensor:
-    u8 = (data.x.view(np.uint8) ^ np.uint8(0x80))  # x + 128, as uint8
+    u8 = data.x.view(np.uint8) ^ np.uint8(0x80)  # x + 128, as uint8
     nchw = torch.from_numpy(u8).permute(0, 3, 1, 2)  # channels_last strides, NCHW shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

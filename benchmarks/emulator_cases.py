@@ -39,10 +39,9 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import fbgemm_baseline
 import numpy as np
 import torch
-
-import fbgemm_baseline
 
 # ----------------------------------------------------------------- MobileNetV2 / Fashion-MNIST (default)
 CHECKPOINT = "mobilenet_v2_w0.5_sgd"
@@ -58,7 +57,7 @@ DESCRIPTION = {
     "fbgemm": "torch.ao.quantization int8 model (convert_fx), quantized engine {engine}",
     "fp32": "the float torch model, float32 NCHW, torch.inference_mode",
     "fbgemm_stride1": "torch.ao.quantization int8 model (convert_fx), its strided depthwise convolutions behind "
-                      "asymmetric pads run at stride 1 and subsampled (a hand rewrite), quantized engine {engine}",
+    "asymmetric pads run at stride 1 and subsampled (a hand rewrite), quantized engine {engine}",
 }
 ALL_IMPLEMENTATIONS = ("emulator", "simulation", "fbgemm", "fp32")
 
@@ -73,33 +72,44 @@ class Case:
     """One network of the benchmark and how it is run."""
 
     name: str
-    title: str                               # for the report
-    checkpoint: str                          # where the float network comes from
-    data: str                                # what the timed images are
-    implementations: tuple[str, ...]         # timed, the emulator first (the ratios are emulator / each other)
-    batch: dict[str, int]                    # default images per call of each backend
+    title: str  # for the report
+    checkpoint: str  # where the float network comes from
+    data: str  # what the timed images are
+    implementations: tuple[str, ...]  # timed, the emulator first (the ratios are emulator / each other)
+    batch: dict[str, int]  # default images per call of each backend
     sweep_batches: dict[str, tuple[int, ...]]
-    goals: dict[str, float]                  # ratio name -> the least the emulator should reach
-    labelled: bool                           # test labels exist (top-1 accuracy) or not (agreement with FP32)
+    goals: dict[str, float]  # ratio name -> the least the emulator should reach
+    labelled: bool  # test labels exist (top-1 accuracy) or not (agreement with FP32)
 
 
 CASES = {
     "mobilenet_v2": Case(
-        name="mobilenet_v2", title=f"MobileNetV2 w0.5 ({CHECKPOINT}) on Fashion-MNIST test", checkpoint=CHECKPOINT,
-        data="Fashion-MNIST test images, float NCHW (N, 1, 28, 28)", implementations=IMPLEMENTATIONS,
+        name="mobilenet_v2",
+        title=f"MobileNetV2 w0.5 ({CHECKPOINT}) on Fashion-MNIST test",
+        checkpoint=CHECKPOINT,
+        data="Fashion-MNIST test images, float NCHW (N, 1, 28, 28)",
+        implementations=IMPLEMENTATIONS,
         batch={**DEFAULT_BATCH, "fp32": 500},
-        sweep_batches={"emulator": (100, 250, 500, 1000, 2000), "simulation": (100, 250, 500, 1000),
-                       "fbgemm": (100, 250, 500, 1000, 2000)},
-        goals={"emulator_vs_simulation": 3.0, "emulator_vs_fbgemm": 1.0}, labelled=True),
+        sweep_batches={
+            "emulator": (100, 250, 500, 1000, 2000),
+            "simulation": (100, 250, 500, 1000),
+            "fbgemm": (100, 250, 500, 1000, 2000),
+        },
+        goals={"emulator_vs_simulation": 3.0, "emulator_vs_fbgemm": 1.0},
+        labelled=True,
+    ),
     "efficientnet_lite0": Case(
-        name="efficientnet_lite0", title="EfficientNet-Lite0 (ImageNet, 224x224) on photograph crops",
+        name="efficientnet_lite0",
+        title="EfficientNet-Lite0 (ImageNet, 224x224) on photograph crops",
         checkpoint=EFFICIENTNET_SOURCE,
         data="crops of the evaluation photographs (npuq.data.photos.photo_crops), preprocessed, float NCHW "
-             "(N, 3, 224, 224)",
+        "(N, 3, 224, 224)",
         implementations=("emulator", "fp32", "fbgemm"),
         batch={"emulator": 32, "simulation": 8, "fbgemm": 32, "fp32": 32},
         sweep_batches={"emulator": (8, 16, 32, 64), "fp32": (8, 16, 32, 64), "fbgemm": (8, 16, 32, 64)},
-        goals={}, labelled=False),
+        goals={},
+        labelled=False,
+    ),
 }
 MODELS = tuple(CASES)
 DEFAULT_MODEL = "mobilenet_v2"
@@ -110,23 +120,23 @@ class Setup:
     """Everything the benchmark times, built once (see :func:`build`)."""
 
     threads: int
-    model: torch.nn.Module          # the float network
+    model: torch.nn.Module  # the float network
     meta: dict
-    qmodel: object                  # npuq.QuantizedModel
-    program: object                 # npuq.Program
-    emulator: object                # npuq.Emulator
-    fbgemm: torch.nn.Module         # torch's int8 model
-    engine: str                     # torch.backends.quantized.engine used
-    fbgemm_mode: str                # "fx" or "eager"
-    x: torch.Tensor                 # test images, float NCHW (10000, 1, 28, 28) / (256, 3, 224, 224)
-    y: torch.Tensor | None          # test labels (None: there are none)
+    qmodel: object  # npuq.QuantizedModel
+    program: object  # npuq.Program
+    emulator: object  # npuq.Emulator
+    fbgemm: torch.nn.Module  # torch's int8 model
+    engine: str  # torch.backends.quantized.engine used
+    fbgemm_mode: str  # "fx" or "eager"
+    x: torch.Tensor  # test images, float NCHW (10000, 1, 28, 28) / (256, 3, 224, 224)
+    y: torch.Tensor | None  # test labels (None: there are none)
     batch: dict[str, int]
     setup_s: dict[str, float]
     case: Case = CASES[DEFAULT_MODEL]
     quantize: dict = dataclasses.field(default_factory=lambda: dict(QUANTIZE))
     calibration: dict = dataclasses.field(default_factory=lambda: dict(CALIBRATION))
-    fp32_model: torch.nn.Module | None = None   # what "fp32" runs (default: ``model``)
-    pads: dict | None = None        # what was done to the zero pads for torch's models, per variant
+    fp32_model: torch.nn.Module | None = None  # what "fp32" runs (default: ``model``)
+    pads: dict | None = None  # what was done to the zero pads for torch's models, per variant
     int8_variants: dict = dataclasses.field(default_factory=dict)  # more torch int8 models timed, by name
 
     @property
@@ -162,7 +172,7 @@ class Setup:
 def _chunked(fn, batch: int):
     def run(x: torch.Tensor):
         with torch.inference_mode():
-            outs = [fn(x[lo:lo + batch]) for lo in range(0, x.shape[0], batch)]
+            outs = [fn(x[lo : lo + batch]) for lo in range(0, x.shape[0], batch)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     return run
@@ -177,10 +187,19 @@ def configure(threads: int, engine: str = "fbgemm") -> str:
     return fbgemm_baseline.select_engine(engine)
 
 
-def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | None = None,
-          engine: str = "fbgemm", fbgemm_mode: str = "fx", pads: str = "fold", weights: str | None = None,
-          images: int | None = None, calib_images: int | None = None,
-          log: Callable[[str], None] = lambda s: None) -> Setup:
+def build(
+    threads: int,
+    *,
+    model: str = DEFAULT_MODEL,
+    batch: dict[str, int] | None = None,
+    engine: str = "fbgemm",
+    fbgemm_mode: str = "fx",
+    pads: str = "fold",
+    weights: str | None = None,
+    images: int | None = None,
+    calib_images: int | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> Setup:
     """Load, quantize, compile and convert ``model`` (one of :data:`MODELS`). MobileNetV2 takes about a
     minute on two cores, EfficientNet-Lite0 two to three, most of it ``npuq.quantize``.
 
@@ -192,8 +211,17 @@ def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | N
     if model not in CASES:
         raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
     if model == "efficientnet_lite0":
-        return _build_efficientnet(threads, batch=batch, engine=engine, fbgemm_mode=fbgemm_mode, pads=pads,
-                                   weights=weights, images=images, calib_images=calib_images, log=log)
+        return _build_efficientnet(
+            threads,
+            batch=batch,
+            engine=engine,
+            fbgemm_mode=fbgemm_mode,
+            pads=pads,
+            weights=weights,
+            images=images,
+            calib_images=calib_images,
+            log=log,
+        )
     from npuq.data.fashion_mnist import fashion_mnist_loader, fashion_mnist_tensors
     from npuq.models.checkpoints import load_checkpoint
 
@@ -211,14 +239,29 @@ def build(threads: int, *, model: str = DEFAULT_MODEL, batch: dict[str, int] | N
     t = time.perf_counter()
     log(f"converting to torch int8 ({engine}, {fbgemm_mode}) ...")
     calib = fashion_mnist_loader("train", **CALIBRATION)
-    fbgemm, engine, used_mode = fbgemm_baseline.convert_int8(model, calib, x[:1], engine=engine, mode=fbgemm_mode,
-                                                             pads=pads)
+    fbgemm, engine, used_mode = fbgemm_baseline.convert_int8(
+        model, calib, x[:1], engine=engine, mode=fbgemm_mode, pads=pads
+    )
     setup_s["torch_convert"] = time.perf_counter() - t
 
-    return Setup(threads=threads, model=model, meta=meta, qmodel=qmodel, program=program, emulator=emulator,
-                 fbgemm=fbgemm, engine=engine, fbgemm_mode=used_mode, x=x, y=y,
-                 batch={**case.batch, **(batch or {})}, setup_s=setup_s, case=case, quantize=quantize,
-                 calibration=dict(CALIBRATION))
+    return Setup(
+        threads=threads,
+        model=model,
+        meta=meta,
+        qmodel=qmodel,
+        program=program,
+        emulator=emulator,
+        fbgemm=fbgemm,
+        engine=engine,
+        fbgemm_mode=used_mode,
+        x=x,
+        y=y,
+        batch={**case.batch, **(batch or {})},
+        setup_s=setup_s,
+        case=case,
+        quantize=quantize,
+        calibration=dict(CALIBRATION),
+    )
 
 
 def _npuq_side(model, calib, quantize: dict, threads: int, setup_s: dict, log, name: str):
@@ -237,8 +280,7 @@ def _npuq_side(model, calib, quantize: dict, threads: int, setup_s: dict, log, n
     return qmodel, program, emulator
 
 
-def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weights, images, calib_images,
-                        log) -> Setup:
+def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weights, images, calib_images, log) -> Setup:
     from npuq.data.photos import photo_crops
     from npuq.models import efficientnet
 
@@ -258,17 +300,19 @@ def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weigh
     model = efficientnet.efficientnet_lite0(pretrained=True).eval()
     cb = calibration["batch_size"]
     cal = efficientnet.preprocess(photo_crops("calibration", calibration["count"], seed=calibration["seed"]))
-    calib = [cal[lo:lo + cb] for lo in range(0, cal.shape[0], cb)]
+    calib = [cal[lo : lo + cb] for lo in range(0, cal.shape[0], cb)]
     x = efficientnet.preprocess(photo_crops("evaluation", evaluation["count"], seed=evaluation["seed"]))
     setup_s["load"] = time.perf_counter() - t
 
-    qmodel, program, emulator = _npuq_side(model, calib, dict(quantize, calib_batches=None), threads, setup_s, log,
-                                           "EfficientNet-Lite0")
+    qmodel, program, emulator = _npuq_side(
+        model, calib, dict(quantize, calib_batches=None), threads, setup_s, log, "EfficientNet-Lite0"
+    )
 
     t = time.perf_counter()
     log(f"converting to torch int8 ({engine}, {fbgemm_mode}, zero pads: {pads}) ...")
-    fbgemm, engine, used_mode = fbgemm_baseline.convert_int8(model, calib, x[:1], engine=engine, mode=fbgemm_mode,
-                                                             pads=pads)
+    fbgemm, engine, used_mode = fbgemm_baseline.convert_int8(
+        model, calib, x[:1], engine=engine, mode=fbgemm_mode, pads=pads
+    )
     setup_s["torch_convert"] = time.perf_counter() - t
     pad_info = {pads: fbgemm_baseline.prepare_pads(model, pads)[1]}
     variants = {}
@@ -276,8 +320,9 @@ def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weigh
         # the hand rewrite that keeps fbgemm on its fast depthwise kernel (fbgemm_baseline's module doc)
         t = time.perf_counter()
         log("converting to torch int8 with the strided depthwise convolutions at stride 1 ...")
-        variants["fbgemm_stride1"] = fbgemm_baseline.convert_int8(model, calib, x[:1], engine=engine, mode="fx",
-                                                                  pads="stride1")[0]
+        variants["fbgemm_stride1"] = fbgemm_baseline.convert_int8(
+            model, calib, x[:1], engine=engine, mode="fx", pads="stride1"
+        )[0]
         setup_s["torch_convert_stride1"] = time.perf_counter() - t
         pad_info["stride1"] = fbgemm_baseline.prepare_pads(model, "stride1")[1]
 
@@ -286,18 +331,39 @@ def _build_efficientnet(threads: int, *, batch, engine, fbgemm_mode, pads, weigh
     fp32_model = model if pads == "keep" else fbgemm_baseline.prepare_pads(model, "fold")[0].eval()
     with torch.inference_mode():
         check = {"fp32": fp32_model}
-        check.update({name: fbgemm_baseline.prepare_pads(model, info["mode"])[0].eval()
-                      for name, info in pad_info.items() if info["mode"] != "keep"})
+        check.update(
+            {
+                name: fbgemm_baseline.prepare_pads(model, info["mode"])[0].eval()
+                for name, info in pad_info.items()
+                if info["mode"] != "keep"
+            }
+        )
         ref = model(x[:4])
         for name, m in check.items():
             if not torch.equal(m(x[:4]), ref):
                 raise AssertionError(f"rewriting the zero pads ({name}) changed the float network's outputs")
 
-    return Setup(threads=threads, model=model, meta={"source": EFFICIENTNET_SOURCE}, qmodel=qmodel, program=program,
-                 emulator=emulator, fbgemm=fbgemm, engine=engine, fbgemm_mode=used_mode, x=x, y=None,
-                 batch={**case.batch, **(batch or {})}, setup_s=setup_s, case=case, quantize=quantize,
-                 calibration={**calibration, "evaluation": evaluation}, fp32_model=fp32_model, pads=pad_info,
-                 int8_variants=variants)
+    return Setup(
+        threads=threads,
+        model=model,
+        meta={"source": EFFICIENTNET_SOURCE},
+        qmodel=qmodel,
+        program=program,
+        emulator=emulator,
+        fbgemm=fbgemm,
+        engine=engine,
+        fbgemm_mode=used_mode,
+        x=x,
+        y=None,
+        batch={**case.batch, **(batch or {})},
+        setup_s=setup_s,
+        case=case,
+        quantize=quantize,
+        calibration={**calibration, "evaluation": evaluation},
+        fp32_model=fp32_model,
+        pads=pad_info,
+        int8_variants=variants,
+    )
 
 
 def top1(impl: str, out) -> np.ndarray:
@@ -326,6 +392,25 @@ def same_integers(emulator_out: np.ndarray, simulation_out: torch.Tensor) -> boo
     return emulator_out.shape == sim.shape and bool(np.array_equal(emulator_out.astype(np.int64), sim))
 
 
-__all__ = ["ALL_IMPLEMENTATIONS", "CALIBRATION", "CASES", "CHECKPOINT", "Case", "DEFAULT_BATCH", "DEFAULT_MODEL",
-           "DESCRIPTION", "EFFICIENTNET_CALIBRATION", "EFFICIENTNET_EVALUATION", "EFFICIENTNET_SOURCE",
-           "IMPLEMENTATIONS", "MODELS", "QUANTIZE", "Setup", "build", "configure", "logits", "same_integers", "top1"]
+__all__ = [
+    "ALL_IMPLEMENTATIONS",
+    "CALIBRATION",
+    "CASES",
+    "CHECKPOINT",
+    "Case",
+    "DEFAULT_BATCH",
+    "DEFAULT_MODEL",
+    "DESCRIPTION",
+    "EFFICIENTNET_CALIBRATION",
+    "EFFICIENTNET_EVALUATION",
+    "EFFICIENTNET_SOURCE",
+    "IMPLEMENTATIONS",
+    "MODELS",
+    "QUANTIZE",
+    "Setup",
+    "build",
+    "configure",
+    "logits",
+    "same_integers",
+    "top1",
+]

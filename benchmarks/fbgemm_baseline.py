@@ -79,7 +79,7 @@ class Subsample2d(nn.Module):
         self.offset = int(offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, self.offset::2, self.offset::2]
+        return x[:, :, self.offset :: 2, self.offset :: 2]
 
     def extra_repr(self) -> str:
         return f"offset={self.offset}"
@@ -117,11 +117,17 @@ def depthwise_stride1(model: nn.Module) -> tuple[nn.Module, int]:
     done = 0
     for seq, i, pad, conv in _pad_conv_pairs(model):
         left, right, top, bottom = pad.padding
-        if ((left, right) != (top, bottom) or right - left not in (0, 1) or tuple(conv.stride) != (2, 2)
-                or tuple(conv.padding) != (0, 0) or conv.groups != conv.in_channels or conv.groups == 1
-                or tuple(conv.dilation) != (1, 1)):
+        if (
+            (left, right) != (top, bottom)
+            or right - left not in (0, 1)
+            or tuple(conv.stride) != (2, 2)
+            or tuple(conv.padding) != (0, 0)
+            or conv.groups != conv.in_channels
+            or conv.groups == 1
+            or tuple(conv.dilation) != (1, 1)
+        ):
             continue
-        rest = list(seq)[i + 2:]
+        rest = list(seq)[i + 2 :]
         if not all(isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Identity)) for m in rest):
             continue
         conv.stride, conv.padding = (1, 1), (right, right)
@@ -139,8 +145,12 @@ def _pad_conv_pairs(model: nn.Module):
             continue
         for i in range(len(seq) - 1):
             pad, conv = seq[i], seq[i + 1]
-            if (isinstance(pad, nn.ZeroPad2d) and isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros"
-                    and isinstance(conv.padding, tuple)):
+            if (
+                isinstance(pad, nn.ZeroPad2d)
+                and isinstance(conv, nn.Conv2d)
+                and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple)
+            ):
                 pairs.append((seq, i, pad, conv))
     return pairs
 
@@ -152,8 +162,12 @@ def prepare_pads(model: nn.Module, pads: str = "fold") -> tuple[nn.Module, dict]
         raise ValueError(f"pads must be one of {', '.join(PADS)}, got {pads!r}")
     if pads == "keep":
         out = copy.deepcopy(model)
-        return out, {"mode": pads, "folded_into_conv": 0, "depthwise_stride1": 0,
-                     "kept": sum(isinstance(m, nn.ZeroPad2d) for m in out.modules())}
+        return out, {
+            "mode": pads,
+            "folded_into_conv": 0,
+            "depthwise_stride1": 0,
+            "kept": sum(isinstance(m, nn.ZeroPad2d) for m in out.modules()),
+        }
     out, folded, _ = fold_zero_pads(model)
     strided = depthwise_stride1(out)[1] if pads == "stride1" else 0
     kept = sum(isinstance(m, nn.ZeroPad2d) for m in out.modules())
@@ -166,15 +180,21 @@ def backend_config_with_pads():
     slicing) as quantized ops whose output shares its input's quantization parameters (like ReLU or
     max pooling in torch's own table)."""
     import torch.ao.quantization.backend_config.utils  # noqa: F401 - some torch builds need it imported first
-    from torch.ao.quantization.backend_config import (BackendPatternConfig, DTypeConfig, ObservationType,
-                                                      get_native_backend_config)
+    from torch.ao.quantization.backend_config import (
+        BackendPatternConfig,
+        DTypeConfig,
+        ObservationType,
+        get_native_backend_config,
+    )
 
     int8 = DTypeConfig(input_dtype=torch.quint8, output_dtype=torch.quint8)
     config = get_native_backend_config()
     for op in _SAME_QPARAMS_OPS:
         config.set_backend_pattern_config(
-            BackendPatternConfig(op).set_observation_type(ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT)
-            .set_dtype_configs([int8]))
+            BackendPatternConfig(op)
+            .set_observation_type(ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT)
+            .set_dtype_configs([int8])
+        )
     return config
 
 
@@ -189,8 +209,13 @@ def drop_requantization(gm: torch.fx.GraphModule) -> int:
         if not _is_same_qparams_op(node, modules, _SAME_QPARAMS_OPS):
             continue
         dq, users = node.args[0], list(node.users)
-        if not (isinstance(dq, torch.fx.Node) and dq.op == "call_method" and dq.target == "dequantize"
-                and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
+        if not (
+            isinstance(dq, torch.fx.Node)
+            and dq.op == "call_method"
+            and dq.target == "dequantize"
+            and len(users) == 1
+            and users[0].target is torch.quantize_per_tensor
+        ):
             continue
         q = users[0]
         before = _qparams_of(gm, modules, dq.args[0])
@@ -259,12 +284,14 @@ def _calibrate(model: nn.Module, batches: Iterable) -> int:
     return n
 
 
-def convert_fx(model: nn.Module, batches: Iterable, example: torch.Tensor, engine: str,
-               pads: str = "fold") -> nn.Module:
+def convert_fx(
+    model: nn.Module, batches: Iterable, example: torch.Tensor, engine: str, pads: str = "fold"
+) -> nn.Module:
     """FX graph mode: prepare_fx / calibrate / convert_fx with the default qconfig mapping of ``engine``
     (zero pads: see the module doc)."""
     from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx as _convert_fx, prepare_fx
+    from torch.ao.quantization.quantize_fx import convert_fx as _convert_fx
+    from torch.ao.quantization.quantize_fx import prepare_fx
 
     float_model, info = prepare_pads(model, pads)
     float_model.eval()
@@ -332,8 +359,15 @@ def convert_eager(model: nn.Module, batches: Iterable, engine: str) -> nn.Module
     return convert(prepared).eval()
 
 
-def convert_int8(model: nn.Module, batches: Iterable, example: torch.Tensor, *, engine: str | None = None,
-                 mode: str = "fx", pads: str = "fold") -> tuple[nn.Module, str, str]:
+def convert_int8(
+    model: nn.Module,
+    batches: Iterable,
+    example: torch.Tensor,
+    *,
+    engine: str | None = None,
+    mode: str = "fx",
+    pads: str = "fold",
+) -> tuple[nn.Module, str, str]:
     """torch's int8 model of ``model``, calibrated on ``batches`` (an iterable of images or (images, labels)).
 
     ``engine``: the quantized engine (default: :func:`select_engine`). ``mode``: "fx" (eager mode when
@@ -347,8 +381,11 @@ def convert_int8(model: nn.Module, batches: Iterable, example: torch.Tensor, *, 
         try:
             return _quiet(convert_fx, model, batches, example, engine, pads), engine, "fx"
         except Exception as exc:  # noqa: BLE001 - any tracing / conversion failure: fall back
-            warnings.warn(f"FX graph mode quantization failed ({type(exc).__name__}: {exc}); "
-                          f"falling back to eager mode", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"FX graph mode quantization failed ({type(exc).__name__}: {exc}); falling back to eager mode",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return _quiet(convert_eager, model, batches, engine), engine, "eager"
 
 
@@ -359,5 +396,17 @@ def _quiet(fn, *args):
         return fn(*args)
 
 
-__all__ = ["ENGINES", "PADS", "Subsample2d", "backend_config_with_pads", "convert_eager", "convert_fx", "convert_int8",
-           "depthwise_stride1", "drop_requantization", "fold_zero_pads", "prepare_pads", "select_engine"]
+__all__ = [
+    "ENGINES",
+    "PADS",
+    "Subsample2d",
+    "backend_config_with_pads",
+    "convert_eager",
+    "convert_fx",
+    "convert_int8",
+    "depthwise_stride1",
+    "drop_requantization",
+    "fold_zero_pads",
+    "prepare_pads",
+    "select_engine",
+]

@@ -59,10 +59,10 @@ def cuda_time_ms(fn, min_ms: float = 20.0, samples: int = 5) -> float:
 def bench_conv(batch: int, quick: bool) -> dict:
     import torch
     import torch.nn.functional as F
-
-    import npuq
     from conv_cases import make_conv_data, npuq_kwargs
     from mobilenetv2_layers import unique_layers
+
+    import npuq
 
     torch.backends.cudnn.benchmark = True
     layers = unique_layers(224)
@@ -79,24 +79,48 @@ def bench_conv(batch: int, quick: bool) -> dict:
         t_npuq = cuda_time_ms(lambda: conv(x_dev))
         xh = torch.randn(x_dev.shape, device="cuda", dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         wh = torch.randn(data.w_oihw.shape, device="cuda", dtype=torch.float16).contiguous(
-            memory_format=torch.channels_last)
+            memory_format=torch.channels_last
+        )
         bh = torch.randn(layer.c_out, device="cuda", dtype=torch.float16)
         with torch.inference_mode():
             t_torch = cuda_time_ms(lambda: F.conv2d(xh, wh, bh, layer.stride, layer.padding, 1, layer.groups))
-        rows.append(dict(layer=layer.id, kind=layer.kind, count=layer.count, macs=data.macs, path=conv.cuda_plan(0).path,
-                         npuq_ms=t_npuq, torch_fp16_ms=t_torch, ratio=t_torch / t_npuq, bitexact=bitexact,
-                         npuq_tops=2 * data.macs / t_npuq / 1e9))
+        rows.append(
+            dict(
+                layer=layer.id,
+                kind=layer.kind,
+                count=layer.count,
+                macs=data.macs,
+                path=conv.cuda_plan(0).path,
+                npuq_ms=t_npuq,
+                torch_fp16_ms=t_torch,
+                ratio=t_torch / t_npuq,
+                bitexact=bitexact,
+                npuq_tops=2 * data.macs / t_npuq / 1e9,
+            )
+        )
         r = rows[-1]
-        print(f"{r['layer']:>24} {r['path']:>9}  npuq {t_npuq:8.3f} ms  torch fp16 {t_torch:8.3f} ms  "
-              f"ratio {r['ratio']:5.2f}  {r['npuq_tops']:6.1f} TOPS  bitexact={bitexact}", flush=True)
+        print(
+            f"{r['layer']:>24} {r['path']:>9}  npuq {t_npuq:8.3f} ms  torch fp16 {t_torch:8.3f} ms  "
+            f"ratio {r['ratio']:5.2f}  {r['npuq_tops']:6.1f} TOPS  bitexact={bitexact}",
+            flush=True,
+        )
     ratios = [r["ratio"] for r in rows]
     weighted_npuq = sum(r["npuq_ms"] * r["count"] for r in rows)
     weighted_torch = sum(r["torch_fp16_ms"] * r["count"] for r in rows)
-    summary = dict(batch=batch, layers=len(rows), geomean_ratio=math.exp(statistics.fmean(map(math.log, ratios))),
-                   network_ratio=weighted_torch / weighted_npuq, all_bitexact=all(r["bitexact"] for r in rows),
-                   npuq_network_ms=weighted_npuq, torch_network_ms=weighted_torch)
-    print(f"conv: geometric mean torch fp16 / npuq int8 = {summary['geomean_ratio']:.2f} (goal >= 1.0); "
-          f"whole network {summary['network_ratio']:.2f}; all bit-exact: {summary['all_bitexact']}", flush=True)
+    summary = dict(
+        batch=batch,
+        layers=len(rows),
+        geomean_ratio=math.exp(statistics.fmean(map(math.log, ratios))),
+        network_ratio=weighted_torch / weighted_npuq,
+        all_bitexact=all(r["bitexact"] for r in rows),
+        npuq_network_ms=weighted_npuq,
+        torch_network_ms=weighted_torch,
+    )
+    print(
+        f"conv: geometric mean torch fp16 / npuq int8 = {summary['geomean_ratio']:.2f} (goal >= 1.0); "
+        f"whole network {summary['network_ratio']:.2f}; all bit-exact: {summary['all_bitexact']}",
+        flush=True,
+    )
     return dict(rows=rows, summary=summary)
 
 
@@ -135,17 +159,25 @@ def bench_emulator(quick: bool) -> dict:
         cpu.run(x[:n_cpu])
         cpu_times.append(time.perf_counter() - t0)
     t_cpu = statistics.median(cpu_times)
-    res = dict(gpu_images_per_s=n_gpu / t_gpu, cpu_images_per_s=n_cpu / t_cpu, cpu_threads=npuq.get_num_threads(),
-               gpu_batch=gpu_batch, bitexact=bitexact)
+    res = dict(
+        gpu_images_per_s=n_gpu / t_gpu,
+        cpu_images_per_s=n_cpu / t_cpu,
+        cpu_threads=npuq.get_num_threads(),
+        gpu_batch=gpu_batch,
+        bitexact=bitexact,
+    )
     res["ratio"] = res["gpu_images_per_s"] / res["cpu_images_per_s"]
     # end to end from float images in host memory (quantized on the host, copied per batch)
     xf = rng.normal(0, 1, (256, 3, 224, 224)).astype(np.float32)
     t0 = time.perf_counter()
     gpu.run(xf)
     res["gpu_from_host_float_images_per_s"] = 256 / (time.perf_counter() - t0)
-    print(f"emulator: GPU {res['gpu_images_per_s']:.0f} images/s, CPU ({res['cpu_threads']} threads) "
-          f"{res['cpu_images_per_s']:.1f} images/s, ratio {res['ratio']:.1f} (goal >= 20); from host float images "
-          f"{res['gpu_from_host_float_images_per_s']:.0f} images/s; bit-exact: {bitexact}", flush=True)
+    print(
+        f"emulator: GPU {res['gpu_images_per_s']:.0f} images/s, CPU ({res['cpu_threads']} threads) "
+        f"{res['cpu_images_per_s']:.1f} images/s, ratio {res['ratio']:.1f} (goal >= 20); from host float images "
+        f"{res['gpu_from_host_float_images_per_s']:.0f} images/s; bit-exact: {bitexact}",
+        flush=True,
+    )
     return res
 
 
@@ -161,15 +193,22 @@ def plot(results: dict, path: str) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    ax.bar(range(len(rows)), [r["ratio"] for r in rows],
-           color=["tab:blue" if r["kind"] == "pointwise" else "tab:orange" if r["kind"] == "depthwise" else "tab:green"
-                  for r in rows])
+    ax.bar(
+        range(len(rows)),
+        [r["ratio"] for r in rows],
+        color=[
+            "tab:blue" if r["kind"] == "pointwise" else "tab:orange" if r["kind"] == "depthwise" else "tab:green"
+            for r in rows
+        ],
+    )
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(rows)), [r["layer"] for r in rows], rotation=75, fontsize=7)
     ax.set_ylabel("torch fp16 time / npuq int8 time")
-    ax.set_title(f"MobileNetV2 layers, batch {results['conv']['summary']['batch']} "
-                 f"(blue pointwise, orange depthwise, green stem); geomean "
-                 f"{results['conv']['summary']['geomean_ratio']:.2f}")
+    ax.set_title(
+        f"MobileNetV2 layers, batch {results['conv']['summary']['batch']} "
+        f"(blue pointwise, orange depthwise, green stem); geomean "
+        f"{results['conv']['summary']['geomean_ratio']:.2f}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -189,8 +228,12 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() or not npuq._cuda.available():
         print(f"no GPU to benchmark: torch.cuda.is_available()={torch.cuda.is_available()}, npuq: {npuq._cuda.info()}")
         return 2
-    results = {"device": torch.cuda.get_device_name(0), "npuq_cuda": {k: v for k, v in npuq._cuda.info().items()},
-               "torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
+    results = {
+        "device": torch.cuda.get_device_name(0),
+        "npuq_cuda": {k: v for k, v in npuq._cuda.info().items()},
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version(),
+    }
     status = 0
     for part in args.parts:
         try:

@@ -121,8 +121,11 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU is available to torch", file=sys.stderr)
         return 2
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes] if args.shapes else \
-        (QUICK_SHAPES if args.quick else SHAPES)
+    shapes = (
+        [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
+        if args.shapes
+        else (QUICK_SHAPES if args.quick else SHAPES)
+    )
     ranks = args.ranks or (QUICK_RANKS if args.quick else RANKS)
     repeats = max(5, min(args.repeats, 50))
     dtype = getattr(torch, args.dtype)
@@ -130,8 +133,11 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(0)
 
     rows = []
-    print(f"# truncated SVD on {device_name}, {args.dtype}, sigma_i = i^-{args.alpha} + noise {args.noise}, "
-          f"target error <= (1 + {args.tol}) * optimal, median of {repeats}\n", flush=True)
+    print(
+        f"# truncated SVD on {device_name}, {args.dtype}, sigma_i = i^-{args.alpha} + noise {args.noise}, "
+        f"target error <= (1 + {args.tol}) * optimal, median of {repeats}\n",
+        flush=True,
+    )
     print("| shape | rank | npuq ms | lowrank ms | lowrank / npuq | npuq p,q | lowrank p,q | err % npuq / lowrank |")
     print("| --- " * 8 + "|", flush=True)
     for m, n in shapes:
@@ -155,8 +161,16 @@ def main(argv=None) -> int:
                 settings, med, best = {}, {}, {}
                 for name, fn in fns.items():
                     c = calibrate(torch, fn, a, r, opt, args.tol, k)
-                    settings[name] = None if c is None else \
-                        {"oversampling": c[0], "power_iterations": c[1], "error": c[2], "error_vs_opt": c[2] / opt - 1}
+                    settings[name] = (
+                        None
+                        if c is None
+                        else {
+                            "oversampling": c[0],
+                            "power_iterations": c[1],
+                            "error": c[2],
+                            "error_vs_opt": c[2] / opt - 1,
+                        }
+                    )
                     if c is None:
                         continue
                     samples = time_call(torch, lambda fn=fn, c=c, a=a, r=r: fn(a, r, c[0], c[1]), repeats)
@@ -177,9 +191,12 @@ def main(argv=None) -> int:
                     st = settings.get(name)
                     return "-" if st is None else f"{st['error_vs_opt'] * 100:.2f}"
 
-                print(f"| {m}x{n} | {r} | {ms('npuq')} | {ms('lowrank')} | "
-                      f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {pq('npuq')} | {pq('lowrank')} | "
-                      f"{pct('npuq')} / {pct('lowrank')} |", flush=True)
+                print(
+                    f"| {m}x{n} | {r} | {ms('npuq')} | {ms('lowrank')} | "
+                    f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {pq('npuq')} | {pq('lowrank')} | "
+                    f"{pct('npuq')} / {pct('lowrank')} |",
+                    flush=True,
+                )
             except Exception as exc:  # noqa: BLE001 - one failing case must not end the run
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 row["traceback"] = traceback.format_exc()
@@ -187,10 +204,19 @@ def main(argv=None) -> int:
         del a, exact
         torch.cuda.empty_cache()
 
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": device_name, "dtype": args.dtype, "alpha": args.alpha, "noise": args.noise, "tol": args.tol,
-            "repeats": repeats, "torch": torch.__version__, "cuda": torch.version.cuda, "argv": sys.argv[1:],
-            "seconds": time.perf_counter() - start}
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name,
+        "dtype": args.dtype,
+        "alpha": args.alpha,
+        "noise": args.noise,
+        "tol": args.tol,
+        "repeats": repeats,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "argv": sys.argv[1:],
+        "seconds": time.perf_counter() - start,
+    }
     try:
         from npuq import _C
 

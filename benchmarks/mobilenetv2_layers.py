@@ -120,8 +120,20 @@ def mobilenetv2_layers(input_size: int = 224) -> List[ConvLayer]:
 
     def add(name, kind, c_in, c_out, kernel, stride, padding, groups):
         nonlocal size
-        layer = ConvLayer(name=name, kind=kind, c_in=c_in, c_out=c_out, h=size, w=size, kernel=kernel,
-                          stride=stride, padding=padding, groups=groups, count=1, occurrences=(name,))
+        layer = ConvLayer(
+            name=name,
+            kind=kind,
+            c_in=c_in,
+            c_out=c_out,
+            h=size,
+            w=size,
+            kernel=kernel,
+            stride=stride,
+            padding=padding,
+            groups=groups,
+            count=1,
+            occurrences=(name,),
+        )
         layers.append(layer)
         size = layer.h_out
         return c_out
@@ -151,8 +163,7 @@ def unique_layers(input_size: int = 224) -> List[ConvLayer]:
     out = []
     for group in merged.values():
         first = group[0]
-        out.append(dataclasses.replace(first, count=len(group),
-                                       occurrences=tuple(l.name for l in group)))
+        out.append(dataclasses.replace(first, count=len(group), occurrences=tuple(l.name for l in group)))
     return out
 
 
@@ -161,11 +172,15 @@ def _main() -> None:
     uniq = unique_layers()
     print(f"{'id':<24} {'name':<20} {'kind':<9} {'shape':<28} {'out':>9} {'count':>5} {'MMAC':>8}")
     for l in uniq:
-        print(f"{l.id:<24} {l.name:<20} {l.kind:<9} {l.shape_str():<28} "
-              f"{l.h_out:>4}x{l.w_out:<4} {l.count:>5} {l.macs() / 1e6:>8.2f}")
+        print(
+            f"{l.id:<24} {l.name:<20} {l.kind:<9} {l.shape_str():<28} "
+            f"{l.h_out:>4}x{l.w_out:<4} {l.count:>5} {l.macs() / 1e6:>8.2f}"
+        )
     total = sum(l.macs() for l in all_layers)
-    print(f"{len(all_layers)} conv layers, {len(uniq)} distinct, {total / 1e6:.1f} MMAC per image "
-          f"(the paper quotes ~300M multiply-adds for the whole network)")
+    print(
+        f"{len(all_layers)} conv layers, {len(uniq)} distinct, {total / 1e6:.1f} MMAC per image "
+        f"(the paper quotes ~300M multiply-adds for the whole network)"
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ group, so pytest-benchmark's table compares the three implementations of one lay
 exactly each implementation runs; benchmarks/bench_conv.py prints the same comparison as one table.
 """
 
+import conv_cases
 import numpy as np
 import pytest
-
-import conv_cases
 from mobilenetv2_layers import unique_layers
 
 LAYERS = unique_layers()
@@ -41,9 +40,16 @@ def test_conv_speed(benchmark, request, layer, batch, impl, bench_threads):
         assert tuple(out.shape) == (n, c, h, w)
 
     benchmark.group = f"{layer.id}-b{batch}"
-    benchmark.extra_info.update(layer=layer.id, kind=layer.kind, shape=layer.shape_str(), batch=batch,
-                                impl=impl, macs=data.macs, count_in_network=layer.count,
-                                threads=bench_threads)
+    benchmark.extra_info.update(
+        layer=layer.id,
+        kind=layer.kind,
+        shape=layer.shape_str(),
+        batch=batch,
+        impl=impl,
+        macs=data.macs,
+        count_in_network=layer.count,
+        threads=bench_threads,
+    )
     benchmark(fn)
     stats = getattr(benchmark, "stats", None)
     median = getattr(getattr(stats, "stats", None), "median", None) if stats is not None else None

@@ -16,10 +16,16 @@ def _chain(n: int):
     from npuq.npu.program import InputSpec, Op, Program
 
     pool = dict(kernel=[1, 1], stride=[1, 1], padding=[0, 0, 0, 0])
-    ops = [Op(name=f"p{i}", kind="max_pool2d", inputs=["x" if i == 0 else f"p{i - 1}"], attrs=dict(pool),
-              scale=0.1) for i in range(n)]
-    return Program(input=InputSpec(name="x", shape=(4, 4, 8), scale=0.5, zero_point=0), ops=ops,
-                   output=f"p{n - 1}", model=f"chain{n}")
+    ops = [
+        Op(name=f"p{i}", kind="max_pool2d", inputs=["x" if i == 0 else f"p{i - 1}"], attrs=dict(pool), scale=0.1)
+        for i in range(n)
+    ]
+    return Program(
+        input=InputSpec(name="x", shape=(4, 4, 8), scale=0.5, zero_point=0),
+        ops=ops,
+        output=f"p{n - 1}",
+        model=f"chain{n}",
+    )
 
 
 @pytest.mark.parametrize("n", SIZES, ids=[f"ops{n}" for n in SIZES])

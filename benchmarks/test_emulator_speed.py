@@ -20,10 +20,9 @@ the ratios in one run; emulator_cases.py says exactly what each side runs.
 import math
 import time
 
+import emulator_cases
 import numpy as np
 import pytest
-
-import emulator_cases
 
 BATCHES = (1, 500)
 
@@ -65,9 +64,14 @@ def test_emulator_speed(benchmark, setup, simulation_outputs, batch, impl, bench
     rounds = max(5, min(200, math.ceil(1.0 / max(per_round * reps, 1e-6))))
 
     benchmark.group = f"mobilenet_v2-b{batch}"
-    benchmark.extra_info.update(impl=impl, images=batch, threads=bench_threads, engine=setup.engine,
-                                torch_quantization=setup.fbgemm_mode, what=emulator_cases.DESCRIPTION[impl]
-                                .format(engine=setup.engine))
+    benchmark.extra_info.update(
+        impl=impl,
+        images=batch,
+        threads=bench_threads,
+        engine=setup.engine,
+        torch_quantization=setup.fbgemm_mode,
+        what=emulator_cases.DESCRIPTION[impl].format(engine=setup.engine),
+    )
     benchmark.pedantic(fn, args=(x,), rounds=rounds, iterations=reps, warmup_rounds=1)
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     median = getattr(stats, "median", None)

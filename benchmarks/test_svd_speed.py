@@ -25,8 +25,9 @@ def _matrix(m, n, seed=0):
     v, _ = np.linalg.qr(rng.standard_normal((n, k)))
     sigma = np.arange(1, k + 1, dtype=np.float64) ** -0.75
     a = (u * sigma) @ v.T + rng.standard_normal((m, n)) * (0.1 / np.sqrt(max(m, n)))
-    return np.ascontiguousarray(a.astype(np.float32)), np.linalg.svd(a.astype(np.float32).astype(np.float64),
-                                                                      compute_uv=False)
+    return np.ascontiguousarray(a.astype(np.float32)), np.linalg.svd(
+        a.astype(np.float32).astype(np.float64), compute_uv=False
+    )
 
 
 def _build(impl, a, rank, threads):
@@ -40,15 +41,19 @@ def _build(impl, a, rank, threads):
         svd_mod = pytest.importorskip("npuq.lrf.svd")
         return lambda: svd_mod.truncated_svd(a, rank, method="krylov", threads=threads)[:3]
     if impl == "torch_svd":
+
         def full():
             u, s, vt = torch.linalg.svd(t, full_matrices=False)
             return u[:, :rank], s[:rank], vt[:rank]
+
         return full
     if impl == "lowrank":
+
         def lowrank():
             torch.manual_seed(0)
             u, s, v = torch.svd_lowrank(t, q=rank + 10, niter=2)
             return u[:, :rank], s[:rank], v[:, :rank].T
+
         return lowrank
     extmath = pytest.importorskip("sklearn.utils.extmath")
     return lambda: extmath.randomized_svd(a, rank, n_oversamples=10, n_iter=2, random_state=0)

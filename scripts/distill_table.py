@@ -19,17 +19,40 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["student_alone", "kd", "kd_balanced", "kd_ensemble", "hint", "attention", "rkd", "similarity", "pkt",
-           "dml", "born_again", "teacher_assistant", "student_alone_noisy", "privileged"]
+METHODS = [
+    "student_alone",
+    "kd",
+    "kd_balanced",
+    "kd_ensemble",
+    "hint",
+    "attention",
+    "rkd",
+    "similarity",
+    "pkt",
+    "dml",
+    "born_again",
+    "teacher_assistant",
+    "student_alone_noisy",
+    "privileged",
+]
 # the run each method is compared with (default: the student alone on clean images)
 BASELINES = {"privileged": "student_alone_noisy"}
-LABELS = {"student_alone": "student alone", "kd": "KD (response)", "kd_balanced": "KD, T = 2, labels 0.5 / KD 0.5",
-          "kd_ensemble": "KD from 2 teachers (logits averaged)", "hint": "KD + FitNets hint",
-          "attention": "attention transfer", "rkd": "relational KD (distance + angle)",
-          "similarity": "similarity-preserving", "pkt": "probabilistic KT", "dml": "deep mutual learning (2 peers)",
-          "born_again": "born-again (2 generations)", "teacher_assistant": "teacher assistant (CNN w1)",
-          "privileged": "privileged information (noisy student input)",
-          "student_alone_noisy": "student alone, noisy input"}
+LABELS = {
+    "student_alone": "student alone",
+    "kd": "KD (response)",
+    "kd_balanced": "KD, T = 2, labels 0.5 / KD 0.5",
+    "kd_ensemble": "KD from 2 teachers (logits averaged)",
+    "hint": "KD + FitNets hint",
+    "attention": "attention transfer",
+    "rkd": "relational KD (distance + angle)",
+    "similarity": "similarity-preserving",
+    "pkt": "probabilistic KT",
+    "dml": "deep mutual learning (2 peers)",
+    "born_again": "born-again (2 generations)",
+    "teacher_assistant": "teacher assistant (CNN w1)",
+    "privileged": "privileged information (noisy student input)",
+    "student_alone_noisy": "student alone, noisy input",
+}
 
 
 def run_one(job) -> dict:
@@ -68,20 +91,22 @@ def main(argv=None) -> int:
     table = {}
     for m in args.methods:
         accs = [r["final"]["student"] for r in rows if r["method"] == m]
-        table[m] = dict(mean=statistics.mean(accs), stdev=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                        runs=accs)
+        table[m] = dict(mean=statistics.mean(accs), stdev=statistics.stdev(accs) if len(accs) > 1 else 0.0, runs=accs)
     teachers = {k: v for r in rows for k, v in r["final"].items() if k.startswith("teacher")}
-    teacher = teachers.get("teacher0")
     base = table.get("student_alone", {}).get("mean")
-    lines = [f"| method | student top-1 (mean +- std, {len(args.seeds)} seeds) | vs baseline |",
-             "| --- | --- | --- |"]
+    lines = [f"| method | student top-1 (mean +- std, {len(args.seeds)} seeds) | vs baseline |", "| --- | --- | --- |"]
     for m, t in table.items():
         ref = BASELINES.get(m, "student_alone")
         delta = ""
         if ref in table and m != ref and not (m == "student_alone_noisy"):
-            delta = f"{100 * (t['mean'] - table[ref]['mean']):+.2f}" + (f" (vs {LABELS[ref]})" if ref != "student_alone" else "")
+            delta = f"{100 * (t['mean'] - table[ref]['mean']):+.2f}" + (
+                f" (vs {LABELS[ref]})" if ref != "student_alone" else ""
+            )
         lines.append(f"| {LABELS.get(m, m)} | {100 * t['mean']:.2f}% +- {100 * t['stdev']:.2f} | {delta} |")
-    for key, label in (("teacher0", "teacher: MobileNetV2 w0.5"), ("teacher1", "second teacher of kd_ensemble: MobileNetV1 w0.5")):
+    for key, label in (
+        ("teacher0", "teacher: MobileNetV2 w0.5"),
+        ("teacher1", "second teacher of kd_ensemble: MobileNetV1 w0.5"),
+    ):
         if key in teachers:
             lines.append(f"| ({label}) | {100 * teachers[key]:.2f}% | |")
     text = "\n".join(lines)
@@ -89,8 +114,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text + "\n")
-    (out / "table.json").write_text(json.dumps(dict(config=vars(args), table=table, teachers=teachers, rows=rows),
-                                               indent=1) + "\n")
+    (out / "table.json").write_text(
+        json.dumps(dict(config=vars(args), table=table, teachers=teachers, rows=rows), indent=1) + "\n"
+    )
     try:
         import matplotlib
 
@@ -99,8 +125,12 @@ def main(argv=None) -> int:
 
         fig, ax = plt.subplots(figsize=(9, 3.8))
         names = list(table)
-        ax.bar(range(len(names)), [100 * table[n]["mean"] for n in names],
-               yerr=[100 * table[n]["stdev"] for n in names], capsize=3)
+        ax.bar(
+            range(len(names)),
+            [100 * table[n]["mean"] for n in names],
+            yerr=[100 * table[n]["stdev"] for n in names],
+            capsize=3,
+        )
         ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
         lo = min(100 * table[n]["mean"] for n in names)
         ax.set_ylim(lo - 2, max(100 * table[n]["mean"] for n in names) + 1)

@@ -34,12 +34,21 @@ def compare(name: str, rounding: str, weights: str, bits: int, x: torch.Tensor, 
     q_emu = emu.run(x)
     t_emu = time.perf_counter() - start
     start = time.perf_counter()
-    q_sim = torch.cat([qm.run_integer(x[i:i + 1000]) for i in range(0, len(x), 1000)]).numpy()
+    q_sim = torch.cat([qm.run_integer(x[i : i + 1000]) for i in range(0, len(x), 1000)]).numpy()
     t_sim = time.perf_counter() - start
     differing = int((q_emu != q_sim).any(axis=1).sum())
-    return dict(checkpoint=name, rounding=rounding, weights=weights, bits=bits, images=len(y),
-                emulator_top1=float((q_emu.argmax(1) == y).mean()), simulation_top1=float((q_sim.argmax(1) == y).mean()),
-                images_with_any_different_logit=differing, emulator_seconds=t_emu, simulation_seconds=t_sim)
+    return dict(
+        checkpoint=name,
+        rounding=rounding,
+        weights=weights,
+        bits=bits,
+        images=len(y),
+        emulator_top1=float((q_emu.argmax(1) == y).mean()),
+        simulation_top1=float((q_sim.argmax(1) == y).mean()),
+        images_with_any_different_logit=differing,
+        emulator_seconds=t_emu,
+        simulation_seconds=t_sim,
+    )
 
 
 def main(argv=None) -> int:
@@ -58,16 +67,22 @@ def main(argv=None) -> int:
         for rounding in args.roundings:
             rows.append(compare(name, rounding, args.weights, args.bits, x, y))
             r = rows[-1]
-            print(f"{name} {rounding}: emulator {100 * r['emulator_top1']:.2f}%  simulation "
-                  f"{100 * r['simulation_top1']:.2f}%  differing images {r['images_with_any_different_logit']}",
-                  flush=True)
-    print("\n| checkpoint | rounding | emulator top-1 | simulation top-1 | images with a differing logit | "
-          "emulator s | simulation s |")
+            print(
+                f"{name} {rounding}: emulator {100 * r['emulator_top1']:.2f}%  simulation "
+                f"{100 * r['simulation_top1']:.2f}%  differing images {r['images_with_any_different_logit']}",
+                flush=True,
+            )
+    print(
+        "\n| checkpoint | rounding | emulator top-1 | simulation top-1 | images with a differing logit | "
+        "emulator s | simulation s |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['checkpoint']} | {r['rounding']} | {100 * r['emulator_top1']:.2f}% | "
-              f"{100 * r['simulation_top1']:.2f}% | {r['images_with_any_different_logit']} | "
-              f"{r['emulator_seconds']:.2f} | {r['simulation_seconds']:.2f} |")
+        print(
+            f"| {r['checkpoint']} | {r['rounding']} | {100 * r['emulator_top1']:.2f}% | "
+            f"{100 * r['simulation_top1']:.2f}% | {r['images_with_any_different_logit']} | "
+            f"{r['emulator_seconds']:.2f} | {r['simulation_seconds']:.2f} |"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(threads=npuq.get_num_threads(), rows=rows), indent=1) + "\n")

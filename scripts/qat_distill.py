@@ -54,42 +54,62 @@ def main(argv=None) -> int:
 
     x_train, y_train = fashion_mnist_tensors("train")
     if args.train_limit:
-        x_train, y_train = x_train[:args.train_limit], y_train[:args.train_limit]
+        x_train, y_train = x_train[: args.train_limit], y_train[: args.train_limit]
     test = fashion_mnist_tensors("test")
     calib = fashion_mnist_loader("train", batch_size=256, shuffle=True, seed=1234, limit=2048)
     teacher, _ = load_checkpoint(args.checkpoint)
     teacher.eval()
     graph = prepare(teacher, test[0][:2])
     with torch.no_grad():
-        fp32 = float((torch.cat([teacher(test[0][i:i + 1000]).argmax(1) for i in range(0, 10000, 1000)])
-                      == test[1]).float().mean())
+        fp32 = float(
+            (torch.cat([teacher(test[0][i : i + 1000]).argmax(1) for i in range(0, 10000, 1000)]) == test[1])
+            .float()
+            .mean()
+        )
     ptq = integer_accuracy(graph, calib, args.bits, test)
     print(f"{args.checkpoint}: FP32 {100 * fp32:.2f}%, PTQ W{args.bits}A8 WESS {100 * ptq:.2f}%", flush=True)
-    optim = OptimConfig(name="sgd", lr=args.lr, momentum=0.9, weight_decay=0.0, epochs=args.epochs,
-                        batch_size=args.batch_size)
+    optim = OptimConfig(
+        name="sgd", lr=args.lr, momentum=0.9, weight_decay=0.0, epochs=args.epochs, batch_size=args.batch_size
+    )
     runs = []
     for seed in args.seeds:
         for variant in ("qat", "qat_kd"):
             torch.manual_seed(seed)
             student = FakeQuantModel(graph, bits=args.bits, method="wess")
             terms = [Term(KDLoss(args.temperature), args.kd_weight)] if variant == "qat_kd" else []
-            learner = offline_learner(student, [teacher] if terms else [], terms, optim,
-                                      task_weight=args.task_weight if terms else 1.0)
+            learner = offline_learner(
+                student, [teacher] if terms else [], terms, optim, task_weight=args.task_weight if terms else 1.0
+            )
             start = time.perf_counter()
             fit(learner, x_train, y_train, optim, seed=seed, progress=True, desc=f"{variant} seed {seed}")
             acc = integer_accuracy(student.to_graph(), calib, args.bits, test)
-            runs.append(dict(seed=seed, variant=variant, accuracy=acc, seconds=time.perf_counter() - start,
-                             recovered=(acc - ptq) / (fp32 - ptq) if fp32 > ptq else None))
-            print(f"seed {seed} {variant}: W{args.bits}A8 {100 * acc:.2f}% (recovered "
-                  f"{100 * runs[-1]['recovered']:.0f}% of the PTQ loss)", flush=True)
+            runs.append(
+                dict(
+                    seed=seed,
+                    variant=variant,
+                    accuracy=acc,
+                    seconds=time.perf_counter() - start,
+                    recovered=(acc - ptq) / (fp32 - ptq) if fp32 > ptq else None,
+                )
+            )
+            print(
+                f"seed {seed} {variant}: W{args.bits}A8 {100 * acc:.2f}% (recovered "
+                f"{100 * runs[-1]['recovered']:.0f}% of the PTQ loss)",
+                flush=True,
+            )
     summary = {}
     for variant in ("qat", "qat_kd"):
         accs = [r["accuracy"] for r in runs if r["variant"] == variant]
         rec = [r["recovered"] for r in runs if r["variant"] == variant]
-        summary[variant] = dict(mean=statistics.mean(accs), stdev=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                                recovered_mean=statistics.mean(rec))
-    print(f"\n| W{args.bits}A8 WESS, {args.checkpoint} | top-1 (mean +- std over {len(args.seeds)} seeds) | "
-          f"share of the PTQ loss recovered |")
+        summary[variant] = dict(
+            mean=statistics.mean(accs),
+            stdev=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            recovered_mean=statistics.mean(rec),
+        )
+    print(
+        f"\n| W{args.bits}A8 WESS, {args.checkpoint} | top-1 (mean +- std over {len(args.seeds)} seeds) | "
+        f"share of the PTQ loss recovered |"
+    )
     print("| --- | --- | --- |")
     print(f"| FP32 | {100 * fp32:.2f}% | |")
     print(f"| post-training quantization | {100 * ptq:.2f}% | 0% |")
@@ -98,8 +118,13 @@ def main(argv=None) -> int:
         print(f"| {label} | {100 * s['mean']:.2f}% +- {100 * s['stdev']:.2f} | {100 * s['recovered_mean']:.0f}% |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(config=vars(args), fp32=fp32, ptq=ptq, runs=runs, summary=summary,
-                                   threads=torch.get_num_threads()), indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            dict(config=vars(args), fp32=fp32, ptq=ptq, runs=runs, summary=summary, threads=torch.get_num_threads()),
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 

@@ -63,8 +63,10 @@ def recovered(ptq: dict, qat: dict) -> dict:
     """The share of the post-training loss that fine-tuning wins back (1 = the FP32 model's fidelity)."""
     a_ptq, a_qat = ptq["top1_agreement"], qat["top1_agreement"]
     k_ptq, k_qat = ptq["kl_mean"], qat["kl_mean"]
-    return {"top1_agreement": (a_qat - a_ptq) / (1.0 - a_ptq) if a_ptq < 1.0 else None,
-            "kl_mean": (k_ptq - k_qat) / k_ptq if k_ptq > 0 else None}
+    return {
+        "top1_agreement": (a_qat - a_ptq) / (1.0 - a_ptq) if a_ptq < 1.0 else None,
+        "kl_mean": (k_ptq - k_qat) / k_ptq if k_ptq > 0 else None,
+    }
 
 
 def pct(v: float) -> str:
@@ -77,33 +79,46 @@ def ci_pct(ci) -> str:
 
 def markdown(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"EfficientNet-Lite0, WESS weights, int8 activations (MSE observer), fidelity to the FP32 model on "
-             f"{cfg['eval_crops']} evaluation crops (seed {cfg['eval_seed']}); 95% bootstrap intervals in brackets.",
-             "",
-             "| config | top-1 agreement | top-5 agreement | KL (nats) | logit SQNR (dB) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"EfficientNet-Lite0, WESS weights, int8 activations (MSE observer), fidelity to the FP32 model on "
+        f"{cfg['eval_crops']} evaluation crops (seed {cfg['eval_seed']}); 95% bootstrap intervals in brackets.",
+        "",
+        "| config | top-1 agreement | top-5 agreement | KL (nats) | logit SQNR (dB) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in result["runs"]:
         for key, label in (("ptq", "PTQ"), ("qat_kd", "QAT-KD")):
             f = row[key]["fidelity"]
-            lines.append(f"| W{row['bits']}A8 {label} | {pct(f['top1_agreement'])} {ci_pct(f['top1_agreement_ci'])} | "
-                         f"{pct(f['top5_agreement'])} | {f['kl_mean']:.3f} [{f['kl_mean_ci'][0]:.3f}, "
-                         f"{f['kl_mean_ci'][1]:.3f}] | {f['logit_sqnr_db']:.1f} |")
-    lines += ["", "| bits | QAT-KD - PTQ, top-1 agreement | QAT-KD - PTQ, KL | share of the PTQ loss recovered "
-              "(agreement / KL) | training time |", "| --- | --- | --- | --- | --- |"]
+            lines.append(
+                f"| W{row['bits']}A8 {label} | {pct(f['top1_agreement'])} {ci_pct(f['top1_agreement_ci'])} | "
+                f"{pct(f['top5_agreement'])} | {f['kl_mean']:.3f} [{f['kl_mean_ci'][0]:.3f}, "
+                f"{f['kl_mean_ci'][1]:.3f}] | {f['logit_sqnr_db']:.1f} |"
+            )
+    lines += [
+        "",
+        "| bits | QAT-KD - PTQ, top-1 agreement | QAT-KD - PTQ, KL | share of the PTQ loss recovered "
+        "(agreement / KL) | training time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in result["runs"]:
         d = row["paired_difference"]
         rec = row["recovered"]
         agree = "-" if rec["top1_agreement"] is None else pct(rec["top1_agreement"])
         kl = "-" if rec["kl_mean"] is None else pct(rec["kl_mean"])
-        lines.append(f"| W{row['bits']}A8 | {100 * d['difference']['top1_agreement']:+.1f} points "
-                     f"{ci_pct(d['ci']['top1_agreement'])} | {d['difference']['kl_mean']:+.3f} "
-                     f"[{d['ci']['kl_mean'][0]:+.3f}, {d['ci']['kl_mean'][1]:+.3f}] | {agree} / {kl} | "
-                     f"{row['qat_kd']['train_seconds'] / 60:.1f} min |")
-    lines += ["", f"Training: {cfg['epochs']} epoch(s) x {cfg['train_crops']} fresh calibration crops, batch "
-              f"{cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g} ({cfg['warmup_steps']} warm-up steps, "
-              f"cosine), KD T = {cfg['temperature']:g}"
-              + (f", hints {cfg['hints']} (weight {cfg['hint_weight']:g})" if cfg["hints"] else "")
-              + f"; {cfg['threads']} threads; total wall time {result['wall_seconds'] / 60:.1f} min."]
+        lines.append(
+            f"| W{row['bits']}A8 | {100 * d['difference']['top1_agreement']:+.1f} points "
+            f"{ci_pct(d['ci']['top1_agreement'])} | {d['difference']['kl_mean']:+.3f} "
+            f"[{d['ci']['kl_mean'][0]:+.3f}, {d['ci']['kl_mean'][1]:+.3f}] | {agree} / {kl} | "
+            f"{row['qat_kd']['train_seconds'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        f"Training: {cfg['epochs']} epoch(s) x {cfg['train_crops']} fresh calibration crops, batch "
+        f"{cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g} ({cfg['warmup_steps']} warm-up steps, "
+        f"cosine), KD T = {cfg['temperature']:g}"
+        + (f", hints {cfg['hints']} (weight {cfg['hint_weight']:g})" if cfg["hints"] else "")
+        + f"; {cfg['threads']} threads; total wall time {result['wall_seconds'] / 60:.1f} min.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -143,8 +158,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-steps", type=int, default=8)
     p.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--hints", nargs="*", default=[], metavar="NODE=MODULE",
-                   help="feature hints, student graph node = teacher module path (e.g. add_3=blocks.7)")
+    p.add_argument(
+        "--hints",
+        nargs="*",
+        default=[],
+        metavar="NODE=MODULE",
+        help="feature hints, student graph node = teacher module path (e.g. add_3=blocks.7)",
+    )
     p.add_argument("--hint-weight", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="data order of the fine-tuning")
     p.add_argument("--calib-crops", type=int, default=128, help="calibration crops for npuq.quantize")
@@ -168,49 +188,89 @@ def main(argv=None) -> int:
     teacher = efficientnet_lite0(pretrained=True)
     eval_x = preprocess(photo_crops("evaluation", args.eval_crops, seed=args.eval_seed))
     calib_x = preprocess(photo_crops("calibration", args.calib_crops, seed=args.calib_seed))
-    calib = [calib_x[i:i + CALIB_BATCH] for i in range(0, calib_x.shape[0], CALIB_BATCH)]
+    calib = [calib_x[i : i + CALIB_BATCH] for i in range(0, calib_x.shape[0], CALIB_BATCH)]
     graph = prepare(teacher, calib_x[:1])
     start = time.perf_counter()
-    ref = collect_logits(teacher, eval_x.contiguous(memory_format=torch.channels_last), batch_size=64,
-                         progress=progress, desc="FP32 logits")
-    print(f"FP32 reference logits on {eval_x.shape[0]} evaluation crops: {time.perf_counter() - start:.0f} s",
-          flush=True)
+    ref = collect_logits(
+        teacher,
+        eval_x.contiguous(memory_format=torch.channels_last),
+        batch_size=64,
+        progress=progress,
+        desc="FP32 logits",
+    )
+    print(
+        f"FP32 reference logits on {eval_x.shape[0]} evaluation crops: {time.perf_counter() - start:.0f} s", flush=True
+    )
 
     def train_data(epoch: int) -> torch.Tensor:
         return preprocess(photo_crops("calibration", args.train_crops, seed=args.train_seed + epoch))
 
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
     config["hints"] = hints
-    result = {"config": config, "model": "efficientnet_lite0 (published ImageNet weights)", "runs": [],
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
-              "python": platform.python_version(), "load_average_start": list(os.getloadavg())}
+    result = {
+        "config": config,
+        "model": "efficientnet_lite0 (published ImageNet weights)",
+        "runs": [],
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "load_average_start": list(os.getloadavg()),
+    }
 
     for bits in args.bits:
         ptq_logits, ptq_s = quantized_logits(graph, calib, bits, eval_x)
         ptq = fidelity(ref, ptq_logits)
-        print(f"W{bits}A8 PTQ: agreement {pct(ptq['top1_agreement'])}, KL {ptq['kl_mean']:.3f} ({ptq_s:.0f} s)",
-              flush=True)
+        print(
+            f"W{bits}A8 PTQ: agreement {pct(ptq['top1_agreement'])}, KL {ptq['kl_mean']:.3f} ({ptq_s:.0f} s)",
+            flush=True,
+        )
         history: list = []
         start = time.perf_counter()
-        trained = label_free_qat(teacher, graph, train_data, bits=bits, method="wess", epochs=args.epochs,
-                                 lr=args.lr, batch_size=args.batch_size, temperature=args.temperature,
-                                 hint_taps=hints or None, hint_weight=args.hint_weight, optimizer=args.optimizer,
-                                 warmup_steps=args.warmup_steps, seed=args.seed, progress=progress, history=history)
+        trained = label_free_qat(
+            teacher,
+            graph,
+            train_data,
+            bits=bits,
+            method="wess",
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            hint_taps=hints or None,
+            hint_weight=args.hint_weight,
+            optimizer=args.optimizer,
+            warmup_steps=args.warmup_steps,
+            seed=args.seed,
+            progress=progress,
+            history=history,
+        )
         train_s = time.perf_counter() - start
         qat_logits, qat_s = quantized_logits(trained, calib, bits, eval_x)
         qat = fidelity(ref, qat_logits)
         diff = paired_difference(ref, qat_logits, ptq_logits)
-        row = {"bits": bits, "ptq": {"fidelity": ptq, "seconds": ptq_s},
-               "qat_kd": {"fidelity": qat, "train_seconds": train_s, "quantize_eval_seconds": qat_s,
-                          "steps": sum(1 for h in history if "step" in h),
-                          "epochs": [h for h in history if "step" not in h],
-                          "step_loss": [round(h["loss"], 5) for h in history if "step" in h]},
-               "paired_difference": diff, "recovered": recovered(ptq, qat)}
+        row = {
+            "bits": bits,
+            "ptq": {"fidelity": ptq, "seconds": ptq_s},
+            "qat_kd": {
+                "fidelity": qat,
+                "train_seconds": train_s,
+                "quantize_eval_seconds": qat_s,
+                "steps": sum(1 for h in history if "step" in h),
+                "epochs": [h for h in history if "step" not in h],
+                "step_loss": [round(h["loss"], 5) for h in history if "step" in h],
+            },
+            "paired_difference": diff,
+            "recovered": recovered(ptq, qat),
+        }
         result["runs"].append(row)
         rec = row["recovered"]
-        print(f"W{bits}A8 QAT-KD: agreement {pct(qat['top1_agreement'])}, KL {qat['kl_mean']:.3f} (training "
-              f"{train_s / 60:.1f} min); recovered {rec['top1_agreement']} of the agreement loss, "
-              f"{rec['kl_mean']} of the KL", flush=True)
+        print(
+            f"W{bits}A8 QAT-KD: agreement {pct(qat['top1_agreement'])}, KL {qat['kl_mean']:.3f} (training "
+            f"{train_s / 60:.1f} min); recovered {rec['top1_agreement']} of the agreement loss, "
+            f"{rec['kl_mean']} of the KL",
+            flush=True,
+        )
         result["wall_seconds"] = time.perf_counter() - wall
         (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
 

@@ -39,8 +39,12 @@ def parse_args(argv=None):
     p.add_argument("--spec-augment", action=argparse.BooleanOptionalAction, default=opts.spec_augment)
     p.add_argument("--patience", type=int, default=opts.patience)
     p.add_argument("--max-minutes", type=float, default=None, help="stop after the epoch that crosses this time")
-    p.add_argument("--stop-after-epoch", type=int, default=None,
-                   help="end the run after this epoch (the learning-rate schedule still spans --epochs)")
+    p.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        default=None,
+        help="end the run after this epoch (the learning-rate schedule still spans --epochs)",
+    )
     p.add_argument("--seed", type=int, default=opts.seed)
     p.add_argument("--threads", type=int, default=opts.threads)
     p.add_argument("--encoder-hidden", type=int, default=model.encoder_hidden)
@@ -57,32 +61,71 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python3 " + shlex.join(sys.argv if argv is None else ["scripts/train_asr.py", *argv])
-    config = ASRConfig(encoder_hidden=args.encoder_hidden, encoder_layers=args.encoder_layers,
-                       decoder_hidden=args.decoder_hidden, dropout=args.dropout)
-    options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                           label_smoothing=args.label_smoothing, spec_augment=args.spec_augment,
-                           patience=args.patience, max_minutes=args.max_minutes, seed=args.seed,
-                           threads=args.threads)
+    config = ASRConfig(
+        encoder_hidden=args.encoder_hidden,
+        encoder_layers=args.encoder_layers,
+        decoder_hidden=args.decoder_hidden,
+        dropout=args.dropout,
+    )
+    options = TrainOptions(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        label_smoothing=args.label_smoothing,
+        spec_augment=args.spec_augment,
+        patience=args.patience,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+        threads=args.threads,
+    )
     torch.set_num_threads(args.threads)
-    splits = {name: load_digits(name, normalize=config.normalize, progress=not args.quiet)
-              for name in ("train", "dev", "test")}
-    result = train_asr(splits["train"], splits["dev"], config, options, out_dir=args.out,
-                       resume=not args.no_resume, progress=not args.quiet, stop_after_epoch=args.stop_after_epoch)
+    splits = {
+        name: load_digits(name, normalize=config.normalize, progress=not args.quiet)
+        for name in ("train", "dev", "test")
+    }
+    result = train_asr(
+        splits["train"],
+        splits["dev"],
+        config,
+        options,
+        out_dir=args.out,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+        stop_after_epoch=args.stop_after_epoch,
+    )
     model = result["model"]
-    print(f"best epoch {result['best_epoch']} of {result['epochs_run']} ({result['stopped']}), dev WER "
-          f"{result['best_dev_wer']:.4f}, {result['seconds']:.0f} s", flush=True)
+    print(
+        f"best epoch {result['best_epoch']} of {result['epochs_run']} ({result['stopped']}), dev WER "
+        f"{result['best_dev_wer']:.4f}, {result['seconds']:.0f} s",
+        flush=True,
+    )
 
     results = {}
     for name in ("dev", "test"):
         for label, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
             scores = evaluate_wer(model, splits[name], beam=beam, length_penalty=args.length_penalty)
             results[f"{name}_{label}"] = {k: scores[k] for k in ("wer", "cer", "utterances", "words", "seconds")}
-            print(f"{name} {label}: WER {scores['wer']:.4f} CER {scores['cer']:.4f} "
-                  f"({scores['utterances']} utterances, {scores['seconds']:.1f} s)", flush=True)
-    (args.out / "results.json").write_text(json.dumps(
-        {"results": results, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
-         "stopped": result["stopped"], "train_seconds": result["seconds"], "command": command,
-         "parameters": model.num_parameters()}, indent=1) + "\n")
+            print(
+                f"{name} {label}: WER {scores['wer']:.4f} CER {scores['cer']:.4f} "
+                f"({scores['utterances']} utterances, {scores['seconds']:.1f} s)",
+                flush=True,
+            )
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "best_epoch": result["best_epoch"],
+                "epochs_run": result["epochs_run"],
+                "stopped": result["stopped"],
+                "train_seconds": result["seconds"],
+                "command": command,
+                "parameters": model.num_parameters(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
     if args.checkpoint is not None:
         corpus = splits["train"].manifest.get("config", {})

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from npuq.data import fashion_mnist_loader, fashion_mnist_tensors
-from npuq.models import MODELS, build_model, count_macs
-from npuq.models.checkpoints import checkpoint_name, save_checkpoint
+
 from npuq.apps.training import (
     DEFAULT_THREADS,
     RECIPES,
@@ -31,6 +29,9 @@ from npuq.apps.training import (
     seed_everything,
     train,
 )
+from npuq.data import fashion_mnist_loader, fashion_mnist_tensors
+from npuq.models import MODELS, build_model, count_macs
+from npuq.models.checkpoints import checkpoint_name, save_checkpoint
 
 
 def parse_args(argv=None):
@@ -42,11 +43,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
-                   help="random 2-px crop + horizontal flip (default: off; it slows convergence in 5 epochs)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="random 2-px crop + horizontal flip (default: off; it slows convergence in 5 epochs)",
+    )
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke tests)")
-    p.add_argument("--stats-images", type=int, default=2048,
-                   help="training images used to find always-zero activations")
+    p.add_argument(
+        "--stats-images", type=int, default=2048, help="training images used to find always-zero activations"
+    )
     p.add_argument("--out", type=Path, default=None, help="directory for the checkpoint (none: do not save)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -58,13 +64,25 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     model = build_model(args.model, width=args.width)
     macs = count_macs(model)
-    print(f"{args.model} width {args.width:g}: {macs / 1e6:.2f} M MACs/image, "
-          f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
+    print(
+        f"{args.model} width {args.width:g}: {macs / 1e6:.2f} M MACs/image, "
+        f"{sum(p.numel() for p in model.parameters())} parameters",
+        flush=True,
+    )
 
     test_loader = fashion_mnist_loader("test", batch_size=1000)
-    result = train(model, args.recipe, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                   limit=args.limit, augmentation=args.augment, threads=args.threads,
-                   eval_loader=test_loader, progress=not args.quiet)
+    result = train(
+        model,
+        args.recipe,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        augmentation=args.augment,
+        threads=args.threads,
+        eval_loader=test_loader,
+        progress=not args.quiet,
+    )
     with deterministic(args.threads):
         accuracy = evaluate(model, test_loader)
         calib = fashion_mnist_tensors("train")[0][: args.stats_images]
@@ -93,8 +111,9 @@ def main(argv=None) -> int:
             "dead_channel_stats": stats,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        path = save_checkpoint(model, args.out / f"{checkpoint_name(args.model, args.width, args.recipe)}.safetensors",
-                               metadata)
+        path = save_checkpoint(
+            model, args.out / f"{checkpoint_name(args.model, args.width, args.recipe)}.safetensors", metadata
+        )
         print(f"wrote {path}")
     return 0
 

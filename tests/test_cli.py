@@ -49,8 +49,9 @@ def program_file(tmp_path_factory) -> Path:
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
     calib = [torch.randn(4, 1, 8, 8) for _ in range(2)]
     program = npuq.compile(npuq.quantize(model, calib, activations="minmax"), name="tiny")
     return program.save(tmp_path_factory.mktemp("prog") / "tiny.npuq")
@@ -69,17 +70,29 @@ def test_a_program_file_as_model_says_what_it_is(capsys, tmp_path, program_file)
     assert_one_line_error(code, err, "compile", "NPU program", "npuq run")
 
 
-@pytest.mark.parametrize("argv", [["quantize", "--model", "m", "--bits", "9"],
-                                  ["compile", "--model", "m", "-o", "x", "--bits", "1"],
-                                  ["ptq-bench", "--bits", "8", "9"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["quantize", "--model", "m", "--bits", "9"],
+        ["compile", "--model", "m", "-o", "x", "--bits", "1"],
+        ["ptq-bench", "--bits", "8", "9"],
+    ],
+)
 def test_bits_are_checked_by_argparse_with_the_range(capsys, argv):
     code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, argv[0], "--bits", "[2, 8]")
 
 
-@pytest.mark.parametrize("flag,value,fragment", [("--batch-size", "0", "[1, 65536]"), ("--limit", "-5", ">= 1"),
-                                                 ("--threads", "2000", f"[1, {npuq.MAX_THREADS}]"),
-                                                 ("--threads", "0", "[1,"), ("--limit", "ten", "integer")])
+@pytest.mark.parametrize(
+    "flag,value,fragment",
+    [
+        ("--batch-size", "0", "[1, 65536]"),
+        ("--limit", "-5", ">= 1"),
+        ("--threads", "2000", f"[1, {npuq.MAX_THREADS}]"),
+        ("--threads", "0", "[1,"),
+        ("--limit", "ten", "integer"),
+    ],
+)
 def test_run_numbers_out_of_range(capsys, program_file, flag, value, fragment):
     code, _, err = run_cli(capsys, "run", program_file, flag, value)
     assert_one_line_error(code, err, "run", flag, fragment)
@@ -119,9 +132,15 @@ def test_ptq_bench_missing_config(capsys, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text,fragment", [("methods = [\"nope\"]\n", "unknown method"),
-                                           ("bogus = 1\n", "unknown field"), ("task = \"audio\"\n", "unknown task"),
-                                           ("bits = [\n", "not valid TOML")])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ('methods = ["nope"]\n', "unknown method"),
+        ("bogus = 1\n", "unknown field"),
+        ('task = "audio"\n', "unknown task"),
+        ("bits = [\n", "not valid TOML"),
+    ],
+)
 def test_ptq_bench_bad_config(capsys, tmp_path, text, fragment):
     config, out = tmp_path / "c.toml", tmp_path / "out"
     config.write_text(text)
@@ -141,8 +160,22 @@ def test_ptq_bench_failing_before_its_first_run_leaves_no_folder(capsys, tmp_pat
     monkeypatch.setenv("NPUQ_FASHION_MNIST", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     out = tmp_path / "results" / "ptq"
-    code, _, err = run_cli(capsys, "ptq-bench", "--methods", "wess", "--bits", "8", "--modes", "weight_only",
-                           "--checkpoints", "mobilenet_v2_w0.5_sgd", "--limit", "10", "--out", out)
+    code, _, err = run_cli(
+        capsys,
+        "ptq-bench",
+        "--methods",
+        "wess",
+        "--bits",
+        "8",
+        "--modes",
+        "weight_only",
+        "--checkpoints",
+        "mobilenet_v2_w0.5_sgd",
+        "--limit",
+        "10",
+        "--out",
+        out,
+    )
     line = assert_one_line_error(code, err, "ptq-bench", f"NPUQ_FASHION_MNIST={tmp_path / 'empty'}")
     assert "set the environment variable" not in line  # the user did set it: say it points at the wrong place
     assert not out.exists()
@@ -182,6 +215,7 @@ def test_npuq_debug_shows_the_traceback(capsys, tmp_path, monkeypatch):
 
 def test_a_bug_is_not_disguised_as_a_user_error(capsys, monkeypatch):
     """Only input errors become one line; an internal error (here a TypeError) keeps its traceback."""
+
     def buggy(args):
         raise TypeError("bug")
 
@@ -195,9 +229,13 @@ def test_thread_counts_are_bounded_everywhere():
     from npuq import _C
 
     assert npuq.MAX_THREADS == _C.MAX_THREADS == 256
-    for call in (lambda: npuq.set_num_threads(2000), lambda: _C.set_num_threads(2000),
-                 lambda: npuq.ops.requantize(np.zeros((1, 2), np.int32), multiplier=1 << 30, exponent=0,
-                                             output_zero_point=0, threads=2000)):
+    for call in (
+        lambda: npuq.set_num_threads(2000),
+        lambda: _C.set_num_threads(2000),
+        lambda: npuq.ops.requantize(
+            np.zeros((1, 2), np.int32), multiplier=1 << 30, exponent=0, output_zero_point=0, threads=2000
+        ),
+    ):
         with pytest.raises(ValueError, match=r"\[1, 256\]"):
             call()
     before = npuq.get_num_threads()
@@ -207,14 +245,21 @@ def test_thread_counts_are_bounded_everywhere():
 def test_threads_2000_in_a_fresh_process_is_an_error_not_an_abort(program_file):
     """The reported crash: OpenMP's 'Thread creation failed' killed the process. Bounded now, in the native
     core too, so a script that asks for 2000 threads gets a Python exception."""
-    code = ("import numpy as np, npuq\n"
-            "x = np.zeros((1, 4, 4, 8), np.int8); w = np.ones((8, 1, 1, 8), np.int8)\n"
-            "try:\n"
-            "    npuq.ops.conv2d(x, w, multiplier=1 << 30, exponent=0, threads=2000)\n"
-            "except ValueError as e:\n"
-            "    print('ValueError', e)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    code = (
+        "import numpy as np, npuq\n"
+        "x = np.zeros((1, 4, 4, 8), np.int8); w = np.ones((8, 1, 1, 8), np.int8)\n"
+        "try:\n"
+        "    npuq.ops.conv2d(x, w, multiplier=1 << 30, exponent=0, threads=2000)\n"
+        "except ValueError as e:\n"
+        "    print('ValueError', e)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert result.returncode == 0, result.stderr
     assert "ValueError" in result.stdout and "256" in result.stdout
 
@@ -256,8 +301,12 @@ def test_every_option_a_help_text_refers_to_exists():
 
 
 def test_every_option_has_a_help_text():
-    missing = [f"{name} {a.option_strings}" for name, p in _all_parsers().items() for a in p._actions
-               if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)]
+    missing = [
+        f"{name} {a.option_strings}"
+        for name, p in _all_parsers().items()
+        for a in p._actions
+        if a.option_strings and not a.help and not isinstance(a, argparse._HelpAction)
+    ]
     assert not missing, missing
 
 
@@ -297,10 +346,22 @@ def test_info_says_whether_a_cuda_device_is_usable(capsys):
 
 def test_the_installed_entry_point_has_no_traceback(tmp_path):
     """`npuq` as installed (console script): a user mistake is one line and exit 2."""
-    result = subprocess.run([sys.executable, "-c", "import sys; from npuq.cli import main; sys.exit(main())",
-                             "compile", "--model", str(ROOT / "README.md"), "-o", str(tmp_path / "x.npuq")],
-                            capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from npuq.cli import main; sys.exit(main())",
+            "compile",
+            "--model",
+            str(ROOT / "README.md"),
+            "-o",
+            str(tmp_path / "x.npuq"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
@@ -326,9 +387,13 @@ def test_no_module_of_the_package_imports_the_cli():
     offenders = []
     for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
-                     if isinstance(node, ast.ImportFrom) and not node.level else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             if "npuq.cli" in names:
                 offenders.append(str(path.relative_to(package)))
     assert not offenders, offenders
@@ -336,8 +401,13 @@ def test_no_module_of_the_package_imports_the_cli():
 
 def _without_torch(*argv: str) -> subprocess.CompletedProcess:
     code = "import sys; sys.modules['torch'] = None\nfrom npuq.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
 
 
 def test_the_commands_that_need_no_torch_work_without_it(tmp_path):
@@ -356,11 +426,18 @@ def test_the_commands_that_need_no_torch_work_without_it(tmp_path):
 
 
 def test_a_command_imports_only_its_own_subsystem():
-    code = ("import sys\nfrom npuq.cli import main\n"
-            "try:\n    main(['verify', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'npuq.quant', 'npuq.distill', 'npuq.lrf') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    code = (
+        "import sys\nfrom npuq.cli import main\n"
+        "try:\n    main(['verify', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'npuq.quant', 'npuq.distill', 'npuq.lrf') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
@@ -374,9 +451,33 @@ class _Reached(Exception):
 
 
 def _values(tmp: Path) -> list[str]:
-    return ["0", "-1", "1", "8", "9", "2000", "99999999999999999999", "-5", "1e9", "nan", "", "x", "--", "-",
-            "wess", "mse", "test", "weight_only", str(ROOT / "README.md"), str(tmp), str(tmp / "missing"),
-            "/dev/null", str(ROOT / "configs" / "ptq_quick.toml"), "fashion-mnist:test:0", "mobilenet_v2_w0.5_sgd"]
+    return [
+        "0",
+        "-1",
+        "1",
+        "8",
+        "9",
+        "2000",
+        "99999999999999999999",
+        "-5",
+        "1e9",
+        "nan",
+        "",
+        "x",
+        "--",
+        "-",
+        "wess",
+        "mse",
+        "test",
+        "weight_only",
+        str(ROOT / "README.md"),
+        str(tmp),
+        str(tmp / "missing"),
+        "/dev/null",
+        str(ROOT / "configs" / "ptq_quick.toml"),
+        "fashion-mnist:test:0",
+        "mobilenet_v2_w0.5_sgd",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -400,9 +501,15 @@ def heavy_work_stubbed(monkeypatch):
     def reached(*args, **kwargs):
         raise _Reached
 
-    for module, name in ((npuq.apps.ptq_benchmark, "run_benchmark"), (npuq.apps.ptq_imagenet, "run_benchmark"),
-                         (npuq.apps.demo, "run_demo"), (experiment, "run_experiment"), (checkpoints, "load_checkpoint"),
-                         (emulator.Emulator, "evaluate"), (vectors, "export_vectors")):
+    for module, name in (
+        (npuq.apps.ptq_benchmark, "run_benchmark"),
+        (npuq.apps.ptq_imagenet, "run_benchmark"),
+        (npuq.apps.demo, "run_demo"),
+        (experiment, "run_experiment"),
+        (checkpoints, "load_checkpoint"),
+        (emulator.Emulator, "evaluate"),
+        (vectors, "export_vectors"),
+    ):
         monkeypatch.setattr(module, name, reached)
 
 
@@ -452,10 +559,10 @@ def test_run_images_from_hostile_files(capsys, program_file, tmp_path, make):
     images, labels = tmp_path / "images.npy", tmp_path / "labels.npy"
     np.save(labels, np.arange(2))
     if make == "fifo":
-        os.mkfifo(images)          # would block np.load forever
+        os.mkfifo(images)  # would block np.load forever
     elif make == "device":
         images.symlink_to("/dev/zero")
-    elif make == "huge_header":    # claims 2^36 float32 elements, holds 32 bytes
+    elif make == "huge_header":  # claims 2^36 float32 elements, holds 32 bytes
         header = "{'descr': '<f4', 'fortran_order': False, 'shape': (68719476736,), }"
         header += " " * (118 - len(header)) + "\n"
         images.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(32))

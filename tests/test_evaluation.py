@@ -35,7 +35,7 @@ class _ModeProbe(nn.Module):
 def _batches(n: int = 10, size: int = 4):
     labels = torch.zeros(n, dtype=torch.long)
     labels[::2] = 1
-    return [(torch.zeros(len(labels[i:i + size]), 3), labels[i:i + size]) for i in range(0, n, size)]
+    return [(torch.zeros(len(labels[i : i + size]), 3), labels[i : i + size]) for i in range(0, n, size)]
 
 
 def test_evaluates_in_eval_mode_and_restores_every_submodule():
@@ -65,7 +65,7 @@ def test_the_three_helpers_agree():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 3)).train()
     images, labels = torch.randn(50, 3), torch.randint(0, 3, (50,))
-    loader = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 50, 16)]
+    loader = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 50, 16)]
     expected = top1_accuracy(model, loader)
     assert training_evaluate(model, loader) == quant_evaluate(model, loader) == expected
     assert distill_accuracy(model, images, labels, batch_size=16) == expected

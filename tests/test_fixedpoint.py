@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 import npuq
 from support import reference_numpy as R
 from support.helpers import (
-    scaled_examples,
     EXPONENT_STRATEGY,
     INT32_MAX,
     INT32_MIN,
@@ -24,6 +23,7 @@ from support.helpers import (
     assert_same,
     clamps,
     isa_threads,
+    scaled_examples,
     using_isa,
 )
 
@@ -87,9 +87,31 @@ def test_quantize_multiplier_matches_oracle(real):
 
 @pytest.mark.parametrize(
     "real",
-    [0.5, 1.0, 0.75, 0.0078125, 1 - 2.0**-40, 3e-10, 1e-10, 0.0123, 2.0**-32, math.nextafter(2.0**-32, 0),
-     2.0**-32 * (1 - 2.0**-30), 2.0**30 * (1 - 2.0**-31), math.nextafter(2.0**30, 0), 5e-324, 2.2250738585072014e-308,
-     1.7976931348623157e308, 2.0**30, 2.0**31, 2.0**29, 0.5 + 2.0**-32, 0.5 + 2.5 * 2.0**-31, 1.5, 2.0**-31],
+    [
+        0.5,
+        1.0,
+        0.75,
+        0.0078125,
+        1 - 2.0**-40,
+        3e-10,
+        1e-10,
+        0.0123,
+        2.0**-32,
+        math.nextafter(2.0**-32, 0),
+        2.0**-32 * (1 - 2.0**-30),
+        2.0**30 * (1 - 2.0**-31),
+        math.nextafter(2.0**30, 0),
+        5e-324,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        2.0**30,
+        2.0**31,
+        2.0**29,
+        0.5 + 2.0**-32,
+        0.5 + 2.5 * 2.0**-31,
+        1.5,
+        2.0**-31,
+    ],
 )
 def test_quantize_multiplier_edges(real):
     _check_qm(real)
@@ -174,8 +196,15 @@ def requant_case(draw):
     if draw(st.booleans()):
         shift = np.array(draw(st.lists(SHIFT_STRATEGY, min_size=c, max_size=c)), np.int64)
     zp, lo, hi = draw(clamps())
-    params = dict(multiplier=m0, exponent=e, channel_shift=shift, output_zero_point=zp, act_min=lo, act_max=hi,
-                  rounding=draw(ROUNDING_STRATEGY))
+    params = dict(
+        multiplier=m0,
+        exponent=e,
+        channel_shift=shift,
+        output_zero_point=zp,
+        act_min=lo,
+        act_max=hi,
+        rounding=draw(ROUNDING_STRATEGY),
+    )
     return acc, params
 
 
@@ -188,8 +217,11 @@ def test_requantize_matches_oracle(case, int32_params, isa_and_threads):
     if int32_params:
         params = as_int32_params(params)
     with using_isa(isa):
-        assert_same(expected, npuq.ops.requantize(acc, threads=threads, **params),
-                    f"npuq.ops.requantize isa={isa} threads={threads}")
+        assert_same(
+            expected,
+            npuq.ops.requantize(acc, threads=threads, **params),
+            f"npuq.ops.requantize isa={isa} threads={threads}",
+        )
     assert_same(expected, npuq.ops.reference.requantize(acc, **params), "npuq.ops.reference.requantize")
 
 
@@ -227,8 +259,9 @@ def test_requantize_large_tensor_matches_oracle():
         s = rng.integers(0, 16, c)
         for rounding in ("double", "single"):
             expected = R.requantize(acc, m0, e, s, output_zero_point=3, rounding=rounding)
-            got = npuq.ops.requantize(acc, multiplier=m0, exponent=e, channel_shift=s, output_zero_point=3,
-                                      rounding=rounding)
+            got = npuq.ops.requantize(
+                acc, multiplier=m0, exponent=e, channel_shift=s, output_zero_point=3, rounding=rounding
+            )
             assert_same(expected, got, f"c={c} {rounding}")
 
 
@@ -241,13 +274,18 @@ def test_requantize_every_exponent_and_shift(rounding):
     e_all, s_all = e_all.ravel(), s_all.ravel()  # 992 channels
     c = e_all.size
     edges = np.array([INT32_MIN, INT32_MIN + 1, -(2**30), -1, 0, 1, 2**30, INT32_MAX - 1, INT32_MAX])
-    acc = np.concatenate([np.repeat(edges[:, None], c, 1),
-                          rng.integers(INT32_MIN, INT32_MAX, (300, c), endpoint=True),
-                          rng.integers(-(2**16), 2**16, (300, c))]).astype(np.int32)
+    acc = np.concatenate(
+        [
+            np.repeat(edges[:, None], c, 1),
+            rng.integers(INT32_MIN, INT32_MAX, (300, c), endpoint=True),
+            rng.integers(-(2**16), 2**16, (300, c)),
+        ]
+    ).astype(np.int32)
     for m0 in (2**30, 2**31 - 1, 1610612736, rng.integers(2**30, 2**31, c)):
         m0 = np.broadcast_to(np.asarray(m0, np.int64), (c,)).copy()
         for zp in (0, -128, 127):
             expected = R.requantize(acc, m0, e_all, s_all, output_zero_point=zp, rounding=rounding)
-            got = npuq.ops.requantize(acc, multiplier=m0, exponent=e_all, channel_shift=s_all,
-                                      output_zero_point=zp, rounding=rounding)
+            got = npuq.ops.requantize(
+                acc, multiplier=m0, exponent=e_all, channel_shift=s_all, output_zero_point=zp, rounding=rounding
+            )
             assert_same(expected, got, f"m0={m0[0]} zp={zp}")

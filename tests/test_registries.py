@@ -25,12 +25,12 @@ def _names(text: str) -> list[str]:
 
 def _table(text: str, heading: str, column: str) -> list[str]:
     """The cells of ``column`` of the first markdown table after the line that contains ``heading``."""
-    lines = text[text.index(heading):].splitlines()
+    lines = text[text.index(heading) :].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     index = header.index(column)
     cells = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells.append([c.strip() for c in line.strip("|").split("|")][index])
@@ -53,11 +53,15 @@ def _doc(name: str) -> str:
 
 # registry -> (the doc that lists its names, how to read them from it)
 DOCUMENTED = {
-    "weight_quantizers": ("quantization.md", lambda t: [_names(c)[0] for c in _table(
-        t, "## 2. Weight quantizers", "method")]),
+    "weight_quantizers": (
+        "quantization.md",
+        lambda t: [_names(c)[0] for c in _table(t, "## 2. Weight quantizers", "method")],
+    ),
     "activation_observers": ("quantization.md", lambda t: _names(_between(t, "Observers:", "The module"))),
-    "distill_losses": ("distillation_losses.md", lambda t: [n for c in _table(t, "| loss | config name", "config name")
-                                                         for n in _names(c)]),
+    "distill_losses": (
+        "distillation_losses.md",
+        lambda t: [n for c in _table(t, "| loss | config name", "config name") for n in _names(c)],
+    ),
     "distill_processes": ("distillation.md", lambda t: _names(_between(t, "the process (", ")"))),
     "search_strategies": ("lrf_search.md", lambda t: _names(_row(t, "`strategy`"))),
     "search_tasks": ("lrf_search.md", lambda t: _names(_between(_row(t, "`[task]`"), "(", ")"))),
@@ -86,14 +90,17 @@ def _unregistered(key: str, names, where: str) -> list[str]:
 def _distill(table: dict, where: str) -> list[str]:
     models = [table.get("student", {}).get("model", "cnn")]
     models += [t.get("model", "cnn") for t in [*table.get("teachers", []), table.get("assistant", {})]]
-    return (_unregistered("distill_losses", [t.get("loss", "kd") for t in table.get("terms", [])], where)
-            + _unregistered("distill_processes", [table.get("process", "offline")], where)
-            + _unregistered("models", models, where))
+    return (
+        _unregistered("distill_losses", [t.get("loss", "kd") for t in table.get("terms", [])], where)
+        + _unregistered("distill_processes", [table.get("process", "offline")], where)
+        + _unregistered("models", models, where)
+    )
 
 
 def _lrf(table: dict, where: str) -> list[str]:
-    return (_unregistered("search_strategies", [table.get("strategy", "reinforce")], where)
-            + _unregistered("search_tasks", [table.get("task", {}).get("name", "fashion_mnist")], where))
+    return _unregistered("search_strategies", [table.get("strategy", "reinforce")], where) + _unregistered(
+        "search_tasks", [table.get("task", {}).get("name", "fashion_mnist")], where
+    )
 
 
 def _ptq(table: dict, where: str) -> list[str]:
@@ -107,8 +114,11 @@ def _ptq(table: dict, where: str) -> list[str]:
         weights = {name: kwargs["weights"] for name, kwargs in METHODS.items()}
     methods = table.get("methods", list(weights))
     unknown = [f"{where}: benchmark method {m!r}" for m in methods if m not in weights]
-    return (unknown + _unregistered("weight_quantizers", [weights[m] for m in methods if m in weights], where)
-            + _unregistered("activation_observers", [table.get("activations", "mse")], where))
+    return (
+        unknown
+        + _unregistered("weight_quantizers", [weights[m] for m in methods if m in weights], where)
+        + _unregistered("activation_observers", [table.get("activations", "mse")], where)
+    )
 
 
 def _checker(path: Path):

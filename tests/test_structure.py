@@ -55,8 +55,10 @@ def import_graph() -> dict[str, set[str]]:
                         parts = parts[: len(parts) - (node.level - 1)]
                         base = ".".join(parts + ([node.module] if node.module else []))
                     # "from a import b" imports the module a.b when there is one, else a name of a
-                    targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules | dict.fromkeys(NATIVE) else base
-                               for a in node.names]
+                    targets = [
+                        f"{base}.{a.name}" if f"{base}.{a.name}" in modules | dict.fromkeys(NATIVE) else base
+                        for a in node.names
+                    ]
                 for name in targets:
                     if name == "npuq" or name.startswith("npuq."):
                         target = _target(name, modules)
@@ -109,7 +111,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_package_has_no_import_cycle():
     found = cycles(import_graph())
     assert not found, "import cycles (each line: modules that import each other):\n" + "\n".join(
-        " <-> ".join(c) for c in found)
+        " <-> ".join(c) for c in found
+    )
 
 
 def test_the_cycle_check_finds_a_cycle():

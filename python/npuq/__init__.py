@@ -5,22 +5,27 @@ The integer arithmetic is specified in ``docs/arithmetic.md``; :mod:`npuq.ops` r
 
 from npuq import ops
 from npuq._C import ARITHMETIC_VERSION, BUILT_WITH_CUDA
+from npuq._tensors import LayoutWarning
 from npuq.fixedpoint import (
     MultiplierFlushedWarning,
     quantize_bias,
     quantize_multiplier,
     quantize_multipliers,
 )
-from npuq.runtime import MAX_THREADS, cpu_features, get_num_threads, set_isa, set_num_threads
-from npuq._tensors import LayoutWarning
 from npuq.npu import Emulator, Program, ProgramError, load_program
+from npuq.runtime import MAX_THREADS, cpu_features, get_num_threads, set_isa, set_num_threads
 
 __version__ = "0.1.0"
 
 # torch is an optional dependency: the quantization entry points import it on first use.
-_LAZY = {"quantize": ("npuq.quant", "quantize"), "prepare": ("npuq.quant", "prepare"),
-         "QuantizedModel": ("npuq.quant", "QuantizedModel"), "quant": ("npuq.quant", None),
-         "compile": ("npuq.npu.compiler", "compile_model"), "CompileError": ("npuq.npu.compiler", "CompileError")}
+_LAZY = {
+    "quantize": ("npuq.quant", "quantize"),
+    "prepare": ("npuq.quant", "prepare"),
+    "QuantizedModel": ("npuq.quant", "QuantizedModel"),
+    "quant": ("npuq.quant", None),
+    "compile": ("npuq.npu.compiler", "compile_model"),
+    "CompileError": ("npuq.npu.compiler", "CompileError"),
+}
 
 
 def __getattr__(name):

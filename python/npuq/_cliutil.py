@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_USAGE = 2          # bad input: arguments, files, configs
+EXIT_USAGE = 2  # bad input: arguments, files, configs
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
 
@@ -31,8 +31,13 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("%(default)" in text or not action.option_strings or action.default is None
-                or action.default is False or action.default is argparse.SUPPRESS):
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -113,8 +118,10 @@ def removes_if_empty(folder):
 def shipped_checkpoints_help() -> str:
     """The ``--model`` help: the shipped image checkpoints by name, read without importing torch."""
     names = shipped_image_checkpoints()
-    return (f"a shipped checkpoint ({', '.join(names) or 'none installed'}) or a .safetensors checkpoint "
-            "written by scripts/train_fmnist.py")
+    return (
+        f"a shipped checkpoint ({', '.join(names) or 'none installed'}) or a .safetensors checkpoint "
+        "written by scripts/train_fmnist.py"
+    )
 
 
 def add_quantization_options(p, *, weight_only: bool) -> None:
@@ -124,8 +131,13 @@ def add_quantization_options(p, *, weight_only: bool) -> None:
     p.add_argument("--weights", default="wess", choices=WEIGHT_METHODS, help="weight quantization method")
     p.add_argument("--bits", type=int_range(2, 8), default=8, metavar="{2..8}", help="weight bits")
     acts = [*ACTIVATION_METHODS, "none"] if weight_only else list(ACTIVATION_METHODS)
-    p.add_argument("--activations", default="mse", choices=acts, help="activation observer for int8 activations"
-                   + (", or 'none' for weight-only quantization" if weight_only else ""))
+    p.add_argument(
+        "--activations",
+        default="mse",
+        choices=acts,
+        help="activation observer for int8 activations"
+        + (", or 'none' for weight-only quantization" if weight_only else ""),
+    )
     p.add_argument("--calib-batches", type=int_range(1, 100_000), default=8, help="calibration batches")
     p.add_argument("--batch-size", type=int_range(1, 65_536), default=256, help="calibration batch size")
     p.add_argument("--cle", action="store_true", help="cross-layer equalization (+ high-bias absorption)")
@@ -205,5 +217,16 @@ def _prefixed(prog: str, message: str) -> str:
     return message if message.startswith("npuq ") else f"{prog}: {message}"
 
 
-__all__ = ["CommandError", "EXIT_USAGE", "HelpFormatter", "Parser", "add_quantization_options", "float_range",
-           "int_range", "one_line", "run_command", "shipped_checkpoints_help", "threads_arg"]
+__all__ = [
+    "CommandError",
+    "EXIT_USAGE",
+    "HelpFormatter",
+    "Parser",
+    "add_quantization_options",
+    "float_range",
+    "int_range",
+    "one_line",
+    "run_command",
+    "shipped_checkpoints_help",
+    "threads_arg",
+]

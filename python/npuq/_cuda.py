@@ -38,8 +38,10 @@ def require(device: int | None = None) -> int:
     """The device index to run on; RuntimeError saying why when the GPU path cannot run."""
     i = info()
     if not i["built"]:
-        raise RuntimeError(f"device='cuda' needs npuq's CUDA kernels, but {i['reason']}; rebuild npuq on a machine "
-                           "with the CUDA toolkit (nvcc) to get them")
+        raise RuntimeError(
+            f"device='cuda' needs npuq's CUDA kernels, but {i['reason']}; rebuild npuq on a machine "
+            "with the CUDA toolkit (nvcc) to get them"
+        )
     if i["devices"] == 0:
         raise RuntimeError(f"device='cuda' was asked for, but no CUDA GPU is available ({i['reason']})")
     device = 0 if device is None else int(device)
@@ -116,22 +118,31 @@ def view(x, name: str, dtype, ndim: int | None = None, *, nhwc_from_torch: bool 
                 raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
             if not x.is_contiguous(memory_format=torch.channels_last):
                 if not x.is_contiguous():
-                    raise ValueError(f"{name} is a non-contiguous CUDA tensor (strides {x.stride()}); the CUDA "
-                                     "kernels read channels_last memory: pass "
-                                     "x.contiguous(memory_format=torch.channels_last)")
-                from npuq._tensors import LayoutWarning, _caller_stacklevel
+                    raise ValueError(
+                        f"{name} is a non-contiguous CUDA tensor (strides {x.stride()}); the CUDA "
+                        "kernels read channels_last memory: pass "
+                        "x.contiguous(memory_format=torch.channels_last)"
+                    )
                 import warnings
 
-                warnings.warn(f"{name} is not in torch.channels_last memory format; npuq copies it on the GPU. "
-                              "Convert once with x.contiguous(memory_format=torch.channels_last) to avoid the "
-                              "copy on every call.", LayoutWarning, stacklevel=_caller_stacklevel())
+                from npuq._tensors import LayoutWarning, _caller_stacklevel
+
+                warnings.warn(
+                    f"{name} is not in torch.channels_last memory format; npuq copies it on the GPU. "
+                    "Convert once with x.contiguous(memory_format=torch.channels_last) to avoid the "
+                    "copy on every call.",
+                    LayoutWarning,
+                    stacklevel=_caller_stacklevel(),
+                )
                 x = x.contiguous(memory_format=torch.channels_last)
             n, c, h, w = x.shape
             shape = (n, h, w, c)
         else:
             if not x.is_contiguous():
-                raise ValueError(f"{name} is a non-contiguous CUDA tensor (shape {tuple(x.shape)}, strides "
-                                 f"{x.stride()}); pass {name}.contiguous()")
+                raise ValueError(
+                    f"{name} is a non-contiguous CUDA tensor (shape {tuple(x.shape)}, strides "
+                    f"{x.stride()}); pass {name}.contiguous()"
+                )
             shape = tuple(x.shape)
         if ndim is not None and len(shape) != ndim:
             raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
@@ -141,8 +152,7 @@ def view(x, name: str, dtype, ndim: int | None = None, *, nhwc_from_torch: bool 
         return DeviceView(int(x.data_ptr()), shape, dtype, int(device), _torch_stream(device), x, True)
 
     if not hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(f"{name} must be a torch CUDA tensor or have __cuda_array_interface__, got "
-                        f"{type(x).__name__}")
+        raise TypeError(f"{name} must be a torch CUDA tensor or have __cuda_array_interface__, got {type(x).__name__}")
     cai = x.__cuda_array_interface__
     shape = tuple(int(d) for d in cai["shape"])
     got = np.dtype(cai["typestr"])
@@ -155,8 +165,9 @@ def view(x, name: str, dtype, ndim: int | None = None, *, nhwc_from_torch: bool 
             expect.append(step)
             step *= max(d, 1)
         if tuple(strides) != tuple(reversed(expect)) and int(np.prod(shape)) > 1:
-            raise ValueError(f"{name} is a non-contiguous device array (strides {tuple(strides)}); make it "
-                             "C-contiguous first")
+            raise ValueError(
+                f"{name} is a non-contiguous device array (strides {tuple(strides)}); make it C-contiguous first"
+            )
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {shape}")
     if int(np.prod(shape)) == 0:
@@ -230,8 +241,14 @@ class Borrowed:
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "version": 3,
-                "strides": None, "stream": self.stream or 1}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self.ptr, False),
+            "version": 3,
+            "strides": None,
+            "stream": self.stream or 1,
+        }
 
     def reshape(self, shape):
         shape = list(shape)
@@ -247,8 +264,9 @@ class Borrowed:
         """Rows [lo, hi) of the first axis (the same memory)."""
         hi = min(hi, self.shape[0])
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        return Borrowed(self.ptr + lo * row, (hi - lo,) + self.shape[1:], self.dtype, self.device, self.stream,
-                        self._owner)
+        return Borrowed(
+            self.ptr + lo * row, (hi - lo,) + self.shape[1:], self.dtype, self.device, self.stream, self._owner
+        )
 
     def numpy(self) -> np.ndarray:
         host = np.empty(self.shape, self.dtype)

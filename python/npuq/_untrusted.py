@@ -32,8 +32,13 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXE
 # ====================================================================================== files
 def file_kind(mode: int) -> str:
     """What a non-regular file is, in words, for an error message."""
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a plain file"
@@ -70,8 +75,14 @@ def regular_size(path: Path, error: type[Exception], what: str, *, root: Path | 
     return st.st_size
 
 
-def read_regular(path: Path, error: type[Exception], what: str, *, root: Path | None = None,
-                 check_size: Callable[[int], None] | None = None) -> bytes | None:
+def read_regular(
+    path: Path,
+    error: type[Exception],
+    what: str,
+    *,
+    root: Path | None = None,
+    check_size: Callable[[int], None] | None = None,
+) -> bytes | None:
     """The bytes of the regular file ``path`` (None if absent). ``check_size(size)`` raises for a size the
     caller cannot accept, before a byte is read. The file is checked again once open, so that one swapped
     for a FIFO or a link in between is not read, and must keep its size while it is read."""
@@ -96,9 +107,11 @@ def read_regular(path: Path, error: type[Exception], what: str, *, root: Path | 
 
 def size_limit(path: Path, error: type[Exception], what: str, max_bytes: int) -> Callable[[int], None]:
     """A ``check_size`` for :func:`read_regular`: at most ``max_bytes``."""
+
     def check(size: int) -> None:
         if size > max_bytes:
             raise error(f"{path}: the {what} is {size:,} bytes, more than the {max_bytes:,} accepted")
+
     return check
 
 
@@ -120,8 +133,16 @@ def npy_header(data: bytes, error: type[Exception], path: Path) -> tuple[tuple[i
             if reader is None:
                 raise error(f"{path}: .npy format version {version[0]}.{version[1]} is not supported (1.0, 2.0)")
             shape, fortran, dtype = reader(stream)
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError, EOFError,
-            tokenize.TokenError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        SyntaxError,
+        RecursionError,
+        MemoryError,
+        OverflowError,
+        EOFError,
+        tokenize.TokenError,
+    ) as exc:
         if isinstance(exc, error):
             raise
         raise error(f"{path}: not a readable .npy file ({' '.join(str(exc).split())[:120]})") from None
@@ -140,8 +161,10 @@ def load_npy(path: str | os.PathLike, error: type[Exception], what: str, *, max_
         raise error(f"{path}: dtype {dtype} is not a plain numeric array (the {what})")
     expected = math.prod(shape) * dtype.itemsize
     if len(data) - offset != expected:
-        raise error(f"{path}: its header says shape {shape} of {dtype} ({expected:,} bytes) but "
-                    f"{len(data) - offset:,} bytes follow (the {what})")
+        raise error(
+            f"{path}: its header says shape {shape} of {dtype} ({expected:,} bytes) but "
+            f"{len(data) - offset:,} bytes follow (the {what})"
+        )
     flat = np.frombuffer(data, dtype=dtype, offset=offset)
     return np.array(flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape), order="C")
 
@@ -155,8 +178,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise JSONRejected(f"duplicate key {key!r:.80}: it appears twice in one object (readers that keep the "
-                               "first or the last value would read different files)")
+            raise JSONRejected(
+                f"duplicate key {key!r:.80}: it appears twice in one object (readers that keep the "
+                "first or the last value would read different files)"
+            )
         out[key] = value
     return out
 
@@ -167,6 +192,7 @@ def _bounded_int(max_digits: int):
         if digits > max_digits:
             raise JSONRejected(f"an integer of {digits} digits (at most {max_digits})")
         return int(text)
+
     return parse
 
 
@@ -195,5 +221,14 @@ def loads_strict(data: str | bytes, *, max_int_digits: int | None = None, finite
     return json.loads(data, **kwargs)
 
 
-__all__ = ["JSONRejected", "file_kind", "inside", "load_npy", "loads_strict", "npy_header", "read_regular", "regular_size",
-           "size_limit"]
+__all__ = [
+    "JSONRejected",
+    "file_kind",
+    "inside",
+    "load_npy",
+    "loads_strict",
+    "npy_header",
+    "read_regular",
+    "regular_size",
+    "size_limit",
+]

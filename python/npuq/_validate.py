@@ -36,8 +36,13 @@ def _as_int(v, name: str) -> int:
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if isinstance(v, Integral):
         return int(v)
-    if _tensors.is_torch(v) and v.dim() == 0 and not v.dtype.is_floating_point and not v.dtype.is_complex \
-            and str(v.dtype) != "torch.bool":
+    if (
+        _tensors.is_torch(v)
+        and v.dim() == 0
+        and not v.dtype.is_floating_point
+        and not v.dtype.is_complex
+        and str(v.dtype) != "torch.bool"
+    ):
         return int(v.item())
     try:  # other integer scalars (0-d integer numpy arrays)
         if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu":
@@ -206,8 +211,15 @@ def requant(channels: int, multiplier, exponent, channel_shift, output_zero_poin
     zp = zero_point(output_zero_point, "output_zero_point")
     lo, hi = clamp(act_min, act_max)
     choice(rounding, "rounding", ROUNDING_MODES)
-    return dict(multiplier=m0, exponent=exp, channel_shift=shift, output_zero_point=zp, act_min=lo, act_max=hi,
-                rounding=rounding)
+    return dict(
+        multiplier=m0,
+        exponent=exp,
+        channel_shift=shift,
+        output_zero_point=zp,
+        act_min=lo,
+        act_max=hi,
+        rounding=rounding,
+    )
 
 
 def bias(b, channels: int):
@@ -218,8 +230,10 @@ def bias(b, channels: int):
     if not isinstance(b, np.ndarray):
         b = np.asarray(b)
     if b.dtype.kind not in "iu":
-        raise TypeError(f"bias must be an integer array (int32 in the accumulator scale), got dtype {b.dtype}; "
-                        "quantize it with npuq.quantize_bias")
+        raise TypeError(
+            f"bias must be an integer array (int32 in the accumulator scale), got dtype {b.dtype}; "
+            "quantize it with npuq.quantize_bias"
+        )
     if b.shape != (channels,):
         raise ValueError(f"bias must have shape ({channels},) (one per output channel), got {b.shape}")
     bad = np.flatnonzero((b < _INT32_MIN) | (b > _INT32_MAX))

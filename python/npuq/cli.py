@@ -38,12 +38,17 @@ def build_parser(command: str | None = None) -> Parser:
     Importing a subsystem package can be slow (npuq.quant, npuq.distill and npuq.lrf import torch), so
     :func:`main` imports only the module of the command it runs; an unknown command, or none, registers
     every module (for the full help and the list of choices)."""
-    parser = Parser(prog="npuq", description="Integer NPU toolkit: quantize (WESS), compile, emulate bit-exactly, "
-                    "export golden vectors, distill, factorize. `npuq CMD --help` describes each command.")
+    parser = Parser(
+        prog="npuq",
+        description="Integer NPU toolkit: quantize (WESS), compile, emulate bit-exactly, "
+        "export golden vectors, distill, factorize. `npuq CMD --help` describes each command.",
+    )
     parser.add_argument("--version", action=_VersionAction, help="print npuq's version and arithmetic version")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = sub.add_parser("info", help="print the build, the arithmetic version, the CPU kernels in use and "
-                          "whether a CUDA device is usable")
+    info = sub.add_parser(
+        "info",
+        help="print the build, the arithmetic version, the CPU kernels in use and whether a CUDA device is usable",
+    )
     info.set_defaults(func=_run_info)
     if command in COMMANDS:
         modules = [COMMANDS[command]]
@@ -115,12 +120,13 @@ def _run_info(args) -> int:
         names = ", ".join(cuda.get("names") or [])
         print(f"CUDA: built, {cuda['devices']} usable device(s): {names}")
     else:
-        print(f"CUDA: built, but no usable device ({cuda.get('reason') or 'no GPU visible'}); "
-              "the CPU kernels run")
+        print(f"CUDA: built, but no usable device ({cuda.get('reason') or 'no GPU visible'}); the CPU kernels run")
     features = npuq.cpu_features()
-    print(f"CPU kernels: {features['active']} (supported: {', '.join(features['supported'])}; OpenMP "
-          f"{'on' if features['openmp'] else 'off'}), threads: {npuq.get_num_threads()} "
-          f"(at most {npuq.MAX_THREADS})")
+    print(
+        f"CPU kernels: {features['active']} (supported: {', '.join(features['supported'])}; OpenMP "
+        f"{'on' if features['openmp'] else 'off'}), threads: {npuq.get_num_threads()} "
+        f"(at most {npuq.MAX_THREADS})"
+    )
     return 0
 
 

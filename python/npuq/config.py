@@ -38,8 +38,7 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table",
-          list: "a list"}
+_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", dict: "a table", list: "a list"}
 
 
 def _name(t) -> str:
@@ -58,8 +57,9 @@ def value(v, expected, where: str):
                 return value(v, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where} must be " + " or ".join(_name(o) for o in options)
-                          + f", got {type(v).__name__} {v!r:.60}")
+        raise ConfigError(
+            f"{where} must be " + " or ".join(_name(o) for o in options) + f", got {type(v).__name__} {v!r:.60}"
+        )
     if origin is list or expected is list:
         args = typing.get_args(expected)
         if not isinstance(v, list):
@@ -111,6 +111,7 @@ def fill(cls, table, where: str, *, extra: str | None = None, skip: tuple[str, .
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         message = str(exc)
-        key = next((k for k in known if message.startswith(f"{k} ")), None) \
-            or next((k for k in known if f" {k} " in message), None)
+        key = next((k for k in known if message.startswith(f"{k} ")), None) or next(
+            (k for k in known if f" {k} " in message), None
+        )
         raise ConfigError(f"{where}.{key}: {message}" if key else f"{where}: {message}") from None

@@ -10,8 +10,9 @@ from torch import nn
 __all__ = ["top1_accuracy"]
 
 
-def top1_accuracy(model: nn.Module | Callable, batches: Iterable, *, progress: bool = False,
-                  desc: str = "evaluating") -> float:
+def top1_accuracy(
+    model: nn.Module | Callable, batches: Iterable, *, progress: bool = False, desc: str = "evaluating"
+) -> float:
     """The fraction of samples whose largest logit is the label, over ``batches`` of ``(input, label)``.
 
     A torch module is evaluated in eval mode (batch norm on its running statistics, no dropout), and every

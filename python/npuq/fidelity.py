@@ -50,23 +50,36 @@ def per_input(reference, logits) -> dict[str, torch.Tensor]:
     top5 = (z.topk(k, dim=1).indices == cls[:, None]).any(dim=1)
     logp, logq = torch.log_softmax(ref, dim=1), torch.log_softmax(z, dim=1)
     kl = (logp.exp() * (logp - logq)).sum(dim=1).clamp_(min=0.0)
-    return {"top1": (z.argmax(dim=1) == cls).double(), "top5": top5.double(), "kl": kl,
-            "signal": (ref ** 2).sum(dim=1), "noise": ((ref - z) ** 2).sum(dim=1)}
+    return {
+        "top1": (z.argmax(dim=1) == cls).double(),
+        "top5": top5.double(),
+        "kl": kl,
+        "signal": (ref**2).sum(dim=1),
+        "noise": ((ref - z) ** 2).sum(dim=1),
+    }
 
 
 def _sqnr(signal: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return torch.where(noise > 0, 10.0 * torch.log10(signal / noise.clamp(min=1e-300)),
-                       torch.full_like(signal, math.inf))
+    return torch.where(
+        noise > 0, 10.0 * torch.log10(signal / noise.clamp(min=1e-300)), torch.full_like(signal, math.inf)
+    )
 
 
 def _summaries(v: dict[str, torch.Tensor], idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """The four metrics, for each row of resampling indices ``idx`` (B, N) (or once, on all inputs)."""
     if idx is None:
-        return {"top1_agreement": v["top1"].mean(), "top5_agreement": v["top5"].mean(), "kl_mean": v["kl"].mean(),
-                "logit_sqnr_db": _sqnr(v["signal"].sum(), v["noise"].sum())}
-    return {"top1_agreement": v["top1"][idx].mean(dim=1), "top5_agreement": v["top5"][idx].mean(dim=1),
-            "kl_mean": v["kl"][idx].mean(dim=1),
-            "logit_sqnr_db": _sqnr(v["signal"][idx].sum(dim=1), v["noise"][idx].sum(dim=1))}
+        return {
+            "top1_agreement": v["top1"].mean(),
+            "top5_agreement": v["top5"].mean(),
+            "kl_mean": v["kl"].mean(),
+            "logit_sqnr_db": _sqnr(v["signal"].sum(), v["noise"].sum()),
+        }
+    return {
+        "top1_agreement": v["top1"][idx].mean(dim=1),
+        "top5_agreement": v["top5"][idx].mean(dim=1),
+        "kl_mean": v["kl"][idx].mean(dim=1),
+        "logit_sqnr_db": _sqnr(v["signal"][idx].sum(dim=1), v["noise"][idx].sum(dim=1)),
+    }
 
 
 def _resample(n: int, samples: int, seed: int) -> torch.Tensor:
@@ -94,8 +107,9 @@ def fidelity(reference, logits, *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int
     return out
 
 
-def paired_difference(reference, logits_a, logits_b, *, bootstrap: int = BOOTSTRAP_SAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> dict:
+def paired_difference(
+    reference, logits_a, logits_b, *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> dict:
     """Metric of ``a`` minus metric of ``b`` on the same inputs, with the 95% interval of the difference
     from a joint bootstrap. ``significant[name]`` is True when the interval excludes 0."""
     va, vb = per_input(reference, logits_a), per_input(reference, logits_b)
@@ -112,8 +126,9 @@ def paired_difference(reference, logits_a, logits_b, *, bootstrap: int = BOOTSTR
 
 
 @torch.no_grad()
-def collect_logits(model, inputs: torch.Tensor, *, batch_size: int = 64, progress: bool = False,
-                   desc: str = "logits") -> torch.Tensor:
+def collect_logits(
+    model, inputs: torch.Tensor, *, batch_size: int = 64, progress: bool = False, desc: str = "logits"
+) -> torch.Tensor:
     """``model(inputs)`` in batches, as one float32 CPU tensor."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ValueError("inputs must be a non-empty batched torch tensor")
@@ -122,7 +137,7 @@ def collect_logits(model, inputs: torch.Tensor, *, batch_size: int = 64, progres
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    return torch.cat([model(inputs[i:i + batch_size]).detach().float().cpu() for i in starts])
+    return torch.cat([model(inputs[i : i + batch_size]).detach().float().cpu() for i in starts])
 
 
 __all__ = ["collect_logits", "fidelity", "paired_difference", "per_input"]

@@ -105,5 +105,11 @@ def quantize_bias(real_bias, scale) -> np.ndarray:
     return rounded.astype(np.int32)
 
 
-__all__ = ["MultiplierFlushedWarning", "quantize_bias", "quantize_multiplier", "quantize_multipliers", "rdbpot",
-           "srdhm"]
+__all__ = [
+    "MultiplierFlushedWarning",
+    "quantize_bias",
+    "quantize_multiplier",
+    "quantize_multipliers",
+    "rdbpot",
+    "srdhm",
+]

@@ -10,8 +10,7 @@ import types
 
 import numpy as np
 
-from npuq import _C
-from npuq import _cuda
+from npuq import _C, _cuda
 from npuq import _tensors as T
 from npuq import _validate as V
 from npuq.fixedpoint import quantize_multiplier
@@ -49,9 +48,27 @@ class Conv2d:
     same kind; the weights are copied to each device once (docs/cuda.md).
     """
 
-    def __init__(self, weight, bias=None, *, input_zero_point=0, stride=1, padding=0, dilation=1, groups=1,
-                 multiplier, exponent, channel_shift=None, output_zero_point=0, act_min=-128, act_max=127,
-                 rounding="double", overflow="raise", threads=None, _op_name="conv2d"):
+    def __init__(
+        self,
+        weight,
+        bias=None,
+        *,
+        input_zero_point=0,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        multiplier,
+        exponent,
+        channel_shift=None,
+        output_zero_point=0,
+        act_min=-128,
+        act_max=127,
+        rounding="double",
+        overflow="raise",
+        threads=None,
+        _op_name="conv2d",
+    ):
         w = T.conv_weight(weight)
         V.weights_in_range(w)
         groups = V.integer(groups, "groups", 1)
@@ -68,15 +85,21 @@ class Conv2d:
         self.input_zero_point = V.zero_point(input_zero_point, "input_zero_point")
         self.threads = V.threads(threads)
         self._bias = V.bias(bias, out_channels)
-        rq = V.requant(out_channels, multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
-                       rounding)
+        rq = V.requant(out_channels, multiplier, exponent, channel_shift, output_zero_point, act_min, act_max, rounding)
         self.overflow = V.choice(overflow, "overflow", V.OVERFLOW_POLICIES)
         self._weight = w
         # the layer as the native plans and the reference take it (every backend checks it the same way)
-        self._params = _C.Conv2dParams(in_channels=self.in_channels, stride=self.stride, padding=self.padding,
-                                       dilation=self.dilation, groups=groups, input_zero_point=self.input_zero_point,
-                                       requant=_C.RequantParams(**rq), overflow=self.overflow,
-                                       fully_connected=_op_name == "fully_connected")
+        self._params = _C.Conv2dParams(
+            in_channels=self.in_channels,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=groups,
+            input_zero_point=self.input_zero_point,
+            requant=_C.RequantParams(**rq),
+            overflow=self.overflow,
+            fully_connected=_op_name == "fully_connected",
+        )
         self._plan = _C.Conv2dPlan(self._params, w, self._bias)
         self._op_name = _op_name
         self._cuda_plans = {}
@@ -98,8 +121,10 @@ class Conv2d:
 
     def _check_channels(self, arr):
         if arr.shape[3] != self.in_channels:
-            raise ValueError(f"x has {arr.shape[3]} channels (NHWC shape {tuple(arr.shape)}) but the layer "
-                             f"expects {self.in_channels}")
+            raise ValueError(
+                f"x has {arr.shape[3]} channels (NHWC shape {tuple(arr.shape)}) but the layer "
+                f"expects {self.in_channels}"
+            )
 
     def cuda_plan(self, device: int = 0, stream: int = 0):
         """The layer's weights and constants on CUDA device ``device`` (copied once, then cached)."""
@@ -125,8 +150,10 @@ class Conv2d:
         return out
 
     def __repr__(self):
-        return (f"npuq.ops.Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups})")
+        return (
+            f"npuq.ops.Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups})"
+        )
 
 
 def conv2d(x, weight, bias=None, *, threads=None, **params):
@@ -141,22 +168,29 @@ class FullyConnected:
         w = T.array(weight, "weight", np.int8, ndim=2, hint=" (quantize the weights to int8 first)")
         self.in_features = w.shape[1]
         self.out_features = w.shape[0]
-        self._conv = Conv2d(w.reshape(w.shape[0], 1, 1, w.shape[1]), bias, input_zero_point=input_zero_point,
-                            _op_name="fully_connected", **params)
+        self._conv = Conv2d(
+            w.reshape(w.shape[0], 1, 1, w.shape[1]),
+            bias,
+            input_zero_point=input_zero_point,
+            _op_name="fully_connected",
+            **params,
+        )
 
     def _as_image(self, x):
         arr = T.array(x, "x", np.int8, ndim=2)
         if arr.shape[1] != self.in_features:
-            raise ValueError(f"x has {arr.shape[1]} features (shape {arr.shape}) but the layer expects "
-                             f"{self.in_features}")
+            raise ValueError(
+                f"x has {arr.shape[1]} features (shape {arr.shape}) but the layer expects {self.in_features}"
+            )
         return arr.reshape(arr.shape[0], 1, 1, arr.shape[1]), T.is_torch(x)
 
     def __call__(self, x, *, threads=None, engine="auto"):
         if _cuda.is_device_array(x):
             v = _cuda.view(x, "x", np.int8, 2)
             if v.shape[1] != self.in_features:
-                raise ValueError(f"x has {v.shape[1]} features (shape {v.shape}) but the layer expects "
-                                 f"{self.in_features}")
+                raise ValueError(
+                    f"x has {v.shape[1]} features (shape {v.shape}) but the layer expects {self.in_features}"
+                )
             image = v._replace(shape=(v.shape[0], 1, 1, v.shape[1]))
             return self._conv._run_cuda(image, engine, out_shape=(v.shape[0], self.out_features))
         img, to_torch = self._as_image(x)
@@ -174,15 +208,25 @@ def fully_connected(x, weight, bias=None, *, threads=None, **params):
     return FullyConnected(weight, bias, **params)(x, threads=threads)
 
 
-def _requantize(acc, reference, *, multiplier, exponent, channel_shift=None, output_zero_point=0, act_min=-128,
-                act_max=127, rounding="double", threads=None):
+def _requantize(
+    acc,
+    reference,
+    *,
+    multiplier,
+    exponent,
+    channel_shift=None,
+    output_zero_point=0,
+    act_min=-128,
+    act_max=127,
+    rounding="double",
+    threads=None,
+):
     to_torch = T.is_torch(acc)
     arr = T.array(acc, "acc", np.int32)
     scalar = arr.ndim == 0  # one value of one channel, as npuq.quant.intmath.requantize takes it
     if scalar:
         arr = arr.reshape(1)  # the native kernel reads the channels from the last axis
-    rq = V.requant(arr.shape[-1], multiplier, exponent, channel_shift, output_zero_point, act_min, act_max,
-                   rounding)
+    rq = V.requant(arr.shape[-1], multiplier, exponent, channel_shift, output_zero_point, act_min, act_max, rounding)
     out = _C.requantize(_C.RequantParams(**rq), arr, V.threads(threads), reference)
     return T.plain_out(out.reshape(()) if scalar else out, to_torch)
 
@@ -203,16 +247,43 @@ def add_params(a_scale: float, b_scale: float, output_scale: float, left_shift: 
     a_m, a_e = quantize_multiplier(a_scale / twice_max)
     b_m, b_e = quantize_multiplier(b_scale / twice_max)
     o_m, o_e = quantize_multiplier(twice_max / ((1 << left_shift) * output_scale))
-    return dict(a_multiplier=a_m, a_exponent=a_e, b_multiplier=b_m, b_exponent=b_e, output_multiplier=o_m,
-                output_exponent=o_e, left_shift=left_shift)
+    return dict(
+        a_multiplier=a_m,
+        a_exponent=a_e,
+        b_multiplier=b_m,
+        b_exponent=b_e,
+        output_multiplier=o_m,
+        output_exponent=o_e,
+        left_shift=left_shift,
+    )
 
 
-def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_point, b_multiplier, b_exponent,
-         output_zero_point, output_multiplier, output_exponent, left_shift=20, act_min=-128, act_max=127,
-         rounding="double", threads=None):
+def _add(
+    a,
+    b,
+    reference,
+    *,
+    a_zero_point,
+    a_multiplier,
+    a_exponent,
+    b_zero_point,
+    b_multiplier,
+    b_exponent,
+    output_zero_point,
+    output_multiplier,
+    output_exponent,
+    left_shift=20,
+    act_min=-128,
+    act_max=127,
+    rounding="double",
+    threads=None,
+):
     q = {}
-    for side, zp, m, e in (("a", a_zero_point, a_multiplier, a_exponent), ("b", b_zero_point, b_multiplier, b_exponent),
-                           ("output", output_zero_point, output_multiplier, output_exponent)):
+    for side, zp, m, e in (
+        ("a", a_zero_point, a_multiplier, a_exponent),
+        ("b", b_zero_point, b_multiplier, b_exponent),
+        ("output", output_zero_point, output_multiplier, output_exponent),
+    ):
         q[f"{side}_zero_point"] = V.zero_point(zp, f"{side}_zero_point")
         m = q[f"{side}_multiplier"] = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
         if m != 0 and m < 2**30:
@@ -226,16 +297,24 @@ def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_poin
     on_device = _cuda.is_device_array(a), _cuda.is_device_array(b)
     if any(on_device):
         if not all(on_device):
-            raise TypeError(f"{'a' if on_device[0] else 'b'} is a device array but {'b' if on_device[0] else 'a'} is "
-                            "not: put both on the same CUDA device")
+            raise TypeError(
+                f"{'a' if on_device[0] else 'b'} is a device array but {'b' if on_device[0] else 'a'} is "
+                "not: put both on the same CUDA device"
+            )
         if reference:
             raise TypeError("the reference kernels run on the CPU: pass host arrays")
         return _add_cuda(a, b, params)
     to_torch = T.is_torch(a)
     if to_torch != T.is_torch(b):
         raise TypeError("a and b must both be numpy arrays or both torch tensors")
-    if to_torch and a.dim() == 4 and (a.is_contiguous(memory_format=_torch_channels_last())
-                                      or b.is_contiguous(memory_format=_torch_channels_last())):
+    if (
+        to_torch
+        and a.dim() == 4
+        and (
+            a.is_contiguous(memory_format=_torch_channels_last())
+            or b.is_contiguous(memory_format=_torch_channels_last())
+        )
+    ):
         a_arr, _ = T.activation(a, "a")
         b_arr, _ = T.activation(b, "b")
         wrap = T.activation_out
@@ -250,8 +329,15 @@ def _add(a, b, reference, *, a_zero_point, a_multiplier, a_exponent, b_zero_poin
 
 
 def _add_cuda(a, b, params):
-    activation = _cuda.is_torch_cuda(a) and a.dim() == 4 and _cuda.is_torch_cuda(b) and (
-        a.is_contiguous(memory_format=_torch_channels_last()) or b.is_contiguous(memory_format=_torch_channels_last()))
+    activation = (
+        _cuda.is_torch_cuda(a)
+        and a.dim() == 4
+        and _cuda.is_torch_cuda(b)
+        and (
+            a.is_contiguous(memory_format=_torch_channels_last())
+            or b.is_contiguous(memory_format=_torch_channels_last())
+        )
+    )
     va = _cuda.view(a, "a", np.int8, nhwc_from_torch=activation)
     vb = _cuda.view(b, "b", np.int8, nhwc_from_torch=activation)
     if va.shape != vb.shape:
@@ -277,8 +363,19 @@ def add(a, b, **params):
     return _add(a, b, False, **params)
 
 
-def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_include_pad=False,
-                input_zero_point=0, act_min=-128, act_max=127, threads=None):
+def _avg_pool2d(
+    x,
+    reference,
+    kernel_size,
+    *,
+    stride=None,
+    padding=0,
+    count_include_pad=False,
+    input_zero_point=0,
+    act_min=-128,
+    act_max=127,
+    threads=None,
+):
     kernel = V.pair(kernel_size, "kernel_size", 1)
     stride = kernel if stride is None else V.pair(stride, "stride", 1)
     pad = V.padding(padding)
@@ -286,8 +383,15 @@ def _avg_pool2d(x, reference, kernel_size, *, stride=None, padding=0, count_incl
         raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
     zp = V.zero_point(input_zero_point, "input_zero_point")
     lo, hi = V.clamp(act_min, act_max)
-    params = _C.Pool2dParams(kernel=kernel, stride=stride, padding=pad, count_include_pad=bool(count_include_pad),
-                             input_zero_point=zp, act_min=lo, act_max=hi)
+    params = _C.Pool2dParams(
+        kernel=kernel,
+        stride=stride,
+        padding=pad,
+        count_include_pad=bool(count_include_pad),
+        input_zero_point=zp,
+        act_min=lo,
+        act_max=hi,
+    )
     if _cuda.is_device_array(x) and not reference:
         return _pool_cuda(True, x, params)
     arr, to_torch = T.activation(x)
@@ -341,7 +445,7 @@ def max_pool2d(x, kernel_size, *, stride=None, padding=0):
     pt, pb, pl, pr = pad
     if any(pad):
         arr = np.pad(arr, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-128)
-    win = np.lib.stride_tricks.sliding_window_view(arr, kernel, axis=(1, 2))[:, ::stride[0], ::stride[1]]
+    win = np.lib.stride_tricks.sliding_window_view(arr, kernel, axis=(1, 2))[:, :: stride[0], :: stride[1]]
     return T.activation_out(np.ascontiguousarray(win.max(axis=(-2, -1))), to_torch)
 
 

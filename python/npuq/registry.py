@@ -89,8 +89,10 @@ class Registry:
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name]!r} and {obj!r})")
             if self.declared is not None and name not in self.declared:
-                raise ValueError(f"{self.kind} {name!r} is not declared: add it to the declared names of its "
-                                 "registry in npuq/registry.py")
+                raise ValueError(
+                    f"{self.kind} {name!r} is not declared: add it to the declared names of its "
+                    "registry in npuq/registry.py"
+                )
             self._entries[name] = obj
             self._meta[name] = dict(meta)
 
@@ -106,8 +108,10 @@ class Registry:
             if self.declared is not None:
                 missing = [n for n in self.declared if n not in self._entries]
                 if missing:
-                    raise RuntimeError(f"{self.kind} registry: declared but not registered by "
-                                       f"{', '.join(self.providers)}: {', '.join(missing)}")
+                    raise RuntimeError(
+                        f"{self.kind} registry: declared but not registered by "
+                        f"{', '.join(self.providers)}: {', '.join(missing)}"
+                    )
             self._loaded = True
 
     def names(self) -> tuple[str, ...]:
@@ -119,8 +123,12 @@ class Registry:
         self._load()
         rank = {module: i for i, module in enumerate(self.providers)}
         position = {name: i for i, name in enumerate(self._entries)}
-        return tuple(sorted(self._entries, key=lambda n: (rank.get(getattr(self._entries[n], "__module__", None),
-                                                                    len(rank)), position[n])))
+        return tuple(
+            sorted(
+                self._entries,
+                key=lambda n: (rank.get(getattr(self._entries[n], "__module__", None), len(rank)), position[n]),
+            )
+        )
 
     def get(self, name: str) -> Any:
         """The implementation registered under ``name``; :class:`UnknownNameError` lists the known names."""
@@ -177,9 +185,11 @@ ACTIVATION_OBSERVERS = Registry(
 DISTILL_LOSSES = Registry("distillation loss", providers=("npuq.distill.losses",))
 DISTILL_PROCESSES = Registry("distillation process", providers=("npuq.distill.experiment",))
 # declared: `npuq lrf search --strategy` offers them without importing torch or optuna
-SEARCH_STRATEGIES = Registry("rank search strategy",
-                             providers=("npuq.lrf.search.reinforce", "npuq.lrf.search.optuna_search"),
-                             declared=("reinforce", "nsga2", "tpe", "random"))
+SEARCH_STRATEGIES = Registry(
+    "rank search strategy",
+    providers=("npuq.lrf.search.reinforce", "npuq.lrf.search.optuna_search"),
+    declared=("reinforce", "nsga2", "tpe", "random"),
+)
 SEARCH_TASKS = Registry("rank search task", providers=("npuq.lrf.search.tasks", "npuq.lrf.search.asr_task"))
 MODELS = Registry("model", providers=("npuq.models.cnn", "npuq.models.mobilenet"))
 

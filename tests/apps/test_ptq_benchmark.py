@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from npuq.apps.ptq_benchmark import BenchConfig, run_benchmark, summarize, worst_depthwise_layer
 from npuq.cli import main
 from npuq.models.checkpoints import list_checkpoints, load_checkpoint
-from npuq.apps.ptq_benchmark import BenchConfig, run_benchmark, summarize, worst_depthwise_layer
 from npuq.quant import prepare, quantize
 from support import ROOT
 
@@ -23,8 +23,14 @@ def test_shipped_checkpoints_cover_both_models_and_recipes():
 
 
 def test_benchmark_small_run_writes_tables_json_and_plots(tmp_path):
-    cfg = BenchConfig(checkpoints=("mobilenet_v2_w0.5_adam-l2",), methods=("per_layer", "per_channel", "wess"),
-                      bits=(8, 4), test_limit=300, calib_batches=1, calib_batch_size=64)
+    cfg = BenchConfig(
+        checkpoints=("mobilenet_v2_w0.5_adam-l2",),
+        methods=("per_layer", "per_channel", "wess"),
+        bits=(8, 4),
+        test_limit=300,
+        calib_batches=1,
+        calib_batch_size=64,
+    )
     results = run_benchmark(cfg, tmp_path, progress=False)
     for name in ("results.json", "results.md", "accuracy_vs_bits.png", "channel_ranges.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -54,11 +60,18 @@ def test_benchmark_config_is_validated():
 
 
 def test_summary_reports_the_recovered_gap():
-    results = {"models": {"m": {"fp32": 0.9, "results": [
-        dict(mode="w_a8", bits=4, method="per_layer", accuracy=0.5),
-        dict(mode="w_a8", bits=4, method="per_channel", accuracy=0.88),
-        dict(mode="w_a8", bits=4, method="wess", accuracy=0.8),
-    ]}}}
+    results = {
+        "models": {
+            "m": {
+                "fp32": 0.9,
+                "results": [
+                    dict(mode="w_a8", bits=4, method="per_layer", accuracy=0.5),
+                    dict(mode="w_a8", bits=4, method="per_channel", accuracy=0.88),
+                    dict(mode="w_a8", bits=4, method="wess", accuracy=0.8),
+                ],
+            }
+        }
+    }
     s = summarize(results)["m"]["w_a8_w4"]
     assert s["gap_recovered"] == pytest.approx((0.8 - 0.5) / (0.88 - 0.5))
     assert s["wess_minus_per_channel_points"] == pytest.approx(-8.0)
@@ -72,8 +85,25 @@ def test_worst_depthwise_layer_of_the_dead_channel_model():
 
 
 def test_quantize_command(tmp_path, capsys):
-    rc = main(["quantize", "--model", "mobilenet_v1_w0.5_sgd", "--weights", "wess", "--bits", "6",
-               "--calib-batches", "1", "--batch-size", "32", "--limit", "200", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "quantize",
+            "--model",
+            "mobilenet_v1_w0.5_sgd",
+            "--weights",
+            "wess",
+            "--bits",
+            "6",
+            "--calib-batches",
+            "1",
+            "--batch-size",
+            "32",
+            "--limit",
+            "200",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "FP32" in out and "wess W6A8" in out
@@ -110,14 +140,13 @@ def test_wess_matches_per_channel_at_8_bits_on_a_shipped_model():
 
 def test_shipped_configs_are_valid_and_the_full_one_matches_the_defaults():
     import tomllib
-    from pathlib import Path
 
     root = ROOT / "configs"
     from npuq.apps.ptq_imagenet import ImageNetBenchConfig
 
     for path in sorted(root.glob("ptq*.toml")):
         fields = tomllib.loads(path.read_text())
-        kind = ImageNetBenchConfig if fields.get("task") == "imagenet" else BenchConfig   # the real-model section
+        kind = ImageNetBenchConfig if fields.get("task") == "imagenet" else BenchConfig  # the real-model section
         cfg = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
         cfg.validate()
     full = tomllib.loads((root / "ptq.toml").read_text())
@@ -127,11 +156,26 @@ def test_shipped_configs_are_valid_and_the_full_one_matches_the_defaults():
 
 
 def test_ptq_bench_command_with_config_and_overrides(tmp_path, capsys):
-    from pathlib import Path
 
     config = ROOT / "configs" / "ptq_quick.toml"
-    rc = main(["ptq-bench", "--config", str(config), "--out", str(tmp_path), "--limit", "200",
-               "--methods", "per_layer", "wess", "--bits", "8", "--modes", "w_a8"])
+    rc = main(
+        [
+            "ptq-bench",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path),
+            "--limit",
+            "200",
+            "--methods",
+            "per_layer",
+            "wess",
+            "--bits",
+            "8",
+            "--modes",
+            "w_a8",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["test_images"] == 200
@@ -145,8 +189,15 @@ def test_ptq_bench_command_with_config_and_overrides(tmp_path, capsys):
 
 
 def test_benchmark_worker_processes_give_the_same_numbers(tmp_path):
-    cfg = BenchConfig(checkpoints=("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd"), methods=("wess",), bits=(6,),
-                      modes=("w_a8",), test_limit=200, calib_batches=1, calib_batch_size=32)
+    cfg = BenchConfig(
+        checkpoints=("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd"),
+        methods=("wess",),
+        bits=(6,),
+        modes=("w_a8",),
+        test_limit=200,
+        calib_batches=1,
+        calib_batch_size=32,
+    )
     parallel = run_benchmark(cfg, tmp_path / "p", progress=False, workers=2)
     serial = run_benchmark(cfg, tmp_path / "s", progress=False, workers=1)
     assert parallel["workers"] == 2 and serial["workers"] == 1

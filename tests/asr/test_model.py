@@ -9,7 +9,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from support.helpers import skip_unless_ci
 
 from npuq.asr import (
     ASRCheckpointError,
@@ -30,12 +29,23 @@ from npuq.asr.train import TrainOptions, learning_rate, train_asr
 from npuq.lrf import FactorizedConv2d, FactorizedLinear, FactorizedLSTM, factorizable_layers, factorize
 from npuq.speech import VOCAB, DigitsSplit, collate
 from npuq.speech.features import utterance_normalize
+from support.helpers import skip_unless_ci
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = ASRConfig(conv_channels=4, encoder_input=16, encoder_hidden=12, encoder_layers=2, embedding_dim=8,
-                 decoder_hidden=16, attention_dim=8, location_filters=4, location_kernel=5, pre_output_dim=12,
-                 dropout=0.0)
+TINY = ASRConfig(
+    conv_channels=4,
+    encoder_input=16,
+    encoder_hidden=12,
+    encoder_layers=2,
+    embedding_dim=8,
+    decoder_hidden=16,
+    attention_dim=8,
+    location_filters=4,
+    location_kernel=5,
+    pre_output_dim=12,
+    dropout=0.0,
+)
 SHIPPED = CHECKPOINT_DIR / "asr_digits.safetensors"
 
 
@@ -53,7 +63,7 @@ def synthetic_split(count, seed=0, name="train"):
         frames = rng.normal(size=(24 * len(words) + 9, 80)).astype(np.float32)
         for j, word in enumerate(words):
             band = 6 * (VOCAB.id(word) - 3)
-            frames[4 + 24 * j: 22 + 24 * j, band:band + 6] += 4.0
+            frames[4 + 24 * j : 22 + 24 * j, band : band + 6] += 4.0
         features.append(utterance_normalize(frames))
         token_ids.append(VOCAB.encode(words))
         transcripts.append(words)
@@ -70,6 +80,7 @@ def padded_batch(lengths, seed=0):
 
 
 # ------------------------------------------------------------------------------------ shapes, masks
+
 
 def test_shapes_and_subsampling():
     model = tiny_model()
@@ -92,16 +103,17 @@ def test_padding_does_not_change_outputs():
     x, lengths, frames = padded_batch([41, 70, 9, 64], seed=1)
     # garbage in the padding must not leak in either
     for k, f in enumerate(frames):
-        x[k, len(f):] = 7.0
+        x[k, len(f) :] = 7.0
     targets = torch.tensor([[1, 5, 6, 7, 2], [1, 3, 2, 0, 0], [1, 4, 4, 2, 0], [1, 9, 2, 0, 0]])
     with torch.no_grad():
         together = model(x, lengths, targets)
         for k, f in enumerate(frames):
-            alone = model(f[None], torch.tensor([len(f)]), targets[k:k + 1])
-            torch.testing.assert_close(together[k:k + 1], alone, atol=1e-5, rtol=1e-5)
+            alone = model(f[None], torch.tensor([len(f)]), targets[k : k + 1])
+            torch.testing.assert_close(together[k : k + 1], alone, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- decoding
+
 
 def test_greedy_equals_beam_of_one_and_scores_match_teacher_forcing():
     model = tiny_model(seed=2)
@@ -119,12 +131,14 @@ def test_greedy_equals_beam_of_one_and_scores_match_teacher_forcing():
     wide = beam_search(model, x, lengths, beam=3, nbest=True)
     for k, hypotheses in enumerate(wide):
         rows = [k] * len(hypotheses)
-        rescored = score_sequences(model, x[rows], lengths[rows], [h.tokens for h in hypotheses],
-                                   ended=[h.ended for h in hypotheses])
+        rescored = score_sequences(
+            model, x[rows], lengths[rows], [h.tokens for h in hypotheses], ended=[h.ended for h in hypotheses]
+        )
         assert rescored == pytest.approx([h.log_prob for h in hypotheses], abs=1e-4)
 
 
 # --------------------------------------------------------------------------------------- training
+
 
 def test_training_steps_reduce_the_loss():
     torch.manual_seed(0)
@@ -157,8 +171,9 @@ def test_training_resumes_exactly(tmp_path):
     config = dataclasses.replace(TINY, encoder_layers=1, dropout=0.1)  # dropout: its random draws must resume too
     options = TrainOptions(epochs=2, batch_size=3, warmup_steps=2, patience=5)
     whole = train_asr(train, dev, config, options, out_dir=tmp_path / "whole", progress=False, plot=False)
-    first = train_asr(train, dev, config, options, out_dir=tmp_path / "sliced", progress=False, stop_after_epoch=1,
-                      plot=False)
+    first = train_asr(
+        train, dev, config, options, out_dir=tmp_path / "sliced", progress=False, stop_after_epoch=1, plot=False
+    )
     assert first["epochs_run"] == 1 and first["stopped"].startswith("stopped after epoch 1 of 2")
     resumed = train_asr(train, dev, config, options, out_dir=tmp_path / "sliced", progress=False, plot=False)
     assert resumed["epochs_run"] == 2
@@ -167,21 +182,34 @@ def test_training_resumes_exactly(tmp_path):
     history = json.loads((tmp_path / "sliced" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     with pytest.raises(ValueError, match="another config or options"):
-        train_asr(train, dev, config, TrainOptions(epochs=3, batch_size=3), out_dir=tmp_path / "sliced",
-                  progress=False)
+        train_asr(train, dev, config, TrainOptions(epochs=3, batch_size=3), out_dir=tmp_path / "sliced", progress=False)
 
 
 # ---------------------------------------------------------------------------------- factorization
 
+
 def test_runs_after_factorization_with_equal_outputs_at_full_rank():
     model = tiny_model(seed=5)
     layers = factorizable_layers(model)
-    for path in ("conv1", "conv2", "encoder_projection", "encoder_lstm", "attention_key", "attention_query",
-                 "attention_location", "decoder_lstm", "pre_output", "output"):
+    for path in (
+        "conv1",
+        "conv2",
+        "encoder_projection",
+        "encoder_lstm",
+        "attention_key",
+        "attention_query",
+        "attention_location",
+        "decoder_lstm",
+        "pre_output",
+        "output",
+    ):
         assert path in layers, path
     full = copy.deepcopy(model)
-    builders = {torch.nn.Linear: FactorizedLinear.from_linear, torch.nn.Conv2d: FactorizedConv2d.from_conv2d,
-                torch.nn.LSTM: FactorizedLSTM.from_lstm}
+    builders = {
+        torch.nn.Linear: FactorizedLinear.from_linear,
+        torch.nn.Conv2d: FactorizedConv2d.from_conv2d,
+        torch.nn.LSTM: FactorizedLSTM.from_lstm,
+    }
     for path in layers:
         module = full.get_submodule(path)
         setattr(full, path, builders[type(module)](module, 1.0))  # all top-level attributes
@@ -198,6 +226,7 @@ def test_runs_after_factorization_with_equal_outputs_at_full_rank():
 
 
 # ------------------------------------------------------------------------------------ checkpoints
+
 
 def test_checkpoint_round_trip(tmp_path):
     model = tiny_model(seed=6)
@@ -241,6 +270,7 @@ def test_image_checkpoint_listing_leaves_the_asr_checkpoint_out(tmp_path):
 
 # ------------------------------------------------------------------------------------- bad input
 
+
 def test_bad_input_errors():
     model = tiny_model()
     x, lengths, _ = padded_batch([20, 12])
@@ -274,6 +304,7 @@ def test_bad_input_errors():
 
 # --------------------------------------------------------------------------------- shipped model
 
+
 @pytest.fixture(scope="module")
 def small_test_set(tmp_path_factory):
     """50 utterances of a dedicated small corpus (seed 7, its own speaker split), synthesized here."""
@@ -282,8 +313,14 @@ def small_test_set(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         skip_unless_ci("espeak-ng is not installed (apt-get install espeak-ng)")
     config = DigitsConfig(seed=7, train_size=1, dev_size=1, test_size=50)
-    return load_digits("test", config=config, cache_dir=tmp_path_factory.mktemp("digits"),
-                       normalize="utterance", workers=2, progress=False)
+    return load_digits(
+        "test",
+        config=config,
+        cache_dir=tmp_path_factory.mktemp("digits"),
+        normalize="utterance",
+        workers=2,
+        progress=False,
+    )
 
 
 def test_shipped_checkpoint_reaches_its_error_rate(small_test_set):

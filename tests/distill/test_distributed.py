@@ -7,22 +7,28 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+
 from support import HERE
 
 WORKER = HERE / "distill_worker.py"
-ATTEMPTS = 3          # launches of one configuration before the test fails
-TIMEOUT_S = 300       # per launch; a normal one takes about 10 s, several times that on a loaded machine
+ATTEMPTS = 3  # launches of one configuration before the test fails
+TIMEOUT_S = 300  # per launch; a normal one takes about 10 s, several times that on a loaded machine
 
 
 def _launch(args, out, env) -> tuple[int | None, str]:
     """One launch in its own process group, so that a launch that hangs is ended with every process it
     started (torchrun's workers included); returns (exit status or None on time-out, its output)."""
-    proc = subprocess.Popen([sys.executable, *args, str(WORKER), str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args, str(WORKER), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
         return proc.returncode, output
@@ -40,7 +46,7 @@ def _run(args, out):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     failures = []
     for attempt in range(1, ATTEMPTS + 1):
-        shutil.rmtree(out, ignore_errors=True)   # nothing left from a failed launch is read
+        shutil.rmtree(out, ignore_errors=True)  # nothing left from a failed launch is read
         status, output = _launch(args, out, env)
         if status == 0:
             return

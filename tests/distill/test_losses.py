@@ -317,8 +317,11 @@ def test_attention_transfer_defaults_follow_the_official_code():
     loss = AttentionTransfer()
     assert (loss.p, loss.beta) == (2, 1000.0)
     s, t = randn(2, 3, 4, 4, seed=24), randn(2, 5, 4, 4, seed=25)
+
     # the official form, written with its own ops: beta/2 * mean of the squared normalized-map differences
-    official = lambda x: F.normalize(x.pow(2).mean(1).view(x.size(0), -1))
+    def official(x):
+        return F.normalize(x.pow(2).mean(1).view(x.size(0), -1))
+
     assert_scalar_close(loss(s, t), float(500.0 * (official(s) - official(t)).pow(2).mean()))
 
 

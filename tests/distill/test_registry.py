@@ -7,8 +7,16 @@ import torch
 import npuq.config
 import npuq.distill
 from npuq.distill import losses
-from npuq.distill.experiment import (LEAF_PROCESSES, LOSS_KINDS, PROCESSES, ConfigError, TermSpec, build_loss,
-                                     load_experiment, parse_experiment)
+from npuq.distill.experiment import (
+    LEAF_PROCESSES,
+    LOSS_KINDS,
+    PROCESSES,
+    ConfigError,
+    TermSpec,
+    build_loss,
+    load_experiment,
+    parse_experiment,
+)
 from npuq.registry import DISTILL_LOSSES, DISTILL_PROCESSES
 
 
@@ -31,22 +39,29 @@ def test_every_registered_loss_builds_from_a_term(name):
 def test_a_channels_loss_gets_the_tapped_channel_counts():
     hint = build_loss(TermSpec(loss="hint"), "t", 4, 8)
     assert hint(torch.randn(2, 4, 3, 3), torch.randn(2, 8, 3, 3)).shape == ()
-    assert sum(p.numel() for p in hint.parameters()) > 0   # the adapter from 4 to 8 channels
+    assert sum(p.numel() for p in hint.parameters()) > 0  # the adapter from 4 to 8 channels
     with pytest.raises(ConfigError, match="bad argument for loss 'kd'"):
         build_loss(TermSpec(loss="kd", params={"beta": 1}), "t")
 
 
-BASE = {"process": "offline", "student": {"model": "cnn", "width": 0.25},
-        "teachers": [{"model": "cnn", "width": 0.5, "epochs": 1}], "terms": [{"loss": "kd"}]}
+BASE = {
+    "process": "offline",
+    "student": {"model": "cnn", "width": 0.25},
+    "teachers": [{"model": "cnn", "width": 0.5, "epochs": 1}],
+    "terms": [{"loss": "kd"}],
+}
 
 
-@pytest.mark.parametrize("process, drop, match", [
-    ("offline", "teachers", "process 'offline' needs at least one \\[\\[teachers\\]\\] table"),
-    ("teacher_assistant", "teachers", "process 'teacher_assistant' needs at least one \\[\\[teachers\\]\\]"),
-    ("teacher_assistant", None, "process 'teacher_assistant' needs an \\[assistant\\] table"),
-    ("born_again", "terms", "process 'born_again' needs at least one \\[\\[terms\\]\\] table"),
-    ("offline", "terms", "process 'offline' needs at least one \\[\\[terms\\]\\] table"),
-])
+@pytest.mark.parametrize(
+    "process, drop, match",
+    [
+        ("offline", "teachers", "process 'offline' needs at least one \\[\\[teachers\\]\\] table"),
+        ("teacher_assistant", "teachers", "process 'teacher_assistant' needs at least one \\[\\[teachers\\]\\]"),
+        ("teacher_assistant", None, "process 'teacher_assistant' needs an \\[assistant\\] table"),
+        ("born_again", "terms", "process 'born_again' needs at least one \\[\\[terms\\]\\] table"),
+        ("offline", "terms", "process 'offline' needs at least one \\[\\[terms\\]\\] table"),
+    ],
+)
 def test_a_process_needs_what_its_entry_says(process, drop, match):
     table = {k: v for k, v in {**BASE, "process": process}.items() if k != drop}
     with pytest.raises(ConfigError, match=match):

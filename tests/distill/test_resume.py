@@ -31,12 +31,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WORKER = HERE / "distill_worker.py"
 
 # the student alone on 256 images, 4 steps of 64 per epoch: a start takes about a second
-ALONE = {"name": "resume", "process": "alone", "seed": 0, "student": {"model": "cnn", "width": 0.25},
-         "optim": {"lr": 0.05, "epochs": 2, "batch_size": 64, "schedule": "constant"},
-         "data": {"train_limit": 256}}
+ALONE = {
+    "name": "resume",
+    "process": "alone",
+    "seed": 0,
+    "student": {"model": "cnn", "width": 0.25},
+    "optim": {"lr": 0.05, "epochs": 2, "batch_size": 64, "schedule": "constant"},
+    "data": {"train_limit": 256},
+}
 
 
-TEST_IMAGES = 500   # of the 10,000 test images: evaluating all after every epoch would be most of the time
+TEST_IMAGES = 500  # of the 10,000 test images: evaluating all after every epoch would be most of the time
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +111,7 @@ def test_a_finished_run_started_again_returns_its_saved_result_and_says_so(tmp_p
     again = _run(_cfg(), tmp_path, progress=True)
     assert "returning its saved result, nothing was trained" in capsys.readouterr().out
     assert again["final_test_accuracy"] == first["final_test_accuracy"]
-    assert _snapshot(tmp_path / "student") == before     # not retrained, not rewritten
+    assert _snapshot(tmp_path / "student") == before  # not retrained, not rewritten
     # a new name is a label: the result is the same and is returned
     renamed = _run(_cfg(name="renamed"), tmp_path)
     assert renamed["name"] == "renamed" and renamed["final_test_accuracy"] == first["final_test_accuracy"]
@@ -119,7 +124,7 @@ def test_more_epochs_on_a_finished_cosine_run_are_refused_naming_the_setting(tmp
     before = _snapshot(tmp_path)
     with pytest.raises(ResumeError, match=r"optim\.epochs: 2 -> 3.*cosine schedule.*another output folder"):
         _run(_cfg(epochs=3, schedule="cosine"), tmp_path)
-    assert _snapshot(tmp_path) == before                # refused before anything was written
+    assert _snapshot(tmp_path) == before  # refused before anything was written
 
 
 def test_other_settings_are_refused_naming_every_difference(tmp_path):
@@ -140,8 +145,9 @@ def test_constant_schedule_goes_on_to_more_epochs_as_a_clean_run_would(tmp_path)
     longer = _run(_cfg(epochs=3), tmp_path / "extended")
     clean = _run(_cfg(epochs=3), tmp_path / "clean")
     assert [h["epoch"] for h in longer["histories"]["student"]] == [1, 2, 3]
-    assert _same_weights(tmp_path / "extended" / "student" / "model.safetensors",
-                         tmp_path / "clean" / "student" / "model.safetensors")
+    assert _same_weights(
+        tmp_path / "extended" / "student" / "model.safetensors", tmp_path / "clean" / "student" / "model.safetensors"
+    )
     assert longer["final_test_accuracy"] == clean["final_test_accuracy"]
     # the 3-epoch run cannot give back its 2-epoch model
     with pytest.raises(ResumeError, match=r"optim\.epochs: 3 -> 2.*student has 3 epochs done"):
@@ -163,15 +169,16 @@ def test_a_run_killed_at_epoch_3_of_6_and_resumed_for_4_epochs(tmp_path, monkeyp
         _kill_after_epoch(m, 3)
         with pytest.raises(_Killed):
             _run(_cfg(epochs=6, schedule=schedule), tmp_path / "cut")
-    if schedule == "cosine":   # its learning rates so far were those of a 6-epoch run
+    if schedule == "cosine":  # its learning rates so far were those of a 6-epoch run
         with pytest.raises(ResumeError, match=r"optim\.epochs: 6 -> 4.*cosine"):
             _run(_cfg(epochs=4, schedule=schedule), tmp_path / "cut")
         return
     resumed = _run(_cfg(epochs=4, schedule=schedule), tmp_path / "cut")
     _run(_cfg(epochs=4, schedule=schedule), tmp_path / "clean")
     assert [h["epoch"] for h in resumed["histories"]["student"]] == [1, 2, 3, 4]
-    assert _same_weights(tmp_path / "cut" / "student" / "model.safetensors",
-                         tmp_path / "clean" / "student" / "model.safetensors")
+    assert _same_weights(
+        tmp_path / "cut" / "student" / "model.safetensors", tmp_path / "clean" / "student" / "model.safetensors"
+    )
 
 
 def test_a_teacher_file_changed_under_the_same_name_is_refused(tmp_path):
@@ -179,19 +186,22 @@ def test_a_teacher_file_changed_under_the_same_name_is_refused(tmp_path):
     spec = parse_experiment(_cfg()).student
     torch.manual_seed(0)
     _save_model(build_model("cnn", 0.25), teacher, spec, {})
-    cfg = _cfg(process="offline", terms=[{"loss": "kd", "weight": 0.5}],
-               teachers=[{"model": "cnn", "width": 0.25, "checkpoint": str(teacher)}])
+    cfg = _cfg(
+        process="offline",
+        terms=[{"loss": "kd", "weight": 0.5}],
+        teachers=[{"model": "cnn", "width": 0.25, "checkpoint": str(teacher)}],
+    )
     cfg["optim"]["epochs"] = 1
     _run(cfg, tmp_path / "run")
     torch.manual_seed(1)
-    _save_model(build_model("cnn", 0.25), teacher, spec, {})   # e.g. the earlier run it came from was redone
+    _save_model(build_model("cnn", 0.25), teacher, spec, {})  # e.g. the earlier run it came from was redone
     with pytest.raises(ResumeError, match=r"teachers\[0\]\.checkpoint_sha256"):
         _run(cfg, tmp_path / "run")
 
 
 def test_a_folder_with_models_but_no_settings_record_is_refused(tmp_path):
     _run(_cfg(), tmp_path)
-    (tmp_path / "experiment.json").unlink()   # as an older npuq left its folders
+    (tmp_path / "experiment.json").unlink()  # as an older npuq left its folders
     with pytest.raises(ResumeError, match="no experiment.json.*cannot be checked"):
         _run(_cfg(), tmp_path)
 
@@ -215,17 +225,18 @@ def test_fit_refuses_a_checkpoint_trained_with_other_settings(tmp_path):
         run(OptimConfig(lr=0.05, epochs=1, batch_size=32), images=x[:96], labels=y[:96])
     with pytest.raises(ResumeError, match=r"started for 1 epochs and is asked for 2.*cosine"):
         run(OptimConfig(lr=0.05, epochs=2, batch_size=32))
-    assert run(OptimConfig(lr=0.05, epochs=1, batch_size=32))["start_epoch"] == 1   # the same: resumed, done
+    assert run(OptimConfig(lr=0.05, epochs=1, batch_size=32))["start_epoch"] == 1  # the same: resumed, done
 
 
 # ------------------------------------------------------------------------------------------ damaged files
-@pytest.mark.parametrize("name", ["student/checkpoint.safetensors", "student/model.safetensors",
-                                  "student/history.json", "experiment.json"])
+@pytest.mark.parametrize(
+    "name", ["student/checkpoint.safetensors", "student/model.safetensors", "student/history.json", "experiment.json"]
+)
 def test_a_truncated_file_is_a_resume_error_naming_it(tmp_path, name):
     _run(_cfg(), tmp_path)
     path = tmp_path / name
     if name == "student/checkpoint.safetensors":
-        (tmp_path / "student" / "model.safetensors").unlink()   # the checkpoint is read when no final model is
+        (tmp_path / "student" / "model.safetensors").unlink()  # the checkpoint is read when no final model is
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ResumeError, match=rf"{path}: .*(unreadable|corrupt).*delete"):
@@ -242,9 +253,15 @@ def test_a_crash_while_a_file_is_written_leaves_the_old_file_or_none(tmp_path, m
     monkeypatch.setattr(os, "replace", record)
     _run(_cfg(), tmp_path / "clean")
     written = {dst.relative_to(tmp_path / "clean").as_posix() for _, dst in renamed}
-    assert written >= {"experiment.json", "metrics.json", "curves.png", "student/checkpoint.safetensors",
-                       "student/history.json", "student/model.safetensors"}
-    assert all(src.parent == dst.parent for src, dst in renamed)   # a rename within one file system
+    assert written >= {
+        "experiment.json",
+        "metrics.json",
+        "curves.png",
+        "student/checkpoint.safetensors",
+        "student/history.json",
+        "student/model.safetensors",
+    }
+    assert all(src.parent == dst.parent for src, dst in renamed)  # a rename within one file system
 
     def crash_on_the_model(src, dst):
         if Path(dst).name == "model.safetensors":
@@ -257,25 +274,31 @@ def test_a_crash_while_a_file_is_written_leaves_the_old_file_or_none(tmp_path, m
     assert not (tmp_path / "cut" / "student" / "model.safetensors").exists()
     assert [p.name for p in (tmp_path / "cut" / "student").iterdir() if p.name.endswith(".tmp")] == []
     monkeypatch.setattr(os, "replace", replace)
-    _run(_cfg(), tmp_path / "cut")   # the last checkpoint is complete: the model is written from it
-    assert _same_weights(tmp_path / "cut" / "student" / "model.safetensors",
-                         tmp_path / "clean" / "student" / "model.safetensors")
+    _run(_cfg(), tmp_path / "cut")  # the last checkpoint is complete: the model is written from it
+    assert _same_weights(
+        tmp_path / "cut" / "student" / "model.safetensors", tmp_path / "clean" / "student" / "model.safetensors"
+    )
 
 
 def test_kill_9_after_a_known_epoch_then_the_same_command_finishes_as_a_clean_run(tmp_path):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(_cfg(epochs=3, schedule="cosine")))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(WORKER), "experiment", str(config), str(tmp_path / "cut"), "2",
-                           str(TEST_IMAGES)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "experiment", str(config), str(tmp_path / "cut"), "2", str(TEST_IMAGES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert not (tmp_path / "cut" / "student" / "model.safetensors").exists()
     resumed = _run(_cfg(epochs=3, schedule="cosine"), tmp_path / "cut")
     _run(_cfg(epochs=3, schedule="cosine"), tmp_path / "clean")
     assert [h["epoch"] for h in resumed["histories"]["student"]] == [1, 2, 3]
-    assert _same_weights(tmp_path / "cut" / "student" / "model.safetensors",
-                         tmp_path / "clean" / "student" / "model.safetensors")
+    assert _same_weights(
+        tmp_path / "cut" / "student" / "model.safetensors", tmp_path / "clean" / "student" / "model.safetensors"
+    )
 
 
 def test_runner_check_folder_reports_what_it_found(tmp_path):

@@ -10,8 +10,17 @@ import torch
 import torch.nn as nn
 
 from npuq.cli import main as cli_main
-from npuq.distill import (ConfigError, DistillationObjective, OptimConfig, Term, accuracy, finetune_with_teacher,
-                          fit, mutual_learner, offline_learner)
+from npuq.distill import (
+    ConfigError,
+    DistillationObjective,
+    OptimConfig,
+    Term,
+    accuracy,
+    finetune_with_teacher,
+    fit,
+    mutual_learner,
+    offline_learner,
+)
 from npuq.distill.experiment import corrupt, parse_experiment, run_experiment
 from npuq.distill.losses import KDLoss
 from npuq.distill.taps import TapError
@@ -81,17 +90,20 @@ class _FiveClasses(nn.Module):
         return self.fc(x.flatten(1))
 
 
-@pytest.mark.parametrize("case,match", [
-    ("no_channel_dim", r"batch of shape \(8, 28, 28\).*does not go through"),
-    ("uint8_images", "floating-point"),
-    ("float_labels", "integer torch tensor"),
-    ("one_hot_labels", "integer torch tensor"),
-    ("negative_label", ">= 0"),
-    ("label_beyond_classes", r"labels up to 12 does not go through"),
-    ("teacher_with_5_classes", "does not go through"),
-    ("nan_images", "NaN"),
-    ("count_mismatch", "256 images but 255 labels"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("no_channel_dim", r"batch of shape \(8, 28, 28\).*does not go through"),
+        ("uint8_images", "floating-point"),
+        ("float_labels", "integer torch tensor"),
+        ("one_hot_labels", "integer torch tensor"),
+        ("negative_label", ">= 0"),
+        ("label_beyond_classes", r"labels up to 12 does not go through"),
+        ("teacher_with_5_classes", "does not go through"),
+        ("nan_images", "NaN"),
+        ("count_mismatch", "256 images but 255 labels"),
+    ],
+)
 def test_bad_training_data_is_refused_before_any_step(case, match):
     x, y = _data()
     student, teacher = _cnn(0.25, 0), _cnn(0.5, 1)
@@ -106,7 +118,7 @@ def test_bad_training_data_is_refused_before_any_step(case, match):
     elif case == "negative_label":
         y[3] = -1
     elif case == "label_beyond_classes":
-        y[200] = 12   # far from the first batch
+        y[200] = 12  # far from the first batch
     elif case == "teacher_with_5_classes":
         teacher = _FiveClasses()
     elif case == "nan_images":
@@ -118,7 +130,7 @@ def test_bad_training_data_is_refused_before_any_step(case, match):
     learner = offline_learner(student, [teacher], [Term(KDLoss(), 0.5)], optim)
     with pytest.raises(ValueError, match=match):
         fit(learner, x, y, optim, progress=False)
-    after = _params(student)   # neither a step nor the probe's forward touched weights or BN statistics
+    after = _params(student)  # neither a step nor the probe's forward touched weights or BN statistics
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
@@ -141,9 +153,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
         return student, summary
 
     full, s_full = run(tmp_path / "full")
-    _, s_cut = run(tmp_path / "cut", max_steps=6)   # "interrupted" after the first epoch (6 steps of 32)
+    _, s_cut = run(tmp_path / "cut", max_steps=6)  # "interrupted" after the first epoch (6 steps of 32)
     assert [h["epoch"] for h in s_cut["history"]] == [1]
-    resumed, s_res = run(tmp_path / "cut")          # same folder: resumes at epoch 2
+    resumed, s_res = run(tmp_path / "cut")  # same folder: resumes at epoch 2
     assert [h["epoch"] for h in s_res["history"]] == [1, 2, 3]
     for k, v in _params(full).items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -175,8 +187,17 @@ def test_finetune_with_teacher_moves_the_student_towards_the_teacher():
             return float(kd(student(x), teacher(x)))
 
     before = gap()
-    finetune_with_teacher(student, teacher, x, y, optim=OptimConfig(lr=0.05, epochs=3, batch_size=32),
-                          task_weight=0.0, kd_weight=1.0, hints=[("features.10", "features.10", 0.1)], progress=False)
+    finetune_with_teacher(
+        student,
+        teacher,
+        x,
+        y,
+        optim=OptimConfig(lr=0.05, epochs=3, batch_size=32),
+        task_weight=0.0,
+        kd_weight=1.0,
+        hints=[("features.10", "features.10", 0.1)],
+        progress=False,
+    )
     assert gap() < 0.8 * before
 
 
@@ -191,7 +212,10 @@ def test_privileged_information_student_sees_the_corrupted_view():
 
 # ------------------------------------------------------------------------------------------ configs
 BASE = {
-    "name": "t", "process": "offline", "seed": 0, "task_weight": 0.5,
+    "name": "t",
+    "process": "offline",
+    "seed": 0,
+    "task_weight": 0.5,
     "student": {"model": "cnn", "width": 0.25},
     "teachers": [{"model": "cnn", "width": 0.5, "epochs": 1}],
     "terms": [{"loss": "kd", "weight": 0.5, "temperature": 4.0}],
@@ -212,22 +236,25 @@ def _with(path, value):
     return cfg
 
 
-@pytest.mark.parametrize("path,value,match", [
-    (("epochs_typo",), 3, "unknown key.*epochs_typo"),
-    (("optim", "lr"), "fast", r"optim.lr must be a number"),
-    (("optim", "epochs"), 1.5, r"optim.epochs must be an integer"),
-    (("optim", "momentun"), 0.9, "unknown key 'momentun'"),
-    (("terms", 0, "weight"), -0.5, "weight must be >= 0"),
-    (("terms", 0, "temperature"), 0.0, "temperature"),
-    (("terms", 0, "loss"), "kld", "loss must be one of"),
-    (("terms", 0, "beta"), 3, "bad argument for loss 'kd'"),
-    (("student", "model"), "resnet", "unknown model 'resnet'"),
-    (("process",), "online", "process must be one of"),
-    (("teachers",), [], "needs at least one"),
-    (("data", "corruption"), "blur", "corruption must be one of"),
-    (("teachers", 0, "weight"), 0.0, "weights sum to 0"),
-    (("ensemble",), "median", "ensemble must be one of"),
-])
+@pytest.mark.parametrize(
+    "path,value,match",
+    [
+        (("epochs_typo",), 3, "unknown key.*epochs_typo"),
+        (("optim", "lr"), "fast", r"optim.lr must be a number"),
+        (("optim", "epochs"), 1.5, r"optim.epochs must be an integer"),
+        (("optim", "momentun"), 0.9, "unknown key 'momentun'"),
+        (("terms", 0, "weight"), -0.5, "weight must be >= 0"),
+        (("terms", 0, "temperature"), 0.0, "temperature"),
+        (("terms", 0, "loss"), "kld", "loss must be one of"),
+        (("terms", 0, "beta"), 3, "bad argument for loss 'kd'"),
+        (("student", "model"), "resnet", "unknown model 'resnet'"),
+        (("process",), "online", "process must be one of"),
+        (("teachers",), [], "needs at least one"),
+        (("data", "corruption"), "blur", "corruption must be one of"),
+        (("teachers", 0, "weight"), 0.0, "weights sum to 0"),
+        (("ensemble",), "median", "ensemble must be one of"),
+    ],
+)
 def test_bad_configs_name_the_key(path, value, match):
     with pytest.raises(ConfigError, match=match):
         parse_experiment(_with(path, value), "cfg.toml")
@@ -244,10 +271,13 @@ def test_teacher_weights_of_the_config_reach_the_objective(tmp_path, monkeypatch
         raise KeyboardInterrupt  # stop before training: only the wiring is under test
 
     monkeypatch.setattr(processes, "offline_learner", spy)
-    cfg = _with(("teachers",), [{"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"),
-                                 "weight": 3.0},
-                                {"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"),
-                                 "weight": 1.0}])
+    cfg = _with(
+        ("teachers",),
+        [
+            {"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"), "weight": 3.0},
+            {"model": "cnn", "width": 0.25, "checkpoint": str(tmp_path / "a.safetensors"), "weight": 1.0},
+        ],
+    )
     from npuq.distill.experiment import _save_model
 
     _save_model(build_model("cnn", width=0.25), tmp_path / "a.safetensors", parse_experiment(cfg).student, {})
@@ -270,8 +300,10 @@ def test_experiment_runs_writes_metrics_and_curves_and_resumes(tmp_path):
 
 def test_cli_distill(tmp_path, capsys):
     cfg = tmp_path / "dml.toml"
-    cfg.write_text('name = "dml"\nprocess = "dml"\npeers = 2\n[student]\nmodel = "cnn"\nwidth = 0.25\n'
-                   '[optim]\nepochs = 1\nbatch_size = 64\n[data]\ntrain_limit = 256\n')
+    cfg.write_text(
+        'name = "dml"\nprocess = "dml"\npeers = 2\n[student]\nmodel = "cnn"\nwidth = 0.25\n'
+        "[optim]\nepochs = 1\nbatch_size = 64\n[data]\ntrain_limit = 256\n"
+    )
     assert cli_main(["distill", str(cfg), "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["final_test_accuracy"]) == {"peer0", "peer1", "student"}
@@ -291,7 +323,6 @@ def test_accuracy_helper():
 
 def test_shipped_configs_parse_and_their_taps_exist():
     import glob
-    import pathlib
 
     from npuq.distill.experiment import build_loss, load_experiment
     from npuq.distill.objective import tap_channels
@@ -305,8 +336,17 @@ def test_shipped_configs_parse_and_their_taps_exist():
         student = build_model(exp.student.model, exp.student.width)
         for spec in exp.teachers:
             teacher = build_model(spec.model, spec.width)
-            terms = [Term(build_loss(t, f, tap_channels(student, t.student, probe), tap_channels(teacher, t.teacher, probe))
-                          if t.loss == "hint" else build_loss(t, f), t.weight, t.student, t.teacher) for t in exp.terms]
+            terms = [
+                Term(
+                    build_loss(t, f, tap_channels(student, t.student, probe), tap_channels(teacher, t.teacher, probe))
+                    if t.loss == "hint"
+                    else build_loss(t, f),
+                    t.weight,
+                    t.student,
+                    t.teacher,
+                )
+                for t in exp.terms
+            ]
             total, _ = DistillationObjective(student, [teacher], terms)(torch.cat([probe, probe]), torch.arange(4))
             assert torch.isfinite(total), f
 
@@ -314,8 +354,10 @@ def test_shipped_configs_parse_and_their_taps_exist():
 def test_cli_distill_refuses_a_folder_with_other_settings(tmp_path, capsys):
     """Rerunning with --epochs 2 into a folder trained for 1 epoch once returned the 1-epoch model silently."""
     cfg = tmp_path / "a.toml"
-    cfg.write_text('name = "a"\nprocess = "alone"\n[student]\nmodel = "cnn"\nwidth = 0.25\n'
-                   '[optim]\nepochs = 1\nbatch_size = 64\n[data]\ntrain_limit = 256\n')
+    cfg.write_text(
+        'name = "a"\nprocess = "alone"\n[student]\nmodel = "cnn"\nwidth = 0.25\n'
+        "[optim]\nepochs = 1\nbatch_size = 64\n[data]\ntrain_limit = 256\n"
+    )
     out = str(tmp_path / "run")
     assert cli_main(["distill", str(cfg), "--out", out]) == 0
     assert cli_main(["distill", str(cfg), "--out", out]) == 0

@@ -77,8 +77,10 @@ CONV_VARIANTS = [
     dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
     dict(kernel_size=3, dilation=2, padding=2, bias=False),
     dict(kernel_size=1, bias=False),
-    pytest.param(dict(kernel_size=4, padding="same"),  # even kernel: torch pads one side more
-                 marks=pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")),
+    pytest.param(
+        dict(kernel_size=4, padding="same"),  # even kernel: torch pads one side more
+        marks=pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
+    ),
     dict(kernel_size=(3, 4), padding="same", dilation=(1, 2)),
     dict(kernel_size=3, padding="valid", stride=2),
     dict(kernel_size=3, padding=1, padding_mode="reflect"),
@@ -96,8 +98,12 @@ def test_full_rank_conv2d_reproduces_the_layer(options):
     x = torch.randn(2, 3, 9, 10)
     assert_close(factorized(x), conv(x))
     assert factorized.first.weight.shape[1:] == conv.weight.shape[1:] and factorized.second.kernel_size == (1, 1)
-    assert (factorized.stride, factorized.padding, factorized.dilation, factorized.padding_mode) == \
-        (conv.stride, conv.padding, conv.dilation, conv.padding_mode)
+    assert (factorized.stride, factorized.padding, factorized.dilation, factorized.padding_mode) == (
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.padding_mode,
+    )
     assert_close(factorized.to_dense().weight, conv.weight)
 
 
@@ -116,14 +122,25 @@ def lstm_outputs_match(lstm: nn.LSTM, factorized: FactorizedLSTM, inputs, hx=Non
     assert_close(c, expected_c)
 
 
-@given(input_size=st.integers(1, 6), hidden_size=st.integers(1, 6), num_layers=st.integers(1, 3),
-       bidirectional=st.booleans(), batch_first=st.booleans(), bias=st.booleans(), steps=st.integers(1, 5),
-       batch=st.integers(1, 3), with_state=st.booleans(), seed=st.integers(0, 2**16))
-def test_full_rank_lstm_reproduces_the_layer(input_size, hidden_size, num_layers, bidirectional, batch_first, bias,
-                                             steps, batch, with_state, seed):
+@given(
+    input_size=st.integers(1, 6),
+    hidden_size=st.integers(1, 6),
+    num_layers=st.integers(1, 3),
+    bidirectional=st.booleans(),
+    batch_first=st.booleans(),
+    bias=st.booleans(),
+    steps=st.integers(1, 5),
+    batch=st.integers(1, 3),
+    with_state=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_full_rank_lstm_reproduces_the_layer(
+    input_size, hidden_size, num_layers, bidirectional, batch_first, bias, steps, batch, with_state, seed
+):
     torch.manual_seed(seed)
-    lstm = nn.LSTM(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first,
-                   bidirectional=bidirectional).eval()
+    lstm = nn.LSTM(
+        input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional
+    ).eval()
     factorized = FactorizedLSTM.from_lstm(lstm, 1.0)  # every matrix at its full rank
     assert all(rank == min(factorized.shapes[name]) for name, rank in factorized.ranks.items())
     x = torch.randn(batch, steps, input_size) if batch_first else torch.randn(steps, batch, input_size)
@@ -158,8 +175,12 @@ def test_factorized_lstm_trains_and_round_trips_to_lstm():
     torch.manual_seed(4)
     lstm = nn.LSTM(6, 8, num_layers=2, dropout=0.5)
     factorized = FactorizedLSTM.from_lstm(lstm, {"weight_ih_l0": 2, "weight_hh_l1": 3})
-    assert factorized.training and factorized.ranks == {"weight_ih_l0": 2, "weight_hh_l0": None,
-                                                        "weight_ih_l1": None, "weight_hh_l1": 3}
+    assert factorized.training and factorized.ranks == {
+        "weight_ih_l0": 2,
+        "weight_hh_l0": None,
+        "weight_ih_l1": None,
+        "weight_hh_l1": 3,
+    }
     names = {name for name, _ in factorized.named_parameters()}
     assert {"weight_ih_l0_u", "weight_ih_l0_v", "weight_hh_l0", "weight_hh_l1_u", "bias_ih_l1"} <= names
     assert "weight_ih_l0" not in names
@@ -260,11 +281,11 @@ def test_default_svd_switches_to_the_native_module(monkeypatch):
 def test_truncated_svd_is_lazy():
     if importlib.util.find_spec("npuq.lrf.svd") is None:
         with pytest.raises(ImportError, match="npuq.lrf.svd"):
-            lrf.truncated_svd
+            _ = lrf.truncated_svd
     else:
         assert callable(lrf.truncated_svd)
     with pytest.raises(AttributeError):
-        lrf.no_such_name
+        _ = lrf.no_such_name
 
 
 # ------------------------------------------------------------------------------------ break-even
@@ -338,8 +359,11 @@ def test_compression_report_counts_by_hand():
 
     dense = compression_report(model)
     assert [(row.path, row.matrix, row.rank) for row in dense.layers] == [
-        ("conv", "weight", None), ("rnn", "weight_ih_l0", None), ("rnn", "weight_hh_l0", None),
-        ("head", "weight", None)]
+        ("conv", "weight", None),
+        ("rnn", "weight_ih_l0", None),
+        ("rnn", "weight_hh_l0", None),
+        ("head", "weight", None),
+    ]
     assert dense.model_params_before == dense.model_params_after == total
     assert dense.layer_params_before == dense.layer_params_after == total - 72 - 16
     assert dense.model_ratio == 1.0
@@ -347,8 +371,12 @@ def test_compression_report_counts_by_hand():
     factorized = factorize(model, {"conv": 3, "rnn": {"weight_ih_l0": 2}, "head": 2})
     report = compression_report(factorized)
     rows = {(row.path, row.matrix): row for row in report.layers}
-    conv, ih, hh, head = rows["conv", "weight"], rows["rnn", "weight_ih_l0"], rows["rnn", "weight_hh_l0"], \
-        rows["head", "weight"]
+    conv, ih, hh, head = (
+        rows["conv", "weight"],
+        rows["rnn", "weight_ih_l0"],
+        rows["rnn", "weight_hh_l0"],
+        rows["head", "weight"],
+    )
     assert (conv.shape, conv.rank, conv.params_before, conv.params_after) == ((8, 27), 3, 224, 3 * 35 + 8)
     assert conv.break_even == pytest.approx(216 / 35)
     assert (ih.rank, ih.params_before, ih.params_after) == (2, 192 + 24, 2 * 32 + 24)
@@ -447,8 +475,9 @@ def test_torchvision_mobilenet_v2():
     assert layers["classifier.1"] == {"weight": (10, 1280)}
     assert layers["features.18.0"] == {"weight": (1280, 320)}  # the last pointwise conv
     assert "features.2.conv.1.0" not in layers  # a depthwise conv
-    assert all(module.groups == 1 for path, module in model.named_modules() if path in layers and
-               isinstance(module, nn.Conv2d))
+    assert all(
+        module.groups == 1 for path, module in model.named_modules() if path in layers and isinstance(module, nn.Conv2d)
+    )
     with pytest.raises(ValueError, match=r"'features\.2\.conv\.1\.0'.*depthwise.*groups=96"):
         factorize(model, {"features.2.conv.1.0": 4})
     ranks = {"classifier.1": 4, "features.17.conv.2": 32}  # 320 x 960
@@ -492,14 +521,17 @@ def test_unknown_paths_list_close_names():
         factorize(small_model(), {0: 2})
 
 
-@pytest.mark.parametrize("path,module,message", [
-    ("norm", None, r"'norm'.*BatchNorm2d; only torch.nn.Linear, torch.nn.Conv2d"),
-    ("depthwise", None, r"'depthwise'.*grouped convolution \(depthwise\) with groups=8"),
-    ("gru", nn.GRU(4, 4), r"'gru'.*torch.nn.modules.rnn.GRU"),
-    ("conv1d", nn.Conv1d(4, 8, 3), r"'conv1d'.*Conv1d"),
-    ("projected", nn.LSTM(4, 8, proj_size=2), r"'projected'.*proj_size=2"),
-    ("grouped", nn.Conv2d(4, 8, 3, groups=2), r"'grouped'.*grouped convolution with groups=2"),
-])
+@pytest.mark.parametrize(
+    "path,module,message",
+    [
+        ("norm", None, r"'norm'.*BatchNorm2d; only torch.nn.Linear, torch.nn.Conv2d"),
+        ("depthwise", None, r"'depthwise'.*grouped convolution \(depthwise\) with groups=8"),
+        ("gru", nn.GRU(4, 4), r"'gru'.*torch.nn.modules.rnn.GRU"),
+        ("conv1d", nn.Conv1d(4, 8, 3), r"'conv1d'.*Conv1d"),
+        ("projected", nn.LSTM(4, 8, proj_size=2), r"'projected'.*proj_size=2"),
+        ("grouped", nn.Conv2d(4, 8, 3, groups=2), r"'grouped'.*grouped convolution with groups=2"),
+    ],
+)
 def test_unsupported_layers_are_named(path, module, message):
     model = small_model()
     if module is not None:
@@ -519,16 +551,19 @@ def test_factorized_layers_are_refused_and_not_listed():
         FactorizedLSTM(4, 4, proj_size=2)
 
 
-@pytest.mark.parametrize("rank,error,message", [
-    (0, ValueError, r"rank of layer 'conv' .* must be in \[1, 8\].*got 0"),
-    (-1, ValueError, r"must be in \[1, 8\]"),
-    (9, ValueError, r"must be in \[1, 8\] \(min\(m, n\) of its 8 x 27 matrix\), got 9"),
-    (0.0, ValueError, r"fraction of its full rank 8 and must be in \(0, 1\]"),
-    (1.5, ValueError, r"must be in \(0, 1\]"),
-    (float("nan"), ValueError, r"must be in \(0, 1\]"),
-    (True, TypeError, "bool"),
-    ("4", TypeError, "got str"),
-])
+@pytest.mark.parametrize(
+    "rank,error,message",
+    [
+        (0, ValueError, r"rank of layer 'conv' .* must be in \[1, 8\].*got 0"),
+        (-1, ValueError, r"must be in \[1, 8\]"),
+        (9, ValueError, r"must be in \[1, 8\] \(min\(m, n\) of its 8 x 27 matrix\), got 9"),
+        (0.0, ValueError, r"fraction of its full rank 8 and must be in \(0, 1\]"),
+        (1.5, ValueError, r"must be in \(0, 1\]"),
+        (float("nan"), ValueError, r"must be in \(0, 1\]"),
+        (True, TypeError, "bool"),
+        ("4", TypeError, "got str"),
+    ],
+)
 def test_bad_ranks_give_the_limit(rank, error, message):
     with pytest.raises(error, match=message):
         factorize(small_model(), {"conv": rank})
@@ -550,8 +585,12 @@ def test_non_finite_weights_name_the_layer(bad):
         factorize(model, {"conv": 2, "rnn": 2}, inplace=True)
     assert type(model.conv) is nn.Conv2d  # checked before anything changed
     with pytest.raises(ValueError, match="NaN or inf in weight"):
-        FactorizedLinear.from_linear(nn.Linear(3, 3).requires_grad_(False).apply(
-            lambda m: m.weight.fill_(bad) if isinstance(m, nn.Linear) else None), 1)
+        FactorizedLinear.from_linear(
+            nn.Linear(3, 3)
+            .requires_grad_(False)
+            .apply(lambda m: m.weight.fill_(bad) if isinstance(m, nn.Linear) else None),
+            1,
+        )
 
 
 def test_bad_arguments():

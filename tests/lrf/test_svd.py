@@ -60,8 +60,9 @@ def test_against_numpy_separated_spectrum(dtype, shape, method):
         assert isinstance(res, TruncatedSVD)
         assert res.u.shape == (m, r) and res.s.shape == (r,) and res.vt.shape == (r, n)
         assert res.u.dtype == dtype and res.s.dtype == dtype and res.vt.dtype == dtype
-        np.testing.assert_allclose(res.s, sa[:r], rtol=200 * EPS[dtype] if method == "exact" else 1e-4,
-                                   atol=50 * EPS[dtype] * sa[0])
+        np.testing.assert_allclose(
+            res.s, sa[:r], rtol=200 * EPS[dtype] if method == "exact" else 1e-4, atol=50 * EPS[dtype] * sa[0]
+        )
         # subspaces: |U^T U_ref| and |V^T V_ref| ~ I (vectors equal up to sign)
         tol = 1e-3 if dtype is np.float32 else 1e-6
         np.testing.assert_allclose(np.abs(res.u.T.astype(np.float64) @ ua[:, :r]), np.eye(r), atol=tol)
@@ -136,9 +137,16 @@ def test_error_without_cancellation(dtype):
 
 
 @settings(max_examples=30, deadline=None)
-@given(m=st.integers(1, 40), n=st.integers(1, 40), data=st.data(), dtype=st.sampled_from(DTYPES),
-       method=st.sampled_from(["auto", "exact", "randomized", "krylov"]), p=st.integers(0, 12), q=st.integers(0, 3),
-       seed=st.integers(0, 2**64 - 1))
+@given(
+    m=st.integers(1, 40),
+    n=st.integers(1, 40),
+    data=st.data(),
+    dtype=st.sampled_from(DTYPES),
+    method=st.sampled_from(["auto", "exact", "randomized", "krylov"]),
+    p=st.integers(0, 12),
+    q=st.integers(0, 3),
+    seed=st.integers(0, 2**64 - 1),
+)
 def test_any_shape_and_rank(m, n, data, dtype, method, p, q, seed):
     r = data.draw(st.integers(1, min(m, n)), label="rank")
     a = np.random.default_rng(seed % 1000).standard_normal((m, n)).astype(dtype)
@@ -246,14 +254,16 @@ BAD = [
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="Krylov"), ValueError, "method"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", power_iterations=-1), ValueError, "power_iterations"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", oversampling=-1), ValueError, "oversampling"),
-    (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", power_iterations=1.0), TypeError,
-     "power_iterations"),
+    (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", power_iterations=1.0), TypeError, "power_iterations"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, block_size=2), ValueError, "block_size"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="randomized", block_size=2), ValueError, "block_size"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", block_size=0), ValueError, "block_size"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, method="krylov", block_size=1.5), TypeError, "block_size"),
-    (lambda: truncated_svd(np.ones((9, 8)), 4, method="krylov", block_size=1, power_iterations=2), ValueError,
-     "narrower than rank"),
+    (
+        lambda: truncated_svd(np.ones((9, 8)), 4, method="krylov", block_size=1, power_iterations=2),
+        ValueError,
+        "narrower than rank",
+    ),
     (lambda: truncated_svd(np.ones((4, 3)), 1, seed=-1), ValueError, "seed"),
     (lambda: truncated_svd(np.ones((4, 3)), 1, threads=0), ValueError, "threads"),
     (lambda: truncated_svd(np.ones((4, 3), np.int32), 1), TypeError, "float32, float64"),
@@ -283,11 +293,13 @@ NATIVE_BAD = [
     (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "krylov", 1, 1, 0, 0, "qr"), ValueError, "basis"),
     (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "randomized", 1, 1, 0, 0, ""), ValueError, "basis"),
     (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "krylov", 1, 1, 0, 0, "auto", -1), ValueError, "block_size"),
-    (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "randomized", 1, 1, 0, 0, "auto", 2), ValueError,
-     "block_size"),
+    (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "randomized", 1, 1, 0, 0, "auto", 2), ValueError, "block_size"),
     (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "auto", 1, 1, 0, 0, "auto", 2), ValueError, "block_size"),
-    (lambda: _C.lrf_truncated_svd(np.ones((9, 8)), 4, "krylov", 0, 2, 0, 0, "auto", 1), ValueError,
-     "narrower than rank"),
+    (
+        lambda: _C.lrf_truncated_svd(np.ones((9, 8)), 4, "krylov", 0, 2, 0, 0, "auto", 1),
+        ValueError,
+        "narrower than rank",
+    ),
     (lambda: _C.lrf_truncated_svd(np.ones((3, 3)), 1, "auto", 1, 1, 0, -3), ValueError, "threads"),
     (lambda: _C.lrf_truncated_svd(np.full((3, 3), np.nan), 1), ValueError, "non-finite"),
 ]
@@ -365,8 +377,11 @@ def test_cholesky_fallback_on_rank_deficient(dtype, method, shape):
         check_orthonormal(res, dtype)
         assert res.error <= 100 * EPS[dtype] * np.linalg.norm(b)
         assert direct_error(b, res) <= 100 * EPS[dtype] * np.linalg.norm(b)
-        np.testing.assert_allclose(res.s[:3], np.linalg.svd(b.astype(np.float64), compute_uv=False)[:3],
-                                   rtol=1e-4 if dtype is np.float32 else 1e-10)
+        np.testing.assert_allclose(
+            res.s[:3],
+            np.linalg.svd(b.astype(np.float64), compute_uv=False)[:3],
+            rtol=1e-4 if dtype is np.float32 else 1e-10,
+        )
         assert np.all(res.s[3:] <= 100 * EPS[dtype] * res.s[0])
 
 
@@ -406,8 +421,9 @@ def test_rank_one_and_full_rank(dtype, shape, method, basis):
         check_orthonormal(res, dtype)
         check_error_value(a, res, dtype)
         if r == k:
-            np.testing.assert_allclose(res.s, sa, rtol=1e-4 if dtype is np.float32 else 1e-10,
-                                       atol=100 * EPS[dtype] * sa[0])
+            np.testing.assert_allclose(
+                res.s, sa, rtol=1e-4 if dtype is np.float32 else 1e-10, atol=100 * EPS[dtype] * sa[0]
+            )
             assert res.error <= 1e3 * EPS[dtype] * sa[0]
         else:
             assert res.s[0] <= sa[0] * (1 + 1e-5)
@@ -474,8 +490,13 @@ def test_auto_method_names():
 
     assert "krylov" in METHODS
     rng = np.random.default_rng(0)
-    for m, n, r, p, q in ((300, 200, 8, 10, 2), (300, 200, 150, 10, 2), (20, 20, 5, 10, 2), (400, 100, 8, 5, 1),
-                          (400, 100, 8, 5, 0)):
+    for m, n, r, p, q in (
+        (300, 200, 8, 10, 2),
+        (300, 200, 150, 10, 2),
+        (20, 20, 5, 10, 2),
+        (400, 100, 8, 5, 1),
+        (400, 100, 8, 5, 0),
+    ):
         name = auto_method(m, n, r, p, q)
         assert name in ("exact", "randomized", "krylov")
         _, info = native(rng.standard_normal((m, n)), r, "auto", p, q)

@@ -37,8 +37,13 @@ class FakeDeviceMatrix:
     CUDA call."""
 
     def __init__(self, shape, typestr="<f4", strides=None, ptr=0x7F0000000000):
-        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False),
-                                         "strides": strides, "version": 3}
+        self.__cuda_array_interface__ = {
+            "shape": tuple(shape),
+            "typestr": typestr,
+            "data": (ptr, False),
+            "strides": strides,
+            "version": 3,
+        }
 
 
 # ------------------------------------------------------------------------------- no GPU needed
@@ -160,7 +165,8 @@ def test_import_without_openblas():
         "    assert 'scipy-openblas32' in str(e), e\n"
         "else:\n"
         "    raise AssertionError('no ImportError')\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     # the npuq this test process imported (an installed one, or the source tree with its built _C)
     where = os.path.dirname(os.path.dirname(os.path.abspath(npuq.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([where, os.environ.get("PYTHONPATH", "")]))
@@ -227,7 +233,6 @@ def test_gpu_against_torch(dtype, shape, method):
         assert abs(res.error - direct) <= 1e-3 * direct + 100 * EPS[dtype] * float(torch.linalg.norm(a.double()))
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU_READY, reason=GPU_REASON)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -270,7 +275,7 @@ def test_gpu_special_matrices():
     check_orthonormal(res, "float32")
     assert res.error <= 1e-4 * float(torch.linalg.norm(low))
     # extreme magnitudes are scaled exactly
-    for scale in (2.0 ** 100, 2.0 ** -100):
+    for scale in (2.0**100, 2.0**-100):
         a, exact = decaying(120, 80, "float32", noise=0)
         res = truncated_svd(a * scale, 4, power_iterations=4)
         assert torch.isfinite(res.s).all()
@@ -308,20 +313,77 @@ def test_gpu_bad_input():
     s_host = torch.empty(4)
     vt = torch.empty(4, 48, device="cuda")
     with pytest.raises(ValueError, match="host memory"):
-        _C.cuda_truncated_svd(a.data_ptr(), 64, 48, "float32", 4, 10, 2, 0, "randomized", dev, stream,
-                              u.data_ptr(), s_host.data_ptr(), vt.data_ptr())
+        _C.cuda_truncated_svd(
+            a.data_ptr(),
+            64,
+            48,
+            "float32",
+            4,
+            10,
+            2,
+            0,
+            "randomized",
+            dev,
+            stream,
+            u.data_ptr(),
+            s_host.data_ptr(),
+            vt.data_ptr(),
+        )
     with pytest.raises(ValueError, match="host memory"):
-        _C.cuda_truncated_svd(a.cpu().data_ptr(), 64, 48, "float32", 4, 10, 2, 0, "randomized", dev, stream,
-                              u.data_ptr(), u.data_ptr(), vt.data_ptr())
+        _C.cuda_truncated_svd(
+            a.cpu().data_ptr(),
+            64,
+            48,
+            "float32",
+            4,
+            10,
+            2,
+            0,
+            "randomized",
+            dev,
+            stream,
+            u.data_ptr(),
+            u.data_ptr(),
+            vt.data_ptr(),
+        )
     with pytest.raises(ValueError, match="null pointer"):
-        _C.cuda_truncated_svd(a.data_ptr(), 64, 48, "float32", 4, 10, 2, 0, "randomized", dev, stream,
-                              0, u.data_ptr(), vt.data_ptr())
+        _C.cuda_truncated_svd(
+            a.data_ptr(), 64, 48, "float32", 4, 10, 2, 0, "randomized", dev, stream, 0, u.data_ptr(), vt.data_ptr()
+        )
     with pytest.raises(TypeError, match="dtype"):
-        _C.cuda_truncated_svd(a.data_ptr(), 64, 48, "int8", 4, 10, 2, 0, "randomized", dev, stream,
-                              u.data_ptr(), u.data_ptr(), vt.data_ptr())
+        _C.cuda_truncated_svd(
+            a.data_ptr(),
+            64,
+            48,
+            "int8",
+            4,
+            10,
+            2,
+            0,
+            "randomized",
+            dev,
+            stream,
+            u.data_ptr(),
+            u.data_ptr(),
+            vt.data_ptr(),
+        )
     with pytest.raises(ValueError, match="rank"):
-        _C.cuda_truncated_svd(a.data_ptr(), 64, 48, "float32", 49, 10, 2, 0, "randomized", dev, stream,
-                              u.data_ptr(), u.data_ptr(), vt.data_ptr())
+        _C.cuda_truncated_svd(
+            a.data_ptr(),
+            64,
+            48,
+            "float32",
+            49,
+            10,
+            2,
+            0,
+            "randomized",
+            dev,
+            stream,
+            u.data_ptr(),
+            u.data_ptr(),
+            vt.data_ptr(),
+        )
 
 
 @pytest.mark.gpu

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from npuq.apps.training import augment, dead_channel_stats, seed_everything, train
 from npuq.data import (
     CLASSES,
     DatasetNotFoundError,
@@ -32,7 +33,6 @@ from npuq.models.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from npuq.apps.training import augment, dead_channel_stats, seed_everything, train
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +46,14 @@ def one_thread():
 
 # ---------------------------------------------------------------------------------------- IDX files
 def idx_bytes(array: np.ndarray) -> bytes:
-    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-             np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+    codes = {
+        np.dtype(np.uint8): 0x08,
+        np.dtype(np.int8): 0x09,
+        np.dtype(np.int16): 0x0B,
+        np.dtype(np.int32): 0x0C,
+        np.dtype(np.float32): 0x0D,
+        np.dtype(np.float64): 0x0E,
+    }
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
@@ -70,7 +76,7 @@ def write_fake_fashion(root, n_train=256, n_test=64, compress=True, seed=0):
         labels = rng.integers(0, 10, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         for i, c in enumerate(labels):
-            images[i, 2 * c:2 * c + 6, 4:24] = 250
+            images[i, 2 * c : 2 * c + 6, 4:24] = 250
         write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
         write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
     return root
@@ -79,8 +85,11 @@ def write_fake_fashion(root, n_train=256, n_test=64, compress=True, seed=0):
 @pytest.mark.parametrize("compress", [True, False])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
 def test_read_idx_roundtrip(tmp_path, compress, dtype):
-    array = (np.arange(2 * 3 * 5) - 7).reshape(2, 3, 5).astype(dtype) if dtype != np.uint8 else \
-        np.arange(30, dtype=np.uint8).reshape(2, 3, 5)
+    array = (
+        (np.arange(2 * 3 * 5) - 7).reshape(2, 3, 5).astype(dtype)
+        if dtype != np.uint8
+        else np.arange(30, dtype=np.uint8).reshape(2, 3, 5)
+    )
     path = write_idx(tmp_path / ("a.idx.gz" if compress else "a.idx"), array, compress)
     out = read_idx(path)
     assert out.dtype == np.dtype(dtype) and out.dtype.isnative
@@ -160,8 +169,10 @@ def test_label_count_mismatch(tmp_path):
 
 def test_loader_determinism_and_limit(tmp_path):
     write_fake_fashion(tmp_path)
+
     def batches(**kw):
         return [(x.clone(), y.clone()) for x, y in fashion_mnist_loader("train", root=tmp_path, **kw)]
+
     a = batches(batch_size=50, shuffle=True, seed=3)
     b = batches(batch_size=50, shuffle=True, seed=3)
     c = batches(batch_size=50, shuffle=True, seed=4)
@@ -255,7 +266,7 @@ def test_augment_is_a_seeded_crop_or_flip():
     assert torch.equal(a, b) and a.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-0.2860 / 0.3530)
     for i in range(16):
-        crops = [padded[i, :, dy:dy + 28, dx:dx + 28] for dy in range(5) for dx in range(5)]
+        crops = [padded[i, :, dy : dy + 28, dx : dx + 28] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(a[i], c) or torch.equal(a[i], c.flip(-1)) for c in crops)
 
 
@@ -265,8 +276,9 @@ def test_training_is_deterministic(tmp_path):
     for _ in range(2):
         seed_everything(0)
         model = build_model("mobilenet_v2", width=0.5)
-        result = train(model, "adam-l2", epochs=1, seed=0, batch_size=32, root=tmp_path,
-                       progress=False, max_steps=3, threads=1)
+        result = train(
+            model, "adam-l2", epochs=1, seed=0, batch_size=32, root=tmp_path, progress=False, max_steps=3, threads=1
+        )
         states.append(model.state_dict())
     assert result["steps"] == 3 and result["threads"] == 1
     assert states[0].keys() == states[1].keys()
@@ -278,8 +290,9 @@ def test_sgd_recipe_learns(tmp_path):
     write_fake_fashion(tmp_path, n_train=128)
     seed_everything(0)
     model = build_model("mobilenet_v1", width=0.5)
-    result = train(model, "sgd", epochs=3, seed=0, batch_size=32, root=tmp_path, progress=False,
-                   augmentation=False, threads=1)
+    result = train(
+        model, "sgd", epochs=3, seed=0, batch_size=32, root=tmp_path, progress=False, augmentation=False, threads=1
+    )
     assert result["history"][-1]["loss"] < result["history"][0]["loss"]
     with pytest.raises(ValueError, match="recipe"):
         train(model, "rmsprop", epochs=1, root=tmp_path, progress=False)
@@ -308,8 +321,15 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     torch.manual_seed(0)
     model = build_model("mobilenet_v1", width=0.5)
     model.features[1].depthwise[1].running_var.fill_(2.0)
-    meta = {"model": "mobilenet_v1", "width": "0.5", "recipe": "sgd", "epochs": 5, "seed": 0,
-            "test_accuracy": "0.9", "dead_channel_stats": {"summary": {"dead": 0}}}
+    meta = {
+        "model": "mobilenet_v1",
+        "width": "0.5",
+        "recipe": "sgd",
+        "epochs": 5,
+        "seed": 0,
+        "test_accuracy": "0.9",
+        "dead_channel_stats": {"summary": {"dead": 0}},
+    }
     path = save_checkpoint(model, tmp_path / "m.safetensors", meta)
     loaded, got = load_checkpoint(path)
     assert not loaded.training
@@ -333,6 +353,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="wrong shape"):
         load_checkpoint(narrow)
     from safetensors.torch import save_file
+
     save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(CheckpointMismatchError, match="metadata lacks model"):
         load_checkpoint(tmp_path / "bare.safetensors")
@@ -348,8 +369,18 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 def test_shipped_checkpoint(name, monkeypatch):
     monkeypatch.delenv("NPUQ_FASHION_MNIST", raising=False)
     model, meta = load_checkpoint(name)
-    for key in ("model", "width", "recipe", "epochs", "seed", "test_accuracy", "command", "torch_version",
-                "threads", "dead_channel_stats"):
+    for key in (
+        "model",
+        "width",
+        "recipe",
+        "epochs",
+        "seed",
+        "test_accuracy",
+        "command",
+        "torch_version",
+        "threads",
+        "dead_channel_stats",
+    ):
         assert key in meta, key
     x, y = fashion_mnist_tensors("test")
     with torch.no_grad():  # 500 images: enough to catch broken weights or BN statistics

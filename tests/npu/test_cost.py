@@ -20,40 +20,81 @@ def _layer_tensors(w: np.ndarray, per_channel: bool = False, shifts=None) -> dic
     c_out = w.shape[0]
     n = c_out if per_channel else 1
     shift = np.zeros(c_out, np.uint8) if shifts is None else np.asarray(shifts, np.uint8)
-    return dict(weight=w.astype(np.int8), bias=np.zeros(c_out, np.int32),
-                multiplier=np.full(n, 2**30, np.int32), exponent=np.full(n, -8, np.int32), shift=shift)
+    return dict(
+        weight=w.astype(np.int8),
+        bias=np.zeros(c_out, np.int32),
+        multiplier=np.full(n, 2**30, np.int32),
+        exponent=np.full(n, -8, np.int32),
+        shift=shift,
+    )
 
 
 def conv(name, src, c_in, c_out, k=1, stride=1, groups=1, bits=8, per_channel=False, shifts=None) -> Op:
     w = np.ones((c_out, k, k, c_in // groups), np.int8)
     p = k // 2
-    attrs = dict(stride=[stride, stride], padding=[p, p, p, p], dilation=[1, 1], groups=groups,
-                 input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=bits)
-    return Op(name=name, kind="conv2d", inputs=[src], attrs=attrs,
-              tensors=_layer_tensors(w, per_channel, shifts), scale=0.1)
+    attrs = dict(
+        stride=[stride, stride],
+        padding=[p, p, p, p],
+        dilation=[1, 1],
+        groups=groups,
+        input_zero_point=0,
+        output_zero_point=0,
+        act_min=-128,
+        act_max=127,
+        weight_bits=bits,
+    )
+    return Op(
+        name=name, kind="conv2d", inputs=[src], attrs=attrs, tensors=_layer_tensors(w, per_channel, shifts), scale=0.1
+    )
 
 
 def fc(name, src, k, o, bits=8) -> Op:
     attrs = dict(input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=bits)
-    return Op(name=name, kind="fully_connected", inputs=[src], attrs=attrs,
-              tensors=_layer_tensors(np.ones((o, k), np.int8)), scale=0.1)
+    return Op(
+        name=name,
+        kind="fully_connected",
+        inputs=[src],
+        attrs=attrs,
+        tensors=_layer_tensors(np.ones((o, k), np.int8)),
+        scale=0.1,
+    )
 
 
 def add(name, a, b) -> Op:
-    attrs = dict(a_zero_point=0, a_multiplier=2**30, a_exponent=0, b_zero_point=0, b_multiplier=2**30,
-                 b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0, left_shift=20,
-                 act_min=-128, act_max=127)
+    attrs = dict(
+        a_zero_point=0,
+        a_multiplier=2**30,
+        a_exponent=0,
+        b_zero_point=0,
+        b_multiplier=2**30,
+        b_exponent=0,
+        output_zero_point=0,
+        output_multiplier=2**30,
+        output_exponent=0,
+        left_shift=20,
+        act_min=-128,
+        act_max=127,
+    )
     return Op(name=name, kind="add", inputs=[a, b], attrs=attrs, scale=0.1)
 
 
 def max_pool(name, src, k=2, stride=2) -> Op:
-    return Op(name=name, kind="max_pool2d", inputs=[src],
-              attrs=dict(kernel=[k, k], stride=[stride, stride], padding=[0, 0, 0, 0]), scale=0.1)
+    return Op(
+        name=name,
+        kind="max_pool2d",
+        inputs=[src],
+        attrs=dict(kernel=[k, k], stride=[stride, stride], padding=[0, 0, 0, 0]),
+        scale=0.1,
+    )
 
 
 def program(shape, *ops, output=None) -> Program:
-    p = Program(input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0), ops=list(ops),
-                output=output or ops[-1].name, model="hand")
+    p = Program(
+        input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0),
+        ops=list(ops),
+        output=output or ops[-1].name,
+        model="hand",
+    )
     validate(p)  # the builders must make valid programs
     return p
 
@@ -66,15 +107,27 @@ FAST = dict(bandwidth_gbps=1000.0, buffer_bytes=1 << 24)
 def test_config_defaults_and_bytes_per_cycle():
     c = NPUConfig()
     assert (c.rows, c.cols, c.clock_mhz, c.bandwidth_gbps, c.batch) == (16, 16, 500.0, 4.0, 1)
-    assert c.bytes_per_cycle == pytest.approx(8.0)          # 4e9 B/s / 500e6 cycles/s
+    assert c.bytes_per_cycle == pytest.approx(8.0)  # 4e9 B/s / 500e6 cycles/s
     assert NPUConfig(bandwidth_gbps=1.0, clock_mhz=1000).bytes_per_cycle == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("rows", 0), ("cols", -4), ("rows", 2.5), ("cols", True), ("batch", 0), ("batch", "8"),
-    ("buffer_bytes", -1), ("clock_mhz", 0), ("clock_mhz", -100.0), ("bandwidth_gbps", float("nan")),
-    ("bandwidth_gbps", float("inf")), ("clock_mhz", "fast"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rows", 0),
+        ("cols", -4),
+        ("rows", 2.5),
+        ("cols", True),
+        ("batch", 0),
+        ("batch", "8"),
+        ("buffer_bytes", -1),
+        ("clock_mhz", 0),
+        ("clock_mhz", -100.0),
+        ("bandwidth_gbps", float("nan")),
+        ("bandwidth_gbps", float("inf")),
+        ("clock_mhz", "fast"),
+    ],
+)
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         NPUConfig(**{field: value})
@@ -96,10 +149,10 @@ def test_conv_macs_bytes_and_cycles_by_hand():
     o = r.ops[0]
     assert o.output_shape == (8, 8, 32)
     assert o.macs == 8 * 8 * 32 * (3 * 3 * 4)
-    assert o.weight_bytes == 32 * 3 * 3 * 4 * 4 // 8                 # packed 4-bit weights
+    assert o.weight_bytes == 32 * 3 * 3 * 4 * 4 // 8  # packed 4-bit weights
     assert o.bias_bytes == 32 * 4
     assert o.requant_scheme == "per_layer"
-    assert o.requant_bytes == 4 + 1 + 32 // 2                      # M0, exponent, 4 bits per channel
+    assert o.requant_bytes == 4 + 1 + 32 // 2  # M0, exponent, 4 bits per channel
     assert o.per_channel_requant_bytes == 32 * (4 + 1)
     assert (o.input_bytes, o.output_bytes) == (8 * 8 * 4, 8 * 8 * 32)
     # 32 channels over 16 columns, 36 taps over 16 rows, 64 output pixels
@@ -112,8 +165,8 @@ def test_conv_macs_bytes_and_cycles_by_hand():
 def test_odd_channel_count_rounds_packed_bytes_up():
     p = program((4, 4, 3), conv("c", "x", 3, 5, k=1, bits=3))
     o = estimate_cost(p).ops[0]
-    assert o.weight_bytes == math.ceil(5 * 3 * 3 / 8)   # 45 bits -> 6 bytes
-    assert o.requant_bytes == 5 + 3                     # five 4-bit shifts -> 3 bytes
+    assert o.weight_bytes == math.ceil(5 * 3 * 3 / 8)  # 45 bits -> 6 bytes
+    assert o.requant_bytes == 5 + 3  # five 4-bit shifts -> 3 bytes
 
 
 def test_per_channel_layer_stores_a_multiplier_per_channel():
@@ -154,7 +207,7 @@ def test_elementwise_ops_run_on_the_vector_unit_not_the_mac_array():
     assert a.compute_cycles == 8 * 8 * 16 // 16
     assert a.input_bytes == 2 * 8 * 8 * 16
     assert mp.output_shape == (4, 4, 16)
-    assert mp.vector_ops == 4 * 4 * 16 * 4                  # four taps per output element
+    assert mp.vector_ops == 4 * 4 * 16 * 4  # four taps per output element
     assert mp.compute_cycles == 4 * 4 * 16 * 4 // 16
     assert r.macs == 8 * 8 * 16 * 16
     assert r.vector_ops == a.vector_ops + mp.vector_ops
@@ -163,8 +216,9 @@ def test_elementwise_ops_run_on_the_vector_unit_not_the_mac_array():
 # ====================================================================================== liveness
 def _residual_program():
     # x -> expand (4x) -> project -> add(x, project): x must stay alive across the branch
-    return program((8, 8, 16), conv("expand", "x", 16, 64), conv("project", "expand", 64, 16),
-                   add("sum", "x", "project"))
+    return program(
+        (8, 8, 16), conv("expand", "x", 16, 64), conv("project", "expand", 64, 16), add("sum", "x", "project")
+    )
 
 
 def test_peak_activation_keeps_the_skip_tensor_alive():
@@ -195,9 +249,8 @@ def test_flatten_is_a_free_view():
     assert (f.cycles, f.offchip_bytes, f.bound, f.utilization) == (0, 0, "none", None)
     assert r.ops[1].vector_ops == 4 * 4 * 32
     live, _, _ = activation_liveness(p)
-    assert live[2] == 32            # the pooled vector, counted once
+    assert live[2] == 32  # the pooled vector, counted once
     assert live[3] == 32 + 10
-
 
 
 def test_a_flatten_of_the_network_input_leaves_the_read_to_its_consumer():
@@ -215,6 +268,7 @@ def test_a_program_without_work_has_no_throughput():
     assert json.loads(json.dumps(r.to_dict(), allow_nan=False))["totals"]["images_per_s"] is None
     assert "- images/s" in r.to_table()
 
+
 # ====================================================================================== cycles and memory
 def test_doubling_columns_halves_a_wide_pointwise_layer():
     p = program((4, 4, 64), conv("pw", "x", 64, 256))
@@ -227,10 +281,10 @@ def test_doubling_columns_halves_a_wide_pointwise_layer():
 
 def test_tiny_bandwidth_makes_a_layer_memory_bound():
     p = program((4, 4, 64), conv("pw", "x", 64, 256))
-    cfg = NPUConfig(bandwidth_gbps=0.001, clock_mhz=500)       # 0.002 bytes per cycle
+    cfg = NPUConfig(bandwidth_gbps=0.001, clock_mhz=500)  # 0.002 bytes per cycle
     o = estimate_cost(p, cfg).ops[0]
     params = 256 * 64 + 256 * 4 + 5 + 128
-    acts = 4 * 4 * 64 + 4 * 4 * 256          # network input read, network output written
+    acts = 4 * 4 * 64 + 4 * 4 * 256  # network input read, network output written
     assert o.offchip_bytes == params + acts
     assert o.memory_cycles == math.ceil((params + acts) / 0.002)
     assert o.bound == "memory" and o.cycles == o.memory_cycles
@@ -257,7 +311,7 @@ def test_batch_reuses_weights_and_scales_work():
     params = one.weight_bytes + one.bias_bytes + one.requant_bytes
     assert eight.compute_cycles == 8 * one.compute_cycles
     assert eight.offchip_bytes - params == 8 * (one.offchip_bytes - params)
-    assert eight.macs == one.macs                          # per image
+    assert eight.macs == one.macs  # per image
 
 
 def test_totals_latency_and_throughput():
@@ -302,14 +356,29 @@ def test_cli_prints_the_table_and_writes_json(tmp_path, capsys):
     p = _residual_program()
     path = p.save(tmp_path / "res.npuq")
     out = tmp_path / "cost.json"
-    rc = main(["cost", str(path), "--rows", "8", "--cols", "32", "--clock-mhz", "800", "--bandwidth-gbps", "2",
-               "--batch", "2", "--json", str(out)])
+    rc = main(
+        [
+            "cost",
+            str(path),
+            "--rows",
+            "8",
+            "--cols",
+            "32",
+            "--clock-mhz",
+            "800",
+            "--bandwidth-gbps",
+            "2",
+            "--batch",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "8x32 MAC array at 800 MHz" in text and "project" in text
     saved = json.loads(out.read_text())
-    expected = estimate_cost(load_program(path), NPUConfig(rows=8, cols=32, clock_mhz=800, bandwidth_gbps=2,
-                                                           batch=2))
+    expected = estimate_cost(load_program(path), NPUConfig(rows=8, cols=32, clock_mhz=800, bandwidth_gbps=2, batch=2))
     assert saved["totals"]["cycles"] == expected.cycles
     assert saved["config"]["batch"] == 2
 
@@ -344,8 +413,10 @@ def mobilenet_programs():
         calib = fashion_mnist_loader("train", batch_size=256, shuffle=True, seed=1234, limit=256)
     except (FileNotFoundError, OSError) as exc:  # no Fashion-MNIST files on this machine
         pytest.skip(f"Fashion-MNIST or the checkpoint is not available: {exc}")
-    progs = {w: npuq.compile(npuq.quantize(model, calib, weights=w, bits=8, activations="mse"))
-             for w in ("wess", "per_channel")}
+    progs = {
+        w: npuq.compile(npuq.quantize(model, calib, weights=w, bits=8, activations="mse"))
+        for w in ("wess", "per_channel")
+    }
     return model, progs
 
 
@@ -369,8 +440,11 @@ def test_mobilenet_wess_vs_per_channel_requant_bytes(mobilenet_programs):
     assert wess.per_channel_requant_bytes == pc.requant_bytes
     assert wess.requant_bytes * 5 < pc.requant_bytes
     # everything else is the same network
-    assert (wess.macs, wess.weight_bytes, wess.peak_activation_bytes) == (pc.macs, pc.weight_bytes,
-                                                                          pc.peak_activation_bytes)
+    assert (wess.macs, wess.weight_bytes, wess.peak_activation_bytes) == (
+        pc.macs,
+        pc.weight_bytes,
+        pc.peak_activation_bytes,
+    )
 
 
 def test_mobilenet_peak_is_at_least_every_residual_working_set(mobilenet_programs):

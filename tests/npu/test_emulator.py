@@ -54,7 +54,7 @@ def _full_test_set_check(qm, program):
     x, y = fashion_mnist_tensors("test")
     emu = Emulator(program)
     q = emu.run(x)
-    sim = torch.cat([qm.run_integer(x[i:i + 2000]) for i in range(0, len(x), 2000)]).numpy()
+    sim = torch.cat([qm.run_integer(x[i : i + 2000]) for i in range(0, len(x), 2000)]).numpy()
     np.testing.assert_array_equal(q, sim)  # every logit of every image, not only the top-1
     emu_top1 = float((q.argmax(1) == y.numpy()).mean())
     sim_top1 = float((sim.argmax(1) == y.numpy()).mean())
@@ -69,8 +69,9 @@ def test_emulator_equals_simulation_on_the_whole_test_set(v2):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rounding", ["double", "single"])
-@pytest.mark.parametrize("name", ["mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd", "mobilenet_v1_w0.5_adam-l2",
-                                  "mobilenet_v2_w0.5_adam-l2"])
+@pytest.mark.parametrize(
+    "name", ["mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd", "mobilenet_v1_w0.5_adam-l2", "mobilenet_v2_w0.5_adam-l2"]
+)
 def test_emulator_equals_simulation_on_every_checkpoint(name, rounding):
     qm = _quantize_checkpoint(name, rounding)
     _full_test_set_check(qm, npuq.compile(qm))
@@ -169,12 +170,12 @@ def test_emulator_api_views_agree(v2):
     assert q.dtype == np.int8 and q.shape == (23, 10)
     xq = emu.quantize_input(x)
     assert xq.dtype == np.int8 and xq.shape == (23, 28, 28, 1)
-    np.testing.assert_array_equal(emu.run(xq), q)                                   # int8 NHWC input
+    np.testing.assert_array_equal(emu.run(xq), q)  # int8 NHWC input
     np.testing.assert_array_equal(emu.run(x.numpy().transpose(0, 2, 3, 1), layout="NHWC"), q)
     out = program.output_op
     np.testing.assert_array_equal(emu.logits(x), (q.astype(np.float32) - out.zero_point) * np.float32(out.scale))
     np.testing.assert_array_equal(emu.predict(x), q.argmax(1))
-    loader = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 23, 10)]
+    loader = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 23, 10)]
     assert emu.evaluate(loader) == emu.evaluate((x, y))
     assert emu.evaluate((x, y))["total"] == 23
 
@@ -211,10 +212,12 @@ def test_program_file_runs_without_torch(v2, tmp_path):
     x = Emulator(program).quantize_input(fashion_mnist_tensors("test")[0][:4])
     np.save(tmp_path / "x.npy", x)
     expected = Emulator(program).run(x)
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np, npuq\n"
-            f"out = npuq.Emulator(npuq.load_program({str(path)!r})).run(np.load({str(tmp_path / 'x.npy')!r}))\n"
-            f"np.save({str(tmp_path / 'out.npy')!r}, out)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, npuq\n"
+        f"out = npuq.Emulator(npuq.load_program({str(path)!r})).run(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.save({str(tmp_path / 'out.npy')!r}, out)\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
@@ -222,8 +225,22 @@ def test_program_file_runs_without_torch(v2, tmp_path):
 # --------------------------------------------------------------------------------- command line
 def test_cli_compile_and_run(tmp_path, capsys):
     path = tmp_path / "v1.npuq"
-    assert cli_main(["compile", "--model", "mobilenet_v1_w0.5_sgd", "-o", str(path), "--calib-batches", "2",
-                     "--rounding", "single"]) == 0
+    assert (
+        cli_main(
+            [
+                "compile",
+                "--model",
+                "mobilenet_v1_w0.5_sgd",
+                "-o",
+                str(path),
+                "--calib-batches",
+                "2",
+                "--rounding",
+                "single",
+            ]
+        )
+        == 0
+    )
     program = load_program(path)
     assert program.rounding == "single" and program.model == "mobilenet_v1_w0.5_sgd"
     out_json = tmp_path / "run.json"
@@ -237,12 +254,26 @@ def test_cli_compile_and_run(tmp_path, capsys):
     # .npy images and labels instead of Fashion-MNIST
     np.save(tmp_path / "img.npy", x[:50].numpy())
     np.save(tmp_path / "lab.npy", y[:50].numpy())
-    assert cli_main(["run", str(path), "--images", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy"),
-                     "--json", str(out_json)]) == 0
+    assert (
+        cli_main(
+            [
+                "run",
+                str(path),
+                "--images",
+                str(tmp_path / "img.npy"),
+                "--labels",
+                str(tmp_path / "lab.npy"),
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out_json.read_text())["total"] == 50
     np.save(tmp_path / "lab.npy", y[:49].numpy())
-    assert cli_main(["run", str(path), "--images", str(tmp_path / "img.npy"), "--labels",
-                     str(tmp_path / "lab.npy")]) == 2
+    assert (
+        cli_main(["run", str(path), "--images", str(tmp_path / "img.npy"), "--labels", str(tmp_path / "lab.npy")]) == 2
+    )
     assert "npuq run: 50 images but 49 labels" in capsys.readouterr().err
 
 

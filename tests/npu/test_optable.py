@@ -22,8 +22,7 @@ import npuq.npu.emulator as emulator
 import npuq.npu.program as program_module
 import npuq.npu.vectors as vectors
 from npuq import ops
-from npuq.npu import Emulator, InputSpec, Op, Program, ProgramError, load_program
-from npuq.npu import optable
+from npuq.npu import Emulator, InputSpec, Op, Program, ProgramError, load_program, optable
 from npuq.npu.optable import COST_UNITS, OP_TABLE, Attr, OpFootprint, OpSpec, Tensor
 from npuq.npu.program import program_from_json, validate
 from npuq.quant import simulate
@@ -37,9 +36,13 @@ RNG_SEED = 20240607
 def _layer_tensors(rng, w: np.ndarray, per_channel: bool) -> dict:
     c_out = w.shape[0]
     n = c_out if per_channel else 1
-    return dict(weight=w.astype(np.int8), bias=rng.integers(-2000, 2000, c_out).astype(np.int32),
-                multiplier=rng.integers(2**30, 2**31 - 1, n).astype(np.int32),
-                exponent=np.full(n, -9, np.int32), shift=rng.integers(0, 3, c_out).astype(np.uint8))
+    return dict(
+        weight=w.astype(np.int8),
+        bias=rng.integers(-2000, 2000, c_out).astype(np.int32),
+        multiplier=rng.integers(2**30, 2**31 - 1, n).astype(np.int32),
+        exponent=np.full(n, -9, np.int32),
+        shift=rng.integers(0, 3, c_out).astype(np.uint8),
+    )
 
 
 def every_kind_program() -> Program:
@@ -48,21 +51,71 @@ def every_kind_program() -> Program:
     rng = np.random.default_rng(RNG_SEED)
     layer = dict(input_zero_point=-3, output_zero_point=5, act_min=-128, act_max=127, weight_bits=8)
     ops_ = [
-        Op("conv", "conv2d", ["x"], dict(stride=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1, **layer),
-           _layer_tensors(rng, rng.integers(-127, 128, (8, 3, 3, 3)), per_channel=True), scale=0.1, zero_point=5),
-        Op("mp", "max_pool2d", ["conv"], dict(kernel=[3, 3], stride=[1, 1], padding=[1, 1, 1, 1]), scale=0.1,
-           zero_point=5),
-        Op("ap", "avg_pool2d", ["conv"], dict(kernel=[3, 3], stride=[1, 1], padding=[1, 1, 1, 1],
-                                              count_include_pad=False, input_zero_point=5, act_min=-128,
-                                              act_max=127), scale=0.1, zero_point=5),
-        Op("sum", "add", ["mp", "ap"], dict(a_zero_point=5, a_multiplier=2**30, a_exponent=0, b_zero_point=5,
-                                            b_multiplier=2**30, b_exponent=0, output_zero_point=-7,
-                                            output_multiplier=2**30, output_exponent=-18, left_shift=20,
-                                            act_min=-128, act_max=127), scale=0.2, zero_point=-7),
+        Op(
+            "conv",
+            "conv2d",
+            ["x"],
+            dict(stride=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1, **layer),
+            _layer_tensors(rng, rng.integers(-127, 128, (8, 3, 3, 3)), per_channel=True),
+            scale=0.1,
+            zero_point=5,
+        ),
+        Op(
+            "mp",
+            "max_pool2d",
+            ["conv"],
+            dict(kernel=[3, 3], stride=[1, 1], padding=[1, 1, 1, 1]),
+            scale=0.1,
+            zero_point=5,
+        ),
+        Op(
+            "ap",
+            "avg_pool2d",
+            ["conv"],
+            dict(
+                kernel=[3, 3],
+                stride=[1, 1],
+                padding=[1, 1, 1, 1],
+                count_include_pad=False,
+                input_zero_point=5,
+                act_min=-128,
+                act_max=127,
+            ),
+            scale=0.1,
+            zero_point=5,
+        ),
+        Op(
+            "sum",
+            "add",
+            ["mp", "ap"],
+            dict(
+                a_zero_point=5,
+                a_multiplier=2**30,
+                a_exponent=0,
+                b_zero_point=5,
+                b_multiplier=2**30,
+                b_exponent=0,
+                output_zero_point=-7,
+                output_multiplier=2**30,
+                output_exponent=-18,
+                left_shift=20,
+                act_min=-128,
+                act_max=127,
+            ),
+            scale=0.2,
+            zero_point=-7,
+        ),
         Op("gap", "global_avg_pool", ["sum"], dict(act_min=-128, act_max=127), scale=0.2, zero_point=-7),
         Op("flat", "flatten", ["gap"], {}, scale=0.2, zero_point=-7),
-        Op("fc", "fully_connected", ["flat"], dict(layer, input_zero_point=-7),
-           _layer_tensors(rng, rng.integers(-127, 128, (5, 8)), per_channel=False), scale=0.3, zero_point=5),
+        Op(
+            "fc",
+            "fully_connected",
+            ["flat"],
+            dict(layer, input_zero_point=-7),
+            _layer_tensors(rng, rng.integers(-127, 128, (5, 8)), per_channel=False),
+            scale=0.3,
+            zero_point=5,
+        ),
     ]
     p = Program(input=InputSpec("x", (6, 6, 3), 0.0625, -3), ops=ops_, output="fc", model="every_kind")
     validate(p)
@@ -95,7 +148,7 @@ def test_every_entry_has_every_field(kind):
     assert isinstance(spec, OpSpec) and spec.name == kind
     assert isinstance(spec.n_inputs, int) and spec.n_inputs >= 1
     assert all(isinstance(k, str) and isinstance(a, Attr) for k, a in spec.attrs.items())
-    for key, t in spec.tensors.items():
+    for t in spec.tensors.values():
         assert isinstance(t, Tensor)
         assert np.dtype(t.dtype).name in vectors.HEX_DIGITS  # a dtype program files and vector sets store
         assert t.layout in vectors.LAYOUT_AXES and len(vectors.LAYOUT_AXES[t.layout]) == t.ndim
@@ -127,25 +180,36 @@ def test_the_entries_are_read_only():
 
 
 def _stub(**kw) -> dict:
-    base = dict(name="stub", n_inputs=1, attrs={}, tensors={}, infer=lambda op, where, s: s[0],
-                footprint=lambda op, i, y, r, o: OpFootprint(r, o), run=lambda op, args, ctx: args[0],
-                cost_unit="none", docs=("docs/program.md#3-ops",))
+    base = dict(
+        name="stub",
+        n_inputs=1,
+        attrs={},
+        tensors={},
+        infer=lambda op, where, s: s[0],
+        footprint=lambda op, i, y, r, o: OpFootprint(r, o),
+        run=lambda op, args, ctx: args[0],
+        cost_unit="none",
+        docs=("docs/program.md#3-ops",),
+    )
     base.update(kw)
     return base
 
 
-@pytest.mark.parametrize("change,what", [
-    (dict(cost_unit="gpu"), "cost_unit"),
-    (dict(cost_unit="mac_array"), "mac_dims"),
-    (dict(cost_unit="vector"), "vector_ops"),
-    (dict(mac_dims=lambda op, y: (1, 1, 1)), "mac_dims"),
-    (dict(tensors={"weight": Tensor(np.int8, 2, "OK")}), "layer"),
-    (dict(layer=True), "layer"),
-    (dict(n_inputs=2), "golden vector input"),
-    (dict(view=True, cost_unit="vector", vector_ops=lambda op, i, y: 1), "view"),
-    (dict(docs=()), "docs"),
-    (dict(docs=("program.md 3",)), "docs"),
-])
+@pytest.mark.parametrize(
+    "change,what",
+    [
+        (dict(cost_unit="gpu"), "cost_unit"),
+        (dict(cost_unit="mac_array"), "mac_dims"),
+        (dict(cost_unit="vector"), "vector_ops"),
+        (dict(mac_dims=lambda op, y: (1, 1, 1)), "mac_dims"),
+        (dict(tensors={"weight": Tensor(np.int8, 2, "OK")}), "layer"),
+        (dict(layer=True), "layer"),
+        (dict(n_inputs=2), "golden vector input"),
+        (dict(view=True, cost_unit="vector", vector_ops=lambda op, i, y: 1), "view"),
+        (dict(docs=()), "docs"),
+        (dict(docs=("program.md 3",)), "docs"),
+    ],
+)
 def test_an_inconsistent_entry_is_refused_when_the_table_is_built(change, what):
     OpSpec(**_stub())  # the stub itself is consistent
     with pytest.raises(ValueError, match=what):
@@ -158,16 +222,25 @@ def test_an_inconsistent_entry_is_refused_when_the_table_is_built(change, what):
 def test_the_public_kind_lists_are_views_of_the_table():
     kinds = tuple(OP_TABLE)
     assert program_module.OP_KINDS == optable.OP_KINDS == vectors.OP_KINDS == kinds
-    assert cost.MAC_KINDS == tuple(k for k in kinds if OP_TABLE[k].cost_unit == "mac_array") == ("conv2d",
-                                                                                                 "fully_connected")
+    assert (
+        cost.MAC_KINDS
+        == tuple(k for k in kinds if OP_TABLE[k].cost_unit == "mac_array")
+        == ("conv2d", "fully_connected")
+    )
     assert cost.VECTOR_KINDS == tuple(k for k in kinds if OP_TABLE[k].cost_unit == "vector")
     assert set(cost.VECTOR_KINDS) == {"add", "avg_pool2d", "global_avg_pool", "max_pool2d"}
     assert vectors.LAYER_KINDS == optable.LAYER_KINDS == tuple(k for k in kinds if OP_TABLE[k].layer)
     assert optable.VIEW_KINDS == ("flatten",)
-    assert dict(program_module.OP_TENSORS) == {k: {f: t.dtype for f, t in s.tensors.items()}
-                                               for k, s in OP_TABLE.items() if s.tensors}
-    assert program_module.LAYER_TENSORS == {"weight": np.int8, "bias": np.int32, "multiplier": np.int32,
-                                            "exponent": np.int32, "shift": np.uint8}
+    assert dict(program_module.OP_TENSORS) == {
+        k: {f: t.dtype for f, t in s.tensors.items()} for k, s in OP_TABLE.items() if s.tensors
+    }
+    assert program_module.LAYER_TENSORS == {
+        "weight": np.int8,
+        "bias": np.int32,
+        "multiplier": np.int32,
+        "exponent": np.int32,
+        "shift": np.uint8,
+    }
     for k in optable.LAYER_KINDS:
         assert tuple(OP_TABLE[k].tensors) == vectors.LAYER_ARRAYS
     for k, spec in OP_TABLE.items():
@@ -215,8 +288,10 @@ def test_the_loader_rejects_an_unknown_kind_naming_the_table_kinds():
 def test_the_loader_rejects_unknown_attributes_listing_the_table_ones(kind):
     graph, tensors = _graph_and_tensors(every_kind_program())
     _op_json(graph, kind)["attrs"]["bogus"] = 1
-    with pytest.raises(ProgramError, match=re.escape(
-            f"unknown attribute(s) ['bogus']; this op kind has {sorted(OP_TABLE[kind].attrs)}")):
+    with pytest.raises(
+        ProgramError,
+        match=re.escape(f"unknown attribute(s) ['bogus']; this op kind has {sorted(OP_TABLE[kind].attrs)}"),
+    ):
         _load(graph, tensors)
 
 
@@ -369,9 +444,18 @@ def _clip_run(op, args, ctx):
     return np.clip(args[0], op.attrs["act_min"], op.attrs["act_max"]).astype(np.int8)
 
 
-CLIP = OpSpec("clip", 1, attrs={"act_min": Attr("int", -128, 127), "act_max": Attr("int", -128, 127)}, tensors={},
-              infer=_clip_infer, footprint=_clip_footprint, run=_clip_run, cost_unit="vector",
-              vector_ops=lambda op, in_shapes, y: math.prod(y), docs=("docs/program.md#7-adding-an-op-kind",))
+CLIP = OpSpec(
+    "clip",
+    1,
+    attrs={"act_min": Attr("int", -128, 127), "act_max": Attr("int", -128, 127)},
+    tensors={},
+    infer=_clip_infer,
+    footprint=_clip_footprint,
+    run=_clip_run,
+    cost_unit="vector",
+    vector_ops=lambda op, in_shapes, y: math.prod(y),
+    docs=("docs/program.md#7-adding-an-op-kind",),
+)
 
 
 def _clip_program() -> Program:
@@ -408,8 +492,9 @@ def test_a_kind_added_to_the_table_alone_is_loaded_run_costed_and_exported(tmp_p
     with pytest.raises(ProgramError, match=r"act_min \(40\) > act_max \(30\)"):
         validate(bad)
     bad.ops[4].attrs = dict(act_min=0, act_max=1, slope=2)
-    with pytest.raises(ProgramError, match=re.escape("unknown attribute(s) ['slope']; this op kind has "
-                                                     "['act_max', 'act_min']")):
+    with pytest.raises(
+        ProgramError, match=re.escape("unknown attribute(s) ['slope']; this op kind has ['act_max', 'act_min']")
+    ):
         validate(bad)
     monkeypatch.undo()
     with pytest.raises(ProgramError, match="unknown kind 'clip'"):

@@ -27,12 +27,20 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import npu_reference as NR
-from support.helpers import json_paths
 import npuq
 from npuq.npu import Emulator, Program, ProgramError, load_program
-from npuq.npu.program import DIGEST_KEY, MAX_PEAK_BYTES, METADATA_KEY, _safetensors_bytes, content_digest, \
-    memory_plan, program_from_bytes, validate
+from npuq.npu.program import (
+    DIGEST_KEY,
+    MAX_PEAK_BYTES,
+    METADATA_KEY,
+    _safetensors_bytes,
+    content_digest,
+    memory_plan,
+    program_from_bytes,
+    validate,
+)
+from support import npu_reference as NR
+from support.helpers import json_paths
 
 
 # ------------------------------------------------------------------------------------------------ programs
@@ -103,9 +111,9 @@ def _images(prog: Program, n: int = 2, seed: int = 0) -> np.ndarray:
 def split_file(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
     """(graph, tensors by key, metadata) of a program file, parsed here independently of the loader."""
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     metadata = header.pop("__metadata__")
-    body = data[8 + n:]
+    body = data[8 + n :]
     dtypes = {"I8": "<i1", "U8": "<u1", "I32": "<i4"}
     tensors = {}
     for key, e in header.items():
@@ -273,7 +281,7 @@ def test_appended_bytes_are_rejected(tmp_path):
 
 
 def _flip(data: bytes, pos: int, mask: int) -> bytes:
-    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1:]
+    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1 :]
 
 
 def test_flipped_bytes_raise_program_error_or_load_a_valid_program():
@@ -296,18 +304,21 @@ def test_flipped_bytes_raise_program_error_or_load_a_valid_program():
     assert outcome["header rejected"] > 0.5 * (8 + n), outcome
 
 
-@pytest.mark.parametrize("where, fragments", [
-    ("size field", ["header size field"]),
-    ("json brace", ["not valid JSON"]),
-    ("tensor dtype", ["tensor '", "dtype"]),
-    ("weight -128", ["weight", "outside [-127, 127]"]),
-    ("shift 0x8f", ["shift", "above 15"]),
-    ("multiplier sign", ["multiplier", "Q31"]),
-])
+@pytest.mark.parametrize(
+    "where, fragments",
+    [
+        ("size field", ["header size field"]),
+        ("json brace", ["not valid JSON"]),
+        ("tensor dtype", ["tensor '", "dtype"]),
+        ("weight -128", ["weight", "outside [-127, 127]"]),
+        ("shift 0x8f", ["shift", "above 15"]),
+        ("multiplier sign", ["multiplier", "Q31"]),
+    ],
+)
 def test_flipped_byte_in_a_telling_place_is_caught(tmp_path, where, fragments):
     data = file_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = data[8:8 + n]
+    header = data[8 : 8 + n]
     graph, tensors, _ = split_file(data)
     first = graph["ops"][0]["name"]
     offsets = {k: e["data_offsets"][0] for k, e in json.loads(header).items() if k != "__metadata__"}
@@ -686,8 +697,15 @@ BAD_EDITS = [
 def _fill(fragment: str, graph: dict) -> str:
     """Replace {conv0}, {conv0.name}, {conv0.index}, ... by "op <i> '<name>'" / the name / "op <i>", and
     {input} by the input name."""
-    names = {"conv": "conv2d", "fc": "fully_connected", "add": "add", "max": "max_pool2d", "avg": "avg_pool2d",
-             "gap": "global_avg_pool", "flat": "flatten"}
+    names = {
+        "conv": "conv2d",
+        "fc": "fully_connected",
+        "add": "add",
+        "max": "max_pool2d",
+        "avg": "avg_pool2d",
+        "gap": "global_avg_pool",
+        "flat": "flatten",
+    }
     out = fragment.replace("{input}", graph["input"]["name"])
     for short, kind in names.items():
         for nth in range(3):
@@ -727,11 +745,11 @@ def _header_edit(edit) -> bytes:
     """The file with its safetensors header (a dict) edited in place and re-serialized (data unchanged)."""
     data = file_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     edit(header)
     text = json.dumps(header).encode()
     text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data[8 + n:]
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def _first_key(h):
@@ -753,8 +771,11 @@ HEADER_EDITS = [
     ("entry not object", lambda h: h.update({_first_key(h): [1, 2]}), ["exactly 'dtype', 'shape'"]),
     ("metadata not strings", lambda h: h["__metadata__"].update(extra=1), ["'__metadata__' string map"]),
     ("no metadata", lambda h: h.pop("__metadata__"), ["'__metadata__'"]),
-    ("overlapping", lambda h: h[_exponents(h)[1]].update(data_offsets=h[_exponents(h)[0]]["data_offsets"]),
-     ["overlapping or gapped"]),
+    (
+        "overlapping",
+        lambda h: h[_exponents(h)[1]].update(data_offsets=h[_exponents(h)[0]]["data_offsets"]),
+        ["overlapping or gapped"],
+    ),
 ]
 
 
@@ -778,18 +799,36 @@ def test_header_not_json_and_not_object(tmp_path):
 # Loader bugs found by these tests and by the fuzzers: each input must give ProgramError, but today gives
 # the exception named in the note.
 LOADER_BUGS = [
-    ("list dtype", lambda: _header_edit(lambda h: h[_first_key(h)].update(dtype=["I8"])),
-     "TypeError: unhashable type: 'list' (_SAFETENSORS_DTYPES.get(entry['dtype']))"),
-    ("dict dtype", lambda: _header_edit(lambda h: h[_first_key(h)].update(dtype={"I8": 1})),
-     "TypeError: unhashable type: 'dict'"),
-    ("huge integer op scale", lambda: edited(lambda g, t: g["ops"][0].update(scale=10**400)),
-     "OverflowError: int too large to convert to float (float(_get(o, 'scale', float, where)))"),
-    ("huge integer input scale", lambda: edited(lambda g, t: g["input"].update(scale=10**400)),
-     "OverflowError: int too large to convert to float"),
-    ("5000-digit integer in the graph", lambda: edited(lambda g, t: g.update(info={"n": 10**4999})),
-     "ValueError, not ProgramError: json.loads hits Python's 4300-digit int limit (not a JSONDecodeError)"),
-    ("5000-digit integer in the header", lambda: _header_edit(lambda h: h[_first_key(h)].update(shape=[10**4999])),
-     "ValueError, not ProgramError: the same limit while parsing the safetensors header"),
+    (
+        "list dtype",
+        lambda: _header_edit(lambda h: h[_first_key(h)].update(dtype=["I8"])),
+        "TypeError: unhashable type: 'list' (_SAFETENSORS_DTYPES.get(entry['dtype']))",
+    ),
+    (
+        "dict dtype",
+        lambda: _header_edit(lambda h: h[_first_key(h)].update(dtype={"I8": 1})),
+        "TypeError: unhashable type: 'dict'",
+    ),
+    (
+        "huge integer op scale",
+        lambda: edited(lambda g, t: g["ops"][0].update(scale=10**400)),
+        "OverflowError: int too large to convert to float (float(_get(o, 'scale', float, where)))",
+    ),
+    (
+        "huge integer input scale",
+        lambda: edited(lambda g, t: g["input"].update(scale=10**400)),
+        "OverflowError: int too large to convert to float",
+    ),
+    (
+        "5000-digit integer in the graph",
+        lambda: edited(lambda g, t: g.update(info={"n": 10**4999})),
+        "ValueError, not ProgramError: json.loads hits Python's 4300-digit int limit (not a JSONDecodeError)",
+    ),
+    (
+        "5000-digit integer in the header",
+        lambda: _header_edit(lambda h: h[_first_key(h)].update(shape=[10**4999])),
+        "ValueError, not ProgramError: the same limit while parsing the safetensors header",
+    ),
 ]
 
 
@@ -826,8 +865,11 @@ def test_conv_padding_at_least_the_kernel_is_rejected_by_validate():
         Emulator(prog).run(_images(prog, 1))  # today: ValueError from the native conv2d
 
 
-@pytest.mark.parametrize("info", [{"x": float("nan")}, {"x": [float("-inf")]}, {"deep": [[[]]]}, "deep"],
-                         ids=["nan", "inf", "shallow", "nested-600"])
+@pytest.mark.parametrize(
+    "info",
+    [{"x": float("nan")}, {"x": [float("-inf")]}, {"deep": [[[]]]}, "deep"],
+    ids=["nan", "inf", "shallow", "nested-600"],
+)
 def test_accepted_program_can_be_saved_again(info):
     """Whatever the loader accepts, the writer must write: a file whose free-form 'info' holds NaN / Infinity
     (json.loads reads these non-standard literals) or deeply nested lists loads today, but to_bytes() (hence
@@ -855,6 +897,7 @@ class _Hang(Exception):
 @contextlib.contextmanager
 def _time_limit(seconds: int):
     """Fail (instead of hanging) when the body runs longer than ``seconds``."""
+
     def _expired(signum, frame):
         raise _Hang(f"no result within {seconds} s: the loader or the emulator hangs")
 
@@ -896,8 +939,13 @@ def test_extreme_parameter_values_run_bitexact():
     """Every tensor of the program set to an extreme valid value (weights +-127, bias at the int32 edges,
     multiplier 0 / 2^30 / 2^31-1, exponent -31 / 30, shift 15) under every overflow policy and rounding: the
     emulator equals the numpy reference (or both raise OverflowError under 'raise')."""
-    extremes = {"weight": [127, -127], "bias": [2**31 - 1, -(2**31)], "multiplier": [0, 2**30, 2**31 - 1],
-                "exponent": [-31, 30], "shift": [15]}
+    extremes = {
+        "weight": [127, -127],
+        "bias": [2**31 - 1, -(2**31)],
+        "multiplier": [0, 2**30, 2**31 - 1],
+        "exponent": [-31, 30],
+        "shift": [15],
+    }
     graph, tensors, _ = split_file(file_bytes())
     outcomes = Counter()
     for key in sorted(tensors):
@@ -940,11 +988,13 @@ def test_emulator_rejects_bad_inputs_clearly():
             em.run(x)
     with pytest.raises(ValueError, match="layout"):
         em.run(good, layout="CHWN")
-    for x, exc, fragment in [(np.zeros((2, c, h, w), np.int8), TypeError, "float"),
-                             (np.zeros((2, c, h, w), np.int32), TypeError, "float"),
-                             (np.zeros((2, c, h), np.float32), ValueError, "shape"),
-                             (np.full((1, c, h, w), np.nan), ValueError, "NaN"),
-                             ([1.0], TypeError, "numpy array")]:
+    for x, exc, fragment in [
+        (np.zeros((2, c, h, w), np.int8), TypeError, "float"),
+        (np.zeros((2, c, h, w), np.int32), TypeError, "float"),
+        (np.zeros((2, c, h), np.float32), ValueError, "shape"),
+        (np.full((1, c, h, w), np.nan), ValueError, "NaN"),
+        ([1.0], TypeError, "numpy array"),
+    ]:
         with pytest.raises(exc, match=fragment):
             em.quantize_input(x)
     with pytest.raises(ValueError, match="layout"):
@@ -1009,8 +1059,12 @@ def _run_accepted(prog: Program) -> str:
     plan = memory_plan(prog, shapes)  # within the loader's limits, but maybe too slow for the numpy reference
     assert plan.peak_bytes <= MAX_PEAK_BYTES
     taps = max([math.prod(op.attrs["kernel"]) for op in prog.ops if op.kind == "max_pool2d"], default=1)
-    if (max(math.prod(s) for s in shapes.values()) > 1 << 20 or plan.peak_bytes > 1 << 24
-            or sum(f.work for f in plan.footprints) > 1 << 26 or taps > 4096):
+    if (
+        max(math.prod(s) for s in shapes.values()) > 1 << 20
+        or plan.peak_bytes > 1 << 24
+        or sum(f.work for f in plan.footprints) > 1 << 26
+        or taps > 4096
+    ):
         return "accepted (too large to run)"
     x = _images(prog, 1, seed=len(prog.ops))
     try:
@@ -1038,47 +1092,78 @@ def byte_mutations(draw):
         if size == 0:
             break
         # positions: anywhere, or in the header (the structure), or near a boundary
-        pos = draw(st.one_of(st.integers(0, size - 1), st.integers(0, min(size, 8 + n) - 1),
-                             st.sampled_from([p for p in (0, 7, 8, 8 + n - 1, 8 + n, size - 1) if 0 <= p < size])))
+        pos = draw(
+            st.one_of(
+                st.integers(0, size - 1),
+                st.integers(0, min(size, 8 + n) - 1),
+                st.sampled_from([p for p in (0, 7, 8, 8 + n - 1, 8 + n, size - 1) if 0 <= p < size]),
+            )
+        )
         op = draw(st.sampled_from(["flip", "flip", "insert", "delete", "overwrite", "truncate", "splice"]))
         if op == "flip":
             data[pos] ^= draw(st.integers(1, 255))
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 16))]
+            del data[pos : pos + draw(st.integers(1, 16))]
         elif op == "overwrite":
             chunk = draw(st.binary(min_size=1, max_size=8))
-            data[pos:pos + len(chunk)] = chunk
+            data[pos : pos + len(chunk)] = chunk
         elif op == "truncate":
             del data[pos:]
         else:
             donor = file_bytes(draw(st.sampled_from(["all_ops", "spatial_flatten"])))
             start = draw(st.integers(0, len(donor) - 1))
             length = draw(st.integers(1, 64))
-            data[pos:pos + draw(st.integers(0, 64))] = donor[start:start + length]
+            data[pos : pos + draw(st.integers(0, 64))] = donor[start : start + length]
     return bytes(data)
 
 
-@settings(max_examples=5 * settings.default.max_examples, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=5 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=byte_mutations())
 def test_fuzz_byte_mutations(data):
     load_or_reject(data, "bytes")
 
 
-_HUGE = st.one_of(st.sampled_from([1, 2, 3, 2**15, 2**16 - 1, 2**16, 2**20, 2**20 + 1, 2**31, 2**40]),
-                  st.integers(1, 2**16))  # around every bound of a size, padding, kernel, stride or dilation
+_HUGE = st.one_of(
+    st.sampled_from([1, 2, 3, 2**15, 2**16 - 1, 2**16, 2**20, 2**20 + 1, 2**31, 2**40]), st.integers(1, 2**16)
+)  # around every bound of a size, padding, kernel, stride or dilation
 
 _JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
     st.sampled_from([0, 1, -1, 2**31, -(2**31), 2**63, 10**400, 2**15, 2**16, 2**20]),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
-    st.sampled_from(["conv2d", "add", "flatten", "double", "single", "wrap", "saturate", "HWC", "I8", "I32",
-                     "weight", "bias", "shift", "npuq-program"]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "conv2d",
+            "add",
+            "flatten",
+            "double",
+            "single",
+            "wrap",
+            "saturate",
+            "HWC",
+            "I8",
+            "I32",
+            "weight",
+            "bias",
+            "shift",
+            "npuq-program",
+        ]
+    ),
 )
-_JSON_VALUES = st.recursive(_JSON_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10,
+)
 
 
 def _at(obj, path):
@@ -1093,8 +1178,23 @@ def _nudge(value, draw):
         return not value
     if isinstance(value, int):
         as_float = float(value) if abs(value) < 2**1000 else math.inf
-        return draw(st.sampled_from([value + 1, value - 1, -value, 2 * value, value + 2**31, 0, as_float, 2**16,
-                                     2**16 - 1, 2**20, value * 2**15]))
+        return draw(
+            st.sampled_from(
+                [
+                    value + 1,
+                    value - 1,
+                    -value,
+                    2 * value,
+                    value + 2**31,
+                    0,
+                    as_float,
+                    2**16,
+                    2**16 - 1,
+                    2**20,
+                    value * 2**15,
+                ]
+            )
+        )
     if isinstance(value, float):
         as_int = int(value) if math.isfinite(value) else 0
         return draw(st.sampled_from([value * 2, -value, 0.0, value + 1e-3, as_int, math.nextafter(value, 2)]))
@@ -1161,9 +1261,12 @@ def structured_edits(draw):
             if action == "value" and t.size:
                 flat = t.reshape(-1).copy()
                 info = np.iinfo(t.dtype)
-                flat[draw(st.integers(0, flat.size - 1))] = draw(st.one_of(
-                    st.integers(int(info.min), int(info.max)),
-                    st.sampled_from([int(info.min), int(info.max), 0, 15, 16, 2**30 if info.max > 2**30 else 1])))
+                flat[draw(st.integers(0, flat.size - 1))] = draw(
+                    st.one_of(
+                        st.integers(int(info.min), int(info.max)),
+                        st.sampled_from([int(info.min), int(info.max), 0, 15, 16, 2**30 if info.max > 2**30 else 1]),
+                    )
+                )
                 tensors[key] = flat.reshape(t.shape)
             elif action == "dtype":
                 tensors[key] = t.astype(draw(st.sampled_from([np.int8, np.uint8, np.int32])))
@@ -1174,14 +1277,18 @@ def structured_edits(draw):
             else:
                 tensors[key + draw(st.sampled_from(["x", ".extra", ""]))] = tensors.pop(key)
         else:
-            header_edits.append((draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"])),
-                                 draw(st.one_of(_JSON_VALUES, st.sampled_from(["I8", "U8", "I32", "F32"])))))
+            header_edits.append(
+                (
+                    draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"])),
+                    draw(st.one_of(_JSON_VALUES, st.sampled_from(["I8", "U8", "I32", "F32"]))),
+                )
+            )
     # NaN / Infinity come out as the non-standard literals json.loads accepts
     text, duplicated = _with_duplicate_key(graph, draw)
     data = join_file(text, tensors)
     if header_edits or draw(st.integers(0, 7)) == 0:
         (n,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
         keys = sorted(k for k in header if k != "__metadata__")
         for field, value in header_edits:
             if keys:
@@ -1190,12 +1297,15 @@ def structured_edits(draw):
         duplicated |= dup_header
         h = h.encode()
         h += b" " * (-len(h) % 8)
-        data = struct.pack("<Q", len(h)) + h + data[8 + n:]
+        data = struct.pack("<Q", len(h)) + h + data[8 + n :]
     return data, duplicated
 
 
-@settings(max_examples=5 * settings.default.max_examples, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=5 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(case=structured_edits())
 def test_fuzz_structured_edits(case):
     data, duplicated = case
@@ -1222,8 +1332,11 @@ def resource_edits(draw):
     return join_file(graph, tensors)
 
 
-@settings(max_examples=2 * settings.default.max_examples, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=2 * settings.default.max_examples,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(data=resource_edits())
 def test_fuzz_resource_edits(data):
     """Huge sizes: ProgramError or a program within the resource limits (docs/program.md 4), quickly."""
@@ -1236,7 +1349,10 @@ def test_fuzz_case_count(request):
     for key, count in sorted(FUZZ_STATS.items()):
         print(f"  {key}: {count}")
     ran = {item.name for item in request.session.items}
-    for family, test in (("bytes", "test_fuzz_byte_mutations"), ("structured", "test_fuzz_structured_edits"),
-                         ("resource", "test_fuzz_resource_edits")):
+    for family, test in (
+        ("bytes", "test_fuzz_byte_mutations"),
+        ("structured", "test_fuzz_structured_edits"),
+        ("resource", "test_fuzz_resource_edits"),
+    ):
         if test in ran:
             assert FUZZ_RUNS[family] > 0, family

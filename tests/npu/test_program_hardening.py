@@ -30,8 +30,17 @@ import npuq.npu.program as P
 from npuq import ops
 from npuq.npu import Emulator, ProgramError, load_program
 from npuq.npu.cost import activation_liveness, estimate_cost
-from npuq.npu.program import (DIGEST_KEY, METADATA_KEY, InputSpec, Op, Program, _safetensors_bytes, content_digest,
-                              program_from_bytes, validate)
+from npuq.npu.program import (
+    DIGEST_KEY,
+    METADATA_KEY,
+    InputSpec,
+    Op,
+    Program,
+    _safetensors_bytes,
+    content_digest,
+    program_from_bytes,
+    validate,
+)
 from support import ROOT
 
 SOURCE = "hostile.npuq"
@@ -41,38 +50,87 @@ MiB = 1 << 20
 # ------------------------------------------------------------------------------------------------ builders
 def _layer_tensors(w: np.ndarray) -> dict:
     c_out = w.shape[0]
-    return dict(weight=w.astype(np.int8), bias=np.zeros(c_out, np.int32), multiplier=np.full(1, 2**30, np.int32),
-                exponent=np.full(1, -8, np.int32), shift=np.zeros(c_out, np.uint8))
+    return dict(
+        weight=w.astype(np.int8),
+        bias=np.zeros(c_out, np.int32),
+        multiplier=np.full(1, 2**30, np.int32),
+        exponent=np.full(1, -8, np.int32),
+        shift=np.zeros(c_out, np.uint8),
+    )
 
 
 def conv(name, src, w_shape, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1) -> Op:
-    attrs = dict(stride=list(stride), padding=list(padding), dilation=list(dilation), groups=groups,
-                 input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=8)
-    return Op(name=name, kind="conv2d", inputs=[src], attrs=attrs, tensors=_layer_tensors(np.ones(w_shape, np.int8)),
-              scale=0.1)
+    attrs = dict(
+        stride=list(stride),
+        padding=list(padding),
+        dilation=list(dilation),
+        groups=groups,
+        input_zero_point=0,
+        output_zero_point=0,
+        act_min=-128,
+        act_max=127,
+        weight_bits=8,
+    )
+    return Op(
+        name=name,
+        kind="conv2d",
+        inputs=[src],
+        attrs=attrs,
+        tensors=_layer_tensors(np.ones(w_shape, np.int8)),
+        scale=0.1,
+    )
 
 
 def fc(name, src, k, o) -> Op:
     attrs = dict(input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=8)
-    return Op(name=name, kind="fully_connected", inputs=[src], attrs=attrs,
-              tensors=_layer_tensors(np.ones((o, k), np.int8)), scale=0.1)
+    return Op(
+        name=name,
+        kind="fully_connected",
+        inputs=[src],
+        attrs=attrs,
+        tensors=_layer_tensors(np.ones((o, k), np.int8)),
+        scale=0.1,
+    )
 
 
 def max_pool(name, src, kernel, stride=(1, 1), padding=(0, 0, 0, 0)) -> Op:
-    return Op(name=name, kind="max_pool2d", inputs=[src],
-              attrs=dict(kernel=list(kernel), stride=list(stride), padding=list(padding)), scale=0.1)
+    return Op(
+        name=name,
+        kind="max_pool2d",
+        inputs=[src],
+        attrs=dict(kernel=list(kernel), stride=list(stride), padding=list(padding)),
+        scale=0.1,
+    )
 
 
 def avg_pool(name, src, kernel, stride=(1, 1), padding=(0, 0, 0, 0)) -> Op:
-    attrs = dict(kernel=list(kernel), stride=list(stride), padding=list(padding), count_include_pad=False,
-                 input_zero_point=0, act_min=-128, act_max=127)
+    attrs = dict(
+        kernel=list(kernel),
+        stride=list(stride),
+        padding=list(padding),
+        count_include_pad=False,
+        input_zero_point=0,
+        act_min=-128,
+        act_max=127,
+    )
     return Op(name=name, kind="avg_pool2d", inputs=[src], attrs=attrs, scale=0.1)
 
 
 def add(name, a, b) -> Op:
-    attrs = dict(a_zero_point=0, a_multiplier=2**30, a_exponent=0, b_zero_point=0, b_multiplier=2**30,
-                 b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0, left_shift=20,
-                 act_min=-128, act_max=127)
+    attrs = dict(
+        a_zero_point=0,
+        a_multiplier=2**30,
+        a_exponent=0,
+        b_zero_point=0,
+        b_multiplier=2**30,
+        b_exponent=0,
+        output_zero_point=0,
+        output_multiplier=2**30,
+        output_exponent=0,
+        left_shift=20,
+        act_min=-128,
+        act_max=127,
+    )
     return Op(name=name, kind="add", inputs=[a, b], attrs=attrs, scale=0.1)
 
 
@@ -82,14 +140,17 @@ def flatten(name, src) -> Op:
 
 def build(shape, *ops_, output=None) -> Program:
     """A program, not validated (the hostile ones must be representable)."""
-    return Program(input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0), ops=list(ops_),
-                   output=output or ops_[-1].name, model="hostile")
+    return Program(
+        input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0),
+        ops=list(ops_),
+        output=output or ops_[-1].name,
+        model="hostile",
+    )
 
 
 def hostile_bytes(prog: Program, graph_text: str | None = None) -> bytes:
     """The program's file as a writer that does not validate would write it (checksum included)."""
-    text = graph_text if graph_text is not None else json.dumps(prog.to_json(), sort_keys=True,
-                                                                  separators=(",", ":"))
+    text = graph_text if graph_text is not None else json.dumps(prog.to_json(), sort_keys=True, separators=(",", ":"))
     tensors = dict(prog.tensor_items())
     return _safetensors_bytes(tensors, {METADATA_KEY: text, DIGEST_KEY: content_digest(text, tensors)})
 
@@ -134,8 +195,10 @@ def test_dilated_padded_conv_on_a_1x1_input_is_rejected(groups):
     depthwise one (stride 65536, a 2 x 2 output) a native row ring of 65537 padded rows of 131073 columns."""
     c = 8 if groups == 8 else 1
     stride = (65536, 65536) if groups == 8 else (1, 1)
-    prog = build((1, 1, c), conv("conv", "x", (c, 2, 2, 1), stride=stride, padding=(65536,) * 4,
-                                 dilation=(65536, 65536), groups=groups))
+    prog = build(
+        (1, 1, c),
+        conv("conv", "x", (c, 2, 2, 1), stride=stride, padding=(65536,) * 4, dilation=(65536, 65536), groups=groups),
+    )
     rejected(prog, r"op 0 'conv'", "working set|elements")
 
 
@@ -176,19 +239,27 @@ def test_grouped_conv_whose_packed_weights_dwarf_the_file_is_rejected():
 def test_conv_the_native_plan_would_refuse_is_rejected_at_load():
     """The native plan checks the layer on an input as large as the dilated kernel: 65537 x 65537 x 2^20
     is beyond its 2^40 limit, so this program loaded and then failed when the emulator was built."""
-    prog = build((1, 1, 1 << 20), conv("conv", "x", (1, 2, 2, 1 << 20), stride=(65536, 65536),
-                                       padding=(65536,) * 4, dilation=(65536, 65536)))
+    prog = build(
+        (1, 1, 1 << 20),
+        conv("conv", "x", (1, 2, 2, 1 << 20), stride=(65536, 65536), padding=(65536,) * 4, dilation=(65536, 65536)),
+    )
     rejected(prog, r"op 0 'conv'", "native")
 
 
 def test_footprint_of_each_kind_by_hand():
     """What op_footprint counts, worked out from the buffers the emulator and the native kernels allocate."""
     shape = (10, 12, 16)
-    prog = build(shape, max_pool("mp", "x", (3, 3), padding=(1, 1, 1, 1)), max_pool("mp0", "mp", (2, 2), (2, 2)),
-                 conv("dense", "mp0", (8, 3, 3, 16), padding=(1, 1, 1, 1)),
-                 conv("dw", "dense", (8, 3, 3, 1), padding=(1, 1, 1, 1), groups=8),
-                 avg_pool("avg", "dw", (2, 2)), add("sum", "avg", "avg"), flatten("flat", "sum"),
-                 fc("fc", "flat", 4 * 5 * 8, 10))
+    prog = build(
+        shape,
+        max_pool("mp", "x", (3, 3), padding=(1, 1, 1, 1)),
+        max_pool("mp0", "mp", (2, 2), (2, 2)),
+        conv("dense", "mp0", (8, 3, 3, 16), padding=(1, 1, 1, 1)),
+        conv("dw", "dense", (8, 3, 3, 1), padding=(1, 1, 1, 1), groups=8),
+        avg_pool("avg", "dw", (2, 2)),
+        add("sum", "avg", "avg"),
+        flatten("flat", "sum"),
+        fc("fc", "flat", 4 * 5 * 8, 10),
+    )
     shapes = validate(prog)
     fp = {op.name: P.op_footprint(op, [shapes[s] for s in op.inputs], shapes[op.name]) for op in prog.ops}
     # max pool with padding: the padded plane np.pad makes, per image; without padding none
@@ -236,9 +307,15 @@ def test_cost_cli_refuses_the_hostile_file(tmp_path, capsys):
 def test_limits_are_documented():
     """docs/program.md states every limit the loader enforces, with the values of the code."""
     doc = open(ROOT / "docs" / "program.md").read()
-    for name, text in (("MAX_FILE_BYTES", "2 GiB"), ("MAX_OP_BYTES", "256 MiB"), ("MAX_PEAK_BYTES", "1 GiB"),
-                       ("MAX_OP_PARAM_BYTES", "256 MiB"), ("MAX_PARAM_BYTES", "4 GiB"),
-                       ("MAX_TENSOR_ELEMENTS", "2^31 - 1"), ("MAX_OP_WORK", "2^34")):
+    for name, text in (
+        ("MAX_FILE_BYTES", "2 GiB"),
+        ("MAX_OP_BYTES", "256 MiB"),
+        ("MAX_PEAK_BYTES", "1 GiB"),
+        ("MAX_OP_PARAM_BYTES", "256 MiB"),
+        ("MAX_PARAM_BYTES", "4 GiB"),
+        ("MAX_TENSOR_ELEMENTS", "2^31 - 1"),
+        ("MAX_OP_WORK", "2^34"),
+    ):
         assert name in doc and text in doc, name
     assert P.MAX_FILE_BYTES == 2 << 30 and P.MAX_OP_BYTES == 256 * MiB and P.MAX_PEAK_BYTES == 1 << 30
     assert P.MAX_OP_PARAM_BYTES == 256 * MiB and P.MAX_PARAM_BYTES == 4 << 30
@@ -273,8 +350,9 @@ def test_input_above_the_element_limit_is_rejected():
 
 # ================================================================================= 3. duplicate keys
 def _small_program() -> Program:
-    return build((6, 6, 2), conv("conv", "x", (4, 3, 3, 2), padding=(1, 1, 1, 1)),
-                 max_pool("pool", "conv", (2, 2), (2, 2)))
+    return build(
+        (6, 6, 2), conv("conv", "x", (4, 3, 3, 2), padding=(1, 1, 1, 1)), max_pool("pool", "conv", (2, 2), (2, 2))
+    )
 
 
 def test_duplicate_key_in_the_graph_is_rejected():
@@ -291,20 +369,20 @@ def _header_with_duplicate(data: bytes, key: str) -> bytes:
     """The file with a first ``key`` entry put in front of its header's: a first-wins reader takes that one,
     a last-wins reader the original (for a tensor, the same entry: still a malformed header)."""
     (n,) = struct.unpack("<Q", data[:8])
-    header = data[8:8 + n].decode().rstrip()
+    header = data[8 : 8 + n].decode().rstrip()
     if key == "__metadata__":
         value = json.dumps({METADATA_KEY: "{}"})
     else:
         value = re.search(r'"%s":(\{[^{}]*\})' % re.escape(key), header).group(1)
     header = ('{"%s":%s,' % (key, value) + header[1:]).encode()
     header += b" " * (-len(header) % 8)
-    return struct.pack("<Q", len(header)) + header + data[8 + n:]
+    return struct.pack("<Q", len(header)) + header + data[8 + n :]
 
 
 @pytest.mark.parametrize("key", ["conv.bias", "__metadata__"])
 def test_duplicate_key_in_the_safetensors_header_is_rejected(key):
     data = _header_with_duplicate(hostile_bytes(_small_program()), key)
-    assert json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])  # valid JSON for a lenient parser
+    assert json.loads(data[8 : 8 + struct.unpack("<Q", data[:8])[0]])  # valid JSON for a lenient parser
     with pytest.raises(ProgramError, match=r"hostile\.npuq: .*'%s'.*twice" % re.escape(key)):
         program_from_bytes(data, SOURCE)
 
@@ -314,10 +392,10 @@ def test_header_in_utf16_is_rejected():
     loader decodes UTF-8 itself (a reader that does not would see a program where others see garbage)."""
     data = hostile_bytes(_small_program())
     (n,) = struct.unpack("<Q", data[:8])
-    header = data[8:8 + n].decode().rstrip().encode("utf-16")
+    header = data[8 : 8 + n].decode().rstrip().encode("utf-16")
     header += b" " * (-len(header) % 8)
     with pytest.raises(ProgramError, match="not valid JSON"):
-        program_from_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:], SOURCE)
+        program_from_bytes(struct.pack("<Q", len(header)) + header + data[8 + n :], SOURCE)
 
 
 # ======================================================================================= 4. big files
@@ -459,9 +537,14 @@ def _naive_liveness(prog: Program, shapes) -> list[int]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["pool", "add", "flatten"]), st.integers(0, 10**6), st.integers(0, 10**6)),
-                min_size=1, max_size=25),
-       st.integers(0, 10**6))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["pool", "add", "flatten"]), st.integers(0, 10**6), st.integers(0, 10**6)),
+        min_size=1,
+        max_size=25,
+    ),
+    st.integers(0, 10**6),
+)
 def test_linear_liveness_equals_the_definition(steps, out_pick):
     """Random DAGs of pools, adds and flattens (4x4x2 values, flattened ones (32,)): the one-pass liveness
     equals the quadratic definition op by op."""
@@ -542,10 +625,15 @@ _BIG = st.sampled_from([1, 2, 3, 255, 256, 4096, 32767, 32768, 65535, 65536])
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(["max", "avg", "conv", "dw"]),
-       hw=st.tuples(st.sampled_from([1, 2, 7, 1000, 1 << 16, 1 << 20]), st.sampled_from([1, 3, 1 << 12, 1 << 20])),
-       c=st.sampled_from([1, 8, 1 << 10]), k=st.tuples(_BIG, _BIG), s=st.tuples(_BIG, _BIG), d=st.tuples(_BIG, _BIG),
-       pad=st.tuples(_BIG, _BIG, _BIG, _BIG))
+@given(
+    kind=st.sampled_from(["max", "avg", "conv", "dw"]),
+    hw=st.tuples(st.sampled_from([1, 2, 7, 1000, 1 << 16, 1 << 20]), st.sampled_from([1, 3, 1 << 12, 1 << 20])),
+    c=st.sampled_from([1, 8, 1 << 10]),
+    k=st.tuples(_BIG, _BIG),
+    s=st.tuples(_BIG, _BIG),
+    d=st.tuples(_BIG, _BIG),
+    pad=st.tuples(_BIG, _BIG, _BIG, _BIG),
+)
 def test_fuzz_huge_attributes_give_program_error_or_a_bounded_program(kind, hw, c, k, s, d, pad):
     """Random huge kernels, strides, dilations, paddings and input sizes: the loader either refuses the file
     with ProgramError or accepts a program whose memory plan is within every limit; it never allocates more
@@ -576,8 +664,12 @@ def test_emulator_frees_values_nothing_reads():
     """The memory plan counts a value up to its last reader; one that nothing reads dies where it is made.
     The emulator kept such values to the end of the batch: a program of many unread 200 MiB outputs passed
     the loader's bounds and then held all of them at once."""
-    prog = build((8, 8, 4), conv("unread", "x", (4, 1, 1, 4)), conv("read", "x", (4, 1, 1, 4)),
-                 max_pool("out", "read", (2, 2), (2, 2)))
+    prog = build(
+        (8, 8, 4),
+        conv("unread", "x", (4, 1, 1, 4)),
+        conv("read", "x", (4, 1, 1, 4)),
+        max_pool("out", "read", (2, 2), (2, 2)),
+    )
     em = Emulator(prog, threads=1)
     xq = np.zeros((2, 8, 8, 4), np.int8)
     assert set(em._run_batch(xq, 1, keep_all=False)) == {"out"}

@@ -23,9 +23,16 @@ import npuq
 from npuq.cli import main as cli_main
 from npuq.npu import vectors
 from npuq.npu.vectors import DumpError, GoldenVectorsError, VectorsError
-
-from support.vector_sets import (IMAGES, all_arrays, flip_bin_element, make_dump, op_entry,
-                                 parse_golden_hex, read_hex_file, tree_bytes)
+from support.vector_sets import (
+    IMAGES,
+    all_arrays,
+    flip_bin_element,
+    make_dump,
+    op_entry,
+    parse_golden_hex,
+    read_hex_file,
+    tree_bytes,
+)
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -40,8 +47,9 @@ def test_three_formats_hold_the_same_values(golden):
         from_bin = np.frombuffer(raw, dtype=np.dtype(entry["dtype"]).newbyteorder("<")).reshape(shape)
         header, from_hex = read_hex_file(out / files["hex"]["path"], entry["dtype"])
         assert np.array_equal(from_bin, npy) and np.array_equal(from_hex.reshape(shape), npy), entry["name"]
-        assert header == (f"// {entry['name']} dtype={entry['dtype']} layout={entry['layout']} "
-                          f"shape={'x'.join(map(str, shape))}")
+        assert header == (
+            f"// {entry['name']} dtype={entry['dtype']} layout={entry['layout']} shape={'x'.join(map(str, shape))}"
+        )
 
 
 def test_files_hold_the_emulator_values_and_program_tensors(program, images, golden):
@@ -263,8 +271,11 @@ def test_malformed_dumps_name_the_file(golden, tmp_path):
     with pytest.raises(DumpError, match="shape"):
         vectors.verify(out, tmp_path / "reshaped")
 
-    for name, line, message in (("badword", "g1", "not a hexadecimal"), ("undefined", "xx", "undefined"),
-                                ("toobig", "1ff", "out of range for int8")):
+    for name, line, message in (
+        ("badword", "g1", "not a hexadecimal"),
+        ("undefined", "xx", "undefined"),
+        ("toobig", "1ff", "out of range for int8"),
+    ):
         path = fresh(name, "hex")
         lines = path.read_text().split("\n")
         lines[3] = line
@@ -330,8 +341,9 @@ def test_cli_exit_statuses(program, images, golden, tmp_path, capsys):
     assert cli_main(["export-vectors", str(program_file), str(inputs), str(tmp_path / "cli")]) == 0
     cli_manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
     assert cli_manifest["input_source"] == "images.npy"
-    assert {k: v for k, v in tree_bytes(tmp_path / "cli").items() if k != "manifest.json"} == \
-        {k: v for k, v in tree_bytes(out).items() if k != "manifest.json"}
+    assert {k: v for k, v in tree_bytes(tmp_path / "cli").items() if k != "manifest.json"} == {
+        k: v for k, v in tree_bytes(out).items() if k != "manifest.json"
+    }
 
     dump = make_dump(out, manifest, tmp_path / "dump", formats=("bin",))
     report = tmp_path / "report.json"

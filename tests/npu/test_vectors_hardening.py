@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from npuq.cli import main as cli_main
 from npuq.npu import vectors
 from npuq.npu.vectors import DumpError, GoldenVectorsError, VectorsError
-from support.vector_sets import flip_bin_element, make_dump, op_entry, tree_bytes
 from support.helpers import json_paths
+from support.vector_sets import flip_bin_element, make_dump, op_entry, tree_bytes
 
 IMAGES = 2
 
@@ -95,6 +95,7 @@ def unblock_fifo(path: Path):
             os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
     return unblock
 
 
@@ -162,8 +163,7 @@ def test_the_required_arrays_follow_the_op_kind(golden):
     for op in manifest["ops"]:
         required = vectors.required_arrays(op["kind"])
         assert op["required_arrays"] == list(required) and set(op["arrays"]) == set(required)
-    assert vectors.required_arrays("conv2d") == ("input", "weight", "bias", "multiplier", "exponent", "shift",
-                                                 "output")
+    assert vectors.required_arrays("conv2d") == ("input", "weight", "bias", "multiplier", "exponent", "shift", "output")
     assert vectors.required_arrays("add") == ("input_a", "input_b", "output")
     with pytest.raises(GoldenVectorsError, match="kind"):
         vectors.required_arrays("mystery")
@@ -250,8 +250,7 @@ def test_allow_missing_takes_names_and_globs(golden, capsys):
         assert result.missing == [gone["name"]]
     assert vectors.verify(out, dump, allow_missing=True).exit_code == 0  # True: any op, as before
     assert cli_main(["verify", str(out), str(dump), "--allow-missing", "pool"]) == 1
-    assert cli_main(["verify", str(out), str(dump), "--allow-missing", "pool", "--allow-missing",
-                     gone["name"]]) == 0
+    assert cli_main(["verify", str(out), str(dump), "--allow-missing", "pool", "--allow-missing", gone["name"]]) == 0
     assert cli_main(["verify", str(out), str(dump), "--allow-missing", f"pool,{gone['name']}"]) == 0
     assert cli_main(["verify", str(out), str(dump), "--allow-missing"]) == 0  # bare: any op
     report = capsys.readouterr().out
@@ -266,9 +265,13 @@ def test_force_never_follows_a_symlink_out_of_the_output_directory(program, imag
     out = tmp_path / "vectors"
     out.mkdir()
     os.symlink(precious_dir, out / "ops")
-    old = {"format": vectors.VECTORS_FORMAT, "format_version": 1,
-           "input": {"array": {"files": {"bin": {"path": "ops/precious.txt", "bytes": 7, "crc32": "0"}}}},
-           "ops": [], "output": {"array": {"files": {}}}}
+    old = {
+        "format": vectors.VECTORS_FORMAT,
+        "format_version": 1,
+        "input": {"array": {"files": {"bin": {"path": "ops/precious.txt", "bytes": 7, "crc32": "0"}}}},
+        "ops": [],
+        "output": {"array": {"files": {}}},
+    }
     (out / "manifest.json").write_text(json.dumps(old))
     vectors.export_vectors(program, images, out, overwrite=True)
     assert (precious_dir / "precious.txt").read_text() == "keep me"
@@ -462,9 +465,17 @@ def test_a_manifest_with_a_huge_integer_is_a_clean_error(golden, capsys):
     assert capsys.readouterr().err.startswith("npuq verify: ")
 
 
-@pytest.mark.parametrize("text", ['{"format": "a", "format": "npuq-golden-vectors"}', '{"images": NaN}',
-                                  '{"x": 1e999}', "[" * 100000, '{"images": -' + "1" * 5000 + "}"],
-                         ids=["duplicate", "nan", "infinite", "deep", "bigint"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": "a", "format": "npuq-golden-vectors"}',
+        '{"images": NaN}',
+        '{"x": 1e999}',
+        "[" * 100000,
+        '{"images": -' + "1" * 5000 + "}",
+    ],
+    ids=["duplicate", "nan", "infinite", "deep", "bigint"],
+)
 def test_odd_json_is_a_clean_error(golden, text):
     out, dump, _ = golden
     (out / "manifest.json").write_text(text)
@@ -530,8 +541,16 @@ def test_run_dump_is_a_reference_dump_for_verify(program, images, tmp_path, caps
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "labels.npy", np.arange(IMAGES))
     assert cli_main(["export-vectors", str(program_file), str(tmp_path / "images.npy"), str(tmp_path / "vec")]) == 0
-    base = ["run", str(program_file), "--images", str(tmp_path / "images.npy"), "--labels",
-            str(tmp_path / "labels.npy"), "--threads", "1"]
+    base = [
+        "run",
+        str(program_file),
+        "--images",
+        str(tmp_path / "images.npy"),
+        "--labels",
+        str(tmp_path / "labels.npy"),
+        "--threads",
+        "1",
+    ]
     assert cli_main(base + ["--dump", str(tmp_path / "dump")]) == 0
     assert cli_main(["verify", str(tmp_path / "vec"), str(tmp_path / "dump")]) == 0
     assert "PASS" in capsys.readouterr().out
@@ -560,11 +579,19 @@ def test_write_dump_matches_the_golden_layout(program, images, pristine, tmp_pat
 # ================================================================== 7. fuzzing the readers
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
 
-json_leaves = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False,
-                        allow_infinity=False), st.text(max_size=12), st.sampled_from(["", "..", "/etc/passwd",
-                        "ops/../../x", "conv2d", "int8", "NHWC", "bin", "output", "00000000"]))
-json_values = st.recursive(json_leaves, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                           st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=8)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from(["", "..", "/etc/passwd", "ops/../../x", "conv2d", "int8", "NHWC", "bin", "output", "00000000"]),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 def _mutate(manifest: dict, data) -> dict:
@@ -652,7 +679,7 @@ def dump_target(tmp_path_factory):
 def _fuzz_read(path: Path, fmt: str, raw: bytes):
     path.write_bytes(raw)
     for dtype, shape in (("int8", (2, 3, 1, 2)), ("int32", (3,)), ("uint8", (2, 2))):
-        array = _only_clean_errors(lambda: vectors.read_dump(path, fmt, dtype, shape))
+        array = _only_clean_errors(lambda dtype=dtype, shape=shape: vectors.read_dump(path, fmt, dtype, shape))
         if array is not None:
             assert array.dtype == np.dtype(dtype) and array.shape == shape
 
@@ -669,14 +696,20 @@ def test_fuzz_dump_hex_like_text(dump_target, text):
     _fuzz_read(dump_target / "out.hex", "hex", text.encode("ascii"))
 
 
-npy_descrs = st.one_of(st.sampled_from(["|i1", "<i1", ">i4", "<i4", "|u1", "<f4", "|b1", "O", "<i8", "|V1",
-                                        "x", ""]), st.text(max_size=6))
+npy_descrs = st.one_of(
+    st.sampled_from(["|i1", "<i1", ">i4", "<i4", "|u1", "<f4", "|b1", "O", "<i8", "|V1", "x", ""]), st.text(max_size=6)
+)
 npy_shapes = st.one_of(st.lists(st.integers(-3, 2**40), max_size=4), st.just([2, 3, 1, 2]), st.just([3]))
 
 
 @FUZZ
-@given(descr=npy_descrs, shape=npy_shapes, fortran=st.booleans(), body=st.binary(max_size=64),
-       header=st.one_of(st.none(), st.text(max_size=80)))
+@given(
+    descr=npy_descrs,
+    shape=npy_shapes,
+    fortran=st.booleans(),
+    body=st.binary(max_size=64),
+    header=st.one_of(st.none(), st.text(max_size=80)),
+)
 def test_fuzz_dump_npy_headers(dump_target, descr, shape, fortran, body, header):
     if header is None:
         head = f"{{'descr': {descr!r}, 'fortran_order': {fortran}, 'shape': {tuple(shape)!r}, }}"

@@ -65,8 +65,10 @@ def test_rdbpot_primitive():
     assert int(rdbpot(INT32_MAX, 40)) == 0
 
 
-@given(st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
-       st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, 0, 2**30, INT32_MAX])))
+@given(
+    st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
+    st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, 0, 2**30, INT32_MAX])),
+)
 def test_srdhm_primitive_matches_oracle(a, b):
     srdhm = _find_primitive("srdhm")
     if srdhm is None:
@@ -74,8 +76,10 @@ def test_srdhm_primitive_matches_oracle(a, b):
     assert int(srdhm(a, b)) == int(R.srdhm(a, b))
 
 
-@given(st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
-       st.integers(0, 63))
+@given(
+    st.one_of(st.integers(INT32_MIN, INT32_MAX), st.sampled_from([INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX])),
+    st.integers(0, 63),
+)
 def test_rdbpot_primitive_matches_oracle(h, n):
     rdbpot = _find_primitive("rdbpot")
     if rdbpot is None:
@@ -359,8 +363,19 @@ def test_bias_alone_at_int32_limits():
 
 @pytest.mark.parametrize(
     "vals, expected",
-    [([-1, -2], -2), ([1, 2], 2), ([-1, 0, 0, 0], 0), ([-2, 0, 0, 0], -1), ([2, 0, 0, 0], 1),
-     ([-128, -127], -128), ([127, 126], 127), ([-3, -3, -4], -3), ([-1, 0], -1), ([1, 0], 1), ([0, 0, 0], 0)],
+    [
+        ([-1, -2], -2),
+        ([1, 2], 2),
+        ([-1, 0, 0, 0], 0),
+        ([-2, 0, 0, 0], -1),
+        ([2, 0, 0, 0], 1),
+        ([-128, -127], -128),
+        ([127, 126], 127),
+        ([-3, -3, -4], -3),
+        ([-1, 0], -1),
+        ([1, 0], 1),
+        ([0, 0, 0], 0),
+    ],
 )
 def test_avg_rounding_ties_away(vals, expected):
     x = np.array(vals, np.int8).reshape(1, 1, len(vals), 1)
@@ -415,7 +430,7 @@ def test_transient_partial_sums(overflow, sign):
     k = 64
     x = np.full((1, k), 127, np.int8)
     w = np.full((2, k), 127, np.int8)
-    w[:, k // 2:] = -127
+    w[:, k // 2 :] = -127
     w[1] = w[1, ::-1]  # the negative half first
     bias = np.array([sign * (INT32_MAX - 1000)] * 2, np.int32)
     kw = dict(input_zero_point=-128, multiplier=2**31 - 1, exponent=-31, overflow=overflow)
@@ -435,6 +450,8 @@ def test_transient_partial_sums(overflow, sign):
     bd = np.full(64, sign * INT32_MAX, np.int32)
     kwd = dict(kw, groups=64)
     exp_d = R.conv2d(xd, wd, bd, **kwd)
-    assert R.conv2d_acc(xd, wd, bd, input_zero_point=-128, groups=64).ravel().tolist() == \
-        [sign * (INT32_MAX - 3 * 32385)] * 64
+    assert (
+        R.conv2d_acc(xd, wd, bd, input_zero_point=-128, groups=64).ravel().tolist()
+        == [sign * (INT32_MAX - 3 * 32385)] * 64
+    )
     assert np.asarray(npuq.ops.conv2d(xd, wd, bd, **kwd)).tolist() == exp_d.tolist()

@@ -74,8 +74,9 @@ def test_requantize_wrong_dtype():
 def test_add_wrong_dtype():
     a = np.zeros((1, 2, 2, 3), np.int8)
     p = npuq.ops.add_params(0.1, 0.1, 0.1)
-    _raises(TypeError, "b", npuq.ops.add, a, a.astype(np.int32), a_zero_point=0, b_zero_point=0,
-            output_zero_point=0, **p)
+    _raises(
+        TypeError, "b", npuq.ops.add, a, a.astype(np.int32), a_zero_point=0, b_zero_point=0, output_zero_point=0, **p
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,8 +95,9 @@ def test_wrong_rank():
 
 def test_mismatched_channels():
     _raises(ValueError, ["weight", "x", "groups", "C_in", "channels"], conv, x=X[..., :3].copy())
-    _raises(ValueError, ["weight", "x", "K"], npuq.ops.fully_connected, XF, WF[:, :-1].copy(),
-            multiplier=2**30, exponent=0)
+    _raises(
+        ValueError, ["weight", "x", "K"], npuq.ops.fully_connected, XF, WF[:, :-1].copy(), multiplier=2**30, exponent=0
+    )
 
 
 def test_bias_wrong_length():
@@ -114,14 +116,24 @@ def test_per_channel_wrong_length():
 def test_zero_size_tensors():
     for shape in ((1, 0, 5, 4), (1, 5, 0, 4)):
         _raises(ValueError, "x", conv, x=np.zeros(shape, np.int8))
-    _raises(ValueError, ["x", "weight"], conv, x=np.zeros((1, 5, 5, 0), np.int8), weight=np.zeros((6, 3, 3, 0), np.int8))
-    _raises(ValueError, "weight", conv, weight=np.zeros((0, 3, 3, 4), np.int8), bias=np.zeros(0, np.int32),
-            multiplier=2**30)
+    _raises(
+        ValueError, ["x", "weight"], conv, x=np.zeros((1, 5, 5, 0), np.int8), weight=np.zeros((6, 3, 3, 0), np.int8)
+    )
+    _raises(
+        ValueError, "weight", conv, weight=np.zeros((0, 3, 3, 4), np.int8), bias=np.zeros(0, np.int32), multiplier=2**30
+    )
     _raises(ValueError, "weight", conv, weight=np.zeros((6, 0, 3, 4), np.int8))
     _raises(ValueError, "x", npuq.ops.global_avg_pool, np.zeros((1, 0, 3, 2), np.int8))
     _raises(ValueError, "x", npuq.ops.avg_pool2d, np.zeros((1, 3, 0, 2), np.int8), 2)
-    _raises(ValueError, ["x", "weight", "K"], npuq.ops.fully_connected, np.zeros((2, 0), np.int8),
-            np.zeros((3, 0), np.int8), multiplier=2**30, exponent=0)
+    _raises(
+        ValueError,
+        ["x", "weight", "K"],
+        npuq.ops.fully_connected,
+        np.zeros((2, 0), np.int8),
+        np.zeros((3, 0), np.int8),
+        multiplier=2**30,
+        exponent=0,
+    )
 
 
 def test_empty_batch_is_empty_or_rejected():
@@ -135,8 +147,13 @@ def test_empty_batch_is_empty_or_rejected():
 
 
 def test_output_smaller_than_one():
-    _raises(ValueError, ["x", "weight", "padding", "kernel", "output", "H", "W"], conv,
-            x=np.zeros((1, 2, 2, 4), np.int8), padding=0)
+    _raises(
+        ValueError,
+        ["x", "weight", "padding", "kernel", "output", "H", "W"],
+        conv,
+        x=np.zeros((1, 2, 2, 4), np.int8),
+        padding=0,
+    )
 
 
 def test_padding_larger_than_kernel():
@@ -230,8 +247,16 @@ def test_act_range():
     _raises(ValueError, ["act_min", "act_max"], conv, act_min=10, act_max=9)
     _raises(ValueError, "act_min", conv, act_min=-129)
     _raises(ValueError, "act_max", conv, act_max=128)
-    _raises(ValueError, ["act_min", "act_max"], npuq.ops.requantize, np.zeros(3, np.int32), multiplier=2**30,
-            exponent=0, act_min=5, act_max=4)
+    _raises(
+        ValueError,
+        ["act_min", "act_max"],
+        npuq.ops.requantize,
+        np.zeros(3, np.int32),
+        multiplier=2**30,
+        exponent=0,
+        act_min=5,
+        act_max=4,
+    )
     _raises(ValueError, ["act_min", "act_max"], npuq.ops.global_avg_pool, X, act_min=1, act_max=0)
     # act_min == act_max is valid
     assert np.all(np.asarray(conv(act_min=7, act_max=7)) == 7)
@@ -243,8 +268,7 @@ def test_zero_points_out_of_range():
     _raises(ValueError, "output_zero_point", conv, output_zero_point=128)
     p = npuq.ops.add_params(0.1, 0.1, 0.1)
     a = np.zeros((1, 2, 2, 3), np.int8)
-    _raises(ValueError, "a_zero_point", npuq.ops.add, a, a, a_zero_point=200, b_zero_point=0, output_zero_point=0,
-            **p)
+    _raises(ValueError, "a_zero_point", npuq.ops.add, a, a, a_zero_point=200, b_zero_point=0, output_zero_point=0, **p)
 
 
 def test_add_bad_arguments():
@@ -278,17 +302,24 @@ def test_bad_strings():
     _raises(ValueError, "rounding", conv, rounding="nearest")
     _raises(ValueError, "rounding", conv, rounding="DOUBLE ")
     _raises(ValueError, "overflow", conv, overflow="clip")
-    _raises(ValueError, "rounding", npuq.ops.requantize, np.zeros(3, np.int32), multiplier=2**30, exponent=0,
-            rounding="banker")
-    _raises(ValueError, "overflow", npuq.ops.fully_connected, XF, WF, multiplier=2**30, exponent=0,
-            overflow="ignore")
+    _raises(
+        ValueError,
+        "rounding",
+        npuq.ops.requantize,
+        np.zeros(3, np.int32),
+        multiplier=2**30,
+        exponent=0,
+        rounding="banker",
+    )
+    _raises(ValueError, "overflow", npuq.ops.fully_connected, XF, WF, multiplier=2**30, exponent=0, overflow="ignore")
 
 
 @pytest.mark.parametrize("threads", [0, -1])
 def test_bad_threads(threads):
     _raises(ValueError, "threads", conv, threads=threads)
-    _raises(ValueError, "threads", npuq.ops.requantize, np.zeros(3, np.int32), multiplier=2**30, exponent=0,
-            threads=threads)
+    _raises(
+        ValueError, "threads", npuq.ops.requantize, np.zeros(3, np.int32), multiplier=2**30, exponent=0, threads=threads
+    )
     _raises(ValueError, "threads", npuq.ops.global_avg_pool, X, threads=threads)
 
 
@@ -319,11 +350,14 @@ def test_non_contiguous_numpy():
     # fc and requantize on transposed views
     xf = np.ascontiguousarray(XF.repeat(3, 0).T).T  # Fortran order
     wf = WF[:, ::-1]  # negative stride
-    assert np.array_equal(np.asarray(npuq.ops.fully_connected(xf, wf, multiplier=2**30, exponent=-6)),
-                          R.fully_connected(xf, wf, multiplier=2**30, exponent=-6))
+    assert np.array_equal(
+        np.asarray(npuq.ops.fully_connected(xf, wf, multiplier=2**30, exponent=-6)),
+        R.fully_connected(xf, wf, multiplier=2**30, exponent=-6),
+    )
     acc = np.arange(-60, 60, dtype=np.int32).reshape(6, 20).T
-    assert np.array_equal(np.asarray(npuq.ops.requantize(acc, multiplier=2**30, exponent=-1)),
-                          R.requantize(acc, 2**30, -1))
+    assert np.array_equal(
+        np.asarray(npuq.ops.requantize(acc, multiplier=2**30, exponent=-1)), R.requantize(acc, 2**30, -1)
+    )
 
 
 def test_misaligned_bias():
@@ -369,8 +403,9 @@ def test_misaligned_activations_and_read_only():
     expected = R.conv2d(X, W, B, **KW)
     assert np.array_equal(np.asarray(npuq.ops.conv2d(xm, W, B, **KW)), expected)
     acc = np.frombuffer(np.arange(-50, 50, dtype=np.int32).tobytes(), np.int32).reshape(4, 25)
-    assert np.array_equal(np.asarray(npuq.ops.requantize(acc, multiplier=2**30, exponent=-2)),
-                          R.requantize(acc, 2**30, -2))
+    assert np.array_equal(
+        np.asarray(npuq.ops.requantize(acc, multiplier=2**30, exponent=-2)), R.requantize(acc, 2**30, -2)
+    )
 
 
 def test_inputs_not_modified():

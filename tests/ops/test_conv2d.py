@@ -18,9 +18,6 @@ from support.helpers import (
 from support.op_cases import conv_case
 
 
-
-
-
 def _expect(x, wt, bias, kwargs):
     try:
         return R.conv2d(x, wt, bias, **kwargs)
@@ -62,8 +59,14 @@ def test_conv2d_matches_oracle_soak(case, isa_and_threads):
 
 def _per_channel_params(rng, acc, c_out, rounding):
     e = np.clip(fitting_exponent(acc, 0) + rng.integers(-2, 3, c_out), -31, 30)
-    return dict(multiplier=rng.integers(2**30, 2**31, c_out), exponent=e, rounding=rounding,
-                output_zero_point=int(rng.integers(-20, 20)), act_min=-128, act_max=127)
+    return dict(
+        multiplier=rng.integers(2**30, 2**31, c_out),
+        exponent=e,
+        rounding=rounding,
+        output_zero_point=int(rng.integers(-20, 20)),
+        act_min=-128,
+        act_max=127,
+    )
 
 
 def _run_shape(seed, x_shape, w_shape, rounding, per_channel=True, wess=False, **geometry):
@@ -106,8 +109,7 @@ def test_mobilenet_pointwise(c_in, c_out):
 @pytest.mark.parametrize("wess", [False, True])
 def test_mobilenet_first_layer(wess):
     # 3x3 stride 2 over RGB, TF "SAME" padding for an even input: (0, 1, 0, 1)
-    _run_shape(7, (1, 16, 16, 3), (32, 3, 3, 3), "double", per_channel=False, wess=wess, stride=2,
-               padding=(0, 1, 0, 1))
+    _run_shape(7, (1, 16, 16, 3), (32, 3, 3, 3), "double", per_channel=False, wess=wess, stride=2, padding=(0, 1, 0, 1))
 
 
 @pytest.mark.parametrize("c", [1, 7, 17, 40])
@@ -132,8 +134,16 @@ def test_packed_layer_reused():
     rng = np.random.default_rng(5)
     wt = rng.integers(-127, 128, (24, 3, 3, 8), dtype=np.int8)
     bias = rng.integers(-1000, 1000, 24).astype(np.int32)
-    kw = dict(input_zero_point=-3, stride=2, padding=(1, 0, 0, 1), multiplier=rng.integers(2**30, 2**31, 24),
-              exponent=np.full(24, -10), output_zero_point=4, act_min=4, act_max=127)
+    kw = dict(
+        input_zero_point=-3,
+        stride=2,
+        padding=(1, 0, 0, 1),
+        multiplier=rng.integers(2**30, 2**31, 24),
+        exponent=np.full(24, -10),
+        output_zero_point=4,
+        act_min=4,
+        act_max=127,
+    )
     layer = npuq.ops.Conv2d(wt, bias, **kw)
     for shape in ((1, 8, 8, 8), (3, 9, 5, 8), (1, 2, 2, 8), (2, 8, 8, 8)):
         x = rng.integers(-128, 128, shape, dtype=np.int8)
@@ -199,8 +209,15 @@ def test_every_effective_exponent_every_isa(rounding):
     wt[::5] //= 60  # some channels with tiny accumulators
     bias = rng.integers(-(2**12), 2**12, c_out).astype(np.int32)
     for m0 in (rng.integers(2**30, 2**31, c_out), np.full(c_out, 2**30), np.full(c_out, 2**31 - 1)):
-        kw = dict(padding=1, input_zero_point=-1, multiplier=m0, exponent=e_all, channel_shift=s_all,
-                  output_zero_point=2, rounding=rounding)
+        kw = dict(
+            padding=1,
+            input_zero_point=-1,
+            multiplier=m0,
+            exponent=e_all,
+            channel_shift=s_all,
+            output_zero_point=2,
+            rounding=rounding,
+        )
         expected = R.conv2d(x, wt, bias, **kw)
         for isa in npuq.cpu_features()["supported"]:
             with using_isa(isa):

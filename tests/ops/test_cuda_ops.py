@@ -9,25 +9,29 @@ the reason. The tests above the GPU section run everywhere: what can be checked 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import npuq
+from npuq import _C, _cuda
 from support import reference_numpy as R
 from support.helpers import ROUNDING_STRATEGY, assert_same, scaled_examples
-from npuq import _C, _cuda
-from support.op_cases import conv_case  # the CPU kernels' hypothesis cases, reused as they are
-from support.op_cases import add_case, fc_case, pool_case
+from support.op_cases import (
+    add_case,
+    conv_case,  # the CPU kernels' hypothesis cases, reused as they are
+    fc_case,
+    pool_case,
+)
 from support.small_networks import SmallNet, small_networks
 from support.torch_helpers import randomize_batch_norms as _randomize_batch_norms
 
 INFO = _cuda.info()
 HAS_GPU = bool(INFO["built"]) and INFO["devices"] > 0
-WHY_NO_GPU = ("npuq was built without the CUDA kernels" if not INFO["built"]
-              else f"no CUDA GPU is available ({INFO['reason']})")
+WHY_NO_GPU = (
+    "npuq was built without the CUDA kernels" if not INFO["built"] else f"no CUDA GPU is available ({INFO['reason']})"
+)
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=WHY_NO_GPU)]
 ENGINES = ("mma", "dp4a")
 
@@ -37,8 +41,13 @@ class FakeDeviceArray:
     happen before any CUDA call."""
 
     def __init__(self, shape, typestr="|i1", strides=None, ptr=0x10000):
-        self.__cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (ptr, False),
-                                         "version": 3, "strides": strides}
+        self.__cuda_array_interface__ = {
+            "shape": tuple(shape),
+            "typestr": typestr,
+            "data": (ptr, False),
+            "version": 3,
+            "strides": strides,
+        }
 
 
 def _conv(channels=4, out=4):
@@ -86,12 +95,15 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         _cuda.to_device(np.zeros(4, np.int8), 0)
 
 
-@pytest.mark.parametrize("case, error, match", [
-    (dict(shape=(1, 2, 2, 4), typestr="<i4"), TypeError, "dtype int8"),
-    (dict(shape=(1, 2, 2, 4), strides=(32, 16, 8, 2)), ValueError, "non-contiguous"),
-    (dict(shape=(0, 2, 2, 4)), ValueError, "empty"),
-    (dict(shape=(2, 4)), ValueError, "4 dimensions"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        (dict(shape=(1, 2, 2, 4), typestr="<i4"), TypeError, "dtype int8"),
+        (dict(shape=(1, 2, 2, 4), strides=(32, 16, 8, 2)), ValueError, "non-contiguous"),
+        (dict(shape=(0, 2, 2, 4)), ValueError, "empty"),
+        (dict(shape=(2, 4)), ValueError, "4 dimensions"),
+    ],
+)
 def test_device_arrays_are_checked_before_any_cuda_call(case, error, match):
     with pytest.raises(error, match=match):
         _conv()(FakeDeviceArray(**case))
@@ -110,8 +122,16 @@ def test_max_pool2d_on_the_host_matches_the_oracle():
     x = rng.integers(-128, 128, (2, 7, 6, 5), dtype=np.int8)
     got = npuq.ops.max_pool2d(x, 3, stride=2, padding=1)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-128)
-    want = np.array([[[[xp[n, 2 * i:2 * i + 3, 2 * j:2 * j + 3, c].max() for c in range(5)] for j in range(3)]
-                      for i in range(4)] for n in range(2)], np.int8)
+    want = np.array(
+        [
+            [
+                [[xp[n, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, c].max() for c in range(5)] for j in range(3)]
+                for i in range(4)
+            ]
+            for n in range(2)
+        ],
+        np.int8,
+    )
     assert_same(want, got, "max_pool2d")
 
 
@@ -156,8 +176,9 @@ def _on_gpu(fn):
 
 def _same_or_both_overflow(expected, got, what):
     if expected is OverflowError or got is OverflowError:
-        assert expected is got, f"{what}: expected {getattr(expected, '__name__', 'values')}, got " \
-                                f"{getattr(got, '__name__', 'values')}"
+        assert expected is got, (
+            f"{what}: expected {getattr(expected, '__name__', 'values')}, got {getattr(got, '__name__', 'values')}"
+        )
         return
     assert_same(expected, got, what)
 
@@ -177,7 +198,7 @@ def test_conv2d_on_the_gpu_matches_the_oracle(data):
     conv = npuq.ops.Conv2d(wt, bias, **kw)
     xd = _dev(x)
     for engine in ENGINES:
-        got = _on_gpu(lambda: conv(xd, engine=engine))
+        got = _on_gpu(lambda engine=engine: conv(xd, engine=engine))
         _same_or_both_overflow(expected, got, f"conv2d on the GPU ({conv.cuda_plan(0).path}, {engine}) {conv!r}")
 
 
@@ -194,7 +215,9 @@ def test_fully_connected_on_the_gpu_matches_the_oracle(data):
     fc = npuq.ops.FullyConnected(w, bias, **kw)
     xd = _dev(x)
     for engine in ENGINES:
-        _same_or_both_overflow(expected, _on_gpu(lambda: fc(xd, engine=engine)), f"fully_connected ({engine})")
+        _same_or_both_overflow(
+            expected, _on_gpu(lambda engine=engine: fc(xd, engine=engine)), f"fully_connected ({engine})"
+        )
 
 
 @pytest.mark.gpu
@@ -214,15 +237,24 @@ def test_pooling_on_the_gpu_matches_the_oracle(data):
     x, kernel, kw = data.draw(pool_case())
     kw_oracle = dict(kw, stride=kernel) if kw["stride"] is None else kw
     xd = _dev(x)
-    assert_same(R.avg_pool2d(x, kernel, **kw_oracle), _cuda.to_host(npuq.ops.avg_pool2d(xd, kernel, **kw)),
-                "avg_pool2d on the GPU")
-    assert_same(npuq.ops.max_pool2d(x, kernel, stride=kw["stride"], padding=kw["padding"]),
-                _cuda.to_host(npuq.ops.max_pool2d(xd, kernel, stride=kw["stride"], padding=kw["padding"])),
-                "max_pool2d on the GPU")
+    assert_same(
+        R.avg_pool2d(x, kernel, **kw_oracle),
+        _cuda.to_host(npuq.ops.avg_pool2d(xd, kernel, **kw)),
+        "avg_pool2d on the GPU",
+    )
+    assert_same(
+        npuq.ops.max_pool2d(x, kernel, stride=kw["stride"], padding=kw["padding"]),
+        _cuda.to_host(npuq.ops.max_pool2d(xd, kernel, stride=kw["stride"], padding=kw["padding"])),
+        "max_pool2d on the GPU",
+    )
     lo, hi = kw["act_min"], kw["act_max"]
-    assert_same(R.global_avg_pool(x, act_min=lo, act_max=hi) if hasattr(R, "global_avg_pool")
-                else npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi),
-                _cuda.to_host(npuq.ops.global_avg_pool(xd, act_min=lo, act_max=hi)), "global_avg_pool on the GPU")
+    assert_same(
+        R.global_avg_pool(x, act_min=lo, act_max=hi)
+        if hasattr(R, "global_avg_pool")
+        else npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi),
+        _cuda.to_host(npuq.ops.global_avg_pool(xd, act_min=lo, act_max=hi)),
+        "global_avg_pool on the GPU",
+    )
 
 
 @pytest.mark.gpu
@@ -236,9 +268,8 @@ def test_unsafe_channels_take_the_exact_path(overflow, shape):
     rng = np.random.default_rng(sum(shape))
     w = np.where(rng.random(shape) < 0.5, -127, 127).astype(np.int8)
     x = np.where(rng.random((2, 5, 5, cig * groups)) < 0.5, -128, 127).astype(np.int8)
-    bias = rng.choice([2**31 - 1, -2**31, 2**30, 0], c_out).astype(np.int32)
-    kw_ = dict(input_zero_point=127, padding=kh // 2, groups=groups, multiplier=2**30, exponent=-20,
-               overflow=overflow)
+    bias = rng.choice([2**31 - 1, -(2**31), 2**30, 0], c_out).astype(np.int32)
+    kw_ = dict(input_zero_point=127, padding=kh // 2, groups=groups, multiplier=2**30, exponent=-20, overflow=overflow)
     conv = npuq.ops.Conv2d(w, bias, **kw_)
     assert conv.cuda_plan(0).unsafe_channels > 0
     try:
@@ -250,7 +281,7 @@ def test_unsafe_channels_take_the_exact_path(overflow, shape):
             npuq.ops.reference.conv2d(x, w, bias, **kw_)
         message = str(info.value)
     for engine in ENGINES:
-        got = _on_gpu(lambda: conv(_dev(x), engine=engine))
+        got = _on_gpu(lambda engine=engine: conv(_dev(x), engine=engine))
         _same_or_both_overflow(expected, got, f"{overflow} {shape} {engine}")
         if message is not None:
             with pytest.raises(OverflowError) as info:
@@ -267,10 +298,31 @@ def test_input_quantization_on_the_gpu_matches_numpy():
     emu = npuq.npu.Emulator(prog)
     rng = np.random.default_rng(1)
     s = np.float32(prog.input.scale)
-    special = np.array([0.5, -0.5, 1.5, -1.5, 2.5, np.inf, -np.inf, 1e30, -1e30, 1e-45, -0.0, 255.5, -256.5,
-                        127.49999, 0.49999997], np.float32) * s
+    special = (
+        np.array(
+            [
+                0.5,
+                -0.5,
+                1.5,
+                -1.5,
+                2.5,
+                np.inf,
+                -np.inf,
+                1e30,
+                -1e30,
+                1e-45,
+                -0.0,
+                255.5,
+                -256.5,
+                127.49999,
+                0.49999997,
+            ],
+            np.float32,
+        )
+        * s
+    )
     x = rng.normal(0, 3, (4, 4, 5, 5)).astype(np.float32)
-    x.reshape(-1)[:special.size] = special
+    x.reshape(-1)[: special.size] = special
     want = emu.quantize_input(x)
     got = npuq.npu.Emulator(prog, device="cuda")._device_batch(torch.from_numpy(x).cuda(), True, "NCHW")
     assert_same(want, _cuda.to_host(got), "quantize_input on the GPU")
@@ -345,14 +397,21 @@ def test_emulator_on_the_gpu_equals_the_cpu_emulator(kind):
     gpu_emu = npuq.npu.Emulator(prog, batch_size=16, device="cuda")
     want, want_values = cpu.run(images, capture=True)
     xq = cpu.quantize_input(images)
-    x = {"numpy": lambda: images, "CudaArray": lambda: _dev(xq), "torch int8": lambda: torch.from_numpy(xq).cuda(),
-         "torch float": lambda: torch.from_numpy(images).cuda()}[kind]()
+    x = {
+        "numpy": lambda: images,
+        "CudaArray": lambda: _dev(xq),
+        "torch int8": lambda: torch.from_numpy(xq).cuda(),
+        "torch float": lambda: torch.from_numpy(images).cuda(),
+    }[kind]()
     got, values = gpu_emu.run(x, capture=True)
     if kind.startswith("torch"):
         assert got.is_cuda
     for name, v in want_values.items():
-        assert_same(v, _cuda.to_host(values[name]) if not isinstance(values[name], np.ndarray) else values[name],
-                    f"{kind}: {name}")
+        assert_same(
+            v,
+            _cuda.to_host(values[name]) if not isinstance(values[name], np.ndarray) else values[name],
+            f"{kind}: {name}",
+        )
     assert_same(want, _cuda.to_host(got) if not isinstance(got, np.ndarray) else got, kind)
     np.testing.assert_array_equal(cpu.predict(images), gpu_emu.predict(x))
 

@@ -1,7 +1,6 @@
 """fully_connected, add, avg_pool2d and global_avg_pool against the oracle and npuq.ops.reference
 (arithmetic.md sections 4-7)."""
 
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -48,8 +47,9 @@ def test_fully_connected_equals_1x1_conv():
     x = rng.integers(-128, 128, (4, 37), dtype=np.int8)
     w = rng.integers(-127, 128, (19, 37), dtype=np.int8)
     b = rng.integers(-5000, 5000, 19).astype(np.int32)
-    kw = dict(input_zero_point=9, multiplier=rng.integers(2**30, 2**31, 19), exponent=np.full(19, -9),
-              output_zero_point=-2)
+    kw = dict(
+        input_zero_point=9, multiplier=rng.integers(2**30, 2**31, 19), exponent=np.full(19, -9), output_zero_point=-2
+    )
     fc = npuq.ops.fully_connected(x, w, b, **kw)
     cv = npuq.ops.conv2d(x.reshape(4, 1, 1, 37), w.reshape(19, 1, 1, 37), b, **kw)
     assert_same(np.asarray(cv).reshape(4, 19), fc, "fc vs 1x1 conv")
@@ -58,6 +58,7 @@ def test_fully_connected_equals_1x1_conv():
 # ------------------------------------------------------------------------------------------------
 # add
 # ------------------------------------------------------------------------------------------------
+
 
 @scaled_examples(5)
 @given(add_case(), isa_threads())
@@ -111,15 +112,25 @@ def test_avg_pool2d_matches_oracle(case, isa_and_threads):
         kw_oracle = kw
     expected = R.avg_pool2d(x, kernel, **kw_oracle)
     with using_isa(isa):
-        assert_same(expected, npuq.ops.avg_pool2d(x, kernel, threads=threads, **kw),
-                    f"npuq.ops.avg_pool2d isa={isa} threads={threads}")
+        assert_same(
+            expected,
+            npuq.ops.avg_pool2d(x, kernel, threads=threads, **kw),
+            f"npuq.ops.avg_pool2d isa={isa} threads={threads}",
+        )
     assert_same(expected, npuq.ops.reference.avg_pool2d(x, kernel, **kw), "npuq.ops.reference.avg_pool2d")
 
 
 @scaled_examples(3)
-@given(st.integers(1, 2), st.integers(1, 16), st.integers(1, 16),
-       st.one_of(st.integers(1, 70), st.sampled_from([16, 17, 32, 33, 64, 65])), st.integers(0, 2**32 - 1),
-       DATA_MODES, clamps(), isa_threads())
+@given(
+    st.integers(1, 2),
+    st.integers(1, 16),
+    st.integers(1, 16),
+    st.one_of(st.integers(1, 70), st.sampled_from([16, 17, 32, 33, 64, 65])),
+    st.integers(0, 2**32 - 1),
+    DATA_MODES,
+    clamps(),
+    isa_threads(),
+)
 def test_global_avg_pool_matches_oracle(n, h, w, c, seed, mode, clamp, isa_and_threads):
     isa, threads = isa_and_threads
     x = int8_data(np.random.default_rng(seed), (n, h, w, c), mode)
@@ -127,10 +138,14 @@ def test_global_avg_pool_matches_oracle(n, h, w, c, seed, mode, clamp, isa_and_t
     expected = R.global_avg_pool(x, act_min=lo, act_max=hi)
     assert expected.shape == (n, 1, 1, c)
     with using_isa(isa):
-        assert_same(expected, npuq.ops.global_avg_pool(x, act_min=lo, act_max=hi, threads=threads),
-                    f"npuq.ops.global_avg_pool isa={isa} threads={threads}")
-    assert_same(expected, npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi),
-                "npuq.ops.reference.global_avg_pool")
+        assert_same(
+            expected,
+            npuq.ops.global_avg_pool(x, act_min=lo, act_max=hi, threads=threads),
+            f"npuq.ops.global_avg_pool isa={isa} threads={threads}",
+        )
+    assert_same(
+        expected, npuq.ops.reference.global_avg_pool(x, act_min=lo, act_max=hi), "npuq.ops.reference.global_avg_pool"
+    )
 
 
 @pytest.mark.parametrize("shape", [(1, 7, 7, 1280), (2, 14, 14, 96), (1, 112, 112, 3), (1, 256, 256, 1)])

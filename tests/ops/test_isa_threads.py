@@ -21,13 +21,17 @@ def _cases():
         w = rng.integers(-127, 128, w_shape, dtype=np.int8)
         c_out = w_shape[0]
         bias = rng.integers(-bias_lim, bias_lim, c_out, dtype=np.int64).astype(np.int32)
-        kw = dict(geo, input_zero_point=int(rng.integers(-128, 128)), rounding=rounding, overflow=overflow,
-                  output_zero_point=int(rng.integers(-10, 10)))
+        kw = dict(
+            geo,
+            input_zero_point=int(rng.integers(-128, 128)),
+            rounding=rounding,
+            overflow=overflow,
+            output_zero_point=int(rng.integers(-10, 10)),
+        )
         if per_channel:
             kw.update(multiplier=rng.integers(2**30, 2**31, c_out), exponent=rng.integers(-16, -8, c_out))
         else:
-            kw.update(multiplier=int(rng.integers(2**30, 2**31)), exponent=-12,
-                      channel_shift=rng.integers(0, 4, c_out))
+            kw.update(multiplier=int(rng.integers(2**30, 2**31)), exponent=-12, channel_shift=rng.integers(0, 4, c_out))
         expected = R.conv2d(x, w, bias, **kw)
         cases[name] = (lambda t: npuq.ops.conv2d(x, w, bias, threads=t, **kw), expected)
         layer = npuq.ops.Conv2d(w, bias, **kw)
@@ -51,43 +55,59 @@ def _cases():
     w = rng.integers(-127, 128, (65, 1000), dtype=np.int8)
     b = rng.integers(-(2**31), 2**31, 65, dtype=np.int64).astype(np.int32)
     for overflow in ("saturate", "wrap"):
-        kw = dict(input_zero_point=-1, multiplier=rng.integers(2**30, 2**31, 65), exponent=np.full(65, -24),
-                  overflow=overflow)
+        kw = dict(
+            input_zero_point=-1, multiplier=rng.integers(2**30, 2**31, 65), exponent=np.full(65, -24), overflow=overflow
+        )
         expected = R.fully_connected(x, w, b, **kw)
         cases["fc/" + overflow] = (lambda t, kw=kw: npuq.ops.fully_connected(x, w, b, threads=t, **kw), expected)
     xb = rng.integers(-128, 128, (67, 129), dtype=np.int8)
     wb = rng.integers(-127, 128, (33, 129), dtype=np.int8)
-    bkw = dict(input_zero_point=-100, multiplier=rng.integers(2**30, 2**31, 33), exponent=np.full(33, -13),
-               rounding="single")
-    cases["fc/batch"] = (lambda t: npuq.ops.fully_connected(xb, wb, None, threads=t, **bkw),
-                         R.fully_connected(xb, wb, None, **bkw))
+    bkw = dict(
+        input_zero_point=-100, multiplier=rng.integers(2**30, 2**31, 33), exponent=np.full(33, -13), rounding="single"
+    )
+    cases["fc/batch"] = (
+        lambda t: npuq.ops.fully_connected(xb, wb, None, threads=t, **bkw),
+        R.fully_connected(xb, wb, None, **bkw),
+    )
     layer_fc = npuq.ops.FullyConnected(wb, None, **bkw)
     cases["fc/batch/packed"] = (lambda t: layer_fc(xb), R.fully_connected(xb, wb, None, **bkw))
     kw = dict(input_zero_point=3, multiplier=2**30 + 12345, exponent=-12)
     b_small = (b // 2**20).astype(np.int32)
-    cases["fc"] = (lambda t: npuq.ops.fully_connected(x, w, b_small, threads=t, **kw),
-                   R.fully_connected(x, w, b_small, **kw))
+    cases["fc"] = (
+        lambda t: npuq.ops.fully_connected(x, w, b_small, threads=t, **kw),
+        R.fully_connected(x, w, b_small, **kw),
+    )
 
     a = rng.integers(-128, 128, (2, 16, 16, 65), dtype=np.int8)
     bb = rng.integers(-128, 128, (2, 16, 16, 65), dtype=np.int8)
     for rounding in ("double", "single"):
-        akw = dict(R.add_params(0.05, 0.031, 0.07), a_zero_point=4, b_zero_point=-9, output_zero_point=1,
-                   rounding=rounding)
+        akw = dict(
+            R.add_params(0.05, 0.031, 0.07), a_zero_point=4, b_zero_point=-9, output_zero_point=1, rounding=rounding
+        )
         cases["add/" + rounding] = (lambda t, akw=akw: npuq.ops.add(a, bb, threads=t, **akw), R.add(a, bb, **akw))
 
     p = rng.integers(-128, 128, (2, 17, 15, 65), dtype=np.int8)
     for cip in (False, True):
         pkw = dict(stride=2, padding=1, count_include_pad=cip, input_zero_point=-7)
-        cases[f"avg_pool/cip={cip}"] = (lambda t, pkw=pkw: npuq.ops.avg_pool2d(p, 3, threads=t, **pkw),
-                                        R.avg_pool2d(p, 3, **pkw))
+        cases[f"avg_pool/cip={cip}"] = (
+            lambda t, pkw=pkw: npuq.ops.avg_pool2d(p, 3, threads=t, **pkw),
+            R.avg_pool2d(p, 3, **pkw),
+        )
     cases["global_avg_pool"] = (lambda t: npuq.ops.global_avg_pool(p, threads=t), R.global_avg_pool(p))
 
     acc = rng.integers(-(2**31), 2**31, (999, 65), dtype=np.int64).astype(np.int32)
     for rounding in ("double", "single"):
-        rkw = dict(multiplier=rng.integers(2**30, 2**31, 65), exponent=rng.integers(-31, 31, 65),
-                   channel_shift=rng.integers(0, 16, 65), output_zero_point=-3, rounding=rounding)
-        cases["requantize/" + rounding] = (lambda t, rkw=rkw: npuq.ops.requantize(acc, threads=t, **rkw),
-                                           R.requantize(acc, **rkw))
+        rkw = dict(
+            multiplier=rng.integers(2**30, 2**31, 65),
+            exponent=rng.integers(-31, 31, 65),
+            channel_shift=rng.integers(0, 16, 65),
+            output_zero_point=-3,
+            rounding=rounding,
+        )
+        cases["requantize/" + rounding] = (
+            lambda t, rkw=rkw: npuq.ops.requantize(acc, threads=t, **rkw),
+            R.requantize(acc, **rkw),
+        )
     return cases
 
 
@@ -118,8 +138,9 @@ def test_packed_layer_under_each_isa(isa, isa_guard):
     x = rng.integers(-128, 128, (1, 9, 9, 33), dtype=np.int8)
     for w_shape, groups in (((33, 3, 3, 1), 33), ((17, 1, 1, 33), 1), ((16, 3, 3, 33), 1)):
         w = rng.integers(-127, 128, w_shape, dtype=np.int8)
-        kw = dict(padding=1 if w_shape[1] == 3 else 0, groups=groups, multiplier=2**30 + 77, exponent=-10,
-                  input_zero_point=-2)
+        kw = dict(
+            padding=1 if w_shape[1] == 3 else 0, groups=groups, multiplier=2**30 + 77, exponent=-10, input_zero_point=-2
+        )
         expected = R.conv2d(x, w, None, **kw)
         layer = npuq.ops.Conv2d(w, None, **kw)
         for threads_isa in ISAS:
@@ -177,16 +198,24 @@ def test_concurrent_python_threads():
     rng = np.random.default_rng(77)
     w = rng.integers(-127, 128, (40, 3, 3, 24), dtype=np.int8)
     bias = rng.integers(-5000, 5000, 40).astype(np.int32)
-    kw = dict(padding=1, stride=(1, 2), multiplier=rng.integers(2**30, 2**31, 40), exponent=np.full(40, -11),
-              input_zero_point=-4)
+    kw = dict(
+        padding=1,
+        stride=(1, 2),
+        multiplier=rng.integers(2**30, 2**31, 40),
+        exponent=np.full(40, -11),
+        input_zero_point=-4,
+    )
     layer = npuq.ops.Conv2d(w, bias, **kw)
     xs = [rng.integers(-128, 128, (1 + i % 3, 11 + i % 4, 9 + i % 5, 24), dtype=np.int8) for i in range(12)]
     expected = [R.conv2d(x, w, bias, **kw) for x in xs]
 
     def job(i):
         x = xs[i]
-        return (np.asarray(layer(x)), np.asarray(npuq.ops.conv2d(x, w, bias, threads=2, **kw)),
-                np.asarray(npuq.ops.global_avg_pool(x)))
+        return (
+            np.asarray(layer(x)),
+            np.asarray(npuq.ops.conv2d(x, w, bias, threads=2, **kw)),
+            np.asarray(npuq.ops.global_avg_pool(x)),
+        )
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(3):

@@ -23,6 +23,7 @@ M0S = st.one_of(st.just(0), st.integers(2**30, 2**31 - 1), st.sampled_from([2**3
 # section 2
 # ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "real, expected",
     [
@@ -56,7 +57,8 @@ def test_quantize_multiplier_flushed_flag():
 
 
 @pytest.mark.parametrize(
-    "real", [0.0, -0.0, -1.0, -1e-300, float("nan"), float("inf"), float("-inf"), 2.0**30, 2.0**30 * (1 - 2.0**-53), 1e300]
+    "real",
+    [0.0, -0.0, -1.0, -1e-300, float("nan"), float("inf"), float("-inf"), 2.0**30, 2.0**30 * (1 - 2.0**-53), 1e300],
 )
 def test_quantize_multiplier_errors(real):
     with pytest.raises(ValueError):
@@ -82,6 +84,7 @@ def test_quantize_multiplier_is_nearest(real):
 # ------------------------------------------------------------------------------------------------
 # section 3 primitives
 # ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "a, b, expected",
@@ -127,17 +130,17 @@ def test_srdhm_is_round_half_up(a, b):
         (6, 2, 2),
         (-6, 2, -2),
         (-5, 2, -1),
-        (-2**31, 32, -1),
-        (-2**31 + 1, 32, 0),
+        (-(2**31), 32, -1),
+        (-(2**31) + 1, 32, 0),
         (2**31 - 1, 32, 0),
-        (-2**31, 31, -1),
-        (-2**30, 31, -1),
+        (-(2**31), 31, -1),
+        (-(2**30), 31, -1),
         (2**30, 31, 1),
         (2**30 - 1, 31, 0),
-        (-2**31, 33, 0),
-        (-2**31, 46, 0),
+        (-(2**31), 33, 0),
+        (-(2**31), 46, 0),
         (2**31 - 1, 46, 0),
-        (-2**31, 63, 0),
+        (-(2**31), 63, 0),
         (2**31 - 1, 63, 0),
         (-1, 63, 0),
     ],
@@ -160,6 +163,7 @@ def test_rdbpot_is_round_half_away(h, n):
 # ------------------------------------------------------------------------------------------------
 # section 3.4 worked examples and the double-vs-single table
 # ------------------------------------------------------------------------------------------------
+
 
 def test_worked_example_0123():
     m0, e = R.quantize_multiplier(0.0123)
@@ -246,6 +250,7 @@ def test_output_stage_clamp():
 # section 5 overflow policies
 # ------------------------------------------------------------------------------------------------
 
+
 def test_overflow_policies():
     acc = np.array([2**31, -(2**31) - 1, 2**32 + 5, 7], np.int64)
     assert R.apply_overflow(acc, "saturate").tolist() == [2**31 - 1, -(2**31), 2**31 - 1, 7]
@@ -268,6 +273,7 @@ def test_quantize_bias_oracle():
 # section 4 convolution: im2col oracle == literal loops == float64 convolution
 # ------------------------------------------------------------------------------------------------
 
+
 @st.composite
 def small_conv(draw):
     groups = draw(st.integers(1, 3))
@@ -287,8 +293,9 @@ def small_conv(draw):
     wt = rng.integers(-127, 128, (groups * og, kh, kw, cig), dtype=np.int8)
     bias = rng.integers(-(2**20), 2**20, groups * og).astype(np.int32)
     zx = draw(st.integers(-128, 127))
-    return dict(x=x, weight=wt, bias=bias, input_zero_point=zx, stride=(sh, sw), padding=pad, dilation=(dh, dw),
-                groups=groups)
+    return dict(
+        x=x, weight=wt, bias=bias, input_zero_point=zx, stride=(sh, sw), padding=pad, dilation=(dh, dw), groups=groups
+    )
 
 
 @given(small_conv())
@@ -344,6 +351,7 @@ def test_fully_connected_is_1x1_conv():
 # section 6 add, section 7 pooling
 # ------------------------------------------------------------------------------------------------
 
+
 def test_add_params_oracle():
     p = R.add_params(1.0, 1.0, 1.0)
     assert (p["a_multiplier"], p["a_exponent"]) == (2**30, 0)  # 0.5
@@ -355,9 +363,17 @@ def test_add_params_oracle():
 
 def test_add_hand_examples():
     p = R.add_params(1.0, 1.0, 1.0)
-    kw = dict(a_zero_point=0, b_zero_point=0, output_zero_point=0, a_multiplier=p["a_multiplier"],
-              a_exponent=p["a_exponent"], b_multiplier=p["b_multiplier"], b_exponent=p["b_exponent"],
-              output_multiplier=p["output_multiplier"], output_exponent=p["output_exponent"])
+    kw = dict(
+        a_zero_point=0,
+        b_zero_point=0,
+        output_zero_point=0,
+        a_multiplier=p["a_multiplier"],
+        a_exponent=p["a_exponent"],
+        b_multiplier=p["b_multiplier"],
+        b_exponent=p["b_exponent"],
+        output_multiplier=p["output_multiplier"],
+        output_exponent=p["output_exponent"],
+    )
     assert R.add(np.array([1, -50, 100]), np.array([2, -60, 100]), **kw).tolist() == [3, -110, 127]
     # output scale 2: (a + b) / 2, a tie at -0.5: double rounds away (-1), single toward +inf (0)
     p = R.add_params(1.0, 1.0, 2.0)
@@ -372,9 +388,21 @@ def test_add_hand_examples():
 
 @pytest.mark.parametrize(
     "vals, expected",
-    [([-1, -2], -2), ([1, 2], 2), ([-1, 0, 0, 0], 0), ([-2, 0, 0, 0], -1), ([2, 0, 0, 0], 1),
-     ([1, 0, 0, 0], 0), ([127, 127], 127), ([-128, -128, -128], -128), ([3, 3, 4], 3), ([-3, -3, -4], -3),
-     ([0, 0], 0), ([-1, 0], -1), ([1, 0], 1)],
+    [
+        ([-1, -2], -2),
+        ([1, 2], 2),
+        ([-1, 0, 0, 0], 0),
+        ([-2, 0, 0, 0], -1),
+        ([2, 0, 0, 0], 1),
+        ([1, 0, 0, 0], 0),
+        ([127, 127], 127),
+        ([-128, -128, -128], -128),
+        ([3, 3, 4], 3),
+        ([-3, -3, -4], -3),
+        ([0, 0], 0),
+        ([-1, 0], -1),
+        ([1, 0], 1),
+    ],
 )
 def test_global_avg_pool_rounding(vals, expected):
     x = np.array(vals, np.int8).reshape(1, 1, len(vals), 1)

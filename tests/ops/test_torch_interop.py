@@ -59,8 +59,13 @@ def _conv_inputs(i, x_shape, w_shape, geo):
     x = rng.integers(-128, 128, x_shape, dtype=np.int8)
     w = rng.integers(-127, 128, w_shape, dtype=np.int8)
     b = rng.integers(-3000, 3000, w_shape[0]).astype(np.int32)
-    kw = dict(geo, input_zero_point=-5, multiplier=rng.integers(2**30, 2**31, w_shape[0]),
-              exponent=np.full(w_shape[0], -9), output_zero_point=3)
+    kw = dict(
+        geo,
+        input_zero_point=-5,
+        multiplier=rng.integers(2**30, 2**31, w_shape[0]),
+        exponent=np.full(w_shape[0], -9),
+        output_zero_point=3,
+    )
     return x, w, b, kw
 
 
@@ -247,7 +252,11 @@ def test_strided_channels_last_views():
     w = rng.integers(-127, 128, (5, 3, 3, 8), dtype=np.int8)
     kw = dict(padding=1, multiplier=2**30 + 3, exponent=-8, input_zero_point=1)
     xt = _nhwc_to_torch(x)
-    for view, ref in ((xt[:, :, 1:7], x[:, 1:7]), (xt[:, 2:6], x[:, :, :, 2:6]), (xt[1:, :, ::2, ::3], x[1:, ::2, ::3])):
+    for view, ref in (
+        (xt[:, :, 1:7], x[:, 1:7]),
+        (xt[:, 2:6], x[:, :, :, 2:6]),
+        (xt[1:, :, ::2, ::3], x[1:, ::2, ::3]),
+    ):
         if view.shape[1] != w.shape[3]:
             wv = w[..., : view.shape[1]]
         else:

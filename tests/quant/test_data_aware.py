@@ -30,7 +30,7 @@ def linear_layer(seed=0, k=48, c=24, n=3000, mean=3.0):
     a large mean, and whose output channels' ranges differ by 10^3. Returns (w, calibration x, test x)."""
     g = torch.Generator().manual_seed(seed)
     mix = torch.randn(k, k, generator=g, dtype=torch.float64) * torch.logspace(0, -2, k, dtype=torch.float64)
-    w = (torch.randn(c, k, generator=g, dtype=torch.float64) * torch.logspace(0, -3, c, dtype=torch.float64)[:, None])
+    w = torch.randn(c, k, generator=g, dtype=torch.float64) * torch.logspace(0, -3, c, dtype=torch.float64)[:, None]
 
     def data(s):
         gg = torch.Generator().manual_seed(s)
@@ -75,19 +75,28 @@ def out_mse_dw(w, w_hat, x):
 # ------------------------------------------------------------------------------------------ statistics
 
 
-@pytest.mark.parametrize("groups,stride,padding,dilation", [(1, 1, (1, 1), 1), (2, 2, (0, 1, 2, 1), 1),
-                                                            (6, 1, (2, 2), 2), (1, (2, 1), (1, 0, 0, 1), (1, 2))])
+@pytest.mark.parametrize(
+    "groups,stride,padding,dilation",
+    [(1, 1, (1, 1), 1), (2, 2, (0, 1, 2, 1), 1), (6, 1, (2, 2), 2), (1, (2, 1), (1, 0, 0, 1), (1, 2))],
+)
 def test_patch_moments_equal_unfold_and_objective_equals_output_mse(groups, stride, padding, dilation):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 6, 9, 8, generator=g, dtype=torch.float64) + 0.5
     w = torch.randn(12, 6 // groups, 3, 3, generator=g)
-    st = layer_stats([x[:2], x[2:]], kind="conv", weight_shape=tuple(w.shape), stride=stride, padding=padding,
-                     dilation=dilation, groups=groups)
+    st = layer_stats(
+        [x[:2], x[2:]],
+        kind="conv",
+        weight_shape=tuple(w.shape),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
     # reference: torch's unfold on the explicitly padded input, per group
     pad4 = padding if len(padding) == 4 else (padding[0], padding[0], padding[1], padding[1])
     xp = F.pad(x, (pad4[2], pad4[3], pad4[0], pad4[1]))
-    cols = F.unfold(xp, 3, dilation=dilation, stride=stride)                     # [N, C*9, L]
-    cols = cols.transpose(1, 2).reshape(-1, groups, 6 // groups * 9)            # [P, G, D]
+    cols = F.unfold(xp, 3, dilation=dilation, stride=stride)  # [N, C*9, L]
+    cols = cols.transpose(1, 2).reshape(-1, groups, 6 // groups * 9)  # [P, G, D]
     ref = torch.einsum("pgd,pge->gde", cols, cols) / cols.shape[0]
     assert st.count == cols.shape[0]
     assert torch.allclose(st.hff, ref, rtol=1e-12, atol=1e-12)
@@ -104,7 +113,7 @@ def test_patch_moments_equal_unfold_and_objective_equals_output_mse(groups, stri
 
 
 def test_few_samples_use_the_low_rank_form_with_the_same_objective():
-    w, x, _ = linear_layer(k=64, c=16, n=20)                    # 20 samples < 64 / 2 inputs
+    w, x, _ = linear_layer(k=64, c=16, n=20)  # 20 samples < 64 / 2 inputs
     st = linear_stats(w, x)
     assert st.samples is not None and st.samples.shape == (20, 64)
     dense = dataclasses.replace(st, samples=None)
@@ -147,8 +156,10 @@ def _ratios(make, stats, mse, bits, seeds=range(4)):
     for seed in seeds:
         w, x, x_test = make(seed)
         st = stats(w, x)
-        err = {m: mse(w, quantize_weight(w, m, bits, stats=st).dequantize(), x_test)
-               for m in ("wess", "wess_mse", "wess_output")}
+        err = {
+            m: mse(w, quantize_weight(w, m, bits, stats=st).dequantize(), x_test)
+            for m in ("wess", "wess_mse", "wess_output")
+        }
         out.append(err["wess_output"] / min(err["wess"], err["wess_mse"]))
     return out
 
@@ -223,7 +234,7 @@ def test_adaround_lowers_output_error_on_the_same_grid(method, case):
     assert ada.layer_scale == near.layer_scale and ada.bits == near.bits and ada.method == near.method
     assert ada.q.dtype == torch.int8 and int(ada.q.abs().max()) <= qmax
     ratio = w.double() / near.channel_scale.view((-1,) + (1,) * (w.dim() - 1))
-    inside = ratio.abs() <= qmax   # a grid with a layer scale below the range clips the rest to +-qmax
+    inside = ratio.abs() <= qmax  # a grid with a layer scale below the range clips the rest to +-qmax
     assert bool(((ada.q.double() - ratio).abs() < 1)[inside].all())
     assert bool((ada.q.double().abs() == qmax)[~inside].all())
     assert int((ada.q != near.q).sum()) > 0
@@ -275,7 +286,7 @@ def _dw_net():
             m.running_var.copy_(torch.rand(c, generator=g) + 0.1)
             m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.3 + 0.5)
-    model.dw[1].weight.data[::4] *= 1e-5   # collapsed channels: depthwise ranges spanning 2^17
+    model.dw[1].weight.data[::4] *= 1e-5  # collapsed channels: depthwise ranges spanning 2^17
     return model
 
 
@@ -284,9 +295,15 @@ def _batches(n, batch=8, seed=2):
     return [torch.randn(batch, 3, 16, 16, generator=g) for _ in range(n)]
 
 
-@pytest.mark.parametrize("kwargs", [dict(weights="wess_output"), dict(weights="wess", adaround=FAST),
-                                    dict(weights="wess_output", adaround=FAST, layer_inputs="float"),
-                                    dict(weights="per_channel", adaround=FAST, bias_correction=True)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(weights="wess_output"),
+        dict(weights="wess", adaround=FAST),
+        dict(weights="wess_output", adaround=FAST, layer_inputs="float"),
+        dict(weights="per_channel", adaround=FAST, bias_correction=True),
+    ],
+)
 def test_quantize_end_to_end_weight_only_and_integer(kwargs):
     model = _dw_net()
     calib = _batches(3)

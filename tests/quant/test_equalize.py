@@ -11,7 +11,6 @@ from npuq.quant.equalize import bias_correction, cross_layer_equalize, equalizab
 from npuq.quant.graph import Graph, Node, prepare
 from support.torchvision_compat import torchvision_models
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: see conftest.py
 
 
@@ -61,11 +60,21 @@ def mobile_chain(act=nn.ReLU, dw_spread: float | None = None) -> nn.Module:
     """conv-bn-act -> depthwise-bn-act -> 1x1 conv-bn-act -> pool -> linear-act -> linear."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), act(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), act(),
-        nn.Conv2d(8, 12, 1), nn.BatchNorm2d(12), act(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(12, 10), act(), nn.Linear(10, 5))
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        act(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),
+        act(),
+        nn.Conv2d(8, 12, 1),
+        nn.BatchNorm2d(12),
+        act(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, 10),
+        act(),
+        nn.Linear(10, 5),
+    )
     randomize_batch_norms(model, 1)
     if dw_spread is not None:
         with torch.no_grad():
@@ -142,8 +151,8 @@ def test_cle_on_resnet18():
 def test_cle_leaves_dead_channels_alone():
     model = mobile_chain()
     with torch.no_grad():
-        model[0].weight[2] = 0.0      # an output channel with zero range
-        model[6].weight[:, 5] = 0.0   # an input channel with zero range
+        model[0].weight[2] = 0.0  # an output channel with zero range
+        model[6].weight[:, 5] = 0.0  # an input channel with zero range
     graph = prepare(model, torch.randn(1, 3, 8, 8))
     cross_layer_equalize(graph, absorb_high_bias=False)
     for n in graph.layers():
@@ -159,7 +168,7 @@ def test_cle_rescales_the_batch_norm_statistics():
     beta0, gamma0 = (t.clone() for t in first.bn)
     w0 = out_ranges(first)
     cross_layer_equalize(graph, absorb_high_bias=False)
-    s = w0 / out_ranges(first)        # the layer's output channels were divided by s
+    s = w0 / out_ranges(first)  # the layer's output channels were divided by s
     torch.testing.assert_close(first.bn[0].double(), beta0.double() / s, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(first.bn[1].double(), gamma0.double() / s, rtol=1e-4, atol=1e-6)
 
@@ -238,7 +247,7 @@ def test_high_bias_absorption_is_exact_above_the_threshold():
     # the first layer's bias went down by c, the next layer's bias took W @ c
     torch.testing.assert_close(a.bias.double(), a_cle.bias.double() - c, rtol=0, atol=1e-5)
     assert torch.all(a.bias[c > 0] < a_cle.bias[c > 0]) and torch.equal(a.bias[c == 0], a_cle.bias[c == 0])
-    shift = (b_cle.weight.double().sum(dim=(2, 3)) @ c)
+    shift = b_cle.weight.double().sum(dim=(2, 3)) @ c
     torch.testing.assert_close(b.bias.double(), b_cle.bias.double() + shift, rtol=0, atol=1e-4)
     assert result.absorbed["conv1+bn1+relu"] == pytest.approx(float(c.sum()), rel=1e-5)
     torch.testing.assert_close(a.bn[0].double(), a_cle.bn[0].double() - c, rtol=0, atol=1e-5)
@@ -309,7 +318,7 @@ def test_bias_correction_linear_exact():
     ref = F.linear(x, node.weight, node.bias).mean(0)
     before = F.linear(x, wq, node.bias).mean(0)
     after = F.linear(x, wq, corrected).mean(0)
-    assert float((before - ref).abs().max()) > 0.05   # the quantization shifted the mean output
+    assert float((before - ref).abs().max()) > 0.05  # the quantization shifted the mean output
     torch.testing.assert_close(after, ref, rtol=0, atol=2e-5)
     torch.testing.assert_close(bias_correction(node, node.weight, means[node.name]), node.bias)
 

@@ -11,9 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from npuq.quant.graph import Graph, TraceError, UnsupportedOpsError, prepare
-from support.torchvision_compat import torchvision_models
 from support.torch_helpers import randomize_batch_norms
-
+from support.torchvision_compat import torchvision_models
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -206,6 +205,7 @@ def _mean_linear(keepdim):
     def fn(m, x):
         y = m.c(x).mean((2, 3), keepdim=keepdim)
         return y if keepdim else m.fc(y)
+
     return fn
 
 
@@ -214,18 +214,33 @@ CASES = {
     # ---- batch norm folding
     "conv_bn_relu": (lambda: nn.Sequential(_conv(3, 8), nn.BatchNorm2d(8), nn.ReLU()), (3, 8, 8), dict(conv=1)),
     "conv_nobias_bn": (lambda: nn.Sequential(_conv(3, 8, bias=False), nn.BatchNorm2d(8)), (3, 8, 8), dict(conv=1)),
-    "linear_bn1d_relu": (lambda: nn.Sequential(nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4)),
-                         (12,), dict(linear=2)),
-    "flatten_linear_bn1d": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 5, bias=False), nn.BatchNorm1d(5)),
-                            (3, 4, 4), dict(flatten=1, linear=1)),
+    "linear_bn1d_relu": (
+        lambda: nn.Sequential(nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4)),
+        (12,),
+        dict(linear=2),
+    ),
+    "flatten_linear_bn1d": (
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 5, bias=False), nn.BatchNorm1d(5)),
+        (3, 4, 4),
+        dict(flatten=1, linear=1),
+    ),
     "standalone_bn2d": (lambda: nn.Sequential(nn.BatchNorm2d(4), _conv(4, 6)), (4, 6, 6), dict(conv=2)),
     "bn_after_relu": (lambda: nn.Sequential(_conv(4, 6), nn.ReLU(), nn.BatchNorm2d(6)), (4, 6, 6), dict(conv=2)),
-    "bn_after_add": (lambda: Fn(lambda m, x: m.bn(m.a(x) + m.b(x)), a=_conv(), b=_conv(), bn=nn.BatchNorm2d(6)),
-                     (4, 6, 6), dict(conv=3, add=1)),
-    "bn_on_shared_conv": (lambda: Fn(_bn_on_shared, c=_conv(4, 6), bn=nn.BatchNorm2d(6), c2=_conv(6, 6, 1)),
-                          (4, 6, 6), dict(conv=3, add=1)),
-    "standalone_bn1d": (lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(12)), (3, 2, 2),
-                        dict(flatten=1, float_op=1)),
+    "bn_after_add": (
+        lambda: Fn(lambda m, x: m.bn(m.a(x) + m.b(x)), a=_conv(), b=_conv(), bn=nn.BatchNorm2d(6)),
+        (4, 6, 6),
+        dict(conv=3, add=1),
+    ),
+    "bn_on_shared_conv": (
+        lambda: Fn(_bn_on_shared, c=_conv(4, 6), bn=nn.BatchNorm2d(6), c2=_conv(6, 6, 1)),
+        (4, 6, 6),
+        dict(conv=3, add=1),
+    ),
+    "standalone_bn1d": (
+        lambda: nn.Sequential(nn.Flatten(), nn.BatchNorm1d(12)),
+        (3, 2, 2),
+        dict(flatten=1, float_op=1),
+    ),
     # ---- activations
     "module_relu6": (lambda: nn.Sequential(_conv(), nn.ReLU6(inplace=True)), (4, 6, 6), dict(conv=1)),
     "module_hardtanh_0_6": (lambda: nn.Sequential(_conv(), nn.Hardtanh(0.0, 6.0)), (4, 6, 6), dict(conv=1)),
@@ -238,113 +253,212 @@ CASES = {
     "clamp_0_6": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), 0, 6), c=_conv()), (4, 6, 6), dict(conv=1)),
     "clamp_min_0": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), min=0.0), c=_conv()), (4, 6, 6), dict(conv=1)),
     "linear_relu": (lambda: nn.Sequential(nn.Linear(12, 8), nn.ReLU()), (12,), dict(linear=1)),
-    "add_relu": (lambda: Fn(lambda m, x: F.relu(m.a(x) + m.b(x)), a=_conv(), b=_conv()), (4, 6, 6),
-                 dict(conv=2, add=1)),
+    "add_relu": (
+        lambda: Fn(lambda m, x: F.relu(m.a(x) + m.b(x)), a=_conv(), b=_conv()),
+        (4, 6, 6),
+        dict(conv=2, add=1),
+    ),
     "relu6_then_relu": (lambda: nn.Sequential(_conv(), nn.ReLU6(), nn.ReLU()), (4, 6, 6), dict(conv=1)),
-    "relu_on_shared_conv": (lambda: Fn(_relu_on_shared, c=_conv()), (4, 6, 6),
-                            dict(conv=1, add=1, float_op=1)),
-    "hardtanh_default": (lambda: Fn(lambda m, x: F.hardtanh(m.c(x)), c=_conv()), (4, 6, 6),
-                         dict(conv=1, float_op=1)),
-    "clamp_0_4": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), 0, 4), c=_conv()), (4, 6, 6),
-                  dict(conv=1, float_op=1)),
+    "relu_on_shared_conv": (lambda: Fn(_relu_on_shared, c=_conv()), (4, 6, 6), dict(conv=1, add=1, float_op=1)),
+    "hardtanh_default": (lambda: Fn(lambda m, x: F.hardtanh(m.c(x)), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
+    "clamp_0_4": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), 0, 4), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
     "relu_on_input": (lambda: nn.Sequential(nn.ReLU(), _conv()), (4, 6, 6), dict(conv=1, float_op=1)),
     # ---- flatten
-    "view_size0": (lambda: Fn(lambda m, x: m.fc(m.c(x).view(x.size(0), -1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
-                   (4, 6, 6), dict(conv=1, flatten=1, linear=1)),
-    "reshape_shape0": (lambda: Fn(lambda m, x: m.fc(m.c(x).reshape(x.shape[0], -1)), c=_conv(),
-                                  fc=nn.Linear(6 * 36, 5)),
-                       (4, 6, 6), dict(conv=1, flatten=1, linear=1)),
-    "view_minus1_k": (lambda: Fn(lambda m, x: m.fc(m.c(x).view(-1, 6 * 36)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
-                      (4, 6, 6), dict(conv=1, flatten=1, linear=1)),
-    "torch_flatten": (lambda: Fn(lambda m, x: m.fc(torch.flatten(m.c(x), 1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
-                      (4, 6, 6), dict(conv=1, flatten=1, linear=1)),
-    "method_flatten": (lambda: Fn(lambda m, x: m.fc(m.c(x).flatten(1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
-                       (4, 6, 6), dict(conv=1, flatten=1, linear=1)),
-    "nn_flatten": (lambda: nn.Sequential(_conv(), nn.Flatten(), nn.Linear(6 * 36, 5)), (4, 6, 6),
-                   dict(conv=1, flatten=1, linear=1)),
-    "view_hardcoded_batch": (lambda: Fn(lambda m, x: m.c(x).view(1, -1), c=_conv()), (4, 6, 6),
-                             dict(conv=1, float_op=1)),
-    "flatten_start0": (lambda: Fn(lambda m, x: torch.flatten(m.c(x)), c=_conv()), (4, 6, 6),
-                       dict(conv=1, float_op=1)),
+    "view_size0": (
+        lambda: Fn(lambda m, x: m.fc(m.c(x).view(x.size(0), -1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "reshape_shape0": (
+        lambda: Fn(lambda m, x: m.fc(m.c(x).reshape(x.shape[0], -1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "view_minus1_k": (
+        lambda: Fn(lambda m, x: m.fc(m.c(x).view(-1, 6 * 36)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "torch_flatten": (
+        lambda: Fn(lambda m, x: m.fc(torch.flatten(m.c(x), 1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "method_flatten": (
+        lambda: Fn(lambda m, x: m.fc(m.c(x).flatten(1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "nn_flatten": (
+        lambda: nn.Sequential(_conv(), nn.Flatten(), nn.Linear(6 * 36, 5)),
+        (4, 6, 6),
+        dict(conv=1, flatten=1, linear=1),
+    ),
+    "view_hardcoded_batch": (
+        lambda: Fn(lambda m, x: m.c(x).view(1, -1), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, float_op=1),
+    ),
+    "flatten_start0": (lambda: Fn(lambda m, x: torch.flatten(m.c(x)), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
     # ---- global average pooling
-    "mean_23": (lambda: Fn(_mean_linear(False), c=_conv(), fc=nn.Linear(6, 3)), (4, 6, 6),
-                dict(conv=1, global_pool=1, flatten=1, linear=1)),
+    "mean_23": (
+        lambda: Fn(_mean_linear(False), c=_conv(), fc=nn.Linear(6, 3)),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1, flatten=1, linear=1),
+    ),
     "mean_23_keepdim": (lambda: Fn(_mean_linear(True), c=_conv()), (4, 6, 6), dict(conv=1, global_pool=1)),
-    "mean_negative_dims": (lambda: Fn(lambda m, x: m.c(x).mean(dim=[-1, -2]), c=_conv()), (4, 6, 6),
-                           dict(conv=1, global_pool=1, flatten=1)),
-    "torch_mean_23": (lambda: Fn(lambda m, x: torch.mean(m.c(x), dim=(2, 3), keepdim=True), c=_conv()), (4, 6, 6),
-                      dict(conv=1, global_pool=1)),
+    "mean_negative_dims": (
+        lambda: Fn(lambda m, x: m.c(x).mean(dim=[-1, -2]), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1, flatten=1),
+    ),
+    "torch_mean_23": (
+        lambda: Fn(lambda m, x: torch.mean(m.c(x), dim=(2, 3), keepdim=True), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1),
+    ),
     "mean_channels": (lambda: Fn(lambda m, x: m.c(x).mean(1), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
-    "F_adaptive_avg_pool_1": (lambda: Fn(lambda m, x: F.adaptive_avg_pool2d(m.c(x), 1), c=_conv()), (4, 6, 6),
-                              dict(conv=1, global_pool=1)),
-    "F_adaptive_avg_pool_11": (lambda: Fn(lambda m, x: F.adaptive_avg_pool2d(m.c(x), (1, 1)), c=_conv()), (4, 6, 6),
-                               dict(conv=1, global_pool=1)),
-    "adaptive_avg_pool_module": (lambda: nn.Sequential(_conv(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()),
-                                 (4, 6, 6), dict(conv=1, global_pool=1, flatten=1)),
-    "adaptive_avg_pool_2": (lambda: nn.Sequential(_conv(), nn.AdaptiveAvgPool2d(2)), (4, 6, 6),
-                            dict(conv=1, float_op=1)),
+    "F_adaptive_avg_pool_1": (
+        lambda: Fn(lambda m, x: F.adaptive_avg_pool2d(m.c(x), 1), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1),
+    ),
+    "F_adaptive_avg_pool_11": (
+        lambda: Fn(lambda m, x: F.adaptive_avg_pool2d(m.c(x), (1, 1)), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1),
+    ),
+    "adaptive_avg_pool_module": (
+        lambda: nn.Sequential(_conv(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()),
+        (4, 6, 6),
+        dict(conv=1, global_pool=1, flatten=1),
+    ),
+    "adaptive_avg_pool_2": (
+        lambda: nn.Sequential(_conv(), nn.AdaptiveAvgPool2d(2)),
+        (4, 6, 6),
+        dict(conv=1, float_op=1),
+    ),
     # ---- average / max pooling
     "avg_pool_module": (lambda: nn.Sequential(_conv(), nn.AvgPool2d(2)), (4, 8, 8), dict(conv=1, avg_pool=1)),
-    "avg_pool_module_pad": (lambda: nn.Sequential(_conv(), nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
-                            (4, 9, 9), dict(conv=1, avg_pool=1)),
+    "avg_pool_module_pad": (
+        lambda: nn.Sequential(_conv(), nn.AvgPool2d(3, 2, 1, count_include_pad=False)),
+        (4, 9, 9),
+        dict(conv=1, avg_pool=1),
+    ),
     "max_pool_module": (lambda: nn.Sequential(_conv(), nn.MaxPool2d(3, 2, 1)), (4, 9, 9), dict(conv=1, max_pool=1)),
     "F_avg_pool": (lambda: Fn(lambda m, x: F.avg_pool2d(m.c(x), 2), c=_conv()), (4, 8, 8), dict(conv=1, avg_pool=1)),
-    "F_avg_pool_kw": (lambda: Fn(lambda m, x: F.avg_pool2d(m.c(x), 3, stride=2, padding=1, count_include_pad=False),
-                                 c=_conv()),
-                      (4, 9, 9), dict(conv=1, avg_pool=1)),
-    "F_max_pool": (lambda: Fn(lambda m, x: F.max_pool2d(m.c(x), 3, 2, 1), c=_conv()), (4, 9, 9),
-                   dict(conv=1, max_pool=1)),
-    "F_max_pool_kw": (lambda: Fn(lambda m, x: F.max_pool2d(m.c(x), kernel_size=2), c=_conv()), (4, 8, 8),
-                      dict(conv=1, max_pool=1)),
-    "max_pool_ceil": (lambda: nn.Sequential(_conv(), nn.MaxPool2d(2, ceil_mode=True)), (4, 7, 7),
-                      dict(conv=1, float_op=1)),
+    "F_avg_pool_kw": (
+        lambda: Fn(lambda m, x: F.avg_pool2d(m.c(x), 3, stride=2, padding=1, count_include_pad=False), c=_conv()),
+        (4, 9, 9),
+        dict(conv=1, avg_pool=1),
+    ),
+    "F_max_pool": (
+        lambda: Fn(lambda m, x: F.max_pool2d(m.c(x), 3, 2, 1), c=_conv()),
+        (4, 9, 9),
+        dict(conv=1, max_pool=1),
+    ),
+    "F_max_pool_kw": (
+        lambda: Fn(lambda m, x: F.max_pool2d(m.c(x), kernel_size=2), c=_conv()),
+        (4, 8, 8),
+        dict(conv=1, max_pool=1),
+    ),
+    "max_pool_ceil": (
+        lambda: nn.Sequential(_conv(), nn.MaxPool2d(2, ceil_mode=True)),
+        (4, 7, 7),
+        dict(conv=1, float_op=1),
+    ),
     # ---- dropout / identity
-    "dropout_modules": (lambda: nn.Sequential(_conv(), nn.Dropout(0.5), nn.ReLU(), nn.Dropout2d(0.3), nn.Identity()),
-                        (4, 6, 6), dict(conv=1)),
-    "F_dropout": (lambda: Fn(lambda m, x: F.relu(F.dropout(m.c(x), 0.5, m.training)), c=_conv()), (4, 6, 6),
-                  dict(conv=1)),
+    "dropout_modules": (
+        lambda: nn.Sequential(_conv(), nn.Dropout(0.5), nn.ReLU(), nn.Dropout2d(0.3), nn.Identity()),
+        (4, 6, 6),
+        dict(conv=1),
+    ),
+    "F_dropout": (
+        lambda: Fn(lambda m, x: F.relu(F.dropout(m.c(x), 0.5, m.training)), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1),
+    ),
     # ---- residual add
     "add_operator": (lambda: Fn(lambda m, x: m.a(x) + m.b(x), a=_conv(), b=_conv()), (4, 6, 6), dict(conv=2, add=1)),
     "add_inplace": (lambda: Fn(_add_inplace, a=_conv(), b=_conv()), (4, 6, 6), dict(conv=2, add=1)),
-    "torch_add": (lambda: Fn(lambda m, x: torch.add(m.a(x), m.b(x)), a=_conv(), b=_conv()), (4, 6, 6),
-                  dict(conv=2, add=1)),
-    "method_add": (lambda: Fn(lambda m, x: m.a(x).add(m.b(x)), a=_conv(), b=_conv()), (4, 6, 6),
-                   dict(conv=2, add=1)),
+    "torch_add": (
+        lambda: Fn(lambda m, x: torch.add(m.a(x), m.b(x)), a=_conv(), b=_conv()),
+        (4, 6, 6),
+        dict(conv=2, add=1),
+    ),
+    "method_add": (lambda: Fn(lambda m, x: m.a(x).add(m.b(x)), a=_conv(), b=_conv()), (4, 6, 6), dict(conv=2, add=1)),
     "add_input_skip": (lambda: Fn(lambda m, x: F.relu(m.a(x) + x), a=_conv(4, 4)), (4, 6, 6), dict(conv=1, add=1)),
-    "add_alpha": (lambda: Fn(lambda m, x: torch.add(m.a(x), m.b(x), alpha=2), a=_conv(), b=_conv()), (4, 6, 6),
-                  dict(conv=2, float_op=1)),
+    "add_alpha": (
+        lambda: Fn(lambda m, x: torch.add(m.a(x), m.b(x), alpha=2), a=_conv(), b=_conv()),
+        (4, 6, 6),
+        dict(conv=2, float_op=1),
+    ),
     "add_scalar": (lambda: Fn(lambda m, x: m.a(x) + 1.0, a=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
-    "add_broadcast": (lambda: Fn(_add_broadcast, a=_conv()), (4, 6, 6),
-                      dict(conv=1, float_op=2)),
+    "add_broadcast": (lambda: Fn(_add_broadcast, a=_conv()), (4, 6, 6), dict(conv=1, float_op=2)),
     # ---- convolution variants
-    "grouped_conv": (lambda: nn.Sequential(_conv(4, 8, groups=2), nn.BatchNorm2d(8), nn.ReLU()), (4, 6, 6),
-                     dict(conv=1)),
-    "depthwise_conv": (lambda: nn.Sequential(_conv(4, 4, groups=4), nn.BatchNorm2d(4), nn.ReLU6()), (4, 6, 6),
-                       dict(conv=1)),
-    "depthwise_multiplier": (lambda: nn.Sequential(_conv(4, 8, groups=4), nn.BatchNorm2d(8)), (4, 6, 6),
-                             dict(conv=1)),
-    "dilated_conv": (lambda: nn.Sequential(_conv(4, 6, 3, padding=2, dilation=2), nn.BatchNorm2d(6)), (4, 9, 9),
-                     dict(conv=1)),
-    "asymmetric_kernels": (lambda: nn.Sequential(_conv(4, 6, (1, 3), padding=(0, 1)), nn.BatchNorm2d(6), nn.ReLU(),
-                                                 _conv(6, 6, (3, 1), stride=(2, 1), padding=(1, 0))),
-                           (4, 7, 9), dict(conv=2)),
-    "strided_conv": (lambda: nn.Sequential(_conv(4, 6, 3, stride=2, padding=0), nn.BatchNorm2d(6)), (4, 9, 8),
-                     dict(conv=1)),
-    "padding_same": (lambda: nn.Sequential(_conv(4, 6, 3, padding="same"), nn.BatchNorm2d(6), nn.ReLU()), (4, 7, 7),
-                     dict(conv=1)),
-    "padding_same_dilated": (lambda: nn.Sequential(_conv(4, 6, (5, 3), padding="same", dilation=2)), (4, 11, 11),
-                             dict(conv=1)),
-    "padding_valid": (lambda: nn.Sequential(_conv(4, 6, 3, padding="valid"), nn.BatchNorm2d(6)), (4, 7, 7),
-                      dict(conv=1)),
+    "grouped_conv": (
+        lambda: nn.Sequential(_conv(4, 8, groups=2), nn.BatchNorm2d(8), nn.ReLU()),
+        (4, 6, 6),
+        dict(conv=1),
+    ),
+    "depthwise_conv": (
+        lambda: nn.Sequential(_conv(4, 4, groups=4), nn.BatchNorm2d(4), nn.ReLU6()),
+        (4, 6, 6),
+        dict(conv=1),
+    ),
+    "depthwise_multiplier": (lambda: nn.Sequential(_conv(4, 8, groups=4), nn.BatchNorm2d(8)), (4, 6, 6), dict(conv=1)),
+    "dilated_conv": (
+        lambda: nn.Sequential(_conv(4, 6, 3, padding=2, dilation=2), nn.BatchNorm2d(6)),
+        (4, 9, 9),
+        dict(conv=1),
+    ),
+    "asymmetric_kernels": (
+        lambda: nn.Sequential(
+            _conv(4, 6, (1, 3), padding=(0, 1)),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            _conv(6, 6, (3, 1), stride=(2, 1), padding=(1, 0)),
+        ),
+        (4, 7, 9),
+        dict(conv=2),
+    ),
+    "strided_conv": (
+        lambda: nn.Sequential(_conv(4, 6, 3, stride=2, padding=0), nn.BatchNorm2d(6)),
+        (4, 9, 8),
+        dict(conv=1),
+    ),
+    "padding_same": (
+        lambda: nn.Sequential(_conv(4, 6, 3, padding="same"), nn.BatchNorm2d(6), nn.ReLU()),
+        (4, 7, 7),
+        dict(conv=1),
+    ),
+    "padding_same_dilated": (
+        lambda: nn.Sequential(_conv(4, 6, (5, 3), padding="same", dilation=2)),
+        (4, 11, 11),
+        dict(conv=1),
+    ),
+    "padding_valid": (
+        lambda: nn.Sequential(_conv(4, 6, 3, padding="valid"), nn.BatchNorm2d(6)),
+        (4, 7, 7),
+        dict(conv=1),
+    ),
     # torch pads an even "same" extent one pixel more at the bottom / right: asymmetric NPU padding
-    "padding_same_even_kernel": (lambda: nn.Sequential(_conv(4, 6, 4, padding="same")), (4, 7, 7),
-                                 dict(conv=1)),
-    "zero_pad_then_conv": (lambda: nn.Sequential(nn.ZeroPad2d((0, 1, 1, 0)), _conv(4, 6, 3, stride=2)), (4, 8, 8),
-                           dict(conv=1)),
-    "zero_pad_then_pool": (lambda: nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2)), (4, 8, 8),
-                           dict(float_op=1, max_pool=1)),
-    "padding_mode_reflect": (lambda: nn.Sequential(_conv(4, 6, 3, padding=1, padding_mode="reflect")), (4, 7, 7),
-                             dict(float_op=1)),
+    "padding_same_even_kernel": (lambda: nn.Sequential(_conv(4, 6, 4, padding="same")), (4, 7, 7), dict(conv=1)),
+    "zero_pad_then_conv": (
+        lambda: nn.Sequential(nn.ZeroPad2d((0, 1, 1, 0)), _conv(4, 6, 3, stride=2)),
+        (4, 8, 8),
+        dict(conv=1),
+    ),
+    "zero_pad_then_pool": (
+        lambda: nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2)),
+        (4, 8, 8),
+        dict(float_op=1, max_pool=1),
+    ),
+    "padding_mode_reflect": (
+        lambda: nn.Sequential(_conv(4, 6, 3, padding=1, padding_mode="reflect")),
+        (4, 7, 7),
+        dict(float_op=1),
+    ),
 }
 
 
@@ -367,13 +481,29 @@ def _single(graph: Graph, kind: str):
     return found[0]
 
 
-@pytest.mark.parametrize("name, act", [
-    ("conv_bn_relu", "relu"), ("conv_nobias_bn", None), ("module_relu6", "relu6"), ("module_hardtanh_0_6", "relu6"),
-    ("F_relu", "relu"), ("F_relu_inplace", "relu"), ("torch_relu", "relu"), ("method_relu", "relu"),
-    ("F_relu6", "relu6"), ("F_hardtanh_0_6", "relu6"), ("clamp_0_6", "relu6"), ("clamp_min_0", "relu"),
-    ("relu6_then_relu", "relu6"), ("dropout_modules", "relu"), ("F_dropout", "relu"), ("padding_same", "relu"),
-    ("depthwise_conv", "relu6"), ("grouped_conv", "relu"),
-])
+@pytest.mark.parametrize(
+    "name, act",
+    [
+        ("conv_bn_relu", "relu"),
+        ("conv_nobias_bn", None),
+        ("module_relu6", "relu6"),
+        ("module_hardtanh_0_6", "relu6"),
+        ("F_relu", "relu"),
+        ("F_relu_inplace", "relu"),
+        ("torch_relu", "relu"),
+        ("method_relu", "relu"),
+        ("F_relu6", "relu6"),
+        ("F_hardtanh_0_6", "relu6"),
+        ("clamp_0_6", "relu6"),
+        ("clamp_min_0", "relu"),
+        ("relu6_then_relu", "relu6"),
+        ("dropout_modules", "relu"),
+        ("F_dropout", "relu"),
+        ("padding_same", "relu"),
+        ("depthwise_conv", "relu6"),
+        ("grouped_conv", "relu"),
+    ],
+)
 def test_activation_fused_into_conv(name, act):
     factory, shape, _ = CASES[name]
     graph = prepare(factory().eval(), torch.randn(1, *shape))
@@ -436,8 +566,9 @@ def test_conv_attributes():
     g = prepare(CASES["depthwise_multiplier"][0]().eval(), torch.randn(1, 4, 6, 6))
     assert not _single(g, "conv").is_depthwise  # 2 outputs per group: grouped, not depthwise
     g = prepare(CASES["avg_pool_module_pad"][0]().eval(), torch.randn(1, 4, 9, 9))
-    assert _single(g, "avg_pool").attrs == dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
-                                                count_include_pad=False)
+    assert _single(g, "avg_pool").attrs == dict(
+        kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), count_include_pad=False
+    )
     g = prepare(CASES["F_max_pool_kw"][0]().eval(), torch.randn(1, 4, 8, 8))
     assert _single(g, "max_pool").attrs == dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))
 
@@ -606,18 +737,30 @@ def test_type_errors():
 def test_wrong_example_shape_is_value_error():
     model = nn.Sequential(_conv(4, 6), nn.Flatten(), nn.Linear(6 * 36, 3))
     with pytest.raises(ValueError, match=r"\(3, 6, 6\)"):
-        prepare(model, torch.randn(1, 3, 6, 6))     # wrong channel count
+        prepare(model, torch.randn(1, 3, 6, 6))  # wrong channel count
     with pytest.raises(ValueError, match=r"\(4, 8, 8\)"):
-        prepare(model, torch.randn(1, 4, 8, 8))     # wrong spatial size for the linear layer
+        prepare(model, torch.randn(1, 4, 8, 8))  # wrong spatial size for the linear layer
     with pytest.raises(ValueError, match=r"\(216,\)"):
-        prepare(model, torch.randn(216))            # no batch dimension
+        prepare(model, torch.randn(216))  # no batch dimension
 
 
 def test_prepare_does_not_modify_the_model():
     torch.manual_seed(0)
-    model = randomize_batch_norms(nn.Sequential(
-        _conv(3, 8), nn.BatchNorm2d(8), nn.ReLU(), _conv(8, 8, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4), nn.BatchNorm1d(4)), 0)
+    model = randomize_batch_norms(
+        nn.Sequential(
+            _conv(3, 8),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            _conv(8, 8, groups=8),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 4),
+            nn.BatchNorm1d(4),
+        ),
+        0,
+    )
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     graph = prepare(model, torch.randn(2, 3, 8, 8))

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npuq
+from npuq.quant import intmath as I
 from support import reference_numpy as R
 from support.helpers import (
     BIAS_MODES,
@@ -25,7 +26,6 @@ from support.helpers import (
     requant_params,
     weight_data,
 )
-from npuq.quant import intmath as I
 
 INT32_MIN, INT32_MAX = R.INT32_MIN, R.INT32_MAX
 
@@ -57,8 +57,9 @@ def assert_equal(expected, actual: torch.Tensor, what=""):
     if not np.array_equal(actual.astype(np.int64), expected.astype(np.int64)):
         bad = np.argwhere(actual != expected)
         i = tuple(int(v) for v in bad[0])
-        raise AssertionError(f"{what}: {len(bad)} of {expected.size} differ; first at {i}: "
-                             f"expected {expected[i]}, got {actual[i]}")
+        raise AssertionError(
+            f"{what}: {len(bad)} of {expected.size} differ; first at {i}: expected {expected[i]}, got {actual[i]}"
+        )
 
 
 def outcome(fn):
@@ -195,8 +196,9 @@ def test_requantize_worked_examples(acc, m0, e, s, double, single):
     for rounding, want in (("double", double), ("single", single)):
         got = I.requantize(torch.tensor([[acc]]), m0, e, [s], rounding=rounding)
         assert got.tolist() == [[want]], rounding
-        native = npuq.ops.requantize(np.array([[acc]], np.int32), multiplier=m0, exponent=e,
-                                     channel_shift=np.array([s]), rounding=rounding)
+        native = npuq.ops.requantize(
+            np.array([[acc]], np.int32), multiplier=m0, exponent=e, channel_shift=np.array([s]), rounding=rounding
+        )
         assert native.tolist() == [[want]]
     assert I.requantize(torch.tensor([1000]), 1690499128, -6, output_zero_point=-5).tolist() == [7]
 
@@ -211,8 +213,23 @@ def _grid():
     m = np.array([c[0] for c in combos], np.int64)
     e = np.array([c[1] for c in combos], np.int64)
     s = np.array([c[2] for c in combos], np.int64)
-    acc = np.concatenate([np.arange(-700, 701), [INT32_MIN, INT32_MIN + 1, INT32_MAX - 1, INT32_MAX, 2**30, -(2**30),
-                                                 2**24 + 1, -(2**24) - 1, 3 * 2**20, -3 * 2**20]])
+    acc = np.concatenate(
+        [
+            np.arange(-700, 701),
+            [
+                INT32_MIN,
+                INT32_MIN + 1,
+                INT32_MAX - 1,
+                INT32_MAX,
+                2**30,
+                -(2**30),
+                2**24 + 1,
+                -(2**24) - 1,
+                3 * 2**20,
+                -3 * 2**20,
+            ],
+        ]
+    )
     return np.repeat(acc[:, None], len(combos), axis=1), m, e, s
 
 
@@ -220,10 +237,27 @@ def _grid():
 def test_requantize_corner_grid(rounding):
     acc, m, e, s = _grid()
     for zp, lo, hi in ((0, -128, 127), (-7, -7, 127), (100, -128, 127)):
-        expected = npuq.ops.requantize(acc.astype(np.int32), multiplier=m, exponent=e, channel_shift=s,
-                                       output_zero_point=zp, act_min=lo, act_max=hi, rounding=rounding, threads=1)
-        got = I.requantize(torch.from_numpy(acc), torch.from_numpy(m), torch.from_numpy(e), torch.from_numpy(s),
-                           zp, lo, hi, rounding=rounding)
+        expected = npuq.ops.requantize(
+            acc.astype(np.int32),
+            multiplier=m,
+            exponent=e,
+            channel_shift=s,
+            output_zero_point=zp,
+            act_min=lo,
+            act_max=hi,
+            rounding=rounding,
+            threads=1,
+        )
+        got = I.requantize(
+            torch.from_numpy(acc),
+            torch.from_numpy(m),
+            torch.from_numpy(e),
+            torch.from_numpy(s),
+            zp,
+            lo,
+            hi,
+            rounding=rounding,
+        )
         assert_equal(expected, got, f"grid {rounding} zp={zp}")
 
 
@@ -238,14 +272,17 @@ def test_requantize_raw_value_matches_oracle(rounding):
     assert_equal(expected, got, f"raw {rounding}")
     # the fused one-shift path (the channels with e_c <= 0)
     keep = (e - s) <= 0
-    got = I._requantize_value(torch.from_numpy(acc[:, keep]), torch.from_numpy(m[keep]),
-                              torch.from_numpy((e - s)[keep]), rounding, 1)
+    got = I._requantize_value(
+        torch.from_numpy(acc[:, keep]), torch.from_numpy(m[keep]), torch.from_numpy((e - s)[keep]), rounding, 1
+    )
     assert_equal(expected[:, keep], got, f"fused {rounding}")
     # e_c > 0 saturates: acc = 2^30, M0 = 2^31 - 1, e = 30 (a 2^30-fold multiplier)
     big = torch.tensor([2**30, -(2**30), INT32_MIN])
     raw = I._requantize_raw(big, torch.tensor(2**31 - 1), torch.tensor(30), rounding).tolist()
     # double: a = saturate(acc * 2^30), then SRDHM(a, 2^31 - 1); single: saturate(floor((acc * M0 + 1) / 2))
-    assert raw == ([2**31 - 2, -(2**31) + 1, -(2**31) + 1] if rounding == "double" else [INT32_MAX, INT32_MIN, INT32_MIN])
+    assert raw == (
+        [2**31 - 2, -(2**31) + 1, -(2**31) + 1] if rounding == "double" else [INT32_MAX, INT32_MIN, INT32_MIN]
+    )
     assert raw == R.requantize_raw(big.numpy().reshape(3, 1), 2**31 - 1, 30, None, rounding).ravel().tolist()
 
 
@@ -302,12 +339,16 @@ def test_conv2d_matches_native_and_oracle(case):
     x, wt, bias, zx, geo, acc, p, tp, overflow, form = case
     c_out = wt.shape[0]
     bias_t = None if bias is None else torch.from_numpy(bias)
-    got_acc = I.conv2d_accumulator(_torch_x(x, form), zx, oihw(wt), bias_t, geo["stride"], geo["padding"],
-                                   geo["dilation"], geo["groups"])
+    got_acc = I.conv2d_accumulator(
+        _torch_x(x, form), zx, oihw(wt), bias_t, geo["stride"], geo["padding"], geo["dilation"], geo["groups"]
+    )
     assert_equal(np.moveaxis(acc, -1, 1), got_acc, "conv accumulator vs oracle")
 
-    expected = outcome(lambda: npuq.ops.conv2d(x, wt, bias, input_zero_point=zx, overflow=overflow, threads=1,
-                                               **geo, **native_params(p, c_out)))
+    expected = outcome(
+        lambda: npuq.ops.conv2d(
+            x, wt, bias, input_zero_point=zx, overflow=overflow, threads=1, **geo, **native_params(p, c_out)
+        )
+    )
 
     def simulate():
         a = I.saturate_accumulator(got_acc, overflow, "conv2d")
@@ -339,8 +380,12 @@ def test_conv2d_ambiguous_strides():
     rng = np.random.default_rng(8)
     # one output column with a horizontal stride > 1 and a channels_last-like weight of C_in = 1: torch 2.13's
     # F.conv2d returns wrong sums for these (found by the conv2d property test)
-    for (h, w), (kh, kw), stride, dil in [((7, 4), (3, 3), (1, 3), (1, 1)), ((10, 5), (4, 4), (1, 2), (2, 1)),
-                                          ((6, 6), (4, 4), (1, 3), (1, 1)), ((9, 8), (2, 3), (2, 1), (1, 2))]:
+    for (h, w), (kh, kw), stride, dil in [
+        ((7, 4), (3, 3), (1, 3), (1, 1)),
+        ((10, 5), (4, 4), (1, 2), (2, 1)),
+        ((6, 6), (4, 4), (1, 3), (1, 1)),
+        ((9, 8), (2, 3), (2, 1), (1, 2)),
+    ]:
         x = rng.integers(-128, 128, (2, h, w, 1), dtype=np.int8)  # NHWC, one channel
         wt = rng.integers(-127, 128, (1, kh, kw, 1), dtype=np.int8)
         xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # strides (72, 1, 8, 1)
@@ -353,8 +398,13 @@ def test_conv2d_ambiguous_strides():
 
 def test_saturate_accumulator_wrap_and_saturate_match_oracle():
     rng = np.random.default_rng(4)
-    v = np.concatenate([rng.integers(-(2**62), 2**62, 200), rng.integers(-(2**33), 2**33, 200),
-                        [INT32_MIN - 1, INT32_MIN, INT32_MAX, INT32_MAX + 1, 2**32, -(2**32), 2**63 - 1, -(2**63)]])
+    v = np.concatenate(
+        [
+            rng.integers(-(2**62), 2**62, 200),
+            rng.integers(-(2**33), 2**33, 200),
+            [INT32_MIN - 1, INT32_MIN, INT32_MAX, INT32_MAX + 1, 2**32, -(2**32), 2**63 - 1, -(2**63)],
+        ]
+    )
     t = torch.from_numpy(v)
     assert_equal(R.wrap_int32(v), I.saturate_accumulator(t, "wrap"), "wrap")
     assert_equal(R.saturate_int32(v), I.saturate_accumulator(t, "saturate"), "saturate")
@@ -381,8 +431,11 @@ def test_fully_connected_matches_native_and_oracle(case):
     xt = torch.from_numpy(x).to(torch.float32 if as_float else torch.int64)
     got_acc = I.linear_accumulator(xt, zx, torch.from_numpy(wt), None if bias is None else torch.from_numpy(bias))
     assert_equal(acc, got_acc, "fc accumulator vs oracle")
-    expected = outcome(lambda: npuq.ops.fully_connected(x, wt, bias, input_zero_point=zx, overflow=overflow,
-                                                        threads=1, **native_params(p, wt.shape[0])))
+    expected = outcome(
+        lambda: npuq.ops.fully_connected(
+            x, wt, bias, input_zero_point=zx, overflow=overflow, threads=1, **native_params(p, wt.shape[0])
+        )
+    )
     got = outcome(lambda: I.requantize(I.saturate_accumulator(got_acc, overflow, "fully_connected"), **tp))
     if expected is OverflowError:
         assert got is OverflowError
@@ -418,8 +471,15 @@ def test_overflow_policies_match_native():
     with pytest.raises(OverflowError, match=r"conv2d.*\(0, 1, 0, 0\)"):
         I.saturate_accumulator(accc, "raise", "conv2d")
     for policy in ("saturate", "wrap"):
-        want = npuq.ops.conv2d(to_nhwc(xc).astype(np.int8), to_nhwc(wc).astype(np.int8), bias.numpy().astype(np.int32),
-                               input_zero_point=-28, multiplier=2**30, exponent=-22, overflow=policy)
+        want = npuq.ops.conv2d(
+            to_nhwc(xc).astype(np.int8),
+            to_nhwc(wc).astype(np.int8),
+            bias.numpy().astype(np.int32),
+            input_zero_point=-28,
+            multiplier=2**30,
+            exponent=-22,
+            overflow=policy,
+        )
         got = I.requantize(I.saturate_accumulator(accc, policy), 2**30, -22)
         assert_equal(np.moveaxis(want, -1, 1), got, policy)
 
@@ -485,8 +545,11 @@ def test_accumulators_beyond_2_24_are_exact(op):
 
 
 def test_exact_float_math_restores_settings():
-    before = (torch.backends.mkldnn.conv.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision,
-              torch._C._get_nnpack_enabled())
+    before = (
+        torch.backends.mkldnn.conv.fp32_precision,
+        torch.backends.mkldnn.matmul.fp32_precision,
+        torch._C._get_nnpack_enabled(),
+    )
     old = torch.get_float32_matmul_precision()
     old_matmul = (torch.backends.mkldnn.matmul.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
     try:
@@ -524,12 +587,24 @@ def add_case(draw):
         kw = npuq.ops.add_params(sa, sb, so, left_shift=ls)
     else:  # raw parameters, including flushed multipliers and positive output exponents
         m = st.one_of(st.integers(2**30, 2**31 - 1), st.sampled_from([0, 2**30, 2**31 - 1]))
-        kw = dict(a_multiplier=draw(m), a_exponent=draw(st.integers(-31, 0)), b_multiplier=draw(m),
-                  b_exponent=draw(st.integers(-31, 0)), output_multiplier=draw(m),
-                  output_exponent=draw(st.integers(-31, 30)), left_shift=ls)
+        kw = dict(
+            a_multiplier=draw(m),
+            a_exponent=draw(st.integers(-31, 0)),
+            b_multiplier=draw(m),
+            b_exponent=draw(st.integers(-31, 0)),
+            output_multiplier=draw(m),
+            output_exponent=draw(st.integers(-31, 30)),
+            left_shift=ls,
+        )
     zo, lo, hi = draw(clamps())
-    kw.update(a_zero_point=draw(st.integers(-128, 127)), b_zero_point=draw(st.integers(-128, 127)),
-              output_zero_point=zo, act_min=lo, act_max=hi, rounding=draw(ROUNDING_STRATEGY))
+    kw.update(
+        a_zero_point=draw(st.integers(-128, 127)),
+        b_zero_point=draw(st.integers(-128, 127)),
+        output_zero_point=zo,
+        act_min=lo,
+        act_max=hi,
+        rounding=draw(ROUNDING_STRATEGY),
+    )
     return a, b, kw
 
 
@@ -548,8 +623,9 @@ def test_add_ties_exhaustive():
     a, b = np.meshgrid(v, v, indexing="ij")
     for sa, sb, so in ((0.02, 0.02, 0.03), (0.04, 0.02, 0.05), (0.5, 0.25, 0.125)):
         for rounding in ("double", "single"):
-            kw = dict(npuq.ops.add_params(sa, sb, so), a_zero_point=3, b_zero_point=-5, output_zero_point=1,
-                      rounding=rounding)
+            kw = dict(
+                npuq.ops.add_params(sa, sb, so), a_zero_point=3, b_zero_point=-5, output_zero_point=1, rounding=rounding
+            )
             expected = npuq.ops.add(a, b, **kw)
             assert_equal(expected, I.add(torch.from_numpy(a), torch.from_numpy(b), **kw), f"{sa} {sb} {rounding}")
 
@@ -563,15 +639,25 @@ def test_add_ties_exhaustive():
 def pool_case(draw):
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    pad = (draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
-           draw(st.integers(0, kw - 1)))
+    pad = (
+        draw(st.integers(0, kh - 1)),
+        draw(st.integers(0, kh - 1)),
+        draw(st.integers(0, kw - 1)),
+        draw(st.integers(0, kw - 1)),
+    )
     h = draw(st.integers(max(1, kh - pad[0] - pad[1]), kh + 5))
     w = draw(st.integers(max(1, kw - pad[2] - pad[3]), kw + 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     x = int8_data(rng, (draw(st.integers(1, 2)), h, w, draw(st.integers(1, 5))), draw(DATA_MODES))
     _, lo, hi = draw(clamps())
-    kw_ = dict(stride=stride, padding=pad, count_include_pad=draw(st.booleans()),
-               input_zero_point=draw(st.integers(-128, 127)), act_min=lo, act_max=hi)
+    kw_ = dict(
+        stride=stride,
+        padding=pad,
+        count_include_pad=draw(st.booleans()),
+        input_zero_point=draw(st.integers(-128, 127)),
+        act_min=lo,
+        act_max=hi,
+    )
     return x, (kh, kw), kw_
 
 
@@ -599,12 +685,22 @@ def test_avg_pool2d_ties():
     x3 = np.arange(-40, 41, 5, dtype=np.int8)[:16].reshape(1, 4, 4, 1)
     for cip in (False, True):
         want = npuq.ops.avg_pool2d(x3, 3, stride=1, padding=1, count_include_pad=cip, input_zero_point=-3)
-        assert_equal(np.moveaxis(want, -1, 1),
-                     I.avg_pool2d(nchw(x3), 3, 1, 1, count_include_pad=cip, input_zero_point=-3), f"cip={cip}")
+        assert_equal(
+            np.moveaxis(want, -1, 1),
+            I.avg_pool2d(nchw(x3), 3, 1, 1, count_include_pad=cip, input_zero_point=-3),
+            f"cip={cip}",
+        )
 
 
-@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 6), DATA_MODES, clamps(),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 6),
+    DATA_MODES,
+    clamps(),
+    st.integers(0, 2**32 - 1),
+)
 def test_global_avg_pool_matches_native_and_oracle(n, h, w, c, mode, clamp, seed):
     x = int8_data(np.random.default_rng(seed), (n, h, w, c), mode)
     _, lo, hi = clamp
@@ -634,9 +730,11 @@ def quantize_oracle(x, scale, zp):
     return np.array(out, np.int64).reshape(v.shape)
 
 
-@given(st.lists(st.floats(-300, 300, width=32), min_size=1, max_size=30),
-       st.one_of(st.floats(1e-3, 4.0), st.sampled_from([0.1, 1.0, 0.5, 1 / 255, 0.0078125, 2.0 / 3.0])),
-       st.integers(-128, 127))
+@given(
+    st.lists(st.floats(-300, 300, width=32), min_size=1, max_size=30),
+    st.one_of(st.floats(1e-3, 4.0), st.sampled_from([0.1, 1.0, 0.5, 1 / 255, 0.0078125, 2.0 / 3.0])),
+    st.integers(-128, 127),
+)
 def test_quantize_input_matches_float32_oracle(xs, scale, zp):
     x = np.array(xs, np.float32)
     assert_equal(quantize_oracle(x, scale, zp), I.quantize_input(torch.from_numpy(x), scale, zp), "quantize_input")
@@ -644,8 +742,30 @@ def test_quantize_input_matches_float32_oracle(xs, scale, zp):
 
 def test_quantize_input_corners():
     below_half = np.nextafter(np.float32(0.5), np.float32(0))  # 0.49999997: x + 0.5 would round up to 1
-    x = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, below_half, -below_half, 126.5, -127.5, -128.5, 1e30, -1e30,
-                  np.inf, -np.inf, -0.0, 0.0, 3 * 2**22 + 0.5, 2**23 + 1], np.float32)
+    x = np.array(
+        [
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            below_half,
+            -below_half,
+            126.5,
+            -127.5,
+            -128.5,
+            1e30,
+            -1e30,
+            np.inf,
+            -np.inf,
+            -0.0,
+            0.0,
+            3 * 2**22 + 0.5,
+            2**23 + 1,
+        ],
+        np.float32,
+    )
     want = [1, -1, 2, -2, 3, -3, 0, 0, 127, -128, -128, 127, -128, 127, -128, 0, 0, 127, 127]
     assert I.quantize_input(torch.from_numpy(x), 1.0, 0).tolist() == want
     assert_equal(quantize_oracle(x, 1.0, 0), I.quantize_input(torch.from_numpy(x), 1.0, 0))
@@ -671,8 +791,9 @@ def test_dequantize():
     assert I.dequantize(q2, s, 0).flatten().tolist() == [1.0, 2.0, 4.0] * 2
     # round trip of in-range values
     x = torch.linspace(-1, 1, 101)
-    assert torch.equal(I.quantize_input(I.dequantize(I.quantize_input(x, 0.01, 2), 0.01, 2), 0.01, 2),
-                       I.quantize_input(x, 0.01, 2))
+    assert torch.equal(
+        I.quantize_input(I.dequantize(I.quantize_input(x, 0.01, 2), 0.01, 2), 0.01, 2), I.quantize_input(x, 0.01, 2)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -721,17 +842,75 @@ BAD = [
     (lambda: I.conv2d_accumulator(X[:, :, :2, :2], 0, W, None), ValueError, "empty"),
     (lambda: I.conv2d_accumulator(X.bool(), 0, W, None), TypeError, "x_q"),
     (lambda: I.linear_accumulator(ACC, 0, torch.ones((4, 2))), ValueError, "w_q"),
-    (lambda: I.add(ACC, ACC[:1], a_zero_point=0, a_multiplier=2**30, a_exponent=0, b_zero_point=0, b_multiplier=2**30,
-                   b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0), ValueError, "shape"),
-    (lambda: I.add(ACC, ACC, a_zero_point=0, a_multiplier=2**30, a_exponent=1, b_zero_point=0, b_multiplier=2**30,
-                   b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0), ValueError,
-     "a_exponent"),
-    (lambda: I.add(ACC, ACC, a_zero_point=0, a_multiplier=2**30, a_exponent=0, b_zero_point=0, b_multiplier=7,
-                   b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0), ValueError,
-     "b_multiplier"),
-    (lambda: I.add(ACC, ACC, a_zero_point=0, a_multiplier=2**30, a_exponent=0, b_zero_point=0, b_multiplier=2**30,
-                   b_exponent=0, output_zero_point=0, output_multiplier=2**30, output_exponent=0, left_shift=23),
-     ValueError, "left_shift"),
+    (
+        lambda: I.add(
+            ACC,
+            ACC[:1],
+            a_zero_point=0,
+            a_multiplier=2**30,
+            a_exponent=0,
+            b_zero_point=0,
+            b_multiplier=2**30,
+            b_exponent=0,
+            output_zero_point=0,
+            output_multiplier=2**30,
+            output_exponent=0,
+        ),
+        ValueError,
+        "shape",
+    ),
+    (
+        lambda: I.add(
+            ACC,
+            ACC,
+            a_zero_point=0,
+            a_multiplier=2**30,
+            a_exponent=1,
+            b_zero_point=0,
+            b_multiplier=2**30,
+            b_exponent=0,
+            output_zero_point=0,
+            output_multiplier=2**30,
+            output_exponent=0,
+        ),
+        ValueError,
+        "a_exponent",
+    ),
+    (
+        lambda: I.add(
+            ACC,
+            ACC,
+            a_zero_point=0,
+            a_multiplier=2**30,
+            a_exponent=0,
+            b_zero_point=0,
+            b_multiplier=7,
+            b_exponent=0,
+            output_zero_point=0,
+            output_multiplier=2**30,
+            output_exponent=0,
+        ),
+        ValueError,
+        "b_multiplier",
+    ),
+    (
+        lambda: I.add(
+            ACC,
+            ACC,
+            a_zero_point=0,
+            a_multiplier=2**30,
+            a_exponent=0,
+            b_zero_point=0,
+            b_multiplier=2**30,
+            b_exponent=0,
+            output_zero_point=0,
+            output_multiplier=2**30,
+            output_exponent=0,
+            left_shift=23,
+        ),
+        ValueError,
+        "left_shift",
+    ),
     (lambda: I.avg_pool2d(X, 3, padding=3), ValueError, "padding"),
     (lambda: I.avg_pool2d(X, 3, count_include_pad=1), TypeError, "count_include_pad"),
     (lambda: I.avg_pool2d(X, 0), ValueError, "kernel_size"),
@@ -762,13 +941,15 @@ def test_bad_arguments(i):
 def test_cuda_matches_cpu():
     rng = np.random.default_rng(3)
     dev = torch.device("cuda")
-    for groups, c_in, c_out, k, dil, stride, pad, zx in [(1, 16, 8, 3, 1, 1, (1, 1, 1, 1), -128),
-                                                        (16, 16, 32, 3, 2, 2, (2, 0, 1, 2), 5),
-                                                        (1, 1024, 4, 3, 1, 1, 1, -128),  # float64 path
-                                                        (2, 64, 64, 5, 1, 3, (0, 4, 4, 0), 127)]:
+    for groups, c_in, c_out, k, dil, stride, pad, zx in [
+        (1, 16, 8, 3, 1, 1, (1, 1, 1, 1), -128),
+        (16, 16, 32, 3, 2, 2, (2, 0, 1, 2), 5),
+        (1, 1024, 4, 3, 1, 1, 1, -128),  # float64 path
+        (2, 64, 64, 5, 1, 3, (0, 4, 4, 0), 127),
+    ]:
         x = torch.from_numpy(rng.integers(-128, 128, (2, c_in, 9, 9)))
         w = torch.from_numpy(rng.integers(-127, 128, (c_out, c_in // groups, k, k)))
-        b = torch.from_numpy(rng.integers(-2**20, 2**20, c_out))
+        b = torch.from_numpy(rng.integers(-(2**20), 2**20, c_out))
         cpu = I.conv2d_accumulator(x, zx, w, b, stride, pad, dil, groups)
         gpu = I.conv2d_accumulator(x.to(dev), zx, w.to(dev), b.to(dev), stride, pad, dil, groups)
         assert torch.equal(cpu, gpu.cpu())
@@ -777,8 +958,10 @@ def test_cuda_matches_cpu():
         s = torch.from_numpy(rng.integers(0, 4, c_out))
         for rounding in ("double", "single"):
             a = I.saturate_accumulator(cpu, "wrap")
-            assert torch.equal(I.requantize(a, m, e, s, 3, rounding=rounding),
-                               I.requantize(a.to(dev), m.to(dev), e.to(dev), s.to(dev), 3, rounding=rounding).cpu())
+            assert torch.equal(
+                I.requantize(a, m, e, s, 3, rounding=rounding),
+                I.requantize(a.to(dev), m.to(dev), e.to(dev), s.to(dev), 3, rounding=rounding).cpu(),
+            )
     xf = torch.from_numpy(rng.standard_normal(4096).astype(np.float32) * 50)
     for scale in (0.1, 0.37, 1 / 255):
         assert torch.equal(I.quantize_input(xf, scale, -3), I.quantize_input(xf.to(dev), scale, -3).cpu())

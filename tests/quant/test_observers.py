@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from npuq.quant.observers import (
     DEGENERATE_SCALE,
     KLObserver,
@@ -151,9 +152,11 @@ def test_percentile_100_is_minmax():
 @pytest.mark.parametrize("bits, dist, gain", [(8, "student2", 0.97), (8, "laplace", 1.0), (4, "normal", 0.6)])
 def test_mse_beats_minmax_on_heavy_tails(bits, dist, gain):
     torch.manual_seed(4)
-    x = {"student2": lambda: torch.distributions.StudentT(torch.tensor(2.0)).sample((20000,)),
-         "laplace": lambda: torch.distributions.Laplace(0.0, 1.0).sample((20000,)),
-         "normal": lambda: torch.randn(20000)}[dist]()
+    x = {
+        "student2": lambda: torch.distributions.StudentT(torch.tensor(2.0)).sample((20000,)),
+        "laplace": lambda: torch.distributions.Laplace(0.0, 1.0).sample((20000,)),
+        "normal": lambda: torch.randn(20000),
+    }[dist]()
     mm = feed(MinMaxObserver(bits=bits), x).compute()
     ms = feed(MSEObserver(bits=bits), x).compute()
     assert mse_of(ms, x) <= gain * mse_of(mm, x)

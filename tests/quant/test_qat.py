@@ -15,10 +15,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _net():
     torch.manual_seed(0)
-    return randomize_batch_norms(nn.Sequential(
-        nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
-        nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), 3).eval()
+    return randomize_batch_norms(
+        nn.Sequential(
+            nn.Conv2d(1, 8, 3, 2, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 16, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 10),
+        ),
+        3,
+    ).eval()
 
 
 def _x(n=16, seed=1):
@@ -36,7 +47,7 @@ def test_forward_equals_the_weight_only_quantized_model(method, bits):
 
 def test_gradients_pass_straight_through_and_training_reduces_the_loss():
     model, x = _net(), _x(64)
-    y = (x[:, 0, :8].mean((1, 2)) > x[:, 0, 8:].mean((1, 2))).long()   # learnable: which half is brighter
+    y = (x[:, 0, :8].mean((1, 2)) > x[:, 0, 8:].mean((1, 2))).long()  # learnable: which half is brighter
     fq = FakeQuantModel(prepare(model, x[:2]), bits=4)
     opt = torch.optim.SGD(fq.parameters(), lr=0.05, momentum=0.9)
     losses = []

@@ -70,11 +70,14 @@ def test_a_duplicate_or_undeclared_name_is_refused():
     assert "wess_new" not in WEIGHT_QUANTIZERS and "histogram" not in ACTIVATION_OBSERVERS
 
 
-@pytest.mark.parametrize("call, known", [
-    (lambda: quantize_weight(torch.ones(2, 3), "wes"), methods.WEIGHT_METHODS),
-    (lambda: observers.make_observer("histogram"), methods.ACTIVATION_METHODS),
-    (lambda: build_model("resnet18"), ("cnn", "mobilenet_v1", "mobilenet_v2")),
-])
+@pytest.mark.parametrize(
+    "call, known",
+    [
+        (lambda: quantize_weight(torch.ones(2, 3), "wes"), methods.WEIGHT_METHODS),
+        (lambda: observers.make_observer("histogram"), methods.ACTIVATION_METHODS),
+        (lambda: build_model("resnet18"), ("cnn", "mobilenet_v1", "mobilenet_v2")),
+    ],
+)
 def test_an_unknown_name_lists_the_known_ones(call, known):
     with pytest.raises(UnknownNameError) as info:
         call()

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 
 from npuq.fixedpoint import MultiplierFlushedWarning
 from npuq.quant import quantize
-from npuq.quant.bias_range import INT32_MAX, BiasRangeWarning, fit_biases, max_input_deviation
-from npuq.quant.equalize import (EqualizationError, EqualizationWarning, cross_layer_equalize,
-                                 empirical_bias_correction)
-from npuq.quant.graph import prepare
 from npuq.quant.api import quantize_graph_weights
+from npuq.quant.bias_range import INT32_MAX, BiasRangeWarning, fit_biases, max_input_deviation
+from npuq.quant.equalize import EqualizationError, EqualizationWarning, cross_layer_equalize, empirical_bias_correction
+from npuq.quant.graph import prepare
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,8 +35,9 @@ def dead_channel_model(act=nn.ReLU6, gamma=1e-9, beta=0.7) -> nn.Module:
     """conv 3x3 + BN (eps 1e-3) + act -> padded 3x3 conv; BN channel DEAD has gamma ``gamma``: after folding
     its weights are ~1e9 below the other channels' while its bias (its constant output) stays ``beta``."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, eps=1e-3), act(),
-                          nn.Conv2d(8, 4, 3, padding=1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8, eps=1e-3), act(), nn.Conv2d(8, 4, 3, padding=1)
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         bn = model[1]
@@ -63,7 +63,7 @@ def _capture(q, x):
 @pytest.mark.parametrize("weights", ["per_channel", "wess", "wess_mse"])
 def test_dead_channel_bias_fits_int32(weights, cle, act):
     model = dead_channel_model(act)
-    calib = _batches(2, (8, 3, 12, 12), seed=2, scale=0.1)   # small inputs: a small input scale
+    calib = _batches(2, (8, 3, 12, 12), seed=2, scale=0.1)  # small inputs: a small input scale
     graph = prepare(model, calib[0])
     first = graph.layers()[0]
     ranges = first.weight.abs().reshape(8, -1).amax(dim=1)
@@ -178,8 +178,15 @@ def test_fit_biases_leaves_ordinary_layers_alone():
 
 def pair_model(act) -> nn.Module:
     torch.manual_seed(8)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), act(), nn.Conv2d(6, 5, 3, padding=1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        act(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    )
     with torch.no_grad():
         model[0].weight.mul_(torch.tensor([8.0, 0.1, 1.0, 3.0, 0.3, 1.0]).reshape(-1, 1, 1, 1))
         model[1].running_var.uniform_(0.5, 1.5)

@@ -14,6 +14,7 @@ from npuq import ops
 from npuq.quant import UnsupportedOpsError, quantize
 from npuq.quant.graph import prepare
 
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)  # model initialisation is part of each test's input
@@ -79,26 +80,51 @@ def native_node(qmodel, node, ins):
     if k in ("conv", "linear"):
         lp = qmodel.layers[node.name]
         c = lp.weight.shape[0]
-        req = dict(multiplier=_per_channel(lp.multiplier, c), exponent=_per_channel(lp.exponent, c),
-                   channel_shift=lp.shift.numpy().astype(np.int64), output_zero_point=lp.output_zero_point,
-                   act_min=lp.act_min, act_max=lp.act_max, rounding=qmodel.rounding)
+        req = dict(
+            multiplier=_per_channel(lp.multiplier, c),
+            exponent=_per_channel(lp.exponent, c),
+            channel_shift=lp.shift.numpy().astype(np.int64),
+            output_zero_point=lp.output_zero_point,
+            act_min=lp.act_min,
+            act_max=lp.act_max,
+            rounding=qmodel.rounding,
+        )
         bias = lp.bias.numpy().astype(np.int32)
         if k == "conv":
             a = node.attrs
-            y = ops.conv2d(_nhwc(ins[0]), _ohwi(lp.weight), bias, input_zero_point=lp.input_zero_point,
-                           stride=a["stride"], padding=a["padding"], dilation=a["dilation"], groups=a["groups"], **req)
+            y = ops.conv2d(
+                _nhwc(ins[0]),
+                _ohwi(lp.weight),
+                bias,
+                input_zero_point=lp.input_zero_point,
+                stride=a["stride"],
+                padding=a["padding"],
+                dilation=a["dilation"],
+                groups=a["groups"],
+                **req,
+            )
             return torch.from_numpy(y.astype(np.int64)).permute(0, 3, 1, 2)
-        y = ops.fully_connected(ins[0].numpy().astype(np.int8), lp.weight.numpy().astype(np.int8), bias,
-                                input_zero_point=lp.input_zero_point, **req)
+        y = ops.fully_connected(
+            ins[0].numpy().astype(np.int8),
+            lp.weight.numpy().astype(np.int8),
+            bias,
+            input_zero_point=lp.input_zero_point,
+            **req,
+        )
         return torch.from_numpy(y.astype(np.int64))
     if k == "add":
         y = ops.add(_nhwc(ins[0]), _nhwc(ins[1]), rounding=qmodel.rounding, **qmodel.add_params[node.name])
         return torch.from_numpy(y.astype(np.int64)).permute(0, 3, 1, 2)
     if k == "avg_pool":
         a = node.attrs
-        y = ops.avg_pool2d(_nhwc(ins[0]), a["kernel_size"], stride=a["stride"], padding=a["padding"],
-                           count_include_pad=a["count_include_pad"],
-                           input_zero_point=qmodel.qparams[node.inputs[0]].zero_point)
+        y = ops.avg_pool2d(
+            _nhwc(ins[0]),
+            a["kernel_size"],
+            stride=a["stride"],
+            padding=a["padding"],
+            count_include_pad=a["count_include_pad"],
+            input_zero_point=qmodel.qparams[node.inputs[0]].zero_point,
+        )
         return torch.from_numpy(y.astype(np.int64)).permute(0, 3, 1, 2)
     if k == "global_pool":
         y = ops.global_avg_pool(_nhwc(ins[0]))
@@ -258,8 +284,9 @@ def test_cle_and_bias_correction_compose_with_wess():
     model = _randomize_bn(SmallNet().eval(), spread=30.0)
     calib = _calib()
     # SmallNet's only pair has a ReLU6 between: equalized only with the explicit opt-in
-    q = quantize(model, calib, weights="wess", bits=6, activations="minmax", cle=True, bias_correction=True,
-                 cle_relu6="replace")
+    q = quantize(
+        model, calib, weights="wess", bits=6, activations="minmax", cle=True, bias_correction=True, cle_relu6="replace"
+    )
     assert q.report.config["cle"] and q.report.config["bias_correction"]
     assert q.report.equalization["pairs"]
     x = calib[0]
@@ -359,8 +386,11 @@ def test_native_backend_equals_torch_simulation_node_by_node(weights, rounding):
         assert torch.equal(env_t[node.name], env_n[node.name]), node.describe()
     assert torch.equal(out_t, out_n)
     q.backend = "native"
-    assert torch.equal(q(x), q.run_integer(x).sub(q.output_qparams().zero_point).float()
-                       * torch.tensor(q.output_qparams().scale, dtype=torch.float32))
+    assert torch.equal(
+        q(x),
+        q.run_integer(x).sub(q.output_qparams().zero_point).float()
+        * torch.tensor(q.output_qparams().scale, dtype=torch.float32),
+    )
 
 
 def test_native_backend_refuses_float_ops():
@@ -429,8 +459,20 @@ def conv_stacks(draw):
         act = draw(st.sampled_from([None, "relu", "relu6"]))
         residual = stride == 1 and c_out == c and 2 * pad == ext - 1 and draw(st.booleans())
         pool = draw(st.booleans()) and size >= 4
-        layers.append(dict(c_in=c, c_out=c_out, k=k, stride=stride, pad=pad, dil=dil, groups=groups, act=act,
-                           residual=residual, pool=pool))
+        layers.append(
+            dict(
+                c_in=c,
+                c_out=c_out,
+                k=k,
+                stride=stride,
+                pad=pad,
+                dil=dil,
+                groups=groups,
+                act=act,
+                residual=residual,
+                pool=pool,
+            )
+        )
         size = (size + 2 * pad - ext) // stride + 1
         if pool:
             size = (size - 2) // 2 + 1
@@ -442,8 +484,9 @@ class RandomNet(nn.Module):
     def __init__(self, layers):
         super().__init__()
         self.spec = layers
-        self.convs = nn.ModuleList(nn.Conv2d(s["c_in"], s["c_out"], s["k"], s["stride"], s["pad"], s["dil"],
-                                             s["groups"]) for s in layers)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(s["c_in"], s["c_out"], s["k"], s["stride"], s["pad"], s["dil"], s["groups"]) for s in layers
+        )
         self.bns = nn.ModuleList(nn.BatchNorm2d(s["c_out"]) for s in layers)
         self.fc = nn.Linear(layers[-1]["c_out"], 5)
 
@@ -461,9 +504,13 @@ class RandomNet(nn.Module):
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(net=conv_stacks(), weights=st.sampled_from(["per_layer", "per_channel", "wess", "wess_mse"]),
-       rounding=st.sampled_from(["double", "single"]), bits=st.integers(2, 8),
-       observer=st.sampled_from(["minmax", "percentile", "mse", "kl"]))
+@given(
+    net=conv_stacks(),
+    weights=st.sampled_from(["per_layer", "per_channel", "wess", "wess_mse"]),
+    rounding=st.sampled_from(["double", "single"]),
+    bits=st.integers(2, 8),
+    observer=st.sampled_from(["minmax", "percentile", "mse", "kl"]),
+)
 def test_random_networks_simulation_equals_native(net, weights, rounding, bits, observer):
     c_in, size, layers, seed = net
     torch.manual_seed(seed)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from npuq.quant.weights import (
     DATA_AWARE_METHODS,
     METHODS,
@@ -80,8 +81,20 @@ def sq_error(w, qw):
 
 @pytest.mark.parametrize(
     "x, expect",
-    [(0.5, 1), (-0.5, -1), (1.5, 2), (2.5, 3), (-2.5, -3), (0.49999999999999994, 0), (-0.49999999999999994, 0),
-     (2.4999999999999996, 2), (-0.0, 0), (1e300, int(1e300)), (4503599627370497.0, 4503599627370497), (-7.0, -7)],
+    [
+        (0.5, 1),
+        (-0.5, -1),
+        (1.5, 2),
+        (2.5, 3),
+        (-2.5, -3),
+        (0.49999999999999994, 0),
+        (-0.49999999999999994, 0),
+        (2.4999999999999996, 2),
+        (-0.0, 0),
+        (1e300, int(1e300)),
+        (4503599627370497.0, 4503599627370497),
+        (-7.0, -7),
+    ],
 )
 def test_round_half_away_examples(x, expect):
     assert round_half_away(x) == expect
@@ -112,8 +125,13 @@ def test_round_half_away_rejects_nonfinite():
 
 
 @settings(max_examples=25)
-@given(st.integers(0, 2**32 - 1), st.sampled_from(["per_layer", "per_channel", "wess"]), st.sampled_from(ALL_BITS),
-       st.integers(0, 4), st.sampled_from([(5,), (2, 3, 3), (1, 1, 1)]))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["per_layer", "per_channel", "wess"]),
+    st.sampled_from(ALL_BITS),
+    st.integers(0, 4),
+    st.sampled_from([(5,), (2, 3, 3), (1, 1, 1)]),
+)
 def test_error_bound_and_ranges(seed, method, bits, shift_bits, shape):
     w = make_layer(seed, channels=6, shape=shape, spread=18)
     qw = quantize_weight(w, method, bits, shift_bits=shift_bits)
@@ -171,10 +189,21 @@ def _layer_with_ranges(ranges, rng, k=7):
 
 
 @settings(max_examples=60)
-@given(st.integers(0, 2**32 - 1), st.integers(0, 4),
-       st.lists(st.tuples(st.integers(-25, 2), st.sampled_from(["pow2", "below", "above", "mantissa", "zero"]),
-                          st.floats(0.5, 1.0, exclude_max=True)), min_size=1, max_size=8),
-       st.floats(0.5, 1.0, exclude_max=True), st.integers(-60, 60))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 4),
+    st.lists(
+        st.tuples(
+            st.integers(-25, 2),
+            st.sampled_from(["pow2", "below", "above", "mantissa", "zero"]),
+            st.floats(0.5, 1.0, exclude_max=True),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.floats(0.5, 1.0, exclude_max=True),
+    st.integers(-60, 60),
+)
 def test_wess_shift_formula_matches_fractions(seed, shift_bits, specs, top_mantissa, top_exp):
     """Ranges R_layer / 2^k exactly, one ulp above and below, and arbitrary mantissas."""
     rng = np.random.default_rng(seed)
@@ -183,8 +212,13 @@ def test_wess_shift_formula_matches_fractions(seed, shift_bits, specs, top_manti
     for k, kind, m in specs:
         k = abs(k)
         base = math.ldexp(r_layer, -k)
-        r = {"pow2": base, "below": math.nextafter(base, 0), "above": math.nextafter(base, math.inf),
-             "mantissa": base * m, "zero": 0.0}[kind]
+        r = {
+            "pow2": base,
+            "below": math.nextafter(base, 0),
+            "above": math.nextafter(base, math.inf),
+            "mantissa": base * m,
+            "zero": 0.0,
+        }[kind]
         ranges.append(min(r, r_layer))
     rng.shuffle(ranges)
     w = _layer_with_ranges(ranges, rng)
@@ -298,8 +332,14 @@ def test_per_layer_collapses_wess_keeps_small_channels():
 
 
 @settings(max_examples=15)
-@given(st.integers(0, 2**32 - 1), st.sampled_from(ALL_BITS), st.integers(0, 4), st.integers(0, 12),
-       st.sampled_from([(4,), (2, 2, 2)]), st.booleans())
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(ALL_BITS),
+    st.integers(0, 4),
+    st.integers(0, 12),
+    st.sampled_from([(4,), (2, 2, 2)]),
+    st.booleans(),
+)
 def test_wess_mse_never_worse_than_wess(seed, bits, shift_bits, spread, shape, heavy):
     w = make_layer(seed, channels=5, shape=shape, spread=spread)
     if heavy:  # an outlier makes clipping worthwhile
@@ -387,8 +427,13 @@ def test_bad_inputs():
     bad[3, 1, 0, 0] = float("inf")
     msg = _raises(ValueError, r"`conv1`.*2 non-finite", quantize_weight, bad, name="conv1")
     assert "(1, 0, 2, 1)" in msg and "nan" in msg
-    _raises(ValueError, r"cannot choose a scale for an all-zero weight tensor `head`", quantize_weight,
-            torch.zeros(4, 3), name="head")
+    _raises(
+        ValueError,
+        r"cannot choose a scale for an all-zero weight tensor `head`",
+        quantize_weight,
+        torch.zeros(4, 3),
+        name="head",
+    )
     msg = _raises(ValueError, r"unknown .*method 'wes'", quantize_weight, w, "wes")
     assert all(m in msg for m in METHODS)
     for bits in (1, 9, 0, 8.0, True, "8", None):

@@ -6,7 +6,6 @@ skipped with the install command as the reason, except under CI (``NPUQ_CI=1``, 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import warnings
@@ -14,13 +13,14 @@ import warnings
 import numpy as np
 import pytest
 
-from support.helpers import on_ci
 from npuq import speech as S
 from npuq.speech import corpus as C
+from support.helpers import on_ci
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
-needs_espeak = pytest.mark.skipif(not HAVE_ESPEAK and not on_ci(),
-                                  reason="espeak-ng is not installed (sudo apt-get install espeak-ng)")
+needs_espeak = pytest.mark.skipif(
+    not HAVE_ESPEAK and not on_ci(), reason="espeak-ng is not installed (sudo apt-get install espeak-ng)"
+)
 
 SMALL = dict(train_size=4, dev_size=2, test_size=2, voices=("en-us", "en-gb"), variants=("m3", "f2", "klatt"))
 
@@ -251,8 +251,10 @@ def test_vocabulary_round_trip():
 
 def test_collate_pads_features_and_targets():
     torch = pytest.importorskip("torch")
-    batch = [(np.ones((5, 80), np.float32), S.VOCAB.encode("one two")),
-             (2 * np.ones((3, 80), np.float32), S.VOCAB.encode("oh"))]
+    batch = [
+        (np.ones((5, 80), np.float32), S.VOCAB.encode("one two")),
+        (2 * np.ones((3, 80), np.float32), S.VOCAB.encode("oh")),
+    ]
     out = S.collate(batch, add_sos=True, add_eos=True)
     assert out["features"].shape == (2, 5, 80) and out["features"].dtype == torch.float32
     assert out["feature_lengths"].tolist() == [5, 3]

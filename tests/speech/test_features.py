@@ -59,8 +59,9 @@ def test_short_signal_is_one_zero_padded_frame():
     np.testing.assert_allclose(got, reference_log_mel(signal), atol=1e-4)
 
 
-@pytest.mark.parametrize("n, frames", [(0, 1), (1, 1), (399, 1), (400, 1), (559, 1), (560, 2), (16000, 98),
-                                       (16001, 98), (16080, 99)])
+@pytest.mark.parametrize(
+    "n, frames", [(0, 1), (1, 1), (399, 1), (400, 1), (559, 1), (560, 2), (16000, 98), (16001, 98), (16080, 99)]
+)
 def test_frame_count(n, frames):
     assert F.num_frames(n) == frames
     assert F.log_mel(np.zeros(n)).shape == (frames, 80)
@@ -117,8 +118,14 @@ def test_normalizations():
     np.testing.assert_allclose(g.mean(axis=0), 0.0, atol=1e-3)
 
 
-@pytest.mark.parametrize("bad, error", [(np.zeros((2, 400)), ValueError), (np.zeros(400, dtype=np.int16), TypeError),
-                                        (np.array([0.0, np.nan] * 300), ValueError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (np.zeros((2, 400)), ValueError),
+        (np.zeros(400, dtype=np.int16), TypeError),
+        (np.array([0.0, np.nan] * 300), ValueError),
+    ],
+)
 def test_bad_signals(bad, error):
     with pytest.raises(error, match="signal"):
         F.log_mel(bad)

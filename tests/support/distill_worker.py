@@ -74,7 +74,8 @@ def experiment_killed_after(config: str, out: str, kill_after_epoch: int, test_i
     torch.set_num_threads(1)
     data = experiment._data
     experiment._data = lambda exp: (lambda train, test: (train, (test[0][:test_images], test[1][:test_images])))(
-        *data(exp))
+        *data(exp)
+    )
     save = trainer.save_checkpoint
 
     def save_then_die(path, learner, epoch, history, extra=None):

@@ -15,6 +15,7 @@ from support import reference_numpy as R
 
 INT32_MIN, INT32_MAX = R.INT32_MIN, R.INT32_MAX
 
+
 def on_ci() -> bool:
     """Whether this is CI (.ci/run sets NPUQ_CI=1), where every test must run: a missing tool or server is
     then a failure, not a skip."""
@@ -187,7 +188,8 @@ def assert_same(expected, actual, what=""):
         bad = np.argwhere(actual != expected)
         i = tuple(int(v) for v in bad[0])
         raise AssertionError(
-            f"{what}: {len(bad)} of {expected.size} values differ; first at {i}: expected {expected[i]}, got {actual[i]}"
+            f"{what}: {len(bad)} of {expected.size} values differ; "
+            f"first at {i}: expected {expected[i]}, got {actual[i]}"
         )
 
 

@@ -41,9 +41,18 @@ def main(argv):
         return 0.1 + (0.2 if ranks["2"] is not None else 0.0) + sum(0.01 for r in ranks.values() if r is not None)
 
     space = SearchSpace(model, fractions=(0.1, 0.3, 0.5))
-    result = optuna_search(Evaluator(space, evaluate), target=2.0, n_trials=n_trials, storage=url, study_name=study,
-                           population_size=4, heartbeat_interval=1, grace_period=3, poll_interval=0.5,
-                           progress=False)
+    result = optuna_search(
+        Evaluator(space, evaluate),
+        target=2.0,
+        n_trials=n_trials,
+        storage=url,
+        study_name=study,
+        population_size=4,
+        heartbeat_interval=1,
+        grace_period=3,
+        poll_interval=0.5,
+        progress=False,
+    )
     print(f"study {study}: {len(result.history)} completed trials, {result.evaluations} evaluated here")
     return 0
 

@@ -79,14 +79,29 @@ def _layer(op, x: np.ndarray, rounding: str, overflow: str) -> np.ndarray:
     weight = np.asarray(t["weight"], dtype=np.int64)
     bias = np.asarray(t["bias"], dtype=np.int64)
     if op.kind == "conv2d":
-        acc = R.conv2d_acc(x, weight, bias, input_zero_point=a["input_zero_point"], stride=tuple(a["stride"]),
-                           padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"])
+        acc = R.conv2d_acc(
+            x,
+            weight,
+            bias,
+            input_zero_point=a["input_zero_point"],
+            stride=tuple(a["stride"]),
+            padding=tuple(a["padding"]),
+            dilation=tuple(a["dilation"]),
+            groups=a["groups"],
+        )
     else:
         acc = R.fully_connected_acc(x, weight, bias, input_zero_point=a["input_zero_point"])
     acc = R.apply_overflow(acc, overflow, op.name)
-    return R.requantize(acc, _per_layer_or_channel(t["multiplier"]), _per_layer_or_channel(t["exponent"]),
-                        np.asarray(t["shift"], dtype=np.int64), a["output_zero_point"], a["act_min"], a["act_max"],
-                        rounding).astype(np.int64)
+    return R.requantize(
+        acc,
+        _per_layer_or_channel(t["multiplier"]),
+        _per_layer_or_channel(t["exponent"]),
+        np.asarray(t["shift"], dtype=np.int64),
+        a["output_zero_point"],
+        a["act_min"],
+        a["act_max"],
+        rounding,
+    ).astype(np.int64)
 
 
 def run_op(op, args: list[np.ndarray], rounding: str, overflow: str) -> np.ndarray:
@@ -95,15 +110,34 @@ def run_op(op, args: list[np.ndarray], rounding: str, overflow: str) -> np.ndarr
     if k in ("conv2d", "fully_connected"):
         return _layer(op, args[0], rounding, overflow)
     if k == "add":
-        y = R.add(args[0], args[1], a_zero_point=a["a_zero_point"], a_multiplier=a["a_multiplier"],
-                  a_exponent=a["a_exponent"], b_zero_point=a["b_zero_point"], b_multiplier=a["b_multiplier"],
-                  b_exponent=a["b_exponent"], output_zero_point=a["output_zero_point"],
-                  output_multiplier=a["output_multiplier"], output_exponent=a["output_exponent"],
-                  left_shift=a["left_shift"], act_min=a["act_min"], act_max=a["act_max"], rounding=rounding)
+        y = R.add(
+            args[0],
+            args[1],
+            a_zero_point=a["a_zero_point"],
+            a_multiplier=a["a_multiplier"],
+            a_exponent=a["a_exponent"],
+            b_zero_point=a["b_zero_point"],
+            b_multiplier=a["b_multiplier"],
+            b_exponent=a["b_exponent"],
+            output_zero_point=a["output_zero_point"],
+            output_multiplier=a["output_multiplier"],
+            output_exponent=a["output_exponent"],
+            left_shift=a["left_shift"],
+            act_min=a["act_min"],
+            act_max=a["act_max"],
+            rounding=rounding,
+        )
     elif k == "avg_pool2d":
-        y = R.avg_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]),
-                         count_include_pad=a["count_include_pad"], input_zero_point=a["input_zero_point"],
-                         act_min=a["act_min"], act_max=a["act_max"])
+        y = R.avg_pool2d(
+            args[0],
+            tuple(a["kernel"]),
+            stride=tuple(a["stride"]),
+            padding=tuple(a["padding"]),
+            count_include_pad=a["count_include_pad"],
+            input_zero_point=a["input_zero_point"],
+            act_min=a["act_min"],
+            act_max=a["act_max"],
+        )
     elif k == "global_avg_pool":
         y = R.global_avg_pool(args[0], act_min=a["act_min"], act_max=a["act_max"])
     elif k == "max_pool2d":

@@ -85,8 +85,13 @@ def conv_case(draw):
     wt = weight_data(rng, (c_out, kh, kw, cig), draw(DATA_MODES))
     bias = bias_data(rng, c_out, draw(BIAS_MODES))
     zx = draw(st.one_of(st.just(0), st.integers(-128, 127), st.sampled_from([-128, 127])))
-    geometry = dict(input_zero_point=zx, stride=_pair_arg(draw, sh, sw), padding=_padding_arg(draw, pad),
-                    dilation=_pair_arg(draw, dh, dw), groups=groups)
+    geometry = dict(
+        input_zero_point=zx,
+        stride=_pair_arg(draw, sh, sw),
+        padding=_padding_arg(draw, pad),
+        dilation=_pair_arg(draw, dh, dw),
+        groups=groups,
+    )
     acc = R.conv2d_acc(x, wt, bias, **geometry)
     params = draw(requant_params(R.saturate_int32(acc), c_out))
     params["overflow"] = draw(OVERFLOW_STRATEGY)
@@ -118,8 +123,12 @@ SCALES = st.floats(min_value=-12, max_value=4).map(lambda v: float(2.0**v))
 
 @st.composite
 def add_case(draw):
-    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 6)),
-             draw(st.one_of(st.integers(1, 40), st.sampled_from([16, 17, 32, 33, 64, 65]))))
+    shape = (
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, 6)),
+        draw(st.integers(1, 6)),
+        draw(st.one_of(st.integers(1, 40), st.sampled_from([16, 17, 32, 33, 64, 65]))),
+    )
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     a = int8_data(rng, shape, draw(DATA_MODES))
     b = int8_data(rng, shape, draw(DATA_MODES))
@@ -137,14 +146,24 @@ def add_case(draw):
         scales = (s_a, s_b, s_out, left_shift)
     else:
         params = dict(
-            a_multiplier=draw(st.integers(2**30, 2**31 - 1)), a_exponent=draw(st.integers(-31, 0)),
-            b_multiplier=draw(st.integers(2**30, 2**31 - 1)), b_exponent=draw(st.integers(-31, 0)),
-            output_multiplier=draw(st.integers(2**30, 2**31 - 1)), output_exponent=draw(st.integers(-31, 30)),
+            a_multiplier=draw(st.integers(2**30, 2**31 - 1)),
+            a_exponent=draw(st.integers(-31, 0)),
+            b_multiplier=draw(st.integers(2**30, 2**31 - 1)),
+            b_exponent=draw(st.integers(-31, 0)),
+            output_multiplier=draw(st.integers(2**30, 2**31 - 1)),
+            output_exponent=draw(st.integers(-31, 30)),
             left_shift=draw(st.integers(0, 22)),
         )
         scales = None
-    kw = dict(params, a_zero_point=draw(st.integers(-128, 127)), b_zero_point=draw(st.integers(-128, 127)),
-              output_zero_point=zp, act_min=lo, act_max=hi, rounding=draw(ROUNDING_STRATEGY))
+    kw = dict(
+        params,
+        a_zero_point=draw(st.integers(-128, 127)),
+        b_zero_point=draw(st.integers(-128, 127)),
+        output_zero_point=zp,
+        act_min=lo,
+        act_max=hi,
+        rounding=draw(ROUNDING_STRATEGY),
+    )
     return a, b, kw, scales
 
 
@@ -152,8 +171,12 @@ def add_case(draw):
 def pool_case(draw):
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     stride = draw(st.one_of(st.none(), st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    pad = (draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1)),
-           draw(st.integers(0, kw - 1)))
+    pad = (
+        draw(st.integers(0, kh - 1)),
+        draw(st.integers(0, kh - 1)),
+        draw(st.integers(0, kw - 1)),
+        draw(st.integers(0, kw - 1)),
+    )
     h = draw(st.integers(max(1, kh - pad[0] - pad[1]), max(1, kh - pad[0] - pad[1]) + 7))
     w = draw(st.integers(max(1, kw - pad[2] - pad[3]), max(1, kw - pad[2] - pad[3]) + 7))
     c = draw(st.one_of(st.integers(1, 40), st.sampled_from([16, 17, 32, 33, 64, 65])))
@@ -163,6 +186,12 @@ def pool_case(draw):
     _, lo, hi = draw(clamps())
     padding = draw(st.sampled_from([pad] + ([(pad[0], pad[2])] if pad[0] == pad[1] and pad[2] == pad[3] else [])))
     kernel = (kh, kw) if kh != kw or draw(st.booleans()) else kh
-    kwargs = dict(stride=stride, padding=padding, count_include_pad=draw(st.booleans()),
-                  input_zero_point=draw(st.integers(-128, 127)), act_min=lo, act_max=hi)
+    kwargs = dict(
+        stride=stride,
+        padding=padding,
+        count_include_pad=draw(st.booleans()),
+        input_zero_point=draw(st.integers(-128, 127)),
+        act_min=lo,
+        act_max=hi,
+    )
     return x, kernel, kwargs

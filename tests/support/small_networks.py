@@ -39,9 +39,20 @@ def small_networks(draw):
             size = [(n + 2 * p - e) // s + 1 for n, p, e, s in zip((h, w), pad, ext, stride)]
             if min(size) < 1:
                 continue
-            block = dict(kind="conv", c_in=c, c_out=c_out, k=k, stride=stride, pad=pad, dil=dil, groups=groups,
-                         bias=draw(st.booleans()), bn=draw(st.booleans()),
-                         act=draw(st.sampled_from([None, "relu", "relu6"])), residual=residual)
+            block = dict(
+                kind="conv",
+                c_in=c,
+                c_out=c_out,
+                k=k,
+                stride=stride,
+                pad=pad,
+                dil=dil,
+                groups=groups,
+                bias=draw(st.booleans()),
+                bn=draw(st.booleans()),
+                act=draw(st.sampled_from([None, "relu", "relu6"])),
+                residual=residual,
+            )
             assert not residual or (size == [h, w] and c_out == c)
             c, (h, w) = c_out, size
         else:
@@ -68,12 +79,14 @@ class SmallNet(nn.Module):
         self.layers = nn.ModuleList()
         for b in spec["blocks"]:
             if b["kind"] == "conv":
-                conv = nn.Conv2d(b["c_in"], b["c_out"], b["k"], b["stride"], b["pad"], b["dil"], b["groups"],
-                                 bias=b["bias"])
+                conv = nn.Conv2d(
+                    b["c_in"], b["c_out"], b["k"], b["stride"], b["pad"], b["dil"], b["groups"], bias=b["bias"]
+                )
                 self.layers.append(nn.Sequential(conv, nn.BatchNorm2d(b["c_out"])) if b["bn"] else conv)
             elif b["kind"] == "avg_pool":
-                self.layers.append(nn.AvgPool2d(b["k"], b["stride"], b["pad"],
-                                                count_include_pad=b["count_include_pad"]))
+                self.layers.append(
+                    nn.AvgPool2d(b["k"], b["stride"], b["pad"], count_include_pad=b["count_include_pad"])
+                )
             else:
                 self.layers.append(nn.MaxPool2d(b["k"], b["stride"], b["pad"]))
         out = spec["features"]

@@ -109,10 +109,7 @@ def op_entry(manifest: dict, kind: str) -> dict:
     return next(op for op in manifest["ops"] if op["kind"] == kind)
 
 
-
 def flip_bin_element(path: Path, flat: int, itemsize: int) -> None:
     data = bytearray(path.read_bytes())
     data[flat * itemsize] ^= 0x5A
     path.write_bytes(bytes(data))
-
-

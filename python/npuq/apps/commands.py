@@ -13,23 +13,35 @@ def add_commands(sub) -> None:
     """Register ``npuq ptq-bench`` and ``npuq demo`` on the argparse sub-parsers ``sub``."""
     from npuq._cliutil import int_range
 
-    p = sub.add_parser("ptq-bench", help="the post-training quantization benchmark on the shipped checkpoints "
-                       "(methods x bits x weight-only / integer W8A8..W2A8, full test set): tables, JSON and plots")
+    p = sub.add_parser(
+        "ptq-bench",
+        help="the post-training quantization benchmark on the shipped checkpoints "
+        "(methods x bits x weight-only / integer W8A8..W2A8, full test set): tables, JSON and plots",
+    )
     p.add_argument("--out", default="results/ptq", help="output folder")
-    p.add_argument("--config", default=None, help="a TOML file with BenchConfig fields (checkpoints, methods, bits, "
-                   "modes, activations, calib_batches, test_limit, ...; task = \"imagenet\" for the real-model "
-                   "section); command-line options override it")
-    p.add_argument("--checkpoints", nargs="+", default=None, help="checkpoint names or paths (default: the four "
-                   "shipped MobileNets)")
-    p.add_argument("--methods", nargs="+", default=None, help="methods to run (default: all; an unknown name lists "
-                   "the known ones)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="a TOML file with BenchConfig fields (checkpoints, methods, bits, "
+        'modes, activations, calib_batches, test_limit, ...; task = "imagenet" for the real-model '
+        "section); command-line options override it",
+    )
+    p.add_argument(
+        "--checkpoints",
+        nargs="+",
+        default=None,
+        help="checkpoint names or paths (default: the four shipped MobileNets)",
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=None, help="methods to run (default: all; an unknown name lists the known ones)"
+    )
     p.add_argument("--bits", nargs="+", type=int_range(2, 8), metavar="{2..8}", default=None, help="weight bits")
-    p.add_argument("--modes", nargs="+", default=None, choices=("weight_only", "w_a8"), help="weight-only and/or "
-                   "int8 activations")
+    p.add_argument(
+        "--modes", nargs="+", default=None, choices=("weight_only", "w_a8"), help="weight-only and/or int8 activations"
+    )
     p.add_argument("--activations", default=None, help="activation observer of the w_a8 mode")
     p.add_argument("--calib-batches", type=int_range(1, 100_000), default=None, help="calibration batches")
-    p.add_argument("--limit", type=int_range(1), default=None, help="first N test images only (default: all "
-                   "10000)")
+    p.add_argument("--limit", type=int_range(1), default=None, help="first N test images only (default: all 10000)")
     p.set_defaults(func=_run_ptq_bench)
 
     demo = sub.add_parser("demo", help="run the integer kernels on a small network and compare with float")
@@ -77,9 +89,15 @@ def _run_ptq_bench(args) -> int:
         raise CommandError(f"{args.config}: unknown task {task!r}; known: 'fashion_mnist' (default), 'imagenet'")
     fields.pop("task", None)
     _check_fields(args.config, fields, BenchConfig.__dataclass_fields__)
-    for key, value in (("checkpoints", args.checkpoints), ("methods", args.methods), ("bits", args.bits),
-                       ("modes", args.modes), ("activations", args.activations),
-                       ("calib_batches", args.calib_batches), ("test_limit", args.limit)):
+    for key, value in (
+        ("checkpoints", args.checkpoints),
+        ("methods", args.methods),
+        ("bits", args.bits),
+        ("modes", args.modes),
+        ("activations", args.activations),
+        ("calib_batches", args.calib_batches),
+        ("test_limit", args.limit),
+    ):
         if value is not None:
             fields[key] = value
     for key in ("checkpoints", "methods", "bits", "modes"):
@@ -103,13 +121,20 @@ def _run_imagenet_bench(args, fields: dict) -> int:
     from npuq.apps.ptq_imagenet import ImageNetBenchConfig, run_benchmark, to_markdown
 
     _check_fields(args.config, fields, ImageNetBenchConfig.__dataclass_fields__)
-    for key, value in (("methods", args.methods), ("bits", args.bits), ("modes", args.modes),
-                       ("activations", args.activations), ("eval_crops", args.limit)):
+    for key, value in (
+        ("methods", args.methods),
+        ("bits", args.bits),
+        ("modes", args.modes),
+        ("activations", args.activations),
+        ("eval_crops", args.limit),
+    ):
         if value is not None:
             fields[key] = value
     if args.checkpoints is not None or args.calib_batches is not None:
-        raise CommandError("--checkpoints and --calib-batches do not apply to the ImageNet benchmark; set model and "
-                           "calib_crops in its config")
+        raise CommandError(
+            "--checkpoints and --calib-batches do not apply to the ImageNet benchmark; set model and "
+            "calib_crops in its config"
+        )
     for key in ("methods", "bits", "modes"):
         if key in fields:
             fields[key] = tuple(fields[key])

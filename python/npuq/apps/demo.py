@@ -30,11 +30,11 @@ def _float_conv(x, w, b, stride, pad, groups):
     out = np.zeros((n, oh, ow, co))
     co_g = co // groups
     for g in range(groups):
-        xs = xp[..., g * ci_g:(g + 1) * ci_g]
+        xs = xp[..., g * ci_g : (g + 1) * ci_g]
         for i in range(kh):
             for j in range(kw):
-                patch = xs[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
-                out[..., g * co_g:(g + 1) * co_g] += patch @ w[g * co_g:(g + 1) * co_g, i, j, :].T
+                patch = xs[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :]
+                out[..., g * co_g : (g + 1) * co_g] += patch @ w[g * co_g : (g + 1) * co_g, i, j, :].T
     return out + b
 
 
@@ -66,7 +66,7 @@ def _quantize_weights(w, mode):
         layer_scale = r_c.max() / 127.0  # WESS: 2^s_c * R_c <= R_layer, so one scale still covers all
         scale = np.full(w.shape[0], layer_scale)
         if shifts is not None:
-            scale = scale / (2.0 ** shifts)  # effective scale of channel c: the shift is undone on the NPU
+            scale = scale / (2.0**shifts)  # effective scale of channel c: the shift is undone on the NPU
     q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
     return q, scale, shifts
 
@@ -76,18 +76,29 @@ def _int_layer(xq, x_act, w, b, out_act, stride, pad, groups, mode, relu):
     acc_scale = x_act.scale * w_scale
     bias = npuq.quantize_bias(b, acc_scale)
     # With WESS the stored weights are q_c = W_c * 2^s_c / s_layer; the NPU shifts channel c right by s_c more.
-    real = (x_act.scale * (w_scale if shifts is None else w_scale * 2.0 ** shifts)) / out_act.scale
+    real = (x_act.scale * (w_scale if shifts is None else w_scale * 2.0**shifts)) / out_act.scale
     m0, e = npuq.quantize_multipliers(real)
     act_min = out_act.zero_point if relu else -128
-    layer = ops.Conv2d(q, bias, input_zero_point=x_act.zero_point, stride=stride, padding=pad, groups=groups,
-                       multiplier=m0, exponent=e, channel_shift=shifts, output_zero_point=out_act.zero_point,
-                       act_min=act_min, act_max=127)
+    layer = ops.Conv2d(
+        q,
+        bias,
+        input_zero_point=x_act.zero_point,
+        stride=stride,
+        padding=pad,
+        groups=groups,
+        multiplier=m0,
+        exponent=e,
+        channel_shift=shifts,
+        output_zero_point=out_act.zero_point,
+        act_min=act_min,
+        act_max=127,
+    )
     return layer(xq), layer
 
 
 def _sqnr_db(ref, approx):
     noise = np.mean((ref - approx) ** 2)
-    return float("inf") if noise == 0 else 10 * math.log10(np.mean(ref ** 2) / noise)
+    return float("inf") if noise == 0 else 10 * math.log10(np.mean(ref**2) / noise)
 
 
 def run_demo(out_dir="results/demo", seed=0, batch=8) -> int:
@@ -108,9 +119,15 @@ def run_demo(out_dir="results/demo", seed=0, batch=8) -> int:
     f3 = _float_conv(f2, w3, b3, 1, 0, 1)
     acts = [_Act(x.min(), x.max()), _Act(0, f1.max()), _Act(0, f2.max()), _Act(f3.min(), f3.max())]
 
-    report = {"npuq_version": npuq.__version__, "arithmetic_version": npuq.ARITHMETIC_VERSION,
-              "cpu": npuq.cpu_features(), "threads": npuq.get_num_threads(), "batch": batch,
-              "depthwise_channel_range_ratio": float(spread.max() / spread.min()), "modes": {}}
+    report = {
+        "npuq_version": npuq.__version__,
+        "arithmetic_version": npuq.ARITHMETIC_VERSION,
+        "cpu": npuq.cpu_features(),
+        "threads": npuq.get_num_threads(),
+        "batch": batch,
+        "depthwise_channel_range_ratio": float(spread.max() / spread.min()),
+        "modes": {},
+    }
     for mode in ("per_layer", "wess", "per_channel"):
         q0 = acts[0].quantize(x)
         q1, _ = _int_layer(q0, acts[0], w1, b1, acts[1], 2, 1, 1, mode, True)
@@ -125,11 +142,14 @@ def run_demo(out_dir="results/demo", seed=0, batch=8) -> int:
         dw.reference(q1)
         ref_us = (time.perf_counter() - t0) * 1e6
         report["modes"][mode] = {
-            "sqnr_db": {"stem": _sqnr_db(f1, acts[1].dequantize(q1)),
-                        "depthwise": _sqnr_db(f2, acts[2].dequantize(q2)),
-                        "pointwise": _sqnr_db(f3, acts[3].dequantize(q3))},
-            "top1_agreement_with_float": float(np.mean(
-                acts[3].dequantize(q3).mean(axis=(1, 2)).argmax(1) == f3.mean(axis=(1, 2)).argmax(1))),
+            "sqnr_db": {
+                "stem": _sqnr_db(f1, acts[1].dequantize(q1)),
+                "depthwise": _sqnr_db(f2, acts[2].dequantize(q2)),
+                "pointwise": _sqnr_db(f3, acts[3].dequantize(q3)),
+            },
+            "top1_agreement_with_float": float(
+                np.mean(acts[3].dequantize(q3).mean(axis=(1, 2)).argmax(1) == f3.mean(axis=(1, 2)).argmax(1))
+            ),
             "depthwise_fast_equals_reference": exact,
             "depthwise_fast_us": fast_us,
             "depthwise_reference_us": ref_us,
@@ -138,15 +158,21 @@ def run_demo(out_dir="results/demo", seed=0, batch=8) -> int:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo.json").write_text(json.dumps(report, indent=2))
-    print(f"npuq {npuq.__version__} demo: batch {batch}, kernels {report['cpu']['active']}, "
-          f"{report['threads']} threads; depthwise channel range ratio {report['depthwise_channel_range_ratio']:.0f}")
-    print(f"{'weights':<12} {'stem dB':>8} {'dw dB':>8} {'pw dB':>8} {'top1=float':>11} {'bit-exact':>10} "
-          f"{'dw fast us':>11} {'dw ref us':>10}")
+    print(
+        f"npuq {npuq.__version__} demo: batch {batch}, kernels {report['cpu']['active']}, "
+        f"{report['threads']} threads; depthwise channel range ratio {report['depthwise_channel_range_ratio']:.0f}"
+    )
+    print(
+        f"{'weights':<12} {'stem dB':>8} {'dw dB':>8} {'pw dB':>8} {'top1=float':>11} {'bit-exact':>10} "
+        f"{'dw fast us':>11} {'dw ref us':>10}"
+    )
     for mode, r in report["modes"].items():
         s = r["sqnr_db"]
-        print(f"{mode:<12} {s['stem']:8.1f} {s['depthwise']:8.1f} {s['pointwise']:8.1f} "
-              f"{r['top1_agreement_with_float']:11.3f} {str(r['depthwise_fast_equals_reference']):>10} "
-              f"{r['depthwise_fast_us']:11.0f} {r['depthwise_reference_us']:10.0f}")
+        print(
+            f"{mode:<12} {s['stem']:8.1f} {s['depthwise']:8.1f} {s['pointwise']:8.1f} "
+            f"{r['top1_agreement_with_float']:11.3f} {str(r['depthwise_fast_equals_reference']):>10} "
+            f"{r['depthwise_fast_us']:11.0f} {r['depthwise_reference_us']:10.0f}"
+        )
     written = [out / "demo.json"] + ([out / "demo.png"] if _plot(report, out / "demo.png") else [])
     print("wrote " + " and ".join(map(str, written)))
     return 0 if all(r["depthwise_fast_equals_reference"] for r in report["modes"].values()) else 1

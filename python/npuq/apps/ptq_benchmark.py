@@ -30,10 +30,21 @@ METHODS: dict[str, dict] = {
     "cle_bc": dict(weights="per_layer", cle=True, bias_correction=True),
     "cle_wess": dict(weights="wess", cle=True),
 }
-LABELS = {"per_layer": "per-layer", "per_channel": "per-channel", "wess": "WESS", "wess_mse": "WESS-MSE",
-          "cle": "CLE", "cle_bc": "CLE+BC", "cle_wess": "CLE+WESS"}
-DEFAULT_CHECKPOINTS = ("mobilenet_v1_w0.5_sgd", "mobilenet_v2_w0.5_sgd", "mobilenet_v1_w0.5_adam-l2",
-                       "mobilenet_v2_w0.5_adam-l2")
+LABELS = {
+    "per_layer": "per-layer",
+    "per_channel": "per-channel",
+    "wess": "WESS",
+    "wess_mse": "WESS-MSE",
+    "cle": "CLE",
+    "cle_bc": "CLE+BC",
+    "cle_wess": "CLE+WESS",
+}
+DEFAULT_CHECKPOINTS = (
+    "mobilenet_v1_w0.5_sgd",
+    "mobilenet_v2_w0.5_sgd",
+    "mobilenet_v1_w0.5_adam-l2",
+    "mobilenet_v2_w0.5_adam-l2",
+)
 
 
 @dataclass
@@ -42,11 +53,11 @@ class BenchConfig:
     methods: tuple[str, ...] = tuple(METHODS)
     bits: tuple[int, ...] = (8, 6, 5, 4)
     modes: tuple[str, ...] = ("weight_only", "w_a8")
-    activations: str = "mse"          # activation observer of the integer (W8A8 ... W2A8) mode
+    activations: str = "mse"  # activation observer of the integer (W8A8 ... W2A8) mode
     calib_batches: int = 4
     calib_batch_size: int = 256
     eval_batch_size: int = 250
-    test_limit: int | None = None     # None: the full 10k test set
+    test_limit: int | None = None  # None: the full 10k test set
     rounding: str = "double"
     threads: int | None = None
     extra: dict = field(default_factory=dict)
@@ -97,21 +108,36 @@ def _range_stats(graph: Graph) -> dict:
     for node in graph.layers():
         r = per_channel_ranges(node.weight)
         nz = r[r > 0]
-        rows.append(dict(path=node.path, depthwise=node.is_depthwise, channels=int(r.numel()),
-                         zero_channels=int((r == 0).sum()),
-                         range_ratio=float(nz.max() / nz.min()) if nz.numel() else float("nan"),
-                         over_2_4=int((nz.max() / nz > 16).sum()) if nz.numel() else 0))
-    return dict(layers=rows, max_range_ratio=max((r["range_ratio"] for r in rows if math.isfinite(r["range_ratio"])),
-                                                 default=float("nan")),
-                layers_over_2_4=sum(1 for r in rows if r["range_ratio"] > 16))
+        rows.append(
+            dict(
+                path=node.path,
+                depthwise=node.is_depthwise,
+                channels=int(r.numel()),
+                zero_channels=int((r == 0).sum()),
+                range_ratio=float(nz.max() / nz.min()) if nz.numel() else float("nan"),
+                over_2_4=int((nz.max() / nz > 16).sum()) if nz.numel() else 0,
+            )
+        )
+    return dict(
+        layers=rows,
+        max_range_ratio=max((r["range_ratio"] for r in rows if math.isfinite(r["range_ratio"])), default=float("nan")),
+        layers_over_2_4=sum(1 for r in rows if r["range_ratio"] > 16),
+    )
 
 
 def _load_data(cfg: BenchConfig):
     from npuq.data.fashion_mnist import fashion_mnist_loader
 
     test = list(fashion_mnist_loader("test", batch_size=cfg.eval_batch_size, limit=cfg.test_limit))
-    calib = list(fashion_mnist_loader("train", batch_size=cfg.calib_batch_size, shuffle=True, seed=1234,
-                                      limit=cfg.calib_batches * cfg.calib_batch_size))
+    calib = list(
+        fashion_mnist_loader(
+            "train",
+            batch_size=cfg.calib_batch_size,
+            shuffle=True,
+            seed=1234,
+            limit=cfg.calib_batches * cfg.calib_batch_size,
+        )
+    )
     return test, calib
 
 
@@ -129,14 +155,20 @@ def run_checkpoint(cfg: BenchConfig, ckpt: str, tick=None, threads: int | None =
     fp32 = evaluate(graph.run_float, test)
     worst, worst_ratio = worst_depthwise_layer(graph)
     stats = meta.get("dead_channel_stats") or {}
-    entry = dict(metadata={k: v for k, v in meta.items() if k != "dead_channel_stats"},
-                 dead_channels=stats.get("summary"), fp32=fp32, ranges=_range_stats(graph),
-                 worst_depthwise=dict(path=worst.path if worst else None, range_ratio=worst_ratio), results=[])
+    entry = dict(
+        metadata={k: v for k, v in meta.items() if k != "dead_channel_stats"},
+        dead_channels=stats.get("summary"),
+        fp32=fp32,
+        ranges=_range_stats(graph),
+        worst_depthwise=dict(path=worst.path if worst else None, range_ratio=worst_ratio),
+        results=[],
+    )
     if worst is not None:
         entry["worst_depthwise"]["ranges"] = per_channel_ranges(worst.weight).tolist()
         qw = quantize_weight(worst.weight, "wess", 8)
-        entry["worst_depthwise"]["ranges_after_wess"] = (per_channel_ranges(worst.weight)
-                                                        * (2.0 ** qw.shift.double())).tolist()
+        entry["worst_depthwise"]["ranges_after_wess"] = (
+            per_channel_ranges(worst.weight) * (2.0 ** qw.shift.double())
+        ).tolist()
         entry["worst_depthwise"]["shifts"] = qw.shift.tolist()
     for mode in cfg.modes:
         for bits in cfg.bits:
@@ -145,8 +177,15 @@ def run_checkpoint(cfg: BenchConfig, ckpt: str, tick=None, threads: int | None =
                 acts = cfg.activations if mode == "w_a8" else None
                 row = dict(mode=mode, bits=bits, method=method)
                 try:
-                    qmodel = quantize(graph, calib, bits=bits, activations=acts, calib_batches=None,
-                                      rounding=cfg.rounding, **METHODS[method])
+                    qmodel = quantize(
+                        graph,
+                        calib,
+                        bits=bits,
+                        activations=acts,
+                        calib_batches=None,
+                        rounding=cfg.rounding,
+                        **METHODS[method],
+                    )
                     row["accuracy"] = evaluate(qmodel, test)
                     row["mean_weight_sqnr_db"] = _mean_finite([r.sqnr_db for r in qmodel.report.layers])
                     row["min_weight_sqnr_db"] = min(r.sqnr_db for r in qmodel.report.layers)
@@ -181,9 +220,14 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, progress: bool = True, 
     if workers is None:
         workers = cfg.threads or os.cpu_count() or 1
     workers = max(1, min(workers, len(cfg.checkpoints)))
-    results = dict(config={k: v for k, v in cfg.__dict__.items()}, models={}, workers=workers,
-                   environment=dict(torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine(),
-                                    python=platform.python_version()))
+    results = dict(
+        config={k: v for k, v in cfg.__dict__.items()},
+        models={},
+        workers=workers,
+        environment=dict(
+            torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine(), python=platform.python_version()
+        ),
+    )
     started = time.perf_counter()
     bar = tqdm(total=runs, desc="PTQ benchmark", unit="run", disable=not progress)
 
@@ -253,41 +297,65 @@ def summarize(results: dict) -> dict:
                     continue
                 gap = pc - pl
                 s[f"{mode}_w{bits}"] = dict(
-                    per_layer=pl, per_channel=pc, wess=ws, fp32=entry["fp32"],
-                    wess_minus_per_channel_points=100 * (ws - pc), wess_minus_fp32_points=100 * (ws - entry["fp32"]),
+                    per_layer=pl,
+                    per_channel=pc,
+                    wess=ws,
+                    fp32=entry["fp32"],
+                    wess_minus_per_channel_points=100 * (ws - pc),
+                    wess_minus_fp32_points=100 * (ws - entry["fp32"]),
                     gap_points=100 * gap,
-                    gap_recovered=(ws - pl) / gap if gap > 0.005 else None)
+                    gap_recovered=(ws - pl) / gap if gap > 0.005 else None,
+                )
         out[name] = s
     return out
 
 
 def to_markdown(results: dict) -> str:
-    lines = ["# Post-training quantization on Fashion-MNIST", "",
-             f"Full test set: {results['test_images']} images. Accuracy (%) of each method; weight bits per column.",
-             f"Activation observer of the int8-activation mode: `{results['config']['activations']}`, "
-             f"{results['config']['calib_batches']} calibration batches of {results['config']['calib_batch_size']}.",
-             f"Total time {results['seconds']:.0f} s on {results['environment']['cpus']} CPUs "
-             f"({results['workers']} worker process(es)).", ""]
+    lines = [
+        "# Post-training quantization on Fashion-MNIST",
+        "",
+        f"Full test set: {results['test_images']} images. Accuracy (%) of each method; weight bits per column.",
+        f"Activation observer of the int8-activation mode: `{results['config']['activations']}`, "
+        f"{results['config']['calib_batches']} calibration batches of {results['config']['calib_batch_size']}.",
+        f"Total time {results['seconds']:.0f} s on {results['environment']['cpus']} CPUs "
+        f"({results['workers']} worker process(es)).",
+        "",
+    ]
     for name, entry in results["models"].items():
         bits = sorted({r["bits"] for r in entry["results"]}, reverse=True)
         methods = list(dict.fromkeys(r["method"] for r in entry["results"]))
         dc = entry.get("dead_channels") or {}
-        lines += [f"## {name}", "", f"FP32: **{100 * entry['fp32']:.2f}%**. Largest per-channel range ratio after BN "
-                  f"folding: {entry['ranges']['max_range_ratio']:.3g} (layers with a ratio > 2^4: "
-                  f"{entry['ranges']['layers_over_2_4']}); worst depthwise layer `{entry['worst_depthwise']['path']}` "
-                  f"({entry['worst_depthwise']['range_ratio']:.3g}).", ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"FP32: **{100 * entry['fp32']:.2f}%**. Largest per-channel range ratio after BN "
+            f"folding: {entry['ranges']['max_range_ratio']:.3g} (layers with a ratio > 2^4: "
+            f"{entry['ranges']['layers_over_2_4']}); worst depthwise layer `{entry['worst_depthwise']['path']}` "
+            f"({entry['worst_depthwise']['range_ratio']:.3g}).",
+            "",
+        ]
         if dc:
-            lines += [f"Dead channels (BN running_var < {dc.get('var_threshold')} or activation always 0): "
-                      f"{dc.get('dead')} / {dc.get('channels')} in {dc.get('layers_with_dead')} / {dc.get('layers')} "
-                      f"layers; largest BN fold factor {dc.get('max_fold', float('nan')):.1f}.", ""]
+            lines += [
+                f"Dead channels (BN running_var < {dc.get('var_threshold')} or activation always 0): "
+                f"{dc.get('dead')} / {dc.get('channels')} in {dc.get('layers_with_dead')} / {dc.get('layers')} "
+                f"layers; largest BN fold factor {dc.get('max_fold', float('nan')):.1f}.",
+                "",
+            ]
         for mode in ("weight_only", "w_a8"):
             rows = [r for r in entry["results"] if r["mode"] == mode]
             if not rows:
                 continue
-            title = ("weight-only (float activations)" if mode == "weight_only"
-                     else f"{wa8_label(bits)}: int8 activations (integer simulation)")
-            lines += [f"### {title}", "", "| method | " + " | ".join(f"W{b}" for b in bits) + " |",
-                      "|---|" + "---|" * len(bits)]
+            title = (
+                "weight-only (float activations)"
+                if mode == "weight_only"
+                else f"{wa8_label(bits)}: int8 activations (integer simulation)"
+            )
+            lines += [
+                f"### {title}",
+                "",
+                "| method | " + " | ".join(f"W{b}" for b in bits) + " |",
+                "|---|" + "---|" * len(bits),
+            ]
             for m in methods:
                 cells = []
                 for b in bits:
@@ -297,12 +365,17 @@ def to_markdown(results: dict) -> str:
             lines.append("")
         summ = results.get("summary", {}).get(name, {})
         if summ:
-            lines += ["| setting | WESS - per-channel (points) | WESS - FP32 (points) | per-layer gap (points) | "
-                      "gap recovered by WESS |", "|---|---|---|---|---|"]
+            lines += [
+                "| setting | WESS - per-channel (points) | WESS - FP32 (points) | per-layer gap (points) | "
+                "gap recovered by WESS |",
+                "|---|---|---|---|---|",
+            ]
             for key, v in summ.items():
                 rec = "-" if v["gap_recovered"] is None else f"{100 * v['gap_recovered']:.0f}%"
-                lines.append(f"| {key} | {v['wess_minus_per_channel_points']:+.2f} | {v['wess_minus_fp32_points']:+.2f} | "
-                             f"{v['gap_points']:.2f} | {rec} |")
+                lines.append(
+                    f"| {key} | {v['wess_minus_per_channel_points']:+.2f} | {v['wess_minus_fp32_points']:+.2f} | "
+                    f"{v['gap_points']:.2f} | {rec} |"
+                )
             lines.append("")
     return "\n".join(lines)
 
@@ -320,8 +393,11 @@ def plot_results(results: dict, out: Path) -> None:
         for i, mode in enumerate(modes):
             ax = axes[i][j]
             for m in dict.fromkeys(r["method"] for r in entry["results"]):
-                pts = sorted((r["bits"], 100 * r["accuracy"]) for r in entry["results"]
-                             if r["mode"] == mode and r["method"] == m and r.get("accuracy") is not None)
+                pts = sorted(
+                    (r["bits"], 100 * r["accuracy"])
+                    for r in entry["results"]
+                    if r["mode"] == mode and r["method"] == m and r.get("accuracy") is not None
+                )
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=LABELS.get(m, m))
             ax.axhline(100 * entry["fp32"], color="k", ls="--", lw=0.8, label="FP32")

@@ -54,10 +54,19 @@ METHODS: dict[str, tuple[str, dict]] = {
     # the same adaptive rounding on the per-channel grid, so that the comparison stays fair
     "per_channel_ada_bc": ("per_channel", dict(weights="per_channel", adaround=True, bias_correction=True)),
 }
-LABELS = {"per_layer": "per-layer", "per_channel": "per-channel", "per_channel_bc": "per-channel+BC",
-          "wess": "WESS", "wess_bc": "WESS+BC", "wess_mse_bc": "WESS-MSE+BC", "cle_wess": "CLE+WESS",
-          "wess_output": "WESS-output", "wess_output_bc": "WESS-output+BC",
-          "wess_output_ada_bc": "WESS-output+AdaRound+BC", "per_channel_ada_bc": "per-channel+AdaRound+BC"}
+LABELS = {
+    "per_layer": "per-layer",
+    "per_channel": "per-channel",
+    "per_channel_bc": "per-channel+BC",
+    "wess": "WESS",
+    "wess_bc": "WESS+BC",
+    "wess_mse_bc": "WESS-MSE+BC",
+    "cle_wess": "CLE+WESS",
+    "wess_output": "WESS-output",
+    "wess_output_bc": "WESS-output+BC",
+    "wess_output_ada_bc": "WESS-output+AdaRound+BC",
+    "per_channel_ada_bc": "per-channel+AdaRound+BC",
+}
 MODES = ("weight_only", "w_a8")
 
 
@@ -75,8 +84,8 @@ class ImageNetBenchConfig:
     eval_batch_size: int = 64
     seed: int = 0
     rounding: str = "double"
-    qat: str | None = None          # results.json of scripts/qat_imagenet.py, shown as extra rows
-    npu_check: bool = True          # compile the best W8A8 WESS model, emulate it, export golden vectors
+    qat: str | None = None  # results.json of scripts/qat_imagenet.py, shown as extra rows
+    npu_check: bool = True  # compile the best W8A8 WESS model, emulate it, export golden vectors
     threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -84,8 +93,9 @@ class ImageNetBenchConfig:
         if self.task != "imagenet":
             raise ValueError(f"task must be 'imagenet', got {self.task!r}")
         if self.model != "efficientnet_lite0":
-            raise ValueError(f"model must be 'efficientnet_lite0' (the pretrained network available offline), "
-                             f"got {self.model!r}")
+            raise ValueError(
+                f"model must be 'efficientnet_lite0' (the pretrained network available offline), got {self.model!r}"
+            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -104,6 +114,7 @@ class ImageNetBenchConfig:
 
 
 # ------------------------------------------------------------------------------------------ pieces
+
 
 def load_task(cfg: ImageNetBenchConfig, progress: bool = False):
     """The pretrained model and the preprocessed calibration / evaluation crops."""
@@ -129,17 +140,27 @@ def channel_statistics(graph: Graph, shift_bits: int = 4) -> dict:
         r = per_channel_ranges(node.weight)
         top = float(r.max())
         nz = r[r > 0]
-        rows.append(dict(path=node.path, depthwise=node.is_depthwise, channels=int(r.numel()),
-                         zero=int((r == 0).sum()),
-                         beyond_shift_reach=int(((r > 0) & (r * reach < top)).sum()),
-                         below_1e6=int(((r > 0) & (r * 1e6 < top)).sum()),
-                         range_ratio=float(top / float(nz.min())) if nz.numel() else float("nan")))
+        rows.append(
+            dict(
+                path=node.path,
+                depthwise=node.is_depthwise,
+                channels=int(r.numel()),
+                zero=int((r == 0).sum()),
+                beyond_shift_reach=int(((r > 0) & (r * reach < top)).sum()),
+                below_1e6=int(((r > 0) & (r * 1e6 < top)).sum()),
+                range_ratio=float(top / float(nz.min())) if nz.numel() else float("nan"),
+            )
+        )
     finite = [r["range_ratio"] for r in rows if math.isfinite(r["range_ratio"])]
-    return dict(layers=rows, channels=sum(r["channels"] for r in rows), zero=sum(r["zero"] for r in rows),
-                beyond_shift_reach=sum(r["beyond_shift_reach"] for r in rows),
-                below_1e6=sum(r["below_1e6"] for r in rows),
-                layers_with_beyond_reach=sum(1 for r in rows if r["beyond_shift_reach"]),
-                max_range_ratio=max(finite, default=float("nan")))
+    return dict(
+        layers=rows,
+        channels=sum(r["channels"] for r in rows),
+        zero=sum(r["zero"] for r in rows),
+        beyond_shift_reach=sum(r["beyond_shift_reach"] for r in rows),
+        below_1e6=sum(r["below_1e6"] for r in rows),
+        layers_with_beyond_reach=sum(1 for r in rows if r["beyond_shift_reach"]),
+        max_range_ratio=max(finite, default=float("nan")),
+    )
 
 
 def _worst_depthwise(graph: Graph) -> dict:
@@ -155,8 +176,13 @@ def _worst_depthwise(graph: Graph) -> dict:
         return {}
     r = per_channel_ranges(best.weight)
     qw = quantize_weight(best.weight, "wess", 8)
-    return dict(path=best.path, range_ratio=ratio, ranges=r.tolist(),
-                ranges_after_wess=(r * 2.0 ** qw.shift.double()).tolist(), shifts=qw.shift.tolist())
+    return dict(
+        path=best.path,
+        range_ratio=ratio,
+        ranges=r.tolist(),
+        ranges_after_wess=(r * 2.0 ** qw.shift.double()).tolist(),
+        shifts=qw.shift.tolist(),
+    )
 
 
 def _bias_changes(report) -> int | None:
@@ -165,8 +191,17 @@ def _bias_changes(report) -> int | None:
     return len(changes) if changes is not None else None
 
 
-def run_one(graph: Graph, calib, evaluation, reference, cfg: ImageNetBenchConfig, mode: str, bits: int,
-            method: str, keep_logits: dict | None = None) -> tuple[dict, object]:
+def run_one(
+    graph: Graph,
+    calib,
+    evaluation,
+    reference,
+    cfg: ImageNetBenchConfig,
+    mode: str,
+    bits: int,
+    method: str,
+    keep_logits: dict | None = None,
+) -> tuple[dict, object]:
     """One (mode, bits, method) run: quantize, evaluate fidelity on the evaluation crops."""
     row = dict(mode=mode, bits=bits, method=method, family=METHODS[method][0])
     t0 = time.perf_counter()
@@ -174,18 +209,27 @@ def run_one(graph: Graph, calib, evaluation, reference, cfg: ImageNetBenchConfig
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            qmodel = quantize(graph, calib, bits=bits, activations=cfg.activations if mode == "w_a8" else None,
-                              calib_batches=None, rounding=cfg.rounding, **METHODS[method][1])
+            qmodel = quantize(
+                graph,
+                calib,
+                bits=bits,
+                activations=cfg.activations if mode == "w_a8" else None,
+                calib_batches=None,
+                rounding=cfg.rounding,
+                **METHODS[method][1],
+            )
         row["quantize_seconds"] = time.perf_counter() - t0
-        row["warnings"] = sorted({str(w.message).splitlines()[0][:200] for w in caught
-                                  if not issubclass(w.category, DeprecationWarning)})[:10]
+        row["warnings"] = sorted(
+            {str(w.message).splitlines()[0][:200] for w in caught if not issubclass(w.category, DeprecationWarning)}
+        )[:10]
         logits = collect_logits(qmodel, evaluation, batch_size=cfg.eval_batch_size)
         row.update(fidelity(reference, logits))
         row["bias_channels_changed"] = _bias_changes(qmodel.report)
         eq = getattr(qmodel.report, "equalization", None)
         if eq:
-            row["equalization"] = {k: v for k, v in eq.items() if k in ("pairs", "skipped", "relu6_replaced",
-                                                                        "float_fidelity")}
+            row["equalization"] = {
+                k: v for k, v in eq.items() if k in ("pairs", "skipped", "relu6_replaced", "float_fidelity")
+            }
         if keep_logits is not None:
             keep_logits[(mode, bits, method)] = logits
     except Exception as exc:  # reported in the table, never hidden: "nothing crashes" is one of the claims
@@ -215,15 +259,27 @@ def summarize(results: dict, logits: dict, reference: torch.Tensor) -> dict:
                 d = paired_difference(reference, logits[(mode, bits, bw["method"])], logits[(mode, bits, bp["method"])])
                 diff, ci = d["difference"][metric], d["ci"][metric]
                 wins = diff > 0 if metric == "top1_agreement" else diff < 0
-                verdict = ("WESS better" if wins else "per-channel better") if d["significant"][metric] \
+                verdict = (
+                    ("WESS better" if wins else "per-channel better")
+                    if d["significant"][metric]
                     else "within the spread"
-                entry[metric] = dict(best_wess=bw["method"], wess=bw[metric], best_per_channel=bp["method"],
-                                     per_channel=bp[metric], difference=diff, ci=ci, verdict=verdict)
+                )
+                entry[metric] = dict(
+                    best_wess=bw["method"],
+                    wess=bw[metric],
+                    best_per_channel=bp["method"],
+                    per_channel=bp[metric],
+                    difference=diff,
+                    ci=ci,
+                    verdict=verdict,
+                )
             if pl is not None:
                 bp = max(pc, key=lambda r: r["top1_agreement"])
                 gap = bp["top1_agreement"] - pl["top1_agreement"]
-                entry["gap_recovered"] = {r["method"]: ((r["top1_agreement"] - pl["top1_agreement"]) / gap
-                                                        if gap > 0.01 else None) for r in wess}
+                entry["gap_recovered"] = {
+                    r["method"]: ((r["top1_agreement"] - pl["top1_agreement"]) / gap if gap > 0.01 else None)
+                    for r in wess
+                }
                 entry["per_layer_gap_points"] = 100 * gap
             out[f"{mode}_w{bits}"] = entry
     return out
@@ -239,22 +295,29 @@ def npu_check(qmodel, evaluation: torch.Tensor, out: Path, method: str, progress
     program = npuq.compile(qmodel)
     path = out / "efficientnet_lite0_w8a8.npuq"
     program.save(path)
-    emulator = npuq.Emulator(npuq.load_program(path))   # the saved file, validated on load
+    emulator = npuq.Emulator(npuq.load_program(path))  # the saved file, validated on load
     emulated = np.asarray(emulator.run(evaluation, progress=progress))
     simulated = qmodel.run_native(evaluation).numpy()
-    independent = qmodel.run_integer(evaluation[:64]).numpy()   # torch arithmetic, written from the spec
+    independent = qmodel.run_integer(evaluation[:64]).numpy()  # torch arithmetic, written from the spec
     vec_dir = out / "vectors"
     export_vectors(program, evaluation[:1], vec_dir, overwrite=True, source="photos:evaluation:1")
-    verdict = verify(vec_dir, vec_dir)   # the golden set checked against itself: manifest, digests, files
-    return dict(method=method, program=str(path), program_bytes=path.stat().st_size, ops=len(program.ops),
-                images=int(evaluation.shape[0]),
-                images_equal=int((emulated.astype(np.int64) == simulated).all(axis=1).sum()),
-                equal_to_torch_arithmetic_on_first_64=bool(np.array_equal(emulated[:64].astype(np.int64),
-                                                                          independent)),
-                vectors=str(vec_dir), vectors_verified=bool(verdict.passed), seconds=time.perf_counter() - t0)
+    verdict = verify(vec_dir, vec_dir)  # the golden set checked against itself: manifest, digests, files
+    return dict(
+        method=method,
+        program=str(path),
+        program_bytes=path.stat().st_size,
+        ops=len(program.ops),
+        images=int(evaluation.shape[0]),
+        images_equal=int((emulated.astype(np.int64) == simulated).all(axis=1).sum()),
+        equal_to_torch_arithmetic_on_first_64=bool(np.array_equal(emulated[:64].astype(np.int64), independent)),
+        vectors=str(vec_dir),
+        vectors_verified=bool(verdict.passed),
+        seconds=time.perf_counter() - t0,
+    )
 
 
 # ------------------------------------------------------------------------------------------- driver
+
 
 def run_benchmark(cfg: ImageNetBenchConfig, out_dir: str | Path, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
@@ -272,14 +335,26 @@ def run_benchmark(cfg: ImageNetBenchConfig, out_dir: str | Path, progress: bool 
     graph = prepare(model, calib[0])
     reference = collect_logits(model, evaluation, batch_size=cfg.eval_batch_size, progress=progress, desc="FP32")
     prepared = collect_logits(graph.run_float, evaluation, batch_size=cfg.eval_batch_size)
-    results: dict[str, Any] = dict(config=asdict(cfg), model=cfg.model, graph_notes=list(graph.notes),
-                   prepared_graph_vs_model=fidelity(reference, prepared, bootstrap=0),
-                   channels=channel_statistics(graph), worst_depthwise=_worst_depthwise(graph),
-                   fp32_prediction_spread=dict(distinct_top1=int(reference.argmax(1).unique().numel()),
-                                               mean_max_probability=float(reference.softmax(1).max(1).values.mean())),
-                   environment=dict(torch=torch.__version__, cpus=os.cpu_count(), machine=platform.machine(),
-                                    processor=_cpu_name(), python=platform.python_version()),
-                   results=[])
+    results: dict[str, Any] = dict(
+        config=asdict(cfg),
+        model=cfg.model,
+        graph_notes=list(graph.notes),
+        prepared_graph_vs_model=fidelity(reference, prepared, bootstrap=0),
+        channels=channel_statistics(graph),
+        worst_depthwise=_worst_depthwise(graph),
+        fp32_prediction_spread=dict(
+            distinct_top1=int(reference.argmax(1).unique().numel()),
+            mean_max_probability=float(reference.softmax(1).max(1).values.mean()),
+        ),
+        environment=dict(
+            torch=torch.__version__,
+            cpus=os.cpu_count(),
+            machine=platform.machine(),
+            processor=_cpu_name(),
+            python=platform.python_version(),
+        ),
+        results=[],
+    )
     runs = [(mode, bits, method) for mode in cfg.modes for bits in cfg.bits for method in cfg.methods]
     logits: dict = {}
     best_w8a8 = None
@@ -291,14 +366,25 @@ def run_benchmark(cfg: ImageNetBenchConfig, out_dir: str | Path, progress: bool 
             bar.set_postfix_str(f"{_mode_label(mode, bits)} {LABELS.get(method, method)}")
             row, qmodel = run_one(graph, calib, evaluation, reference, cfg, mode, bits, method, logits)
             results["results"].append(row)
-            if mode == "w_a8" and bits == 8 and row["family"] == "wess" and "error" not in row and \
-                    (best_w8a8 is None or row["top1_agreement"] > best_w8a8[0]["top1_agreement"]):
+            if (
+                mode == "w_a8"
+                and bits == 8
+                and row["family"] == "wess"
+                and "error" not in row
+                and (best_w8a8 is None or row["top1_agreement"] > best_w8a8[0]["top1_agreement"])
+            ):
                 best_w8a8 = (row, qmodel)
             last_w8a8 = i + 1 == len(runs) or runs[i + 1][:2] != ("w_a8", 8)
-            if cfg.npu_check and best_w8a8 is not None and "npu" not in results and mode == "w_a8" and bits == 8 \
-                    and last_w8a8:
+            if (
+                cfg.npu_check
+                and best_w8a8 is not None
+                and "npu" not in results
+                and mode == "w_a8"
+                and bits == 8
+                and last_w8a8
+            ):
                 results["npu"] = npu_check(best_w8a8[1], evaluation, out, best_w8a8[0]["method"], progress=progress)
-                best_w8a8 = None   # its simulation holds the calibration state: let it go
+                best_w8a8 = None  # its simulation holds the calibration state: let it go
             # tables written after every run, so that an interrupted benchmark still leaves what it measured
             results["summary"] = summarize(results, logits, reference)
             results["seconds"] = time.perf_counter() - started
@@ -347,21 +433,27 @@ def to_markdown(results: dict) -> str:
     ch = results["channels"]
     env = results["environment"]
     lines = [
-        "# Post-training quantization of a pretrained ImageNet network (EfficientNet-Lite0)", "",
+        "# Post-training quantization of a pretrained ImageNet network (EfficientNet-Lite0)",
+        "",
         f"Fidelity to the FP32 model on {cfg['eval_crops']} crops of real photographs (evaluation photographs, "
         f"disjoint from the {cfg['calib_crops']} calibration crops). No ImageNet labels exist offline: top-1 / top-5 "
         f"agreement with FP32, mean KL(FP32 || quantized) and logit SQNR, not accuracy. Brackets: 95% bootstrap "
-        f"interval over the crops (one crop is {100 / cfg['eval_crops']:.2f} points of agreement).", "",
+        f"interval over the crops (one crop is {100 / cfg['eval_crops']:.2f} points of agreement).",
+        "",
         f"Activation observer of the int8-activation mode: `{cfg['activations']}`; rounding `{cfg['rounding']}`. "
-        f"Total time {results.get('seconds', 0):.0f} s on {env['cpus']} CPUs ({env['processor']}).", "",
+        f"Total time {results.get('seconds', 0):.0f} s on {env['cpus']} CPUs ({env['processor']}).",
+        "",
         "Preparation: " + "; ".join(results["graph_notes"]) + ". Prepared graph vs the torch model: top-1 "
         f"agreement {_pct(results['prepared_graph_vs_model']['top1_agreement'])}%, logit SQNR "
-        f"{results['prepared_graph_vs_model']['logit_sqnr_db']:.0f} dB.", "",
+        f"{results['prepared_graph_vs_model']['logit_sqnr_db']:.0f} dB.",
+        "",
         f"Channels after batch-norm folding: {ch['channels']} in {len(ch['layers'])} layers; all-zero {ch['zero']}; "
         f"more than 2^15 below their layer's range (beyond a 4-bit shift) {ch['beyond_shift_reach']} in "
         f"{ch['layers_with_beyond_reach']} layers; 10^6 or more below {ch['below_1e6']}. Largest range ratio "
         f"{ch['max_range_ratio']:.3g}; worst depthwise layer `{results['worst_depthwise'].get('path')}` "
-        f"({results['worst_depthwise'].get('range_ratio', float('nan')):.3g}).", ""]
+        f"({results['worst_depthwise'].get('range_ratio', float('nan')):.3g}).",
+        "",
+    ]
     rows = results["results"]
     bits = sorted({r["bits"] for r in rows}, reverse=True)
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -369,11 +461,19 @@ def to_markdown(results: dict) -> str:
         sel = [r for r in rows if r["mode"] == mode]
         if not sel:
             continue
-        title = ("Weight-only (float activations)" if mode == "weight_only"
-                 else f"{wa8_label(bits)}: int8 activations (integer simulation)")
-        lines += [f"## {title}", "", "Top-1 agreement % [95% interval] / mean KL per weight bit width.", "",
-                  "| method | " + " | ".join(f"W{b}" if mode == "weight_only" else f"W{b}A8" for b in bits) + " |",
-                  "|---|" + "---|" * len(bits)]
+        title = (
+            "Weight-only (float activations)"
+            if mode == "weight_only"
+            else f"{wa8_label(bits)}: int8 activations (integer simulation)"
+        )
+        lines += [
+            f"## {title}",
+            "",
+            "Top-1 agreement % [95% interval] / mean KL per weight bit width.",
+            "",
+            "| method | " + " | ".join(f"W{b}" if mode == "weight_only" else f"W{b}A8" for b in bits) + " |",
+            "|---|" + "---|" * len(bits),
+        ]
         for m in methods:
             cells = []
             for b in bits:
@@ -384,30 +484,48 @@ def to_markdown(results: dict) -> str:
                     cells.append("error")
                 else:
                     lo, hi = r.get("top1_agreement_ci", [float("nan")] * 2)
-                    cells.append(f"{100 * r['top1_agreement']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] / "
-                                 f"{r['kl_mean']:.3f}")
+                    cells.append(
+                        f"{100 * r['top1_agreement']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] / {r['kl_mean']:.3f}"
+                    )
             lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
         errors = [r for r in sel if "error" in r]
-        lines += [""] + [f"- error in {LABELS.get(r['method'], r['method'])} {_mode_label(mode, r['bits'])}: "
-                         f"`{r['error']}`" for r in errors] + ([""] if errors else [])
+        lines += (
+            [""]
+            + [
+                f"- error in {LABELS.get(r['method'], r['method'])} {_mode_label(mode, r['bits'])}: `{r['error']}`"
+                for r in errors
+            ]
+            + ([""] if errors else [])
+        )
     if results.get("summary"):
-        lines += ["## Best WESS variant vs best per-channel variant", "",
-                  "Differences are WESS minus per-channel on the same crops, with the 95% interval of a paired "
-                  "bootstrap; a difference whose interval contains 0 is within the spread, not a win.", "",
-                  "| setting | metric | best WESS | best per-channel | difference [95%] | verdict |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Best WESS variant vs best per-channel variant",
+            "",
+            "Differences are WESS minus per-channel on the same crops, with the 95% interval of a paired "
+            "bootstrap; a difference whose interval contains 0 is within the spread, not a win.",
+            "",
+            "| setting | metric | best WESS | best per-channel | difference [95%] | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for key, e in results["summary"].items():
             for metric, scale, fmt in (("top1_agreement", 100, "{:+.1f}"), ("kl_mean", 1, "{:+.4f}")):
                 v = e[metric]
                 val = (lambda x: f"{100 * x:.1f}%") if metric == "top1_agreement" else (lambda x: f"{x:.4f}")
-                lines.append(f"| {key} | {metric} | {LABELS.get(v['best_wess'], v['best_wess'])} {val(v['wess'])} | "
-                             f"{LABELS.get(v['best_per_channel'], v['best_per_channel'])} {val(v['per_channel'])} | "
-                             f"{fmt.format(scale * v['difference'])} [{fmt.format(scale * v['ci'][0])}, "
-                             f"{fmt.format(scale * v['ci'][1])}] | {v['verdict']} |")
-        lines += ["", "Per-layer -> per-channel gap (top-1 agreement) recovered by each WESS variant:", "",
-                  "| setting | gap (points) | " + " | ".join(LABELS.get(m, m) for m in methods
-                                                             if METHODS[m][0] == "wess") + " |",
-                  "|---|---|" + "---|" * sum(1 for m in methods if METHODS[m][0] == "wess")]
+                lines.append(
+                    f"| {key} | {metric} | {LABELS.get(v['best_wess'], v['best_wess'])} {val(v['wess'])} | "
+                    f"{LABELS.get(v['best_per_channel'], v['best_per_channel'])} {val(v['per_channel'])} | "
+                    f"{fmt.format(scale * v['difference'])} [{fmt.format(scale * v['ci'][0])}, "
+                    f"{fmt.format(scale * v['ci'][1])}] | {v['verdict']} |"
+                )
+        lines += [
+            "",
+            "Per-layer -> per-channel gap (top-1 agreement) recovered by each WESS variant:",
+            "",
+            "| setting | gap (points) | "
+            + " | ".join(LABELS.get(m, m) for m in methods if METHODS[m][0] == "wess")
+            + " |",
+            "|---|---|" + "---|" * sum(1 for m in methods if METHODS[m][0] == "wess"),
+        ]
         for key, e in results["summary"].items():
             rec = e.get("gap_recovered")
             if rec is None:
@@ -417,22 +535,39 @@ def to_markdown(results: dict) -> str:
         lines.append("")
     changed = [r for r in rows if r.get("bias_channels_changed")]
     if changed:
-        lines += ["Bias policy: channels whose weight scale was coarsened so that the bias stays exact in int32: "
-                  + ", ".join(f"{LABELS.get(r['method'], r['method'])} {_mode_label(r['mode'], r['bits'])}: "
-                              f"{r['bias_channels_changed']}" for r in changed) + ".", ""]
+        lines += [
+            "Bias policy: channels whose weight scale was coarsened so that the bias stays exact in int32: "
+            + ", ".join(
+                f"{LABELS.get(r['method'], r['method'])} {_mode_label(r['mode'], r['bits'])}: "
+                f"{r['bias_channels_changed']}"
+                for r in changed
+            )
+            + ".",
+            "",
+        ]
     if results.get("qat"):
-        lines += ["## Label-free quantization-aware distillation", "",
-                  "From `scripts/qat_imagenet.py` (the FP32 model as teacher, calibration photographs only):", "",
-                  "```", json.dumps(results["qat"].get("summary", results["qat"]), indent=1, default=str)[:3000],
-                  "```", ""]
+        lines += [
+            "## Label-free quantization-aware distillation",
+            "",
+            "From `scripts/qat_imagenet.py` (the FP32 model as teacher, calibration photographs only):",
+            "",
+            "```",
+            json.dumps(results["qat"].get("summary", results["qat"]), indent=1, default=str)[:3000],
+            "```",
+            "",
+        ]
     npu = results.get("npu")
     if npu:
-        lines += ["## On the NPU path", "",
-                  f"Best W8A8 WESS variant ({LABELS.get(npu['method'], npu['method'])}) compiled to "
-                  f"`{Path(npu['program']).name}` ({npu['ops']} ops, {npu['program_bytes']} bytes); the emulator's "
-                  f"int8 logits equal the simulation's on {npu['images_equal']} of {npu['images']} crops "
-                  f"(and the torch-arithmetic simulation on the first 64: {npu['equal_to_torch_arithmetic_on_first_64']}); "
-                  f"golden vectors of one crop exported to `vectors/` and verified: {npu['vectors_verified']}.", ""]
+        lines += [
+            "## On the NPU path",
+            "",
+            f"Best W8A8 WESS variant ({LABELS.get(npu['method'], npu['method'])}) compiled to "
+            f"`{Path(npu['program']).name}` ({npu['ops']} ops, {npu['program_bytes']} bytes); the emulator's "
+            f"int8 logits equal the simulation's on {npu['images_equal']} of {npu['images']} crops "
+            f"(and the torch-arithmetic simulation on the first 64: {npu['equal_to_torch_arithmetic_on_first_64']}); "
+            f"golden vectors of one crop exported to `vectors/` and verified: {npu['vectors_verified']}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -454,14 +589,18 @@ def plot_results(results: dict, out: Path) -> None:
                 xs = [b for b, _ in pts]
                 style = "-" if METHODS[m][0] == "wess" else "--"
                 agree = [100 * r["top1_agreement"] for _, r in pts]
-                err = [[100 * (r["top1_agreement"] - r["top1_agreement_ci"][0]) for _, r in pts],
-                       [100 * (r["top1_agreement_ci"][1] - r["top1_agreement"]) for _, r in pts]]
+                err = [
+                    [100 * (r["top1_agreement"] - r["top1_agreement_ci"][0]) for _, r in pts],
+                    [100 * (r["top1_agreement_ci"][1] - r["top1_agreement"]) for _, r in pts],
+                ]
                 axes[0][j].errorbar(xs, agree, yerr=err, ls=style, marker="o", capsize=2, label=LABELS.get(m, m))
-                axes[1][j].semilogy(xs, [max(r["kl_mean"], 1e-6) for _, r in pts], ls=style, marker="o",
-                                    label=LABELS.get(m, m))
+                axes[1][j].semilogy(
+                    xs, [max(r["kl_mean"], 1e-6) for _, r in pts], ls=style, marker="o", label=LABELS.get(m, m)
+                )
             mode_bits = [r["bits"] for r in rows if r["mode"] == mode]
-            axes[0][j].set_title("weight-only" if mode == "weight_only" else f"{wa8_label(mode_bits)} (integer)",
-                                 fontsize=9)
+            axes[0][j].set_title(
+                "weight-only" if mode == "weight_only" else f"{wa8_label(mode_bits)} (integer)", fontsize=9
+            )
             axes[0][j].set_ylabel("top-1 agreement with FP32 (%)")
             axes[1][j].set_ylabel("mean KL(FP32 || quantized)")
             for ax in (axes[0][j], axes[1][j]):

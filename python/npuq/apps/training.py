@@ -156,8 +156,9 @@ def train(
         step = 0
         for epoch in range(epochs):
             model.train()
-            bar = tqdm(loader, desc=f"{recipe} epoch {epoch + 1}/{epochs}", disable=not progress,
-                       mininterval=2.0, leave=True)
+            bar = tqdm(
+                loader, desc=f"{recipe} epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=2.0, leave=True
+            )
             loss_sum, seen, correct = 0.0, 0, 0
             for images, labels in bar:
                 scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
@@ -189,8 +190,10 @@ def train(
                 record["test_accuracy"] = evaluate(model, eval_loader)
             history.append(record)
             if progress:
-                print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"),
-                      flush=True)
+                print(
+                    f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"),
+                    flush=True,
+                )
             if max_steps is not None and step >= max_steps:
                 break
     model.to(memory_format=torch.contiguous_format)
@@ -231,8 +234,11 @@ def _conv_bn_chains(model: nn.Module):
         bn = users[0]
         act = None
         bn_users = list(bn.users)
-        if (len(bn_users) == 1 and bn_users[0].op == "call_module"
-                and isinstance(modules[bn_users[0].target], (nn.ReLU, nn.ReLU6))):
+        if (
+            len(bn_users) == 1
+            and bn_users[0].op == "call_module"
+            and isinstance(modules[bn_users[0].target], (nn.ReLU, nn.ReLU6))
+        ):
             act = bn_users[0].target
         chains.append((node.target, bn.target, act))
     return chains
@@ -258,10 +264,12 @@ def dead_channel_stats(model: nn.Module, images: torch.Tensor | None = None, var
     act_max: dict[str, torch.Tensor] = {}
     hooks = []
     if images is not None:
+
         def hook(name):
             def record(module, inputs, output):
                 m = output.detach().amax(dim=(0, 2, 3))
                 act_max[name] = m if name not in act_max else torch.maximum(act_max[name], m)
+
             return record
 
         for _, _, act in chains:
@@ -271,7 +279,7 @@ def dead_channel_stats(model: nn.Module, images: torch.Tensor | None = None, var
         model.eval()
         try:
             for i in range(0, len(images), 1000):
-                model(images[i:i + 1000])
+                model(images[i : i + 1000])
         finally:
             model.train(was_training)
             for h in hooks:
@@ -282,7 +290,7 @@ def dead_channel_stats(model: nn.Module, images: torch.Tensor | None = None, var
         conv, bn = modules[conv_name], modules[bn_name]
         var = bn.running_var.float()
         fold = bn.weight.detach().float().abs() / torch.sqrt(var + bn.eps)
-        w_range = (conv.weight.detach().float().abs().amax(dim=(1, 2, 3)) * fold)
+        w_range = conv.weight.detach().float().abs().amax(dim=(1, 2, 3)) * fold
         dead_var = var < var_threshold
         dead = dead_var.clone()
         dead_act = None
@@ -299,19 +307,21 @@ def dead_channel_stats(model: nn.Module, images: torch.Tensor | None = None, var
         else:
             kind = "conv"
         widest = int(w_range.argmax())
-        layers.append({
-            "conv": conv_name,
-            "bn": bn_name,
-            "activation": type(modules[act_name]).__name__ if act_name else None,
-            "kind": kind,
-            "channels": int(conv.out_channels),
-            "dead": int(dead.sum()),
-            "dead_var": int(dead_var.sum()),
-            "dead_act": dead_act,
-            "max_fold": float(fold.max()),
-            "range_ratio": ratio,
-            "widest_channel_dead": bool(dead[widest]),
-        })
+        layers.append(
+            {
+                "conv": conv_name,
+                "bn": bn_name,
+                "activation": type(modules[act_name]).__name__ if act_name else None,
+                "kind": kind,
+                "channels": int(conv.out_channels),
+                "dead": int(dead.sum()),
+                "dead_var": int(dead_var.sum()),
+                "dead_act": dead_act,
+                "max_fold": float(fold.max()),
+                "range_ratio": ratio,
+                "widest_channel_dead": bool(dead[widest]),
+            }
+        )
 
     def worst(kind=None):
         vals = [l["range_ratio"] for l in layers if kind is None or l["kind"] == kind]
@@ -335,13 +345,20 @@ def dead_channel_stats(model: nn.Module, images: torch.Tensor | None = None, var
 
 def format_dead_channel_stats(stats: dict) -> str:
     """A fixed-width table of ``dead_channel_stats`` for logs."""
-    lines = [f"{'conv':<22} {'kind':<4} {'ch':>4} {'dead':>4} {'var':>4} {'act':>4} {'max_fold':>9} {'range_ratio':>11} widest_dead"]
+    lines = [
+        f"{'conv':<22} {'kind':<4} {'ch':>4} {'dead':>4} {'var':>4} {'act':>4} {'max_fold':>9} "
+        f"{'range_ratio':>11} widest_dead"
+    ]
     for l in stats["layers"]:
         act = "-" if l["dead_act"] is None else str(l["dead_act"])
-        lines.append(f"{l['conv']:<22} {l['kind']:<4} {l['channels']:>4} {l['dead']:>4} {l['dead_var']:>4} {act:>4} "
-                     f"{l['max_fold']:>9.2f} {l['range_ratio']:>11.2f} {l['widest_channel_dead']}")
+        lines.append(
+            f"{l['conv']:<22} {l['kind']:<4} {l['channels']:>4} {l['dead']:>4} {l['dead_var']:>4} {act:>4} "
+            f"{l['max_fold']:>9.2f} {l['range_ratio']:>11.2f} {l['widest_channel_dead']}"
+        )
     s = stats["summary"]
-    lines.append(f"dead {s['dead']}/{s['channels']} channels in {s['layers_with_dead']}/{s['layers']} layers "
-                 f"(running_var < {s['var_threshold']:g}: {s['dead_var']}); max fold {s['max_fold']:.2f}; "
-                 f"max range ratio {s['max_range_ratio']:.2f} (depthwise {s['max_range_ratio_dw']:.2f})")
+    lines.append(
+        f"dead {s['dead']}/{s['channels']} channels in {s['layers_with_dead']}/{s['layers']} layers "
+        f"(running_var < {s['var_threshold']:g}: {s['dead_var']}); max fold {s['max_fold']:.2f}; "
+        f"max range ratio {s['max_range_ratio']:.2f} (depthwise {s['max_range_ratio_dw']:.2f})"
+    )
     return "\n".join(lines)

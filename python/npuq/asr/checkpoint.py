@@ -87,8 +87,9 @@ def load_asr_checkpoint(name_or_path="asr_digits") -> tuple[AttentionASR, dict]:
     except Exception as exc:  # the reader raises its own error types for bad headers
         raise ASRCheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if raw.get("format") != ASR_FORMAT:
-        raise ASRCheckpointError(f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an "
-                                 "ASR checkpoint")
+        raise ASRCheckpointError(
+            f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an ASR checkpoint"
+        )
     meta = _parse(raw)
     try:
         config = ASRConfig.from_dict(meta["config"])
@@ -98,12 +99,17 @@ def load_asr_checkpoint(name_or_path="asr_digits") -> tuple[AttentionASR, dict]:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(f"{k}: file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)}"
-                   for k in set(expected) & set(tensors) if tensors[k].shape != expected[k].shape)
+    wrong = sorted(
+        f"{k}: file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(tensors)
+        if tensors[k].shape != expected[k].shape
+    )
     if missing or unexpected or wrong:
-        details = [f"{label} {len(items)} (e.g. {', '.join(items[:3])})"
-                   for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                   if items]
+        details = [
+            f"{label} {len(items)} (e.g. {', '.join(items[:3])})"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
         raise ASRCheckpointError(f"{path}: tensors do not match its config: " + "; ".join(details))
     model.load_state_dict(tensors, strict=True)
     model.eval()

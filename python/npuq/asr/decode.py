@@ -100,8 +100,9 @@ def greedy_decode(model, features: torch.Tensor, lengths) -> list[Hypothesis]:
         return [Hypothesis(emitted[k], float(scores[k]), bool(ended[k])) for k in range(batch)]
 
 
-def beam_search(model, features: torch.Tensor, lengths, beam: int = 4, length_penalty: float = 1.0,
-                nbest: bool = False):
+def beam_search(
+    model, features: torch.Tensor, lengths, beam: int = 4, length_penalty: float = 1.0, nbest: bool = False
+):
     """Beam search per utterance (the ``beam`` hypotheses of one utterance run as one batch).
 
     At every step the alive hypotheses are extended by every token and the ``beam`` best extensions by
@@ -192,6 +193,7 @@ def score_sequences(model, features: torch.Tensor, lengths, token_sequences, end
 
 # -------------------------------------------------------------------------------- error rates
 
+
 def _looks_normalized(split, normalize: str) -> None:
     """A cheap guard against features loaded with another normalization than the model's."""
     sample = [np.asarray(f, dtype=np.float64) for f in split.features[:8]]
@@ -199,15 +201,19 @@ def _looks_normalized(split, normalize: str) -> None:
         # utterance normalization leaves every dimension of every utterance with mean 0
         offset = max(float(np.abs(f.mean(axis=0)).max()) for f in sample)
         if offset > 1e-2:
-            raise ValueError(f"the {split.name!r} features are not normalized per utterance (a per-dimension mean "
-                             f"reaches {offset:.3g}); load them with load_digits({split.name!r}, "
-                             f"normalize='utterance')")
+            raise ValueError(
+                f"the {split.name!r} features are not normalized per utterance (a per-dimension mean "
+                f"reaches {offset:.3g}); load them with load_digits({split.name!r}, "
+                f"normalize='utterance')"
+            )
     elif normalize == "global":
         # raw log-mel sits around -10 (log energies); globally normalized features around 0
         level = float(np.abs(np.concatenate(sample).mean()))
         if level > 3.0:
-            raise ValueError(f"the {split.name!r} features look like raw log-mel (mean {level:.3g} in magnitude); "
-                             f"load them with load_digits({split.name!r}, normalize='global')")
+            raise ValueError(
+                f"the {split.name!r} features look like raw log-mel (mean {level:.3g} in magnitude); "
+                f"load them with load_digits({split.name!r}, normalize='global')"
+            )
 
 
 def _decode_batches(model, split, count: int, beam: int, batch_size: int, length_penalty: float):
@@ -216,7 +222,7 @@ def _decode_batches(model, split, count: int, beam: int, batch_size: int, length
     order = sorted(range(count), key=lambda i: len(split.features[i]))
     device = next(model.parameters()).device
     for start in range(0, count, batch_size):
-        indices = order[start:start + batch_size]
+        indices = order[start : start + batch_size]
         batch = split.collate(indices)
         features, lengths = batch["features"].to(device), batch["feature_lengths"]
         if beam == 1:
@@ -233,8 +239,9 @@ def _count(split, limit) -> int:
     return count
 
 
-def decode_split(model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64,
-                 length_penalty: float = 1.0) -> list[Hypothesis]:
+def decode_split(
+    model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64, length_penalty: float = 1.0
+) -> list[Hypothesis]:
     """Hypotheses for the first ``limit`` utterances of ``split`` (a :class:`npuq.speech.DigitsSplit` loaded
     with ``normalize=model.config.normalize``), in split order; greedy when ``beam == 1``. Batches are
     formed from utterances of similar length."""
@@ -246,8 +253,15 @@ def decode_split(model, split, beam: int = 1, limit: int | None = None, batch_si
     return hypotheses
 
 
-def evaluate_wer(model, split, beam: int = 1, limit: int | None = None, batch_size: int = 64,
-                 length_penalty: float = 1.0, give_up_above: float | None = None) -> dict:
+def evaluate_wer(
+    model,
+    split,
+    beam: int = 1,
+    limit: int | None = None,
+    batch_size: int = 64,
+    length_penalty: float = 1.0,
+    give_up_above: float | None = None,
+) -> dict:
     """Corpus WER and CER of ``model`` on the first ``limit`` utterances of ``split`` (greedy when
     ``beam == 1``, batched): ``{"wer", "cer", "utterances", "words", "word_errors", "seconds",
     "complete"}``.
@@ -268,8 +282,12 @@ def evaluate_wer(model, split, beam: int = 1, limit: int | None = None, batch_si
         from npuq.speech import load_digits
 
         split = load_digits(split, normalize=model.config.normalize, progress=False)
-    if give_up_above is not None and not (isinstance(give_up_above, (int, float)) and not isinstance(give_up_above, bool)
-                                          and np.isfinite(give_up_above) and give_up_above > 0):
+    if give_up_above is not None and not (
+        isinstance(give_up_above, (int, float))
+        and not isinstance(give_up_above, bool)
+        and np.isfinite(give_up_above)
+        and give_up_above > 0
+    ):
         raise ValueError(f"give_up_above must be a WER > 0 (or None), got {give_up_above!r}")
     start = time.perf_counter()
     count = _count(split, limit)
@@ -287,6 +305,12 @@ def evaluate_wer(model, split, beam: int = 1, limit: int | None = None, batch_si
             break
     char_counts = corpus_char_errors(decoded_refs, decoded_words)
     rate = corpus_word_errors(decoded_refs, decoded_words).rate if complete else errors / max(total_words, 1)
-    return {"wer": rate, "cer": char_counts.rate, "utterances": count,
-            "words": total_words, "word_errors": errors, "seconds": time.perf_counter() - start,
-            "complete": complete}
+    return {
+        "wer": rate,
+        "cer": char_counts.rate,
+        "utterances": count,
+        "words": total_words,
+        "word_errors": errors,
+        "seconds": time.perf_counter() - start,
+        "complete": complete,
+    }

@@ -67,8 +67,9 @@ class ASRConfig:
         if self.vocab_size != len(VOCAB):
             raise ValueError(f"ASRConfig.vocab_size must be {len(VOCAB)} (npuq.speech.VOCAB), got {self.vocab_size}")
         if self.location_kernel % 2 == 0:
-            raise ValueError(f"ASRConfig.location_kernel must be odd (centred on the frame), "
-                             f"got {self.location_kernel}")
+            raise ValueError(
+                f"ASRConfig.location_kernel must be odd (centred on the frame), got {self.location_kernel}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"ASRConfig.dropout must be in [0, 1), got {self.dropout}")
         if not (math.isfinite(self.max_tokens_per_frame) and self.max_tokens_per_frame > 0):
@@ -103,9 +104,9 @@ def _time_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
 class DecoderState:
     """What the decoder carries from one step to the next, for a batch of hypotheses."""
 
-    h: torch.Tensor          # (1, N, decoder_hidden)
-    c: torch.Tensor          # (1, N, decoder_hidden)
-    context: torch.Tensor    # (N, encoder_dim)
+    h: torch.Tensor  # (1, N, decoder_hidden)
+    c: torch.Tensor  # (1, N, decoder_hidden)
+    context: torch.Tensor  # (N, encoder_dim)
     attention: torch.Tensor  # (N, T) previous attention weights
 
     def select(self, index: torch.Tensor) -> "DecoderState":
@@ -140,16 +141,22 @@ class AttentionASR(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         subsampled_mels = (cfg.n_mels + 3) // 4
         self.encoder_projection = nn.Linear(channels * subsampled_mels, cfg.encoder_input)
-        self.encoder_lstm = nn.LSTM(cfg.encoder_input, cfg.encoder_hidden, num_layers=cfg.encoder_layers,
-                                    batch_first=True, bidirectional=True,
-                                    dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0)
+        self.encoder_lstm = nn.LSTM(
+            cfg.encoder_input,
+            cfg.encoder_hidden,
+            num_layers=cfg.encoder_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
+        )
         self.encoder_dim = 2 * cfg.encoder_hidden
 
         self.attention_key = nn.Linear(self.encoder_dim, cfg.attention_dim)
         self.attention_query = nn.Linear(cfg.decoder_hidden, cfg.attention_dim, bias=False)
         # a Conv1d, not a Conv2d: it holds only location_filters x location_kernel weights, nothing to factorize
-        self.location_conv = nn.Conv1d(1, cfg.location_filters, cfg.location_kernel,
-                                       padding=cfg.location_kernel // 2, bias=False)
+        self.location_conv = nn.Conv1d(
+            1, cfg.location_filters, cfg.location_kernel, padding=cfg.location_kernel // 2, bias=False
+        )
         self.attention_location = nn.Linear(cfg.location_filters, cfg.attention_dim, bias=False)
         self.attention_energy = nn.Linear(cfg.attention_dim, 1, bias=False)
 
@@ -163,21 +170,27 @@ class AttentionASR(nn.Module):
 
     def _check_input(self, features, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(features, torch.Tensor) or not features.is_floating_point():
-            raise TypeError(f"features must be a floating-point tensor (batch, frames, {self.config.n_mels}), got "
-                            f"{type(features).__name__} {getattr(features, 'dtype', '')}")
+            raise TypeError(
+                f"features must be a floating-point tensor (batch, frames, {self.config.n_mels}), got "
+                f"{type(features).__name__} {getattr(features, 'dtype', '')}"
+            )
         if features.dim() != 3:
-            raise ValueError(f"features must be 3-D (batch, frames, {self.config.n_mels}), got shape "
-                             f"{tuple(features.shape)}")
+            raise ValueError(
+                f"features must be 3-D (batch, frames, {self.config.n_mels}), got shape {tuple(features.shape)}"
+            )
         if features.shape[2] != self.config.n_mels:
-            raise ValueError(f"features have {features.shape[2]} dimensions per frame; the model expects "
-                             f"{self.config.n_mels} log-mel bins")
+            raise ValueError(
+                f"features have {features.shape[2]} dimensions per frame; the model expects "
+                f"{self.config.n_mels} log-mel bins"
+            )
         batch, frames = features.shape[0], features.shape[1]
         if batch == 0:
             raise ValueError("features hold an empty batch")
         lengths = torch.as_tensor(lengths)
         if lengths.dim() != 1 or lengths.shape[0] != batch or lengths.is_floating_point():
-            raise ValueError(f"lengths must be an integer tensor of shape ({batch},), got {lengths.dtype} "
-                             f"{tuple(lengths.shape)}")
+            raise ValueError(
+                f"lengths must be an integer tensor of shape ({batch},), got {lengths.dtype} {tuple(lengths.shape)}"
+            )
         lengths = lengths.to(torch.int64).cpu()
         if int(lengths.min()) < 1:
             raise ValueError(f"every utterance needs at least one frame; lengths hold {int(lengths.min())}")
@@ -226,8 +239,9 @@ class AttentionASR(nn.Module):
     def attend(self, query: torch.Tensor, encoded: Encoded, previous: torch.Tensor):
         """Attention weights (N, T) and context (N, D) for decoder states ``query`` (N, H)."""
         location = self.location_conv(previous.unsqueeze(1)).transpose(1, 2)  # (N, T, filters)
-        energy = self.attention_energy(torch.tanh(
-            encoded.keys + self.attention_query(query).unsqueeze(1) + self.attention_location(location))).squeeze(2)
+        energy = self.attention_energy(
+            torch.tanh(encoded.keys + self.attention_query(query).unsqueeze(1) + self.attention_location(location))
+        ).squeeze(2)
         energy = energy.masked_fill(~encoded.mask, float("-inf"))
         weights = torch.softmax(energy, dim=1)
         context = torch.bmm(weights.unsqueeze(1), encoded.memory).squeeze(1)
@@ -248,9 +262,11 @@ class AttentionASR(nn.Module):
         """Teacher-forced logits (B, L, vocab): ``targets_in`` (B, L) starts with ``<sos>``; position i
         predicts the token after ``targets_in[:, i]``."""
         if not isinstance(targets_in, torch.Tensor) or targets_in.dim() != 2 or targets_in.is_floating_point():
-            raise ValueError(f"targets_in must be an integer tensor (batch, steps), got "
-                             f"{getattr(targets_in, 'dtype', type(targets_in).__name__)} "
-                             f"{tuple(getattr(targets_in, 'shape', ()))}")
+            raise ValueError(
+                f"targets_in must be an integer tensor (batch, steps), got "
+                f"{getattr(targets_in, 'dtype', type(targets_in).__name__)} "
+                f"{tuple(getattr(targets_in, 'shape', ()))}"
+            )
         if targets_in.shape[0] != features.shape[0]:
             raise ValueError(f"{features.shape[0]} utterances but {targets_in.shape[0]} target sequences")
         if targets_in.numel() and (int(targets_in.min()) < 0 or int(targets_in.max()) >= self.config.vocab_size):
@@ -274,8 +290,12 @@ class AttentionASR(nn.Module):
 
 def sequence_loss(logits: torch.Tensor, targets_out: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over the non-pad positions of ``targets_out`` (B, L)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets_out.reshape(-1),
-                           ignore_index=VOCAB.pad_id, label_smoothing=label_smoothing)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets_out.reshape(-1),
+        ignore_index=VOCAB.pad_id,
+        label_smoothing=label_smoothing,
+    )
 
 
 def teacher_forcing_batch(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

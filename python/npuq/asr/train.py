@@ -66,8 +66,15 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainOptions.{name} must be an int >= 1, got {value!r}")
-        for name in ("warmup_steps", "freq_masks", "freq_mask_width", "time_masks", "time_mask_width",
-                     "bucket_jitter", "seed"):
+        for name in (
+            "warmup_steps",
+            "freq_masks",
+            "freq_mask_width",
+            "time_masks",
+            "time_mask_width",
+            "bucket_jitter",
+            "seed",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"TrainOptions.{name} must be an int >= 0, got {value!r}")
@@ -98,8 +105,9 @@ def learning_rate(options: TrainOptions, step: int, total_steps: int) -> float:
     return options.lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def spec_augment(features: torch.Tensor, lengths: torch.Tensor, options: TrainOptions,
-                 generator: torch.Generator) -> torch.Tensor:
+def spec_augment(
+    features: torch.Tensor, lengths: torch.Tensor, options: TrainOptions, generator: torch.Generator
+) -> torch.Tensor:
     """A copy of the padded batch with random bands of mel bins and runs of frames set to 0 (the mean of
     utterance-normalized features), each utterance its own; time masks stay inside the utterance."""
     out = features.clone()
@@ -113,12 +121,12 @@ def spec_augment(features: torch.Tensor, lengths: torch.Tensor, options: TrainOp
         for _ in range(options.freq_masks):
             width = draw(options.freq_mask_width + 1)
             start = draw(mels - width + 1)
-            out[k, :, start:start + width] = 0.0
+            out[k, :, start : start + width] = 0.0
         for _ in range(options.time_masks):
             # a mask never covers more than a fifth of a short utterance
             width = min(draw(options.time_mask_width + 1), length // 5)
             start = draw(length - width + 1)
-            out[k, start:start + width, :] = 0.0
+            out[k, start : start + width, :] = 0.0
     return out
 
 
@@ -126,11 +134,12 @@ def _batches(lengths: np.ndarray, options: TrainOptions, epoch: int) -> list[np.
     rng = np.random.default_rng([options.seed, epoch])
     keys = lengths + rng.uniform(0, options.bucket_jitter, size=len(lengths))
     order = np.argsort(keys, kind="stable")
-    batches = [order[i:i + options.batch_size] for i in range(0, len(order), options.batch_size)]
+    batches = [order[i : i + options.batch_size] for i in range(0, len(order), options.batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
 # ------------------------------------------------------------------------------------------ state
+
 
 def _save_state(path: Path, model, best_model, optimizer, progress: dict) -> None:
     from safetensors.torch import save_file
@@ -145,8 +154,11 @@ def _save_state(path: Path, model, best_model, optimizer, progress: dict) -> Non
                 tensors[f"optim.{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(pid), {})[key] = value
-    meta = {"progress": json.dumps(progress), "optimizer_scalars": json.dumps(scalars),
-            "param_groups": json.dumps(optimizer_state["param_groups"])}
+    meta = {
+        "progress": json.dumps(progress),
+        "optimizer_scalars": json.dumps(scalars),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -171,15 +183,26 @@ def _load_state(path: Path, model, best_model, optimizer) -> dict:
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
         return json.loads(meta["progress"])
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path}: cannot resume from this state file ({exc}); it belongs to another run or "
-                         "is damaged: delete it to start over") from exc
+        raise ValueError(
+            f"{path}: cannot resume from this state file ({exc}); it belongs to another run or "
+            "is damaged: delete it to start over"
+        ) from exc
 
 
 # ------------------------------------------------------------------------------------------ loop
 
-def train_asr(train_split, dev_split, config: ASRConfig | None = None, options: TrainOptions | None = None,
-              out_dir=None, resume: bool = True, progress: bool = True, stop_after_epoch: int | None = None,
-              plot: bool = True) -> dict:
+
+def train_asr(
+    train_split,
+    dev_split,
+    config: ASRConfig | None = None,
+    options: TrainOptions | None = None,
+    out_dir=None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+    plot: bool = True,
+) -> dict:
     """Train a new :class:`AttentionASR` on ``train_split`` and select its epoch on ``dev_split`` (both
     :class:`npuq.speech.DigitsSplit` loaded with ``normalize=config.normalize``).
 
@@ -215,16 +238,23 @@ def _train(train_split, dev_split, config, options, out_dir, resume, progress, s
     state_path = out / STATE_FILE if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    done: dict[str, Any] = {"epoch": 0, "history": [], "best_epoch": 0, "best_dev_wer": float("inf"), "seconds": 0.0,
-            "stopped": None}
+    done: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best_epoch": 0,
+        "best_dev_wer": float("inf"),
+        "seconds": 0.0,
+        "stopped": None,
+    }
     if state_path is not None and resume and state_path.exists():
         done = _load_state(state_path, model, best_model, optimizer)
         # the time limit only decides where a run stops, not what an epoch computes, so it may change
         settings = {k: v for k, v in options.to_dict().items() if k != "max_minutes"}
         previous = {k: v for k, v in (done.get("options") or {}).items() if k != "max_minutes"}
         if done.get("config") != config.to_dict() or previous != settings:
-            raise ValueError(f"{state_path} was written by a run with another config or options; delete it or "
-                             "pass resume=False")
+            raise ValueError(
+                f"{state_path} was written by a run with another config or options; delete it or pass resume=False"
+            )
     history = done["history"]
     started = time.perf_counter() - done["seconds"]
     stopped = done.get("stopped")
@@ -262,32 +292,59 @@ def _train(train_split, dev_split, config, options, out_dir, resume, progress, s
         dev = evaluate_wer(model, dev_split, beam=1, limit=options.dev_limit)
         epoch += 1
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch, "train_loss": total_loss / total_tokens, "lr": lr, "dev_wer": dev["wer"],
-                  "dev_cer": dev["cer"], "seconds": round(seconds, 1)}
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / total_tokens,
+            "lr": lr,
+            "dev_wer": dev["wer"],
+            "dev_cer": dev["cer"],
+            "seconds": round(seconds, 1),
+        }
         history.append(record)
         if dev["wer"] < done["best_dev_wer"]:
             done["best_dev_wer"], done["best_epoch"] = dev["wer"], epoch
             best_model.load_state_dict(model.state_dict())
         if progress:
             mark = " *" if done["best_epoch"] == epoch else ""
-            print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, dev WER {dev['wer']:.4f} "
-                  f"CER {dev['cer']:.4f}, lr {lr:.2e}, {seconds:.0f} s{mark}", flush=True)
+            print(
+                f"epoch {epoch}: train loss {record['train_loss']:.4f}, dev WER {dev['wer']:.4f} "
+                f"CER {dev['cer']:.4f}, lr {lr:.2e}, {seconds:.0f} s{mark}",
+                flush=True,
+            )
         if epoch - done["best_epoch"] >= options.patience:
             stopped = f"no better dev WER for {options.patience} epochs"
         elif options.max_minutes is not None and seconds > 60 * options.max_minutes and epoch < options.epochs:
             stopped = f"time limit of {options.max_minutes:g} minutes"
-        done.update({"epoch": epoch, "history": history, "seconds": seconds, "stopped": stopped,
-                     "config": config.to_dict(), "options": options.to_dict()})
+        done.update(
+            {
+                "epoch": epoch,
+                "history": history,
+                "seconds": seconds,
+                "stopped": stopped,
+                "config": config.to_dict(),
+                "options": options.to_dict(),
+            }
+        )
         if state_path is not None:
             _save_state(state_path, model, best_model, optimizer, done)
             (out / HISTORY_FILE).write_text(json.dumps(history, indent=1) + "\n")
             if plot:
                 plot_history(history, out / "learning_curve.png")
     best_model.eval()
-    return {"model": best_model, "history": history, "best_epoch": done["best_epoch"],
-            "best_dev_wer": done["best_dev_wer"], "epochs_run": epoch, "seconds": done["seconds"],
-            "stopped": stopped or ("all epochs run" if epoch >= options.epochs
-                                   else f"stopped after epoch {epoch} of {options.epochs} (stop_after_epoch)")}
+    return {
+        "model": best_model,
+        "history": history,
+        "best_epoch": done["best_epoch"],
+        "best_dev_wer": done["best_dev_wer"],
+        "epochs_run": epoch,
+        "seconds": done["seconds"],
+        "stopped": stopped
+        or (
+            "all epochs run"
+            if epoch >= options.epochs
+            else f"stopped after epoch {epoch} of {options.epochs} (stop_after_epoch)"
+        ),
+    }
 
 
 def plot_history(history: list, path) -> None:

@@ -96,16 +96,23 @@ def _find_file(root: Path, stem: str) -> Path:
             return path
     where = _where_from(root)
     if where.startswith("the Debian"):
-        fix = (f"install the dataset with `sudo apt-get install dataset-fashion-mnist`, or set the environment "
-               f"variable {ENV_VAR} to a directory holding the IDX files")
+        fix = (
+            f"install the dataset with `sudo apt-get install dataset-fashion-mnist`, or set the environment "
+            f"variable {ENV_VAR} to a directory holding the IDX files"
+        )
     elif ENV_VAR in where:
-        fix = (f"point {ENV_VAR} at the directory that holds {stem}.gz (or unset it to use the Debian package "
-               f"dataset-fashion-mnist)")
+        fix = (
+            f"point {ENV_VAR} at the directory that holds {stem}.gz (or unset it to use the Debian package "
+            f"dataset-fashion-mnist)"
+        )
     else:
-        fix = (f"pass a directory holding the IDX files, or leave root unset to use {ENV_VAR} or the Debian "
-               f"package (`sudo apt-get install dataset-fashion-mnist`)")
-    raise DatasetNotFoundError(f"Fashion-MNIST file {candidates[0]} (or {candidates[1].name}) not found in {where}; "
-                               f"{fix}")
+        fix = (
+            f"pass a directory holding the IDX files, or leave root unset to use {ENV_VAR} or the Debian "
+            f"package (`sudo apt-get install dataset-fashion-mnist`)"
+        )
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST file {candidates[0]} (or {candidates[1].name}) not found in {where}; {fix}"
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -126,9 +133,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if len(data) < 4:
         raise IdxFormatError(f"{name}: only {len(data)} bytes, too short for an IDX header")
     if data[0] != 0 or data[1] != 0:
-        raise IdxFormatError(
-            f"{name}: bad IDX magic number 0x{data[:4].hex()} (the first two bytes must be zero)"
-        )
+        raise IdxFormatError(f"{name}: bad IDX magic number 0x{data[:4].hex()} (the first two bytes must be zero)")
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         raise IdxFormatError(f"{name}: unknown IDX type code 0x{code:02x}")
@@ -166,7 +171,9 @@ def _load_cached(split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(image_path)
     labels = read_idx(label_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise IdxFormatError(f"{image_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}")
+        raise IdxFormatError(
+            f"{image_path}: expected uint8 images of shape (N, 28, 28), got {images.dtype} {images.shape}"
+        )
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise IdxFormatError(f"{label_path}: expected uint8 labels of shape (N,), got {labels.dtype} {labels.shape}")
     if len(labels) != len(images):

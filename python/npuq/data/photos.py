@@ -25,11 +25,23 @@ import numpy as np
 
 # Photographs of scenes and objects (no charts, logos, synthetic test patterns or binary masks).
 # The two motorcycle views are a stereo pair: they stay on the same side of the split.
-CALIBRATION_SOURCES = ("coffee.png", "ihc.png", "grass.png", "gravel.png", "text.png",
-                       "clock_motion.png")
-EVALUATION_SOURCES = ("chelsea.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-                      "camera.png", "coins.png", "moon.png", "retina.jpg", "hubble_deep_field.jpg", "brick.png",
-                      "cell.png", "microaneurysms.png", "page.png")
+CALIBRATION_SOURCES = ("coffee.png", "ihc.png", "grass.png", "gravel.png", "text.png", "clock_motion.png")
+EVALUATION_SOURCES = (
+    "chelsea.png",
+    "astronaut.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "camera.png",
+    "coins.png",
+    "moon.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "brick.png",
+    "cell.png",
+    "microaneurysms.png",
+    "page.png",
+)
 SPLITS = ("calibration", "evaluation")
 MIN_CROP_FRACTION = 0.25
 
@@ -49,9 +61,11 @@ def photo_directory() -> Path:
     """scikit-image's bundled data folder, found without importing scikit-image."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise PhotosNotFoundError("the fidelity photographs come from scikit-image's bundled data, and scikit-image "
-                                  "is not installed; install it with: pip install \"npuq[imagenet]\" (or pip install "
-                                  "scikit-image)")
+        raise PhotosNotFoundError(
+            "the fidelity photographs come from scikit-image's bundled data, and scikit-image "
+            'is not installed; install it with: pip install "npuq[imagenet]" (or pip install '
+            "scikit-image)"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -85,8 +99,9 @@ class CropSpec:
     flip: bool
 
 
-def crop_specs(split: str, count: int, *, seed: int = 0, shapes: dict[str, tuple[int, int]] | None = None
-               ) -> list[CropSpec]:
+def crop_specs(
+    split: str, count: int, *, seed: int = 0, shapes: dict[str, tuple[int, int]] | None = None
+) -> list[CropSpec]:
     """``count`` deterministic crop windows of ``split``, cycling over its photographs."""
     names = source_names(split)
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
@@ -125,12 +140,22 @@ def photo_crops(split: str, count: int, *, size: int = 224, seed: int = 0, progr
 
         it = tqdm(it, total=count, desc=f"{split} crops", unit="crop", leave=False)
     for i, s in it:
-        window = photos[s.source][s.top:s.top + s.side, s.left:s.left + s.side]
+        window = photos[s.source][s.top : s.top + s.side, s.left : s.left + s.side]
         im = Image.fromarray(window).resize((size, size), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
         out[i] = arr[:, ::-1] if s.flip else arr
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-__all__ = ["CALIBRATION_SOURCES", "CropSpec", "EVALUATION_SOURCES", "PhotosNotFoundError", "SPLITS", "crop_specs",
-           "load_photo", "photo_crops", "photo_directory", "source_names"]
+__all__ = [
+    "CALIBRATION_SOURCES",
+    "CropSpec",
+    "EVALUATION_SOURCES",
+    "PhotosNotFoundError",
+    "SPLITS",
+    "crop_specs",
+    "load_photo",
+    "photo_crops",
+    "photo_directory",
+    "source_names",
+]

@@ -4,7 +4,8 @@ modules of unmodified models (:mod:`~npuq.distill.taps`), the teacher-student ob
 privileged information, deep mutual learning, fine-tuning with a teacher), label-free
 quantization-aware distillation of a fake-quantized graph from its FP32 model
 (:mod:`~npuq.distill.label_free`), the shared training loop with checkpoints, resumption and torchrun
-support (:mod:`~npuq.distill.trainer`), and experiments described by TOML configs (:mod:`~npuq.distill.experiment`, ``npuq distill CONFIG``).
+support (:mod:`~npuq.distill.trainer`), and experiments described by TOML configs
+(:mod:`~npuq.distill.experiment`, ``npuq distill CONFIG``).
 """
 
 from npuq.distill.experiment import LOSS_KINDS, PROCESSES, ConfigError, Experiment, load_experiment, run_experiment
@@ -15,6 +16,21 @@ from npuq.distill.trainer import Learner, OptimConfig, accuracy, fit
 
 # LOSS_KINDS and PROCESSES: the names of npuq.registry.DISTILL_LOSSES and DISTILL_PROCESSES (a config's
 # [[terms]] loss and process)
-__all__ = ["LOSS_KINDS", "PROCESSES", "ConfigError", "DistillationObjective", "Experiment", "Learner", "OptimConfig",
-           "Term", "accuracy", "finetune_with_teacher", "fit", "label_free_qat", "load_experiment", "mutual_learner",
-           "offline_learner", "run_experiment"]
+__all__ = [
+    "LOSS_KINDS",
+    "PROCESSES",
+    "ConfigError",
+    "DistillationObjective",
+    "Experiment",
+    "Learner",
+    "OptimConfig",
+    "Term",
+    "accuracy",
+    "finetune_with_teacher",
+    "fit",
+    "label_free_qat",
+    "load_experiment",
+    "mutual_learner",
+    "offline_learner",
+    "run_experiment",
+]

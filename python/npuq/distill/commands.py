@@ -11,14 +11,25 @@ def add_commands(sub) -> None:
     """Register ``npuq distill`` on the argparse sub-parsers ``sub``."""
     from npuq._cliutil import int_range
 
-    p = sub.add_parser("distill", help="run a knowledge-distillation experiment described by a TOML config "
-                       "(docs/distillation.md): metrics.json, curves.png, resumable checkpoints")
+    p = sub.add_parser(
+        "distill",
+        help="run a knowledge-distillation experiment described by a TOML config "
+        "(docs/distillation.md): metrics.json, curves.png, resumable checkpoints",
+    )
     p.add_argument("config", help="a TOML config, e.g. configs/distill/kd.toml")
-    p.add_argument("--out", default=None, help="run folder (default: results/distill/<name>-seed<seed>); an "
-                   "interrupted run resumes from its checkpoints when started again with the same folder")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default: results/distill/<name>-seed<seed>); an "
+        "interrupted run resumes from its checkpoints when started again with the same folder",
+    )
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--epochs", type=int_range(1, 100_000), default=None, help="override optim.epochs (a folder "
-                   "trained with other settings is refused: docs/distillation.md)")
+    p.add_argument(
+        "--epochs",
+        type=int_range(1, 100_000),
+        default=None,
+        help="override optim.epochs (a folder trained with other settings is refused: docs/distillation.md)",
+    )
     p.set_defaults(func=_run_distill)
 
 

@@ -67,8 +67,16 @@ import torch
 
 from npuq.config import ConfigError, fill, read_toml, value
 from npuq.distill.objective import tap_channels
-from npuq.distill.trainer import (OptimConfig, ResumeError, accuracy, atomic_write_bytes, atomic_write_text, fit,
-                                  flatten, read_checkpoint_info)
+from npuq.distill.trainer import (
+    OptimConfig,
+    ResumeError,
+    accuracy,
+    atomic_write_bytes,
+    atomic_write_text,
+    fit,
+    flatten,
+    read_checkpoint_info,
+)
 from npuq.registry import DISTILL_LOSSES, DISTILL_PROCESSES, MODELS
 
 CORRUPTIONS = ("none", "noise", "occlusion")
@@ -82,9 +90,9 @@ LOSS_KINDS = DISTILL_LOSSES.names()
 class ModelSpec:
     model: str = "cnn"
     width: float = 1.0
-    checkpoint: str = ""       # teachers: a shipped checkpoint name or a model.safetensors of an earlier run
-    epochs: int = 0            # teachers: train for this many epochs first when no checkpoint is given
-    weight: float = 1.0        # teachers: ensemble weight
+    checkpoint: str = ""  # teachers: a shipped checkpoint name or a model.safetensors of an earlier run
+    epochs: int = 0  # teachers: train for this many epochs first when no checkpoint is given
+    weight: float = 1.0  # teachers: ensemble weight
 
 
 @dataclass
@@ -93,7 +101,7 @@ class TermSpec:
     weight: float = 1.0
     student: str = "logits"
     teacher: str = "logits"
-    params: dict = field(default_factory=dict)   # the loss's own arguments (temperature, beta, ...)
+    params: dict = field(default_factory=dict)  # the loss's own arguments (temperature, beta, ...)
 
 
 @dataclass
@@ -116,9 +124,9 @@ class Experiment:
     terms: list = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataSpec = field(default_factory=DataSpec)
-    peers: int = 2                 # dml
-    generations: int = 2           # born_again: distilled generations after the first
-    kl_weight: float = 1.0         # dml
+    peers: int = 2  # dml
+    generations: int = 2  # born_again: distilled generations after the first
+    kl_weight: float = 1.0  # dml
 
 
 def parse_experiment(table: dict, source: str = "config") -> Experiment:
@@ -234,8 +242,12 @@ def corrupt(images: torch.Tensor, kind: str, strength: float, seed: int = 0) -> 
     left = torch.randint(0, w - side + 1, (n,), generator=g)
     rows = torch.arange(h)[None, :, None]
     cols = torch.arange(w)[None, None, :]
-    mask = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + side)
-            & (cols >= left[:, None, None]) & (cols < left[:, None, None] + side))
+    mask = (
+        (rows >= top[:, None, None])
+        & (rows < top[:, None, None] + side)
+        & (cols >= left[:, None, None])
+        & (cols < left[:, None, None] + side)
+    )
     return images.masked_fill(mask[:, None], float(images.min()))
 
 
@@ -244,7 +256,7 @@ def _data(exp: Experiment):
 
     x, y = fashion_mnist_tensors("train")
     if exp.data.train_limit:
-        x, y = x[:exp.data.train_limit], y[:exp.data.train_limit]
+        x, y = x[: exp.data.train_limit], y[: exp.data.train_limit]
     xt, yt = fashion_mnist_tensors("test")
     return (x, y), (xt, yt)
 
@@ -261,7 +273,7 @@ def _save_model(model, path: Path, spec: ModelSpec, metrics: dict, epochs: int |
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"model": spec.model, "width": str(spec.width), "metrics": json.dumps(metrics)}
-    if epochs is not None:   # what a later start compares with the epochs it asks for
+    if epochs is not None:  # what a later start compares with the epochs it asks for
         meta["epochs"] = str(epochs)
     atomic_write_bytes(path, save(state, metadata=meta))
 
@@ -354,7 +366,7 @@ class Runner:
         self.progress = progress
         self.train, self.test = _data(exp)
         self.results: dict[str, Any] = {}
-        self.trained: list[str] = []   # sub-runs that took at least one training step in this start
+        self.trained: list[str] = []  # sub-runs that took at least one training step in this start
 
     def _say(self, text: str) -> None:
         if self.progress:
@@ -385,16 +397,19 @@ class Runner:
         entry = {"version": RECORD_VERSION, "settings": settings}
         holds = self._holds_results()
         if holds and not record.exists():
-            raise ResumeError(f"{self.out} holds trained models but no {RECORD} (written by an older npuq, or "
-                              "by something else): the settings they were trained with cannot be checked; "
-                              f"use another output folder, or delete {self.out} to start over")
-        if not holds:   # nothing trained here yet (or a start that failed before its first epoch): nothing to keep
+            raise ResumeError(
+                f"{self.out} holds trained models but no {RECORD} (written by an older npuq, or "
+                "by something else): the settings they were trained with cannot be checked; "
+                f"use another output folder, or delete {self.out} to start over"
+            )
+        if not holds:  # nothing trained here yet (or a start that failed before its first epoch): nothing to keep
             atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
             return "new"
         saved = _read_json(record, "settings record", self._advice())
         if not isinstance(saved, dict) or saved.get("version") != RECORD_VERSION or "settings" not in saved:
-            raise ResumeError(f"{record}: not a settings record of this npuq (version {RECORD_VERSION})"
-                              + self._advice())
+            raise ResumeError(
+                f"{record}: not a settings record of this npuq (version {RECORD_VERSION})" + self._advice()
+            )
         old, new = flatten(saved["settings"]), flatten(settings)
         differing = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
         if not differing:
@@ -404,31 +419,42 @@ class Runner:
             self._check_change(refused, old, new)
         atomic_write_text(record, json.dumps(entry, indent=1) + "\n")
         changes = ", ".join(f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in differing)
-        self._say(f"{self.out}: settings changed ({changes}); going on from the saved state gives what a clean run "
-                  "with these settings would")
+        self._say(
+            f"{self.out}: settings changed ({changes}); going on from the saved state gives what a clean run "
+            "with these settings would"
+        )
         return "changed"
 
     def _check_change(self, differing: list, old: dict, new: dict) -> None:
         changes = "; ".join(f"{k}: {_show(old.get(k))} -> {_show(new.get(k))}" for k in differing)
-        head = (f"{self.out} holds a run of this experiment with other settings ({changes}); its models are not what "
-                "these settings give")
-        how = (f"To run these settings, use another output folder (--out), or delete {self.out} to start over; to "
-               f"get the saved result, start it with the settings recorded in {self.out / RECORD}.")
+        head = (
+            f"{self.out} holds a run of this experiment with other settings ({changes}); its models are not what "
+            "these settings give"
+        )
+        how = (
+            f"To run these settings, use another output folder (--out), or delete {self.out} to start over; to "
+            f"get the saved result, start it with the settings recorded in {self.out / RECORD}."
+        )
         if differing != ["optim.epochs"]:
             raise ResumeError(f"{head}. {how}")
         exp, epochs = self.exp, new["optim.epochs"]
         if exp.optim.schedule != "constant":
-            raise ResumeError(f"{head}: with the {exp.optim.schedule} schedule the learning rate of every step depends "
-                              f"on the total number of epochs, so training cannot go on to {epochs} epochs and end "
-                              f"as a clean {epochs}-epoch run would (optim.schedule = \"constant\" can). {how}")
+            raise ResumeError(
+                f"{head}: with the {exp.optim.schedule} schedule the learning rate of every step depends "
+                f"on the total number of epochs, so training cannot go on to {epochs} epochs and end "
+                f'as a clean {epochs}-epoch run would (optim.schedule = "constant" can). {how}'
+            )
         if exp.process not in LEAF_PROCESSES:
-            raise ResumeError(f"{head}: in process '{exp.process}' the models trained for optim.epochs teach the "
-                              f"next ones, so every later model would change too. {how}")
+            raise ResumeError(
+                f"{head}: in process '{exp.process}' the models trained for optim.epochs teach the "
+                f"next ones, so every later model would change too. {how}"
+            )
         run = "dml" if exp.process == "dml" else "student"
         done = self._epochs_done(self.out / run)
         if done > epochs:
-            raise ResumeError(f"{head}: {run} has {done} epochs done already and the {epochs}-epoch state is not "
-                              f"kept. {how}")
+            raise ResumeError(
+                f"{head}: {run} has {done} epochs done already and the {epochs}-epoch state is not kept. {how}"
+            )
 
     def _epochs_done(self, folder: Path) -> int:
         ckpt, final = folder / "checkpoint.safetensors", folder / "model.safetensors"
@@ -437,8 +463,17 @@ class Runner:
         return _model_epochs(final, self._advice()) if final.exists() else 0
 
     # ------------------------------------------------------------------ training
-    def train_model(self, run: str, spec: ModelSpec, teachers=(), terms=(), seed_offset: int = 0,
-                    epochs: int | None = None, student_input=None, teacher_weights=None):
+    def train_model(
+        self,
+        run: str,
+        spec: ModelSpec,
+        teachers=(),
+        terms=(),
+        seed_offset: int = 0,
+        epochs: int | None = None,
+        student_input=None,
+        teacher_weights=None,
+    ):
         """Train (or load, when finished earlier for as many epochs) one model; returns it in eval mode."""
         from npuq.distill.processes import offline_learner
 
@@ -452,19 +487,29 @@ class Runner:
                 model = _load_model(spec, final, ResumeError, self._advice())
                 self.results[run] = _read_json(self.out / run / "history.json", "training history", self._advice())
                 return model
-            if held > optim.epochs:   # check_folder refuses this first; a safety net for direct callers
-                raise ResumeError(f"{final} was trained for {held} epochs, not the {optim.epochs} asked for"
-                                  + self._advice())
+            if held > optim.epochs:  # check_folder refuses this first; a safety net for direct callers
+                raise ResumeError(
+                    f"{final} was trained for {held} epochs, not the {optim.epochs} asked for" + self._advice()
+                )
             # fewer: check_folder allowed more epochs; fit continues from the checkpoint
         model = _build(spec, self.exp.seed * 1000 + seed_offset)
         loss_terms = [self._term(t, model, teachers) for t in terms]
-        learner = offline_learner(model, list(teachers), loss_terms, optim, test=self.test,
-                                  task_weight=self.exp.task_weight if terms else 1.0,
-                                  teacher_weights=(list(teacher_weights) if teacher_weights is not None
-                                                   else [1.0] * len(teachers)) if teachers else None,
-                                  ensemble=self.exp.ensemble, student_input=student_input)
-        summary = fit(learner, *self.train, optim, seed=self.exp.seed, out_dir=self.out / run,
-                      progress=self.progress, desc=run)
+        learner = offline_learner(
+            model,
+            list(teachers),
+            loss_terms,
+            optim,
+            test=self.test,
+            task_weight=self.exp.task_weight if terms else 1.0,
+            teacher_weights=(list(teacher_weights) if teacher_weights is not None else [1.0] * len(teachers))
+            if teachers
+            else None,
+            ensemble=self.exp.ensemble,
+            student_input=student_input,
+        )
+        summary = fit(
+            learner, *self.train, optim, seed=self.exp.seed, out_dir=self.out / run, progress=self.progress, desc=run
+        )
         learner.modules["objective"].remove_taps()
         self._note(run, summary, optim.epochs)
         self.results[run] = summary["history"]
@@ -491,16 +536,20 @@ class Runner:
         if spec.checkpoint:
             from npuq.models.checkpoints import list_checkpoints, load_checkpoint
 
-            if spec.checkpoint in list_checkpoints():   # a shipped, trained network
+            if spec.checkpoint in list_checkpoints():  # a shipped, trained network
                 model, meta = load_checkpoint(spec.checkpoint)
                 if meta.get("model") != spec.model or float(meta.get("width", -1)) != spec.width:
-                    raise ConfigError(f"teachers[{i}]: checkpoint {spec.checkpoint!r} is a {meta.get('model')} "
-                                      f"w{meta.get('width')}, not the {spec.model} w{spec.width} the config names")
+                    raise ConfigError(
+                        f"teachers[{i}]: checkpoint {spec.checkpoint!r} is a {meta.get('model')} "
+                        f"w{meta.get('width')}, not the {spec.model} w{spec.width} the config names"
+                    )
                 return model.eval()
             path = Path(spec.checkpoint)
             if not path.exists():
-                raise ConfigError(f"teachers[{i}].checkpoint: no such file {path} (nor a shipped checkpoint: "
-                                  f"{', '.join(list_checkpoints())})")
+                raise ConfigError(
+                    f"teachers[{i}].checkpoint: no such file {path} (nor a shipped checkpoint: "
+                    f"{', '.join(list_checkpoints())})"
+                )
             return _load_model(spec, path)
         if spec.epochs < 1:
             raise ConfigError(f"teachers[{i}] needs a checkpoint or epochs >= 1 to be trained first")
@@ -510,13 +559,20 @@ class Runner:
         exp = self.exp
         state = self.check_folder()
         finals = DISTILL_PROCESSES.get(exp.process)(self, self._student_view())
-        metrics = {"name": exp.name, "process": exp.process, "seed": exp.seed, "final_test_accuracy": finals,
-                   "histories": self.results}
+        metrics = {
+            "name": exp.name,
+            "process": exp.process,
+            "seed": exp.seed,
+            "final_test_accuracy": finals,
+            "histories": self.results,
+        }
         atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         self._plot()
         if state != "new" and not self.trained:
-            self._say(f"{self.out} holds this experiment, trained with these settings already: returning its saved "
-                      "result, nothing was trained (use another --out, or delete the folder, to train again)")
+            self._say(
+                f"{self.out} holds this experiment, trained with these settings already: returning its saved "
+                "result, nothing was trained (use another --out, or delete the folder, to train again)"
+            )
         return metrics
 
     def _dml(self) -> dict:
@@ -525,15 +581,21 @@ class Runner:
         exp = self.exp
         peers = [_build(exp.student, exp.seed * 1000 + i) for i in range(exp.peers)]
         learner = mutual_learner(peers, exp.optim, test=self.test, kl_weight=exp.kl_weight)
-        summary = fit(learner, *self.train, exp.optim, seed=exp.seed, out_dir=self.out / "dml",
-                      progress=self.progress, desc="dml")
+        summary = fit(
+            learner, *self.train, exp.optim, seed=exp.seed, out_dir=self.out / "dml", progress=self.progress, desc="dml"
+        )
         self._note("dml", summary, exp.optim.epochs)
         self.results["dml"] = summary["history"]
         accs = {f"peer{i}": accuracy(p, *self.test) for i, p in enumerate(peers)}
         accs["student"] = sum(accs.values()) / len(peers)
         for i, p in enumerate(peers):
-            _save_model(p, self.out / "dml" / f"peer{i}.safetensors", exp.student, {"test_accuracy": accs[f"peer{i}"]},
-                        exp.optim.epochs)
+            _save_model(
+                p,
+                self.out / "dml" / f"peer{i}.safetensors",
+                exp.student,
+                {"test_accuracy": accs[f"peer{i}"]},
+                exp.optim.epochs,
+            )
         return accs
 
     def _acc(self, model, view) -> float:
@@ -553,7 +615,9 @@ class Runner:
             epochs = [h["epoch"] for h in hist]
             if "test_accuracy" in hist[0]:
                 ax1.plot(epochs, [100 * h["test_accuracy"] for h in hist], marker="o", label=run)
-            key = "train_loss" if "train_loss" in hist[0] else next((k for k in hist[0] if k.startswith("train_")), None)
+            key = (
+                "train_loss" if "train_loss" in hist[0] else next((k for k in hist[0] if k.startswith("train_")), None)
+            )
             if key:
                 ax2.plot(epochs, [h[key] for h in hist], marker="o", label=f"{run} {key[6:]}")
         ax1.set_xlabel("epoch")
@@ -586,8 +650,14 @@ def _offline(runner: Runner, view) -> dict:
     exp = runner.exp
     teachers = [runner.teacher(i, t) for i, t in enumerate(exp.teachers)]
     finals = {f"teacher{i}": runner._acc(t, None) for i, t in enumerate(teachers)}
-    m = runner.train_model("student", exp.student, teachers, exp.terms, student_input=view,
-                           teacher_weights=[t.weight for t in exp.teachers])
+    m = runner.train_model(
+        "student",
+        exp.student,
+        teachers,
+        exp.terms,
+        student_input=view,
+        teacher_weights=[t.weight for t in exp.teachers],
+    )
     finals["student"] = runner._acc(m, view)
     return finals
 
@@ -614,8 +684,9 @@ def _teacher_assistant(runner: Runner, view) -> dict:
     exp = runner.exp
     teachers = [runner.teacher(i, t) for i, t in enumerate(exp.teachers)]
     finals = {"teacher0": runner._acc(teachers[0], None)}
-    a = runner.train_model("assistant", exp.assistant, teachers, exp.terms, seed_offset=1,
-                           teacher_weights=[t.weight for t in exp.teachers])
+    a = runner.train_model(
+        "assistant", exp.assistant, teachers, exp.terms, seed_offset=1, teacher_weights=[t.weight for t in exp.teachers]
+    )
     finals["assistant"] = runner._acc(a, None)
     m = runner.train_model("student", exp.student, [a], exp.terms, student_input=view)
     finals["student"] = runner._acc(m, view)
@@ -631,5 +702,18 @@ def run_experiment(config: str | Path | Experiment, out_dir: str | Path, progres
     return Runner(exp, out_dir, progress).run()
 
 
-__all__ = ["ConfigError", "Experiment", "LOSS_KINDS", "ModelSpec", "PROCESSES", "ResumeError", "Runner", "TermSpec",
-           "corrupt", "experiment_settings", "load_experiment", "parse_experiment", "run_experiment"]
+__all__ = [
+    "ConfigError",
+    "Experiment",
+    "LOSS_KINDS",
+    "ModelSpec",
+    "PROCESSES",
+    "ResumeError",
+    "Runner",
+    "TermSpec",
+    "corrupt",
+    "experiment_settings",
+    "load_experiment",
+    "parse_experiment",
+    "run_experiment",
+]

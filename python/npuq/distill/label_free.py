@@ -109,6 +109,7 @@ class _ModuleTeacher:
 
 # ------------------------------------------------------------------------------------------ checks
 
+
 def _int(value, name: str, low: int, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -133,18 +134,23 @@ def check_inputs(images, graph: Graph, batch_size: int, what: str = "the trainin
     """``images`` as the student takes them: a finite float tensor (N, *graph.input_shape) with at least
     one full batch. Raises ValueError (TypeError for a non-tensor) naming what is wrong."""
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{what} must be a torch tensor (N, {', '.join(map(str, graph.input_shape))}), got "
-                        f"{type(images).__name__}")
+        raise TypeError(
+            f"{what} must be a torch tensor (N, {', '.join(map(str, graph.input_shape))}), got {type(images).__name__}"
+        )
     if not images.is_floating_point():
         raise ValueError(f"{what} must be floating point (the model's input scale), got {images.dtype}")
     if images.dim() == 0 or images.shape[0] == 0:
         raise ValueError(f"{what} are empty (shape {tuple(images.shape)}): give at least one batch of inputs")
     if tuple(images.shape[1:]) != tuple(graph.input_shape):
-        raise ValueError(f"{what} have shape {tuple(images.shape)}, but {graph.model_name or 'the graph'} was "
-                         f"prepared for inputs of shape (N, {', '.join(map(str, graph.input_shape))})")
+        raise ValueError(
+            f"{what} have shape {tuple(images.shape)}, but {graph.model_name or 'the graph'} was "
+            f"prepared for inputs of shape (N, {', '.join(map(str, graph.input_shape))})"
+        )
     if images.shape[0] < batch_size:
-        raise ValueError(f"{what} hold {images.shape[0]} inputs, fewer than one batch of {batch_size}: give more "
-                         f"inputs or a smaller batch_size")
+        raise ValueError(
+            f"{what} hold {images.shape[0]} inputs, fewer than one batch of {batch_size}: give more "
+            f"inputs or a smaller batch_size"
+        )
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{what} contain NaN or infinity")
     return images
@@ -161,13 +167,17 @@ def _hint_pairs(hint_taps, graph: Graph, teacher) -> list[tuple[str, str]]:
         pairs = [(s, t) for s, t in hint_taps.items()]
     elif isinstance(hint_taps, Sequence):
         if not isinstance(teacher, Graph):
-            raise ValueError("hint_taps as a list of node names needs a teacher Graph with the same nodes; for a torch "
-                             "module teacher give a mapping {student node name: teacher module path}, e.g. "
-                             "{'add_3': 'blocks.7'}")
+            raise ValueError(
+                "hint_taps as a list of node names needs a teacher Graph with the same nodes; for a torch "
+                "module teacher give a mapping {student node name: teacher module path}, e.g. "
+                "{'add_3': 'blocks.7'}"
+            )
         pairs = [(s, s) for s in hint_taps]
     else:
-        raise TypeError(f"hint_taps must be None, a list of node names or a mapping {{node name: teacher tap}}, "
-                        f"got {type(hint_taps).__name__}")
+        raise TypeError(
+            f"hint_taps must be None, a list of node names or a mapping {{node name: teacher tap}}, "
+            f"got {type(hint_taps).__name__}"
+        )
     if not pairs:
         raise ValueError("hint_taps is empty: give None for response distillation only")
     for s, t in pairs:
@@ -175,13 +185,15 @@ def _hint_pairs(hint_taps, graph: Graph, teacher) -> list[tuple[str, str]]:
             raise TypeError(f"hint taps are names (str), got {s!r} -> {t!r}")
         for name, where in ((s, graph), (t, teacher if isinstance(teacher, Graph) else None)):
             if where is None:
-                continue   # a module path: FeatureTaps checks it, naming close paths
+                continue  # a module path: FeatureTaps checks it, naming close paths
             known = [n.name for n in where]
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-                raise ValueError(f"hint tap {name!r} is not a node of {where.model_name or 'the graph'}"
-                                 f"{' (close: ' + ', '.join(close) + ')' if close else ''}; the node names are "
-                                 f"those of graph.summary()")
+                raise ValueError(
+                    f"hint tap {name!r} is not a node of {where.model_name or 'the graph'}"
+                    f"{' (close: ' + ', '.join(close) + ')' if close else ''}; the node names are "
+                    f"those of graph.summary()"
+                )
         if graph[s].kind in ("input", "output"):
             raise ValueError(f"hint tap {s!r} is the graph's {graph[s].kind}; tap an inner node")
     if len({s for s, _ in pairs}) != len(pairs):
@@ -191,11 +203,28 @@ def _hint_pairs(hint_taps, graph: Graph, teacher) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------------ training
 
-def label_free_qat(teacher: nn.Module | Graph, student_graph: Graph, data: Data, *, bits: int,
-                   method: str = "wess", shift_bits: int = 4, epochs: int = 1, lr: float = 1e-4,
-                   batch_size: int = 16, temperature: float = 1.0, hint_taps=None, hint_weight: float = 1.0,
-                   optimizer: str = "adam", weight_decay: float = 0.0, warmup_steps: int = 0, seed: int = 0,
-                   progress: bool = True, history: list | None = None) -> Graph:
+
+def label_free_qat(
+    teacher: nn.Module | Graph,
+    student_graph: Graph,
+    data: Data,
+    *,
+    bits: int,
+    method: str = "wess",
+    shift_bits: int = 4,
+    epochs: int = 1,
+    lr: float = 1e-4,
+    batch_size: int = 16,
+    temperature: float = 1.0,
+    hint_taps=None,
+    hint_weight: float = 1.0,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+    history: list | None = None,
+) -> Graph:
     """Quantization-aware distillation without labels; returns the trained (float) graph.
 
     Args:
@@ -230,14 +259,18 @@ def label_free_qat(teacher: nn.Module | Graph, student_graph: Graph, data: Data,
         how it was trained), ready for :func:`npuq.quantize`.
     """
     if not isinstance(student_graph, Graph):
-        raise TypeError(f"student_graph must be a prepared npuq Graph (npuq.prepare(model, example_input)), got "
-                        f"{type(student_graph).__name__}")
+        raise TypeError(
+            f"student_graph must be a prepared npuq Graph (npuq.prepare(model, example_input)), got "
+            f"{type(student_graph).__name__}"
+        )
     if not isinstance(teacher, (nn.Module, Graph)):
         raise TypeError(f"teacher must be a torch.nn.Module or a prepared npuq Graph, got {type(teacher).__name__}")
     bits = _int(bits, "bits", 2, 8)
     if method not in QAT_METHODS:
-        raise ValueError(f"method must be one of {', '.join(QAT_METHODS)} (the data-aware "
-                         f"{', '.join(DATA_AWARE_WEIGHT_METHODS)} needs calibration statistics), got {method!r}")
+        raise ValueError(
+            f"method must be one of {', '.join(QAT_METHODS)} (the data-aware "
+            f"{', '.join(DATA_AWARE_WEIGHT_METHODS)} needs calibration statistics), got {method!r}"
+        )
     shift_bits = _int(shift_bits, "shift_bits", 0, 4)
     epochs = _int(epochs, "epochs", 1)
     batch_size = _int(batch_size, "batch_size", 1)
@@ -261,15 +294,35 @@ def label_free_qat(teacher: nn.Module | Graph, student_graph: Graph, data: Data,
         return check_inputs(data(epoch), student_graph, batch_size, f"the inputs data({epoch}) returned")
 
     first = epoch_inputs(0)
-    student = _TappedStudent(student_graph, bits=bits, method=method, shift_bits=shift_bits,
-                             record=[s for s, _ in pairs])
-    run_teacher = _GraphTeacher(teacher, [t for _, t in pairs]) if isinstance(teacher, Graph) else \
-        _ModuleTeacher(teacher, [t for _, t in pairs])
+    student = _TappedStudent(
+        student_graph, bits=bits, method=method, shift_bits=shift_bits, record=[s for s, _ in pairs]
+    )
+    run_teacher = (
+        _GraphTeacher(teacher, [t for _, t in pairs])
+        if isinstance(teacher, Graph)
+        else _ModuleTeacher(teacher, [t for _, t in pairs])
+    )
     try:
-        return _train(student, run_teacher, pairs, first, epoch_inputs, bits=bits, method=method, epochs=epochs,
-                      lr=lr, batch_size=batch_size, temperature=temperature, hint_weight=hint_weight,
-                      optimizer=optimizer, weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed,
-                      progress=progress, history=history)
+        return _train(
+            student,
+            run_teacher,
+            pairs,
+            first,
+            epoch_inputs,
+            bits=bits,
+            method=method,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            temperature=temperature,
+            hint_weight=hint_weight,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            seed=seed,
+            progress=progress,
+            history=history,
+        )
     finally:
         if isinstance(run_teacher, _ModuleTeacher):
             run_teacher.close()
@@ -279,9 +332,27 @@ def _layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epoch_inputs, *, bits: int, method: str,
-           epochs: int, lr: float, batch_size: int, temperature: float, hint_weight: float, optimizer: str,
-           weight_decay: float, warmup_steps: int, seed: int, progress: bool, history: list | None) -> Graph:
+def _train(
+    student: _TappedStudent,
+    run_teacher,
+    pairs,
+    first: torch.Tensor,
+    epoch_inputs,
+    *,
+    bits: int,
+    method: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    temperature: float,
+    hint_weight: float,
+    optimizer: str,
+    weight_decay: float,
+    warmup_steps: int,
+    seed: int,
+    progress: bool,
+    history: list | None,
+) -> Graph:
     # what the student and the teacher produce on two inputs must fit the losses, before anything trains
     probe = _layout(first[:2])
     with torch.no_grad():
@@ -291,21 +362,30 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
             raise ValueError(f"the teacher does not take inputs of shape {tuple(first.shape[1:])} ({exc})") from exc
         s_logits = student(probe)
     if not isinstance(t_logits, torch.Tensor) or t_logits.shape != s_logits.shape or s_logits.dim() != 2:
-        raise ValueError(f"the teacher's output {tuple(getattr(t_logits, 'shape', ()))} does not match the student's "
-                         f"logits {tuple(s_logits.shape)}: both must be (N, classes) of the same shape")
+        raise ValueError(
+            f"the teacher's output {tuple(getattr(t_logits, 'shape', ()))} does not match the student's "
+            f"logits {tuple(s_logits.shape)}: both must be (N, classes) of the same shape"
+        )
     terms = [Term(KDLoss(temperature), 1.0)]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)   # hint adapters (only where channel counts differ) start the same for a seed
+        torch.manual_seed(seed)  # hint adapters (only where channel counts differ) start the same for a seed
         for s, t in pairs:
             cs, ct = int(student.recorded[s].shape[1]), int(t_feats[t].shape[1])
             terms.append(Term(HintLoss(cs, ct), hint_weight, student=s, teacher=t, name=f"hint {s}"))
     losses = nn.ModuleList([term.loss for term in terms])
-    config = OptimConfig(name=optimizer, lr=lr, momentum=0.9, weight_decay=weight_decay, epochs=epochs,
-                         batch_size=batch_size, schedule="cosine")
+    config = OptimConfig(
+        name=optimizer,
+        lr=lr,
+        momentum=0.9,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+        schedule="cosine",
+    )
     opt = config.make([*student.parameters(), *losses.parameters()])
     base_lr = [g["lr"] for g in opt.param_groups]
 
-    total_steps = epochs * (first.shape[0] // batch_size)   # the schedule takes every epoch as long as the first
+    total_steps = epochs * (first.shape[0] // batch_size)  # the schedule takes every epoch as long as the first
     step = 0
     t0 = time.perf_counter()
     student.train()
@@ -318,8 +398,13 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
         if progress:
             from tqdm.auto import tqdm
 
-            iterator = bar = tqdm(iterator, desc=f"W{bits} {method} QAT-KD epoch {epoch + 1}/{epochs}", unit="step",
-                                  leave=False, mininterval=1.0)
+            iterator = bar = tqdm(
+                iterator,
+                desc=f"W{bits} {method} QAT-KD epoch {epoch + 1}/{epochs}",
+                unit="step",
+                leave=False,
+                mininterval=1.0,
+            )
         sums: dict[str, float] = {}
         for i in iterator:
             scale = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
@@ -327,7 +412,7 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
                 scale *= (step + 1) / (warmup_steps + 1)
             for g, b in zip(opt.param_groups, base_lr):
                 g["lr"] = b * scale
-            x = _layout(images[order[i * batch_size:(i + 1) * batch_size]])
+            x = _layout(images[order[i * batch_size : (i + 1) * batch_size]])
             with torch.no_grad():
                 t_logits, t_feats = run_teacher(x)
             s_logits = student(x)
@@ -343,9 +428,10 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
                 total = total + term.weight * value
             values = {k: float(v.detach()) for k, v in parts.items()}
             values["loss"] = float(total.detach())
-            if not math.isfinite(values["loss"]):   # before the step: the weights stay those of the last good one
-                raise FloatingPointError(f"the distillation loss became {values['loss']} at step {step + 1}: "
-                                         f"lower lr (now {lr:g})")
+            if not math.isfinite(values["loss"]):  # before the step: the weights stay those of the last good one
+                raise FloatingPointError(
+                    f"the distillation loss became {values['loss']} at step {step + 1}: lower lr (now {lr:g})"
+                )
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -358,14 +444,21 @@ def _train(student: _TappedStudent, run_teacher, pairs, first: torch.Tensor, epo
             if bar is not None:
                 bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
         if history is not None:
-            history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                            **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()}})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "seconds": time.perf_counter() - t0,
+                    **{f"mean_{k}": v / max(n_steps, 1) for k, v in sums.items()},
+                }
+            )
     student.eval()
     graph = student.to_graph()
     hints = f", hints at {', '.join(s for s, _ in pairs)}" if pairs else ""
-    graph.notes.append(f"weights fine-tuned by label-free quantization-aware distillation: W{bits} {method}, "
-                       f"{step} steps of {batch_size} over {epochs} epoch(s), {optimizer} lr {lr:g} "
-                       f"({warmup_steps} warm-up steps), KD T={temperature:g}{hints}, seed {seed}")
+    graph.notes.append(
+        f"weights fine-tuned by label-free quantization-aware distillation: W{bits} {method}, "
+        f"{step} steps of {batch_size} over {epochs} epoch(s), {optimizer} lr {lr:g} "
+        f"({warmup_steps} warm-up steps), KD T={temperature:g}{hints}, seed {seed}"
+    )
     return graph
 
 

@@ -148,9 +148,7 @@ def _embeddings(x: torch.Tensor, name: str, where: str, min_batch: int, why: str
     if x.dim() < 2:
         raise ValueError(f"{where}: {name} must be (N, D) embeddings or (N, C, ...) maps, got shape {tuple(x.shape)}")
     if x.shape[0] < min_batch:
-        raise ValueError(
-            f"{where} needs a batch of at least {min_batch} samples ({why}); {name} has {x.shape[0]}"
-        )
+        raise ValueError(f"{where} needs a batch of at least {min_batch} samples ({why}); {name} has {x.shape[0]}")
     return x.flatten(1)
 
 

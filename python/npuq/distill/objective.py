@@ -37,13 +37,17 @@ class Term:
 
     def __post_init__(self):
         if not isinstance(self.loss, nn.Module):
-            raise TypeError(f"Term.loss must be a torch.nn.Module (see npuq.distill.losses), got "
-                            f"{type(self.loss).__name__}")
+            raise TypeError(
+                f"Term.loss must be a torch.nn.Module (see npuq.distill.losses), got {type(self.loss).__name__}"
+            )
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"Term.weight must be a finite number >= 0, got {self.weight!r}")
         if not self.name:
-            self.name = type(self.loss).__name__ if self.student == LOGITS else \
-                f"{type(self.loss).__name__}({self.student}->{self.teacher})"
+            self.name = (
+                type(self.loss).__name__
+                if self.student == LOGITS
+                else f"{type(self.loss).__name__}({self.student}->{self.teacher})"
+            )
 
 
 class DistillationObjective(nn.Module):
@@ -64,8 +68,16 @@ class DistillationObjective(nn.Module):
     to the optimizer.
     """
 
-    def __init__(self, student: nn.Module, teachers=(), terms=(), *, task_weight: float = 1.0,
-                 teacher_weights=None, ensemble: str = "loss"):
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers=(),
+        terms=(),
+        *,
+        task_weight: float = 1.0,
+        teacher_weights=None,
+        ensemble: str = "loss",
+    ):
         super().__init__()
         teachers = [teachers] if isinstance(teachers, nn.Module) else list(teachers)
         terms = list(terms)
@@ -87,7 +99,7 @@ class DistillationObjective(nn.Module):
         total = sum(teacher_weights) or 1.0
         self.teacher_weights = [w / total for w in teacher_weights]
         self.student = student
-        self.teachers = teachers            # a plain list: not registered, so not in state_dict / parameters
+        self.teachers = teachers  # a plain list: not registered, so not in state_dict / parameters
         for t in teachers:
             t.eval()
             for p in t.parameters():
@@ -132,8 +144,10 @@ class DistillationObjective(nn.Module):
                 target = sum(w * out[0] for w, out in zip(self.teacher_weights, t_outs))
                 value = spec.loss(s, target)
             else:
-                value = sum(w * spec.loss(s, out[0] if spec.teacher == LOGITS else out[1][spec.teacher])
-                            for w, out in zip(self.teacher_weights, t_outs))
+                value = sum(
+                    w * spec.loss(s, out[0] if spec.teacher == LOGITS else out[1][spec.teacher])
+                    for w, out in zip(self.teacher_weights, t_outs)
+                )
             parts[spec.name] = value
             total = total + spec.weight * value
         return total, parts

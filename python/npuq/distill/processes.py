@@ -32,17 +32,27 @@ def _items(parts: dict, total: torch.Tensor) -> dict:
     return out
 
 
-def offline_learner(student: nn.Module, teachers, terms, optim: OptimConfig, *, test=None, task_weight: float = 1.0,
-                    teacher_weights=None, ensemble: str = "loss",
-                    student_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Learner:
+def offline_learner(
+    student: nn.Module,
+    teachers,
+    terms,
+    optim: OptimConfig,
+    *,
+    test=None,
+    task_weight: float = 1.0,
+    teacher_weights=None,
+    ensemble: str = "loss",
+    student_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Learner:
     """A student taught by frozen ``teachers`` through ``terms`` (no terms, no teachers: plain training).
 
     ``test``: ``(images, labels)`` evaluated after each epoch (student accuracy, on ``student_input``
     of the images when given). ``student_input``: the student's view of a batch (privileged
     information: the teachers see the untransformed batch).
     """
-    objective = DistillationObjective(student, teachers, terms, task_weight=task_weight,
-                                      teacher_weights=teacher_weights, ensemble=ensemble)
+    objective = DistillationObjective(
+        student, teachers, terms, task_weight=task_weight, teacher_weights=teacher_weights, ensemble=ensemble
+    )
     optimizer = optim.make(objective.trainable_parameters())
 
     def step(x, y):
@@ -61,15 +71,20 @@ def offline_learner(student: nn.Module, teachers, terms, optim: OptimConfig, *, 
 
     def check(x, y):
         xs = student_input(x) if student_input is not None else x
-        probe([objective], lambda: objective(xs, y, x_teacher=x if student_input is not None else None),
-              f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}")
+        probe(
+            [objective],
+            lambda: objective(xs, y, x_teacher=x if student_input is not None else None),
+            f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}",
+        )
 
-    return Learner(modules={"objective": objective}, optimizers={"student": optimizer}, step=step,
-                   evaluate=evaluate, check=check)
+    return Learner(
+        modules={"objective": objective}, optimizers={"student": optimizer}, step=step, evaluate=evaluate, check=check
+    )
 
 
-def mutual_learner(peers, optim: OptimConfig, *, test=None, kl_weight: float = 1.0,
-                   temperature: float = 1.0) -> Learner:
+def mutual_learner(
+    peers, optim: OptimConfig, *, test=None, kl_weight: float = 1.0, temperature: float = 1.0
+) -> Learner:
     """Deep mutual learning of ``peers`` (a list of >= 2 models), all updated at every step.
 
     Peer i minimizes ``CE(p_i, y) + kl_weight * T^2 * mean_{j != i} KL(p_j || p_i)`` with ``p_j``
@@ -96,7 +111,7 @@ def mutual_learner(peers, optim: OptimConfig, *, test=None, kl_weight: float = 1
             kl = sum(F.kl_div(log_p, soft[j], reduction="batchmean") for j in range(len(peers)) if j != i)
             loss_i = F.cross_entropy(z, y) + kl_weight * t * t * kl / (len(peers) - 1)
             values[f"peer{i}"] = float(loss_i.detach())
-            total = total + loss_i   # peer i's loss depends on peer i's parameters only (others detached)
+            total = total + loss_i  # peer i's loss depends on peer i's parameters only (others detached)
         total.backward()
         return values
 
@@ -108,16 +123,31 @@ def mutual_learner(peers, optim: OptimConfig, *, test=None, kl_weight: float = 1
         return accs
 
     def check(x, y):
-        probe(peers, lambda: [F.cross_entropy(p(x), y) for p in peers],
-              f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}")
+        probe(
+            peers,
+            lambda: [F.cross_entropy(p(x), y) for p in peers],
+            f"a training batch of shape {tuple(x.shape)} with labels up to {int(y.max())}",
+        )
 
     return Learner(modules=modules, optimizers=optimizers, step=step, evaluate=evaluate, check=check)
 
 
-def finetune_with_teacher(model: nn.Module, teacher: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                          optim: OptimConfig | None = None, temperature: float = 4.0, kd_weight: float = 0.9,
-                          task_weight: float = 0.1, hints=(), test=None, seed: int = 0, out_dir=None,
-                          progress: bool = True) -> dict:
+def finetune_with_teacher(
+    model: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optim: OptimConfig | None = None,
+    temperature: float = 4.0,
+    kd_weight: float = 0.9,
+    task_weight: float = 0.1,
+    hints=(),
+    test=None,
+    seed: int = 0,
+    out_dir=None,
+    progress: bool = True,
+) -> dict:
     """Fine-tune ``model`` on ``(images, labels)`` with ``teacher`` (frozen) as a soft target.
 
     The loss is ``task_weight * CE + kd_weight * KD(T)`` plus optional feature hints
@@ -133,8 +163,9 @@ def finetune_with_teacher(model: nn.Module, teacher: nn.Module, images: torch.Te
         adapter = HintLoss(tap_channels(model, s_path, images[:2]), tap_channels(teacher, t_path, images[:2]))
         terms.append(Term(adapter, w, student=s_path, teacher=t_path))
     learner = offline_learner(model, [teacher], terms, optim, test=test, task_weight=task_weight)
-    return fit(learner, images, labels, optim, seed=seed, out_dir=out_dir, progress=progress,
-               desc="fine-tuning with teacher")
+    return fit(
+        learner, images, labels, optim, seed=seed, out_dir=out_dir, progress=progress, desc="fine-tuning with teacher"
+    )
 
 
 __all__ = ["finetune_with_teacher", "mutual_learner", "offline_learner"]

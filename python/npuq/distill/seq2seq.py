@@ -31,17 +31,27 @@ from npuq.distill.losses import KDLoss
 __all__ = ["finetune_seq2seq_with_teacher", "sequence_distillation_loss"]
 
 
-def sequence_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-                               kd: KDLoss, *, kd_weight: float = 0.9, task_weight: float = 0.1,
-                               pad_id: int = 0) -> tuple[torch.Tensor, dict]:
+def sequence_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    kd: KDLoss,
+    *,
+    kd_weight: float = 0.9,
+    task_weight: float = 0.1,
+    pad_id: int = 0,
+) -> tuple[torch.Tensor, dict]:
     """``(total, {"ce", "kd", "tokens"})`` for teacher-forced logits ``(B, L, V)`` of student and teacher and
     the targets ``(B, L)``; positions where ``targets == pad_id`` are left out (see the module doc)."""
     if student_logits.dim() != 3 or student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student and teacher logits must both be (batch, steps, vocab) of the same shape, got "
-                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+        raise ValueError(
+            f"student and teacher logits must both be (batch, steps, vocab) of the same shape, got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
     if targets.shape != student_logits.shape[:2]:
-        raise ValueError(f"targets must be (batch, steps) = {tuple(student_logits.shape[:2])}, got "
-                         f"{tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must be (batch, steps) = {tuple(student_logits.shape[:2])}, got {tuple(targets.shape)}"
+        )
     valid = targets != pad_id
     tokens = int(valid.sum())
     if tokens == 0:
@@ -54,21 +64,37 @@ def sequence_distillation_loss(student_logits: torch.Tensor, teacher_logits: tor
 
 
 def _check(value, name: str, low: float, strict: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
-        value > low if strict else value >= low)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if strict else value >= low)
+    )
     if not ok:
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}")
     return float(value)
 
 
-def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
-                                  batches: Callable[[int], Iterable[tuple[tuple, torch.Tensor]]], *,
-                                  epochs: int = 1, lr: float = 5e-4, lr_schedule: str = "constant",
-                                  total_steps: int | None = None, clip_norm: float = 5.0,
-                                  temperature: float = 2.0, kd_weight: float = 0.9, task_weight: float = 0.1,
-                                  pad_id: int = 0, seed: int = 0, threads: int | None = 1,
-                                  student_view: Callable[[tuple, torch.Generator], tuple] | None = None,
-                                  progress: bool = True, desc: str = "fine-tuning with teacher") -> dict:
+def finetune_seq2seq_with_teacher(
+    model: nn.Module,
+    teacher: nn.Module,
+    batches: Callable[[int], Iterable[tuple[tuple, torch.Tensor]]],
+    *,
+    epochs: int = 1,
+    lr: float = 5e-4,
+    lr_schedule: str = "constant",
+    total_steps: int | None = None,
+    clip_norm: float = 5.0,
+    temperature: float = 2.0,
+    kd_weight: float = 0.9,
+    task_weight: float = 0.1,
+    pad_id: int = 0,
+    seed: int = 0,
+    threads: int | None = 1,
+    student_view: Callable[[tuple, torch.Generator], tuple] | None = None,
+    progress: bool = True,
+    desc: str = "fine-tuning with teacher",
+) -> dict:
     """Fine-tune ``model`` in place with the frozen ``teacher``; returns ``{"steps", "epochs", "history",
     "seconds"}`` where ``history`` holds each epoch's token-weighted mean ``loss``, ``ce`` and ``kd``.
 
@@ -90,10 +116,12 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
     lr = _check(lr, "lr", 0.0, True)
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}")
-    if lr_schedule == "cosine" and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                    or total_steps < 1):
-        raise ValueError(f"lr_schedule='cosine' needs total_steps, an int >= 1 (the batches of all epochs), got "
-                         f"{total_steps!r}")
+    if lr_schedule == "cosine" and (
+        isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+    ):
+        raise ValueError(
+            f"lr_schedule='cosine' needs total_steps, an int >= 1 (the batches of all epochs), got {total_steps!r}"
+        )
     clip_norm = _check(clip_norm, "clip_norm", 0.0, True)
     kd_weight = _check(kd_weight, "kd_weight", 0.0, False)
     task_weight = _check(task_weight, "task_weight", 0.0, False)
@@ -128,12 +156,19 @@ def finetune_seq2seq_with_teacher(model: nn.Module, teacher: nn.Module,
                 with torch.no_grad():
                     teacher_logits = teacher(*inputs)
                 student_inputs = student_view(inputs, generator) if student_view is not None else inputs
-                total, parts = sequence_distillation_loss(model(*student_inputs), teacher_logits, targets, kd,
-                                                          kd_weight=kd_weight, task_weight=task_weight,
-                                                          pad_id=pad_id)
+                total, parts = sequence_distillation_loss(
+                    model(*student_inputs),
+                    teacher_logits,
+                    targets,
+                    kd,
+                    kd_weight=kd_weight,
+                    task_weight=task_weight,
+                    pad_id=pad_id,
+                )
                 if not torch.isfinite(total):
-                    raise FloatingPointError(f"the distillation loss is {float(total)} at step {steps + 1}; "
-                                             f"lower lr ({lr:g})")
+                    raise FloatingPointError(
+                        f"the distillation loss is {float(total)} at step {steps + 1}; lower lr ({lr:g})"
+                    )
                 for group in optimizer.param_groups:
                     group["lr"] = rate(steps)
                 optimizer.zero_grad(set_to_none=True)

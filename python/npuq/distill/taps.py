@@ -57,9 +57,7 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     names = _all_module_names(model)
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)
     suggestion = f"; close names: {', '.join(map(repr, close))}" if close else ""
-    raise TapError(
-        f"{type(model).__name__} has no module {path!r}{suggestion}. List all module paths with {_LIST_ALL}"
-    )
+    raise TapError(f"{type(model).__name__} has no module {path!r}{suggestion}. List all module paths with {_LIST_ALL}")
 
 
 def _first_tensor(output):

@@ -77,8 +77,13 @@ class OptimConfig:
     def make(self, params) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad]
         if self.name == "sgd":
-            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov and
-                                   self.momentum > 0, weight_decay=self.weight_decay)
+            return torch.optim.SGD(
+                params,
+                lr=self.lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov and self.momentum > 0,
+                weight_decay=self.weight_decay,
+            )
         cls = torch.optim.Adam if self.name == "adam" else torch.optim.AdamW
         return cls(params, lr=self.lr, weight_decay=self.weight_decay)
 
@@ -102,12 +107,21 @@ class Learner:
 def check_training_data(images, labels) -> None:
     """Types and shapes :func:`fit` needs: float images (N, ...) and integer class labels (N,) >= 0."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() < 2:
-        raise ValueError(f"training images must be a floating-point torch tensor (N, C, H, W), got "
-                         f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}")
-    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point()
-            or labels.is_complex() or labels.dtype == torch.bool):
-        raise ValueError(f"training labels must be an integer torch tensor (N,) of class indices, got "
-                         f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {tuple(getattr(labels, 'shape', ()))}")
+        raise ValueError(
+            f"training images must be a floating-point torch tensor (N, C, H, W), got "
+            f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}"
+        )
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.dim() != 1
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"training labels must be an integer torch tensor (N,) of class indices, got "
+            f"{type(labels).__name__} {getattr(labels, 'dtype', '')} {tuple(getattr(labels, 'shape', ()))}"
+        )
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     if labels.numel() and int(labels.min()) < 0:
@@ -187,7 +201,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())   # the data is on disk before the name points to it
+            os.fsync(f.fileno())  # the data is on disk before the name points to it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -241,8 +255,10 @@ def save_checkpoint(path: Path, learner: Learner, epoch: int, history: list, ext
 
 
 def _unreadable(path: Path, what: str, exc) -> ResumeError:
-    return ResumeError(f"{path}: the {what} is unreadable or truncated ({exc}); delete it to redo that training "
-                       "from its start (the run's other files are kept), or use another output folder")
+    return ResumeError(
+        f"{path}: the {what} is unreadable or truncated ({exc}); delete it to redo that training "
+        "from its start (the run's other files are kept), or use another output folder"
+    )
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> dict:
@@ -254,8 +270,11 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict:
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        info = {"epoch": int(meta["epoch"]), "history": json.loads(meta.get("history", "[]")),
-                "extra": json.loads(meta.get("extra", "{}"))}
+        info = {
+            "epoch": int(meta["epoch"]),
+            "history": json.loads(meta.get("history", "[]")),
+            "extra": json.loads(meta.get("extra", "{}")),
+        }
     except Exception as exc:  # safetensors raises its own error types for damaged files; KeyError: no epoch
         raise _unreadable(path, "checkpoint", exc) from exc
     return info
@@ -277,26 +296,30 @@ def load_checkpoint(path: Path, learner: Learner) -> tuple[int, list]:
         raise _unreadable(path, "checkpoint", exc) from exc
     for name, m in learner.modules.items():
         prefix = f"module.{name}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         missing = set(m.state_dict()) - set(state)
         if missing:
-            raise ResumeError(f"{path}: checkpoint lacks {len(missing)} tensors of module '{name}' (e.g. "
-                              f"{sorted(missing)[:3]}); it belongs to another configuration: use another output "
-                              "folder, or delete the checkpoint to train from the start")
+            raise ResumeError(
+                f"{path}: checkpoint lacks {len(missing)} tensors of module '{name}' (e.g. "
+                f"{sorted(missing)[:3]}); it belongs to another configuration: use another output "
+                "folder, or delete the checkpoint to train from the start"
+            )
         m.load_state_dict(state)
     for name, opt in learner.optimizers.items():
         om = opt_meta.get(name, {})
         state = {}
         for k, v in tensors.items():
             if k.startswith(f"optim.{name}."):
-                pid, key = k[len(f"optim.{name}."):].split(".", 1)
+                pid, key = k[len(f"optim.{name}.") :].split(".", 1)
                 state.setdefault(int(pid), {})[key] = v
         for pid, st in om.items():
             if pid != "__param_groups__":
                 state.setdefault(int(pid), {}).update(st)
         if "__param_groups__" not in om:
-            raise ResumeError(f"{path}: checkpoint has no state for optimizer '{name}'; it belongs to another "
-                              "configuration: use another output folder, or delete the checkpoint")
+            raise ResumeError(
+                f"{path}: checkpoint has no state for optimizer '{name}'; it belongs to another "
+                "configuration: use another output folder, or delete the checkpoint"
+            )
         opt.load_state_dict({"state": state, "param_groups": om["__param_groups__"]})
     return info["epoch"], info["history"]
 
@@ -312,27 +335,38 @@ def check_resumable(path: Path, info: dict, settings: dict) -> None:
     clean run with the new settings would: only ``optim.epochs`` may change, with a constant learning rate
     (the data order of an epoch depends on the seed and the epoch only), to no fewer epochs than are done."""
     saved = info["extra"].get("settings")
-    if saved is None:   # written before checkpoints recorded their settings
-        warnings.warn(f"{path}: the checkpoint does not record the settings it was trained with; resuming it "
-                      "without checking them", stacklevel=3)
+    if saved is None:  # written before checkpoints recorded their settings
+        warnings.warn(
+            f"{path}: the checkpoint does not record the settings it was trained with; resuming it "
+            "without checking them",
+            stacklevel=3,
+        )
         return
     old, new = flatten(json.loads(json.dumps(saved))), flatten(json.loads(json.dumps(settings)))
     differing = [k for k in sorted({*old, *new}) if old.get(k) != new.get(k)]
     done, wanted = info["epoch"], new["optim.epochs"]
-    how = (f"use another output folder, or delete {path} (and the run's other files) to train with the new "
-           "settings from the start")
+    how = (
+        f"use another output folder, or delete {path} (and the run's other files) to train with the new "
+        "settings from the start"
+    )
     if any(k != "optim.epochs" for k in differing):
         changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing)
-        raise ResumeError(f"{path}: the checkpoint was trained with other settings ({changes}); resuming it would "
-                          f"not give the result of the settings asked for: {how}")
+        raise ResumeError(
+            f"{path}: the checkpoint was trained with other settings ({changes}); resuming it would "
+            f"not give the result of the settings asked for: {how}"
+        )
     if done > wanted:
-        raise ResumeError(f"{path}: the checkpoint holds {done} epochs, more than the {wanted} asked for; the "
-                          f"{wanted}-epoch state is not kept: {how}")
+        raise ResumeError(
+            f"{path}: the checkpoint holds {done} epochs, more than the {wanted} asked for; the "
+            f"{wanted}-epoch state is not kept: {how}"
+        )
     if differing and new["optim.schedule"] != "constant":
-        raise ResumeError(f"{path}: the run was started for {old['optim.epochs']} epochs and is asked for "
-                          f"{wanted} now; with the {new['optim.schedule']} schedule the learning rate of every "
-                          f"step depends on the total, so resuming cannot give what a clean {wanted}-epoch run "
-                          f"gives (only schedule 'constant' can change its epochs): {how}")
+        raise ResumeError(
+            f"{path}: the run was started for {old['optim.epochs']} epochs and is asked for "
+            f"{wanted} now; with the {new['optim.schedule']} schedule the learning rate of every "
+            f"step depends on the total, so resuming cannot give what a clean {wanted}-epoch run "
+            f"gives (only schedule 'constant' can change its epochs): {how}"
+        )
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -351,9 +385,19 @@ def flatten(value, prefix: str = "") -> dict:
 
 
 # ------------------------------------------------------------------------------------------- the loop
-def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: OptimConfig, *, seed: int = 0,
-        out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-        desc: str = "training", max_steps: int | None = None) -> dict:
+def fit(
+    learner: Learner,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optim: OptimConfig,
+    *,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    desc: str = "training",
+    max_steps: int | None = None,
+) -> dict:
     """Train ``learner`` for ``optim.epochs`` epochs over ``(images, labels)``.
 
     With ``out_dir``: a checkpoint after every epoch (``checkpoint.safetensors``), resumed from when
@@ -382,8 +426,9 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
     if ckpt is not None and resume and ckpt.exists():
         check_resumable(ckpt, read_checkpoint_info(ckpt), settings)
         start_epoch, history = load_checkpoint(ckpt, learner)
-    sampler = DistributedSampler(range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed, drop_last=True)
+    sampler = DistributedSampler(
+        range(images.shape[0]), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     steps_per_epoch = len(sampler) // local
     if steps_per_epoch == 0:
         raise ValueError(f"no full batch of {optim.batch_size} in {images.shape[0]} training images")
@@ -409,7 +454,7 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
                 for g, lr in zip(opt.param_groups, base_lrs[name]):
                     g["lr"] = lr * scale
                 opt.zero_grad(set_to_none=True)
-            idx = order[i * local:(i + 1) * local]
+            idx = order[i * local : (i + 1) * local]
             values = learner.step(images[idx], labels[idx])
             _average_gradients(modules, world_size)
             for opt in learner.optimizers.values():
@@ -432,8 +477,13 @@ def fit(learner: Learner, images: torch.Tensor, labels: torch.Tensor, optim: Opt
             break
     if world_size > 1:
         dist.barrier()
-    return {"history": history, "steps": step, "seconds": time.perf_counter() - t0, "world_size": world_size,
-            "start_epoch": start_epoch}
+    return {
+        "history": history,
+        "steps": step,
+        "seconds": time.perf_counter() - t0,
+        "world_size": world_size,
+        "start_epoch": start_epoch,
+    }
 
 
 def _broadcast_parameters(modules, world_size: int) -> None:
@@ -448,9 +498,25 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     from npuq.evaluation import top1_accuracy
 
     n = images.shape[0]
-    return top1_accuracy(model, ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, n, batch_size)))
+    return top1_accuracy(
+        model, ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, n, batch_size))
+    )
 
 
-__all__ = ["Learner", "OPTIMIZERS", "OptimConfig", "ResumeError", "SCHEDULES", "accuracy", "atomic_write_bytes",
-           "atomic_write_text", "check_resumable", "fit", "load_checkpoint", "read_checkpoint_info", "run_settings",
-           "save_checkpoint", "world"]
+__all__ = [
+    "Learner",
+    "OPTIMIZERS",
+    "OptimConfig",
+    "ResumeError",
+    "SCHEDULES",
+    "accuracy",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_resumable",
+    "fit",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "run_settings",
+    "save_checkpoint",
+    "world",
+]

@@ -14,12 +14,18 @@ See ``docs/lrf.md``.
 # machine without torch. The torch-side names are bound eagerly when torch is there: a lazy binding would
 # lose to the submodule attribute that any `import npuq.lrf.factorize` sets under the function's name.
 _TORCH_EXPORTS = {
-    "KeptDenseWarning": "npuq.lrf.factorize", "SVDCache": "npuq.lrf.factorize",
-    "factorizable_layers": "npuq.lrf.factorize", "factorize": "npuq.lrf.factorize",
+    "KeptDenseWarning": "npuq.lrf.factorize",
+    "SVDCache": "npuq.lrf.factorize",
+    "factorizable_layers": "npuq.lrf.factorize",
+    "factorize": "npuq.lrf.factorize",
     "factorized_ranks": "npuq.lrf.factorize",
-    "FactorizedConv2d": "npuq.lrf.layers", "FactorizedLinear": "npuq.lrf.layers", "FactorizedLSTM": "npuq.lrf.layers",
-    "UnknownLayerError": "npuq.lrf.layers", "break_even_rank": "npuq.lrf.layers",
-    "CompressionReport": "npuq.lrf.report", "LayerCompression": "npuq.lrf.report",
+    "FactorizedConv2d": "npuq.lrf.layers",
+    "FactorizedLinear": "npuq.lrf.layers",
+    "FactorizedLSTM": "npuq.lrf.layers",
+    "UnknownLayerError": "npuq.lrf.layers",
+    "break_even_rank": "npuq.lrf.layers",
+    "CompressionReport": "npuq.lrf.report",
+    "LayerCompression": "npuq.lrf.report",
     "compression_report": "npuq.lrf.report",
 }
 _SVD_EXPORTS = {"TruncatedSVD": "npuq.lrf.svd", "truncated_svd": "npuq.lrf.svd"}

@@ -22,46 +22,76 @@ def add_commands(sub) -> None:
     from npuq._cliutil import float_range, int_range
     from npuq.registry import SEARCH_STRATEGIES  # declared names: no torch or optuna import
 
-    lrf = sub.add_parser("lrf", help="low-rank factorization: rank search (RL or Optuna), iterative compression, "
-                         "apply ranks, parameter reports (docs/lrf_search.md)")
+    lrf = sub.add_parser(
+        "lrf",
+        help="low-rank factorization: rank search (RL or Optuna), iterative compression, "
+        "apply ranks, parameter reports (docs/lrf_search.md)",
+    )
     commands = lrf.add_subparsers(dest="lrf_command", required=True)
 
     s = commands.add_parser("search", help="search per-layer ranks at a target compression (TOML config)")
     s.add_argument("config", help="a TOML config, e.g. configs/lrf/mobilenet_v2_search.toml")
     s.add_argument("--out", default=None, help="output folder (default: results/lrf/<name>)")
-    s.add_argument("--strategy", default=None, choices=SEARCH_STRATEGIES.names(),
-                   help="override the config's strategy")
-    s.add_argument("--budget", type=int_range(1), default=None, help="override [search] budget (candidates; Optuna: the "
-                   "completed trials of the whole study)")
+    s.add_argument("--strategy", default=None, choices=SEARCH_STRATEGIES.names(), help="override the config's strategy")
+    s.add_argument(
+        "--budget",
+        type=int_range(1),
+        default=None,
+        help="override [search] budget (candidates; Optuna: the completed trials of the whole study)",
+    )
     s.add_argument("--target", type=float_range(1.0), default=None, help="override [search] target compression")
     s.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    s.add_argument("--storage", default=None, help="override [optuna] storage: an SQLite path or a database URL "
-                   "such as postgresql://user:password@host:5432/db (shared by all workers)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="override [optuna] storage: an SQLite path or a database URL "
+        "such as postgresql://user:password@host:5432/db (shared by all workers)",
+    )
     s.add_argument("--study-name", default=None, help="override [optuna] study_name")
-    s.add_argument("--worker-id", type=int_range(0), default=None, help="offsets the sampler seed of this worker of a "
-                   "shared study (default: derived from host name and process id)")
+    s.add_argument(
+        "--worker-id",
+        type=int_range(0),
+        default=None,
+        help="offsets the sampler seed of this worker of a "
+        "shared study (default: derived from host name and process id)",
+    )
     s.set_defaults(func=_run_search)
 
-    it = commands.add_parser("iterate", help="iterative compression: search, fine-tune with the original as "
-                             "teacher, search again at a stricter target (resumable)")
+    it = commands.add_parser(
+        "iterate",
+        help="iterative compression: search, fine-tune with the original as "
+        "teacher, search again at a stricter target (resumable)",
+    )
     it.add_argument("config", help="a TOML config, e.g. configs/lrf/mobilenet_v2_iterate.toml")
-    it.add_argument("--out", default=None, help="run folder (default: results/lrf/<name>); an interrupted run "
-                    "resumes from its finished rounds when started again with the same folder")
+    it.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default: results/lrf/<name>); an interrupted run "
+        "resumes from its finished rounds when started again with the same folder",
+    )
     it.add_argument("--seed", type=int, default=None, help="override the config's seed")
     it.set_defaults(func=_run_iterate)
 
     a = commands.add_parser("apply", help="factorize a checkpoint with given ranks and save it")
     a.add_argument("--model", required=True, help="a shipped checkpoint name or a .safetensors path")
-    a.add_argument("--ranks", required=True, help="a JSON file: {path: rank} or an object with a 'ranks' entry "
-                   "(ranks.json of `npuq lrf search`, state.json of a round)")
+    a.add_argument(
+        "--ranks",
+        required=True,
+        help="a JSON file: {path: rank} or an object with a 'ranks' entry "
+        "(ranks.json of `npuq lrf search`, state.json of a round)",
+    )
     a.add_argument("--out", required=True, help="the .safetensors file to write")
     a.set_defaults(func=_run_apply)
 
     r = commands.add_parser("report", help="parameters per layer before and after factorization")
-    r.add_argument("target", metavar="MODEL_OR_RANKS", help="a checkpoint (shipped name or .safetensors, dense or "
-                   "written by `npuq lrf apply`) or a ranks JSON file")
-    r.add_argument("--model", default=None, help="with a ranks file: the checkpoint to apply it to (default: its "
-                   "'model' entry)")
+    r.add_argument(
+        "target",
+        metavar="MODEL_OR_RANKS",
+        help="a checkpoint (shipped name or .safetensors, dense or written by `npuq lrf apply`) or a ranks JSON file",
+    )
+    r.add_argument(
+        "--model", default=None, help="with a ranks file: the checkpoint to apply it to (default: its 'model' entry)"
+    )
     r.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     r.set_defaults(func=_run_report)
 
@@ -116,15 +146,22 @@ def _run_search(args) -> int:
     start = time.perf_counter()
     model = task.load_model()
     sp = config.space
-    space = SearchSpace(model, layers=sp.layers or None, fractions=sp.fractions, basis=sp.basis, keep=sp.keep,
-                        scope=sp.scope)
+    space = SearchSpace(
+        model, layers=sp.layers or None, fractions=sp.fractions, basis=sp.basis, keep=sp.keep, scope=sp.scope
+    )
     evaluator = Evaluator(space, task.evaluate)
     try:
-        result = search(evaluator, strategy=config.strategy, target=config.search.target, budget=config.search.budget,
-                        max_error_increase=config.max_error_increase, seed=config.seed,
-                        reinforce=config.reinforce.policy(),
-                        reward_config=config.reinforce.reward(config.search.target),
-                        optuna_options=config.optuna.options(args.worker_id))
+        result = search(
+            evaluator,
+            strategy=config.strategy,
+            target=config.search.target,
+            budget=config.search.budget,
+            max_error_increase=config.max_error_increase,
+            seed=config.seed,
+            reinforce=config.reinforce.policy(),
+            reward_config=config.reinforce.reward(config.search.target),
+            optuna_options=config.optuna.options(args.worker_id),
+        )
     except StorageError as exc:
         return _fail("search", exc)
     seconds = time.perf_counter() - start
@@ -136,22 +173,44 @@ def _run_search(args) -> int:
             continue
         built = space.build(record.candidate)
         chosen[label] = {**record.to_dict(), "test_error": task.test_error(built)}
-    summary = {"config": str(args.config), "task": task.describe(), "space": space.describe(),
-               "original_test_error": task.test_error(model), "seconds": seconds, "chosen": chosen,
-               **result.to_dict()}
+    summary = {
+        "config": str(args.config),
+        "task": task.describe(),
+        "space": space.describe(),
+        "original_test_error": task.test_error(model),
+        "seconds": seconds,
+        "chosen": chosen,
+        **result.to_dict(),
+    }
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     pick = chosen.get("best") or chosen.get("at_target")
     if pick is not None:
-        (out / "ranks.json").write_text(json.dumps({"model": task.options.model, "ranks": pick["ranks"],
-                                                    "compression": pick["compression"], "error": pick["error"]},
-                                                   indent=1) + "\n")
-    plot_pareto(out / "pareto.png", {f"{result.strategy} x{result.target:g}": result.history},
-                baseline_error=result.baseline_error)
-    print(f"{config.name}: {len(result.history)} candidates, {result.evaluations} evaluated, {seconds:.0f} s; "
-          f"uncompressed dev error {result.baseline_error:.4f}")
+        (out / "ranks.json").write_text(
+            json.dumps(
+                {
+                    "model": task.options.model,
+                    "ranks": pick["ranks"],
+                    "compression": pick["compression"],
+                    "error": pick["error"],
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    plot_pareto(
+        out / "pareto.png",
+        {f"{result.strategy} x{result.target:g}": result.history},
+        baseline_error=result.baseline_error,
+    )
+    print(
+        f"{config.name}: {len(result.history)} candidates, {result.evaluations} evaluated, {seconds:.0f} s; "
+        f"uncompressed dev error {result.baseline_error:.4f}"
+    )
     for label, entry in chosen.items():
-        print(f"  {label}: {entry['compression']:.2f}x, dev error {entry['error']:.4f}, "
-              f"test error {entry['test_error']:.4f}, ranks {json.dumps(entry['ranks'])}")
+        print(
+            f"  {label}: {entry['compression']:.2f}x, dev error {entry['error']:.4f}, "
+            f"test error {entry['test_error']:.4f}, ranks {json.dumps(entry['ranks'])}"
+        )
     if not chosen:
         print(f"  no candidate reached x{result.target:g} or stayed within the error limit")
     print(f"wrote {out / 'search.json'}, {out / 'pareto.png'}" + (f", {out / 'ranks.json'}" if pick else ""))
@@ -177,26 +236,41 @@ def _run_iterate(args) -> int:
     model = task.load_model()
     sp, it = config.space, config.iterate
     try:
-        result = iterate(model, evaluate=task.evaluate, finetune=lambda m: task.finetune(m, model),
-                         targets=it.targets, out_dir=out, strategy=config.strategy,
-                         budget_per_round=it.budget_per_round,
-                         layers=sp.layers or None, fractions=sp.fractions, basis=sp.basis, scope=sp.scope,
-                         max_error_increase=config.max_error_increase, seed=config.seed,
-                         reinforce=config.reinforce.policy(), reward_config=config.reinforce.reward(it.targets[0]),
-                         optuna_options=config.optuna.options(), single_shot=it.single_shot,
-                         test_error=task.test_error)
+        result = iterate(
+            model,
+            evaluate=task.evaluate,
+            finetune=lambda m: task.finetune(m, model),
+            targets=it.targets,
+            out_dir=out,
+            strategy=config.strategy,
+            budget_per_round=it.budget_per_round,
+            layers=sp.layers or None,
+            fractions=sp.fractions,
+            basis=sp.basis,
+            scope=sp.scope,
+            max_error_increase=config.max_error_increase,
+            seed=config.seed,
+            reinforce=config.reinforce.policy(),
+            reward_config=config.reinforce.reward(it.targets[0]),
+            optuna_options=config.optuna.options(),
+            single_shot=it.single_shot,
+            test_error=task.test_error,
+        )
     except StateError as exc:
         return _fail("iterate", exc)
     seconds = time.perf_counter() - start
     print(f"{config.name}: uncompressed dev error {result.original_error:.4f} ({seconds:.0f} s)")
-    print("| round | target | compression | dev error before / after fine-tuning | test error | candidates "
-          "(evaluated) |")
+    print(
+        "| round | target | compression | dev error before / after fine-tuning | test error | candidates (evaluated) |"
+    )
     print("|---|---:|---:|---|---:|---|")
     rows = list(result.rounds) + ([result.single_shot] if result.single_shot else [])
     for state in rows:
-        print(f"| {state['round']} | {state['target']:g}x | {state['compression']:.2f}x | "
-              f"{state['error_before_finetune']:.4f} / {state['error_after_finetune']:.4f} | "
-              f"{state['test_error']:.4f} | {state['candidates']} ({state['evaluations']}) |")
+        print(
+            f"| {state['round']} | {state['target']:g}x | {state['compression']:.2f}x | "
+            f"{state['error_before_finetune']:.4f} / {state['error_after_finetune']:.4f} | "
+            f"{state['test_error']:.4f} | {state['candidates']} ({state['evaluations']}) |"
+        )
     print(f"wrote {out}/summary.json, candidates.json, pareto.png, round_*/")
     return 0
 
@@ -249,8 +323,15 @@ def _checkpoint_errors() -> tuple:
     from npuq.asr import ASRCheckpointError
     from npuq.models.checkpoints import CheckpointMismatchError, CheckpointNotFoundError
 
-    return (ValueError, KeyError, TypeError, FileNotFoundError, CheckpointNotFoundError, CheckpointMismatchError,
-            ASRCheckpointError)
+    return (
+        ValueError,
+        KeyError,
+        TypeError,
+        FileNotFoundError,
+        CheckpointNotFoundError,
+        CheckpointMismatchError,
+        ASRCheckpointError,
+    )
 
 
 def _run_apply(args) -> int:

@@ -38,8 +38,7 @@ from npuq.lrf.layers import (
     torch_truncated_svd,
 )
 
-__all__ = ["KeptDenseWarning", "SVDCache", "UnknownLayerError", "factorizable_layers", "factorize",
-           "factorized_ranks"]
+__all__ = ["KeptDenseWarning", "SVDCache", "UnknownLayerError", "factorizable_layers", "factorize", "factorized_ranks"]
 
 FACTORIZED_TYPES = (FactorizedLinear, FactorizedConv2d, FactorizedLSTM)
 _BUILDERS: dict[type, Any] = {nn.Linear: FactorizedLinear, nn.Conv2d: FactorizedConv2d, nn.LSTM: FactorizedLSTM}
@@ -110,8 +109,10 @@ def _lookup(model: nn.Module, path) -> nn.Module:
     names = [name for name, _ in model.named_modules() if name]
     close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)
     hint = f"; close names: {', '.join(map(repr, close))}" if close else ""
-    raise UnknownLayerError(f"{type(model).__name__} has no module {path!r}{hint} (list the factorizable ones "
-                            "with npuq.lrf.factorizable_layers(model))")
+    raise UnknownLayerError(
+        f"{type(model).__name__} has no module {path!r}{hint} (list the factorizable ones "
+        "with npuq.lrf.factorizable_layers(model))"
+    )
 
 
 def _matrix(module: nn.Module, name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -158,8 +159,10 @@ class SVDCache:
         entry = self._entries.get(key)
         if entry is not None:
             if not torch.equal(entry[0], snapshot):
-                raise ValueError(f"the weights of {what} ({name}) differ from those this SVDCache decomposed; "
-                                 "build a new SVDCache for changed weights")
+                raise ValueError(
+                    f"the weights of {what} ({name}) differ from those this SVDCache decomposed; "
+                    "build a new SVDCache for changed weights"
+                )
             return entry
         # the whole spectrum is wanted here: LAPACK's job, where a truncated solver has nothing to skip
         svd = self.svd if self.svd is not None else torch_truncated_svd
@@ -196,8 +199,9 @@ def _check_not_a_factor(model: nn.Module, path: str) -> None:
     for end in range(len(parts) - 1, -1, -1):
         parent = ".".join(parts[:end])
         if isinstance(model.get_submodule(parent), FACTORIZED_TYPES):
-            raise ValueError(f"{path!r} is a factor of the factorized layer {parent or '(the model)'!r}, "
-                             "not a layer of the model")
+            raise ValueError(
+                f"{path!r} is a factor of the factorized layer {parent or '(the model)'!r}, not a layer of the model"
+            )
 
 
 def _plan(model: nn.Module, ranks: Mapping, on_dense: str):
@@ -207,8 +211,10 @@ def _plan(model: nn.Module, ranks: Mapping, on_dense: str):
     for path, value in ranks.items():
         module = _lookup(model, path)
         if id(module) in paths_of:
-            raise ValueError(f"{paths_of[id(module)]!r} and {path!r} are the same module (registered twice); give "
-                             "its rank once, both registrations are replaced")
+            raise ValueError(
+                f"{paths_of[id(module)]!r} and {path!r} are the same module (registered twice); give "
+                "its rank once, both registrations are replaced"
+            )
         paths_of[id(module)] = path
         _check_not_a_factor(model, path)
         shapes = _check_supported(module, path)
@@ -230,14 +236,17 @@ def _plan(model: nn.Module, ranks: Mapping, on_dense: str):
             _check_finite(module, path)
             plan.append((path, matrix_ranks))
     if kept and on_dense == "raise":
-        raise ValueError(f"ranks at or above the break-even rank m*n/(m+n) would not save parameters: "
-                         f"{_describe_kept(kept)}")
+        raise ValueError(
+            f"ranks at or above the break-even rank m*n/(m+n) would not save parameters: {_describe_kept(kept)}"
+        )
     return plan, kept
 
 
 def _describe_kept(kept) -> str:
-    return "; ".join(f"{path!r}" + (f" {name}" if name != "weight" else "") + f" rank {rank} >= {limit:.1f}"
-                     for path, name, rank, limit in kept)
+    return "; ".join(
+        f"{path!r}" + (f" {name}" if name != "weight" else "") + f" rank {rank} >= {limit:.1f}"
+        for path, name, rank, limit in kept
+    )
 
 
 def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
@@ -248,8 +257,15 @@ def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
                 setattr(parent, name, new)
 
 
-def factorize(model: nn.Module, ranks: Mapping, *, svd: SVDFunction | None = None, cache: SVDCache | None = None,
-              inplace: bool = False, above_break_even: str = "warn") -> nn.Module:
+def factorize(
+    model: nn.Module,
+    ranks: Mapping,
+    *,
+    svd: SVDFunction | None = None,
+    cache: SVDCache | None = None,
+    inplace: bool = False,
+    above_break_even: str = "warn",
+) -> nn.Module:
     """A copy of ``model`` (``model`` itself with ``inplace=True``) with the layers named in ``ranks``
     factorized.
 
@@ -293,8 +309,11 @@ def factorize(model: nn.Module, ranks: Mapping, *, svd: SVDFunction | None = Non
 
     plan, kept = _plan(model, ranks, above_break_even)
     if kept and above_break_even == "warn":
-        warnings.warn(f"kept dense, their ranks are at or above the break-even rank m*n/(m+n): {_describe_kept(kept)}",
-                      KeptDenseWarning, stacklevel=2)
+        warnings.warn(
+            f"kept dense, their ranks are at or above the break-even rank m*n/(m+n): {_describe_kept(kept)}",
+            KeptDenseWarning,
+            stacklevel=2,
+        )
     target = model if inplace else copy.deepcopy(model)
     for path, matrix_ranks in plan:
         module = target.get_submodule(path)
@@ -303,13 +322,17 @@ def factorize(model: nn.Module, ranks: Mapping, *, svd: SVDFunction | None = Non
         factors = None
         if cache is not None:
             shapes = matrix_shapes(module)
-            factors = {name: cache.factors(path, name, _matrix(module, name, shapes[name]), rank, what)
-                       for name, rank in matrix_ranks.items() if rank is not None}
+            factors = {
+                name: cache.factors(path, name, _matrix(module, name, shapes[name]), rank, what)
+                for name, rank in matrix_ranks.items()
+                if rank is not None
+            }
         if builder is FactorizedLSTM:
             new = builder._from_layer(module, matrix_ranks, svd, path, factors)
         else:
-            new = builder._from_layer(module, matrix_ranks["weight"], svd, path,
-                                      None if factors is None else factors["weight"])
+            new = builder._from_layer(
+                module, matrix_ranks["weight"], svd, path, None if factors is None else factors["weight"]
+            )
         if path == "":
             target = new
         else:

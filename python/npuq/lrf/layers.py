@@ -51,6 +51,7 @@ SVDFunction = Callable[[np.ndarray, int], tuple]
 
 # ------------------------------------------------------------------------------------------ ranks
 
+
 def break_even_rank(m: int, n: int) -> float:
     """``m*n / (m+n)``: at this rank the two factors hold as many weights as the dense m x n matrix
     (the bias is the same in both and does not move it)."""
@@ -77,20 +78,23 @@ def resolve_rank(value, shape: tuple[int, int], what: str) -> int:
     if isinstance(value, Integral):
         rank = int(value)
         if not 1 <= rank <= full:
-            raise ValueError(f"rank of {what} must be in [1, {full}] (min(m, n) of its {m} x {n} matrix), "
-                             f"got {rank}")
+            raise ValueError(f"rank of {what} must be in [1, {full}] (min(m, n) of its {m} x {n} matrix), got {rank}")
         return rank
     if isinstance(value, Real):
         fraction = float(value)
         if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
-            raise ValueError(f"a float rank of {what} is a fraction of its full rank {full} and must be in "
-                             f"(0, 1], got {value!r}")
+            raise ValueError(
+                f"a float rank of {what} is a fraction of its full rank {full} and must be in (0, 1], got {value!r}"
+            )
         return max(1, min(full, math.floor(fraction * full + 0.5)))
-    raise TypeError(f"rank of {what} must be an int (a rank) or a float in (0, 1] (a fraction of the full "
-                    f"rank), got {type(value).__name__}")
+    raise TypeError(
+        f"rank of {what} must be an int (a rank) or a float in (0, 1] (a fraction of the full "
+        f"rank), got {type(value).__name__}"
+    )
 
 
 # -------------------------------------------------------------------------------------------- SVD
+
 
 def torch_truncated_svd(matrix, rank: int):
     """``(U[:, :rank], S[:rank], Vt[:rank])`` of a thin ``torch.linalg.svd`` in float64."""
@@ -133,8 +137,10 @@ def _call_svd(svd: SVDFunction, matrix: torch.Tensor, rank: int, what: str):
         raise TypeError(f"the SVD of {what} must return (U, S, Vt, ...), got {type(result).__name__}") from None
     u, s, vt = _float64(u, "U"), _float64(s, "S"), _float64(vt, "Vt")
     if u.shape != (m, rank) or s.shape != (rank,) or vt.shape != (rank, n):
-        raise ValueError(f"the SVD of {what} ({m} x {n}) at rank {rank} must return U {(m, rank)}, S {(rank,)} and "
-                         f"Vt {(rank, n)}; got {tuple(u.shape)}, {tuple(s.shape)}, {tuple(vt.shape)}")
+        raise ValueError(
+            f"the SVD of {what} ({m} x {n}) at rank {rank} must return U {(m, rank)}, S {(rank,)} and "
+            f"Vt {(rank, n)}; got {tuple(u.shape)}, {tuple(s.shape)}, {tuple(vt.shape)}"
+        )
     if not (torch.isfinite(u).all() and torch.isfinite(s).all() and torch.isfinite(vt).all()):
         raise ValueError(f"the SVD of {what} returned NaN or inf")
     return u, s, vt
@@ -150,8 +156,9 @@ def _split(u: torch.Tensor, s: torch.Tensor, vt: torch.Tensor) -> tuple[torch.Te
     return u * (signs * root), (signs * root)[:, None] * vt
 
 
-def balanced_factors(matrix: torch.Tensor, rank: int, svd: SVDFunction | None = None,
-                     what: str = "the matrix") -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_factors(
+    matrix: torch.Tensor, rank: int, svd: SVDFunction | None = None, what: str = "the matrix"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 factors ``left`` (m x rank) and ``right`` (rank x n) with ``left @ right`` the rank-``rank``
     truncated SVD of ``matrix``, the singular values split as their square roots into both."""
     u, s, vt = _call_svd(svd if svd is not None else _default_svd(), matrix, rank, what)
@@ -159,6 +166,7 @@ def balanced_factors(matrix: torch.Tensor, rank: int, svd: SVDFunction | None = 
 
 
 # ---------------------------------------------------------------------------------- layer checks
+
 
 def _layer_name(module: nn.Module, path: str | None) -> str:
     # one line: the repr of a module with children spans several
@@ -221,11 +229,14 @@ def _check_supported(module: nn.Module, path: str | None = None) -> dict[str, tu
         raise ValueError(
             f"{name} is a grouped convolution{depthwise} with groups={module.groups}: its weight is {module.groups} "
             "separate matrices, not one C_out x (C_in*kh*kw) matrix, so it cannot be split into a kxk conv to r "
-            "channels and a 1x1 conv; leave it dense")
+            "channels and a 1x1 conv; leave it dense"
+        )
     if kind is nn.LSTM:
         raise ValueError(f"{name} has proj_size={module.proj_size}: LSTMs with projections are not supported")
-    raise ValueError(f"{name} is a {kind.__module__}.{kind.__qualname__}; only torch.nn.Linear, torch.nn.Conv2d "
-                     "(groups=1) and torch.nn.LSTM (exactly these types, not subclasses) can be factorized")
+    raise ValueError(
+        f"{name} is a {kind.__module__}.{kind.__qualname__}; only torch.nn.Linear, torch.nn.Conv2d "
+        "(groups=1) and torch.nn.LSTM (exactly these types, not subclasses) can be factorized"
+    )
 
 
 def _check_layer_rank(rank, m: int, n: int, what: str) -> int:
@@ -241,6 +252,7 @@ def _follow(original: nn.Module, replacement: nn.Module) -> nn.Module:
 
 # ------------------------------------------------------------------------------------------ Linear
 
+
 class FactorizedLinear(nn.Module):
     """``Linear(in_features -> rank, no bias)`` (``first``) then ``Linear(rank -> out_features, bias)``
     (``second``): the weight ``second.weight @ first.weight`` has rank at most ``rank``.
@@ -249,8 +261,7 @@ class FactorizedLinear(nn.Module):
     ``nn.Linear``'s default initialisation.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *,
-                 device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *, device=None, dtype=None):
         super().__init__()
         self.rank = _check_layer_rank(rank, out_features, in_features, "FactorizedLinear")
         self.in_features = int(in_features)
@@ -277,8 +288,14 @@ class FactorizedLinear(nn.Module):
             factors = balanced_factors(linear.weight, rank, svd, what)
         left, right = factors
         weight = linear.weight
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None,
-                    device=weight.device, dtype=weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            rank,
+            bias=linear.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
             layer.first.weight.copy_(right)
             layer.second.weight.copy_(left)
@@ -296,8 +313,13 @@ class FactorizedLinear(nn.Module):
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` holding the product of the factors and the bias (for checks)."""
         weight = self.second.weight
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.second.bias is not None,
-                          device=weight.device, dtype=weight.dtype)
+        dense = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.second.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
             dense.weight.copy_(self.weight_product())
             if self.second.bias is not None:
@@ -309,6 +331,7 @@ class FactorizedLinear(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ Conv2d
+
 
 def _pair(v) -> tuple[int, int]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
@@ -323,13 +346,37 @@ class FactorizedConv2d(nn.Module):
     exactly the conv whose weight is the product of the factors. Build it with :meth:`from_conv2d`.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, rank: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", *, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        rank: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         kh, kw = _pair(kernel_size)
         self.rank = _check_layer_rank(rank, out_channels, in_channels * kh * kw, "FactorizedConv2d")
-        self.first = nn.Conv2d(in_channels, rank, (kh, kw), stride=stride, padding=padding, dilation=dilation,
-                               groups=1, bias=False, padding_mode=padding_mode, device=device, dtype=dtype)
+        self.first = nn.Conv2d(
+            in_channels,
+            rank,
+            (kh, kw),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=1,
+            bias=False,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self.second = nn.Conv2d(rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
 
     in_channels = property(lambda self: self.first.in_channels)
@@ -360,9 +407,19 @@ class FactorizedConv2d(nn.Module):
             _check_finite(conv, path)
             factors = balanced_factors(weight.reshape(shape), rank, svd, what)
         left, right = factors
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, stride=conv.stride,
-                    padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype)
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            rank,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
             layer.first.weight.copy_(right.reshape(layer.first.weight.shape))
             layer.second.weight.copy_(left.reshape(layer.second.weight.shape))
@@ -380,9 +437,18 @@ class FactorizedConv2d(nn.Module):
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` holding the product of the factors and the bias (for checks)."""
         weight = self.first.weight
-        dense = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, bias=self.second.bias is not None,
-                          padding_mode=self.padding_mode, device=weight.device, dtype=weight.dtype)
+        dense = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=self.second.bias is not None,
+            padding_mode=self.padding_mode,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         with torch.no_grad():
             dense.weight.copy_(self.weight_product().reshape(dense.weight.shape))
             if self.second.bias is not None:
@@ -390,11 +456,14 @@ class FactorizedConv2d(nn.Module):
         return _follow(self, dense)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
-                f"stride={self.stride}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
+            f"stride={self.stride}"
+        )
 
 
 # -------------------------------------------------------------------------------------------- LSTM
+
 
 class UnknownLayerError(KeyError, ValueError):
     """A module path or matrix name that names nothing in the model or layer: a KeyError (a lookup by name
@@ -418,10 +487,13 @@ def _lstm_ranks(ranks, shapes: dict, what: str) -> dict[str, int | None]:
         unknown = [key for key in ranks if key not in shapes]
         if unknown:
             key = unknown[0]
-            raise UnknownLayerError(f"{what} has no matrix {key!r}{_close(key, shapes)}; its matrices are "
-                           f"{list(shapes)}")
-        return {name: None if ranks.get(name) is None else resolve_rank(ranks[name], shape, f"{what}.{name}")
-                for name, shape in shapes.items()}
+            raise UnknownLayerError(
+                f"{what} has no matrix {key!r}{_close(key, shapes)}; its matrices are {list(shapes)}"
+            )
+        return {
+            name: None if ranks.get(name) is None else resolve_rank(ranks[name], shape, f"{what}.{name}")
+            for name, shape in shapes.items()
+        }
     return {name: resolve_rank(ranks, shape, f"{what}.{name}") for name, shape in shapes.items()}
 
 
@@ -444,13 +516,27 @@ class FactorizedLSTM(nn.Module):
     included) is uniform in ``(-1/sqrt(H), 1/sqrt(H))`` as in ``nn.LSTM``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, *, ranks=None, device=None, dtype=None):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        ranks=None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if proj_size:
-            raise ValueError(f"FactorizedLSTM does not implement proj_size (got {proj_size}): LSTMs with "
-                             "projections are not supported")
+            raise ValueError(
+                f"FactorizedLSTM does not implement proj_size (got {proj_size}): LSTMs with "
+                "projections are not supported"
+            )
         for value, name in ((input_size, "input_size"), (hidden_size, "hidden_size"), (num_layers, "num_layers")):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -474,8 +560,9 @@ class FactorizedLSTM(nn.Module):
                     self.register_parameter(f"{name}_v", nn.Parameter(torch.empty(rank, n, **factory)))
             if self.bias:
                 for kind in ("ih", "hh"):
-                    self.register_parameter(f"bias_{kind}_{suffix}",
-                                            nn.Parameter(torch.empty(4 * self.hidden_size, **factory)))
+                    self.register_parameter(
+                        f"bias_{kind}_{suffix}", nn.Parameter(torch.empty(4 * self.hidden_size, **factory))
+                    )
         self.reset_parameters()
 
     @property
@@ -508,11 +595,24 @@ class FactorizedLSTM(nn.Module):
         ranks = _lstm_ranks(ranks, shapes, what)
         if factors is None:
             _check_finite(lstm, path)
-            factors = {name: balanced_factors(getattr(lstm, name), rank, svd, f"{what}.{name}")
-                       for name, rank in ranks.items() if rank is not None}
+            factors = {
+                name: balanced_factors(getattr(lstm, name), rank, svd, f"{what}.{name}")
+                for name, rank in ranks.items()
+                if rank is not None
+            }
         reference = lstm.weight_ih_l0
-        layer = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first, lstm.dropout,
-                    lstm.bidirectional, ranks=ranks, device=reference.device, dtype=reference.dtype)
+        layer = cls(
+            lstm.input_size,
+            lstm.hidden_size,
+            lstm.num_layers,
+            lstm.bias,
+            lstm.batch_first,
+            lstm.dropout,
+            lstm.bidirectional,
+            ranks=ranks,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         with torch.no_grad():
             for name, param in lstm.named_parameters(recurse=False):
                 if name in factors:
@@ -536,8 +636,17 @@ class FactorizedLSTM(nn.Module):
     def to_lstm(self) -> nn.LSTM:
         """An ``nn.LSTM`` with the products of the factors (for checks)."""
         reference = next(self.parameters())
-        lstm = nn.LSTM(self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
-                       self.dropout, self.bidirectional, device=reference.device, dtype=reference.dtype)
+        lstm = nn.LSTM(
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.bias,
+            self.batch_first,
+            self.dropout,
+            self.bidirectional,
+            device=reference.device,
+            dtype=reference.dtype,
+        )
         with torch.no_grad():
             for name, param in lstm.named_parameters():
                 param.copy_(self.matrix(name) if name in self.shapes else getattr(self, name))
@@ -568,7 +677,7 @@ class FactorizedLSTM(nn.Module):
         recurrent = f"weight_hh_{suffix}"
         steps = x.shape[0]
         outputs = [None] * steps
-        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
             gates = projected[t] + self._apply_matrix(h, recurrent)
             i, f, g, o = gates.chunk(4, dim=-1)
             c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -586,8 +695,10 @@ class FactorizedLSTM(nn.Module):
         if not isinstance(state, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(state).__name__}")
         if tuple(state.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected} (num_layers * directions, batch, hidden_size), "
-                             f"got {tuple(state.shape)}")
+            raise ValueError(
+                f"{name} must have shape {expected} (num_layers * directions, batch, hidden_size), "
+                f"got {tuple(state.shape)}"
+            )
         return state
 
     def forward(self, input, hx=None):
@@ -645,8 +756,10 @@ class FactorizedLSTM(nn.Module):
                 output = output.index_select(1, order)
                 lengths = lengths[order.cpu()]
             repacked = pack_padded_sequence(output, lengths, enforce_sorted=True)
-            return (PackedSequence(repacked.data, repacked.batch_sizes, input.sorted_indices,
-                                   input.unsorted_indices), (h_n, c_n))
+            return (
+                PackedSequence(repacked.data, repacked.batch_sizes, input.sorted_indices, input.unsorted_indices),
+                (h_n, c_n),
+            )
         if not batched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:

@@ -77,26 +77,36 @@ class CompressionReport:
             entry["shape"] = list(row.shape)
             entry["factorized"] = row.factorized
             layers.append(entry)
-        return {"layers": layers, "model_params_before": self.model_params_before,
-                "model_params_after": self.model_params_after, "model_ratio": self.model_ratio,
-                "layer_params_before": self.layer_params_before, "layer_params_after": self.layer_params_after,
-                "layer_ratio": self.layer_ratio}
+        return {
+            "layers": layers,
+            "model_params_before": self.model_params_before,
+            "model_params_after": self.model_params_after,
+            "model_ratio": self.model_ratio,
+            "layer_params_before": self.layer_params_before,
+            "layer_params_after": self.layer_params_after,
+            "layer_ratio": self.layer_ratio,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def to_markdown(self) -> str:
-        lines = ["| layer | matrix | type | m x n | rank | break-even | params before | params after |",
-                 "|---|---|---|---|---:|---:|---:|---:|"]
+        lines = [
+            "| layer | matrix | type | m x n | rank | break-even | params before | params after |",
+            "|---|---|---|---|---:|---:|---:|---:|",
+        ]
         for row in self.layers:
             rank = str(row.rank) if row.factorized else "dense"
-            lines.append(f"| `{row.path or '(model)'}` | {row.matrix} | {row.kind} | {row.shape[0]} x {row.shape[1]} "
-                         f"| {rank} | {row.break_even:.1f} | {row.params_before:,} | {row.params_after:,} |")
-        lines += ["",
-                  f"Factorizable layers: {self.layer_params_before:,} -> {self.layer_params_after:,} parameters "
-                  f"({self.layer_ratio:.2f}x).",
-                  f"Model: {self.model_params_before:,} -> {self.model_params_after:,} parameters "
-                  f"({self.model_ratio:.2f}x)."]
+            lines.append(
+                f"| `{row.path or '(model)'}` | {row.matrix} | {row.kind} | {row.shape[0]} x {row.shape[1]} "
+                f"| {rank} | {row.break_even:.1f} | {row.params_before:,} | {row.params_after:,} |"
+            )
+        lines += [
+            "",
+            f"Factorizable layers: {self.layer_params_before:,} -> {self.layer_params_after:,} parameters "
+            f"({self.layer_ratio:.2f}x).",
+            f"Model: {self.model_params_before:,} -> {self.model_params_after:,} parameters ({self.model_ratio:.2f}x).",
+        ]
         return "\n".join(lines)
 
 
@@ -140,5 +150,6 @@ def compression_report(model: nn.Module) -> CompressionReport:
     model_after = sum(p.numel() for p in model.parameters())
     layer_before = sum(row.params_before for row in rows)
     layer_after = sum(row.params_after for row in rows)
-    return CompressionReport(tuple(rows), model_after - layer_after + layer_before, model_after,
-                             layer_before, layer_after)
+    return CompressionReport(
+        tuple(rows), model_after - layer_after + layer_before, model_after, layer_before, layer_after
+    )

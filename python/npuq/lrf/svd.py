@@ -63,12 +63,14 @@ def _openblas_library() -> str:
     load the library into the global symbol namespace)."""
     spec = importlib.util.find_spec("scipy_openblas32")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("npuq.lrf.svd needs OpenBLAS from the scipy-openblas32 package: "
-                          "pip install scipy-openblas32")
+        raise ImportError("npuq.lrf.svd needs OpenBLAS from the scipy-openblas32 package: pip install scipy-openblas32")
     for root in spec.submodule_search_locations:
         lib_dir = os.path.join(root, "lib")
-        names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas")) \
-            if os.path.isdir(lib_dir) else []
+        names = (
+            sorted(n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas"))
+            if os.path.isdir(lib_dir)
+            else []
+        )
         if names:
             return os.path.join(lib_dir, names[0])
     raise ImportError("the scipy-openblas32 package has no libscipy_openblas library; reinstall it")
@@ -133,8 +135,9 @@ def _as_matrix(a) -> tuple[np.ndarray, bool]:
         try:
             arr = np.asarray(memoryview(a))  # buffer-protocol objects
         except TypeError:
-            raise TypeError(f"truncated_svd takes a numpy array, a torch CPU tensor or a buffer, got "
-                            f"{type(a).__name__}") from None
+            raise TypeError(
+                f"truncated_svd takes a numpy array, a torch CPU tensor or a buffer, got {type(a).__name__}"
+            ) from None
     if arr.dtype not in (np.float32, np.float64) or arr.dtype.byteorder not in ("=", "|"):
         if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
             arr = arr.astype(np.float32 if arr.dtype.itemsize == 4 else np.float64)  # native byte order
@@ -153,8 +156,17 @@ def auto_method(m: int, n: int, rank: int, oversampling: int = 10, power_iterati
     return _C.lrf_auto_method(m, n, rank, oversampling, power_iterations)
 
 
-def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10, power_iterations: int = 2,
-                  seed: int = 0, threads: int | None = None, block_size: int | None = None) -> TruncatedSVD:
+def truncated_svd(
+    a,
+    rank: int,
+    *,
+    method: str = "auto",
+    oversampling: int = 10,
+    power_iterations: int = 2,
+    seed: int = 0,
+    threads: int | None = None,
+    block_size: int | None = None,
+) -> TruncatedSVD:
     """The leading ``rank`` singular triplets of the 2-D matrix ``a`` (float32 or float64).
 
     ``rank`` in [1, min(m, n)]; ``method`` ``"auto"``, ``"randomized"``, ``"exact"`` or ``"krylov"``;
@@ -178,8 +190,15 @@ def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10,
     MemoryError when the GPU runs out of memory.
     """
     if _is_device(a):
-        return _truncated_svd_device(a, rank, method=method, oversampling=oversampling,
-                                     power_iterations=power_iterations, seed=seed, block_size=block_size)
+        return _truncated_svd_device(
+            a,
+            rank,
+            method=method,
+            oversampling=oversampling,
+            power_iterations=power_iterations,
+            seed=seed,
+            block_size=block_size,
+        )
     _load()
     arr, from_torch = _as_matrix(a)
     m, n = arr.shape
@@ -198,11 +217,14 @@ def truncated_svd(a, rank: int, *, method: str = "auto", oversampling: int = 10,
             raise ValueError(f"block_size applies to method 'krylov' only; got method {method!r}")
         width = min(min(m, n), min(block_size, min(m, n)) * (power_iterations + 1))
         if width < rank:
-            raise ValueError(f"the Krylov basis, block_size * (power_iterations + 1) = {block_size} * "
-                             f"{power_iterations + 1} columns (at most min(m, n) = {min(m, n)}), is narrower "
-                             f"than rank {rank}")
-    u, s, vt, error, _info = _C.lrf_truncated_svd(arr, rank, method, oversampling, power_iterations, seed, threads,
-                                                  "auto", block_size)
+            raise ValueError(
+                f"the Krylov basis, block_size * (power_iterations + 1) = {block_size} * "
+                f"{power_iterations + 1} columns (at most min(m, n) = {min(m, n)}), is narrower "
+                f"than rank {rank}"
+            )
+    u, s, vt, error, _info = _C.lrf_truncated_svd(
+        arr, rank, method, oversampling, power_iterations, seed, threads, "auto", block_size
+    )
     if from_torch:
         import torch
 
@@ -219,14 +241,23 @@ def _truncated_svd_device(a, rank, *, method, oversampling, power_iterations, se
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}")
     if method not in svd_cuda.GPU_METHODS:
-        raise ValueError(f"method {method!r} is not available on the GPU; use one of "
-                         f"{', '.join(map(repr, svd_cuda.GPU_METHODS))} (or a CPU matrix)")
+        raise ValueError(
+            f"method {method!r} is not available on the GPU; use one of "
+            f"{', '.join(map(repr, svd_cuda.GPU_METHODS))} (or a CPU matrix)"
+        )
     oversampling = _integer(oversampling, "oversampling", 0, 1 << 30)
     power_iterations = _integer(power_iterations, "power_iterations", 0, 1 << 20)
     seed = _integer(seed, "seed", 0, (1 << 64) - 1)
     if block_size is not None:
         raise ValueError("block_size applies to method 'krylov' only, which runs on the CPU")
-    u, s, vt, error = svd_cuda.truncated_svd_gpu(a, rank, method=method, oversampling=oversampling,
-                                                 power_iterations=power_iterations, seed=seed, view=view,
-                                                 dtype=dtype)
+    u, s, vt, error = svd_cuda.truncated_svd_gpu(
+        a,
+        rank,
+        method=method,
+        oversampling=oversampling,
+        power_iterations=power_iterations,
+        seed=seed,
+        view=view,
+        dtype=dtype,
+    )
     return TruncatedSVD(u, s, vt, error)

@@ -30,8 +30,10 @@ __all__ = ["GPU_METHODS", "library_candidates", "load_libraries", "truncated_svd
 
 GPU_METHODS = ("auto", "randomized", "exact")
 ENV = {"cublas": "NPUQ_CUBLAS", "cusolver": "NPUQ_CUSOLVER"}
-SONAMES = {"cublas": ("libcublas.so.13", "libcublas.so.12"),
-           "cusolver": ("libcusolver.so.12", "libcusolver.so.11", "libcusolver.so.13")}
+SONAMES = {
+    "cublas": ("libcublas.so.13", "libcublas.so.12"),
+    "cusolver": ("libcusolver.so.12", "libcusolver.so.11", "libcusolver.so.13"),
+}
 _BASENAME = {"cublas": "libcublas.so", "cusolver": "libcusolver.so"}
 
 _lock = threading.Lock()
@@ -44,12 +46,16 @@ def _built_with_cuda() -> bool:
 def require_cuda_build() -> None:
     """RuntimeError unless this build of npuq has the GPU truncated SVD."""
     if not _built_with_cuda():
-        raise RuntimeError("truncated_svd got a CUDA matrix, but this build of npuq has no CUDA kernels "
-                           "(npuq.BUILT_WITH_CUDA is False); reinstall npuq on a machine with the CUDA toolkit "
-                           "(nvcc), or pass a CPU matrix (a.cpu())")
+        raise RuntimeError(
+            "truncated_svd got a CUDA matrix, but this build of npuq has no CUDA kernels "
+            "(npuq.BUILT_WITH_CUDA is False); reinstall npuq on a machine with the CUDA toolkit "
+            "(nvcc), or pass a CPU matrix (a.cpu())"
+        )
     if not hasattr(_C, "cuda_truncated_svd"):
-        raise RuntimeError("this build of npuq has CUDA kernels but no GPU truncated SVD (npuq._C has no "
-                           "cuda_truncated_svd); rebuild npuq from a source tree that has csrc/lrf/cuda/svd.cu")
+        raise RuntimeError(
+            "this build of npuq has CUDA kernels but no GPU truncated SVD (npuq._C has no "
+            "cuda_truncated_svd); rebuild npuq from a source tree that has csrc/lrf/cuda/svd.cu"
+        )
 
 
 def _is_library(basename: str, kind: str) -> bool:
@@ -111,11 +117,12 @@ def _wheel_dirs(site_dirs=None) -> list[str]:
     """``nvidia/**/lib`` folders of the site-packages directories (cu13 wheels: nvidia/cu13/lib; older:
     nvidia/cublas/lib, nvidia/cusolver/lib)."""
     out: list[str] = []
-    for d in (_site_dirs() if site_dirs is None else site_dirs):
+    for d in _site_dirs() if site_dirs is None else site_dirs:
         root = os.path.join(d, "nvidia")
         if os.path.isdir(root):
-            out += sorted(p for p in glob.glob(os.path.join(glob.escape(root), "**", "lib"), recursive=True)
-                          if os.path.isdir(p))
+            out += sorted(
+                p for p in glob.glob(os.path.join(glob.escape(root), "**", "lib"), recursive=True) if os.path.isdir(p)
+            )
     return out
 
 
@@ -172,7 +179,8 @@ def load_libraries() -> tuple[str, str]:
                 "npuq's GPU truncated SVD needs cuBLAS and cuSOLVER, opened at run time, and could not load them "
                 f"({exc}). Set {ENV['cublas']} and {ENV['cusolver']} to the paths of libcublas.so.* and "
                 "libcusolver.so.*, or install the libraries (pip install nvidia-cublas nvidia-cusolver, or the "
-                "CUDA toolkit under $CUDA_HOME)") from None
+                "CUDA toolkit under $CUDA_HOME)"
+            ) from None
         return tuple(_C.cuda_libs_paths())
 
 
@@ -205,8 +213,9 @@ def describe(a):
     return view, dtype
 
 
-def truncated_svd_gpu(a, rank: int, *, method: str, oversampling: int, power_iterations: int, seed: int,
-                      view=None, dtype=None):
+def truncated_svd_gpu(
+    a, rank: int, *, method: str, oversampling: int, power_iterations: int, seed: int, view=None, dtype=None
+):
     """(u, s, vt, error) of the device matrix ``a``; options already checked by ``truncated_svd``.
     Outputs: torch CUDA tensors on ``a``'s device for torch input, ``npuq.CudaArray`` otherwise."""
     from npuq import _cuda
@@ -215,14 +224,28 @@ def truncated_svd_gpu(a, rank: int, *, method: str, oversampling: int, power_ite
         view, dtype = describe(a)
     require_cuda_build()
     if method not in GPU_METHODS:
-        raise ValueError(f"method {method!r} is not available on the GPU; use one of "
-                         f"{', '.join(map(repr, GPU_METHODS))}")
+        raise ValueError(
+            f"method {method!r} is not available on the GPU; use one of {', '.join(map(repr, GPU_METHODS))}"
+        )
     load_libraries()
     m, n = view.shape
     u, u_ptr = _cuda.empty((m, rank), dtype, view)
     s, s_ptr = _cuda.empty((rank,), dtype, view)
     vt, vt_ptr = _cuda.empty((rank, n), dtype, view)
-    error = _C.cuda_truncated_svd(view.ptr, m, n, dtype.name, rank, oversampling, power_iterations, seed,
-                                  "randomized" if method == "auto" else method, view.device, view.stream,
-                                  u_ptr, s_ptr, vt_ptr)
+    error = _C.cuda_truncated_svd(
+        view.ptr,
+        m,
+        n,
+        dtype.name,
+        rank,
+        oversampling,
+        power_iterations,
+        seed,
+        "randomized" if method == "auto" else method,
+        view.device,
+        view.stream,
+        u_ptr,
+        s_ptr,
+        vt_ptr,
+    )
     return u, s, vt, float(error)

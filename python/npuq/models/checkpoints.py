@@ -102,8 +102,10 @@ def resolve_checkpoint(name_or_path, kind: str = "image") -> Path:
         return candidate
     if kind == "asr":
         shipped = sorted(p.name[: -len(SUFFIX)] for p in CHECKPOINT_DIR.glob(f"*{SUFFIX}"))
-        raise CheckpointNotFoundError(f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in "
-                                      f"{CHECKPOINT_DIR} (files there: {', '.join(shipped) or 'none'})")
+        raise CheckpointNotFoundError(
+            f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in "
+            f"{CHECKPOINT_DIR} (files there: {', '.join(shipped) or 'none'})"
+        )
     available = ", ".join(list_checkpoints()) or "none"
     raise CheckpointNotFoundError(
         f"no checkpoint {str(name_or_path)!r}: not a file, and not among the shipped checkpoints "
@@ -139,8 +141,10 @@ def _read(path: Path, with_tensors: bool):
             tensors = {k: f.get_tensor(k) for k in f.keys()} if with_tensors else None  # noqa: SIM118
     except Exception as exc:  # the reader raises its own error types for bad headers
         hint = "; it is an NPU program: run it with `npuq run`" if _looks_like_program(path) else ""
-        raise CheckpointMismatchError(f"{path}: not a checkpoint, not a readable safetensors file ({exc}){hint}; "
-                                      "expected a shipped checkpoint name or a .safetensors checkpoint") from exc
+        raise CheckpointMismatchError(
+            f"{path}: not a checkpoint, not a readable safetensors file ({exc}){hint}; "
+            "expected a shipped checkpoint name or a .safetensors checkpoint"
+        ) from exc
     return raw, tensors
 
 
@@ -174,8 +178,10 @@ def load_checkpoint(name_or_path) -> tuple[torch.nn.Module, dict]:
     raw, tensors = _read(path, with_tensors=True)
     missing_meta = [k for k in ("model", "width") if k not in raw]
     if missing_meta and _looks_like_program(path):
-        raise CheckpointMismatchError(f"{path} is an NPU program, not a checkpoint: run it with `npuq run`, or give "
-                                      "a shipped checkpoint name or a .safetensors checkpoint")
+        raise CheckpointMismatchError(
+            f"{path} is an NPU program, not a checkpoint: run it with `npuq run`, or give "
+            "a shipped checkpoint name or a .safetensors checkpoint"
+        )
     if missing_meta:
         raise CheckpointMismatchError(f"{path}: metadata lacks {', '.join(missing_meta)}; cannot rebuild the model")
     meta = _parse_metadata(raw)

@@ -27,9 +27,11 @@ class CNN(nn.Module):
         c1, c2, c3 = (scale_channels(c, width, divisor=4) for c in (32, 64, 128))
         self.width = width
         self.features = nn.Sequential(
-            *_block(in_channels, c1),                 # 0-2
-            nn.MaxPool2d(2), *_block(c1, c2),         # 3, 4-6
-            nn.MaxPool2d(2), *_block(c2, c3),         # 7, 8-10
+            *_block(in_channels, c1),  # 0-2
+            nn.MaxPool2d(2),
+            *_block(c1, c2),  # 3, 4-6
+            nn.MaxPool2d(2),
+            *_block(c2, c3),  # 7, 8-10
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c3, num_classes)

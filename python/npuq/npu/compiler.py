@@ -28,11 +28,12 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
     for weight-only models, graphs with float ops, and layouts the NPU cannot express.
     """
     if not isinstance(qmodel, QuantizedModel):
-        raise TypeError(f"npuq.compile takes the QuantizedModel returned by npuq.quantize, got "
-                        f"{type(qmodel).__name__}")
+        raise TypeError(f"npuq.compile takes the QuantizedModel returned by npuq.quantize, got {type(qmodel).__name__}")
     if not qmodel.integer:
-        raise CompileError("the model was quantized weight-only (activations=None): the NPU needs int8 "
-                           "activations; quantize with activations='mse' (or another observer)")
+        raise CompileError(
+            "the model was quantized weight-only (activations=None): the NPU needs int8 "
+            "activations; quantize with activations='mse' (or another observer)"
+        )
     graph: Graph = qmodel.graph
     bad = graph.unsupported()
     if bad:
@@ -49,32 +50,41 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
         if k == "input":
             shape = tuple(int(d) for d in graph.input_shape)
             if len(shape) == 3:
-                shape = (shape[1], shape[2], shape[0])   # (C, H, W) -> (H, W, C)
+                shape = (shape[1], shape[2], shape[0])  # (C, H, W) -> (H, W, C)
             elif len(shape) != 1:
-                raise CompileError(f"input '{node.name}' has shape {shape}; the NPU takes (C, H, W) images or "
-                                   f"(K,) vectors")
+                raise CompileError(
+                    f"input '{node.name}' has shape {shape}; the NPU takes (C, H, W) images or (K,) vectors"
+                )
             q = qp[node.name]
-            input_spec = InputSpec(name=node.name, shape=shape, scale=float(np.float32(q.scale)),
-                                   zero_point=int(q.zero_point))
+            input_spec = InputSpec(
+                name=node.name, shape=shape, scale=float(np.float32(q.scale)), zero_point=int(q.zero_point)
+            )
             continue
         if k == "output":
             output = node.inputs[0]
             continue
         for src in node.inputs:
             if src in spatial_flat and k != "linear":
-                raise CompileError(f"'{node.path}' reads the flattened (C, H, W) map '{src}' with H * W > 1; the "
-                                   f"NPU flattens in (H, W, C) order, which only a fully-connected layer can undo")
+                raise CompileError(
+                    f"'{node.path}' reads the flattened (C, H, W) map '{src}' with H * W > 1; the "
+                    f"NPU flattens in (H, W, C) order, which only a fully-connected layer can undo"
+                )
         q = qp[node.name]
-        common = dict(name=node.name, inputs=list(node.inputs), scale=float(q.scale), zero_point=int(q.zero_point),
-                      path=node.path)
+        common = dict(
+            name=node.name, inputs=list(node.inputs), scale=float(q.scale), zero_point=int(q.zero_point), path=node.path
+        )
         if k in ("conv", "linear"):
             lp = qmodel.layers[node.name]
             w = lp.weight
             if k == "conv":
                 a = node.attrs
-                weight = w.permute(0, 2, 3, 1)            # OIHW -> OHWI
-                attrs = dict(stride=list(a["stride"]), padding=list(conv_padding(a)),
-                             dilation=list(a["dilation"]), groups=int(a["groups"]))
+                weight = w.permute(0, 2, 3, 1)  # OIHW -> OHWI
+                attrs = dict(
+                    stride=list(a["stride"]),
+                    padding=list(conv_padding(a)),
+                    dilation=list(a["dilation"]),
+                    groups=int(a["groups"]),
+                )
                 kind = "conv2d"
             else:
                 weight = w
@@ -84,29 +94,53 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
                     weight = w.reshape(w.shape[0], c, h, wd).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
                 attrs = {}
                 kind = "fully_connected"
-            attrs.update(input_zero_point=lp.input_zero_point, output_zero_point=lp.output_zero_point,
-                         act_min=lp.act_min, act_max=lp.act_max, weight_bits=int(weights[node.name].bits))
-            tensors = dict(weight=_int(weight, np.int8), bias=_int(lp.bias, np.int32),
-                           multiplier=_int(lp.multiplier, np.int32, per_layer=True),
-                           exponent=_int(lp.exponent, np.int32, per_layer=True), shift=_int(lp.shift, np.uint8))
+            attrs.update(
+                input_zero_point=lp.input_zero_point,
+                output_zero_point=lp.output_zero_point,
+                act_min=lp.act_min,
+                act_max=lp.act_max,
+                weight_bits=int(weights[node.name].bits),
+            )
+            tensors = dict(
+                weight=_int(weight, np.int8),
+                bias=_int(lp.bias, np.int32),
+                multiplier=_int(lp.multiplier, np.int32, per_layer=True),
+                exponent=_int(lp.exponent, np.int32, per_layer=True),
+                shift=_int(lp.shift, np.uint8),
+            )
             ops.append(Op(kind=kind, attrs=attrs, tensors=tensors, **common))
         elif k == "add":
             ops.append(Op(kind="add", attrs=dict(qmodel.add_params[node.name]), **common))
         elif k == "avg_pool":
             a = node.attrs
             ph, pw = a["padding"]
-            ops.append(Op(kind="avg_pool2d", attrs=dict(kernel=list(a["kernel_size"]), stride=list(a["stride"]),
-                                                        padding=[ph, ph, pw, pw],
-                                                        count_include_pad=bool(a["count_include_pad"]),
-                                                        input_zero_point=int(q.zero_point), act_min=-128,
-                                                        act_max=127), **common))
+            ops.append(
+                Op(
+                    kind="avg_pool2d",
+                    attrs=dict(
+                        kernel=list(a["kernel_size"]),
+                        stride=list(a["stride"]),
+                        padding=[ph, ph, pw, pw],
+                        count_include_pad=bool(a["count_include_pad"]),
+                        input_zero_point=int(q.zero_point),
+                        act_min=-128,
+                        act_max=127,
+                    ),
+                    **common,
+                )
+            )
         elif k == "global_pool":
             ops.append(Op(kind="global_avg_pool", attrs=dict(act_min=-128, act_max=127), **common))
         elif k == "max_pool":
             a = node.attrs
             ph, pw = a["padding"]
-            ops.append(Op(kind="max_pool2d", attrs=dict(kernel=list(a["kernel_size"]), stride=list(a["stride"]),
-                                                        padding=[ph, ph, pw, pw]), **common))
+            ops.append(
+                Op(
+                    kind="max_pool2d",
+                    attrs=dict(kernel=list(a["kernel_size"]), stride=list(a["stride"]), padding=[ph, ph, pw, pw]),
+                    **common,
+                )
+            )
         elif k == "flatten":
             src = graph[node.inputs[0]]
             shape = src.shape if src.kind != "input" else (None, *graph.input_shape)
@@ -116,12 +150,20 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
         else:  # pragma: no cover - the graph has no other kinds once float ops are refused
             raise CompileError(f"node '{node.path}' of kind {k!r} has no NPU op")
     if output in spatial_flat:
-        raise CompileError(f"the output '{output}' is a flattened (C, H, W) map with H * W > 1, whose element order "
-                           f"on the NPU (H, W, C) would differ from torch's")
-    info = {"quantization": dict(qmodel.report.config) if qmodel.report is not None else {},
-            "source": "npuq.compile"}
-    program = Program(input=input_spec, ops=ops, output=output, rounding=qmodel.rounding, overflow=qmodel.overflow,
-                      model=name if name is not None else (graph.model_name or "model"), info=info)
+        raise CompileError(
+            f"the output '{output}' is a flattened (C, H, W) map with H * W > 1, whose element order "
+            f"on the NPU (H, W, C) would differ from torch's"
+        )
+    info = {"quantization": dict(qmodel.report.config) if qmodel.report is not None else {}, "source": "npuq.compile"}
+    program = Program(
+        input=input_spec,
+        ops=ops,
+        output=output,
+        rounding=qmodel.rounding,
+        overflow=qmodel.overflow,
+        model=name if name is not None else (graph.model_name or "model"),
+        info=info,
+    )
     try:
         validate(program, "compiled program")
     except ProgramError as exc:  # a compiler bug or a model beyond the format: say which

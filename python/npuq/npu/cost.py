@@ -97,23 +97,23 @@ class OpCost:
     name: str
     kind: str
     output_shape: tuple[int, ...]
-    unit: str                      # "mac_array", "vector" or "none"
-    macs: int                      # multiply-accumulates per image
-    vector_ops: int                # element operations per image (adds, pool taps)
-    weight_bytes: int              # weights packed at weight_bits
+    unit: str  # "mac_array", "vector" or "none"
+    macs: int  # multiply-accumulates per image
+    vector_ops: int  # element operations per image (adds, pool taps)
+    weight_bytes: int  # weights packed at weight_bits
     weight_bits: int | None
     bias_bytes: int
-    requant_scheme: str | None     # "per_layer" (one multiplier + 4-bit shifts, WESS) or "per_channel"
-    requant_bytes: int             # as stored by this program
+    requant_scheme: str | None  # "per_layer" (one multiplier + 4-bit shifts, WESS) or "per_channel"
+    requant_bytes: int  # as stored by this program
     per_channel_requant_bytes: int  # the same layer with a multiplier + exponent per output channel
-    input_bytes: int               # activations read, per image
-    output_bytes: int              # activation written, per image
-    live_activation_bytes: int     # activations alive while the op runs, per image
-    offchip_bytes: int             # bytes moved to or from off-chip memory, per batch
+    input_bytes: int  # activations read, per image
+    output_bytes: int  # activation written, per image
+    live_activation_bytes: int  # activations alive while the op runs, per image
+    offchip_bytes: int  # bytes moved to or from off-chip memory, per batch
     compute_cycles: int
     memory_cycles: int
-    cycles: int                    # max(compute, memory): transfers overlap compute (double buffering)
-    bound: str                     # "compute", "memory" or "none"
+    cycles: int  # max(compute, memory): transfers overlap compute (double buffering)
+    bound: str  # "compute", "memory" or "none"
     utilization: float | None
     # the emulator (golden reference) on the host, per image: its temporaries for this op (a max pool's
     # padded plane, a conv's im2col panel or depthwise row ring on one thread), and those plus the
@@ -138,9 +138,9 @@ class CostReport:
     model: str
     config: NPUConfig
     ops: list[OpCost]
-    peak_activation_bytes: int     # per image
+    peak_activation_bytes: int  # per image
     peak_op: str
-    activations_on_chip: bool      # peak * batch fits the on-chip buffer
+    activations_on_chip: bool  # peak * batch fits the on-chip buffer
     notes: list[str] = field(default_factory=list)
     peak_working_set_bytes: int = 0  # per image, the emulator's: the largest OpCost.working_set_bytes
     peak_working_set_op: str = ""
@@ -240,8 +240,14 @@ class CostReport:
 
     # ---------------------------------------------------------------------------- output
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "config": asdict(self.config), "units": _UNITS,
-                "ops": [o.to_dict() for o in self.ops], "totals": self.totals(), "notes": list(self.notes)}
+        return {
+            "model": self.model,
+            "config": asdict(self.config),
+            "units": _UNITS,
+            "ops": [o.to_dict() for o in self.ops],
+            "totals": self.totals(),
+            "notes": list(self.notes),
+        }
 
     def save_json(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -259,9 +265,15 @@ class CostReport:
         return self.to_table()
 
 
-_UNITS = {"macs": "per image", "vector_ops": "per image", "activation bytes": "per image",
-          "parameter bytes": "per program", "offchip_bytes": "per batch", "cycles": "per batch",
-          "latency_ms": "per batch"}
+_UNITS = {
+    "macs": "per image",
+    "vector_ops": "per image",
+    "activation bytes": "per image",
+    "parameter bytes": "per program",
+    "offchip_bytes": "per batch",
+    "cycles": "per batch",
+    "latency_ms": "per batch",
+}
 
 
 # ====================================================================================== estimation
@@ -294,12 +306,22 @@ def estimate_cost(program: Program, config: NPUConfig | None = None) -> CostRepo
         ops.append(cost)
     notes = []
     if not on_chip:
-        notes.append(f"peak activations x batch ({peak * config.batch} bytes) exceed the on-chip buffer "
-                     f"({config.buffer_bytes} bytes): every op reads its inputs from and writes its output to "
-                     f"off-chip memory")
-    return CostReport(model=program.model, config=config, ops=ops, peak_activation_bytes=peak, peak_op=peak_op,
-                      activations_on_chip=on_chip, notes=notes, peak_working_set_bytes=plan.peak_bytes,
-                      peak_working_set_op=program.ops[plan.peak_index].name)
+        notes.append(
+            f"peak activations x batch ({peak * config.batch} bytes) exceed the on-chip buffer "
+            f"({config.buffer_bytes} bytes): every op reads its inputs from and writes its output to "
+            f"off-chip memory"
+        )
+    return CostReport(
+        model=program.model,
+        config=config,
+        ops=ops,
+        peak_activation_bytes=peak,
+        peak_op=peak_op,
+        activations_on_chip=on_chip,
+        notes=notes,
+        peak_working_set_bytes=plan.peak_bytes,
+        peak_working_set_op=program.ops[plan.peak_index].name,
+    )
 
 
 def _elements(shape: tuple[int, ...]) -> int:
@@ -315,8 +337,9 @@ def _storage_of(program: Program) -> dict[str, str]:
     return storage
 
 
-def activation_liveness(program: Program, shapes: dict[str, tuple[int, ...]] | None = None
-                        ) -> tuple[list[int], int, str]:
+def activation_liveness(
+    program: Program, shapes: dict[str, tuple[int, ...]] | None = None
+) -> tuple[list[int], int, str]:
     """Per-image activation bytes alive while each op runs, the peak, and the op where it happens.
 
     Alive at op ``i``: every buffer written before (or by) op ``i`` that op ``i`` or a later op still
@@ -340,9 +363,13 @@ def _offchip_activation_bytes(program: Program, shapes, on_chip: bool) -> list[i
     """
     storage = _storage_of(program)
     if not on_chip:
-        return [0 if OP_TABLE[op.kind].view else
-                sum(_elements(shapes[s]) for s in op.inputs) * ACTIVATION_BYTES + _elements(shapes[op.name])
-                * ACTIVATION_BYTES for op in program.ops]
+        return [
+            0
+            if OP_TABLE[op.kind].view
+            else sum(_elements(shapes[s]) for s in op.inputs) * ACTIVATION_BYTES
+            + _elements(shapes[op.name]) * ACTIVATION_BYTES
+            for op in program.ops
+        ]
     moved = [0] * len(program.ops)
     input_read = False
     result = storage[program.output]
@@ -428,13 +455,28 @@ def _op_cost(op: Op, in_shapes, out_shape, live_bytes: int, act_offchip: int, co
         bound = "compute" if compute >= memory else "memory"
     utilization = batch * work / (cycles * lanes) if cycles and unit != "none" else None
     return OpCost(
-        name=op.name, kind=op.kind, output_shape=tuple(int(d) for d in out_shape), unit=unit, macs=macs,
-        vector_ops=vector_ops, weight_bytes=weight_bytes, weight_bits=weight_bits, bias_bytes=bias_bytes,
-        requant_scheme=scheme, requant_bytes=requant, per_channel_requant_bytes=per_channel,
+        name=op.name,
+        kind=op.kind,
+        output_shape=tuple(int(d) for d in out_shape),
+        unit=unit,
+        macs=macs,
+        vector_ops=vector_ops,
+        weight_bytes=weight_bytes,
+        weight_bits=weight_bits,
+        bias_bytes=bias_bytes,
+        requant_scheme=scheme,
+        requant_bytes=requant,
+        per_channel_requant_bytes=per_channel,
         input_bytes=sum(_elements(s) for s in in_shapes) * ACTIVATION_BYTES,
-        output_bytes=_elements(out_shape) * ACTIVATION_BYTES, live_activation_bytes=live_bytes,
-        offchip_bytes=offchip, compute_cycles=compute, memory_cycles=memory, cycles=cycles, bound=bound,
-        utilization=utilization)
+        output_bytes=_elements(out_shape) * ACTIVATION_BYTES,
+        live_activation_bytes=live_bytes,
+        offchip_bytes=offchip,
+        compute_cycles=compute,
+        memory_cycles=memory,
+        cycles=cycles,
+        bound=bound,
+        utilization=utilization,
+    )
 
 
 # ====================================================================================== table and plot
@@ -447,12 +489,20 @@ def _format_table(report: CostReport) -> str:
     header = ("op", "kind", "output", "MACs", "weight B", "requant B", "act in+out B", "cycles", "bound", "util")
     rows = []
     for o in report.ops:
-        rows.append((o.name, o.kind, "x".join(map(str, o.output_shape)),
-                     _n(o.macs) if o.unit == "mac_array" else (f"{_n(o.vector_ops)} el" if o.vector_ops else "-"),
-                     _n(o.weight_bytes) if o.unit == "mac_array" else "-",
-                     _n(o.requant_bytes) if o.unit == "mac_array" else "-",
-                     _n(o.input_bytes + o.output_bytes), _n(o.cycles), o.bound,
-                     "-" if o.utilization is None else f"{100 * o.utilization:.1f}%"))
+        rows.append(
+            (
+                o.name,
+                o.kind,
+                "x".join(map(str, o.output_shape)),
+                _n(o.macs) if o.unit == "mac_array" else (f"{_n(o.vector_ops)} el" if o.vector_ops else "-"),
+                _n(o.weight_bytes) if o.unit == "mac_array" else "-",
+                _n(o.requant_bytes) if o.unit == "mac_array" else "-",
+                _n(o.input_bytes + o.output_bytes),
+                _n(o.cycles),
+                o.bound,
+                "-" if o.utilization is None else f"{100 * o.utilization:.1f}%",
+            )
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     left = {0, 1, 2, 8}
 
@@ -463,28 +513,34 @@ def _format_table(report: CostReport) -> str:
     n_wess = sum(o.requant_scheme == "per_layer" for o in report.ops)
     n_pc = sum(o.requant_scheme == "per_channel" for o in report.ops)
     ratio = f"{t['per_channel_requant_bytes'] / t['requant_bytes']:.2f}x" if t["requant_bytes"] else "-"
-    out = [f"NPU cost of '{report.model}': {cfg.rows}x{cfg.cols} MAC array at {cfg.clock_mhz:g} MHz, "
-           f"{cfg.bandwidth_gbps:g} GB/s off-chip ({cfg.bytes_per_cycle:.3g} B/cycle), "
-           f"{_n(cfg.buffer_bytes)} B on-chip buffer, batch {cfg.batch}",
-           "(MACs, element ops and activation bytes per image; cycles per batch)", "",
-           line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), "",
-           f"MACs per image            {_n(t['macs'])} (+ {_n(t['vector_ops'])} element ops on the vector unit)",
-           f"weights                   {_n(t['weight_bytes'])} B, bias {_n(t['bias_bytes'])} B",
-           f"requantization params     {_n(t['requant_bytes'])} B as stored ({n_wess} per-layer WESS layers, "
-           f"{n_pc} per-channel layers); with per-channel multipliers {_n(t['per_channel_requant_bytes'])} B "
-           f"({ratio})",
-           f"peak activation memory    {_n(t['peak_activation_bytes'])} B per image at '{t['peak_op']}' "
-           f"({_n(t['peak_activation_bytes_batch'])} B for the batch: "
-           f"{'fits on chip' if t['activations_on_chip'] else 'spills to off-chip memory'})",
-           f"emulator working set      {_n(t['peak_working_set_bytes'])} B per image at "
-           f"'{t['peak_working_set_op']}' (values alive and the op's temporaries on the host; the loader's limit "
-           f"is 1 GiB)",
-           f"off-chip traffic          {_n(t['offchip_bytes'])} B per batch",
-           f"cycles                    {_n(t['cycles'])} per batch (compute {_n(t['compute_cycles'])}, memory "
-           f"{_n(t['memory_cycles'])}; {t['compute_bound_ops']} ops compute-bound, {t['memory_bound_ops']} "
-           f"memory-bound), MAC utilization {100 * t['utilization']:.1f}%",
-           f"latency                   {t['latency_ms']:.4g} ms per batch of {cfg.batch}, "
-           f"{'-' if t['images_per_s'] is None else format(t['images_per_s'], ',.0f')} images/s"]
+    out = [
+        f"NPU cost of '{report.model}': {cfg.rows}x{cfg.cols} MAC array at {cfg.clock_mhz:g} MHz, "
+        f"{cfg.bandwidth_gbps:g} GB/s off-chip ({cfg.bytes_per_cycle:.3g} B/cycle), "
+        f"{_n(cfg.buffer_bytes)} B on-chip buffer, batch {cfg.batch}",
+        "(MACs, element ops and activation bytes per image; cycles per batch)",
+        "",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in rows),
+        "",
+        f"MACs per image            {_n(t['macs'])} (+ {_n(t['vector_ops'])} element ops on the vector unit)",
+        f"weights                   {_n(t['weight_bytes'])} B, bias {_n(t['bias_bytes'])} B",
+        f"requantization params     {_n(t['requant_bytes'])} B as stored ({n_wess} per-layer WESS layers, "
+        f"{n_pc} per-channel layers); with per-channel multipliers {_n(t['per_channel_requant_bytes'])} B "
+        f"({ratio})",
+        f"peak activation memory    {_n(t['peak_activation_bytes'])} B per image at '{t['peak_op']}' "
+        f"({_n(t['peak_activation_bytes_batch'])} B for the batch: "
+        f"{'fits on chip' if t['activations_on_chip'] else 'spills to off-chip memory'})",
+        f"emulator working set      {_n(t['peak_working_set_bytes'])} B per image at "
+        f"'{t['peak_working_set_op']}' (values alive and the op's temporaries on the host; the loader's limit "
+        f"is 1 GiB)",
+        f"off-chip traffic          {_n(t['offchip_bytes'])} B per batch",
+        f"cycles                    {_n(t['cycles'])} per batch (compute {_n(t['compute_cycles'])}, memory "
+        f"{_n(t['memory_cycles'])}; {t['compute_bound_ops']} ops compute-bound, {t['memory_bound_ops']} "
+        f"memory-bound), MAC utilization {100 * t['utilization']:.1f}%",
+        f"latency                   {t['latency_ms']:.4g} ms per batch of {cfg.batch}, "
+        f"{'-' if t['images_per_s'] is None else format(t['images_per_s'], ',.0f')} images/s",
+    ]
     out += [f"note: {n}" for n in report.notes]
     return "\n".join(out)
 
@@ -507,8 +563,10 @@ def _plot(report: CostReport, path: Path) -> Path:
     ax.set_xticks(x, [o.name for o in ops], rotation=90, fontsize=7)
     ax.set_ylabel(f"cycles per batch of {report.config.batch}")
     cfg = report.config
-    ax.set_title(f"{report.model}: {cfg.rows}x{cfg.cols} MACs, {cfg.clock_mhz:g} MHz, {cfg.bandwidth_gbps:g} GB/s "
-                 f"- {report.latency_ms:.3g} ms")
+    ax.set_title(
+        f"{report.model}: {cfg.rows}x{cfg.cols} MACs, {cfg.clock_mhz:g} MHz, {cfg.bandwidth_gbps:g} GB/s "
+        f"- {report.latency_ms:.3g} ms"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -522,18 +580,25 @@ def add_commands(sub) -> None:
     from npuq._cliutil import float_range, int_range
 
     defaults = NPUConfig()
-    p = sub.add_parser("cost", help="estimate MACs, memory, cycles and latency of an NPU program "
-                       "(docs/cost_model.md)")
+    p = sub.add_parser("cost", help="estimate MACs, memory, cycles and latency of an NPU program (docs/cost_model.md)")
     p.add_argument("program", help="a program file (.npuq) written by `npuq compile` or Program.save")
     p.add_argument("--rows", type=int_range(1, 1 << 16), default=defaults.rows, help="MAC array rows (reduction)")
-    p.add_argument("--cols", type=int_range(1, 1 << 16), default=defaults.cols, help="MAC array columns (output "
-                   "channels) and vector lanes")
-    p.add_argument("--clock-mhz", type=float_range(0, 1e6, lo_open=True), default=defaults.clock_mhz,
-                   help="NPU clock")
-    p.add_argument("--bandwidth-gbps", type=float_range(0, 1e6, lo_open=True), default=defaults.bandwidth_gbps,
-                   help="off-chip GB/s")
-    p.add_argument("--buffer-bytes", type=int_range(0, 1 << 40), default=defaults.buffer_bytes,
-                   help="on-chip activation buffer")
+    p.add_argument(
+        "--cols",
+        type=int_range(1, 1 << 16),
+        default=defaults.cols,
+        help="MAC array columns (output channels) and vector lanes",
+    )
+    p.add_argument("--clock-mhz", type=float_range(0, 1e6, lo_open=True), default=defaults.clock_mhz, help="NPU clock")
+    p.add_argument(
+        "--bandwidth-gbps",
+        type=float_range(0, 1e6, lo_open=True),
+        default=defaults.bandwidth_gbps,
+        help="off-chip GB/s",
+    )
+    p.add_argument(
+        "--buffer-bytes", type=int_range(0, 1 << 40), default=defaults.buffer_bytes, help="on-chip activation buffer"
+    )
     p.add_argument("--batch", type=int_range(1, 1 << 20), default=defaults.batch, help="images per inference")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--plot", default=None, metavar="PATH", help="also plot cycles per op (needs matplotlib)")
@@ -544,8 +609,14 @@ def _run_cost(args) -> int:
     from npuq.npu.program import ProgramError, load_program
 
     try:
-        config = NPUConfig(rows=args.rows, cols=args.cols, clock_mhz=args.clock_mhz,
-                           bandwidth_gbps=args.bandwidth_gbps, buffer_bytes=args.buffer_bytes, batch=args.batch)
+        config = NPUConfig(
+            rows=args.rows,
+            cols=args.cols,
+            clock_mhz=args.clock_mhz,
+            bandwidth_gbps=args.bandwidth_gbps,
+            buffer_bytes=args.buffer_bytes,
+            batch=args.batch,
+        )
         program = load_program(args.program)
     except ValueError as exc:  # ProgramError is a ValueError
         kind = "program" if isinstance(exc, ProgramError) else "configuration"

@@ -46,8 +46,9 @@ class Emulator:
     ``evaluate`` the top-1 accuracy on a labelled data set.
     """
 
-    def __init__(self, program: Program | str, *, threads: int | None = None, batch_size: int = 500,
-                 device: str = "cpu"):
+    def __init__(
+        self, program: Program | str, *, threads: int | None = None, batch_size: int = 500, device: str = "cpu"
+    ):
         if not isinstance(program, Program):
             program = load_program(program)
         kind, index = _cuda.parse_device(device)
@@ -58,8 +59,11 @@ class Emulator:
         self._plan = memory_plan(program, self.shapes)
         self.threads = threads
         self.batch_size = int(batch_size)
-        self._kernels = {op.name: OP_TABLE[op.kind].pack(op, program.rounding, program.overflow)
-                         for op in program.ops if OP_TABLE[op.kind].pack is not None}
+        self._kernels = {
+            op.name: OP_TABLE[op.kind].pack(op, program.rounding, program.overflow)
+            for op in program.ops
+            if OP_TABLE[op.kind].pack is not None
+        }
         self.device = "cpu"
         self._device_index = None
         if kind == "cuda":
@@ -89,20 +93,22 @@ class Emulator:
             nchw = (want[2], want[0], want[1])
             expect = nchw if layout == "NCHW" else want
             if arr.ndim != 4 or arr.shape[1:] != expect:
-                raise ValueError(f"x has shape {arr.shape}; the program takes {layout} images of shape "
-                                 f"(N, {', '.join(map(str, expect))})")
+                raise ValueError(
+                    f"x has shape {arr.shape}; the program takes {layout} images of shape "
+                    f"(N, {', '.join(map(str, expect))})"
+                )
             if layout == "NCHW":
                 arr = arr.transpose(0, 2, 3, 1)
         elif arr.ndim != 2 or arr.shape[1:] != want:
             raise ValueError(f"x has shape {arr.shape}; the program takes (N, {want[0]})")
         if np.isnan(arr).any():
             raise ValueError("x contains NaN")
-        v = arr.astype(np.float32) / np.float32(spec.scale)     # one float32 division per element
+        v = arr.astype(np.float32) / np.float32(spec.scale)  # one float32 division per element
         t = np.trunc(v)
-        with np.errstate(invalid="ignore"):                      # inf - inf: NaN fraction, inf saturates below
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN fraction, inf saturates below
             frac = v - t
         r = t + (frac >= 0.5) - (frac <= -0.5)
-        r = np.clip(r, -256.0, 256.0).astype(np.int64)           # +-inf saturate
+        r = np.clip(r, -256.0, 256.0).astype(np.int64)  # +-inf saturate
         return np.ascontiguousarray(np.clip(r + spec.zero_point, -128, 127).astype(np.int8))
 
     def _as_input(self, x, layout: str) -> tuple[np.ndarray, bool]:
@@ -116,16 +122,21 @@ class Emulator:
             self.quantize_input(x[:0], layout)  # checks the shape and layout once, quantizes nothing
             return x, True
         if x.dtype != np.int8:
-            raise TypeError(f"x has dtype {x.dtype}; give int8 quantized input (N, "
-                            f"{', '.join(map(str, self.input_shape))}) or float images")
+            raise TypeError(
+                f"x has dtype {x.dtype}; give int8 quantized input (N, "
+                f"{', '.join(map(str, self.input_shape))}) or float images"
+            )
         if x.shape[1:] != self.input_shape or x.ndim != len(self.input_shape) + 1:
-            raise ValueError(f"x has shape {x.shape}; the program's int8 input is (N, "
-                             f"{', '.join(map(str, self.input_shape))}) ({'NHWC' if len(self.input_shape) == 3 else 'NK'})")
+            raise ValueError(
+                f"x has shape {x.shape}; the program's int8 input is (N, "
+                f"{', '.join(map(str, self.input_shape))}) ({'NHWC' if len(self.input_shape) == 3 else 'NK'})"
+            )
         return np.ascontiguousarray(x), False
 
     # ---------------------------------------------------------------------------------- running
-    def run(self, x, *, capture: bool = False, threads: int | None = None, layout: str = "NCHW",
-            progress: bool = False):
+    def run(
+        self, x, *, capture: bool = False, threads: int | None = None, layout: str = "NCHW", progress: bool = False
+    ):
         """Run the program. Returns the output op's int8 values (N, ...).
 
         ``x``: int8 quantized input (N, H, W, C), or float images (quantized first; ``layout`` says whether
@@ -145,7 +156,7 @@ class Emulator:
             chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'}")
         outs, caps = [], []
         for lo in chunks:
-            batch = arr[lo:lo + step]
+            batch = arr[lo : lo + step]
             # float images are quantized a batch at a time: each image independently, so the bits are the
             # same as quantizing all at once, without data-set-sized temporaries
             xq = self.quantize_input(batch, layout) if is_float else batch
@@ -165,8 +176,10 @@ class Emulator:
         plan = self._plan
         temporaries = [f.intermediate_bytes for f in plan.footprints]
         if capture:  # every value is kept to the end
-            values = sum(math.prod(self.shapes[s]) for s in [self.program.input.name] +
-                         [op.name for op in self.program.ops if not OP_TABLE[op.kind].view])  # a view: no memory
+            values = sum(
+                math.prod(self.shapes[s])
+                for s in [self.program.input.name] + [op.name for op in self.program.ops if not OP_TABLE[op.kind].view]
+            )  # a view: no memory
             per_image = values + max(temporaries)
         else:
             per_image = max(v + t for v, t in zip(plan.live, temporaries))
@@ -214,16 +227,21 @@ class Emulator:
         step = self._images_per_call(capture)
         chunks = range(0, n, step)
         if progress:
-            chunks = _progress(chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'} on {self.device}")
+            chunks = _progress(
+                chunks, total=len(chunks), desc=f"emulating {self.program.model or 'program'} on {self.device}"
+            )
         outs, caps = [], []
-        rows = None if not on_device or _cuda.is_torch_cuda(x) else _cuda.borrow(
-            x, "x", np.float32 if is_float else np.int8)
+        rows = (
+            None
+            if not on_device or _cuda.is_torch_cuda(x)
+            else _cuda.borrow(x, "x", np.float32 if is_float else np.int8)
+        )
         for lo in chunks:
             if on_device:
-                part = x[lo:lo + step] if rows is None else rows.rows(lo, lo + step)
+                part = x[lo : lo + step] if rows is None else rows.rows(lo, lo + step)
                 xb = self._device_batch(part, is_float, layout)
             else:
-                batch = arr[lo:lo + step]
+                batch = arr[lo : lo + step]
                 xq = self.quantize_input(batch, layout) if is_float else batch
                 xb = _cuda.to_device(xq, dev)
             values = self._run_batch_cuda(xb, keep_all=capture)
@@ -249,8 +267,10 @@ class Emulator:
             is_float = x.dtype.is_floating_point
             dev = x.device.index
             if not is_float and str(x.dtype) != "torch.int8":
-                raise TypeError(f"x has dtype {x.dtype}; give int8 quantized input (N, "
-                                f"{', '.join(map(str, self.input_shape))}) or float images")
+                raise TypeError(
+                    f"x has dtype {x.dtype}; give int8 quantized input (N, "
+                    f"{', '.join(map(str, self.input_shape))}) or float images"
+                )
         else:
             is_float = cai_dtype.kind == "f"
             dev = _cuda.view(x, "x", cai_dtype).device
@@ -259,8 +279,10 @@ class Emulator:
             if is_float and cai_dtype != np.float32:
                 raise TypeError(f"device float images must be float32, got {cai_dtype}")
         if dev is not None and dev != self._device_index:
-            raise ValueError(f"x is on cuda:{dev} but this emulator runs on {self.device}: move x there "
-                             f"(x.to('{self.device}')) or build the emulator with device='cuda:{dev}'")
+            raise ValueError(
+                f"x is on cuda:{dev} but this emulator runs on {self.device}: move x there "
+                f"(x.to('{self.device}')) or build the emulator with device='cuda:{dev}'"
+            )
         if is_float:
             want = self.input_shape
             if len(want) == 3:
@@ -272,12 +294,16 @@ class Emulator:
             else:
                 expect = want
             if len(shape) != len(expect) + 1 or shape[1:] != expect:
-                raise ValueError(f"x has shape {shape}; the program takes {layout} images of shape "
-                                 f"(N, {', '.join(map(str, expect))})")
+                raise ValueError(
+                    f"x has shape {shape}; the program takes {layout} images of shape "
+                    f"(N, {', '.join(map(str, expect))})"
+                )
         elif len(shape) != len(self.input_shape) + 1 or shape[1:] != self.input_shape:
-            raise ValueError(f"x has shape {shape}; the program's int8 input is (N, "
-                             f"{', '.join(map(str, self.input_shape))}) "
-                             f"({'NHWC' if len(self.input_shape) == 3 else 'NK'})")
+            raise ValueError(
+                f"x has shape {shape}; the program's int8 input is (N, "
+                f"{', '.join(map(str, self.input_shape))}) "
+                f"({'NHWC' if len(self.input_shape) == 3 else 'NK'})"
+            )
         return is_float, shape[0]
 
     def _device_batch(self, xb, is_float, layout):
@@ -291,8 +317,16 @@ class Emulator:
             xb = xb.float().contiguous()
         v = _cuda.view(xb, "x", np.float32)
         out, ptr = _cuda.empty(v.shape, np.int8, v._replace(torch=False))
-        _C.cuda_quantize_input(v.ptr, v.size, ptr, v.size, float(self.program.input.scale),
-                               int(self.program.input.zero_point), v.device, v.stream)
+        _C.cuda_quantize_input(
+            v.ptr,
+            v.size,
+            ptr,
+            v.size,
+            float(self.program.input.scale),
+            int(self.program.input.zero_point),
+            v.device,
+            v.stream,
+        )
         # cuda_quantize_input synchronizes (it reports NaN), so the float batch may be freed after it
         return out
 
@@ -326,8 +360,12 @@ class Emulator:
         return OP_TABLE[op.kind].run(op, args, self._context(op, threads))
 
     def _context(self, op, threads) -> RunContext:
-        return RunContext(kernel=self._kernels.get(op.name), rounding=self.program.rounding,
-                          overflow=self.program.overflow, threads=threads)
+        return RunContext(
+            kernel=self._kernels.get(op.name),
+            rounding=self.program.rounding,
+            overflow=self.program.overflow,
+            threads=threads,
+        )
 
     def logits(self, x, **kwargs) -> np.ndarray:
         """Real values of the output: float32 ``(q - zero_point) * scale`` of :meth:`run`'s int8 output

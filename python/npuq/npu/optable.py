@@ -37,13 +37,13 @@ COST_UNITS = ("mac_array", "vector", "none")
 
 # What the native kernels allocate and accept (csrc/cpu/kernels.h, conv_plan.cc, common/validate.cc),
 # mirrored here so that a program that validates never fails in them.
-_NATIVE_INDEX_LIMIT = 1 << 40    # validate.cc: products of indices of a conv / pool
+_NATIVE_INDEX_LIMIT = 1 << 40  # validate.cc: products of indices of a conv / pool
 _NATIVE_REDUCTION_LIMIT = 1 << 31  # validate.cc: KH * KW * C_in / groups of a conv
-_NATIVE_POOL_TAPS = 1 << 30      # validate.cc: taps of one pooling window
-_PANEL_ROWS = 24                 # kernels.h kPanelRows: im2col rows packed at once, per thread
-_SCRATCH_ALIGN = 64              # conv_plan.cc Scratch: every scratch buffer is over-allocated for alignment
-_CONSTANT_BYTES = 36             # kernels.h ChannelConstants per padded channel: 3 int32 + 3 int64
-_GROUP_OVERHEAD = 512            # per GEMM group: vector headers and allocator overhead (an upper estimate)
+_NATIVE_POOL_TAPS = 1 << 30  # validate.cc: taps of one pooling window
+_PANEL_ROWS = 24  # kernels.h kPanelRows: im2col rows packed at once, per thread
+_SCRATCH_ALIGN = 64  # conv_plan.cc Scratch: every scratch buffer is over-allocated for alignment
+_CONSTANT_BYTES = 36  # kernels.h ChannelConstants per padded channel: 3 int32 + 3 int64
+_GROUP_OVERHEAD = 512  # per GEMM group: vector headers and allocator overhead (an upper estimate)
 
 
 # ====================================================================================== the schema
@@ -145,8 +145,8 @@ class OpSpec:
 
     name: str
     n_inputs: int
-    attrs: Mapping[str, Attr]       # allowed = required attributes, checked in this order
-    tensors: Mapping[str, Tensor]   # required tensors, in the order golden vector sets write them
+    attrs: Mapping[str, Attr]  # allowed = required attributes, checked in this order
+    tensors: Mapping[str, Tensor]  # required tensors, in the order golden vector sets write them
     # (op, where, input shapes) -> output shape: the checks beyond the attributes' types and ranges and the
     # tensors' dtypes and ranks (done before it), raising ProgramError via npuq.npu._checks.fail
     infer: Callable[..., Shape]
@@ -154,15 +154,15 @@ class OpSpec:
     footprint: Callable[..., OpFootprint]
     # (op, args, RunContext) -> output values: host numpy arrays; also device arrays unless run_cuda is set
     run: Callable[..., Any]
-    cost_unit: str                  # "mac_array", "vector" or "none" (docs/cost_model.md 2)
-    docs: tuple[str, ...]           # "docs/<file>.md#<section anchor>" that define the kind
+    cost_unit: str  # "mac_array", "vector" or "none" (docs/cost_model.md 2)
+    docs: tuple[str, ...]  # "docs/<file>.md#<section anchor>" that define the kind
     run_cuda: Callable[..., Any] | None = None  # device arrays; None: run handles them
-    pack: Callable[..., Any] | None = None      # (op, rounding, overflow) -> the packed native kernel
-    native: Callable[..., None] | None = None   # (op, where, input shape, output shape): the kernels' limits
+    pack: Callable[..., Any] | None = None  # (op, rounding, overflow) -> the packed native kernel
+    native: Callable[..., None] | None = None  # (op, where, input shape, output shape): the kernels' limits
     mac_dims: Callable[..., tuple[int, int, int]] | None = None  # mac_array: (C_out, reduction, pixels)
     vector_ops: Callable[..., int] | None = None  # vector: (op, input shapes, output shape) -> element ops
-    view: bool = False              # the output is its input's buffer, reshaped: no work, no memory
-    layer: bool = False             # a layer with weights (its tensors), packed once per program
+    view: bool = False  # the output is its input's buffer, reshaped: no work, no memory
+    layer: bool = False  # a layer with weights (its tensors), packed once per program
     vector_inputs: tuple[str, ...] = ("input",)  # golden vector array names of its inputs
 
     def __post_init__(self):
@@ -176,8 +176,10 @@ class OpSpec:
         need((self.cost_unit == "mac_array") == (self.mac_dims is not None), "mac_dims iff the unit is mac_array")
         need((self.cost_unit == "vector") == (self.vector_ops is not None), "vector_ops iff the unit is vector")
         need(self.cost_unit != "mac_array" or self.layer, "a MAC-array op is a layer (weights, requantization)")
-        need(not self.view or (self.cost_unit == "none" and self.n_inputs == 1 and not self.layer),
-             "a view reads one value and costs nothing")
+        need(
+            not self.view or (self.cost_unit == "none" and self.n_inputs == 1 and not self.layer),
+            "a view reads one value and costs nothing",
+        )
         need(bool(self.docs) and all(d.startswith("docs/") and "#" in d for d in self.docs), "docs anchors")
         object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
         object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
@@ -238,14 +240,23 @@ def _ints(attrs: dict, key: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------- layers (MAC array)
-_LAYER_ATTRS = {"input_zero_point": _int8(), "output_zero_point": _int8(), "act_min": _int8(), "act_max": _int8(),
-                "weight_bits": Attr("int", 2, 8)}
+_LAYER_ATTRS = {
+    "input_zero_point": _int8(),
+    "output_zero_point": _int8(),
+    "act_min": _int8(),
+    "act_max": _int8(),
+    "weight_bits": Attr("int", 2, 8),
+}
 
 
 def _layer_tensors(weight_ndim: int, weight_layout: str) -> dict[str, Tensor]:
-    return {"weight": Tensor(np.int8, weight_ndim, weight_layout), "bias": Tensor(np.int32, 1, "C"),
-            "multiplier": Tensor(np.int32, 1, "C"), "exponent": Tensor(np.int32, 1, "C"),
-            "shift": Tensor(np.uint8, 1, "C")}
+    return {
+        "weight": Tensor(np.int8, weight_ndim, weight_layout),
+        "bias": Tensor(np.int32, 1, "C"),
+        "multiplier": Tensor(np.int32, 1, "C"),
+        "exponent": Tensor(np.int32, 1, "C"),
+        "shift": Tensor(np.uint8, 1, "C"),
+    }
 
 
 def _check_layer_tensors(op: Op, where: str) -> int:
@@ -263,8 +274,10 @@ def _check_layer_tensors(op: Op, where: str) -> int:
         fail(where, f"tensor '{op.name}.bias' has shape {t['bias'].shape}, expected ({c_out},)")
     m, e, s = t["multiplier"], t["exponent"], t["shift"]
     if m.shape[0] not in (1, c_out):
-        fail(where, f"tensor '{op.name}.multiplier' has {m.shape[0]} values; expected 1 (per layer) or {c_out} "
-                    f"(per channel)")
+        fail(
+            where,
+            f"tensor '{op.name}.multiplier' has {m.shape[0]} values; expected 1 (per layer) or {c_out} (per channel)",
+        )
     if e.shape != m.shape:
         fail(where, f"tensor '{op.name}.exponent' has shape {e.shape}, expected {m.shape} like the multiplier")
     if s.shape != (c_out,):
@@ -284,9 +297,16 @@ def _check_layer_tensors(op: Op, where: str) -> int:
 def _requant_args(op: Op, rounding: str, overflow: str) -> dict:
     t, a = op.tensors, op.attrs
     m, e = t["multiplier"], t["exponent"]
-    return dict(multiplier=int(m[0]) if m.shape[0] == 1 else m, exponent=int(e[0]) if e.shape[0] == 1 else e,
-                channel_shift=t["shift"], output_zero_point=a["output_zero_point"], act_min=a["act_min"],
-                act_max=a["act_max"], rounding=rounding, overflow=overflow)
+    return dict(
+        multiplier=int(m[0]) if m.shape[0] == 1 else m,
+        exponent=int(e[0]) if e.shape[0] == 1 else e,
+        channel_shift=t["shift"],
+        output_zero_point=a["output_zero_point"],
+        act_min=a["act_min"],
+        act_max=a["act_max"],
+        rounding=rounding,
+        overflow=overflow,
+    )
 
 
 def _run_layer(op: Op, args, ctx: RunContext):
@@ -319,13 +339,18 @@ def _conv2d_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
         if p_ >= ext:  # a window of padding alone (docs/arithmetic.md 4)
             fail(where, f"padding {side} = {p_} must be smaller than the dilated kernel extent {ext}")
     if w.shape[3] * groups != x[2]:
-        fail(where, f"weight {w.shape} with groups={groups} expects {w.shape[3] * groups} input channels, "
-                    f"but '{op.inputs[0]}' has {x[2]}")
+        fail(
+            where,
+            f"weight {w.shape} with groups={groups} expects {w.shape[3] * groups} input channels, "
+            f"but '{op.inputs[0]}' has {x[2]}",
+        )
     oh = out_size(x[0], w.shape[1], stride[0], dil[0], pad[0], pad[1])
     ow = out_size(x[1], w.shape[2], stride[1], dil[1], pad[2], pad[3])
     if oh < 1 or ow < 1:
-        fail(where, f"kernel {w.shape[1]}x{w.shape[2]} (dilation {dil}, padding {pad}) does not fit the "
-                    f"{x[0]}x{x[1]} input")
+        fail(
+            where,
+            f"kernel {w.shape[1]}x{w.shape[2]} (dilation {dil}, padding {pad}) does not fit the {x[0]}x{x[1]} input",
+        )
     return (oh, ow, c_out)
 
 
@@ -340,15 +365,31 @@ def _conv2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFo
         padded_w = x[1] + pl + pr
         ring = (kh - 1) * a["dilation"][0] + 1  # kernels.h depthwise_scratch_bytes
         scratch = ring * padded_w * c32 * 4 + c32 * 4 + padded_w + c32 // 16 * 1024 + 128 + _SCRATCH_ALIGN
-        params = (kh * kw * c16 * 4 + (c32 + c16) * kh * pairs * 4 + (2 * c16 + c32) * _CONSTANT_BYTES
-                  + c_out * (kh * kw + 13))
+        params = (
+            kh * kw * c16 * 4
+            + (c32 + c16) * kh * pairs * 4
+            + (2 * c16 + c32) * _CONSTANT_BYTES
+            + c_out * (kh * kw + 13)
+        )
         work = pixels * c16 * kh * kw + x[0] * padded_w * c32
-        return OpFootprint(reads, out, scratch_bytes=scratch, param_bytes=params, work=work,
-                           temporary=f"the depthwise row ring ({ring} rows of {padded_w} columns)")
+        return OpFootprint(
+            reads,
+            out,
+            scratch_bytes=scratch,
+            param_bytes=params,
+            work=work,
+            temporary=f"the depthwise row ring ({ring} rows of {padded_w} columns)",
+        )
     k = kh * kw * c_group
     work = pixels * groups * round_up(c_out // groups, 16) * round_up(k, 4)
-    return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(k), param_bytes=_gemm_params(groups, c_out, k),
-                       work=work, temporary="the im2col panel")
+    return OpFootprint(
+        reads,
+        out,
+        scratch_bytes=_gemm_scratch(k),
+        param_bytes=_gemm_params(groups, c_out, k),
+        work=work,
+        temporary="the im2col panel",
+    )
 
 
 def _conv2d_native(op: Op, where: str, x: Shape, y: Shape) -> None:
@@ -358,19 +399,31 @@ def _conv2d_native(op: Op, where: str, x: Shape, y: Shape) -> None:
     extent = ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1)  # Conv2dPlan checks the layer on this input
     for h, w in ((x[0], x[1]), extent):
         if h * w > limit // x[2]:
-            fail(where, f"the native convolution kernels refuse it: a {h}x{w}x{x[2]} input is beyond their "
-                        f"2^40 index limit")
+            fail(
+                where,
+                f"the native convolution kernels refuse it: a {h}x{w}x{x[2]} input is beyond their 2^40 index limit",
+            )
     k = kh * kw * c_group
     if y[0] * y[1] > limit // c_out or k > _NATIVE_REDUCTION_LIMIT or c_out * k > limit:
-        fail(where, f"the native convolution kernels refuse it: output {y} with a reduction of {k} is beyond "
-                    f"their index limits")
+        fail(
+            where,
+            f"the native convolution kernels refuse it: output {y} with a reduction of {k} is beyond "
+            f"their index limits",
+        )
 
 
 def _conv2d_pack(op: Op, rounding: str, overflow: str):
     t, a = op.tensors, op.attrs
-    return ops.Conv2d(t["weight"], t["bias"], input_zero_point=a["input_zero_point"], stride=tuple(a["stride"]),
-                      padding=tuple(a["padding"]), dilation=tuple(a["dilation"]), groups=a["groups"],
-                      **_requant_args(op, rounding, overflow))
+    return ops.Conv2d(
+        t["weight"],
+        t["bias"],
+        input_zero_point=a["input_zero_point"],
+        stride=tuple(a["stride"]),
+        padding=tuple(a["padding"]),
+        dilation=tuple(a["dilation"]),
+        groups=a["groups"],
+        **_requant_args(op, rounding, overflow),
+    )
 
 
 def _conv2d_mac_dims(op: Op, y: Shape) -> tuple[int, int, int]:
@@ -384,8 +437,7 @@ def _fc_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
     w, x = op.tensors["weight"], in_shapes[0]
     c_out = _check_layer_tensors(op, where)
     if len(x) != 1:
-        fail(where, f"fully_connected needs a flat input (K,), but '{op.inputs[0]}' has shape {x}; insert a "
-                    f"flatten op")
+        fail(where, f"fully_connected needs a flat input (K,), but '{op.inputs[0]}' has shape {x}; insert a flatten op")
     if w.shape[1] != x[0]:
         fail(where, f"weight has {w.shape[1]} input features but '{op.inputs[0]}' has {x[0]}")
     return (c_out,)
@@ -393,14 +445,21 @@ def _fc_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
 
 def _fc_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
     c_out, kk = (int(d) for d in op.tensors["weight"].shape)
-    return OpFootprint(reads, out, scratch_bytes=_gemm_scratch(kk), param_bytes=_gemm_params(1, c_out, kk),
-                       work=round_up(c_out, 16) * round_up(kk, 4), temporary="the im2col panel")
+    return OpFootprint(
+        reads,
+        out,
+        scratch_bytes=_gemm_scratch(kk),
+        param_bytes=_gemm_params(1, c_out, kk),
+        work=round_up(c_out, 16) * round_up(kk, 4),
+        temporary="the im2col panel",
+    )
 
 
 def _fc_pack(op: Op, rounding: str, overflow: str):
     t, a = op.tensors, op.attrs
-    return ops.FullyConnected(t["weight"], t["bias"], input_zero_point=a["input_zero_point"],
-                              **_requant_args(op, rounding, overflow))
+    return ops.FullyConnected(
+        t["weight"], t["bias"], input_zero_point=a["input_zero_point"], **_requant_args(op, rounding, overflow)
+    )
 
 
 def _fc_mac_dims(op: Op, y: Shape) -> tuple[int, int, int]:
@@ -410,10 +469,19 @@ def _fc_mac_dims(op: Op, y: Shape) -> tuple[int, int, int]:
 
 # ---------------------------------------------------------------------------------- add
 _ADD_ATTRS: dict[str, Attr] = {
-    **{f"{side}_{name}": attr for side in ("a", "b", "output")
-       for name, attr in (("zero_point", _int8()), ("multiplier", Attr("q31")),
-                          ("exponent", Attr("int", -31, 30 if side == "output" else 0)))},
-    "left_shift": Attr("int", 0, 22), "act_min": _int8(), "act_max": _int8()}
+    **{
+        f"{side}_{name}": attr
+        for side in ("a", "b", "output")
+        for name, attr in (
+            ("zero_point", _int8()),
+            ("multiplier", Attr("q31")),
+            ("exponent", Attr("int", -31, 30 if side == "output" else 0)),
+        )
+    },
+    "left_shift": Attr("int", 0, 22),
+    "act_min": _int8(),
+    "act_max": _int8(),
+}
 
 
 def _add_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
@@ -459,8 +527,11 @@ def _window_taps(op: Op, in_shapes, y: Shape) -> int:
 def _window_native(op: Op, where: str, x: Shape, y: Shape) -> None:
     kh, kw = op.attrs["kernel"]
     if kh * kw > _NATIVE_POOL_TAPS:
-        fail(where, f"kernel {[kh, kw]} has {kh * kw:,} taps, more than the {_NATIVE_POOL_TAPS:,} (2^30) the native "
-                    f"pooling kernels take")
+        fail(
+            where,
+            f"kernel {[kh, kw]} has {kh * kw:,} taps, more than the {_NATIVE_POOL_TAPS:,} (2^30) the native "
+            f"pooling kernels take",
+        )
 
 
 def _avg_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
@@ -469,9 +540,17 @@ def _avg_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> 
 
 def _avg_pool2d_run(op: Op, args, ctx: RunContext):
     a = op.attrs
-    return ops.avg_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]),
-                          count_include_pad=a["count_include_pad"], input_zero_point=a["input_zero_point"],
-                          act_min=a["act_min"], act_max=a["act_max"], threads=ctx.threads)
+    return ops.avg_pool2d(
+        args[0],
+        tuple(a["kernel"]),
+        stride=tuple(a["stride"]),
+        padding=tuple(a["padding"]),
+        count_include_pad=a["count_include_pad"],
+        input_zero_point=a["input_zero_point"],
+        act_min=a["act_min"],
+        act_max=a["act_max"],
+        threads=ctx.threads,
+    )
 
 
 def _max_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
@@ -480,8 +559,13 @@ def _max_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> 
     if pt or pb or pl or pr:  # ops.max_pool2d pads a copy of the input with np.pad
         h, w, c = in_shapes[0]
         plane = (h + pt + pb, w + pl + pr, c)
-        return OpFootprint(reads, out, intermediate_bytes=elements(plane), work=work,
-                           temporary=f"the padded input plane {'x'.join(map(str, plane))}")
+        return OpFootprint(
+            reads,
+            out,
+            intermediate_bytes=elements(plane),
+            work=work,
+            temporary=f"the padded input plane {'x'.join(map(str, plane))}",
+        )
     return OpFootprint(reads, out, work=work)
 
 
@@ -537,39 +621,125 @@ def _flatten_run_cuda(op: Op, args, ctx: RunContext):
 # ====================================================================================== the table
 _PROGRAM = "docs/program.md#3-ops"
 
-_TABLE: dict[str, OpSpec] = {spec.name: spec for spec in (
-    OpSpec("conv2d", 1,
-           attrs={"stride": _pairs(2, 1), "padding": _pairs(4, 0), "dilation": _pairs(2, 1),
-                  "groups": Attr("int", 1, 1 << 20), **_LAYER_ATTRS},
-           tensors=_layer_tensors(4, "OHWI"), infer=_conv2d_infer, footprint=_conv2d_footprint, run=_run_layer,
-           pack=_conv2d_pack, native=_conv2d_native, cost_unit="mac_array", mac_dims=_conv2d_mac_dims, layer=True,
-           docs=(_PROGRAM, "docs/arithmetic.md#4-convolution-and-fully-connected",
-                 "docs/arithmetic.md#3-requantizeacc-m0-e-s_c---int8")),
-    OpSpec("fully_connected", 1, attrs=_LAYER_ATTRS, tensors=_layer_tensors(2, "OK"), infer=_fc_infer,
-           footprint=_fc_footprint, run=_run_layer, pack=_fc_pack, cost_unit="mac_array", mac_dims=_fc_mac_dims,
-           layer=True,
-           docs=(_PROGRAM, "docs/arithmetic.md#4-convolution-and-fully-connected",
-                 "docs/arithmetic.md#3-requantizeacc-m0-e-s_c---int8")),
-    OpSpec("add", 2, attrs=_ADD_ATTRS, tensors={}, infer=_add_infer, footprint=_add_footprint,
-           run=_add_run, cost_unit="vector", vector_ops=_add_vector_ops,
-           vector_inputs=("input_a", "input_b"),
-           docs=(_PROGRAM, "docs/arithmetic.md#6-elementwise-add-tflite-int8-add")),
-    OpSpec("avg_pool2d", 1,
-           attrs={**_WINDOW_ATTRS, "count_include_pad": Attr("bool"), "input_zero_point": _int8(),
-                  "act_min": _int8(), "act_max": _int8()},
-           tensors={}, infer=_window_infer, footprint=_avg_pool2d_footprint, run=_avg_pool2d_run,
-           native=_window_native, cost_unit="vector", vector_ops=_window_taps,
-           docs=(_PROGRAM, "docs/arithmetic.md#7-average-pooling")),
-    OpSpec("global_avg_pool", 1, attrs={"act_min": _int8(), "act_max": _int8()}, tensors={},
-           infer=_global_avg_pool_infer, footprint=_global_avg_pool_footprint,
-           run=_global_avg_pool_run, native=_global_avg_pool_native, cost_unit="vector",
-           vector_ops=_global_avg_pool_vector_ops, docs=(_PROGRAM, "docs/arithmetic.md#7-average-pooling")),
-    OpSpec("max_pool2d", 1, attrs=_WINDOW_ATTRS, tensors={}, infer=_window_infer, footprint=_max_pool2d_footprint,
-           run=_max_pool2d_run, native=_window_native, cost_unit="vector",
-           vector_ops=_window_taps, docs=(_PROGRAM,)),
-    OpSpec("flatten", 1, attrs={}, tensors={}, infer=_flatten_infer, footprint=_flatten_footprint, run=_flatten_run,
-           run_cuda=_flatten_run_cuda, cost_unit="none", view=True, docs=(_PROGRAM,)),
-)}
+_TABLE: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec(
+            "conv2d",
+            1,
+            attrs={
+                "stride": _pairs(2, 1),
+                "padding": _pairs(4, 0),
+                "dilation": _pairs(2, 1),
+                "groups": Attr("int", 1, 1 << 20),
+                **_LAYER_ATTRS,
+            },
+            tensors=_layer_tensors(4, "OHWI"),
+            infer=_conv2d_infer,
+            footprint=_conv2d_footprint,
+            run=_run_layer,
+            pack=_conv2d_pack,
+            native=_conv2d_native,
+            cost_unit="mac_array",
+            mac_dims=_conv2d_mac_dims,
+            layer=True,
+            docs=(
+                _PROGRAM,
+                "docs/arithmetic.md#4-convolution-and-fully-connected",
+                "docs/arithmetic.md#3-requantizeacc-m0-e-s_c---int8",
+            ),
+        ),
+        OpSpec(
+            "fully_connected",
+            1,
+            attrs=_LAYER_ATTRS,
+            tensors=_layer_tensors(2, "OK"),
+            infer=_fc_infer,
+            footprint=_fc_footprint,
+            run=_run_layer,
+            pack=_fc_pack,
+            cost_unit="mac_array",
+            mac_dims=_fc_mac_dims,
+            layer=True,
+            docs=(
+                _PROGRAM,
+                "docs/arithmetic.md#4-convolution-and-fully-connected",
+                "docs/arithmetic.md#3-requantizeacc-m0-e-s_c---int8",
+            ),
+        ),
+        OpSpec(
+            "add",
+            2,
+            attrs=_ADD_ATTRS,
+            tensors={},
+            infer=_add_infer,
+            footprint=_add_footprint,
+            run=_add_run,
+            cost_unit="vector",
+            vector_ops=_add_vector_ops,
+            vector_inputs=("input_a", "input_b"),
+            docs=(_PROGRAM, "docs/arithmetic.md#6-elementwise-add-tflite-int8-add"),
+        ),
+        OpSpec(
+            "avg_pool2d",
+            1,
+            attrs={
+                **_WINDOW_ATTRS,
+                "count_include_pad": Attr("bool"),
+                "input_zero_point": _int8(),
+                "act_min": _int8(),
+                "act_max": _int8(),
+            },
+            tensors={},
+            infer=_window_infer,
+            footprint=_avg_pool2d_footprint,
+            run=_avg_pool2d_run,
+            native=_window_native,
+            cost_unit="vector",
+            vector_ops=_window_taps,
+            docs=(_PROGRAM, "docs/arithmetic.md#7-average-pooling"),
+        ),
+        OpSpec(
+            "global_avg_pool",
+            1,
+            attrs={"act_min": _int8(), "act_max": _int8()},
+            tensors={},
+            infer=_global_avg_pool_infer,
+            footprint=_global_avg_pool_footprint,
+            run=_global_avg_pool_run,
+            native=_global_avg_pool_native,
+            cost_unit="vector",
+            vector_ops=_global_avg_pool_vector_ops,
+            docs=(_PROGRAM, "docs/arithmetic.md#7-average-pooling"),
+        ),
+        OpSpec(
+            "max_pool2d",
+            1,
+            attrs=_WINDOW_ATTRS,
+            tensors={},
+            infer=_window_infer,
+            footprint=_max_pool2d_footprint,
+            run=_max_pool2d_run,
+            native=_window_native,
+            cost_unit="vector",
+            vector_ops=_window_taps,
+            docs=(_PROGRAM,),
+        ),
+        OpSpec(
+            "flatten",
+            1,
+            attrs={},
+            tensors={},
+            infer=_flatten_infer,
+            footprint=_flatten_footprint,
+            run=_flatten_run,
+            run_cuda=_flatten_run_cuda,
+            cost_unit="none",
+            view=True,
+            docs=(_PROGRAM,),
+        ),
+    )
+}
 #: kind -> OpSpec, in the order of docs/program.md 3 (read-only; the consumers look kinds up here at run time)
 OP_TABLE: Mapping[str, OpSpec] = MappingProxyType(_TABLE)
 
@@ -581,7 +751,8 @@ VECTOR_KINDS: tuple[str, ...] = tuple(k for k, s in OP_TABLE.items() if s.cost_u
 VIEW_KINDS: tuple[str, ...] = tuple(k for k, s in OP_TABLE.items() if s.view)
 # the integer tensors of each kind that has any: field -> dtype
 OP_TENSORS: Mapping[str, Mapping[str, type]] = MappingProxyType(
-    {k: MappingProxyType({f: t.dtype for f, t in s.tensors.items()}) for k, s in OP_TABLE.items() if s.tensors})
+    {k: MappingProxyType({f: t.dtype for f, t in s.tensors.items()}) for k, s in OP_TABLE.items() if s.tensors}
+)
 
 
 def is_view(kind: str) -> bool:
@@ -590,5 +761,19 @@ def is_view(kind: str) -> bool:
     return spec is not None and spec.view
 
 
-__all__ = ["Attr", "COST_UNITS", "LAYER_KINDS", "MAC_KINDS", "OP_KINDS", "OP_TABLE", "OP_TENSORS", "OpFootprint",
-           "OpSpec", "RunContext", "Tensor", "VECTOR_KINDS", "VIEW_KINDS", "is_view"]
+__all__ = [
+    "Attr",
+    "COST_UNITS",
+    "LAYER_KINDS",
+    "MAC_KINDS",
+    "OP_KINDS",
+    "OP_TABLE",
+    "OP_TENSORS",
+    "OpFootprint",
+    "OpSpec",
+    "RunContext",
+    "Tensor",
+    "VECTOR_KINDS",
+    "VIEW_KINDS",
+    "is_view",
+]

@@ -32,7 +32,9 @@ import numpy as np
 from npuq._C import ARITHMETIC_VERSION  # the version of docs/arithmetic.md the ops follow
 from npuq._untrusted import JSONRejected, file_kind, loads_strict
 from npuq._validate import OVERFLOW_POLICIES, ROUNDING_MODES
-from npuq.npu._checks import ProgramError, elements as _elements, fail as _fail
+from npuq.npu._checks import ProgramError
+from npuq.npu._checks import elements as _elements
+from npuq.npu._checks import fail as _fail
 from npuq.npu.optable import LAYER_KINDS, OP_KINDS, OP_TABLE, OP_TENSORS, OpFootprint
 
 FORMAT = "npuq-program"
@@ -55,13 +57,13 @@ _MAX_HEADER = 100 * 1024 * 1024
 # is gigabytes, or shapes whose products leave int64. These bound what loading, costing and emulating an
 # accepted program may take (docs/program.md 4, "Resource limits"); a program beyond any of them is a
 # ProgramError at load time. Real networks are orders of magnitude below every one.
-MAX_FILE_BYTES = 2 << 30         # a program file (2 GiB)
+MAX_FILE_BYTES = 2 << 30  # a program file (2 GiB)
 MAX_TENSOR_ELEMENTS = 2**31 - 1  # any tensor of the file and any per-image value: int32 indexing is safe
-MAX_OP_BYTES = 256 << 20         # per image, one op: its inputs, output and temporary buffers (256 MiB)
-MAX_PEAK_BYTES = 1 << 30         # per image: the values alive together plus the running op's buffers (1 GiB)
-MAX_OP_WORK = 2**34              # per image, one op: multiply-accumulates or element operations
-MAX_OP_PARAM_BYTES = 256 << 20   # one layer's parameters as the native kernels pack them (256 MiB)
-MAX_PARAM_BYTES = 4 << 30        # all layers' packed parameters together (4 GiB)
+MAX_OP_BYTES = 256 << 20  # per image, one op: its inputs, output and temporary buffers (256 MiB)
+MAX_PEAK_BYTES = 1 << 30  # per image: the values alive together plus the running op's buffers (1 GiB)
+MAX_OP_WORK = 2**34  # per image, one op: multiply-accumulates or element operations
+MAX_OP_PARAM_BYTES = 256 << 20  # one layer's parameters as the native kernels pack them (256 MiB)
+MAX_PARAM_BYTES = 4 << 30  # all layers' packed parameters together (4 GiB)
 # (the native kernels' own limits, mirrored so that a valid program never fails in them, are the op
 # table's: npuq.npu.optable)
 
@@ -146,12 +148,27 @@ class Program:
             "model": self.model,
             "rounding": self.rounding,
             "overflow": self.overflow,
-            "input": {"name": self.input.name, "shape": list(self.input.shape), "layout": "HWC",
-                      "scale": float(self.input.scale), "zero_point": int(self.input.zero_point)},
+            "input": {
+                "name": self.input.name,
+                "shape": list(self.input.shape),
+                "layout": "HWC",
+                "scale": float(self.input.scale),
+                "zero_point": int(self.input.zero_point),
+            },
             "output": self.output,
-            "ops": [{"name": o.name, "kind": o.kind, "inputs": list(o.inputs), "attrs": _jsonable(o.attrs),
-                     "tensors": sorted(o.tensors), "scale": float(o.scale), "zero_point": int(o.zero_point),
-                     "path": o.path} for o in self.ops],
+            "ops": [
+                {
+                    "name": o.name,
+                    "kind": o.kind,
+                    "inputs": list(o.inputs),
+                    "attrs": _jsonable(o.attrs),
+                    "tensors": sorted(o.tensors),
+                    "scale": float(o.scale),
+                    "zero_point": int(o.zero_point),
+                    "path": o.path,
+                }
+                for o in self.ops
+            ],
             "info": _jsonable(self.info),
         }
 
@@ -180,17 +197,22 @@ class Program:
 
     def summary(self) -> str:
         shapes = self.shapes()
-        lines = [f"npuq program '{self.model}': {len(self.ops)} ops, input {self.input.name} "
-                 f"{shapes[self.input.name]} int8 (scale {self.input.scale:.6g}, zero point {self.input.zero_point}), "
-                 f"rounding={self.rounding}, overflow={self.overflow}"]
+        lines = [
+            f"npuq program '{self.model}': {len(self.ops)} ops, input {self.input.name} "
+            f"{shapes[self.input.name]} int8 (scale {self.input.scale:.6g}, zero point {self.input.zero_point}), "
+            f"rounding={self.rounding}, overflow={self.overflow}"
+        ]
         for o in self.ops:
-            lines.append(f"  {o.name:<32} {o.kind:<16} {'x'.join(map(str, shapes[o.name])):<12} "
-                         f"<- {', '.join(o.inputs)}")
+            lines.append(
+                f"  {o.name:<32} {o.kind:<16} {'x'.join(map(str, shapes[o.name])):<12} <- {', '.join(o.inputs)}"
+            )
         return "\n".join(lines)
 
     def __repr__(self):
-        return (f"Program(model={self.model!r}, ops={len(self.ops)}, input={self.input.shape}, "
-                f"output={self.output!r}, rounding={self.rounding!r})")
+        return (
+            f"Program(model={self.model!r}, ops={len(self.ops)}, input={self.input.shape}, "
+            f"output={self.output!r}, rounding={self.rounding!r})"
+        )
 
 
 # ====================================================================================== validation
@@ -247,11 +269,11 @@ class MemoryPlan:
     """The footprint of every op and the memory around it, per image (built by :func:`memory_plan`)."""
 
     footprints: list[OpFootprint]
-    live: list[int]          # activation bytes alive while each op runs (live_activation_bytes)
+    live: list[int]  # activation bytes alive while each op runs (live_activation_bytes)
     working_sets: list[int]  # live + the op's temporaries + one thread's scratch: bounded by MAX_PEAK_BYTES
-    peak_bytes: int          # the largest working set
-    peak_index: int          # the first op reaching it
-    param_bytes: int         # every layer's packed parameters (per program): bounded by MAX_PARAM_BYTES
+    peak_bytes: int  # the largest working set
+    peak_index: int  # the first op reaching it
+    param_bytes: int  # every layer's packed parameters (per program): bounded by MAX_PARAM_BYTES
 
 
 def memory_plan(program: Program, shapes: dict[str, tuple[int, ...]] | None = None) -> MemoryPlan:
@@ -265,15 +287,17 @@ def _plan(program: Program, shapes: dict[str, tuple[int, ...]], footprints: list
     live = live_activation_bytes(program, shapes)
     working = [v + f.intermediate_bytes + f.scratch_bytes for v, f in zip(live, footprints)]
     peak = max(working)
-    return MemoryPlan(footprints, live, working, peak, working.index(peak),
-                      sum(f.param_bytes for f in footprints))
+    return MemoryPlan(footprints, live, working, peak, working.index(peak), sum(f.param_bytes for f in footprints))
 
 
 def _check_elements(where: str, what: str, shape: tuple[int, ...]) -> None:
     n = _elements(shape)
     if n > MAX_TENSOR_ELEMENTS:
-        _fail(where, f"{what} {tuple(shape)} has {n:,} elements, more than the limit of {MAX_TENSOR_ELEMENTS:,} "
-                     f"(2^31 - 1; docs/program.md 4)")
+        _fail(
+            where,
+            f"{what} {tuple(shape)} has {n:,} elements, more than the limit of {MAX_TENSOR_ELEMENTS:,} "
+            f"(2^31 - 1; docs/program.md 4)",
+        )
 
 
 def _check_native(op: Op, where: str, x: tuple[int, ...], y: tuple[int, ...]) -> None:
@@ -287,19 +311,26 @@ def _check_native(op: Op, where: str, x: tuple[int, ...], y: tuple[int, ...]) ->
 def _check_footprint(where: str, f: OpFootprint) -> None:
     if f.working_set_bytes > MAX_OP_BYTES:
         temp = f" + temporaries {f.intermediate_bytes + f.scratch_bytes:,} B ({f.temporary})" if f.temporary else ""
-        _fail(where, f"working set of {f.working_set_bytes:,} bytes per image (inputs {f.input_bytes:,} B + output "
-                     f"{f.output_bytes:,} B{temp}) exceeds the limit of {MAX_OP_BYTES:,} bytes (256 MiB; "
-                     f"docs/program.md 4)")
+        _fail(
+            where,
+            f"working set of {f.working_set_bytes:,} bytes per image (inputs {f.input_bytes:,} B + output "
+            f"{f.output_bytes:,} B{temp}) exceeds the limit of {MAX_OP_BYTES:,} bytes (256 MiB; "
+            f"docs/program.md 4)",
+        )
     if f.work > MAX_OP_WORK:
-        _fail(where, f"needs {f.work:,} operations per image, more than the limit of {MAX_OP_WORK:,} (2^34; "
-                     f"docs/program.md 4)")
+        _fail(
+            where,
+            f"needs {f.work:,} operations per image, more than the limit of {MAX_OP_WORK:,} (2^34; docs/program.md 4)",
+        )
     if f.param_bytes > MAX_OP_PARAM_BYTES:
-        _fail(where, f"its parameters packed for the native kernels take {f.param_bytes:,} bytes, more than the "
-                     f"limit of {MAX_OP_PARAM_BYTES:,} (256 MiB; docs/program.md 4)")
+        _fail(
+            where,
+            f"its parameters packed for the native kernels take {f.param_bytes:,} bytes, more than the "
+            f"limit of {MAX_OP_PARAM_BYTES:,} (256 MiB; docs/program.md 4)",
+        )
 
 
-def _check_resources(op: Op, where: str, in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
-                     ) -> OpFootprint:
+def _check_resources(op: Op, where: str, in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]) -> OpFootprint:
     """Every resource limit of one op (docs/program.md 4), the cheapest and clearest first."""
     _check_elements(where, "the output shape", out_shape)
     footprint = op_footprint(op, in_shapes, out_shape)
@@ -308,17 +339,24 @@ def _check_resources(op: Op, where: str, in_shapes: list[tuple[int, ...]], out_s
     return footprint
 
 
-def _check_program_memory(p: Program, source: str, shapes: dict[str, tuple[int, ...]],
-                          footprints: list[OpFootprint]) -> None:
+def _check_program_memory(
+    p: Program, source: str, shapes: dict[str, tuple[int, ...]], footprints: list[OpFootprint]
+) -> None:
     plan = _plan(p, shapes, footprints)
     for i, ws in enumerate(plan.working_sets):  # the first op over the limit, like every other check
         if ws > MAX_PEAK_BYTES:
-            _fail(f"{source}: op {i} '{p.ops[i].name}'", f"the values alive while it runs and its temporaries take "
-                  f"{ws:,} bytes per image ({plan.live[i]:,} B of values alive), more than the limit of "
-                  f"{MAX_PEAK_BYTES:,} (1 GiB; docs/program.md 4)")
+            _fail(
+                f"{source}: op {i} '{p.ops[i].name}'",
+                f"the values alive while it runs and its temporaries take "
+                f"{ws:,} bytes per image ({plan.live[i]:,} B of values alive), more than the limit of "
+                f"{MAX_PEAK_BYTES:,} (1 GiB; docs/program.md 4)",
+            )
     if plan.param_bytes > MAX_PARAM_BYTES:
-        _fail(source, f"the layers' parameters packed for the native kernels take {plan.param_bytes:,} bytes in "
-                      f"total, more than the limit of {MAX_PARAM_BYTES:,} (4 GiB; docs/program.md 4)")
+        _fail(
+            source,
+            f"the layers' parameters packed for the native kernels take {plan.param_bytes:,} bytes in "
+            f"total, more than the limit of {MAX_PARAM_BYTES:,} (4 GiB; docs/program.md 4)",
+        )
 
 
 def validate(program: Program, source: str = "program") -> dict[str, tuple[int, ...]]:
@@ -328,11 +366,17 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
     """
     p = program
     if p.format_version != FORMAT_VERSION:
-        _fail(source, f"format_version {p.format_version!r} is not supported (this npuq reads version "
-                      f"{FORMAT_VERSION}); re-compile the program with this npuq")
+        _fail(
+            source,
+            f"format_version {p.format_version!r} is not supported (this npuq reads version "
+            f"{FORMAT_VERSION}); re-compile the program with this npuq",
+        )
     if p.arithmetic_version != ARITHMETIC_VERSION:
-        _fail(source, f"arithmetic_version {p.arithmetic_version!r} differs from this npuq's "
-                      f"({ARITHMETIC_VERSION}); its outputs would not be bit-exact here")
+        _fail(
+            source,
+            f"arithmetic_version {p.arithmetic_version!r} differs from this npuq's "
+            f"({ARITHMETIC_VERSION}); its outputs would not be bit-exact here",
+        )
     if p.rounding not in ROUNDING_MODES:
         _fail(source, f"rounding must be one of {ROUNDING_MODES}, got {p.rounding!r}")
     if p.overflow not in OVERFLOW_POLICIES:
@@ -341,8 +385,11 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
     if not isinstance(inp.name, str) or not _NAME.match(inp.name):
         _fail(f"{source}: input", f"name {inp.name!r} is not a valid name ({_NAME.pattern})")
     shape = tuple(inp.shape) if isinstance(inp.shape, (list, tuple)) else None
-    if shape is None or len(shape) not in (1, 3) or any(isinstance(d, bool) or not isinstance(d, Integral)
-                                                         or not 1 <= d <= 1 << 20 for d in shape):
+    if (
+        shape is None
+        or len(shape) not in (1, 3)
+        or any(isinstance(d, bool) or not isinstance(d, Integral) or not 1 <= d <= 1 << 20 for d in shape)
+    ):
         _fail(f"{source}: input", f"shape must be (H, W, C) or (K,) of positive integers, got {inp.shape!r}")
     _check_scale(inp.scale, f"{source}: input")
     if float(np.float32(inp.scale)) != inp.scale:
@@ -430,8 +477,11 @@ def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str])
         if arr.dtype not in _DTYPE_CODES:
             raise ProgramError(f"tensor '{key}': dtype {arr.dtype} cannot be stored (int8, uint8, int32 only)")
         raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[key] = {"dtype": _DTYPE_CODES[arr.dtype], "shape": list(arr.shape),
-                       "data_offsets": [offset, offset + len(raw)]}
+        header[key] = {
+            "dtype": _DTYPE_CODES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
@@ -457,21 +507,24 @@ def _header_size(head: bytes, file_size: int, source: str) -> int:
         _fail(source, f"the file is {file_size} bytes long: too short to be a program (truncated?)")
     (n,) = struct.unpack("<Q", head[:8])
     if n > min(_MAX_HEADER, file_size - 8):
-        _fail(source, f"header size field says {n} bytes but the file has {file_size - 8} after it "
-                      f"(truncated or not a program file; a header has at most {_MAX_HEADER:,} bytes)")
+        _fail(
+            source,
+            f"header size field says {n} bytes but the file has {file_size - 8} after it "
+            f"(truncated or not a program file; a header has at most {_MAX_HEADER:,} bytes)",
+        )
     return n
 
 
 def _parse_safetensors(data, source: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     data = memoryview(data).cast("B")  # slices of a memoryview are views: the file is never copied whole
     n = _header_size(data[:8], len(data), source)
-    header = _load_json(bytes(data[8:8 + n]), source, "the header", "; the file is corrupted or not a program")
+    header = _load_json(bytes(data[8 : 8 + n]), source, "the header", "; the file is corrupted or not a program")
     if not isinstance(header, dict):
         _fail(source, "the header is not a JSON object")
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         _fail(source, "the header has no '__metadata__' string map: not an npuq program (plain safetensors?)")
-    body = data[8 + n:]
+    body = data[8 + n :]
     tensors, spans = {}, []
     for key, entry in header.items():
         where = f"{source}: tensor '{key}'"
@@ -491,17 +544,23 @@ def _parse_safetensors(data, source: str) -> tuple[dict[str, str], dict[str, np.
         if not 0 <= begin <= end <= len(body):
             _fail(where, f"data_offsets {offs} fall outside the {len(body)} data bytes (truncated file?)")
         if end - begin != nbytes:
-            _fail(where, f"data_offsets {offs} hold {end - begin} bytes but shape {shape} x {np.dtype(dt)} needs "
-                         f"{nbytes}")
+            _fail(
+                where, f"data_offsets {offs} hold {end - begin} bytes but shape {shape} x {np.dtype(dt)} needs {nbytes}"
+            )
         spans.append((begin, end, key))
-        tensors[key] = np.frombuffer(body, dtype=np.dtype(dt).newbyteorder("<"), count=math.prod(shape),
-                                     offset=begin).reshape(shape).astype(dt)
+        tensors[key] = (
+            np.frombuffer(body, dtype=np.dtype(dt).newbyteorder("<"), count=math.prod(shape), offset=begin)
+            .reshape(shape)
+            .astype(dt)
+        )
     spans.sort()
     pos = 0
     for begin, end, key in spans:
         if begin != pos:
-            _fail(f"{source}: tensor '{key}'", f"data starts at byte {begin}, expected {pos} (overlapping "
-                                               f"or gapped tensor data)")
+            _fail(
+                f"{source}: tensor '{key}'",
+                f"data starts at byte {begin}, expected {pos} (overlapping or gapped tensor data)",
+            )
         pos = end
     if pos != len(body):
         _fail(source, f"{len(body) - pos} bytes after the last tensor's data (corrupted or appended file)")
@@ -555,10 +614,23 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
         _fail(source, f"field 'format' is {fmt!r}, expected {FORMAT!r}: not an npuq program")
     version = _get(graph, "format_version", int, source)
     if version != FORMAT_VERSION:
-        _fail(source, f"format_version {version} is not supported (this npuq reads version {FORMAT_VERSION}); "
-                      f"re-compile the program with this npuq")
-    known = {"format", "format_version", "arithmetic_version", "model", "rounding", "overflow", "input", "output",
-             "ops", "info"}
+        _fail(
+            source,
+            f"format_version {version} is not supported (this npuq reads version {FORMAT_VERSION}); "
+            f"re-compile the program with this npuq",
+        )
+    known = {
+        "format",
+        "format_version",
+        "arithmetic_version",
+        "model",
+        "rounding",
+        "overflow",
+        "input",
+        "output",
+        "ops",
+        "info",
+    }
     unknown = set(graph) - known
     if unknown:
         _fail(source, f"unknown field(s) {sorted(unknown)}")
@@ -567,8 +639,12 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
     layout = _get(inp, "layout", str, w_in)
     if layout != "HWC":
         _fail(w_in, f"layout {layout!r} is not supported (HWC)")
-    spec = InputSpec(name=_get(inp, "name", str, w_in), shape=tuple(_get(inp, "shape", list, w_in)),
-                     scale=float(_get(inp, "scale", float, w_in)), zero_point=_get(inp, "zero_point", int, w_in))
+    spec = InputSpec(
+        name=_get(inp, "name", str, w_in),
+        shape=tuple(_get(inp, "shape", list, w_in)),
+        scale=float(_get(inp, "scale", float, w_in)),
+        zero_point=_get(inp, "zero_point", int, w_in),
+    )
     ops, used = [], set()
     for i, o in enumerate(_get(graph, "ops", list, source)):
         where = f"{source}: op {i}"
@@ -589,10 +665,18 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
                 _fail(where, f"tensor '{key}' is missing from the file")
             op_tensors[f] = tensors[key]
             used.add(key)
-        ops.append(Op(name=name, kind=_get(o, "kind", str, where), inputs=list(_get(o, "inputs", list, where)),
-                      attrs=dict(_get(o, "attrs", dict, where)), tensors=op_tensors,
-                      scale=float(_get(o, "scale", float, where)), zero_point=_get(o, "zero_point", int, where),
-                      path=_get(o, "path", str, where)))
+        ops.append(
+            Op(
+                name=name,
+                kind=_get(o, "kind", str, where),
+                inputs=list(_get(o, "inputs", list, where)),
+                attrs=dict(_get(o, "attrs", dict, where)),
+                tensors=op_tensors,
+                scale=float(_get(o, "scale", float, where)),
+                zero_point=_get(o, "zero_point", int, where),
+                path=_get(o, "path", str, where),
+            )
+        )
     stray = set(tensors) - used
     if stray:
         _fail(source, f"tensor(s) {sorted(stray)[:5]} belong to no op")
@@ -605,10 +689,17 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
         json.dumps(info, allow_nan=False)
     except (ValueError, RecursionError) as exc:
         _fail(source, f"field 'info' cannot be written back as JSON ({str(exc)[:80]})")
-    program = Program(input=spec, ops=ops, output=_get(graph, "output", str, source),
-                      rounding=_get(graph, "rounding", str, source), overflow=_get(graph, "overflow", str, source),
-                      model=_get(graph, "model", str, source), info=info,
-                      arithmetic_version=_get(graph, "arithmetic_version", int, source), format_version=version)
+    program = Program(
+        input=spec,
+        ops=ops,
+        output=_get(graph, "output", str, source),
+        rounding=_get(graph, "rounding", str, source),
+        overflow=_get(graph, "overflow", str, source),
+        model=_get(graph, "model", str, source),
+        info=info,
+        arithmetic_version=_get(graph, "arithmetic_version", int, source),
+        format_version=version,
+    )
     validate(program, source)
     return program
 
@@ -617,24 +708,32 @@ def program_from_bytes(data: bytes, source: str = "program", *, check_digest: bo
     """Parse and validate a program file's bytes (any bytes-like object; see :func:`load_program`)."""
     size = memoryview(data).nbytes
     if size > MAX_FILE_BYTES:
-        _fail(source, f"{size:,} bytes: larger than the maximum program size of {MAX_FILE_BYTES:,} bytes (2 GiB; "
-                      f"docs/program.md 4)")
+        _fail(
+            source,
+            f"{size:,} bytes: larger than the maximum program size of {MAX_FILE_BYTES:,} bytes (2 GiB; "
+            f"docs/program.md 4)",
+        )
     meta, tensors = _parse_safetensors(data, source)
     text = meta.get(METADATA_KEY)
     if text is None:
-        _fail(source, f"the header metadata has no '{METADATA_KEY}' entry: a safetensors file, but not an npuq "
-                      f"program")
+        _fail(source, f"the header metadata has no '{METADATA_KEY}' entry: a safetensors file, but not an npuq program")
     graph = _load_json(text, source, f"the '{METADATA_KEY}' graph")
     program = program_from_json(graph, tensors, source)
     if check_digest:  # after validation, so that a hand edit is reported by the field it broke
         stored = meta.get(DIGEST_KEY)
         if stored is None:
-            _fail(source, f"the header metadata has no '{DIGEST_KEY}' checksum (load with check_digest=False to "
-                          f"accept a program written without one)")
+            _fail(
+                source,
+                f"the header metadata has no '{DIGEST_KEY}' checksum (load with check_digest=False to "
+                f"accept a program written without one)",
+            )
         if stored != content_digest(text, tensors):
-            _fail(source, f"checksum mismatch: the graph or the tensor data differ from what was written "
-                          f"('{DIGEST_KEY}' {stored[:16]}...); the file is corrupted or was edited (load with "
-                          f"check_digest=False to accept an edited program)")
+            _fail(
+                source,
+                f"checksum mismatch: the graph or the tensor data differ from what was written "
+                f"('{DIGEST_KEY}' {stored[:16]}...); the file is corrupted or was edited (load with "
+                f"check_digest=False to accept an edited program)",
+            )
     return program
 
 
@@ -669,8 +768,11 @@ def _read_program_file(path: Path) -> bytearray:
             _fail(str(path), f"is {file_kind(info.st_mode)}, not a regular file; a program is a file")
         size = info.st_size
         if size > MAX_FILE_BYTES:
-            _fail(str(path), f"the file is {size:,} bytes, larger than the maximum program size of "
-                             f"{MAX_FILE_BYTES:,} bytes (2 GiB; docs/program.md 4)")
+            _fail(
+                str(path),
+                f"the file is {size:,} bytes, larger than the maximum program size of "
+                f"{MAX_FILE_BYTES:,} bytes (2 GiB; docs/program.md 4)",
+            )
         head = bytearray(min(size, 8))
         _read_into(f, memoryview(head), path)
         _header_size(head, size, str(path))
@@ -688,13 +790,37 @@ def _read_into(f, view: memoryview, path: Path) -> int:
     while done < len(view):
         got = f.readinto(view[done:])
         if not got:
-            _fail(str(path), f"the file shrank while it was read ({len(view) - done:,} bytes missing); read it "
-                             f"again once it is written")
+            _fail(
+                str(path),
+                f"the file shrank while it was read ({len(view) - done:,} bytes missing); read it "
+                f"again once it is written",
+            )
         done += got
     return done
 
 
-__all__ = ["ARITHMETIC_VERSION", "FORMAT_VERSION", "InputSpec", "MAX_FILE_BYTES", "MAX_OP_BYTES", "MAX_OP_PARAM_BYTES",
-           "MAX_OP_WORK", "MAX_PARAM_BYTES", "MAX_PEAK_BYTES", "MAX_TENSOR_ELEMENTS", "MemoryPlan", "Op", "OP_KINDS",
-           "OpFootprint", "Program", "ProgramError", "live_activation_bytes", "load_program", "memory_plan",
-           "op_footprint", "program_from_bytes", "program_from_json", "validate"]
+__all__ = [
+    "ARITHMETIC_VERSION",
+    "FORMAT_VERSION",
+    "InputSpec",
+    "MAX_FILE_BYTES",
+    "MAX_OP_BYTES",
+    "MAX_OP_PARAM_BYTES",
+    "MAX_OP_WORK",
+    "MAX_PARAM_BYTES",
+    "MAX_PEAK_BYTES",
+    "MAX_TENSOR_ELEMENTS",
+    "MemoryPlan",
+    "Op",
+    "OP_KINDS",
+    "OpFootprint",
+    "Program",
+    "ProgramError",
+    "live_activation_bytes",
+    "load_program",
+    "memory_plan",
+    "op_footprint",
+    "program_from_bytes",
+    "program_from_json",
+    "validate",
+]

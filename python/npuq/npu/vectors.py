@@ -63,8 +63,13 @@ FILE_FORMATS = ("bin", "hex", "npy")
 #: hex digits per value: the full two's-complement width of the dtype
 HEX_DIGITS = {"int8": 2, "uint8": 2, "int32": 8}
 #: the axis names of each layout, for reporting an element's position
-LAYOUT_AXES = {"NHWC": ("n", "h", "w", "c"), "NK": ("n", "k"), "OHWI": ("o", "h", "w", "i"), "OK": ("o", "k"),
-               "C": ("c",)}
+LAYOUT_AXES = {
+    "NHWC": ("n", "h", "w", "c"),
+    "NK": ("n", "k"),
+    "OHWI": ("o", "h", "w", "i"),
+    "OK": ("o", "k"),
+    "C": ("c",),
+}
 #: the per-layer parameter arrays in the order they are written (a layer's tensors in the op table; every
 #: layer kind, LAYER_KINDS, has these)
 LAYER_ARRAYS = tuple(OP_TABLE[LAYER_KINDS[0]].tensors)
@@ -119,8 +124,7 @@ def bin_bytes(array: np.ndarray) -> bytes:
 def npy_bytes(array: np.ndarray) -> bytes:
     """``array`` as a ``.npy`` file (little-endian, C order)."""
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False),
-            allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -147,13 +151,17 @@ def parse_hex(text: str, dtype, source: str = "<hex>") -> np.ndarray:
             if word.startswith("@"):
                 address = _hex_word(word[1:], where)
                 if address != len(values):
-                    raise DumpError(f"{where}: address {word} does not continue at value {len(values)} "
-                                    f"(only sequential data is accepted)")
+                    raise DumpError(
+                        f"{where}: address {word} does not continue at value {len(values)} "
+                        f"(only sequential data is accepted)"
+                    )
                 continue
             value = _hex_word(word, where)
             if value >> bits:
-                raise DumpError(f"{where}: {word!r} is out of range for {dtype.name} (at most {bits // 4} hex "
-                                f"digits, {(1 << bits) - 1:x})")
+                raise DumpError(
+                    f"{where}: {word!r} is out of range for {dtype.name} (at most {bits // 4} hex "
+                    f"digits, {(1 << bits) - 1:x})"
+                )
             values.append(value)
     unsigned = np.array(values, dtype=np.int64)
     if dtype.kind == "i":  # two's complement: words with the top bit set are negative
@@ -301,8 +309,8 @@ def _golden_size_range(fmt: str, entry: dict, count: int, itemsize: int) -> tupl
 class _ArrayPlan:
     """One array to write: its files are ``<stem>.hex/.bin/.npy`` under the output directory."""
 
-    stem: str         # relative path without suffix, "/"-separated
-    name: str         # for people and the hex header, e.g. "conv1.weight"
+    stem: str  # relative path without suffix, "/"-separated
+    name: str  # for people and the hex header, e.g. "conv1.weight"
     array: np.ndarray
     layout: str
     value: str | None = None  # for activations: the program value (input or op) it holds
@@ -321,18 +329,19 @@ def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[
     """The arrays of one op, keyed by file name: input(s), parameters (layers only), output."""
     keys = _input_keys(op.kind)
     if len(op.inputs) != len(keys):
-        raise VectorsError(f"op '{op.name}' ({op.kind}) reads {len(op.inputs)} values; a {op.kind} op reads "
-                           f"{len(keys)}")
+        raise VectorsError(
+            f"op '{op.name}' ({op.kind}) reads {len(op.inputs)} values; a {op.kind} op reads {len(keys)}"
+        )
     folder = _op_dir(index, op.name, n_ops)
     plan = {}
     for key, source in zip(keys, op.inputs):
-        plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", values[source],
-                               _activation_layout(values[source]), value=source)
+        plan[key] = _ArrayPlan(
+            f"{folder}/{key}", f"{op.name}.{key}", values[source], _activation_layout(values[source]), value=source
+        )
     for key, tensor in OP_TABLE[op.kind].tensors.items():
         plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", op.tensors[key], tensor.layout)
     out = values[op.name]
-    plan["output"] = _ArrayPlan(f"{folder}/output", f"{op.name}.output", out, _activation_layout(out),
-                                value=op.name)
+    plan["output"] = _ArrayPlan(f"{folder}/output", f"{op.name}.output", out, _activation_layout(out), value=op.name)
     return plan
 
 
@@ -349,8 +358,13 @@ def _write_array(outdir: Path, plan: _ArrayPlan) -> dict:
         rel = f"{plan.stem}.{fmt}"
         _write_file(outdir, rel, data)
         files[fmt] = {"path": rel, "bytes": len(data), "crc32": crc32_hex(data)}
-    entry = {"name": plan.name, "dtype": plan.array.dtype.name, "layout": plan.layout,
-             "shape": [int(d) for d in plan.array.shape], "files": files}
+    entry = {
+        "name": plan.name,
+        "dtype": plan.array.dtype.name,
+        "layout": plan.layout,
+        "shape": [int(d) for d in plan.array.shape],
+        "files": files,
+    }
     if plan.value is not None:
         entry["value"] = plan.value
     return entry
@@ -378,7 +392,7 @@ class _Target:
     vector set to replace (``--force``)."""
 
     path: Path
-    shown: str      # as the user wrote it, for messages
+    shown: str  # as the user wrote it, for messages
     replace: bool
 
 
@@ -410,8 +424,13 @@ def _check_previous_set(real: Path, shown: str) -> None:
     never followed). Anything else is someone's file: refuse."""
     manifest_path = real / MANIFEST_NAME
     try:
-        data = read_regular(manifest_path, VectorsError, "manifest", root=real,
-                            check_size=size_limit(manifest_path, VectorsError, "manifest", MANIFEST_MAX_BYTES))
+        data = read_regular(
+            manifest_path,
+            VectorsError,
+            "manifest",
+            root=real,
+            check_size=size_limit(manifest_path, VectorsError, "manifest", MANIFEST_MAX_BYTES),
+        )
         if data is None:
             raise VectorsError(f"no {MANIFEST_NAME}")
         old = _load_json(data, str(manifest_path))
@@ -419,13 +438,17 @@ def _check_previous_set(real: Path, shown: str) -> None:
         if fmt != VECTORS_FORMAT:
             raise VectorsError(f"format {fmt!r} is not {VECTORS_FORMAT!r}")
     except VectorsError as exc:
-        raise VectorsError(f"{shown}: not empty and holds no readable {MANIFEST_NAME} of a previous vector set "
-                           f"({exc}); refusing to overwrite it") from None
+        raise VectorsError(
+            f"{shown}: not empty and holds no readable {MANIFEST_NAME} of a previous vector set "
+            f"({exc}); refusing to overwrite it"
+        ) from None
     foreign = _foreign_files(real, {MANIFEST_NAME} | _listed_paths(old))
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise VectorsError(f"{shown}: holds {', '.join(foreign[:5])}{more}, which the previous vector set's "
-                           f"{MANIFEST_NAME} does not list; refusing to replace the directory (move them first)")
+        raise VectorsError(
+            f"{shown}: holds {', '.join(foreign[:5])}{more}, which the previous vector set's "
+            f"{MANIFEST_NAME} does not list; refusing to replace the directory (move them first)"
+        )
 
 
 def _listed_paths(manifest: Any) -> set[str]:
@@ -500,8 +523,9 @@ def _install(stage: Path, target: _Target) -> None:
                 real.rmdir()  # empty when checked; a file written there since is not overwritten
             os.rename(stage, real)
         except OSError as exc:
-            raise VectorsError(f"{target.shown}: cannot move the new files into place ({exc.strerror or exc})") \
-                from None
+            raise VectorsError(
+                f"{target.shown}: cannot move the new files into place ({exc.strerror or exc})"
+            ) from None
         return
     _check_previous_set(real, target.shown)  # again: the emulation may have taken a while
     aside = _fresh_sibling(real, "old")
@@ -537,21 +561,42 @@ def _described_fields(program: Program) -> dict:
     """The top-level manifest fields that describe the program and the file conventions: export writes
     them, the check compares them with the program copy (so an edited description is caught too)."""
     out_op = program.output_op
-    return {"model": program.model, "program_format_version": program.format_version,
-            "arithmetic_version": program.arithmetic_version, "rounding": program.rounding,
-            "overflow": program.overflow, "byte_order": "little",
-            "hex": {"digits": dict(HEX_DIGITS), "order": "row-major", "header": "one leading // comment line",
-                    "encoding": "two's complement, lower case, one value per line"},
-            "input": {"name": program.input.name, "scale": float(program.input.scale),
-                      "zero_point": int(program.input.zero_point)},
-            "output": {"op": program.output, "scale": float(out_op.scale), "zero_point": int(out_op.zero_point)}}
+    return {
+        "model": program.model,
+        "program_format_version": program.format_version,
+        "arithmetic_version": program.arithmetic_version,
+        "rounding": program.rounding,
+        "overflow": program.overflow,
+        "byte_order": "little",
+        "hex": {
+            "digits": dict(HEX_DIGITS),
+            "order": "row-major",
+            "header": "one leading // comment line",
+            "encoding": "two's complement, lower case, one value per line",
+        },
+        "input": {
+            "name": program.input.name,
+            "scale": float(program.input.scale),
+            "zero_point": int(program.input.zero_point),
+        },
+        "output": {"op": program.output, "scale": float(out_op.scale), "zero_point": int(out_op.zero_point)},
+    }
 
 
 def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
-    entry = {"index": index, "name": op.name, "kind": op.kind, "path": op.path, "dir": folder,
-             "inputs": list(op.inputs), "params": _json_scalars(op.attrs),
-             "output_scale": float(op.scale), "output_zero_point": int(op.zero_point), "arrays": arrays,
-             "required_arrays": list(required_arrays(op.kind))}
+    entry = {
+        "index": index,
+        "name": op.name,
+        "kind": op.kind,
+        "path": op.path,
+        "dir": folder,
+        "inputs": list(op.inputs),
+        "params": _json_scalars(op.attrs),
+        "output_scale": float(op.scale),
+        "output_zero_point": int(op.zero_point),
+        "arrays": arrays,
+        "required_arrays": list(required_arrays(op.kind)),
+    }
     if OP_TABLE[op.kind].layer:
         entry["requantization"] = "per_channel" if op.tensors["multiplier"].shape[0] > 1 else "per_layer"
     return entry
@@ -567,9 +612,17 @@ def _json_scalars(obj):
     return obj
 
 
-def export_vectors(program: Program | str | os.PathLike, inputs, outdir: str | os.PathLike, *,
-                   threads: int | None = None, layout: str = "NCHW", source: str | None = None,
-                   overwrite: bool = False, progress: bool = False) -> dict:
+def export_vectors(
+    program: Program | str | os.PathLike,
+    inputs,
+    outdir: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    layout: str = "NCHW",
+    source: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
     """Run ``program`` on ``inputs`` and write its golden vectors to ``outdir``; return the manifest.
 
     ``inputs``: int8 quantized images (N, H, W, C), or float images (torch tensor or numpy array) in
@@ -597,9 +650,10 @@ def export_vectors(program: Program | str | os.PathLike, inputs, outdir: str | o
         program_bytes = program.to_bytes()
         _write_file(stage, PROGRAM_FILE, program_bytes)
         program_file = {"path": PROGRAM_FILE, "bytes": len(program_bytes), "crc32": crc32_hex(program_bytes)}
-        ops = [_op_manifest(i, op, _op_dir(i, op.name, n_ops),
-                            {k: entries[p.stem] for k, p in op_plans[i].items()})
-               for i, op in enumerate(program.ops)]
+        ops = [
+            _op_manifest(i, op, _op_dir(i, op.name, n_ops), {k: entries[p.stem] for k, p in op_plans[i].items()})
+            for i, op in enumerate(program.ops)
+        ]
         all_files = [f for e in entries.values() for f in e["files"].values()] + [program_file]
         manifest = {
             "format": VECTORS_FORMAT,
@@ -629,13 +683,19 @@ def _dump_formats(fmt) -> tuple[str, ...]:
     formats = FILE_FORMATS if fmt == "all" else (fmt,) if isinstance(fmt, str) else tuple(fmt)
     bad = [f for f in formats if f not in FILE_FORMATS]
     if bad or not formats:
-        raise VectorsError(f"dump format {bad[0] if bad else fmt!r} is not one of {', '.join(FILE_FORMATS)} "
-                           f"(or 'all')")
+        raise VectorsError(f"dump format {bad[0] if bad else fmt!r} is not one of {', '.join(FILE_FORMATS)} (or 'all')")
     return formats
 
 
-def write_dump(program: Program | str | os.PathLike, inputs, outdir: str | os.PathLike, *,
-               fmt: str | tuple[str, ...] = "bin", threads: int | None = None, layout: str = "NCHW") -> list[str]:
+def write_dump(
+    program: Program | str | os.PathLike,
+    inputs,
+    outdir: str | os.PathLike,
+    *,
+    fmt: str | tuple[str, ...] = "bin",
+    threads: int | None = None,
+    layout: str = "NCHW",
+) -> list[str]:
     """Write the emulator's output of every op on ``inputs`` in the dump layout :func:`verify` reads
     (``ops/<NNN>_<op>/output.<fmt>``, the golden set's relative paths): a reference dump, or a model
     for the hardware's. ``fmt``: ``bin``, ``hex``, ``npy``, several of them, or ``all``. ``outdir``
@@ -686,8 +746,13 @@ def _load_manifest(root: Path) -> dict:
     """Read, parse and fully check ``root/manifest.json`` (no other file is read)."""
     path = root / MANIFEST_NAME
     where = str(path)
-    data = read_regular(path, GoldenVectorsError, "manifest", root=root,
-                        check_size=size_limit(path, GoldenVectorsError, "manifest", MANIFEST_MAX_BYTES))
+    data = read_regular(
+        path,
+        GoldenVectorsError,
+        "manifest",
+        root=root,
+        check_size=size_limit(path, GoldenVectorsError, "manifest", MANIFEST_MAX_BYTES),
+    )
     if data is None:
         raise GoldenVectorsError(f"{where}: missing; {root} is not a golden vector directory")
     manifest = _load_json(data, where)
@@ -696,20 +761,25 @@ def _load_manifest(root: Path) -> dict:
         raise GoldenVectorsError(f"{where}: field 'format' is {fmt!r}, expected {VECTORS_FORMAT!r}")
     version = _field(manifest, "format_version", int, where)
     if version < VECTORS_FORMAT_VERSION:
-        raise GoldenVectorsError(f"{where}: format_version {version} was written by an older npuq, without the "
-                                 f"manifest digest and program copy this npuq requires; re-export the vectors "
-                                 f"(npuq export-vectors PROGRAM INPUTS {root} --force)")
+        raise GoldenVectorsError(
+            f"{where}: format_version {version} was written by an older npuq, without the "
+            f"manifest digest and program copy this npuq requires; re-export the vectors "
+            f"(npuq export-vectors PROGRAM INPUTS {root} --force)"
+        )
     if version != VECTORS_FORMAT_VERSION:
-        raise GoldenVectorsError(f"{where}: format_version {version} is not supported (this npuq reads "
-                                 f"version {VECTORS_FORMAT_VERSION})")
+        raise GoldenVectorsError(
+            f"{where}: format_version {version} is not supported (this npuq reads version {VECTORS_FORMAT_VERSION})"
+        )
     stored = _field(manifest, DIGEST_FIELD, str, where)
     try:
         actual = manifest_digest(manifest)
     except (ValueError, TypeError, RecursionError) as exc:
         raise GoldenVectorsError(f"{where}: cannot compute the manifest digest ({_one_line(exc)})") from None
     if actual != stored:
-        raise GoldenVectorsError(f"{where}: the manifest digest ({DIGEST_FIELD}) does not match its content: the "
-                                 f"manifest was edited or corrupted after export; re-export the vectors")
+        raise GoldenVectorsError(
+            f"{where}: the manifest digest ({DIGEST_FIELD}) does not match its content: the "
+            f"manifest was edited or corrupted after export; re-export the vectors"
+        )
     _check_manifest(manifest, where)
     return manifest
 
@@ -728,31 +798,52 @@ def _check_manifest(m: dict, where: str) -> None:
     ops = _field(m, "ops", list, where)
     op_count = _field(m, "op_count", int, where)
     if op_count != len(ops):
-        raise GoldenVectorsError(f"{where}: lists {len(ops)} ops but op_count is {op_count}: an op entry was "
-                                 f"removed or added")
+        raise GoldenVectorsError(
+            f"{where}: lists {len(ops)} ops but op_count is {op_count}: an op entry was removed or added"
+        )
     if not ops:
         raise GoldenVectorsError(f"{where}: lists no op")
     net_in = _field(m, "input", dict, where)
     in_name = _field(net_in, "name", str, f"{where}: input")
-    shapes = {in_name: _check_array(_field(net_in, "array", dict, f"{where}: input"), f"{where}: input",
-                                    kind="", key="input", name="input", stem="input", value=in_name,
-                                    images=images)}
+    shapes = {
+        in_name: _check_array(
+            _field(net_in, "array", dict, f"{where}: input"),
+            f"{where}: input",
+            kind="",
+            key="input",
+            name="input",
+            stem="input",
+            value=in_name,
+            images=images,
+        )
+    }
     for i, op in enumerate(ops):
         _check_op(op, i, len(ops), shapes, images, where)
     net_out = _field(m, "output", dict, where)
     out_op = _field(net_out, "op", str, f"{where}: output")
     if out_op not in shapes or out_op == in_name:
         raise GoldenVectorsError(f"{where}: output op {out_op!r} is not one of the ops")
-    shape = _check_array(_field(net_out, "array", dict, f"{where}: output"), f"{where}: output", kind="",
-                         key="output", name="output", stem="output", value=out_op, images=images)
+    shape = _check_array(
+        _field(net_out, "array", dict, f"{where}: output"),
+        f"{where}: output",
+        kind="",
+        key="output",
+        name="output",
+        stem="output",
+        value=out_op,
+        images=images,
+    )
     if shape != shapes[out_op]:
         raise GoldenVectorsError(f"{where}: output has shape {list(shape)}, op '{out_op}' {list(shapes[out_op])}")
     _check_file_info(_field(m, "program_file", dict, where), PROGRAM_FILE, f"{where}: program_file", 1, None)
     files = [f for entry in _manifest_arrays(m) for f in entry["files"].values()] + [m["program_file"]]
-    if _field(m, "file_count", int, where) != len(files) or \
-            _field(m, "total_bytes", int, where) != sum(f["bytes"] for f in files):
-        raise GoldenVectorsError(f"{where}: file_count / total_bytes do not match the files listed "
-                                 f"({len(files)} files, {sum(f['bytes'] for f in files)} bytes)")
+    if _field(m, "file_count", int, where) != len(files) or _field(m, "total_bytes", int, where) != sum(
+        f["bytes"] for f in files
+    ):
+        raise GoldenVectorsError(
+            f"{where}: file_count / total_bytes do not match the files listed "
+            f"({len(files)} files, {sum(f['bytes'] for f in files)} bytes)"
+        )
 
 
 def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], images: int, where: str) -> None:
@@ -787,25 +878,42 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
     arrays = _field(op, "arrays", dict, w)
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise GoldenVectorsError(f"{w}: the manifest lacks the {', '.join(missing)} array(s) that a {kind} op "
-                                 f"requires")
+        raise GoldenVectorsError(f"{w}: the manifest lacks the {', '.join(missing)} array(s) that a {kind} op requires")
     extra = sorted(set(arrays) - set(required))
     if extra:
         raise GoldenVectorsError(f"{w}: arrays {extra} are not arrays of a {kind} op")
     for key, source in zip(keys, inputs):
-        shape = _check_array(arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}",
-                             value=source, images=images)
+        shape = _check_array(
+            arrays[key],
+            w,
+            kind=kind,
+            key=key,
+            name=f"{name}.{key}",
+            stem=f"{folder}/{key}",
+            value=source,
+            images=images,
+        )
         if shape != shapes[source]:
             raise GoldenVectorsError(f"{w}: {key} has shape {list(shape)}, but {source!r} has {list(shapes[source])}")
     for key in OP_TABLE[kind].tensors:
-        _check_array(arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=None,
-                     images=None)
-    shapes[name] = _check_array(arrays["output"], w, kind=kind, key="output", name=f"{name}.output",
-                                stem=f"{folder}/output", value=name, images=images)
+        _check_array(
+            arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=None, images=None
+        )
+    shapes[name] = _check_array(
+        arrays["output"],
+        w,
+        kind=kind,
+        key="output",
+        name=f"{name}.output",
+        stem=f"{folder}/output",
+        value=name,
+        images=images,
+    )
 
 
-def _check_array(entry: Any, where: str, *, kind: str, key: str, name: str, stem: str, value: str | None,
-                 images: int | None) -> tuple[int, ...]:
+def _check_array(
+    entry: Any, where: str, *, kind: str, key: str, name: str, stem: str, value: str | None, images: int | None
+) -> tuple[int, ...]:
     """One array entry: the name, dtype and layout its place requires, a sane shape, the three files at
     their paths with the sizes that shape gives. Returns the shape."""
     w = f"{where}: array '{key}'"
@@ -819,10 +927,14 @@ def _check_array(entry: Any, where: str, *, kind: str, key: str, name: str, stem
         raise GoldenVectorsError(f"{w}: dtype {dtype!r}, expected {want_dtype!r}")
     layout = _field(entry, "layout", str, w)
     shape = _field(entry, "shape", list, w)
-    if layout not in layouts or len(shape) != len(LAYOUT_AXES[layout]) or \
-            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-        raise GoldenVectorsError(f"{w}: layout {layout!r} and shape {shape!r} do not fit together (layouts: "
-                                 f"{', '.join(layouts)})")
+    if (
+        layout not in layouts
+        or len(shape) != len(LAYOUT_AXES[layout])
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+    ):
+        raise GoldenVectorsError(
+            f"{w}: layout {layout!r} and shape {shape!r} do not fit together (layouts: {', '.join(layouts)})"
+        )
     if images is not None and shape[0] != images:
         raise GoldenVectorsError(f"{w}: shape {shape} does not hold the set's {images} image(s)")
     if value is not None and entry.get("value") != value:
@@ -845,8 +957,9 @@ def _check_file_info(info: Any, rel: str, where: str, lo: int, hi: int | None) -
     size = _field(info, "bytes", int, where)
     if size < lo or (hi is not None and size > hi):
         want = f"{lo}" if lo == hi else f"{lo} to {hi}" if hi is not None else f"at least {lo}"
-        raise GoldenVectorsError(f"{where}: the manifest lists {size} bytes for {rel}, but its dtype and shape give "
-                                 f"{want}")
+        raise GoldenVectorsError(
+            f"{where}: the manifest lists {size} bytes for {rel}, but its dtype and shape give {want}"
+        )
     if not _CRC32.fullmatch(_field(info, "crc32", str, where)):
         raise GoldenVectorsError(f"{where}: crc32 {info['crc32']!r} is not 8 lower-case hex digits")
 
@@ -859,16 +972,19 @@ def _read_listed(root: Path, info: dict) -> bytes:
 
     def check(actual):
         if actual != size:
-            raise GoldenVectorsError(f"{path}: golden file has {actual} bytes, the manifest says {size} "
-                                     f"(truncated or altered)")
+            raise GoldenVectorsError(
+                f"{path}: golden file has {actual} bytes, the manifest says {size} (truncated or altered)"
+            )
 
     data = read_regular(path, GoldenVectorsError, "golden file", root=root, check_size=check)
     if data is None:
         raise GoldenVectorsError(f"{path}: golden file is missing (listed in {MANIFEST_NAME})")
     actual = crc32_hex(data)
     if actual != info["crc32"]:
-        raise GoldenVectorsError(f"{path}: CRC32 {actual} does not match the manifest's {info['crc32']} (the golden "
-                                 f"file was altered or corrupted)")
+        raise GoldenVectorsError(
+            f"{path}: CRC32 {actual} does not match the manifest's {info['crc32']} (the golden "
+            f"file was altered or corrupted)"
+        )
     return data
 
 
@@ -885,13 +1001,16 @@ def _check_program(root: Path, m: dict) -> Program:
         raise GoldenVectorsError(f"{path}: not a valid program copy ({_one_line(exc)})") from None
     where = f"{root / MANIFEST_NAME}"
     if len(program.ops) != m["op_count"]:
-        raise GoldenVectorsError(f"{where}: lists {m['op_count']} ops, the program {PROGRAM_FILE} has "
-                                 f"{len(program.ops)}")
+        raise GoldenVectorsError(
+            f"{where}: lists {m['op_count']} ops, the program {PROGRAM_FILE} has {len(program.ops)}"
+        )
     for i, (op, entry) in enumerate(zip(program.ops, m["ops"])):
         if (op.name, op.kind, list(op.inputs)) != (entry["name"], entry["kind"], entry["inputs"]):
-            raise GoldenVectorsError(f"{where}: op {i} is '{entry['name']}' ({entry['kind']}, reads "
-                                     f"{entry['inputs']}) but the program {PROGRAM_FILE} has '{op.name}' "
-                                     f"({op.kind}, reads {list(op.inputs)})")
+            raise GoldenVectorsError(
+                f"{where}: op {i} is '{entry['name']}' ({entry['kind']}, reads "
+                f"{entry['inputs']}) but the program {PROGRAM_FILE} has '{op.name}' "
+                f"({op.kind}, reads {list(op.inputs)})"
+            )
         described = _normalized(_op_manifest(i, op, entry["dir"], {}))
         _same_description(entry, described, f"{where}: op {i} '{op.name}'", skip=("arrays",))
     _same_description(m, _normalized(_described_fields(program)), where, skip=())
@@ -911,8 +1030,10 @@ def _same_description(entry: dict, described: dict, where: str, skip: tuple[str,
         if isinstance(want, dict) and isinstance(got, dict):
             got = {k: got.get(k) for k in want}  # input / output also hold the array entry
         if got != want:
-            raise GoldenVectorsError(f"{where}: field '{key}' is {_short_repr(got)}, but the program {PROGRAM_FILE} "
-                                     f"gives {_short_repr(want)}")
+            raise GoldenVectorsError(
+                f"{where}: field '{key}' is {_short_repr(got)}, but the program {PROGRAM_FILE} "
+                f"gives {_short_repr(want)}"
+            )
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -935,10 +1056,14 @@ def check_vectors(vectors_dir: str | os.PathLike) -> dict:
         for fmt in FILE_FORMATS:
             data = _read_listed(root, entry["files"][fmt])
             tensor = tensors.get(entry["name"])
-            if fmt == "bin" and tensor is not None and (list(tensor.shape) != entry["shape"] or
-                                                        data != bin_bytes(tensor)):
-                raise GoldenVectorsError(f"{root / entry['files'][fmt]['path']}: differs from the program's "
-                                         f"{entry['name']}")
+            if (
+                fmt == "bin"
+                and tensor is not None
+                and (list(tensor.shape) != entry["shape"] or data != bin_bytes(tensor))
+            ):
+                raise GoldenVectorsError(
+                    f"{root / entry['files'][fmt]['path']}: differs from the program's {entry['name']}"
+                )
     return manifest
 
 
@@ -969,13 +1094,20 @@ def _read_dump(path: Path, root: Path | None, fmt: str, dtype: np.dtype, shape: 
 
     def check(size):
         if fmt == "bin" and size != count * dtype.itemsize:
-            raise DumpError(f"{path}: {size} bytes, expected {count * dtype.itemsize} ({what}, little-endian); "
-                            f"truncated or written with another dtype?")
-        limit = (count * HEX_DUMP_BYTES_PER_VALUE + HEX_DUMP_SLACK_BYTES if fmt == "hex"
-                 else count * dtype.itemsize + NPY_HEADER_MAX_BYTES)
+            raise DumpError(
+                f"{path}: {size} bytes, expected {count * dtype.itemsize} ({what}, little-endian); "
+                f"truncated or written with another dtype?"
+            )
+        limit = (
+            count * HEX_DUMP_BYTES_PER_VALUE + HEX_DUMP_SLACK_BYTES
+            if fmt == "hex"
+            else count * dtype.itemsize + NPY_HEADER_MAX_BYTES
+        )
         if size > limit:
-            raise DumpError(f"{path}: {size} bytes, more than a {fmt} file of {what} can hold (at most {limit}); "
-                            f"not this op's output?")
+            raise DumpError(
+                f"{path}: {size} bytes, more than a {fmt} file of {what} can hold (at most {limit}); "
+                f"not this op's output?"
+            )
 
     data = read_regular(path, DumpError, "dump file", root=root, check_size=check)
     if data is None:
@@ -994,22 +1126,27 @@ def _read_dump(path: Path, root: Path | None, fmt: str, dtype: np.dtype, shape: 
     return _decode_npy(data, path, dtype, shape, what)
 
 
-
-
 def _decode_npy(data: bytes, path: Path, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
     """A ``.npy`` file's array, its header checked against ``dtype`` and ``shape`` before the data is
     touched (a header may claim any size; np.load would try to allocate it). Any byte order and
     C or Fortran order; no objects, no structured dtypes, no trailing bytes."""
     found_shape, fortran, found, offset = npy_header(data, DumpError, path)
-    if found.hasobject or found.fields is not None or found.subdtype is not None or \
-            found.kind != dtype.kind or found.itemsize != dtype.itemsize:
+    if (
+        found.hasobject
+        or found.fields is not None
+        or found.subdtype is not None
+        or found.kind != dtype.kind
+        or found.itemsize != dtype.itemsize
+    ):
         raise DumpError(f"{path}: dtype {found}, expected {dtype.name}")
     if tuple(found_shape) != shape:
         raise DumpError(f"{path}: shape {tuple(found_shape)}, expected {shape}")
     body = data[offset:]
     if len(body) != math.prod(shape) * dtype.itemsize:
-        raise DumpError(f"{path}: {len(body)} bytes of data after the .npy header, expected "
-                        f"{math.prod(shape) * dtype.itemsize} ({what})")
+        raise DumpError(
+            f"{path}: {len(body)} bytes of data after the .npy header, expected "
+            f"{math.prod(shape) * dtype.itemsize} ({what})"
+        )
     flat = np.frombuffer(body, dtype=found)
     array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
     return np.ascontiguousarray(array.astype(dtype))
@@ -1022,8 +1159,8 @@ class Mismatch:
     op: str
     kind: str
     op_index: int
-    file: str          # relative to the dump directory
-    flat_index: int    # row-major index in the array
+    file: str  # relative to the dump directory
+    flat_index: int  # row-major index in the array
     index: tuple[int, ...]
     layout: str
     expected: int
@@ -1035,13 +1172,24 @@ class Mismatch:
 
     def describe(self) -> str:
         where = " ".join(f"{k}={v}" for k, v in self.position().items())
-        return (f"op {self.op_index} '{self.op}' ({self.kind}), {self.file}: element {self.flat_index} "
-                f"[{self.layout} {where}]: expected {self.expected}, got {self.actual}")
+        return (
+            f"op {self.op_index} '{self.op}' ({self.kind}), {self.file}: element {self.flat_index} "
+            f"[{self.layout} {where}]: expected {self.expected}, got {self.actual}"
+        )
 
     def to_dict(self) -> dict:
-        return {"op": self.op, "kind": self.kind, "op_index": self.op_index, "file": self.file,
-                "flat_index": self.flat_index, "index": list(self.index), "layout": self.layout,
-                "position": self.position(), "expected": self.expected, "actual": self.actual}
+        return {
+            "op": self.op,
+            "kind": self.kind,
+            "op_index": self.op_index,
+            "file": self.file,
+            "flat_index": self.flat_index,
+            "index": list(self.index),
+            "layout": self.layout,
+            "position": self.position(),
+            "expected": self.expected,
+            "actual": self.actual,
+        }
 
 
 @dataclass
@@ -1054,8 +1202,12 @@ class FileCheck:
     first_mismatch: Mismatch | None
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "format": self.format, "mismatches": self.mismatches,
-                "first_mismatch": self.first_mismatch.to_dict() if self.first_mismatch else None}
+        return {
+            "file": self.file,
+            "format": self.format,
+            "mismatches": self.mismatches,
+            "first_mismatch": self.first_mismatch.to_dict() if self.first_mismatch else None,
+        }
 
 
 @dataclass
@@ -1096,11 +1248,17 @@ class OpCheck:
         return bad.first_mismatch if bad else None
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "kind": self.kind, "status": self.status,
-                "missing_allowed": self.missing_allowed if self.status == "missing" else False,
-                "elements": self.elements, "mismatches": self.mismatches,
-                "first_mismatch": self.first_mismatch.to_dict() if self.first_mismatch else None,
-                "files": [f.to_dict() for f in self.files]}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "missing_allowed": self.missing_allowed if self.status == "missing" else False,
+            "elements": self.elements,
+            "mismatches": self.mismatches,
+            "first_mismatch": self.first_mismatch.to_dict() if self.first_mismatch else None,
+            "files": [f.to_dict() for f in self.files],
+        }
 
 
 @dataclass
@@ -1167,15 +1325,27 @@ class VerifyResult:
 
     def to_dict(self) -> dict:
         first = self.first_mismatch
-        return {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "status": self.status,
-                "exit_code": self.exit_code, "vectors": self.vectors_dir, "dump": self.dump_dir,
-                "model": self.model, "program_sha256": self.program_sha256, "images": self.images,
-                "allow_missing": list(self.allow_missing), "ops_total": len(self.ops),
-                "ops_checked": len(self.checked), "ops_passed": sum(o.status == "pass" for o in self.ops),
-                "ops_mismatched": [o.name for o in self.mismatched], "ops_missing": self.missing,
-                "ops_missing_allowed": self.missing_allowed, "total_mismatches": self.total_mismatches,
-                "first_mismatch": first.to_dict() if first else None,
-                "ops": [o.to_dict() for o in self.ops]}
+        return {
+            "format": REPORT_FORMAT,
+            "format_version": REPORT_FORMAT_VERSION,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "vectors": self.vectors_dir,
+            "dump": self.dump_dir,
+            "model": self.model,
+            "program_sha256": self.program_sha256,
+            "images": self.images,
+            "allow_missing": list(self.allow_missing),
+            "ops_total": len(self.ops),
+            "ops_checked": len(self.checked),
+            "ops_passed": sum(o.status == "pass" for o in self.ops),
+            "ops_mismatched": [o.name for o in self.mismatched],
+            "ops_missing": self.missing,
+            "ops_missing_allowed": self.missing_allowed,
+            "total_mismatches": self.total_mismatches,
+            "first_mismatch": first.to_dict() if first else None,
+            "ops": [o.to_dict() for o in self.ops],
+        }
 
     def save_json(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -1185,21 +1355,33 @@ class VerifyResult:
 
     def report(self, max_ops: int = 20) -> str:
         """A short report for people: the verdict, the mismatching and missing ops, the first mismatch."""
-        lines = [(f"golden {self.vectors_dir} (model '{self.model}', program {self.program_sha256[:12]}, "
-                  f"{len(self.ops)} ops, {self.images} images) vs dump {self.dump_dir}"),
-                 (f"ops: {len(self.checked)} checked, {sum(o.status == 'pass' for o in self.ops)} passed, "
-                  f"{len(self.mismatched)} mismatched, {len(self.missing)} missing"
-                  + (f", {sum(o.status == 'skipped' for o in self.ops)} skipped (flatten, not dumped)"
-                     if any(o.status == "skipped" for o in self.ops) else ""))]
+        lines = [
+            (
+                f"golden {self.vectors_dir} (model '{self.model}', program {self.program_sha256[:12]}, "
+                f"{len(self.ops)} ops, {self.images} images) vs dump {self.dump_dir}"
+            ),
+            (
+                f"ops: {len(self.checked)} checked, {sum(o.status == 'pass' for o in self.ops)} passed, "
+                f"{len(self.mismatched)} mismatched, {len(self.missing)} missing"
+                + (
+                    f", {sum(o.status == 'skipped' for o in self.ops)} skipped (flatten, not dumped)"
+                    if any(o.status == "skipped" for o in self.ops)
+                    else ""
+                )
+            ),
+        ]
         for o in self.mismatched[:max_ops]:
             bad = o._first_bad
-            lines.append(f"  MISMATCH op {o.index} {o.name} ({o.kind}): {o.mismatches} of {o.elements} "
-                         f"elements differ in {bad.file}")
+            lines.append(
+                f"  MISMATCH op {o.index} {o.name} ({o.kind}): {o.mismatches} of {o.elements} "
+                f"elements differ in {bad.file}"
+            )
         if len(self.mismatched) > max_ops:
             lines.append(f"  ... and {len(self.mismatched) - max_ops} more mismatching ops")
-        for names, label in ((self.missing_not_allowed, "missing from the dump"),
-                             (self.missing_allowed, f"missing, allowed by --allow-missing "
-                                                    f"{','.join(self.allow_missing)}")):
+        for names, label in (
+            (self.missing_not_allowed, "missing from the dump"),
+            (self.missing_allowed, f"missing, allowed by --allow-missing {','.join(self.allow_missing)}"),
+        ):
             if names:
                 more = f" ... (+{len(names) - max_ops})" if len(names) > max_ops else ""
                 lines.append(f"  {label}: {', '.join(names[:max_ops])}{more}")
@@ -1208,23 +1390,35 @@ class VerifyResult:
             lines.append(f"first mismatch: {first.describe()}")
             if len(self.mismatched) > 1:
                 lines.append("  (later ops fed by the first mismatching one may differ as a consequence)")
-        verdict = {"pass": "PASS", "mismatch": "FAIL: outputs differ", "missing": "FAIL: ops missing from the dump"
-                   if self.checked else "FAIL: no op output found in the dump"}[self.status]
+        verdict = {
+            "pass": "PASS",
+            "mismatch": "FAIL: outputs differ",
+            "missing": "FAIL: ops missing from the dump" if self.checked else "FAIL: no op output found in the dump",
+        }[self.status]
         lines.append(f"total: {self.total_mismatches} mismatching element(s); {verdict} (exit {self.exit_code})")
         return "\n".join(lines)
 
 
-def _compare(expected: np.ndarray, actual: np.ndarray, op_index: int, op: dict, entry: dict, rel: str,
-             fmt: str) -> FileCheck:
+def _compare(
+    expected: np.ndarray, actual: np.ndarray, op_index: int, op: dict, entry: dict, rel: str, fmt: str
+) -> FileCheck:
     differ = (expected != actual).reshape(-1)
     count = int(differ.sum())
     if not count:
         return FileCheck(rel, fmt, 0, None)
     flat = int(np.flatnonzero(differ)[0])
     index = tuple(int(i) for i in np.unravel_index(flat, expected.shape))
-    first = Mismatch(op=op["name"], kind=op["kind"], op_index=op_index, file=rel, flat_index=flat,
-                     index=index, layout=entry["layout"], expected=int(expected.reshape(-1)[flat]),
-                     actual=int(actual.reshape(-1)[flat]))
+    first = Mismatch(
+        op=op["name"],
+        kind=op["kind"],
+        op_index=op_index,
+        file=rel,
+        flat_index=flat,
+        index=index,
+        layout=entry["layout"],
+        expected=int(expected.reshape(-1)[flat]),
+        actual=int(actual.reshape(-1)[flat]),
+    )
     return FileCheck(rel, fmt, count, first)
 
 
@@ -1251,8 +1445,13 @@ def _missing_allowed(op: dict, patterns: tuple[str, ...]) -> bool:
 def _check_op_dump(golden: Path, dump: Path, op_index: int, op: dict, allow: tuple[str, ...]) -> OpCheck:
     entry = op["arrays"]["output"]
     expected = _read_golden(golden, entry)
-    result = OpCheck(index=op_index, name=op["name"], kind=op["kind"], elements=expected.size,
-                     missing_allowed=_missing_allowed(op, allow))
+    result = OpCheck(
+        index=op_index,
+        name=op["name"],
+        kind=op["kind"],
+        elements=expected.size,
+        missing_allowed=_missing_allowed(op, allow),
+    )
     for fmt in FILE_FORMATS:
         rel = entry["files"][fmt]["path"]
         path = dump.joinpath(*PurePosixPath(rel).parts)
@@ -1280,9 +1479,15 @@ def verify(vectors_dir: str | os.PathLike, dump_dir: str | os.PathLike, *, allow
     if not dump.is_dir():
         raise DumpError(f"{dump}: no such dump directory")
     ops = [_check_op_dump(golden, dump, i, op, allow) for i, op in enumerate(manifest["ops"])]
-    return VerifyResult(vectors_dir=str(golden), dump_dir=str(dump), model=manifest["model"],
-                        program_sha256=manifest["program_sha256"], images=manifest["images"], ops=ops,
-                        allow_missing=allow)
+    return VerifyResult(
+        vectors_dir=str(golden),
+        dump_dir=str(dump),
+        model=manifest["model"],
+        program_sha256=manifest["program_sha256"],
+        images=manifest["images"],
+        ops=ops,
+        allow_missing=allow,
+    )
 
 
 # ====================================================================================== inputs for the CLI
@@ -1303,8 +1508,10 @@ def load_inputs(spec: str) -> tuple[np.ndarray, str]:
         raise VectorsError(f"inputs {spec!r}: expected a .npy file or fashion-mnist:<train|test>:N")
     array = load_npy(path, VectorsError, "inputs")
     if not isinstance(array, np.ndarray) or not (array.dtype == np.int8 or array.dtype.kind == "f"):
-        raise VectorsError(f"{path}: dtype {getattr(array, 'dtype', type(array).__name__)}; give int8 quantized "
-                           f"inputs (N, H, W, C) or float images (N, C, H, W)")
+        raise VectorsError(
+            f"{path}: dtype {getattr(array, 'dtype', type(array).__name__)}; give int8 quantized "
+            f"inputs (N, H, W, C) or float images (N, C, H, W)"
+        )
     return array, path.name
 
 
@@ -1323,27 +1530,49 @@ def _fashion_mnist_images(split: str, count: int) -> np.ndarray:
 # ====================================================================================== command line
 def add_commands(sub) -> None:
     """Register ``npuq export-vectors`` and ``npuq verify`` on the argparse sub-parsers ``sub``."""
-    e = sub.add_parser("export-vectors", help="write golden test vectors of an NPU program (per-op inputs, "
-                       "parameters and expected outputs as .hex/.bin/.npy, with a manifest)")
+    e = sub.add_parser(
+        "export-vectors",
+        help="write golden test vectors of an NPU program (per-op inputs, "
+        "parameters and expected outputs as .hex/.bin/.npy, with a manifest)",
+    )
     e.add_argument("program", help="a program file written by `npuq compile`")
-    e.add_argument("inputs", help="fashion-mnist:test:N, fashion-mnist:train:N, or a .npy of int8 inputs "
-                   "(N, H, W, C) or float images (N, C, H, W)")
+    e.add_argument(
+        "inputs",
+        help="fashion-mnist:test:N, fashion-mnist:train:N, or a .npy of int8 inputs "
+        "(N, H, W, C) or float images (N, C, H, W)",
+    )
     e.add_argument("outdir", help="the directory to write (new or empty)")
     e.add_argument("--threads", type=int, default=None, help="native kernel threads (the files do not depend on it)")
-    e.add_argument("--force", action="store_true", help="replace a previous vector set in OUTDIR (one holding "
-                   "nothing but the set's files)")
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous vector set in OUTDIR (one holding nothing but the set's files)",
+    )
     e.set_defaults(func=_run_export)
 
-    v = sub.add_parser("verify", help="compare a hardware dump with golden vectors; exit 0 pass, 1 mismatch "
-                       "or missing ops, 2 broken golden set or malformed dump")
+    v = sub.add_parser(
+        "verify",
+        help="compare a hardware dump with golden vectors; exit 0 pass, 1 mismatch "
+        "or missing ops, 2 broken golden set or malformed dump",
+    )
     v.add_argument("vectors", help="the golden vector directory written by `npuq export-vectors`")
-    v.add_argument("dump", help="the hardware's outputs: <op dir>/output.bin, .hex or .npy, same relative paths "
-                   "(`npuq run --dump` writes one)")
+    v.add_argument(
+        "dump",
+        help="the hardware's outputs: <op dir>/output.bin, .hex or .npy, same relative paths "
+        "(`npuq run --dump` writes one)",
+    )
     v.add_argument("--json", default=None, help="also write the report as JSON to this file")
     # append + optional value: repeatable, and a bare --allow-missing still means any op (as before)
-    v.add_argument("--allow-missing", action="append", nargs="?", const="*", default=None, metavar="NAME",
-                   help="ops that may be absent from the dump: op names, op folders or output paths, glob "
-                   "patterns allowed ('pool', 'ops/01*'); repeat or separate with commas; bare: any op")
+    v.add_argument(
+        "--allow-missing",
+        action="append",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="NAME",
+        help="ops that may be absent from the dump: op names, op folders or output paths, glob "
+        "patterns allowed ('pool', 'ops/01*'); repeat or separate with commas; bare: any op",
+    )
     v.set_defaults(func=_run_verify)
 
 
@@ -1353,14 +1582,17 @@ def _run_export(args) -> int:
     try:
         program = load_program(args.program)
         images, source = load_inputs(args.inputs)
-        manifest = export_vectors(program, images, args.outdir, threads=args.threads, source=source,
-                                  overwrite=args.force, progress=True)
+        manifest = export_vectors(
+            program, images, args.outdir, threads=args.threads, source=source, overwrite=args.force, progress=True
+        )
     except (VectorsError, ProgramError, IdxFormatError, OSError) as exc:
         print(f"npuq export-vectors: error: {_one_line(exc, 2000)}", file=sys.stderr)
         return 2
-    print(f"wrote {manifest['file_count']} files ({manifest['total_bytes']} bytes) for {len(manifest['ops'])} ops "
-          f"and {manifest['images']} images of '{manifest['model']}' to {args.outdir}/ "
-          f"({MANIFEST_NAME}: program sha256 {manifest['program_sha256'][:16]}...)")
+    print(
+        f"wrote {manifest['file_count']} files ({manifest['total_bytes']} bytes) for {len(manifest['ops'])} ops "
+        f"and {manifest['images']} images of '{manifest['model']}' to {args.outdir}/ "
+        f"({MANIFEST_NAME}: program sha256 {manifest['program_sha256'][:16]}...)"
+    )
     return 0
 
 
@@ -1370,8 +1602,15 @@ def _run_verify(args) -> int:
     except VectorsError as exc:
         print(f"npuq verify: error: {_one_line(exc, 2000)}", file=sys.stderr)
         if args.json:
-            report = {"format": REPORT_FORMAT, "format_version": REPORT_FORMAT_VERSION, "status": "error",
-                      "exit_code": 2, "vectors": str(args.vectors), "dump": str(args.dump), "error": str(exc)}
+            report = {
+                "format": REPORT_FORMAT,
+                "format_version": REPORT_FORMAT_VERSION,
+                "status": "error",
+                "exit_code": 2,
+                "vectors": str(args.vectors),
+                "dump": str(args.dump),
+                "error": str(exc),
+            }
             try:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -7,5 +7,15 @@ from npuq.quant.api import ACTIVATION_METHODS, WEIGHT_METHODS, QuantReport, eval
 from npuq.quant.graph import Graph, TraceError, UnsupportedOpsError, prepare
 from npuq.quant.simulate import QuantizedModel
 
-__all__ = ["ACTIVATION_METHODS", "Graph", "QuantReport", "QuantizedModel", "TraceError", "UnsupportedOpsError",
-           "WEIGHT_METHODS", "evaluate", "prepare", "quantize"]
+__all__ = [
+    "ACTIVATION_METHODS",
+    "Graph",
+    "QuantReport",
+    "QuantizedModel",
+    "TraceError",
+    "UnsupportedOpsError",
+    "WEIGHT_METHODS",
+    "evaluate",
+    "prepare",
+    "quantize",
+]

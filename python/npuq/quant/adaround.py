@@ -80,8 +80,15 @@ def _h(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (_ZETA - _GAMMA) + _GAMMA, 0.0, 1.0)
 
 
-def flip_polish(q: torch.Tensor, fl: torch.Tensor, free: torch.Tensor, scale: torch.Tensor, wf: torch.Tensor,
-                obj: LayerObjective, max_sweeps: int) -> torch.Tensor:
+def flip_polish(
+    q: torch.Tensor,
+    fl: torch.Tensor,
+    free: torch.Tensor,
+    scale: torch.Tensor,
+    wf: torch.Tensor,
+    obj: LayerObjective,
+    max_sweeps: int,
+) -> torch.Tensor:
     """Greedy descent over single roundings (float64): in each sweep every channel flips the one free weight
     (between ``floor`` and ``floor + 1``) whose flip lowers its error most, until no flip helps or
     ``max_sweeps``. Channels are independent, so they flip together; each flip updates the channel's
@@ -90,12 +97,12 @@ def flip_polish(q: torch.Tensor, fl: torch.Tensor, free: torch.Tensor, scale: to
     a = obj.a
     grp = obj.group
     r = obj.b - obj.apply_all(wf)
-    g = obj.apply_all(q * scale - wf) - r                             # d err / d dv / 2, per weight
-    diag = torch.diagonal(a, dim1=1, dim2=2)[grp]                     # [C, D]
+    g = obj.apply_all(q * scale - wf) - r  # d err / d dv / 2, per weight
+    diag = torch.diagonal(a, dim1=1, dim2=2)[grp]  # [C, D]
     for _ in range(max_sweeps):
-        sign = torch.where(q == fl, 1.0, -1.0)                          # the other rounding of each weight
+        sign = torch.where(q == fl, 1.0, -1.0)  # the other rounding of each weight
         delta = sign * scale
-        gain = 2.0 * delta * g + delta * delta * diag                  # exact change of the channel's error
+        gain = 2.0 * delta * g + delta * delta * diag  # exact change of the channel's error
         gain = torch.where(free, gain, torch.full_like(gain, math.inf))
         best, idx = gain.min(dim=1)
         # strict decrease, beyond float64 rounding of the channel's terms
@@ -110,8 +117,15 @@ def flip_polish(q: torch.Tensor, fl: torch.Tensor, free: torch.Tensor, scale: to
     return q
 
 
-def adaround_weight(w, qw: QuantizedWeight, objective: LayerObjective | LayerStats, config: AdaRoundConfig | None = None,
-                    *, centered: bool = False, name: str = "weight") -> QuantizedWeight:
+def adaround_weight(
+    w,
+    qw: QuantizedWeight,
+    objective: LayerObjective | LayerStats,
+    config: AdaRoundConfig | None = None,
+    *,
+    centered: bool = False,
+    name: str = "weight",
+) -> QuantizedWeight:
     """Re-round the quantized weight ``qw`` of float weight ``w`` on its own grid to minimize ``objective``
     (a :class:`LayerObjective`, or :class:`LayerStats` from which one is built with ``centered``).
 
@@ -125,8 +139,11 @@ def adaround_weight(w, qw: QuantizedWeight, objective: LayerObjective | LayerSta
     w64 = _as_weight(w, name)
     if tuple(qw.q.shape) != tuple(w64.shape):
         raise ValueError(f"weight `{name}`: quantized shape {tuple(qw.q.shape)} differs from {tuple(w64.shape)}")
-    obj = objective if isinstance(objective, LayerObjective) else layer_objective(w64, objective, centered=centered,
-                                                                                    name=name)
+    obj = (
+        objective
+        if isinstance(objective, LayerObjective)
+        else layer_objective(w64, objective, centered=centered, name=name)
+    )
     c = w64.shape[0]
     wf = w64.reshape(c, -1)
     qmax = qw.qmax
@@ -143,13 +160,19 @@ def adaround_weight(w, qw: QuantizedWeight, objective: LayerObjective | LayerSta
     # float32 optimization of dv = w_soft - w: err = dv^T A dv - 2 r . dv + const with r = b - A w. Gradients
     # by hand (no autograd: the per-iteration overhead matters for small layers), Adam written out.
     r = (obj.b - obj.apply_all(wf)).to(torch.float32)
-    obj32 = LayerObjective(obj.a.to(torch.float32), obj.b, obj.k, obj.group,
-                           None if obj.factor is None else obj.factor.to(torch.float32), obj.ridge)
+    obj32 = LayerObjective(
+        obj.a.to(torch.float32),
+        obj.b,
+        obj.k,
+        obj.group,
+        None if obj.factor is None else obj.factor.to(torch.float32),
+        obj.ridge,
+    )
     s32 = scale.to(torch.float32).expand_as(wf).contiguous()
     free32 = free.to(torch.float32)
     base = torch.where(free, fl, q0)
-    c0 = (base * scale - wf).to(torch.float32)                  # dv with h = 0
-    gs = s32 * free32 * (2.0 / e_near)                          # d rec / d h = gs * (dv A - r)
+    c0 = (base * scale - wf).to(torch.float32)  # dv with h = 0
+    gs = s32 * free32 * (2.0 / e_near)  # d rec / d h = gs * (dv A - r)
     rest = (wf / scale - fl).clamp(0.0, 1.0)
     p = ((rest - _GAMMA) / (_ZETA - _GAMMA)).clamp(1e-6, 1 - 1e-6)
     v = torch.log(p / (1 - p)).to(torch.float32)
@@ -186,5 +209,12 @@ def adaround_weight(w, qw: QuantizedWeight, objective: LayerObjective | LayerSta
     e_ada = float(obj.errors(q * scale).sum())
     if not e_ada < e_near:
         return qw
-    return QuantizedWeight(q.reshape(w64.shape).to(torch.int8), qw.channel_scale, qw.layer_scale, qw.shift, qw.bits,
-                           qw.method, rounding="adaround")
+    return QuantizedWeight(
+        q.reshape(w64.shape).to(torch.int8),
+        qw.channel_scale,
+        qw.layer_scale,
+        qw.shift,
+        qw.bits,
+        qw.method,
+        rounding="adaround",
+    )

@@ -25,7 +25,6 @@ from npuq.quant.weights import QuantizedWeight, _quantizer, per_channel_ranges, 
 from npuq.registry import ACTIVATION_OBSERVERS, WEIGHT_QUANTIZERS
 
 
-
 @dataclass
 class LayerReport:
     path: str
@@ -37,10 +36,10 @@ class LayerReport:
     layer_scale: float | None
     channel_scale_min: float
     channel_scale_max: float
-    shift_histogram: list[int]          # counts of s_c = 0 .. 15
-    sqnr_db: float                      # weight SQNR of the chosen method
-    sqnr_per_layer_db: float            # weight SQNR of plain per-layer quantization at the same bits
-    range_ratio: float                  # max / min of the per-channel ranges max|W_c| (non-zero channels)
+    shift_histogram: list[int]  # counts of s_c = 0 .. 15
+    sqnr_db: float  # weight SQNR of the chosen method
+    sqnr_per_layer_db: float  # weight SQNR of plain per-layer quantization at the same bits
+    range_ratio: float  # max / min of the per-channel ranges max|W_c| (non-zero channels)
     zero_channels: int
     output_scale: float | None = None
     output_zero_point: int | None = None
@@ -60,9 +59,15 @@ class QuantReport:
     bias_correction: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"config": self.config, "layers": [asdict(r) for r in self.layers], "equalization": self.equalization,
-                "activations": self.activations, "float_ops": self.float_ops,
-                "bias_adjustments": self.bias_adjustments, "bias_correction": self.bias_correction}
+        return {
+            "config": self.config,
+            "layers": [asdict(r) for r in self.layers],
+            "equalization": self.equalization,
+            "activations": self.activations,
+            "float_ops": self.float_ops,
+            "bias_adjustments": self.bias_adjustments,
+            "bias_correction": self.bias_correction,
+        }
 
     def save_json(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
@@ -74,16 +79,23 @@ class QuantReport:
         return total
 
     def to_markdown(self) -> str:
-        head = ("| layer | kind | shape | scale | shifts used (s: count) | SQNR per-layer dB | SQNR dB | "
-                "range max/min |\n|---|---|---|---|---|---|---|---|")
+        head = (
+            "| layer | kind | shape | scale | shifts used (s: count) | SQNR per-layer dB | SQNR dB | "
+            "range max/min |\n|---|---|---|---|---|---|---|---|"
+        )
         rows = []
         for r in self.layers:
             shifts = ", ".join(f"{s}:{c}" for s, c in enumerate(r.shift_histogram) if c) or "-"
-            scale = f"{r.layer_scale:.3g}" if r.layer_scale is not None else \
-                f"{r.channel_scale_min:.2g}..{r.channel_scale_max:.2g}"
+            scale = (
+                f"{r.layer_scale:.3g}"
+                if r.layer_scale is not None
+                else f"{r.channel_scale_min:.2g}..{r.channel_scale_max:.2g}"
+            )
             kind = "depthwise" if r.depthwise else r.kind
-            rows.append(f"| {r.path} | {kind} | {'x'.join(map(str, r.shape))} | {scale} | {shifts} | "
-                        f"{r.sqnr_per_layer_db:.1f} | {r.sqnr_db:.1f} | {r.range_ratio:.3g} |")
+            rows.append(
+                f"| {r.path} | {kind} | {'x'.join(map(str, r.shape))} | {scale} | {shifts} | "
+                f"{r.sqnr_per_layer_db:.1f} | {r.sqnr_db:.1f} | {r.range_ratio:.3g} |"
+            )
         table = "\n".join([head, *rows])
         adjusted = self.bias_adjustments_markdown()
         return f"{table}\n\n{adjusted}" if adjusted else table
@@ -92,12 +104,17 @@ class QuantReport:
         """The channels changed by the bias policy, one row each ("" when there are none)."""
         if not self.bias_adjustments:
             return ""
-        head = ("Bias range: channels whose int32 bias did not fit (docs/quantization.md)\n\n"
-                "| layer | channel | action | reason | scale before | scale after | shift before | shift after | "
-                "bias | int32 bias needed | int32 bias |\n|---|---|---|---|---|---|---|---|---|---|---|")
-        rows = [f"| {a['layer']} | {a['channel']} | {a['action']} | {a['reason']} | {a['old_scale']:.3g} | "
-                f"{a['new_scale']:.3g} | {a['old_shift']} | {a['new_shift']} | {a['bias']:.4g} | "
-                f"{a['bias_q_needed']:.4g} | {a['bias_q']} |" for a in self.bias_adjustments]
+        head = (
+            "Bias range: channels whose int32 bias did not fit (docs/quantization.md)\n\n"
+            "| layer | channel | action | reason | scale before | scale after | shift before | shift after | "
+            "bias | int32 bias needed | int32 bias |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        )
+        rows = [
+            f"| {a['layer']} | {a['channel']} | {a['action']} | {a['reason']} | {a['old_scale']:.3g} | "
+            f"{a['new_scale']:.3g} | {a['old_shift']} | {a['new_shift']} | {a['bias']:.4g} | "
+            f"{a['bias_q_needed']:.4g} | {a['bias_q']} |"
+            for a in self.bias_adjustments
+        ]
         return "\n".join([head, *rows])
 
 
@@ -114,7 +131,9 @@ def _choice(value, name: str, allowed) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-def calibration_batches(loader, n_batches: int | None, expected_shape: tuple[int, ...] | None = None) -> list[torch.Tensor]:
+def calibration_batches(
+    loader, n_batches: int | None, expected_shape: tuple[int, ...] | None = None
+) -> list[torch.Tensor]:
     """The first ``n_batches`` input tensors of ``loader`` (batches may be tensors or (input, label) pairs)."""
     if loader is None:
         raise ValueError("calibration data is required: pass calib_loader (an iterable of input batches)")
@@ -130,7 +149,9 @@ def calibration_batches(loader, n_batches: int | None, expected_shape: tuple[int
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"calibration batch {i} is a {type(x).__name__}, expected a torch tensor")
         if not x.is_floating_point():
-            raise TypeError(f"calibration batch {i} has dtype {x.dtype}; expected float inputs (as the model sees them)")
+            raise TypeError(
+                f"calibration batch {i} has dtype {x.dtype}; expected float inputs (as the model sees them)"
+            )
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"calibration batch {i} has shape {tuple(x.shape)}; expected (batch, ...) with batch >= 1")
         ref = expected_shape if expected_shape is not None else (tuple(batches[0].shape[1:]) if batches else None)
@@ -161,17 +182,30 @@ def layer_reports(graph: Graph, weights: dict[str, QuantizedWeight], bits: int) 
         ratio = float(nz.max() / nz.min()) if nz.numel() else float("nan")
         plain = quantize_weight(w, "per_layer", bits, name=node.path)
         hist = torch.bincount(qw.shift.to(torch.int64), minlength=16)[:16].tolist()
-        rows.append(LayerReport(
-            path=node.path, kind=node.kind, depthwise=node.is_depthwise, shape=list(w.shape), method=qw.method,
-            bits=bits, layer_scale=qw.layer_scale, channel_scale_min=float(qw.channel_scale.min()),
-            channel_scale_max=float(qw.channel_scale.max()), shift_histogram=hist,
-            sqnr_db=weight_sqnr_db(w, qw.dequantize()), sqnr_per_layer_db=weight_sqnr_db(w, plain.dequantize()),
-            range_ratio=ratio, zero_channels=int((ranges == 0).sum())))
+        rows.append(
+            LayerReport(
+                path=node.path,
+                kind=node.kind,
+                depthwise=node.is_depthwise,
+                shape=list(w.shape),
+                method=qw.method,
+                bits=bits,
+                layer_scale=qw.layer_scale,
+                channel_scale_min=float(qw.channel_scale.min()),
+                channel_scale_max=float(qw.channel_scale.max()),
+                shift_histogram=hist,
+                sqnr_db=weight_sqnr_db(w, qw.dequantize()),
+                sqnr_per_layer_db=weight_sqnr_db(w, plain.dequantize()),
+                range_ratio=ratio,
+                zero_channels=int((ranges == 0).sum()),
+            )
+        )
     return rows
 
 
-def calibrate(model: QuantizedModel, batches: list[torch.Tensor], kind: str, progress: bool = False,
-              **observer_kwargs) -> dict[str, QParams]:
+def calibrate(
+    model: QuantizedModel, batches: list[torch.Tensor], kind: str, progress: bool = False, **observer_kwargs
+) -> dict[str, QParams]:
     """Observe every node output of the weight-quantized float model and choose int8 scales."""
     graph = model.graph
     observers = {n.name: make_observer(kind, name=n.path, **observer_kwargs) for n in graph if n.kind in OBSERVED_KINDS}
@@ -193,12 +227,27 @@ def calibrate(model: QuantizedModel, batches: list[torch.Tensor], kind: str, pro
     return qparams
 
 
-def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, weights: str = "wess", bits: int = 8,
-             activations: str | None = "mse", calib_batches: int | None = 8, shift_bits: int = 4, cle: bool = False,
-             absorb_high_bias: bool | None = None, bias_correction: bool | str = False, rounding: str = "double",
-             overflow: str = "raise", unsupported: str = "error", example_input: torch.Tensor | None = None,
-             progress: bool = False, cle_relu6: str = "skip", adaround=False,
-             layer_inputs: str = "quantized") -> QuantizedModel:
+def quantize(
+    model: nn.Module | Graph,
+    calib_loader: Iterable | None = None,
+    *,
+    weights: str = "wess",
+    bits: int = 8,
+    activations: str | None = "mse",
+    calib_batches: int | None = 8,
+    shift_bits: int = 4,
+    cle: bool = False,
+    absorb_high_bias: bool | None = None,
+    bias_correction: bool | str = False,
+    rounding: str = "double",
+    overflow: str = "raise",
+    unsupported: str = "error",
+    example_input: torch.Tensor | None = None,
+    progress: bool = False,
+    cle_relu6: str = "skip",
+    adaround=False,
+    layer_inputs: str = "quantized",
+) -> QuantizedModel:
     """Post-training quantization of ``model`` for the NPU.
 
     Parameters
@@ -252,39 +301,61 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
     if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     if not isinstance(shift_bits, int) or isinstance(shift_bits, bool) or not 0 <= shift_bits <= 4:
-        raise ValueError(f"shift_bits must be an int in [0, 4] (the NPU stores 4 bits of shift per channel), "
-                         f"got {shift_bits!r}")
+        raise ValueError(
+            f"shift_bits must be an int in [0, 4] (the NPU stores 4 bits of shift per channel), got {shift_bits!r}"
+        )
     ada = resolve_adaround(adaround)
     _choice(layer_inputs, "layer_inputs", LAYER_INPUTS)
     data_aware = _quantizer(weights)[1] or ada is not None
-    needs_data = activations is not None or bias_correction or data_aware or \
-        (not isinstance(model, Graph) and example_input is None)
+    needs_data = (
+        activations is not None
+        or bias_correction
+        or data_aware
+        or (not isinstance(model, Graph) and example_input is None)
+    )
     batches = None
     if isinstance(model, Graph):
         graph = model.clone()
     elif isinstance(model, nn.Module):
         if needs_data:
-            batches = calibration_batches(calib_loader, calib_batches,
-                                          tuple(example_input.shape[1:]) if example_input is not None else None)
+            batches = calibration_batches(
+                calib_loader, calib_batches, tuple(example_input.shape[1:]) if example_input is not None else None
+            )
         graph = prepare(model, example_input if example_input is not None else batches[0])
     else:
         raise TypeError(f"model must be a torch.nn.Module or a prepared npuq Graph, got {type(model).__name__}")
     if batches is None and (needs_data or (cle and calib_loader is not None)):
         batches = calibration_batches(calib_loader, calib_batches, graph.input_shape)
     if batches is not None and tuple(batches[0].shape[1:]) != tuple(graph.input_shape):
-        raise ValueError(f"calibration batches have per-sample shape {tuple(batches[0].shape[1:])}, the model was "
-                         f"prepared for {tuple(graph.input_shape)}")
+        raise ValueError(
+            f"calibration batches have per-sample shape {tuple(batches[0].shape[1:])}, the model was "
+            f"prepared for {tuple(graph.input_shape)}"
+        )
     if unsupported == "error":
-        graph.check_supported(" Pass unsupported='float' to keep them in float (simulation only; such a model "
-                              "cannot be compiled for the NPU).")
+        graph.check_supported(
+            " Pass unsupported='float' to keep them in float (simulation only; such a model "
+            "cannot be compiled for the NPU)."
+        )
     eq = None
     if cle:
-        eq = cross_layer_equalize(graph, absorb_high_bias=True if absorb_high_bias is None else absorb_high_bias,
-                                  relu6=cle_relu6, batches=batches)
+        eq = cross_layer_equalize(
+            graph,
+            absorb_high_bias=True if absorb_high_bias is None else absorb_high_bias,
+            relu6=cle_relu6,
+            batches=batches,
+        )
     if data_aware:
-        qweights = quantize_graph_data_aware(graph, batches, weights, bits, shift_bits, adaround=ada,
-                                             layer_inputs=layer_inputs, centered=bool(bias_correction),
-                                             progress=progress)
+        qweights = quantize_graph_data_aware(
+            graph,
+            batches,
+            weights,
+            bits,
+            shift_bits,
+            adaround=ada,
+            layer_inputs=layer_inputs,
+            centered=bool(bias_correction),
+            progress=progress,
+        )
     else:
         qweights = quantize_graph_weights(graph, weights, bits, shift_bits)
     biases = {n.name: n.bias for n in graph.layers()}
@@ -292,23 +363,38 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
     if bias_correction:  # first with float activations (the weight-only model, calibrated next)
         biases, bc = empirical_bias_correction(graph, qweights, biases, batches, auto=bias_correction == "auto")
         corrections["weights"] = asdict(bc)
-    config = dict(model=graph.model_name, weights=weights, bits=bits, activations=activations,
-                  calib_batches=len(batches) if batches else 0, shift_bits=shift_bits, cle=cle,
-                  absorb_high_bias=bool(cle and (absorb_high_bias is None or absorb_high_bias)),
-                  bias_correction=bias_correction, rounding=rounding, overflow=overflow, unsupported=unsupported,
-                  cle_relu6=cle_relu6, adaround=asdict(ada) if ada is not None else False,
-                  layer_inputs=layer_inputs if data_aware else None)
-    report = QuantReport(config=config, layers=layer_reports(graph, qweights, bits),
-                         equalization=asdict(eq) if isinstance(eq, EqualizationResult) else None,
-                         float_ops=[n.describe() for n in graph.unsupported()],
-                         bias_correction=corrections or None)
+    config = dict(
+        model=graph.model_name,
+        weights=weights,
+        bits=bits,
+        activations=activations,
+        calib_batches=len(batches) if batches else 0,
+        shift_bits=shift_bits,
+        cle=cle,
+        absorb_high_bias=bool(cle and (absorb_high_bias is None or absorb_high_bias)),
+        bias_correction=bias_correction,
+        rounding=rounding,
+        overflow=overflow,
+        unsupported=unsupported,
+        cle_relu6=cle_relu6,
+        adaround=asdict(ada) if ada is not None else False,
+        layer_inputs=layer_inputs if data_aware else None,
+    )
+    report = QuantReport(
+        config=config,
+        layers=layer_reports(graph, qweights, bits),
+        equalization=asdict(eq) if isinstance(eq, EqualizationResult) else None,
+        float_ops=[n.describe() for n in graph.unsupported()],
+        bias_correction=corrections or None,
+    )
     qmodel = QuantizedModel(graph, qweights, biases, None, rounding=rounding, overflow=overflow, report=report)
     if activations is None:
         return qmodel
     qparams = calibrate(qmodel, batches, activations, progress=progress)
     if bias_correction:  # again with the int8 activations simulated at the calibrated scales
-        biases, bc = empirical_bias_correction(graph, qweights, biases, batches, auto=bias_correction == "auto",
-                                               qparams=qparams)
+        biases, bc = empirical_bias_correction(
+            graph, qweights, biases, batches, auto=bias_correction == "auto", qparams=qparams
+        )
         corrections["activations"] = asdict(bc)
     # the int32 bias policy (npuq.quant.bias_range): needs the input scales, so it runs after calibration
     fit = fit_biases(graph, qweights, biases, qparams, overflow=overflow)
@@ -322,14 +408,19 @@ def quantize(model: nn.Module | Graph, calib_loader: Iterable | None = None, *, 
             f"fit int32 at their weight scale ({', '.join(fit.changed_layers[:5])}"
             f"{', ...' if len(fit.changed_layers) > 5 else ''}): {len(fit.adjustments) - saturated} got a coarser "
             f"weight scale (bias kept exact), {saturated} a saturated bias; see report.bias_adjustments",
-            BiasRangeWarning, stacklevel=2)
+            BiasRangeWarning,
+            stacklevel=2,
+        )
     qmodel = QuantizedModel(graph, qweights, biases, qparams, rounding=rounding, overflow=overflow, report=report)
     by_path = {n.path: n.name for n in graph.layers()}
     for row in report.layers:
         q = qparams[by_path[row.path]]
         row.output_scale, row.output_zero_point = q.scale, q.zero_point
-    report.activations = {n.path: {"scale": qparams[n.name].scale, "zero_point": qparams[n.name].zero_point}
-                          for n in graph if n.name in qparams and n.kind in OBSERVED_KINDS}
+    report.activations = {
+        n.path: {"scale": qparams[n.name].scale, "zero_point": qparams[n.name].zero_point}
+        for n in graph
+        if n.name in qparams and n.kind in OBSERVED_KINDS
+    }
     return qmodel
 
 
@@ -339,5 +430,14 @@ def evaluate(model, loader, *, progress: bool = False, desc: str = "evaluating")
     return evaluation.top1_accuracy(model, loader, progress=progress, desc=desc)
 
 
-__all__ = ["ACTIVATION_METHODS", "LayerReport", "QuantReport", "WEIGHT_METHODS", "calibrate", "calibration_batches",
-           "evaluate", "quantize", "quantize_graph_weights"]
+__all__ = [
+    "ACTIVATION_METHODS",
+    "LayerReport",
+    "QuantReport",
+    "WEIGHT_METHODS",
+    "calibrate",
+    "calibration_batches",
+    "evaluate",
+    "quantize",
+    "quantize_graph_weights",
+]

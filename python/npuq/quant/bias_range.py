@@ -52,18 +52,18 @@ class BiasRangeWarning(UserWarning):
 class BiasAdjustment:
     """One output channel changed by the bias policy."""
 
-    layer: str            # layer path
+    layer: str  # layer path
     channel: int
-    action: str           # "coarsened" (weight scale / shift changed) or "saturated" (bias clamped)
-    reason: str           # "bias overflow" (bias + accumulator headroom outside int32) or "multiplier flush"
-    old_scale: float      # effective weight scale of the channel (shift included)
+    action: str  # "coarsened" (weight scale / shift changed) or "saturated" (bias clamped)
+    reason: str  # "bias overflow" (bias + accumulator headroom outside int32) or "multiplier flush"
+    old_scale: float  # effective weight scale of the channel (shift included)
     new_scale: float
     old_shift: int
     new_shift: int
-    bias: float           # the real bias
+    bias: float  # the real bias
     bias_q_needed: float  # bias / (s_in * old_scale), the integer the old scale needed
-    bias_q: int           # the stored int32 bias
-    limit: int            # 2^31 - 1 - max|x - z_x| * sum |w_q|: the largest |bias| the channel may store
+    bias_q: int  # the stored int32 bias
+    limit: int  # 2^31 - 1 - max|x - z_x| * sum |w_q|: the largest |bias| the channel may store
 
 
 @dataclass
@@ -98,8 +98,14 @@ def _fits(bias: float, acc_scale: float, q_row: torch.Tensor, dev: int) -> bool:
     return abs(_bias_q(bias, acc_scale)) <= _limit(q_row, dev)
 
 
-def fit_biases(graph: Graph, weights: dict[str, QuantizedWeight], biases: dict[str, torch.Tensor], qparams: dict,
-               *, overflow: str = "raise") -> BiasFit:
+def fit_biases(
+    graph: Graph,
+    weights: dict[str, QuantizedWeight],
+    biases: dict[str, torch.Tensor],
+    qparams: dict,
+    *,
+    overflow: str = "raise",
+) -> BiasFit:
     """Apply the bias policy (module doc) to every conv / linear layer of ``graph``.
 
     ``weights`` / ``biases``: per layer name, as :class:`~npuq.quant.simulate.QuantizedModel` takes them;
@@ -143,10 +149,22 @@ def fit_biases(graph: Graph, weights: dict[str, QuantizedWeight], biases: dict[s
             if found is not None:
                 new_scale, new_shift, row = found
                 q_new[c], scale_new[c], shift_new[c] = row, new_scale, new_shift
-                adjustments.append(BiasAdjustment(
-                    layer=node.path, channel=c, action="coarsened", reason=reason, old_scale=old_scale,
-                    new_scale=new_scale, old_shift=old_shift, new_shift=new_shift, bias=b, bias_q_needed=needed,
-                    bias_q=int(_bias_q(b, s_in * new_scale)), limit=_limit(row, dev)))
+                adjustments.append(
+                    BiasAdjustment(
+                        layer=node.path,
+                        channel=c,
+                        action="coarsened",
+                        reason=reason,
+                        old_scale=old_scale,
+                        new_scale=new_scale,
+                        old_shift=old_shift,
+                        new_shift=new_shift,
+                        bias=b,
+                        bias_q_needed=needed,
+                        bias_q=int(_bias_q(b, s_in * new_scale)),
+                        limit=_limit(row, dev),
+                    )
+                )
                 continue
             # nothing left to coarsen: the coarsest scale this channel can have, then saturate the bias
             if qw.layer_scale is not None and old_shift > 0:
@@ -163,24 +181,38 @@ def fit_biases(graph: Graph, weights: dict[str, QuantizedWeight], biases: dict[s
                     f"layer '{node.path}': quantized bias of channel {c} is {needed:.0f} (real {b!r} / accumulator "
                     f"scale {s_in * old_scale!r}) and does not fit int32 with the accumulator headroom "
                     f"({limit}) even at the coarsest weight scale of the channel ({new_scale!r}); pass "
-                    f"overflow='saturate' to saturate such biases instead")
+                    f"overflow='saturate' to saturate such biases instead"
+                )
             acc_c = s_in * new_scale
             stored = _float32_toward_zero(math.copysign(limit, b) * acc_c, acc_c, limit)
             q_new[c], scale_new[c], shift_new[c] = row, new_scale, new_shift
             bias_new[c] = stored
-            adjustments.append(BiasAdjustment(
-                layer=node.path, channel=c, action="saturated", reason=reason, old_scale=old_scale,
-                new_scale=new_scale, old_shift=old_shift, new_shift=new_shift, bias=b, bias_q_needed=needed,
-                bias_q=int(_bias_q(float(stored), acc_c)), limit=limit))
+            adjustments.append(
+                BiasAdjustment(
+                    layer=node.path,
+                    channel=c,
+                    action="saturated",
+                    reason=reason,
+                    old_scale=old_scale,
+                    new_scale=new_scale,
+                    old_shift=old_shift,
+                    new_shift=new_shift,
+                    bias=b,
+                    bias_q_needed=needed,
+                    bias_q=int(_bias_q(float(stored), acc_c)),
+                    limit=limit,
+                )
+            )
         new_weights[node.name] = dataclasses.replace(
-            qw, q=q_new.reshape(qw.q.shape).to(qw.q.dtype), channel_scale=scale_new,
-            shift=shift_new.to(qw.shift.dtype))
+            qw, q=q_new.reshape(qw.q.shape).to(qw.q.dtype), channel_scale=scale_new, shift=shift_new.to(qw.shift.dtype)
+        )
         new_biases[node.name] = bias_new
     return BiasFit(new_weights, new_biases, adjustments)
 
 
-def _coarsen_channel_scale(w: torch.Tensor, bias: float, scale: float, s_in: float, s_out: float, dev: int,
-                           qmax: int, flushed: bool):
+def _coarsen_channel_scale(
+    w: torch.Tensor, bias: float, scale: float, s_in: float, s_out: float, dev: int, qmax: int, flushed: bool
+):
     """The smallest channel scale >= ``scale`` at which the channel fits; (scale, 0, q) or None."""
     n = w.numel()
     room = INT32_MAX - dev * (n / 2.0) - 1.0  # rounding adds at most 1/2 per weight and 1/2 to the bias
@@ -219,5 +251,12 @@ def _float32_toward_zero(value: float, acc_scale: float, limit: int) -> float:
     return float(t)
 
 
-__all__ = ["BiasAdjustment", "BiasFit", "BiasRangeWarning", "INT32_MAX", "MIN_MULTIPLIER", "fit_biases",
-           "max_input_deviation"]
+__all__ = [
+    "BiasAdjustment",
+    "BiasFit",
+    "BiasRangeWarning",
+    "INT32_MAX",
+    "MIN_MULTIPLIER",
+    "fit_biases",
+    "max_input_deviation",
+]

@@ -84,10 +84,10 @@ DEFAULT_DAMPING = 1e-3
 # wess_output search defaults
 _STEPS_PER_OCTAVE = 32
 _ALPHA_MAX = 1.25
-_BELOW, _ABOVE = 1, 3          # steps evaluated around each channel's no-clip step
-_MAX_OCTAVES = 16              # the layer scale slides down by at most this many octaves
+_BELOW, _ABOVE = 1, 3  # steps evaluated around each channel's no-clip step
+_MAX_OCTAVES = 16  # the layer scale slides down by at most this many octaves
 _EXHAUSTIVE_COST = float(1 << 24)  # channels * D^2 up to which every fraction of the octave is evaluated
-_BLOCK = 1 << 21               # float64 elements per evaluation block (bounds memory to tens of MB)
+_BLOCK = 1 << 21  # float64 elements per evaluation block (bounds memory to tens of MB)
 
 
 # -------------------------------------------------------------------------------------------- stats
@@ -129,8 +129,16 @@ class LayerStats:
 class StatsAccumulator:
     """Sums of patch outer products of one layer over batches (see :func:`layer_stats`)."""
 
-    def __init__(self, kind: str, attrs: dict | None, weight_shape: tuple[int, ...], *, positions: int | None = None,
-                 seed: int = 0, paired: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        attrs: dict | None,
+        weight_shape: tuple[int, ...],
+        *,
+        positions: int | None = None,
+        seed: int = 0,
+        paired: bool = False,
+    ):
         if kind not in ("conv", "linear"):
             raise ValueError(f"layer statistics exist for conv and linear layers, not {kind!r}")
         self.kind = kind
@@ -206,8 +214,8 @@ class StatsAccumulator:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.batches)
             idx = torch.randperm(total, generator=gen)[: self.positions].sort().values
         self.batches += 1
-        pf = self._patches(x, idx)                       # [P, G, D]
-        pt = pf.permute(1, 2, 0)                         # [G, D, P]
+        pf = self._patches(x, idx)  # [P, G, D]
+        pt = pf.permute(1, 2, 0)  # [G, D, P]
         self.sff += torch.bmm(pt, pt.transpose(1, 2))
         self.sf += pf.sum(dim=0)
         if x_hat is not None:
@@ -245,9 +253,19 @@ def default_positions(dim: int, batches: int) -> int:
     return max(1, math.ceil(max(4096, 8 * dim) / max(1, batches)))
 
 
-def layer_stats(x_batches, *, kind: str = "linear", weight_shape: tuple[int, ...], stride=(1, 1), padding=(0, 0),
-                dilation=(1, 1), groups: int = 1, x_hat_batches=None, positions: int | None = None,
-                seed: int = 0) -> LayerStats:
+def layer_stats(
+    x_batches,
+    *,
+    kind: str = "linear",
+    weight_shape: tuple[int, ...],
+    stride=(1, 1),
+    padding=(0, 0),
+    dilation=(1, 1),
+    groups: int = 1,
+    x_hat_batches=None,
+    positions: int | None = None,
+    seed: int = 0,
+) -> LayerStats:
     """:class:`LayerStats` of a conv (``kind="conv"``, NCHW inputs) or linear layer from input batches.
 
     ``weight_shape`` is the layer's weight shape (torch layout); ``padding`` is ``(h, w)`` or ``(top, bottom,
@@ -258,13 +276,22 @@ def layer_stats(x_batches, *, kind: str = "linear", weight_shape: tuple[int, ...
     attrs = None
     if kind == "conv":
         pair = lambda v: (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))  # noqa: E731
-        pads = tuple(int(v) for v in padding) if isinstance(padding, (tuple, list)) and len(padding) == 4 \
+        pads = (
+            tuple(int(v) for v in padding)
+            if isinstance(padding, (tuple, list)) and len(padding) == 4
             else pair(padding)
-        attrs = dict(stride=pair(stride), padding=pads, dilation=pair(dilation), groups=int(groups),
-                     kernel=(int(weight_shape[2]), int(weight_shape[3])))
+        )
+        attrs = dict(
+            stride=pair(stride),
+            padding=pads,
+            dilation=pair(dilation),
+            groups=int(groups),
+            kernel=(int(weight_shape[2]), int(weight_shape[3])),
+        )
     x_batches = list(x_batches)
-    acc = StatsAccumulator(kind, attrs, tuple(weight_shape), positions=positions, seed=seed,
-                           paired=x_hat_batches is not None)
+    acc = StatsAccumulator(
+        kind, attrs, tuple(weight_shape), positions=positions, seed=seed, paired=x_hat_batches is not None
+    )
     hats = list(x_hat_batches) if x_hat_batches is not None else [None] * len(x_batches)
     if len(hats) != len(x_batches):
         raise ValueError("x_hat_batches must have as many batches as x_batches")
@@ -281,9 +308,9 @@ class LayerObjective:
     """Output error of each channel as a quadratic in its quantized weights (float64):
     ``err_c(v) = v^T A_g v - 2 b_c . v + k_c`` for the flattened channel ``v``; ``group[c]`` is ``g``."""
 
-    a: torch.Tensor      # [G, D, D]
-    b: torch.Tensor      # [C, D]
-    k: torch.Tensor      # [C]
+    a: torch.Tensor  # [G, D, D]
+    b: torch.Tensor  # [C, D]
+    k: torch.Tensor  # [C]
     group: torch.Tensor  # [C] int64
     # optional low-rank form of a single group: A = factor^T factor + ridge * I (factor [P, D], 2 P < D)
     factor: torch.Tensor | None = None
@@ -342,8 +369,9 @@ class LayerObjective:
         return float(self.errors(w_hat).sum())
 
 
-def layer_objective(w, stats: LayerStats, *, centered: bool = False, damping: float = DEFAULT_DAMPING,
-                    name: str = "weight") -> LayerObjective:
+def layer_objective(
+    w, stats: LayerStats, *, centered: bool = False, damping: float = DEFAULT_DAMPING, name: str = "weight"
+) -> LayerObjective:
     """The :class:`LayerObjective` of weight ``w`` (output channel on axis 0) under ``stats``."""
     w64 = _as_weight(w, name)
     if not isinstance(stats, LayerStats):
@@ -352,8 +380,10 @@ def layer_objective(w, stats: LayerStats, *, centered: bool = False, damping: fl
     wf = w64.reshape(c, -1)
     g, d = stats.groups, stats.dim
     if wf.shape[1] != d or c % g:
-        raise ValueError(f"weight `{name}` of shape {tuple(w64.shape)} does not match its input statistics "
-                         f"({g} group(s) of {d} inputs per output channel)")
+        raise ValueError(
+            f"weight `{name}` of shape {tuple(w64.shape)} does not match its input statistics "
+            f"({g} group(s) of {d} inputs per output channel)"
+        )
     if not (math.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     group = torch.arange(c) // (c // g)
@@ -368,12 +398,12 @@ def layer_objective(w, stats: LayerStats, *, centered: bool = False, damping: fl
     else:
         hqq = hqf = hff
     a = hqq.clone()
-    wg = wf[:, None, :]                                          # [C, 1, D]
+    wg = wf[:, None, :]  # [C, 1, D]
     b = torch.bmm(wg, hqf[group].transpose(1, 2)).squeeze(1) if g > 1 else wf @ hqf[0].T
     k = (torch.bmm(wg, hff[group]).squeeze(1) * wf).sum(dim=1) if g > 1 else ((wf @ hff[0]) * wf).sum(dim=1)
     lam = torch.zeros(g, dtype=torch.float64)
     if damping > 0:
-        lam = damping * torch.diagonal(hqq, dim1=1, dim2=2).mean(dim=1).clamp(min=0)   # [G]
+        lam = damping * torch.diagonal(hqq, dim1=1, dim2=2).mean(dim=1).clamp(min=0)  # [G]
         lam = torch.where(lam > 0, lam, torch.full_like(lam, damping))
         a = a + lam[:, None, None] * torch.eye(d, dtype=torch.float64)
         b = b + lam[group][:, None] * wf
@@ -401,10 +431,18 @@ def _quantized_rows(ratio: torch.Tensor, step: torch.Tensor, qmax: int) -> torch
     return ratio.sub_(t).mul_(2.0).trunc_().add_(t).clamp_(-qmax, qmax).mul_(step)
 
 
-def wess_output_search(w64: torch.Tensor, obj: LayerObjective, qmax: int, cap: int, *,
-                       steps_per_octave: int = _STEPS_PER_OCTAVE, alpha_max: float = _ALPHA_MAX,
-                       below: int = _BELOW, above: int = _ABOVE,
-                       exhaustive_cost: float = _EXHAUSTIVE_COST) -> tuple[float, torch.Tensor]:
+def wess_output_search(
+    w64: torch.Tensor,
+    obj: LayerObjective,
+    qmax: int,
+    cap: int,
+    *,
+    steps_per_octave: int = _STEPS_PER_OCTAVE,
+    alpha_max: float = _ALPHA_MAX,
+    below: int = _BELOW,
+    above: int = _ABOVE,
+    exhaustive_cost: float = _EXHAUSTIVE_COST,
+) -> tuple[float, torch.Tensor]:
     """The (layer scale, shifts) of the WESS grid with the least output error (see the module doc)."""
     c = w64.shape[0]
     wf = w64.reshape(c, -1)
@@ -415,7 +453,7 @@ def wess_output_search(w64: torch.Tensor, obj: LayerObjective, qmax: int, cap: i
     n = nz.numel()
     kf = steps_per_octave
     fracs = torch.arange(kf, dtype=torch.float64) / kf
-    fbase = base * torch.pow(2.0, -fracs)                                  # [K]; fbase[0] == base
+    fbase = base * torch.pow(2.0, -fracs)  # [K]; fbase[0] == base
     # j_min per fraction: -1 where the scale 2 * fbase <= alpha_max * base (alpha slightly above 1)
     jmin = torch.where(2.0 * fbase <= alpha_max * base, -1, 0).to(torch.int64)
     jmin[0] = 0
@@ -439,7 +477,7 @@ def wess_output_search(w64: torch.Tensor, obj: LayerObjective, qmax: int, cap: i
     block = max(1, _BLOCK // d)
 
     def evaluate(k: int, rows: torch.Tensor, ts: torch.Tensor) -> None:
-        scaled = wn / fbase[k]                  # w / step = scaled * 2^t exactly (a power-of-two scaling)
+        scaled = wn / fbase[k]  # w / step = scaled * 2^t exactly (a power-of-two scaling)
         for i in range(0, rows.numel(), block):
             rr, tt = rows[i : i + block], ts[i : i + block]
             p2 = _pow2(tt)[:, None]
@@ -496,22 +534,34 @@ def wess_output_search(w64: torch.Tensor, obj: LayerObjective, qmax: int, cap: i
             best, best_total = (k, j), t
     k, j = best
     window = err[k, :, j - t_lo : j + cap - t_lo + 1]
-    shift[nz] = window.argmin(dim=1)          # ties: the smallest shift
+    shift[nz] = window.argmin(dim=1)  # ties: the smallest shift
     return float(fbase[k] / 2.0**j), shift
 
 
-def wess_output(w, stats: LayerStats, bits: int = 8, *, shift_bits: int = 4, centered: bool = False,
-                damping: float = DEFAULT_DAMPING, name: str = "weight", objective: LayerObjective | None = None,
-                **search) -> QuantizedWeight:
+def wess_output(
+    w,
+    stats: LayerStats,
+    bits: int = 8,
+    *,
+    shift_bits: int = 4,
+    centered: bool = False,
+    damping: float = DEFAULT_DAMPING,
+    name: str = "weight",
+    objective: LayerObjective | None = None,
+    **search,
+) -> QuantizedWeight:
     """``quantize_weight(w, "wess_output", stats=...)``: see the module doc."""
     bits = _check_bits(bits)
     shift_bits = _check_shift_bits(shift_bits)
     w64 = _as_weight(w, name)
     qmax = (1 << (bits - 1)) - 1
     cap = (1 << shift_bits) - 1
-    obj = objective if objective is not None else layer_objective(w64, stats, centered=centered, damping=damping,
-                                                                  name=name)
-    plain = quantize_weight(w64, "wess", bits, shift_bits=shift_bits, name=name)   # validates, refuses all-zero
+    obj = (
+        objective
+        if objective is not None
+        else layer_objective(w64, stats, centered=centered, damping=damping, name=name)
+    )
+    plain = quantize_weight(w64, "wess", bits, shift_bits=shift_bits, name=name)  # validates, refuses all-zero
     mse = quantize_weight(w64, "wess_mse", bits, shift_bits=shift_bits, name=name)
     layer_scale, shift = wess_output_search(w64, obj, qmax, cap, **search)
     scale = layer_scale / _pow2(shift)
@@ -530,6 +580,14 @@ def wess_output(w, stats: LayerStats, bits: int = 8, *, shift_bits: int = 4, cen
 
 
 @WEIGHT_QUANTIZERS.register("wess_output", data_aware=True)
-def _wess_output(w, bits: int, *, shift_bits: int, name: str, stats: LayerStats, centered: bool = False,
-                 objective: LayerObjective | None = None) -> QuantizedWeight:
+def _wess_output(
+    w,
+    bits: int,
+    *,
+    shift_bits: int,
+    name: str,
+    stats: LayerStats,
+    centered: bool = False,
+    objective: LayerObjective | None = None,
+) -> QuantizedWeight:
     return wess_output(w, stats, bits, shift_bits=shift_bits, centered=centered, name=name, objective=objective)

@@ -38,6 +38,7 @@ from npuq.quant.graph import OBSERVED_KINDS, Graph, Node, apply_activation, run_
 
 RELU6_MODES = ("skip", "replace")
 
+
 class EqualizationWarning(UserWarning):
     """Cross-layer equalization skipped pairs, or changed the float function of the model."""
 
@@ -48,16 +49,16 @@ class EqualizationError(ValueError):
 
 @dataclass
 class EqualizationResult:
-    pairs: list[tuple[str, str]] = field(default_factory=list)   # (producer, consumer) paths equalized
-    relu6_replaced: list[str] = field(default_factory=list)        # paths whose ReLU6 became a ReLU (opt-in)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (producer, consumer) paths equalized
+    relu6_replaced: list[str] = field(default_factory=list)  # paths whose ReLU6 became a ReLU (opt-in)
     sweeps: int = 0
-    absorbed: dict[str, float] = field(default_factory=dict)      # path -> total bias moved to the next layer
+    absorbed: dict[str, float] = field(default_factory=dict)  # path -> total bias moved to the next layer
     # (producer, consumer, reason) of the pairs left alone because rescaling them would not be exact
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     # (producer, consumer, reason) of equalized pairs where high-bias absorption was not done (or limited)
     absorption_skipped: list[tuple[str, str, str]] = field(default_factory=list)
-    absorption_checked: bool = False   # absorbed amounts limited by the pre-activations of calibration data
-    dead_channels: dict[str, int] = field(default_factory=dict)   # path -> numerically dead channels not rescaled
+    absorption_checked: bool = False  # absorbed amounts limited by the pre-activations of calibration data
+    dead_channels: dict[str, int] = field(default_factory=dict)  # path -> numerically dead channels not rescaled
     relu6: str = "skip"
     # fidelity of the float graph after vs before (None without calibration batches)
     fidelity_samples: int = 0
@@ -136,14 +137,22 @@ def _input_channel_sums(b: Node) -> torch.Tensor:
     full = torch.zeros(cout, cin_g * g, dtype=torch.float64)
     for grp in range(g):
         rows = slice(grp * (cout // g), (grp + 1) * (cout // g))
-        full[rows, grp * cin_g:(grp + 1) * cin_g] = summed[rows]
+        full[rows, grp * cin_g : (grp + 1) * cin_g] = summed[rows]
     return full
 
 
-def cross_layer_equalize(graph: Graph, *, max_sweeps: int = 50, tol: float = 1e-4,
-                         absorb_high_bias: bool = True, relu6: str = "skip", batches=None,
-                         min_sqnr_db: float = 60.0, on_change: str = "warn",
-                         dead_ratio: float = 2.0**-16) -> EqualizationResult:
+def cross_layer_equalize(
+    graph: Graph,
+    *,
+    max_sweeps: int = 50,
+    tol: float = 1e-4,
+    absorb_high_bias: bool = True,
+    relu6: str = "skip",
+    batches=None,
+    min_sqnr_db: float = 60.0,
+    on_change: str = "warn",
+    dead_ratio: float = 2.0**-16,
+) -> EqualizationResult:
     """Equalize ``graph`` in place where that is exact; optionally absorb high biases into the next layer.
 
     ``relu6``: ``"skip"`` (default) leaves pairs with a ReLU6 between them alone (with an
@@ -175,17 +184,27 @@ def cross_layer_equalize(graph: Graph, *, max_sweeps: int = 50, tol: float = 1e-
             result.relu6_replaced.append(a.path)
             pairs.append((a, b))
         elif a.act == "relu6":
-            result.skipped.append((a.path, b.path, "ReLU6 between the layers: its clip at 6 does not commute "
-                                                   "with a per-channel rescaling"))
+            result.skipped.append(
+                (
+                    a.path,
+                    b.path,
+                    "ReLU6 between the layers: its clip at 6 does not commute with a per-channel rescaling",
+                )
+            )
         else:
-            result.skipped.append((a.path, b.path, f"activation {a.act!r} between the layers is not positively "
-                                                   f"homogeneous"))
+            result.skipped.append(
+                (a.path, b.path, f"activation {a.act!r} between the layers is not positively homogeneous")
+            )
     result.pairs = [(a.path, b.path) for a, b in pairs]
     if result.skipped:
-        warnings.warn(f"cross-layer equalization left {len(result.skipped)} of "
-                      f"{len(result.skipped) + len(pairs)} layer pair(s) alone because rescaling them would change "
-                      f"the float function: {_list_pairs(result.skipped)} (relu6='replace' forces the paper's "
-                      f"ReLU6 -> ReLU replacement)", EqualizationWarning, stacklevel=2)
+        warnings.warn(
+            f"cross-layer equalization left {len(result.skipped)} of "
+            f"{len(result.skipped) + len(pairs)} layer pair(s) alone because rescaling them would change "
+            f"the float function: {_list_pairs(result.skipped)} (relu6='replace' forces the paper's "
+            f"ReLU6 -> ReLU replacement)",
+            EqualizationWarning,
+            stacklevel=2,
+        )
     _equalize(pairs, result, max_sweeps, tol, dead_ratio)
     if absorb_high_bias:
         _absorb_high_biases(graph, pairs, result, batches)
@@ -238,8 +257,9 @@ def _absorb_high_biases(graph: Graph, pairs, result: EqualizationResult, batches
         if not torch.any(c > 0):
             continue
         if _has_padding(b):
-            result.absorption_skipped.append((a.path, b.path, "the consumer zero-pads its input: the border would "
-                                                             "not see the absorbed shift"))
+            result.absorption_skipped.append(
+                (a.path, b.path, "the consumer zero-pads its input: the border would not see the absorbed shift")
+            )
             continue
         candidates.append((a, b, c))
     if not candidates:
@@ -254,12 +274,17 @@ def _absorb_high_biases(graph: Graph, pairs, result: EqualizationResult, batches
                 m = z.amin(dim=_reduce_dims(z))
                 low[a.name] = m if low[a.name] is None else torch.minimum(low[a.name], m)
         limited = []
-        for i, (a, b, c) in enumerate(candidates):
+        for a, b, c in candidates:
             bound = torch.clamp(low[a.name], min=0.0)
             if torch.any(bound < c):
                 n = int((bound < c).sum())
-                result.absorption_skipped.append((a.path, b.path, f"limited on {n} channel(s) to the smallest "
-                                                                  f"pre-activation seen in the calibration data"))
+                result.absorption_skipped.append(
+                    (
+                        a.path,
+                        b.path,
+                        f"limited on {n} channel(s) to the smallest pre-activation seen in the calibration data",
+                    )
+                )
             limited.append((a, b, torch.minimum(c, bound)))
         candidates = limited
     for a, b, c in candidates:
@@ -280,7 +305,7 @@ def output_fidelity(reference: list[torch.Tensor], outputs: list[torch.Tensor]) 
     worst = 0.0
     for r, o in zip(reference, outputs):
         r64, o64 = r.double(), o.double()
-        signal += float((r64 ** 2).sum())
+        signal += float((r64**2).sum())
         noise += float(((r64 - o64) ** 2).sum())
         worst = max(worst, float((r64 - o64).abs().max())) if r64.numel() else worst
         if r64.dim() == 2 and r64.shape[1] > 1:
@@ -292,13 +317,18 @@ def output_fidelity(reference: list[torch.Tensor], outputs: list[torch.Tensor]) 
         sqnr = -math.inf
     else:
         sqnr = 10.0 * math.log10(signal / noise)
-    return dict(sqnr_db=sqnr, top1_agreement=agree / total if total else None, max_abs_error=worst,
-                samples=sum(int(r.shape[0]) for r in reference))
+    return dict(
+        sqnr_db=sqnr,
+        top1_agreement=agree / total if total else None,
+        max_abs_error=worst,
+        samples=sum(int(r.shape[0]) for r in reference),
+    )
 
 
 @torch.no_grad()
-def _check_fidelity(graph: Graph, batches: list, reference: list, result: EqualizationResult,
-                    min_sqnr_db: float, on_change: str) -> None:
+def _check_fidelity(
+    graph: Graph, batches: list, reference: list, result: EqualizationResult, min_sqnr_db: float, on_change: str
+) -> None:
     fid = output_fidelity(reference, [graph.run_float(x) for x in batches])
     result.fidelity_samples = fid["samples"]
     result.float_sqnr_db = fid["sqnr_db"]
@@ -310,9 +340,11 @@ def _check_fidelity(graph: Graph, batches: list, reference: list, result: Equali
     suspects = [f"{p} (ReLU6 -> ReLU)" for p in result.relu6_replaced]
     suspects += [f"{p} (high bias absorbed)" for p in result.absorbed]
     agree = "" if fid["top1_agreement"] is None else f", top-1 agreement {100 * fid['top1_agreement']:.1f}%"
-    msg = (f"cross-layer equalization CHANGED the float model: output SQNR {fid['sqnr_db']:.1f} dB against the "
-           f"model before (threshold {min_sqnr_db:g} dB){agree} on {fid['samples']} calibration sample(s); "
-           f"layers changed in a non-exact way: {', '.join(suspects) if suspects else 'none identified'}")
+    msg = (
+        f"cross-layer equalization CHANGED the float model: output SQNR {fid['sqnr_db']:.1f} dB against the "
+        f"model before (threshold {min_sqnr_db:g} dB){agree} on {fid['samples']} calibration sample(s); "
+        f"layers changed in a non-exact way: {', '.join(suspects) if suspects else 'none identified'}"
+    )
     if on_change == "raise":
         raise EqualizationError(msg)
     warnings.warn(msg, EqualizationWarning, stacklevel=3)
@@ -354,8 +386,8 @@ def bias_correction(node: Node, quantized_weight: torch.Tensor, input_mean: torc
 
 @dataclass
 class BiasCorrectionResult:
-    auto: bool                     # applied per layer only where it lowered the layer's output MSE
-    activations: bool              # int8 activations simulated (with the calibrated scales)
+    auto: bool  # applied per layer only where it lowered the layer's output MSE
+    activations: bool  # int8 activations simulated (with the calibrated scales)
     samples: int = 0
     # per layer: path, applied, mse_before, mse_after (layer output vs float), mean / max |correction|
     layers: list[dict] = field(default_factory=list)
@@ -367,8 +399,9 @@ def _fake_quantize(t: torch.Tensor, qp) -> torch.Tensor:
 
 
 @torch.no_grad()
-def empirical_bias_correction(graph: Graph, weights: dict, biases: dict | None, batches, *, auto: bool = False,
-                              qparams: dict | None = None) -> tuple[dict[str, torch.Tensor], BiasCorrectionResult]:
+def empirical_bias_correction(
+    graph: Graph, weights: dict, biases: dict | None, batches, *, auto: bool = False, qparams: dict | None = None
+) -> tuple[dict[str, torch.Tensor], BiasCorrectionResult]:
     """Per-output-channel bias correction measured on calibration data, layer by layer.
 
     For each conv / linear layer in execution order, the float graph gives the reference pre-activation
@@ -383,8 +416,9 @@ def empirical_bias_correction(graph: Graph, weights: dict, biases: dict | None, 
     if not batches:
         raise ValueError("bias correction needs calibration data: the calibration loader yielded no batches")
     biases = dict(biases) if biases is not None else {n.name: n.bias for n in graph.layers()}
-    result = BiasCorrectionResult(auto=bool(auto), activations=qparams is not None,
-                                  samples=sum(int(x.shape[0]) for x in batches))
+    result = BiasCorrectionResult(
+        auto=bool(auto), activations=qparams is not None, samples=sum(int(x.shape[0]) for x in batches)
+    )
     remaining: dict[str, int] = {}
     for n in graph:
         for i in set(n.inputs):
@@ -398,8 +432,9 @@ def empirical_bias_correction(graph: Graph, weights: dict, biases: dict | None, 
             ref_envs = [{i: ref_store[i][k] for i in node.inputs} for k in range(len(batches))]
             q_envs = [{i: q_store[i][k] for i in node.inputs} for k in range(len(batches))]
             if node.is_layer:
-                ref_vals, q_vals = _correct_layer(graph, node, weights[node.name], biases, batches, ref_envs,
-                                                  q_envs, auto, result)
+                ref_vals, q_vals = _correct_layer(
+                    graph, node, weights[node.name], biases, batches, ref_envs, q_envs, auto, result
+                )
             else:
                 ref_vals = [run_float_node(graph, node, e, x) for e, x in zip(ref_envs, batches)]
                 q_vals = [run_float_node(graph, node, e, x) for e, x in zip(q_envs, batches)]
@@ -437,11 +472,29 @@ def _correct_layer(graph, node, qw, biases, batches, ref_envs, q_envs, auto, res
     apply = (after < before) if auto else True
     if apply:
         biases[node.name] = (biases[node.name].double() + delta).float()
-    result.layers.append(dict(path=node.path, applied=bool(apply), mse_before=before, mse_after=after,
-                              mean_abs_correction=float(delta.abs().mean()),
-                              max_abs_correction=float(delta.abs().max())))
+    result.layers.append(
+        dict(
+            path=node.path,
+            applied=bool(apply),
+            mse_before=before,
+            mse_after=after,
+            mean_abs_correction=float(delta.abs().mean()),
+            max_abs_correction=float(delta.abs().max()),
+        )
+    )
     return ref_out, corrected if apply else plain
 
-__all__ = ["BiasCorrectionResult", "EqualizationError", "EqualizationResult", "EqualizationWarning", "RELU6_MODES",
-           "bias_correction", "cross_layer_equalize", "empirical_bias_correction", "equalizable_pairs",
-           "input_channel_means", "output_fidelity"]
+
+__all__ = [
+    "BiasCorrectionResult",
+    "EqualizationError",
+    "EqualizationResult",
+    "EqualizationWarning",
+    "RELU6_MODES",
+    "bias_correction",
+    "cross_layer_equalize",
+    "empirical_bias_correction",
+    "equalizable_pairs",
+    "input_channel_means",
+    "output_fidelity",
+]

@@ -76,8 +76,12 @@ class Node:
 
     @property
     def is_depthwise(self) -> bool:
-        return self.kind == "conv" and self.attrs["groups"] > 1 and self.attrs["groups"] == self.weight.shape[0] \
+        return (
+            self.kind == "conv"
+            and self.attrs["groups"] > 1
+            and self.attrs["groups"] == self.weight.shape[0]
             and self.weight.shape[1] == 1
+        )
 
     def describe(self) -> str:
         act = f"+{self.act}" if self.act else ""
@@ -100,15 +104,22 @@ class _Ref:
 class Graph:
     """A prepared model: nodes in execution order, one input, one output."""
 
-    def __init__(self, nodes: list[Node], input_name: str, output_name: str, modules: dict[str, nn.Module],
-                 input_shape: tuple[int, ...], model_name: str = ""):
+    def __init__(
+        self,
+        nodes: list[Node],
+        input_name: str,
+        output_name: str,
+        modules: dict[str, nn.Module],
+        input_shape: tuple[int, ...],
+        model_name: str = "",
+    ):
         self.nodes = nodes
         self.input_name = input_name
         self.output_name = output_name
-        self.modules = modules          # float_op modules by node name
+        self.modules = modules  # float_op modules by node name
         self.input_shape = input_shape  # example input shape without the batch dimension
         self.model_name = model_name
-        self.notes: list[str] = []      # what preparation changed that a user should know (see prepare)
+        self.notes: list[str] = []  # what preparation changed that a user should know (see prepare)
         self._index = {n.name: n for n in nodes}
 
     def __getitem__(self, name: str) -> Node:
@@ -124,8 +135,12 @@ class Graph:
         return [n for n in self.nodes if n.is_layer]
 
     def users(self, name: str) -> list[Node]:
-        return [n for n in self.nodes if name in n.inputs or any(
-            isinstance(a, _Ref) and a.name == name for a in _flatten_args((n.args, n.kwargs)))]
+        return [
+            n
+            for n in self.nodes
+            if name in n.inputs
+            or any(isinstance(a, _Ref) and a.name == name for a in _flatten_args((n.args, n.kwargs)))
+        ]
 
     def unsupported(self) -> list[Node]:
         return [n for n in self.nodes if n.kind == "float_op"]
@@ -137,7 +152,8 @@ class Graph:
             raise UnsupportedOpsError(
                 f"{len(bad)} op(s) of {self.model_name or 'the model'} have no NPU equivalent:\n{listing}\n"
                 f"Supported: conv2d (incl. depthwise/grouped), linear, batch norm after conv/linear, ReLU, ReLU6, "
-                f"residual add, average/global/max pooling, flatten, dropout.{hint}")
+                f"residual add, average/global/max pooling, flatten, dropout.{hint}"
+            )
 
     def clone(self) -> "Graph":
         nodes = [copy.copy(n) for n in self.nodes]
@@ -160,9 +176,11 @@ class Graph:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"the input must be a torch tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(f"{self.model_name or 'the model'} was prepared for inputs of shape (N, "
-                             f"{', '.join(map(str, self.input_shape))}); got {tuple(x.shape)}. Prepare (quantize) "
-                             f"it again with an example input of the new size")
+            raise ValueError(
+                f"{self.model_name or 'the model'} was prepared for inputs of shape (N, "
+                f"{', '.join(map(str, self.input_shape))}); got {tuple(x.shape)}. Prepare (quantize) "
+                f"it again with an example input of the new size"
+            )
 
     @torch.no_grad()
     def run_float(self, x: torch.Tensor, capture: bool = False):
@@ -226,8 +244,14 @@ def conv_padding(attrs: dict) -> tuple[int, int, int, int]:
     return p if len(p) == 4 else (p[0], p[0], p[1], p[1])
 
 
-def run_float_node(graph: Graph, node: Node, env: dict, x: torch.Tensor,
-                   weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+def run_float_node(
+    graph: Graph,
+    node: Node,
+    env: dict,
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Float semantics of one node; ``weight``/``bias`` override the node's (e.g. dequantized weights)."""
     k = node.kind
     if k == "input":
@@ -239,8 +263,9 @@ def run_float_node(graph: Graph, node: Node, env: dict, x: torch.Tensor,
         a = node.attrs
         pad = a["padding"]
         if len(pad) == 4:  # (top, bottom, left, right), e.g. a folded TF-SAME pad: F.pad takes (l, r, t, b)
-            y = F.conv2d(F.pad(ins[0], (pad[2], pad[3], pad[0], pad[1])), w, b, a["stride"], 0, a["dilation"],
-                         a["groups"])
+            y = F.conv2d(
+                F.pad(ins[0], (pad[2], pad[3], pad[0], pad[1])), w, b, a["stride"], 0, a["dilation"], a["groups"]
+            )
         else:
             y = F.conv2d(ins[0], w, b, a["stride"], pad, a["dilation"], a["groups"])
     elif k == "linear":
@@ -297,13 +322,16 @@ def trace(model: nn.Module) -> fx.GraphModule:
         at = f"module '{where[0]}' ({where[1]})" if where else f"the top-level forward of {type(model).__name__}"
         failed = dict(model.named_modules()).get(where[0]) if where else None
         if callable(getattr(failed, "static_for_input", None)):
-            raise TraceError(f"torch.fx could not trace {at}: its padding depends on the input size. Fix the input "
-                             f"size first: npuq.quant.prepare(model, example_input) (or npuq.quantize) does it "
-                             f"from the example input") from exc
+            raise TraceError(
+                f"torch.fx could not trace {at}: its padding depends on the input size. Fix the input "
+                f"size first: npuq.quant.prepare(model, example_input) (or npuq.quantize) does it "
+                f"from the example input"
+            ) from exc
         raise TraceError(
             f"torch.fx could not trace {at}: {type(exc).__name__}: {exc}. Data-dependent control flow "
             f"(if/for on tensor values) cannot be traced; rewrite that forward without it, or mark the module "
-            f"as a leaf") from exc
+            f"as a leaf"
+        ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -380,8 +408,16 @@ class _Builder:
         args = fx.node.map_arg(fxn.args, to_ref)
         kwargs = fx.node.map_arg(fxn.kwargs, to_ref)
         inputs = [r.name for r in _flatten_args((args, kwargs)) if isinstance(r, _Ref)]
-        node = Node(name=fxn.name, kind="float_op", inputs=inputs, path=path, shape=_shape(fxn), args=args,
-                    kwargs=kwargs, op_name=op_name)
+        node = Node(
+            name=fxn.name,
+            kind="float_op",
+            inputs=inputs,
+            path=path,
+            shape=_shape(fxn),
+            args=args,
+            kwargs=kwargs,
+            op_name=op_name,
+        )
         if fxn.op == "call_module":
             self.float_modules[fxn.name] = self.modules[fxn.target]
         elif fxn.op == "call_method":
@@ -408,14 +444,16 @@ class _Builder:
             if self.input_name is not None:
                 raise UnsupportedOpsError(
                     f"{self.model_name}: the NPU graph takes exactly one input; forward() has several "
-                    f"({self.input_name}, {fxn.name})")
+                    f"({self.input_name}, {fxn.name})"
+                )
             self.input_name = fxn.name
             self.add(fxn, "input", [], "input")
         elif op == "output":
             out = fxn.args[0]
             if not _is_fx(out):
                 raise UnsupportedOpsError(
-                    f"{self.model_name}: forward() must return one tensor, it returns {type(out).__name__}")
+                    f"{self.model_name}: forward() must return one tensor, it returns {type(out).__name__}"
+                )
             self.output_name = fxn.name
             self.add(fxn, "output", [out], "output")
         elif op == "call_module":
@@ -435,9 +473,17 @@ class _Builder:
         if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             w = m.weight.detach().float().clone()
             b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
-            self.add(fxn, "conv", [x], path, weight=w, bias=b,
-                     attrs=dict(stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation),
-                                groups=int(m.groups)))
+            self.add(
+                fxn,
+                "conv",
+                [x],
+                path,
+                weight=w,
+                bias=b,
+                attrs=dict(
+                    stride=_pair(m.stride), padding=_pair(m.padding), dilation=_pair(m.dilation), groups=int(m.groups)
+                ),
+            )
         elif isinstance(m, nn.Conv2d) and isinstance(m.padding, str) and m.padding_mode == "zeros":
             self.conv_same_padding(fxn, m, x, path)
         elif isinstance(m, nn.Linear):
@@ -454,13 +500,27 @@ class _Builder:
             self.add(fxn, "global_pool", [x], path)
         elif isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
             k = _pair(m.kernel_size)
-            self.add(fxn, "avg_pool", [x], path, attrs=dict(kernel_size=k, stride=_pair(m.stride or k),
-                                                            padding=_pair(m.padding),
-                                                            count_include_pad=bool(m.count_include_pad)))
+            self.add(
+                fxn,
+                "avg_pool",
+                [x],
+                path,
+                attrs=dict(
+                    kernel_size=k,
+                    stride=_pair(m.stride or k),
+                    padding=_pair(m.padding),
+                    count_include_pad=bool(m.count_include_pad),
+                ),
+            )
         elif isinstance(m, nn.MaxPool2d) and not m.ceil_mode and _pair(m.dilation) == (1, 1) and not m.return_indices:
             k = _pair(m.kernel_size)
-            self.add(fxn, "max_pool", [x], path, attrs=dict(kernel_size=k, stride=_pair(m.stride or k),
-                                                            padding=_pair(m.padding)))
+            self.add(
+                fxn,
+                "max_pool",
+                [x],
+                path,
+                attrs=dict(kernel_size=k, stride=_pair(m.stride or k), padding=_pair(m.padding)),
+            )
         elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             self.add(fxn, "flatten", [x], path)
         elif isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)) and m.value == 0 and _zero_pad_4d(fxn, m.padding):
@@ -480,24 +540,41 @@ class _Builder:
                 pad = (ext[0] // 2, ext[0] - ext[0] // 2, ext[1] // 2, ext[1] - ext[1] // 2)
         w = m.weight.detach().float().clone()
         b = m.bias.detach().float().clone() if m.bias is not None else torch.zeros(w.shape[0])
-        self.add(fxn, "conv", [x], path, weight=w, bias=b,
-                 attrs=dict(stride=_pair(m.stride), padding=pad, dilation=_pair(m.dilation), groups=int(m.groups)))
+        self.add(
+            fxn,
+            "conv",
+            [x],
+            path,
+            weight=w,
+            bias=b,
+            attrs=dict(stride=_pair(m.stride), padding=pad, dilation=_pair(m.dilation), groups=int(m.groups)),
+        )
 
     def visit_function(self, fxn):
         t = fxn.target
         fname = getattr(t, "__name__", str(t))
         name = _where(fxn, fname)
         args = fxn.args
-        if t in _ADD_FUNCTIONS and len(args) == 2 and all(_is_fx(a) for a in args) and "alpha" not in fxn.kwargs \
-                and _shape(args[0]) == _shape(args[1]):
+        if (
+            t in _ADD_FUNCTIONS
+            and len(args) == 2
+            and all(_is_fx(a) for a in args)
+            and "alpha" not in fxn.kwargs
+            and _shape(args[0]) == _shape(args[1])
+        ):
             self.add(fxn, "add", list(args), name)
         elif t in (F.relu, torch.relu, torch.relu_):
             self.activation(fxn, args[0], "relu", name)
-        elif t is F.relu6 or (t is F.hardtanh and _arg(fxn, 1, "min_val", -1.0) == 0.0
-                             and _arg(fxn, 2, "max_val", 1.0) == 6.0):
+        elif t is F.relu6 or (
+            t is F.hardtanh and _arg(fxn, 1, "min_val", -1.0) == 0.0 and _arg(fxn, 2, "max_val", 1.0) == 6.0
+        ):
             self.activation(fxn, args[0], "relu6", name)
-        elif t in (torch.clamp, torch.clip) and _is_fx(args[0]) and _arg(fxn, 1, "min", None) == 0 \
-                and _arg(fxn, 2, "max", None) in (None, 6, 6.0):
+        elif (
+            t in (torch.clamp, torch.clip)
+            and _is_fx(args[0])
+            and _arg(fxn, 1, "min", None) == 0
+            and _arg(fxn, 2, "max", None) in (None, 6, 6.0)
+        ):
             self.activation(fxn, args[0], "relu" if _arg(fxn, 2, "max", None) is None else "relu6", name)
         elif t is torch.flatten and _arg(fxn, 1, "start_dim", 0) == 1 and _arg(fxn, 2, "end_dim", -1) == -1:
             self.add(fxn, "flatten", [args[0]], name)
@@ -505,23 +582,49 @@ class _Builder:
             self.add(fxn, "global_pool", [args[0]], name)
         elif t in _PASSTHROUGH_FUNCTIONS:
             self.passthrough(fxn, args[0])
-        elif t is F.pad and _arg(fxn, 2, "mode", "constant") == "constant" and not _arg(fxn, 3, "value", None) \
-                and _zero_pad_4d(fxn, _arg(fxn, 1, "pad", None)):
+        elif (
+            t is F.pad
+            and _arg(fxn, 2, "mode", "constant") == "constant"
+            and not _arg(fxn, 3, "value", None)
+            and _zero_pad_4d(fxn, _arg(fxn, 1, "pad", None))
+        ):
             self.add(fxn, "pad", [args[0]], name, attrs=dict(padding=_zero_pad_4d(fxn, _arg(fxn, 1, "pad", None))))
         elif t is torch.mean and self._is_spatial_mean(fxn):
             self.global_mean(fxn, name)
-        elif t is F.avg_pool2d and not _arg(fxn, 4, "ceil_mode", False) and _arg(fxn, 6, "divisor_override", None) is None:
+        elif (
+            t is F.avg_pool2d
+            and not _arg(fxn, 4, "ceil_mode", False)
+            and _arg(fxn, 6, "divisor_override", None) is None
+        ):
             k = _pair(_arg(fxn, 1, "kernel_size", None))
             s = _arg(fxn, 2, "stride", None)
-            self.add(fxn, "avg_pool", [args[0]], name, attrs=dict(kernel_size=k, stride=_pair(s) if s else k,
-                                                                  padding=_pair(_arg(fxn, 3, "padding", 0)),
-                                                                  count_include_pad=bool(_arg(fxn, 5, "count_include_pad", True))))
-        elif t is F.max_pool2d and not _arg(fxn, 5, "ceil_mode", False) and _pair(_arg(fxn, 4, "dilation", 1)) == (1, 1) \
-                and not _arg(fxn, 6, "return_indices", False):
+            self.add(
+                fxn,
+                "avg_pool",
+                [args[0]],
+                name,
+                attrs=dict(
+                    kernel_size=k,
+                    stride=_pair(s) if s else k,
+                    padding=_pair(_arg(fxn, 3, "padding", 0)),
+                    count_include_pad=bool(_arg(fxn, 5, "count_include_pad", True)),
+                ),
+            )
+        elif (
+            t is F.max_pool2d
+            and not _arg(fxn, 5, "ceil_mode", False)
+            and _pair(_arg(fxn, 4, "dilation", 1)) == (1, 1)
+            and not _arg(fxn, 6, "return_indices", False)
+        ):
             k = _pair(_arg(fxn, 1, "kernel_size", None))
             s = _arg(fxn, 2, "stride", None)
-            self.add(fxn, "max_pool", [args[0]], name, attrs=dict(kernel_size=k, stride=_pair(s) if s else k,
-                                                                  padding=_pair(_arg(fxn, 3, "padding", 0))))
+            self.add(
+                fxn,
+                "max_pool",
+                [args[0]],
+                name,
+                attrs=dict(kernel_size=k, stride=_pair(s) if s else k, padding=_pair(_arg(fxn, 3, "padding", 0))),
+            )
         else:
             self.float_op(fxn, fname, name)
 
@@ -529,11 +632,19 @@ class _Builder:
         m = fxn.target
         args = fxn.args
         where = _where(fxn, f".{m}")
-        if m in ("clamp", "clamp_", "clip", "clip_") and _arg(fxn, 1, "min", None) == 0 \
-                and _arg(fxn, 2, "max", None) in (None, 6, 6.0):
+        if (
+            m in ("clamp", "clamp_", "clip", "clip_")
+            and _arg(fxn, 1, "min", None) == 0
+            and _arg(fxn, 2, "max", None) in (None, 6, 6.0)
+        ):
             self.activation(fxn, args[0], "relu" if _arg(fxn, 2, "max", None) is None else "relu6", where)
-        elif m in ("add", "add_") and len(args) == 2 and _is_fx(args[1]) and _shape(args[0]) == _shape(args[1]) \
-                and "alpha" not in fxn.kwargs:
+        elif (
+            m in ("add", "add_")
+            and len(args) == 2
+            and _is_fx(args[1])
+            and _shape(args[0]) == _shape(args[1])
+            and "alpha" not in fxn.kwargs
+        ):
             self.add(fxn, "add", list(args), where)
         elif m in ("relu", "relu_"):
             self.activation(fxn, args[0], "relu", where)
@@ -578,8 +689,11 @@ def _zero_pad_4d(fxn, pad) -> tuple[int, int, int, int] | None:
     ``(left, right[, top, bottom])`` order), or None when it is something else (negative, other axes)."""
     if isinstance(pad, int) and not isinstance(pad, bool):
         pad = (pad,) * 4
-    if not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) \
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pad):
+    if (
+        not isinstance(pad, (tuple, list))
+        or len(pad) not in (2, 4)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pad)
+    ):
         return None
     shape = _shape(fxn.args[0]) if fxn.args and _is_fx(fxn.args[0]) else None
     if shape is None or len(shape) != 4:
@@ -597,6 +711,7 @@ def _fetch_attr(gm, target: str):
 
 
 # ------------------------------------------------------------------------------------------- rewrites
+
 
 def _fold_batch_norms(nodes: list[Node]) -> list[Node]:
     by_name = {n.name: n for n in nodes}
@@ -623,8 +738,13 @@ def _fold_batch_norms(nodes: list[Node]) -> list[Node]:
         beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(var)
         mean = bn.running_mean.detach().double()
         fold = gamma * inv_std
-        if prev is not None and prev.is_layer and prev.act is None and users.get(prev.name, 0) == 1 \
-                and prev.weight.shape[0] == fold.numel():
+        if (
+            prev is not None
+            and prev.is_layer
+            and prev.act is None
+            and users.get(prev.name, 0) == 1
+            and prev.weight.shape[0] == fold.numel()
+        ):
             shape = (-1,) + (1,) * (prev.weight.dim() - 1)
             prev.weight = (prev.weight.double() * fold.reshape(shape)).float()
             prev.bias = ((prev.bias.double() - mean) * fold + beta).float()
@@ -674,8 +794,7 @@ def _fold_pads(nodes: list[Node]) -> list[Node]:
             ext = (dh * (kh - 1) + 1,) * 2 + (dw * (kw - 1) + 1,) * 2
             total = tuple(a + b for a, b in zip(n.attrs["padding"], conv_padding(conv.attrs)))
             if all(p < e for p, e in zip(total, ext)):
-                conv.attrs["padding"] = total if total[0] != total[1] or total[2] != total[3] \
-                    else (total[0], total[2])
+                conv.attrs["padding"] = total if total[0] != total[1] or total[2] != total[3] else (total[0], total[2])
                 rename[n.name] = n.inputs[0]
                 continue
         t, b, l, r = n.attrs["padding"]
@@ -703,8 +822,12 @@ def _fuse_activations(nodes: list[Node]) -> list[Node]:
             out.append(n)
             continue
         prev = by_name.get(n.inputs[0])
-        if prev is not None and prev.kind in ("conv", "linear", "add") and users.get(prev.name, 0) == 1 \
-                and (prev.act is None or (prev.act == "relu6" and n.act == "relu")):
+        if (
+            prev is not None
+            and prev.kind in ("conv", "linear", "add")
+            and users.get(prev.name, 0) == 1
+            and (prev.act is None or (prev.act == "relu6" and n.act == "relu"))
+        ):
             if prev.act is None:
                 prev.act = n.act
             prev.path = f"{prev.path}+{n.path}"
@@ -748,7 +871,8 @@ def _check_finite(nodes: list[Node]) -> None:
                 bad = (~torch.isfinite(t)).nonzero()
                 raise ValueError(
                     f"layer '{n.path}' has {bad.shape[0]} NaN/inf value(s) in its {label} after batch-norm folding "
-                    f"(first at index {tuple(bad[0].tolist())}); fix the model before quantizing it")
+                    f"(first at index {tuple(bad[0].tolist())}); fix the model before quantizing it"
+                )
 
 
 def fix_input_size(model: nn.Module, sample: torch.Tensor) -> list[str]:
@@ -763,6 +887,7 @@ def fix_input_size(model: nn.Module, sample: torch.Tensor) -> list[str]:
     def record(name):
         def hook(module, args):
             seen.setdefault(name, tuple(args[0].shape))  # returns None: the arguments stay as they are
+
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in dynamic.items()]
@@ -770,8 +895,10 @@ def fix_input_size(model: nn.Module, sample: torch.Tensor) -> list[str]:
         with torch.no_grad():
             model(sample)
     except Exception as exc:
-        raise ValueError(f"{type(model).__name__} does not run on an input of shape {tuple(sample.shape[1:])}: "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"{type(model).__name__} does not run on an input of shape {tuple(sample.shape[1:])}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         for h in hooks:
             h.remove()
@@ -782,9 +909,11 @@ def fix_input_size(model: nn.Module, sample: torch.Tensor) -> list[str]:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, m.static_for_input(seen[name]))
     size = "x".join(map(str, sample.shape[2:])) if sample.dim() == 4 else str(tuple(sample.shape[1:]))
-    return [f"input size fixed at {size}: the shape-dependent padding of {len(seen)} module(s) "
-            f"({', '.join(list(seen)[:3])}{', ...' if len(seen) > 3 else ''}) is static from here on; "
-            f"the prepared graph runs on {size} inputs only"]
+    return [
+        f"input size fixed at {size}: the shape-dependent padding of {len(seen)} module(s) "
+        f"({', '.join(list(seen)[:3])}{', ...' if len(seen) > 3 else ''}) is static from here on; "
+        f"the prepared graph runs on {size} inputs only"
+    ]
 
 
 def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
@@ -805,15 +934,17 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     name = type(model).__name__
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
-        raise UnsupportedOpsError(f"{name}: the NPU graph takes exactly one input; forward() takes {len(inputs)} "
-                                  f"({', '.join(inputs)})")
+        raise UnsupportedOpsError(
+            f"{name}: the NPU graph takes exactly one input; forward() takes {len(inputs)} ({', '.join(inputs)})"
+        )
     # two samples, so that a reshape with a hard-coded batch size cannot pass for a flatten
     sample = example_input[:1].detach().float()
     try:
         ShapeProp(gm).propagate(torch.cat([sample, sample]))
     except Exception as exc:
-        raise ValueError(f"{name} does not run on an input of shape {tuple(sample.shape[1:])} (batch 2): "
-                         f"{type(exc).__name__}: {exc}") from exc
+        raise ValueError(
+            f"{name} does not run on an input of shape {tuple(sample.shape[1:])} (batch 2): {type(exc).__name__}: {exc}"
+        ) from exc
     builder = _Builder(gm, name)
     for fxn in gm.graph.nodes:
         builder.visit(fxn)
@@ -822,8 +953,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     nodes = _fuse_activations(nodes)
     nodes = _prune(nodes, builder.output_name)
     _check_finite(nodes)
-    graph = Graph(nodes, builder.input_name, builder.output_name, builder.float_modules,
-                  tuple(sample.shape[1:]), name)
+    graph = Graph(nodes, builder.input_name, builder.output_name, builder.float_modules, tuple(sample.shape[1:]), name)
     folded = sum(1 for n in builder.nodes if n.kind == "pad") - sum(1 for n in nodes if n.op_name == "pad")
     if folded:
         notes.append(f"{folded} zero pad(s) folded into the asymmetric padding of the convolution after each")
@@ -831,5 +961,17 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     return graph
 
 
-__all__ = ["ACTIVATIONS", "Graph", "NPU_KINDS", "Node", "TraceError", "UnsupportedOpsError", "apply_activation",
-           "conv_padding", "fix_input_size", "prepare", "run_float_node", "trace"]
+__all__ = [
+    "ACTIVATIONS",
+    "Graph",
+    "NPU_KINDS",
+    "Node",
+    "TraceError",
+    "UnsupportedOpsError",
+    "apply_activation",
+    "conv_padding",
+    "fix_input_size",
+    "prepare",
+    "run_float_node",
+    "trace",
+]

@@ -157,8 +157,7 @@ def _check_length(t: torch.Tensor, name: str, shape: tuple[int, ...], axis: int 
         return
     if axis is None:
         raise ValueError(
-            f"{name} is per-channel (shape {tuple(t.shape)}) but channel_axis is out of range for acc of shape "
-            f"{shape}"
+            f"{name} is per-channel (shape {tuple(t.shape)}) but channel_axis is out of range for acc of shape {shape}"
         )
     if t.shape[0] != shape[axis]:
         raise ValueError(
@@ -548,13 +547,19 @@ def conv2d_accumulator(
         )
     ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if pt >= ext_h or pb >= ext_h:
-        raise ValueError(f"padding: vertical padding ({pt}, {pb}) must be smaller than the dilated kernel height {ext_h}")
+        raise ValueError(
+            f"padding: vertical padding ({pt}, {pb}) must be smaller than the dilated kernel height {ext_h}"
+        )
     if pl >= ext_w or pr >= ext_w:
-        raise ValueError(f"padding: horizontal padding ({pl}, {pr}) must be smaller than the dilated kernel width {ext_w}")
+        raise ValueError(
+            f"padding: horizontal padding ({pl}, {pr}) must be smaller than the dilated kernel width {ext_w}"
+        )
     h_out = (h + pt + pb - ext_h) // sh + 1
     w_out = (wd + pl + pr - ext_w) // sw + 1
     if h_out < 1 or w_out < 1:
-        raise ValueError(f"the output would be empty ({h_out} x {w_out}): the input {h} x {wd} is smaller than the kernel")
+        raise ValueError(
+            f"the output would be empty ({h_out} x {w_out}): the input {h} x {wd} is smaller than the kernel"
+        )
     bias = _bias(bias_q, c_out, x.device)
     dtype = _accumulation_dtype(w, zp)
     # padding is real zero: x - z_x goes into the interior of a zero tensor
@@ -697,7 +702,9 @@ def avg_pool2d(
     h_out = (h + pt + pb - kh) // sh + 1
     w_out = (w + pl + pr - kw) // sw + 1
     if h_out < 1 or w_out < 1:
-        raise ValueError(f"the output would be empty ({h_out} x {w_out}): the input {h} x {w} is smaller than the kernel")
+        raise ValueError(
+            f"the output would be empty ({h_out} x {w_out}): the input {h} x {w} is smaller than the kernel"
+        )
     # window sums of at most kh * kw values of magnitude <= 128: exact in float32 below 2^24
     dtype = torch.float32 if kh * kw * 128 < _FLOAT32_EXACT else torch.float64
     padded = (x.shape[0], x.shape[1], h + pt + pb, w + pl + pr)
@@ -737,7 +744,9 @@ def global_avg_pool(x: torch.Tensor, act_min: int = -128, act_max: int = 127) ->
 def _float32_scale(scale, device) -> torch.Tensor:
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1 or not scale.dtype.is_floating_point:
-            raise ValueError(f"scale must be a float or a one-element float tensor, got {tuple(scale.shape)} {scale.dtype}")
+            raise ValueError(
+                f"scale must be a float or a one-element float tensor, got {tuple(scale.shape)} {scale.dtype}"
+            )
         s = scale.detach().reshape(()).to(device=device, dtype=torch.float32)
     elif isinstance(scale, Real) and not isinstance(scale, bool):
         s = torch.tensor(float(scale), dtype=torch.float32, device=device)

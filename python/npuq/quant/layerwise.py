@@ -37,10 +37,21 @@ def _users_count(graph) -> dict[str, int]:
     return {n.name: len(graph.users(n.name)) for n in graph}
 
 
-def quantize_graph_data_aware(graph, batches, method: str, bits: int, shift_bits: int = 4, *, adaround=None,
-                              layer_inputs: str = "quantized", centered: bool = False,
-                              damping: float = DEFAULT_DAMPING, positions: int | None = None, seed: int = 0,
-                              progress: bool = False) -> dict:
+def quantize_graph_data_aware(
+    graph,
+    batches,
+    method: str,
+    bits: int,
+    shift_bits: int = 4,
+    *,
+    adaround=None,
+    layer_inputs: str = "quantized",
+    centered: bool = False,
+    damping: float = DEFAULT_DAMPING,
+    positions: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Quantize every conv / linear layer of ``graph`` with ``method`` using calibration ``batches``.
 
     Layers are visited in execution order. For each, the moments of its inputs are collected
@@ -79,8 +90,9 @@ def quantize_graph_data_aware(graph, batches, method: str, bits: int, shift_bits
     def quantize_layer(node, stats):
         obj = layer_objective(node.weight, stats, centered=centered, damping=damping, name=node.path)
         if data_aware:  # the objective it minimizes is the one just built (adaround's too)
-            qw = quantizer(node.weight, bits, shift_bits=shift_bits, name=node.path, stats=stats, centered=centered,
-                           objective=obj)
+            qw = quantizer(
+                node.weight, bits, shift_bits=shift_bits, name=node.path, stats=stats, centered=centered, objective=obj
+            )
         else:
             qw = quantize_weight(node.weight, method, bits, shift_bits=shift_bits, name=node.path)
         if adaround is not None:

@@ -229,8 +229,10 @@ class Observer:
         return qparams_from_range(lo, hi, self.bits)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(name={self.name!r}, bits={self.bits}, n_batches={self.n_batches}, "
-                f"n_values={self.n_values})")
+        return (
+            f"{type(self).__name__}(name={self.name!r}, bits={self.bits}, n_batches={self.n_batches}, "
+            f"n_values={self.n_values})"
+        )
 
 
 @ACTIVATION_OBSERVERS.register("minmax")
@@ -389,8 +391,9 @@ def _sq_error_integral(u: torch.Tensor, top_level: torch.Tensor) -> torch.Tensor
     return inside + beyond
 
 
-def _hist_sq_error(a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                   qmin: int, qmax: int) -> torch.Tensor:
+def _hist_sq_error(
+    a: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
     """Total squared quantization error of histogram bins [a, b] (all of one sign, values uniform within a
     bin) for each candidate range [lo, hi] turned into a scale and zero point as by qparams_from_range.
     Exact under the uniform-within-bin model (closed-form integrals). Returns [K]."""
@@ -454,10 +457,12 @@ class MSEObserver(_HistogramObserver):
         def best(t_lo: torch.Tensor, t_hi: torch.Tensor) -> tuple[float, float, float, float]:
             """The candidate (t_lo, t_hi) pair with the smallest error, the first one among equals."""
             cand_lo, cand_hi = lo * torch.exp2(-t_lo), hi * torch.exp2(-t_hi)
-            err = torch.cat([
-                _hist_sq_error(a_edge, b_edge, counts, cand_lo[i : i + step], cand_hi[i : i + step], qmin, qmax)
-                for i in range(0, len(t_lo), step)
-            ])
+            err = torch.cat(
+                [
+                    _hist_sq_error(a_edge, b_edge, counts, cand_lo[i : i + step], cand_hi[i : i + step], qmin, qmax)
+                    for i in range(0, len(t_lo), step)
+                ]
+            )
             k = int(torch.argmin(err))
             return float(t_lo[k]), float(t_hi[k]), float(cand_lo[k]), float(cand_hi[k])
 
@@ -596,8 +601,13 @@ class KLObserver(_HistogramObserver):
         n_support = g_n.sum(dim=1, keepdim=True)
         q = (1.0 - self._SMOOTH) * (g_win / g_n.clamp(min=1.0)) / q_total.clamp(min=1e-300)[:, None]
         q = q + self._SMOOTH / n_support
-        p_log_p = (torch.xlogy(win, win).sum(dim=1) - torch.xlogy(first, first) - torch.xlogy(last, last)
-                   + torch.xlogy(first + left, first + left) + torch.xlogy(last + right, last + right))
+        p_log_p = (
+            torch.xlogy(win, win).sum(dim=1)
+            - torch.xlogy(first, first)
+            - torch.xlogy(last, last)
+            + torch.xlogy(first + left, first + left)
+            + torch.xlogy(last + right, last + right)
+        )
         kl = (p_log_p - torch.xlogy(g_p, q).sum(dim=1)) / total - torch.log(total)
         return kl.masked_fill_(q_total == 0.0, math.inf)  # a window without values
 
@@ -607,7 +617,6 @@ def make_observer(kind: str, **kwargs) -> Observer:
     (all take ``name`` and ``bits``; percentile: ``percentile``; kl: ``bins``; histogram observers:
     ``hist_bins``)."""
     return ACTIVATION_OBSERVERS.get(ACTIVATION_OBSERVERS.check(kind, "observer kind"))(**kwargs)
-
 
 
 class _ObserverKinds(Mapping):

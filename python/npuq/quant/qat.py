@@ -38,10 +38,13 @@ class FakeQuantModel(nn.Module):
 
     def quantized_weight(self, i: int) -> torch.Tensor:
         w = self.weights[i]
-        if not torch.any(w != 0):   # an all-zero layer quantizes to itself
+        if not torch.any(w != 0):  # an all-zero layer quantizes to itself
             return w
-        wq = quantize_weight(w.detach(), self.method, self.bits, shift_bits=self.shift_bits,
-                             name=self.names[i]).dequantize().to(w.dtype)
+        wq = (
+            quantize_weight(w.detach(), self.method, self.bits, shift_bits=self.shift_bits, name=self.names[i])
+            .dequantize()
+            .to(w.dtype)
+        )
         return w + (wq - w).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

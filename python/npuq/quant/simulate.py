@@ -4,8 +4,8 @@ Two modes:
 
 * **weight-only** (``activations=None`` in :func:`npuq.quantize`): activations stay float; every
   conv / linear uses its dequantized integer weights ``q * channel_scale`` and its float bias.
-* **integer** (W8A8, or W4A8 ... W2A8 with fewer weight bits): the network runs in the integer arithmetic of ``docs/arithmetic.md``:
-  int8 activations with zero points, int32 biases, exact accumulators, requantization with the
+* **integer** (W8A8, or W4A8 ... W2A8 with fewer weight bits): the network runs in the integer arithmetic of
+  ``docs/arithmetic.md``: int8 activations with zero points, int32 biases, exact accumulators, requantization with the
   per-layer multiplier and the per-channel WESS shift (or per-channel multipliers), fused clamps,
   TFLite-style add and pooling. The integers are those the NPU produces (the tests hold them equal to
   the native kernels layer by layer), so the accuracy measured here is the NPU's.
@@ -33,11 +33,11 @@ from npuq.quant.weights import QuantizedWeight, round_half_away
 class LayerParams:
     """Integer parameters of one conv / linear layer, as the NPU stores them."""
 
-    weight: torch.Tensor          # int64 tensor holding int8 values, torch layout
-    bias: torch.Tensor            # int64 tensor holding int32 values, accumulator scale per channel
+    weight: torch.Tensor  # int64 tensor holding int8 values, torch layout
+    bias: torch.Tensor  # int64 tensor holding int32 values, accumulator scale per channel
     multiplier: int | torch.Tensor  # M0: one int (per-layer, WESS) or an int64 tensor per channel
     exponent: int | torch.Tensor
-    shift: torch.Tensor           # int64 [C_out] WESS shifts (zeros otherwise)
+    shift: torch.Tensor  # int64 [C_out] WESS shifts (zeros otherwise)
     input_zero_point: int
     output_zero_point: int
     act_min: int
@@ -57,12 +57,14 @@ def activation_clamp(qp: QParams, act: str | None) -> tuple[int, int]:
 
 def layer_params(node: Node, qw: QuantizedWeight, bias: torch.Tensor, qin: QParams, qout: QParams) -> LayerParams:
     """Integer parameters of ``node`` from its quantized weight and the activation scales around it."""
-    acc_scale = qin.scale * qw.channel_scale.double()          # per channel: s_in * s_w / 2^s_c
+    acc_scale = qin.scale * qw.channel_scale.double()  # per channel: s_in * s_w / 2^s_c
     try:
         bias_q = quantize_bias(bias.double().numpy(), acc_scale.numpy())
     except OverflowError as exc:
-        raise OverflowError(f"layer '{node.path}': {exc} (npuq.quantize coarsens the weight scale of such channels "
-                            f"first: npuq.quant.bias_range.fit_biases)") from exc
+        raise OverflowError(
+            f"layer '{node.path}': {exc} (npuq.quantize coarsens the weight scale of such channels "
+            f"first: npuq.quant.bias_range.fit_biases)"
+        ) from exc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MultiplierFlushedWarning)
         if qw.layer_scale is not None:
@@ -75,10 +77,17 @@ def layer_params(node: Node, qw: QuantizedWeight, bias: torch.Tensor, qin: QPara
     for w in caught:
         warnings.warn(f"layer '{node.path}': {w.message}", MultiplierFlushedWarning, stacklevel=3)
     lo, hi = activation_clamp(qout, node.act)
-    return LayerParams(weight=qw.q.to(torch.int64), bias=torch.from_numpy(bias_q.astype(np.int64)),
-                       multiplier=multiplier, exponent=exponent, shift=qw.shift.to(torch.int64),
-                       input_zero_point=int(qin.zero_point), output_zero_point=int(qout.zero_point),
-                       act_min=lo, act_max=hi)
+    return LayerParams(
+        weight=qw.q.to(torch.int64),
+        bias=torch.from_numpy(bias_q.astype(np.int64)),
+        multiplier=multiplier,
+        exponent=exponent,
+        shift=qw.shift.to(torch.int64),
+        input_zero_point=int(qin.zero_point),
+        output_zero_point=int(qout.zero_point),
+        act_min=lo,
+        act_max=hi,
+    )
 
 
 class QuantizedModel(nn.Module):
@@ -89,9 +98,17 @@ class QuantizedModel(nn.Module):
     ``None`` in weight-only mode), ``layers`` (``LayerParams`` per layer, integer mode), ``report``.
     """
 
-    def __init__(self, graph: Graph, weights: dict[str, QuantizedWeight], biases: dict[str, torch.Tensor],
-                 qparams: dict[str, QParams] | None, *, rounding: str = "double", overflow: str = "raise",
-                 report=None):
+    def __init__(
+        self,
+        graph: Graph,
+        weights: dict[str, QuantizedWeight],
+        biases: dict[str, torch.Tensor],
+        qparams: dict[str, QParams] | None,
+        *,
+        rounding: str = "double",
+        overflow: str = "raise",
+        report=None,
+    ):
         super().__init__()
         self.graph = graph
         self.weights = weights
@@ -119,14 +136,24 @@ class QuantizedModel(nn.Module):
             if node.is_layer:
                 if node.name not in self.weights:
                     raise ValueError(f"layer '{node.path}' has no quantized weight")
-                self.layers[node.name] = layer_params(node, self.weights[node.name], self.biases[node.name],
-                                                      self.qparams[node.inputs[0]], self.qparams[node.name])
+                self.layers[node.name] = layer_params(
+                    node,
+                    self.weights[node.name],
+                    self.biases[node.name],
+                    self.qparams[node.inputs[0]],
+                    self.qparams[node.name],
+                )
             elif node.kind == "add":
                 qa, qb, qo = (self.qparams[node.inputs[0]], self.qparams[node.inputs[1]], self.qparams[node.name])
                 params = add_params(qa.scale, qb.scale, qo.scale)
                 lo, hi = activation_clamp(qo, node.act)
-                params.update(a_zero_point=qa.zero_point, b_zero_point=qb.zero_point,
-                              output_zero_point=qo.zero_point, act_min=lo, act_max=hi)
+                params.update(
+                    a_zero_point=qa.zero_point,
+                    b_zero_point=qb.zero_point,
+                    output_zero_point=qo.zero_point,
+                    act_min=lo,
+                    act_max=hi,
+                )
                 self.add_params[node.name] = params
 
     # ------------------------------------------------------------------------------------ float modes
@@ -136,8 +163,9 @@ class QuantizedModel(nn.Module):
         env = {}
         for node in self.graph:
             if node.is_layer:
-                env[node.name] = run_float_node(self.graph, node, env, x, self._dequantized[node.name],
-                                                self.biases[node.name])
+                env[node.name] = run_float_node(
+                    self.graph, node, env, x, self._dequantized[node.name], self.biases[node.name]
+                )
             else:
                 env[node.name] = run_float_node(self.graph, node, env, x)
         out = env[self.graph.output_name]
@@ -166,19 +194,42 @@ class QuantizedModel(nn.Module):
                 lp = self.layers[node.name]
                 if k == "conv":
                     a = node.attrs
-                    acc = intmath.conv2d_accumulator(ins[0], lp.input_zero_point, lp.weight, lp.bias, a["stride"],
-                                                     a["padding"], a["dilation"], a["groups"])
+                    acc = intmath.conv2d_accumulator(
+                        ins[0],
+                        lp.input_zero_point,
+                        lp.weight,
+                        lp.bias,
+                        a["stride"],
+                        a["padding"],
+                        a["dilation"],
+                        a["groups"],
+                    )
                 else:
                     acc = intmath.linear_accumulator(ins[0], lp.input_zero_point, lp.weight, lp.bias)
                 acc = intmath.saturate_accumulator(acc, self.overflow, op=node.path)
-                y = intmath.requantize(acc, lp.multiplier, lp.exponent, lp.shift, lp.output_zero_point,
-                                       lp.act_min, lp.act_max, rounding=self.rounding, channel_axis=1)
+                y = intmath.requantize(
+                    acc,
+                    lp.multiplier,
+                    lp.exponent,
+                    lp.shift,
+                    lp.output_zero_point,
+                    lp.act_min,
+                    lp.act_max,
+                    rounding=self.rounding,
+                    channel_axis=1,
+                )
             elif k == "add":
                 y = intmath.add(ins[0], ins[1], rounding=self.rounding, **self.add_params[node.name])
             elif k == "avg_pool":
                 a = node.attrs
-                y = intmath.avg_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"], a["count_include_pad"],
-                                       input_zero_point=qp[node.name].zero_point)
+                y = intmath.avg_pool2d(
+                    ins[0],
+                    a["kernel_size"],
+                    a["stride"],
+                    a["padding"],
+                    a["count_include_pad"],
+                    input_zero_point=qp[node.name].zero_point,
+                )
             elif k == "global_pool":
                 y = intmath.global_avg_pool(ins[0])
             elif k == "max_pool":
@@ -206,19 +257,32 @@ class QuantizedModel(nn.Module):
             packed = {}
             for node in self.graph.layers():
                 lp = self.layers[node.name]
-                req = dict(multiplier=_as_native(lp.multiplier), exponent=_as_native(lp.exponent),
-                           channel_shift=lp.shift.numpy(), output_zero_point=lp.output_zero_point,
-                           act_min=lp.act_min, act_max=lp.act_max, rounding=self.rounding, overflow=self.overflow)
+                req = dict(
+                    multiplier=_as_native(lp.multiplier),
+                    exponent=_as_native(lp.exponent),
+                    channel_shift=lp.shift.numpy(),
+                    output_zero_point=lp.output_zero_point,
+                    act_min=lp.act_min,
+                    act_max=lp.act_max,
+                    rounding=self.rounding,
+                    overflow=self.overflow,
+                )
                 w = lp.weight.to(torch.int8)
                 bias = lp.bias.numpy().astype(np.int32)
                 if node.kind == "conv":
                     a = node.attrs
-                    packed[node.name] = ops.Conv2d(w, bias, input_zero_point=lp.input_zero_point, stride=a["stride"],
-                                                   padding=a["padding"], dilation=a["dilation"], groups=a["groups"],
-                                                   **req)
+                    packed[node.name] = ops.Conv2d(
+                        w,
+                        bias,
+                        input_zero_point=lp.input_zero_point,
+                        stride=a["stride"],
+                        padding=a["padding"],
+                        dilation=a["dilation"],
+                        groups=a["groups"],
+                        **req,
+                    )
                 else:
-                    packed[node.name] = ops.FullyConnected(w.numpy(), bias, input_zero_point=lp.input_zero_point,
-                                                           **req)
+                    packed[node.name] = ops.FullyConnected(w.numpy(), bias, input_zero_point=lp.input_zero_point, **req)
             self._packed = packed
         return self._packed
 
@@ -255,9 +319,15 @@ class QuantizedModel(nn.Module):
                 y = ops.add(ins[0], ins[1], rounding=self.rounding, threads=threads, **self.add_params[node.name])
             elif k == "avg_pool":
                 a = node.attrs
-                y = ops.avg_pool2d(ins[0], a["kernel_size"], stride=a["stride"], padding=a["padding"],
-                                   count_include_pad=a["count_include_pad"],
-                                   input_zero_point=qp[node.name].zero_point, threads=threads)
+                y = ops.avg_pool2d(
+                    ins[0],
+                    a["kernel_size"],
+                    stride=a["stride"],
+                    padding=a["padding"],
+                    count_include_pad=a["count_include_pad"],
+                    input_zero_point=qp[node.name].zero_point,
+                    threads=threads,
+                )
             elif k == "global_pool":
                 y = ops.global_avg_pool(ins[0], threads=threads)
             elif k == "max_pool":

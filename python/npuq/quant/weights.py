@@ -160,8 +160,10 @@ def _quantizer(method):
     fn = WEIGHT_QUANTIZERS.get(method)
     data_aware = bool(WEIGHT_QUANTIZERS.meta(method).get("data_aware"))
     if data_aware != (method in DATA_AWARE_METHODS):  # the torch-free list would send it the wrong data
-        raise RuntimeError(f"weight quantization method {method!r} is registered with data_aware={data_aware}, "
-                           "but npuq.methods.DATA_AWARE_WEIGHT_METHODS says otherwise: make them agree")
+        raise RuntimeError(
+            f"weight quantization method {method!r} is registered with data_aware={data_aware}, "
+            "but npuq.methods.DATA_AWARE_WEIGHT_METHODS says otherwise: make them agree"
+        )
     return fn, data_aware
 
 
@@ -267,7 +269,13 @@ def weight_sqnr_db(w, w_hat) -> float:
 
 
 def quantize_weight(
-    w, method: str = "wess", bits: int = 8, *, shift_bits: int = 4, name: str = "weight", stats=None,
+    w,
+    method: str = "wess",
+    bits: int = 8,
+    *,
+    shift_bits: int = 4,
+    name: str = "weight",
+    stats=None,
     centered: bool = False,
 ) -> QuantizedWeight:
     """Quantize a float weight tensor (output channel on axis 0) with ``method`` (see the module doc).
@@ -339,8 +347,9 @@ def _per_layer(w, bits: int, *, name: str, **data) -> QuantizedWeight:
     return QuantizedWeight(_quantize(w64, scale, qmax), scale, layer_scale, no_shift, bits, "per_layer")
 
 
-def _wess_grid(w64: torch.Tensor, r: torch.Tensor, r_layer: float, bits: int, shift_bits: int, name: str,
-               method: str) -> QuantizedWeight:
+def _wess_grid(
+    w64: torch.Tensor, r: torch.Tensor, r_layer: float, bits: int, shift_bits: int, name: str, method: str
+) -> QuantizedWeight:
     qmax = _qmax(bits)
     layer_scale = _check_scale(r_layer / qmax, name)
     shift = _shifts_from_ranges(r, (1 << shift_bits) - 1)

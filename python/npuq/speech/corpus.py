@@ -51,22 +51,118 @@ INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu)
 #: The eight English voices of espeak-ng 1.51 that use its own formant synthesizer (the other
 #: English entries of ``espeak-ng --voices=en`` need mbrola voice packages).
 DEFAULT_VOICES = (
-    "en-gb", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
+    "en-gb",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
 )
 
 #: Voice variants (files of ``espeak-ng-data/voices/!v/``) of espeak-ng 1.51, all but ``fast`` (a speed
 #: experiment, not a voice) and ``Mr serious`` (its space does not survive the ``voice+variant`` syntax).
 DEFAULT_VARIANTS = (
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene", "Gene2",
-    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax",
-    "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot", "announcer",
-    "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward", "edward2",
-    "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john",
-    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4",
-    "m5", "m6", "m7", "m8", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro",
-    "quincy", "rob", "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6",
-    "robosoft7", "robosoft8", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper",
-    "whisperf", "zac",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "AnxiousAndy",
+    "Demonic",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "RicishayMax",
+    "RicishayMax2",
+    "RicishayMax3",
+    "Storm",
+    "Tweaky",
+    "UniRobot",
+    "adam",
+    "anika",
+    "anikaRobot",
+    "announcer",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "croak",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "kaukovalta",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "linda",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "robosoft",
+    "robosoft2",
+    "robosoft3",
+    "robosoft4",
+    "robosoft5",
+    "robosoft6",
+    "robosoft7",
+    "robosoft8",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "whisper",
+    "whisperf",
+    "zac",
 )
 
 ESPEAK_SAMPLE_RATE = 22_050
@@ -148,28 +244,34 @@ class DigitsConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"DigitsConfig.seed must be a non-negative integer, got {self.seed!r}")
         if not 1 <= self.min_digits <= self.max_digits:
-            raise ValueError(f"need 1 <= min_digits <= max_digits, got min_digits={self.min_digits}, "
-                             f"max_digits={self.max_digits}")
+            raise ValueError(
+                f"need 1 <= min_digits <= max_digits, got min_digits={self.min_digits}, max_digits={self.max_digits}"
+            )
         if not 0.0 <= self.p_oh <= 1.0:
             raise ValueError(f"DigitsConfig.p_oh must be a probability in [0, 1], got {self.p_oh}")
         limits = {"speed_wpm": (80, 450), "pitch": (0, 99), "amplitude": (0, 200), "word_gap": (0, 100)}
         for name, (lo_ok, hi_ok) in limits.items():
             lo, hi = _pair(self, name)
             if int(lo) != lo or int(hi) != hi or not lo_ok <= lo <= hi <= hi_ok:
-                raise ValueError(f"DigitsConfig.{name} must be integers ({name}_low, {name}_high) with "
-                                 f"{lo_ok} <= low <= high <= {hi_ok}, got {getattr(self, name)}")
+                raise ValueError(
+                    f"DigitsConfig.{name} must be integers ({name}_low, {name}_high) with "
+                    f"{lo_ok} <= low <= high <= {hi_ok}, got {getattr(self, name)}"
+                )
         lo, hi = _pair(self, "snr_db")
         if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-            raise ValueError(f"DigitsConfig.snr_db must be finite (low, high) decibels with low <= high, "
-                             f"got {self.snr_db}")
+            raise ValueError(
+                f"DigitsConfig.snr_db must be finite (low, high) decibels with low <= high, got {self.snr_db}"
+            )
         if not self.noise_kinds or any(k not in NOISE_KINDS for k in self.noise_kinds):
-            raise ValueError(f"DigitsConfig.noise_kinds must be a non-empty subset of {NOISE_KINDS}, "
-                             f"got {self.noise_kinds}")
+            raise ValueError(
+                f"DigitsConfig.noise_kinds must be a non-empty subset of {NOISE_KINDS}, got {self.noise_kinds}"
+            )
         for name in ("voices", "variants"):
             names = getattr(self, name)
             if not names or any(not isinstance(v, str) or not v or "+" in v or " " in v for v in names):
-                raise ValueError(f"DigitsConfig.{name} must be a non-empty list of names without '+' or "
-                                 f"spaces, got {names}")
+                raise ValueError(
+                    f"DigitsConfig.{name} must be a non-empty list of names without '+' or spaces, got {names}"
+                )
             if len(set(names)) != len(names):
                 raise ValueError(f"DigitsConfig.{name} has duplicates: {names}")
         if self.split_by not in SPLIT_BY:
@@ -177,12 +279,15 @@ class DigitsConfig:
         if self.split_by == "variant" and len(self.variants) < len(SPLITS):
             raise ValueError(f"split_by='variant' needs at least {len(SPLITS)} variants, got {len(self.variants)}")
         if len(self.voices) * len(self.variants) < len(SPLITS):
-            raise ValueError(f"{len(self.voices)} voices x {len(self.variants)} variants give fewer speakers "
-                             f"than the {len(SPLITS)} splits, which must not share speakers")
+            raise ValueError(
+                f"{len(self.voices)} voices x {len(self.variants)} variants give fewer speakers "
+                f"than the {len(SPLITS)} splits, which must not share speakers"
+            )
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "DigitsConfig":
@@ -216,9 +321,19 @@ def check_split(split) -> str:
 
 def feature_definition() -> dict:
     f = _features
-    return {"sample_rate": f.SAMPLE_RATE, "window_length": f.WINDOW_LENGTH, "hop_length": f.HOP_LENGTH,
-            "n_fft": f.N_FFT, "n_mels": f.N_MELS, "f_min": f.F_MIN, "f_max": f.F_MAX, "mel_scale": "htk",
-            "window": "periodic hann", "log_floor": f.LOG_FLOOR, "resampler": "scipy.signal.resample_poly"}
+    return {
+        "sample_rate": f.SAMPLE_RATE,
+        "window_length": f.WINDOW_LENGTH,
+        "hop_length": f.HOP_LENGTH,
+        "n_fft": f.N_FFT,
+        "n_mels": f.N_MELS,
+        "f_min": f.F_MIN,
+        "f_max": f.F_MAX,
+        "mel_scale": "htk",
+        "window": "periodic hann",
+        "log_floor": f.LOG_FLOOR,
+        "resampler": "scipy.signal.resample_poly",
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,8 +344,9 @@ def find_espeak() -> str:
     """Path of the espeak-ng program, or :class:`EspeakNotFoundError` saying how to install it."""
     path = shutil.which("espeak-ng")
     if path is None:
-        raise EspeakNotFoundError(f"the speech corpus is synthesized with the espeak-ng program, which is not on "
-                                  f"PATH: {INSTALL_HINT}")
+        raise EspeakNotFoundError(
+            f"the speech corpus is synthesized with the espeak-ng program, which is not on PATH: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -239,8 +355,10 @@ def run_espeak(arguments) -> bytes:
     command = [find_espeak(), *arguments]
     result = subprocess.run(command, capture_output=True, timeout=120)
     if result.returncode != 0:
-        raise EspeakError(f"espeak-ng failed (exit status {result.returncode}) for {command[1:]}: "
-                          f"{result.stderr.decode(errors='replace').strip()}")
+        raise EspeakError(
+            f"espeak-ng failed (exit status {result.returncode}) for {command[1:]}: "
+            f"{result.stderr.decode(errors='replace').strip()}"
+        )
     return result.stdout
 
 
@@ -285,11 +403,12 @@ def check_speakers(config: DigitsConfig) -> None:
     missing_voices = [v for v in config.voices if v not in voices]
     missing_variants = [v for v in config.variants if v not in variants]
     if missing_voices:
-        raise ValueError(f"espeak-ng has no (non-mbrola) English voice {missing_voices}; available: "
-                         f"{sorted(voices)}")
+        raise ValueError(f"espeak-ng has no (non-mbrola) English voice {missing_voices}; available: {sorted(voices)}")
     if missing_variants:
-        raise ValueError(f"espeak-ng has no voice variant {missing_variants} (it would ignore them silently); "
-                         f"available: {sorted(variants)}")
+        raise ValueError(
+            f"espeak-ng has no voice variant {missing_variants} (it would ignore them silently); "
+            f"available: {sorted(variants)}"
+        )
 
 
 def parse_wav(data: bytes, source: str = "espeak-ng output") -> tuple[np.ndarray, int]:
@@ -309,12 +428,31 @@ def parse_wav(data: bytes, source: str = "espeak-ng output") -> tuple[np.ndarray
     return samples, rate
 
 
-def synthesize(text: str, voice: str, variant: str | None = None, speed_wpm: int = 175, pitch: int = 50,
-               amplitude: int = 100, word_gap: int = 0) -> tuple[np.ndarray, int]:
+def synthesize(
+    text: str,
+    voice: str,
+    variant: str | None = None,
+    speed_wpm: int = 175,
+    pitch: int = 50,
+    amplitude: int = 100,
+    word_gap: int = 0,
+) -> tuple[np.ndarray, int]:
     """Speak ``text`` with espeak-ng; returns (samples in [-1, 1], sample rate)."""
     name = voice if not variant else f"{voice}+{variant}"
-    arguments = ["-v", name, "-s", str(int(speed_wpm)), "-p", str(int(pitch)), "-a", str(int(amplitude)),
-                 "-g", str(int(word_gap)), "--stdout", text]
+    arguments = [
+        "-v",
+        name,
+        "-s",
+        str(int(speed_wpm)),
+        "-p",
+        str(int(pitch)),
+        "-a",
+        str(int(amplitude)),
+        "-g",
+        str(int(word_gap)),
+        "--stdout",
+        text,
+    ]
     samples, rate = parse_wav(run_espeak(arguments), f"espeak-ng -v {name} {text!r}")
     if len(samples) == 0:
         raise EspeakError(f"espeak-ng -v {name} produced no audio for {text!r}")
@@ -410,7 +548,7 @@ def split_speakers(config: DigitsConfig) -> dict[str, list[str]]:
         raise ValueError(f"{len(groups)} {config.split_by}s are too few to give train, dev and test their own")
     result, start = {}, 0
     for s in ("train", "dev", "test"):
-        result[s] = sorted(name for i in order[start:start + counts[s]] for name in groups[i])
+        result[s] = sorted(name for i in order[start : start + counts[s]] for name in groups[i])
         start += counts[s]
     return result
 
@@ -481,8 +619,9 @@ def plan_corpus(config: DigitsConfig) -> dict[str, list[UtterancePlan]]:
 
 def render_utterance(plan: UtterancePlan) -> np.ndarray:
     """The noisy 16 kHz audio of a planned utterance."""
-    samples, rate = synthesize(plan.text, plan.voice, plan.variant, plan.speed_wpm, plan.pitch,
-                               plan.amplitude, plan.word_gap)
+    samples, rate = synthesize(
+        plan.text, plan.voice, plan.variant, plan.speed_wpm, plan.pitch, plan.amplitude, plan.word_gap
+    )
     audio = resample_to_16k(samples, rate)
     return add_noise(audio, plan.snr_db, plan.noise, np.random.default_rng(plan.noise_seed))
 
@@ -620,12 +759,19 @@ def _write_corpus(directory: Path, config: DigitsConfig, workers: int, progress)
         np.save(directory / _feature_file(split), np.concatenate(feats).astype(np.float32))
         _write_json(directory / _utterance_file(split), utterances)
         seconds = np.array([u["seconds"] for u in utterances])
-        counts[split] = {"utterances": len(utterances), "speakers": len(speakers[split]),
-                         "speakers_used": len({u["speaker"] for u in utterances}),
-                         "words": int(sum(len(u["words"]) for u in utterances)),
-                         "frames": int(sum(u["n_frames"] for u in utterances)), "seconds": float(seconds.sum())}
-        stats[split] = {"seconds_mean": float(seconds.mean()), "seconds_min": float(seconds.min()),
-                        "seconds_max": float(seconds.max())}
+        counts[split] = {
+            "utterances": len(utterances),
+            "speakers": len(speakers[split]),
+            "speakers_used": len({u["speaker"] for u in utterances}),
+            "words": int(sum(len(u["words"]) for u in utterances)),
+            "frames": int(sum(u["n_frames"] for u in utterances)),
+            "seconds": float(seconds.sum()),
+        }
+        stats[split] = {
+            "seconds_mean": float(seconds.mean()),
+            "seconds_min": float(seconds.min()),
+            "seconds_max": float(seconds.max()),
+        }
         if split == "train":
             train_features = feats
     mean, std = _features.global_stats(train_features)
@@ -653,9 +799,15 @@ def _write_corpus(directory: Path, config: DigitsConfig, workers: int, progress)
     return manifest
 
 
-def build_digits(config: DigitsConfig | None = None, cache_dir=None, workers: int | None = None,
-                 progress: bool = True, rebuild: bool = False, on_corrupt: str = "rebuild",
-                 verify: bool = True) -> Path:
+def build_digits(
+    config: DigitsConfig | None = None,
+    cache_dir=None,
+    workers: int | None = None,
+    progress: bool = True,
+    rebuild: bool = False,
+    on_corrupt: str = "rebuild",
+    verify: bool = True,
+) -> Path:
     """Synthesize the corpus of ``config`` into the cache unless it is there already; returns its directory.
 
     ``on_corrupt``: ``"rebuild"`` (warn with :class:`CorruptCacheWarning`, then rebuild) or ``"raise"``
@@ -674,8 +826,9 @@ def build_digits(config: DigitsConfig | None = None, cache_dir=None, workers: in
         except CorruptCacheError as exc:
             if on_corrupt == "raise":
                 raise CorruptCacheError(f"{exc}. Delete {target} (or pass on_corrupt='rebuild') to rebuild it") from exc
-            warnings.warn(f"rebuilding the corrupt speech corpus cache {target}: {exc}", CorruptCacheWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"rebuilding the corrupt speech corpus cache {target}: {exc}", CorruptCacheWarning, stacklevel=2
+            )
     find_espeak()
     check_speakers(config)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,17 @@ class DigitsSplit:
         return collate([self[i] for i in indices], self.vocab, add_sos=add_sos, add_eos=add_eos, as_torch=as_torch)
 
 
-def load_digits(split: str, config=None, cache_dir=None, normalize: str | None = None, build: bool = True,
-                workers: int | None = None, progress: bool = True, verify: bool = True,
-                on_corrupt: str = "rebuild") -> DigitsSplit:
+def load_digits(
+    split: str,
+    config=None,
+    cache_dir=None,
+    normalize: str | None = None,
+    build: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    verify: bool = True,
+    on_corrupt: str = "rebuild",
+) -> DigitsSplit:
     """Load one split (``"train"``, ``"dev"`` or ``"test"``) of the corpus of ``config``.
 
     The corpus is synthesized and cached first if needed (``build=False`` raises FileNotFoundError instead).
@@ -59,11 +67,14 @@ def load_digits(split: str, config=None, cache_dir=None, normalize: str | None =
         raise TypeError(f"config must be a DigitsConfig, got {type(config).__name__}")
     directory = _corpus.corpus_dir(config, cache_dir)
     if build:
-        directory = _corpus.build_digits(config, cache_dir, workers=workers, progress=progress,
-                                         on_corrupt=on_corrupt, verify=verify)
+        directory = _corpus.build_digits(
+            config, cache_dir, workers=workers, progress=progress, on_corrupt=on_corrupt, verify=verify
+        )
     elif not (directory / _corpus.MANIFEST).is_file():
-        raise FileNotFoundError(f"no cached digits corpus at {directory}: build it with "
-                                f"`python3 scripts/make_digits.py` or npuq.speech.build_digits(config)")
+        raise FileNotFoundError(
+            f"no cached digits corpus at {directory}: build it with "
+            f"`python3 scripts/make_digits.py` or npuq.speech.build_digits(config)"
+        )
     manifest = _corpus.read_manifest(directory, config, splits=(split,), verify=verify and not build)
     return _read_split(directory, split, manifest, normalize)
 
@@ -78,8 +89,10 @@ def _read_split(directory: Path, split: str, manifest: dict, normalize) -> Digit
         raise _corpus.CorruptCacheError(f"cannot read {split} of {directory}: {exc}") from exc
     lengths = [int(u["n_frames"]) for u in utterances]
     if stacked.ndim != 2 or stacked.shape[1] != _features.N_MELS or stacked.shape[0] != sum(lengths):
-        raise _corpus.CorruptCacheError(f"{feature_path}: shape {stacked.shape}, expected ({sum(lengths)}, "
-                                        f"{_features.N_MELS}) from {utterance_path}")
+        raise _corpus.CorruptCacheError(
+            f"{feature_path}: shape {stacked.shape}, expected ({sum(lengths)}, "
+            f"{_features.N_MELS}) from {utterance_path}"
+        )
     features = np.split(stacked, np.cumsum(lengths)[:-1]) if lengths else []
     if normalize == "utterance":
         features = [_features.utterance_normalize(f) for f in features]
@@ -114,8 +127,9 @@ def pad_sequences(sequences, pad_value=0, dtype=None) -> tuple[np.ndarray, np.nd
     return out, lengths
 
 
-def collate(batch, vocab: Vocabulary = VOCAB, add_sos: bool = False, add_eos: bool = False,
-            as_torch: bool = True) -> dict:
+def collate(
+    batch, vocab: Vocabulary = VOCAB, add_sos: bool = False, add_eos: bool = False, as_torch: bool = True
+) -> dict:
     """Pad a list of ``(features, token_ids)`` pairs into one batch.
 
     Returns ``features`` (B, T_max, 80) float32 zero-padded, ``feature_lengths`` (B,), ``targets``

@@ -56,8 +56,9 @@ def mel_filterbank(
     if n_mels < 1:
         raise ValueError(f"n_mels must be >= 1, got {n_mels}")
     if not 0.0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, "
-                         f"sample_rate={sample_rate}")
+        raise ValueError(
+            f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={f_min}, f_max={f_max}, sample_rate={sample_rate}"
+        )
     edges_hz = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
     bin_hz = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
     lower, centre, upper = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
@@ -141,5 +142,7 @@ def global_stats(features) -> tuple[np.ndarray, np.ndarray]:
 
 def apply_global_stats(features: np.ndarray, mean, std, eps: float = 1e-5) -> np.ndarray:
     """``(features - mean) / (std + eps)`` as float32."""
-    return ((np.asarray(features, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
-            / (np.asarray(std, dtype=np.float32) + eps)).astype(np.float32)
+    return (
+        (np.asarray(features, dtype=np.float32) - np.asarray(mean, dtype=np.float32))
+        / (np.asarray(std, dtype=np.float32) + eps)
+    ).astype(np.float32)

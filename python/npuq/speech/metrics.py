@@ -41,8 +41,12 @@ class EditCounts:
         return self.errors / self.reference_length
 
     def __add__(self, other: "EditCounts") -> "EditCounts":
-        return EditCounts(self.substitutions + other.substitutions, self.deletions + other.deletions,
-                          self.insertions + other.insertions, self.reference_length + other.reference_length)
+        return EditCounts(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.reference_length + other.reference_length,
+        )
 
 
 def _as_words(transcript, name: str) -> list:

@@ -51,8 +51,7 @@ class Vocabulary:
         ids = [self.id(w) for w in words]
         if any(i < len(self.tokens) - len(self.words) for i in ids):
             raise ValueError(f"encode takes words only, not the special tokens: got {list(words)}")
-        return np.array(([self.sos_id] if add_sos else []) + ids + ([self.eos_id] if add_eos else []),
-                        dtype=np.int64)
+        return np.array(([self.sos_id] if add_sos else []) + ids + ([self.eos_id] if add_eos else []), dtype=np.int64)
 
     def decode(self, ids) -> list[str]:
         """Words of a sequence of ids: ``<pad>`` and ``<sos>`` are dropped, and ``<eos>`` ends it."""

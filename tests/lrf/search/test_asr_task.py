@@ -6,11 +6,9 @@ tests do not depend on the default corpus cache."""
 
 import copy
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from support.helpers import skip_unless_ci
 
 from npuq.asr import evaluate_wer, greedy_decode, load_asr_checkpoint, teacher_forcing_batch
 from npuq.asr.checkpoint import CHECKPOINT_DIR
@@ -23,6 +21,7 @@ from npuq.lrf.search.config import ConfigError, load_config
 from npuq.lrf.search.tasks import TASKS, make_task
 from npuq.speech import VOCAB
 from support import ROOT
+from support.helpers import skip_unless_ci
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,8 +42,18 @@ def corpus_dir(tmp_path_factory):
 
 
 def small_task(corpus_dir, **options):
-    return make_task("asr_digits", {**CORPUS, "cache_dir": str(corpus_dir), "dev_size": 24, "train_limit": 24,
-                                    "batch_size": 8, "progress": False, **options})
+    return make_task(
+        "asr_digits",
+        {
+            **CORPUS,
+            "cache_dir": str(corpus_dir),
+            "dev_size": 24,
+            "train_limit": 24,
+            "batch_size": 8,
+            "progress": False,
+            **options,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +63,22 @@ def shipped():
 
 
 def low_rank(model, rank):
-    ranks = {path: rank for path in ("encoder_projection", "encoder_lstm", "decoder_lstm", "pre_output",
-                                         "attention_key", "attention_query")}
+    ranks = {
+        path: rank
+        for path in (
+            "encoder_projection",
+            "encoder_lstm",
+            "decoder_lstm",
+            "pre_output",
+            "attention_key",
+            "attention_query",
+        )
+    }
     return factorize(model, ranks, above_break_even="ignore")
 
 
 # ----------------------------------------------------------------------------------- registry, options
+
 
 def test_registered_and_options_validated():
     assert TASKS["asr_digits"] is AsrDigitsTask
@@ -86,13 +105,20 @@ def test_shipped_configs_validate(name):
 
 # -------------------------------------------------------------------------------------------- errors
 
+
 def test_dev_error_is_the_greedy_wer_of_npuq_asr(corpus_dir, shipped):
     from npuq.speech import DigitsConfig, load_digits
 
     task = small_task(corpus_dir, dev_size=20)
     error = task.evaluate(shipped)
-    dev = load_digits("dev", config=DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12),
-                      cache_dir=corpus_dir, normalize="utterance", build=False, progress=False)
+    dev = load_digits(
+        "dev",
+        config=DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12),
+        cache_dir=corpus_dir,
+        normalize="utterance",
+        build=False,
+        progress=False,
+    )
     assert error == evaluate_wer(shipped, dev, beam=1, limit=20)["wer"]
     assert error < 0.2
     assert 0 <= task.test_error(shipped) < 0.2
@@ -104,25 +130,36 @@ def test_full_rank_keeps_the_error_and_low_rank_raises_it(corpus_dir, shipped):
     base = task.evaluate(shipped)
     # factorize() keeps a matrix dense at or above its break-even rank, so the full-rank layers are built here
     full = copy.deepcopy(shipped)
-    builders = {torch.nn.Linear: FactorizedLinear.from_linear, torch.nn.Conv2d: FactorizedConv2d.from_conv2d,
-                torch.nn.LSTM: FactorizedLSTM.from_lstm}
+    builders = {
+        torch.nn.Linear: FactorizedLinear.from_linear,
+        torch.nn.Conv2d: FactorizedConv2d.from_conv2d,
+        torch.nn.LSTM: FactorizedLSTM.from_lstm,
+    }
     for path in factorizable_layers(shipped):
         module = full.get_submodule(path)
         setattr(full, path, builders[type(module)](module, 1.0))
     assert isinstance(full.encoder_lstm, FactorizedLSTM) and isinstance(full.output, FactorizedLinear)
     assert task.evaluate(full) == base
-    tiny = factorize(shipped, {path: 1 for path in ("encoder_lstm", "decoder_lstm", "pre_output")},
-                     above_break_even="ignore")
+    tiny = factorize(
+        shipped, {path: 1 for path in ("encoder_lstm", "decoder_lstm", "pre_output")}, above_break_even="ignore"
+    )
     assert task.evaluate(tiny) > base + 0.1
 
 
 def test_giving_up_on_a_broken_model_returns_a_lower_bound(corpus_dir, shipped):
     from npuq.speech import DigitsConfig, load_digits
 
-    dev = load_digits("dev", config=DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12),
-                      cache_dir=corpus_dir, normalize="utterance", build=False, progress=False)
-    broken = factorize(shipped, {path: 1 for path in ("encoder_lstm", "decoder_lstm", "pre_output")},
-                       above_break_even="ignore")
+    dev = load_digits(
+        "dev",
+        config=DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12),
+        cache_dir=corpus_dir,
+        normalize="utterance",
+        build=False,
+        progress=False,
+    )
+    broken = factorize(
+        shipped, {path: 1 for path in ("encoder_lstm", "decoder_lstm", "pre_output")}, above_break_even="ignore"
+    )
     full = evaluate_wer(broken, dev, batch_size=4)
     early = evaluate_wer(broken, dev, batch_size=4, give_up_above=0.3)
     assert full["complete"] and full["wer"] > 0.3
@@ -143,6 +180,7 @@ def test_giving_up_on_a_broken_model_returns_a_lower_bound(corpus_dir, shipped):
 
 
 # -------------------------------------------------------------------------------------- distillation
+
 
 def test_sequence_distillation_loss_skips_padding():
     gen = torch.Generator().manual_seed(0)
@@ -195,8 +233,9 @@ def test_finetune_cosine_schedule_decays_to_zero(monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     teacher = _TinySeq(1)
-    finetune_seq2seq_with_teacher(_TinySeq(0), teacher, batches, epochs=2, lr=0.01, lr_schedule="cosine",
-                                  total_steps=6, pad_id=0, progress=False)
+    finetune_seq2seq_with_teacher(
+        _TinySeq(0), teacher, batches, epochs=2, lr=0.01, lr_schedule="cosine", total_steps=6, pad_id=0, progress=False
+    )
     import math
 
     assert seen == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
@@ -254,6 +293,7 @@ def test_finetune_is_seeded(corpus_dir, shipped):
 
 # ------------------------------------------------------------------------------------------ checkpoints
 
+
 def test_factorized_checkpoint_round_trip(corpus_dir, shipped, tmp_path):
     _, meta = load_asr_checkpoint("asr_digits")
     small = low_rank(shipped, 24)
@@ -266,8 +306,10 @@ def test_factorized_checkpoint_round_trip(corpus_dir, shipped, tmp_path):
     inputs, _ = teacher_forcing_batch(batch)
     with torch.no_grad():
         small.eval()
-        assert torch.equal(loaded(batch["features"], batch["feature_lengths"], inputs),
-                           small(batch["features"], batch["feature_lengths"], inputs))
+        assert torch.equal(
+            loaded(batch["features"], batch["feature_lengths"], inputs),
+            small(batch["features"], batch["feature_lengths"], inputs),
+        )
     # the task loads it by path, and a dense checkpoint through the same loader
     task = small_task(corpus_dir, model=str(path))
     assert task.evaluate(task.load_model()) == task.evaluate(small)

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from support.helpers import skip_unless_ci
 from support import HERE, ROOT
+from support.helpers import skip_unless_ci
 
 try:
     import optuna  # noqa: F401
     import psycopg2  # noqa: F401
 except ImportError as exc:
-    skip_unless_ci(f"the distributed search needs optuna and psycopg2 (pip install npuq[lrf]): {exc}",
-                   allow_module_level=True)
+    skip_unless_ci(
+        f"the distributed search needs optuna and psycopg2 (pip install npuq[lrf]): {exc}", allow_module_level=True
+    )
 
 WORKER = HERE / "lrf_search_worker.py"
 SCRIPT = ROOT / "scripts" / "test_postgres.sh"
@@ -38,8 +39,10 @@ def postgres_url():
         yield url
         return
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
-        skip_unless_ci("no PostgreSQL: set NPUQ_TEST_POSTGRES_URL, or install the server (apt-get install postgresql) "
-                    "so that scripts/test_postgres.sh can start one")
+        skip_unless_ci(
+            "no PostgreSQL: set NPUQ_TEST_POSTGRES_URL, or install the server (apt-get install postgresql) "
+            "so that scripts/test_postgres.sh can start one"
+        )
     started = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=60)
     if started.returncode != 0:
         skip_unless_ci(f"could not start a PostgreSQL server with {SCRIPT.name}: {started.stderr.strip()[-500:]}")
@@ -47,14 +50,20 @@ def postgres_url():
     try:
         yield exports["NPUQ_TEST_POSTGRES_URL"]
     finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", exports["NPUQ_TEST_POSTGRES_DIR"]], capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            ["bash", str(SCRIPT), "stop", exports["NPUQ_TEST_POSTGRES_DIR"]], capture_output=True, timeout=60
+        )
 
 
 def _worker(url, study, seconds, *extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1")   # the workers import npuq as this test does
-    return subprocess.Popen([sys.executable, str(WORKER), url, study, str(N_TRIALS), str(seconds), *map(str, extra)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the workers import npuq as this test does
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, study, str(N_TRIALS), str(seconds), *map(str, extra)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_worker_does_not_stall_the_study(postgres_url, tmp_path):

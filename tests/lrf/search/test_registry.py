@@ -46,8 +46,9 @@ def test_search_dispatches_through_the_registry(monkeypatch):
 def test_an_optuna_strategy_runs_its_sampler():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     evaluator = Evaluator(SearchSpace(model, fractions=(0.5,)), lambda m: 0.1)
-    result = search(evaluator, strategy="random", target=1.2, budget=3, progress=False,
-                    optuna_options={"population_size": 2})
+    result = search(
+        evaluator, strategy="random", target=1.2, budget=3, progress=False, optuna_options={"population_size": 2}
+    )
     assert result.strategy == "random" and len(result.history) == 3
     with pytest.raises(ValueError, match="sampler must be one of"):
         optuna_module._make_sampler(None, "cmaes", 0, 2)
@@ -82,13 +83,22 @@ def test_one_config_error_and_one_reader(tmp_path):
     assert load_config(ROOT / "configs" / "lrf" / "mobilenet_v2_search.toml").strategy in STRATEGIES
 
 
-@pytest.mark.parametrize("first", ["npuq.lrf.search.asr_task", "npuq.lrf.search.tasks", "npuq.lrf.search.config",
-                                   "npuq.lrf.search.iterate"])
+@pytest.mark.parametrize(
+    "first", ["npuq.lrf.search.asr_task", "npuq.lrf.search.tasks", "npuq.lrf.search.config", "npuq.lrf.search.iterate"]
+)
 def test_each_module_imports_first_and_every_task_is_found(first):
-    code = (f"import {first}\nfrom npuq.registry import SEARCH_TASKS, SEARCH_STRATEGIES\n"
-            "print(','.join(SEARCH_TASKS.names()), len(SEARCH_STRATEGIES.items()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+    code = (
+        f"import {first}\nfrom npuq.registry import SEARCH_TASKS, SEARCH_STRATEGIES\n"
+        "print(','.join(SEARCH_TASKS.names()), len(SEARCH_STRATEGIES.items()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "python")},
+    )
     assert out.returncode == 0, out.stderr
     tasks, count = out.stdout.split()
     assert sorted(tasks.split(",")) == ["asr_digits", "fashion_mnist"] and count == "4"

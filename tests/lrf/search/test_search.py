@@ -31,8 +31,15 @@ SENSITIVE = "2"  # the layer of the toy model whose compression costs 20 points 
 
 def toy_model(width=32):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 10),
+    )
 
 
 def toy_error(model):
@@ -138,11 +145,12 @@ def test_reinforce_learns_to_keep_the_sensitive_layer():
     assert result.at_target.error < 0.11
 
 
-
 def test_reinforce_is_deterministic_for_a_seed():
     space = SearchSpace(toy_model())
-    runs = [reinforce_search(Evaluator(space, toy_error), target=2.0, budget=40, seed=seed, progress=False)
-            for seed in (3, 3, 4)]
+    runs = [
+        reinforce_search(Evaluator(space, toy_error), target=2.0, budget=40, seed=seed, progress=False)
+        for seed in (3, 3, 4)
+    ]
     candidates = [[r.candidate for r in run.history] for run in runs]
     assert candidates[0] == candidates[1] != candidates[2]
     assert runs[0].extra["rewards"] == runs[1].extra["rewards"]
@@ -215,8 +223,9 @@ def _dominates(a, b):
 def test_nsga2_returns_a_non_dominated_front():
     space = SearchSpace(toy_model(), fractions=(0.1, 0.3, 0.6))
     evaluate = Counting()
-    result = optuna_search(Evaluator(space, evaluate), target=2.0, n_trials=40, population_size=8, seed=0,
-                           progress=False)
+    result = optuna_search(
+        Evaluator(space, evaluate), target=2.0, n_trials=40, population_size=8, seed=0, progress=False
+    )
     assert len(result.history) == 40 and evaluate.calls <= 41
     front = result.front
     assert front and all(not _dominates(other, point) for point in front for other in result.history)
@@ -232,25 +241,46 @@ def test_nsga2_returns_a_non_dominated_front():
 def test_tpe_and_sqlite_storage_resume(tmp_path):
     space = SearchSpace(toy_model(), fractions=(0.1, 0.5))
     db = tmp_path / "study.db"
-    first = optuna_search(Evaluator(space, toy_error), target=2.0, n_trials=4, sampler="tpe", storage=str(db),
-                          study_name="toy", progress=False)
+    first = optuna_search(
+        Evaluator(space, toy_error),
+        target=2.0,
+        n_trials=4,
+        sampler="tpe",
+        storage=str(db),
+        study_name="toy",
+        progress=False,
+    )
     assert len(first.history) == 4
     evaluate = Counting()
-    more = optuna_search(Evaluator(space, evaluate), target=2.0, n_trials=6, sampler="tpe", storage=str(db),
-                         study_name="toy", progress=False)
+    more = optuna_search(
+        Evaluator(space, evaluate),
+        target=2.0,
+        n_trials=6,
+        sampler="tpe",
+        storage=str(db),
+        study_name="toy",
+        progress=False,
+    )
     assert len(more.history) == 6 and evaluate.calls <= 2  # two new trials; the baseline came from the study
     other = SearchSpace(toy_model(), fractions=(0.2,))
     with pytest.raises(StorageError, match="another search space"):
-        optuna_search(Evaluator(other, toy_error), target=2.0, n_trials=1, storage=str(db), study_name="toy",
-                      progress=False)
+        optuna_search(
+            Evaluator(other, toy_error), target=2.0, n_trials=1, storage=str(db), study_name="toy", progress=False
+        )
 
 
 def test_unreachable_database_fails_fast():
     space = SearchSpace(toy_model())
     start = time.monotonic()
     with pytest.raises(StorageError, match=r"cannot open the study storage postgresql.*127\.0\.0\.1"):
-        optuna_search(Evaluator(space, toy_error), target=2.0, n_trials=1, storage="postgresql://nobody@127.0.0.1:1/x",
-                      connect_timeout=3, progress=False)
+        optuna_search(
+            Evaluator(space, toy_error),
+            target=2.0,
+            n_trials=1,
+            storage="postgresql://nobody@127.0.0.1:1/x",
+            connect_timeout=3,
+            progress=False,
+        )
     assert time.monotonic() - start < 10
 
 
@@ -287,8 +317,16 @@ def test_iterate_two_rounds_resumes_after_an_interruption(tmp_path):
                 p.mul_(1.01)  # the weights change, so round 2 must decompose them again
         return m
 
-    options = dict(evaluate=evaluate, finetune=finetune, targets=[1.5, 2.5], out_dir=tmp_path, budget_per_round=24,
-                   strategy="reinforce", reinforce=ReinforceConfig(batch_size=4), progress=False)
+    options = dict(
+        evaluate=evaluate,
+        finetune=finetune,
+        targets=[1.5, 2.5],
+        out_dir=tmp_path,
+        budget_per_round=24,
+        strategy="reinforce",
+        reinforce=ReinforceConfig(batch_size=4),
+        progress=False,
+    )
     with pytest.raises(Interrupt):
         iterate(model, **options)
     assert (tmp_path / "round_1" / "state.json").exists() and not (tmp_path / "round_2").exists()
@@ -313,15 +351,26 @@ def test_iterate_two_rounds_resumes_after_an_interruption(tmp_path):
     longer = iterate(model, **{**options, "targets": [1.5, 2.5, 3.0]})
     assert len(finetuned) == 4 and longer.rounds[:2] == result.rounds
     assert json.loads((tmp_path / "run.json").read_text())["settings"]["targets"] == [1.5, 2.5, 3.0]
-    for changed in ({"targets": [1.5, 3.0, 4.0, 5.0]}, {"targets": [1.5]}, {"budget_per_round": 12},
-                    {"targets": [1.5, 2.5, 3.0, 4.0], "single_shot": True}):
+    for changed in (
+        {"targets": [1.5, 3.0, 4.0, 5.0]},
+        {"targets": [1.5]},
+        {"budget_per_round": 12},
+        {"targets": [1.5, 2.5, 3.0, 4.0], "single_shot": True},
+    ):
         with pytest.raises(StateError, match="other settings"):
             iterate(model, **{**options, **changed})
 
 
 def test_corrupt_state_file_is_a_clear_error(tmp_path):
-    options = dict(evaluate=toy_error, finetune=lambda m: m, targets=[1.5], out_dir=tmp_path, budget_per_round=8,
-                   reinforce=ReinforceConfig(batch_size=4), progress=False)
+    options = dict(
+        evaluate=toy_error,
+        finetune=lambda m: m,
+        targets=[1.5],
+        out_dir=tmp_path,
+        budget_per_round=8,
+        reinforce=ReinforceConfig(batch_size=4),
+        progress=False,
+    )
     iterate(toy_model(), **options)
     (tmp_path / "round_1" / "state.json").write_text('{"round": 1, "ranks": {')
     with pytest.raises(StateError, match=r"state.json: the round state is corrupt"):
@@ -336,31 +385,39 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- configs
-GOOD = {"name": "t", "strategy": "nsga2", "task": {"name": "fashion_mnist", "dev_size": 100},
-        "space": {"fractions": [0.2, 0.5]}, "search": {"target": 2.0, "budget": 10},
-        "optuna": {"storage": "", "population_size": 4}}
+GOOD = {
+    "name": "t",
+    "strategy": "nsga2",
+    "task": {"name": "fashion_mnist", "dev_size": 100},
+    "space": {"fractions": [0.2, 0.5]},
+    "search": {"target": 2.0, "budget": 10},
+    "optuna": {"storage": "", "population_size": 4},
+}
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"budgett": 3}, "budgett"),
-    ({"seed": "zero"}, "seed"),
-    ({"strategy": "annealing"}, "strategy"),
-    ({"space": {"fractions": [0.2, 1.5]}}, "fractions"),
-    ({"space": {"fractions": "0.2"}}, "space.fractions"),
-    ({"space": {"layer": ["x"]}}, "layer"),
-    ({"search": {"budget": 0}}, "search.budget"),
-    ({"search": {"target": "2x"}}, "search.target"),
-    ({"iterate": {"targets": [3.0, 2.0]}}, "iterate.targets"),
-    ({"reinforce": {"lr": -1.0}}, "reinforce.lr"),
-    ({"reinforce": {"keep_prior": "always"}}, "reinforce.keep_prior"),
-    ({"reinforce": {"keep_prior": 1.5}}, "reinforce.keep_prior"),
-    ({"optuna": {"grace_period": 1, "heartbeat_interval": 5}}, "optuna.grace_period"),
-    ({"optuna": {"storage": 5}}, "optuna.storage"),
-    ({"task": {"name": "speech"}}, "task.name"),
-    ({"task": {"name": "fashion_mnist", "dev_sise": 100}}, "dev_sise"),
-    ({"task": {"name": "fashion_mnist", "dev_size": 1.5}}, "task.dev_size"),
-    ({"task": {"name": "fashion_mnist", "dev_size": 0}}, "task.dev_size"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"budgett": 3}, "budgett"),
+        ({"seed": "zero"}, "seed"),
+        ({"strategy": "annealing"}, "strategy"),
+        ({"space": {"fractions": [0.2, 1.5]}}, "fractions"),
+        ({"space": {"fractions": "0.2"}}, "space.fractions"),
+        ({"space": {"layer": ["x"]}}, "layer"),
+        ({"search": {"budget": 0}}, "search.budget"),
+        ({"search": {"target": "2x"}}, "search.target"),
+        ({"iterate": {"targets": [3.0, 2.0]}}, "iterate.targets"),
+        ({"reinforce": {"lr": -1.0}}, "reinforce.lr"),
+        ({"reinforce": {"keep_prior": "always"}}, "reinforce.keep_prior"),
+        ({"reinforce": {"keep_prior": 1.5}}, "reinforce.keep_prior"),
+        ({"optuna": {"grace_period": 1, "heartbeat_interval": 5}}, "optuna.grace_period"),
+        ({"optuna": {"storage": 5}}, "optuna.storage"),
+        ({"task": {"name": "speech"}}, "task.name"),
+        ({"task": {"name": "fashion_mnist", "dev_sise": 100}}, "dev_sise"),
+        ({"task": {"name": "fashion_mnist", "dev_size": 1.5}}, "task.dev_size"),
+        ({"task": {"name": "fashion_mnist", "dev_size": 0}}, "task.dev_size"),
+    ],
+)
 def test_bad_configs_name_the_key(change, key):
     table = {**GOOD, **change}
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -368,7 +425,6 @@ def test_bad_configs_name_the_key(change, key):
 
 
 def test_shipped_configs_are_valid():
-    from pathlib import Path
 
     folder = ROOT / "configs" / "lrf"
     configs = sorted(folder.glob("*.toml"))
@@ -431,7 +487,10 @@ def test_cli_report_and_apply_on_the_speech_recognizer(tmp_path, capsys):
     model, meta = load_asr_lrf_checkpoint(out)
     assert factorized_ranks(model) == ranks and meta["lrf_ranks"] == ranks
     # a factorized checkpoint is not factorized again
-    assert main(["lrf", "apply", "--model", str(out), "--ranks", str(state), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        main(["lrf", "apply", "--model", str(out), "--ranks", str(state), "--out", str(tmp_path / "x.safetensors")])
+        == 2
+    )
     assert "factorized already" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"decoder_lstm": {"weight_ih_l9": 3}}))

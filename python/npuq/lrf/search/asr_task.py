@@ -42,8 +42,8 @@ def load_asr_lrf_checkpoint(name_or_path="asr_digits") -> tuple[nn.Module, dict]
 
     from npuq.asr import ASR_FORMAT, ASRCheckpointError, ASRConfig, AttentionASR, load_asr_checkpoint
     from npuq.asr.checkpoint import _parse  # the metadata parsing of load_asr_checkpoint
-    from npuq.models.checkpoints import resolve_checkpoint
     from npuq.lrf.factorize import factorize
+    from npuq.models.checkpoints import resolve_checkpoint
 
     path = resolve_checkpoint(name_or_path, kind="asr")
     try:
@@ -58,21 +58,25 @@ def load_asr_lrf_checkpoint(name_or_path="asr_digits") -> tuple[nn.Module, dict]
     if tensors is None:
         return load_asr_checkpoint(path)
     if raw.get("format") != ASR_FORMAT:
-        raise ASRCheckpointError(f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an "
-                                 "ASR checkpoint")
+        raise ASRCheckpointError(
+            f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an ASR checkpoint"
+        )
     try:
         meta = _parse(raw)
         meta["lrf_ranks"] = ranks = json.loads(meta["lrf_ranks"])
         config = ASRConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ASRCheckpointError(f"{path}: cannot rebuild the factorized model from its config and lrf_ranks "
-                                 f"metadata ({exc})") from None
+        raise ASRCheckpointError(
+            f"{path}: cannot rebuild the factorized model from its config and lrf_ranks metadata ({exc})"
+        ) from None
     model = factorize(AttentionASR(config), ranks, above_break_even="ignore")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise ASRCheckpointError(f"{path}: the tensors do not fit the model of its config factorized with its "
-                                 f"lrf_ranks ({str(exc).splitlines()[0]})") from None
+        raise ASRCheckpointError(
+            f"{path}: the tensors do not fit the model of its config factorized with its "
+            f"lrf_ranks ({str(exc).splitlines()[0]})"
+        ) from None
     return model.eval(), meta
 
 
@@ -84,7 +88,7 @@ def _length_batches(lengths, batch_size: int, seed: int, epoch: int, jitter: flo
     rng = np.random.default_rng([seed, epoch])
     keys = np.asarray(lengths, dtype=np.float64) + rng.uniform(0, jitter, size=len(lengths))
     order = np.argsort(keys, kind="stable")
-    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
@@ -95,10 +99,10 @@ class AsrDigitsTask:
 
     @dataclass
     class Options:
-        model: str = "asr_digits"            # a shipped ASR checkpoint name or a .safetensors path
-        dev_size: int = 300                  # development utterances: the first ones of the dev split
-        test_limit: int = 0                  # test utterances for the reported test WER (0: the whole split)
-        train_limit: int = 4000              # fine-tuning utterances: the first ones of the training split
+        model: str = "asr_digits"  # a shipped ASR checkpoint name or a .safetensors path
+        dev_size: int = 300  # development utterances: the first ones of the dev split
+        test_limit: int = 0  # test utterances for the reported test WER (0: the whole split)
+        train_limit: int = 4000  # fine-tuning utterances: the first ones of the training split
         finetune_epochs: int = 2
         finetune_lr: float = 1e-3
         finetune_schedule: str = "constant"  # or "cosine": from finetune_lr down to 0 over all the steps
@@ -107,40 +111,55 @@ class AsrDigitsTask:
         temperature: float = 2.0
         kd_weight: float = 0.9
         task_weight: float = 0.1
-        spec_augment: bool = False           # light masks (one band of <= 8 mel bins, one run of <= 5 frames)
-        bucket_jitter: int = 30              # frames of jitter in the length-sorting of the batches
+        spec_augment: bool = False  # light masks (one band of <= 8 mel bins, one run of <= 5 frames)
+        bucket_jitter: int = 30  # frames of jitter in the length-sorting of the batches
         seed: int = 0
         eval_batch: int = 64
-        give_up_wer: float = 0.0             # > 0: a dev evaluation stops once the WER is surely above it
-        cache_dir: str = ""                  # "": the default corpus cache ($NPUQ_DATA_DIR or ~/.cache/npuq)
-        corpus_seed: int = 0                 # the DigitsConfig of the corpus (defaults: the shipped model's)
+        give_up_wer: float = 0.0  # > 0: a dev evaluation stops once the WER is surely above it
+        cache_dir: str = ""  # "": the default corpus cache ($NPUQ_DATA_DIR or ~/.cache/npuq)
+        corpus_seed: int = 0  # the DigitsConfig of the corpus (defaults: the shipped model's)
         corpus_train_size: int = 4000
         corpus_dev_size: int = 300
         corpus_test_size: int = 500
         progress: bool = True
 
         def __post_init__(self):
-            for name in ("dev_size", "train_limit", "finetune_epochs", "batch_size", "eval_batch",
-                         "corpus_train_size", "corpus_dev_size", "corpus_test_size"):
+            for name in (
+                "dev_size",
+                "train_limit",
+                "finetune_epochs",
+                "batch_size",
+                "eval_batch",
+                "corpus_train_size",
+                "corpus_dev_size",
+                "corpus_test_size",
+            ):
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
             for name in ("test_limit", "bucket_jitter", "seed", "corpus_seed"):
                 if getattr(self, name) < 0:
                     raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
             if self.dev_size > self.corpus_dev_size:
-                raise ValueError(f"dev_size must be at most the corpus's {self.corpus_dev_size} dev utterances "
-                                 f"(corpus_dev_size), got {self.dev_size}")
+                raise ValueError(
+                    f"dev_size must be at most the corpus's {self.corpus_dev_size} dev utterances "
+                    f"(corpus_dev_size), got {self.dev_size}"
+                )
             if self.train_limit > self.corpus_train_size:
-                raise ValueError(f"train_limit must be at most the corpus's {self.corpus_train_size} training "
-                                 f"utterances (corpus_train_size), got {self.train_limit}")
+                raise ValueError(
+                    f"train_limit must be at most the corpus's {self.corpus_train_size} training "
+                    f"utterances (corpus_train_size), got {self.train_limit}"
+                )
             if self.test_limit > self.corpus_test_size:
-                raise ValueError(f"test_limit must be at most the corpus's {self.corpus_test_size} test "
-                                 f"utterances (corpus_test_size), got {self.test_limit}")
+                raise ValueError(
+                    f"test_limit must be at most the corpus's {self.corpus_test_size} test "
+                    f"utterances (corpus_test_size), got {self.test_limit}"
+                )
             if self.finetune_schedule not in ("constant", "cosine"):
                 raise ValueError(f"finetune_schedule must be 'constant' or 'cosine', got {self.finetune_schedule!r}")
             if not self.give_up_wer >= 0:
-                raise ValueError(f"give_up_wer must be >= 0 (0: always decode the whole dev set), got "
-                                 f"{self.give_up_wer}")
+                raise ValueError(
+                    f"give_up_wer must be >= 0 (0: always decode the whole dev set), got {self.give_up_wer}"
+                )
             for name in ("finetune_lr", "temperature", "clip_norm"):
                 if getattr(self, name) <= 0:
                     raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -160,8 +179,9 @@ class AsrDigitsTask:
         from npuq.speech import DigitsConfig
 
         o = self.options
-        return DigitsConfig(seed=o.corpus_seed, train_size=o.corpus_train_size, dev_size=o.corpus_dev_size,
-                            test_size=o.corpus_test_size)
+        return DigitsConfig(
+            seed=o.corpus_seed, train_size=o.corpus_train_size, dev_size=o.corpus_dev_size, test_size=o.corpus_test_size
+        )
 
     def split(self, name: str, normalize: str = "utterance"):
         """A split of the task's corpus (built and cached on first use), features normalized as the model
@@ -170,8 +190,13 @@ class AsrDigitsTask:
         if key not in self._splits:
             from npuq.speech import load_digits
 
-            self._splits[key] = load_digits(name, config=self.corpus_config(), cache_dir=self.options.cache_dir or None,
-                                            normalize=normalize, progress=self.options.progress)
+            self._splits[key] = load_digits(
+                name,
+                config=self.corpus_config(),
+                cache_dir=self.options.cache_dir or None,
+                normalize=normalize,
+                progress=self.options.progress,
+            )
         return self._splits[key]
 
     # ----------------------------------------------------------------------------------------- model
@@ -183,8 +208,11 @@ class AsrDigitsTask:
         from npuq.asr import evaluate_wer
 
         data = self.split(split, model.config.normalize)
-        return float(evaluate_wer(model, data, beam=1, limit=limit, batch_size=self.options.eval_batch,
-                                  give_up_above=give_up_above)["wer"])
+        return float(
+            evaluate_wer(
+                model, data, beam=1, limit=limit, batch_size=self.options.eval_batch, give_up_above=give_up_above
+            )["wer"]
+        )
 
     def evaluate(self, model: nn.Module) -> float:
         """Dev WER; with ``give_up_wer`` a model surely above it gets the lower bound reached when decoding
@@ -209,8 +237,10 @@ class AsrDigitsTask:
 
         o = self.options
         if model.config.normalize != teacher.config.normalize:
-            raise ValueError(f"the student reads {model.config.normalize!r}-normalized features, the teacher "
-                             f"{teacher.config.normalize!r}-normalized ones: they cannot share batches")
+            raise ValueError(
+                f"the student reads {model.config.normalize!r}-normalized features, the teacher "
+                f"{teacher.config.normalize!r}-normalized ones: they cannot share batches"
+            )
         data = self.split("train", model.config.normalize)
         count = min(o.train_limit, len(data))
         lengths = [len(f) for f in data.features[:count]]
@@ -226,18 +256,34 @@ class AsrDigitsTask:
         if steps is not None:
             per_epoch = min(per_epoch, steps)
         return finetune_seq2seq_with_teacher(
-            model, teacher, batches, epochs=o.finetune_epochs, lr=o.finetune_lr, lr_schedule=o.finetune_schedule,
-            total_steps=per_epoch * o.finetune_epochs, clip_norm=o.clip_norm,
-            temperature=o.temperature, kd_weight=o.kd_weight, task_weight=o.task_weight, pad_id=VOCAB.pad_id,
-            seed=o.seed, threads=1, student_view=_light_spec_augment if o.spec_augment else None,
-            progress=o.progress, desc="distillation epoch")
+            model,
+            teacher,
+            batches,
+            epochs=o.finetune_epochs,
+            lr=o.finetune_lr,
+            lr_schedule=o.finetune_schedule,
+            total_steps=per_epoch * o.finetune_epochs,
+            clip_norm=o.clip_norm,
+            temperature=o.temperature,
+            kd_weight=o.kd_weight,
+            task_weight=o.task_weight,
+            pad_id=VOCAB.pad_id,
+            seed=o.seed,
+            threads=1,
+            student_view=_light_spec_augment if o.spec_augment else None,
+            progress=o.progress,
+            desc="distillation epoch",
+        )
 
     def describe(self) -> dict:
         results = self.metadata.get("results") or {}
-        return {"task": "asr_digits", **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
-                "checkpoint_dev_wer": (results.get("dev_greedy") or {}).get("wer"),
-                "checkpoint_test_wer": (results.get("test_greedy") or {}).get("wer"),
-                "lrf_ranks": self.metadata.get("lrf_ranks")}
+        return {
+            "task": "asr_digits",
+            **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
+            "checkpoint_dev_wer": (results.get("dev_greedy") or {}).get("wer"),
+            "checkpoint_test_wer": (results.get("test_greedy") or {}).get("wer"),
+            "lrf_ranks": self.metadata.get("lrf_ranks"),
+        }
 
 
 def _light_spec_augment(inputs: tuple, generator):

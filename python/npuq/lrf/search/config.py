@@ -127,8 +127,15 @@ class ReinforceSpec:
     def policy(self):
         from npuq.lrf.search.reinforce import ReinforceConfig
 
-        return ReinforceConfig(self.batch_size, self.lr, self.hidden, self.entropy_weight, self.baseline_decay,
-                               self.autoregressive, self.keep_prior)
+        return ReinforceConfig(
+            self.batch_size,
+            self.lr,
+            self.hidden,
+            self.entropy_weight,
+            self.baseline_decay,
+            self.autoregressive,
+            self.keep_prior,
+        )
 
     def reward(self, target: float):
         from npuq.lrf.search.evaluation import RewardConfig
@@ -156,8 +163,9 @@ class OptunaSpec:
         if self.heartbeat_interval < 1:
             raise ValueError(f"heartbeat_interval must be >= 1 second, got {self.heartbeat_interval}")
         if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"grace_period must exceed heartbeat_interval ({self.heartbeat_interval} s), got "
-                             f"{self.grace_period}")
+            raise ValueError(
+                f"grace_period must exceed heartbeat_interval ({self.heartbeat_interval} s), got {self.grace_period}"
+            )
         if self.max_retry < 0:
             raise ValueError(f"max_retry must be >= 0, got {self.max_retry}")
         if self.connect_timeout <= 0 or self.poll_interval <= 0:
@@ -165,12 +173,18 @@ class OptunaSpec:
 
     def options(self, worker_id: int | None = None) -> dict:
         shared = bool(self.storage)
-        return {"storage": self.storage or None, "study_name": self.study_name or None,
-                "population_size": self.population_size,
-                "heartbeat_interval": self.heartbeat_interval if shared else None,
-                "grace_period": self.grace_period if shared else None, "max_retry": self.max_retry,
-                "connect_timeout": self.connect_timeout, "poll_interval": self.poll_interval, "worker_id": worker_id,
-                "keep_prior": self.keep_prior}
+        return {
+            "storage": self.storage or None,
+            "study_name": self.study_name or None,
+            "population_size": self.population_size,
+            "heartbeat_interval": self.heartbeat_interval if shared else None,
+            "grace_period": self.grace_period if shared else None,
+            "max_retry": self.max_retry,
+            "connect_timeout": self.connect_timeout,
+            "poll_interval": self.poll_interval,
+            "worker_id": worker_id,
+            "keep_prior": self.keep_prior,
+        }
 
 
 @dataclass
@@ -194,8 +208,13 @@ class LrfConfig:
         return make_task(self.task, self.task_options, f"{self.source}: task")
 
 
-_TABLES = {"space": SpaceSpec, "search": SearchSpec, "iterate": IterateSpec, "reinforce": ReinforceSpec,
-           "optuna": OptunaSpec}
+_TABLES = {
+    "space": SpaceSpec,
+    "search": SearchSpec,
+    "iterate": IterateSpec,
+    "reinforce": ReinforceSpec,
+    "optuna": OptunaSpec,
+}
 _SCALARS = {"name": str, "seed": int, "strategy": str, "max_error_increase": float}
 
 

@@ -42,8 +42,15 @@ class Record:
 
     @classmethod
     def from_dict(cls, entry: dict) -> Record:
-        return cls(tuple(entry["candidate"]), entry["ranks"], int(entry["size"]), float(entry["compression"]),
-                   float(entry["error"]), bool(entry.get("cached", False)), dict(entry.get("source", {})))
+        return cls(
+            tuple(entry["candidate"]),
+            entry["ranks"],
+            int(entry["size"]),
+            float(entry["compression"]),
+            float(entry["error"]),
+            bool(entry.get("cached", False)),
+            dict(entry.get("source", {})),
+        )
 
 
 class Evaluator:
@@ -54,8 +61,9 @@ class Evaluator:
     record (e.g. ``{"strategy": "reinforce", "round": 1}``).
     """
 
-    def __init__(self, space: SearchSpace, evaluate: Callable, *, baseline_error: float | None = None,
-                 source: dict | None = None):
+    def __init__(
+        self, space: SearchSpace, evaluate: Callable, *, baseline_error: float | None = None, source: dict | None = None
+    ):
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
         if not callable(evaluate):
@@ -105,8 +113,15 @@ class Evaluator:
         else:
             error = self._call(self.space.build(candidate))
             self.memo[key] = error
-        record = Record(candidate, self.space.ranks(candidate), self.space.size(candidate),
-                        self.space.compression(candidate), error, cached, {**self.source, **source})
+        record = Record(
+            candidate,
+            self.space.ranks(candidate),
+            self.space.size(candidate),
+            self.space.compression(candidate),
+            error,
+            cached,
+            {**self.source, **source},
+        )
         self.history.append(record)
         return record
 

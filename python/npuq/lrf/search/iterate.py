@@ -66,8 +66,12 @@ class IterationResult:
         return self.rounds[-1]
 
     def to_dict(self) -> dict:
-        return {"original_error": self.original_error, "reference_size": self.reference_size,
-                "rounds": self.rounds, "single_shot": self.single_shot}
+        return {
+            "original_error": self.original_error,
+            "reference_size": self.reference_size,
+            "rounds": self.rounds,
+            "single_shot": self.single_shot,
+        }
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -92,8 +96,9 @@ def _read_json(path: Path, what: str) -> dict:
     except OSError as exc:
         raise StateError(f"{path}: cannot read the {what} ({exc})") from None
     except json.JSONDecodeError as exc:
-        raise StateError(f"{path}: the {what} is corrupt (not valid JSON: {exc}); delete {path.parent} to redo "
-                         "that step") from None
+        raise StateError(
+            f"{path}: the {what} is corrupt (not valid JSON: {exc}); delete {path.parent} to redo that step"
+        ) from None
     if not isinstance(data, dict):
         raise StateError(f"{path}: the {what} is corrupt (a JSON object was expected, got {type(data).__name__})")
     return data
@@ -107,23 +112,29 @@ def load_round(original: nn.Module, folder: str | Path) -> tuple[dict, nn.Module
 
     folder = Path(folder)
     state = _read_json(folder / "state.json", "round state")
-    missing = [key for key in ("round", "target", "ranks", "size", "compression", "error_after_finetune")
-               if key not in state]
+    missing = [
+        key for key in ("round", "target", "ranks", "size", "compression", "error_after_finetune") if key not in state
+    ]
     if missing or state.get("version") != STATE_VERSION:
-        raise StateError(f"{folder / 'state.json'}: not a round state of this version (missing {missing or 'nothing'}, "
-                         f"version {state.get('version')!r}); delete {folder} to redo the round")
+        raise StateError(
+            f"{folder / 'state.json'}: not a round state of this version (missing {missing or 'nothing'}, "
+            f"version {state.get('version')!r}); delete {folder} to redo the round"
+        )
     weights = folder / "model.safetensors"
     try:
         tensors = load_file(str(weights))
     except Exception as exc:  # the reader raises its own error types for truncated or corrupt files
-        raise StateError(f"{weights}: the fine-tuned weights are unreadable ({exc}); delete {folder} to redo "
-                         "the round") from None
+        raise StateError(
+            f"{weights}: the fine-tuned weights are unreadable ({exc}); delete {folder} to redo the round"
+        ) from None
     model = factorize(original, state["ranks"], above_break_even="ignore")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise StateError(f"{weights}: the weights do not fit the ranks of {folder / 'state.json'} "
-                         f"({str(exc).splitlines()[0]}); delete {folder} to redo the round") from None
+        raise StateError(
+            f"{weights}: the weights do not fit the ranks of {folder / 'state.json'} "
+            f"({str(exc).splitlines()[0]}); delete {folder} to redo the round"
+        ) from None
     return state, model
 
 
@@ -135,10 +146,22 @@ def _reference_size(model: nn.Module, layers, scope: str) -> int:
     return sum(row.params_before for row in rows)
 
 
-def _run_search(space: SearchSpace, evaluate: Callable, baseline_error: float | None, *, label: str, target: float,
-                budget: int, strategy: str, max_error_increase: float, seed: int, progress: bool,
-                reinforce: ReinforceConfig | None, reward_config: RewardConfig | None,
-                optuna_options: dict | None) -> tuple[SearchResult, Evaluator]:
+def _run_search(
+    space: SearchSpace,
+    evaluate: Callable,
+    baseline_error: float | None,
+    *,
+    label: str,
+    target: float,
+    budget: int,
+    strategy: str,
+    max_error_increase: float,
+    seed: int,
+    progress: bool,
+    reinforce: ReinforceConfig | None,
+    reward_config: RewardConfig | None,
+    optuna_options: dict | None,
+) -> tuple[SearchResult, Evaluator]:
     from npuq.lrf.search.strategies import search
 
     evaluator = Evaluator(space, evaluate, baseline_error=baseline_error, source={"round": label})
@@ -146,15 +169,34 @@ def _run_search(space: SearchSpace, evaluate: Callable, baseline_error: float | 
         # each round searches another space (new caps): a study of its own
         suffix = label.replace(" ", "-")
         optuna_options = {**optuna_options, "study_name": f"{optuna_options['study_name']}-{suffix}"}
-    result = search(evaluator, strategy=strategy, target=target, budget=budget, max_error_increase=max_error_increase,
-                    seed=seed, progress=progress, desc=f"{label}: {strategy} x{target:g}", reinforce=reinforce,
-                    reward_config=reward_config, optuna_options=optuna_options)
+    result = search(
+        evaluator,
+        strategy=strategy,
+        target=target,
+        budget=budget,
+        max_error_increase=max_error_increase,
+        seed=seed,
+        progress=progress,
+        desc=f"{label}: {strategy} x{target:g}",
+        reinforce=reinforce,
+        reward_config=reward_config,
+        optuna_options=optuna_options,
+    )
     return result, evaluator
 
 
-def _finish_round(folder: Path, label, target: float, result: SearchResult, space: SearchSpace,
-                  finetune: Callable, evaluate: Callable, test_error: Callable | None, original_error: float,
-                  seconds_search: float) -> tuple[dict, nn.Module]:
+def _finish_round(
+    folder: Path,
+    label,
+    target: float,
+    result: SearchResult,
+    space: SearchSpace,
+    finetune: Callable,
+    evaluate: Callable,
+    test_error: Callable | None,
+    original_error: float,
+    seconds_search: float,
+) -> tuple[dict, nn.Module]:
     chosen = result.choose()
     compressed = space.build(chosen.candidate)
     start = time.perf_counter()
@@ -166,15 +208,28 @@ def _finish_round(folder: Path, label, target: float, result: SearchResult, spac
     seconds_finetune = time.perf_counter() - start
     error_after = float(evaluate(tuned))
     report = compression_report(tuned)
-    state = {"version": STATE_VERSION, "round": label, "target": target, "strategy": result.strategy,
-             "ranks": chosen.ranks, "size": chosen.size, "compression": chosen.compression,
-             "model_params": report.model_params_after, "model_ratio": report.model_ratio,
-             "layer_ratio": report.layer_ratio, "baseline_error": result.baseline_error,
-             "original_error": original_error, "error_before_finetune": chosen.error,
-             "error_after_finetune": error_after, "error_increase": error_after - original_error,
-             "test_error": None if test_error is None else float(test_error(tuned)),
-             "evaluations": result.evaluations, "candidates": len(result.history),
-             "seconds_search": seconds_search, "seconds_finetune": seconds_finetune}
+    state = {
+        "version": STATE_VERSION,
+        "round": label,
+        "target": target,
+        "strategy": result.strategy,
+        "ranks": chosen.ranks,
+        "size": chosen.size,
+        "compression": chosen.compression,
+        "model_params": report.model_params_after,
+        "model_ratio": report.model_ratio,
+        "layer_ratio": report.layer_ratio,
+        "baseline_error": result.baseline_error,
+        "original_error": original_error,
+        "error_before_finetune": chosen.error,
+        "error_after_finetune": error_after,
+        "error_increase": error_after - original_error,
+        "test_error": None if test_error is None else float(test_error(tuned)),
+        "evaluations": result.evaluations,
+        "candidates": len(result.history),
+        "seconds_search": seconds_search,
+        "seconds_finetune": seconds_finetune,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(folder / "search.json", json.dumps(result.to_dict(), indent=1) + "\n")
     _save_weights(tuned, folder / "model.safetensors", {"ranks": chosen.ranks, "round": label})
@@ -192,13 +247,28 @@ def _load_search(folder: Path) -> SearchResult:
         raise StateError(f"{folder / 'search.json'}: the search log is corrupt ({exc!r})") from None
 
 
-def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets: Sequence[float],
-            out_dir: str | Path, strategy: str = "reinforce", budget_per_round: int = 100,
-            layers: Sequence[str] | None = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
-            basis: str = "break_even", scope: str = "model", max_error_increase: float = 0.01, seed: int = 0,
-            reinforce: ReinforceConfig | None = None, reward_config: RewardConfig | None = None,
-            optuna_options: dict | None = None, single_shot: bool = False, test_error: Callable | None = None,
-            progress: bool = True) -> IterationResult:
+def iterate(
+    model: nn.Module,
+    *,
+    evaluate: Callable,
+    finetune: Callable,
+    targets: Sequence[float],
+    out_dir: str | Path,
+    strategy: str = "reinforce",
+    budget_per_round: int = 100,
+    layers: Sequence[str] | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    basis: str = "break_even",
+    scope: str = "model",
+    max_error_increase: float = 0.01,
+    seed: int = 0,
+    reinforce: ReinforceConfig | None = None,
+    reward_config: RewardConfig | None = None,
+    optuna_options: dict | None = None,
+    single_shot: bool = False,
+    test_error: Callable | None = None,
+    progress: bool = True,
+) -> IterationResult:
     """Compress ``model`` in ``len(targets)`` rounds of search and fine-tuning (see the module text).
 
     Args:
@@ -231,9 +301,17 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     original = copy.deepcopy(model)
-    settings = {"targets": targets, "strategy": strategy, "budget_per_round": budget_per_round,
-                "layers": list(layers or []), "fractions": sorted(float(f) for f in fractions), "basis": basis,
-                "scope": scope, "seed": seed, "single_shot": bool(single_shot)}
+    settings = {
+        "targets": targets,
+        "strategy": strategy,
+        "budget_per_round": budget_per_round,
+        "layers": list(layers or []),
+        "fractions": sorted(float(f) for f in fractions),
+        "basis": basis,
+        "scope": scope,
+        "seed": seed,
+        "single_shot": bool(single_shot),
+    }
     run_file = out / "run.json"
     if run_file.exists():
         run = _read_json(run_file, "run settings")
@@ -241,22 +319,37 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
         if saved != settings:
             differing = sorted(k for k in settings if saved.get(k) != settings[k])
             old_targets = saved.get("targets") or []
-            extends = (differing == ["targets"] and len(targets) > len(old_targets)
-                       and targets[:len(old_targets)] == old_targets and not single_shot)
+            extends = (
+                differing == ["targets"]
+                and len(targets) > len(old_targets)
+                and targets[: len(old_targets)] == old_targets
+                and not single_shot
+            )
             if not extends:
-                raise StateError(f"{out} holds a run with other settings ({', '.join(differing)}); use another out_dir "
-                                 "or delete it to start over (a run without single_shot can be continued with more "
-                                 "targets appended to its list)")
+                raise StateError(
+                    f"{out} holds a run with other settings ({', '.join(differing)}); use another out_dir "
+                    "or delete it to start over (a run without single_shot can be continued with more "
+                    "targets appended to its list)"
+                )
             # more rounds appended to a finished or running list: the rounds done so far stay valid
             _atomic_write(run_file, json.dumps({**run, "settings": settings}, indent=1) + "\n")
         original_error, reference = float(run["original_error"]), int(run["reference_size"])
     else:
         original_error = float(evaluate(original))
         reference = _reference_size(original, layers, scope)
-        _atomic_write(run_file, json.dumps({"settings": settings, "original_error": original_error,
-                                            "reference_size": reference}, indent=1) + "\n")
-    options = dict(strategy=strategy, max_error_increase=max_error_increase, progress=progress, reinforce=reinforce,
-                   reward_config=reward_config, optuna_options=optuna_options)
+        _atomic_write(
+            run_file,
+            json.dumps({"settings": settings, "original_error": original_error, "reference_size": reference}, indent=1)
+            + "\n",
+        )
+    options = dict(
+        strategy=strategy,
+        max_error_increase=max_error_increase,
+        progress=progress,
+        reinforce=reinforce,
+        reward_config=reward_config,
+        optuna_options=optuna_options,
+    )
     space_options = dict(layers=layers, fractions=fractions, basis=basis, scope=scope, reference_size=reference)
     rounds, searches = [], {}
     current, current_error = original, original_error
@@ -269,10 +362,28 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
         else:
             start = time.perf_counter()
             space = SearchSpace(current, **space_options)
-            result, _ = _run_search(space, evaluate, current_error, label=f"round {k}", target=target,
-                                    budget=budget_per_round, seed=seed + k, **options)
-            state, current = _finish_round(folder, k, target, result, space, finetune, evaluate, test_error,
-                                           original_error, time.perf_counter() - start)
+            result, _ = _run_search(
+                space,
+                evaluate,
+                current_error,
+                label=f"round {k}",
+                target=target,
+                budget=budget_per_round,
+                seed=seed + k,
+                **options,
+            )
+            state, current = _finish_round(
+                folder,
+                k,
+                target,
+                result,
+                space,
+                finetune,
+                evaluate,
+                test_error,
+                original_error,
+                time.perf_counter() - start,
+            )
             searches[f"round {k}"] = result
         current_error = state["error_after_finetune"]
         rounds.append(state)
@@ -287,10 +398,28 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
         else:
             start = time.perf_counter()
             space = SearchSpace(original, **space_options)
-            result, _ = _run_search(space, evaluate, original_error, label="single-shot", target=targets[-1],
-                                    budget=budget_per_round * len(targets), seed=seed, **options)
-            single, _ = _finish_round(folder, "single-shot", targets[-1], result, space, finetune, evaluate,
-                                      test_error, original_error, time.perf_counter() - start)
+            result, _ = _run_search(
+                space,
+                evaluate,
+                original_error,
+                label="single-shot",
+                target=targets[-1],
+                budget=budget_per_round * len(targets),
+                seed=seed,
+                **options,
+            )
+            single, _ = _finish_round(
+                folder,
+                "single-shot",
+                targets[-1],
+                result,
+                space,
+                finetune,
+                evaluate,
+                test_error,
+                original_error,
+                time.perf_counter() - start,
+            )
             searches["single-shot"] = result
         bar.update(1)
     bar.close()
@@ -301,14 +430,23 @@ def iterate(model: nn.Module, *, evaluate: Callable, finetune: Callable, targets
     finetuned = {"iterative (fine-tuned)": [(s["compression"], s["error_after_finetune"]) for s in rounds]}
     if single is not None:
         finetuned["single-shot (fine-tuned)"] = [(single["compression"], single["error_after_finetune"])]
-    plot_pareto(out / "pareto.png", {label: result.history for label, result in searches.items()}, finetuned=finetuned,
-                baseline_error=original_error)
+    plot_pareto(
+        out / "pareto.png",
+        {label: result.history for label, result in searches.items()},
+        finetuned=finetuned,
+        baseline_error=original_error,
+    )
     return outcome
 
 
-def plot_pareto(path: str | Path, candidates: dict[str, Sequence[Record]], *,
-                finetuned: dict[str, Sequence[tuple[float, float]]] | None = None, baseline_error: float | None = None,
-                title: str = "Rank search: compression vs error") -> Path:
+def plot_pareto(
+    path: str | Path,
+    candidates: dict[str, Sequence[Record]],
+    *,
+    finetuned: dict[str, Sequence[tuple[float, float]]] | None = None,
+    baseline_error: float | None = None,
+    title: str = "Rank search: compression vs error",
+) -> Path:
     """Compression (x) against error (y): every candidate of each search as faint dots, each search's Pareto
     front as a line, fine-tuned models as large markers joined in order, the uncompressed error as a
     dashed line. Written to ``path`` (PNG)."""
@@ -326,14 +464,27 @@ def plot_pareto(path: str | Path, candidates: dict[str, Sequence[Record]], *,
             continue
         ax.scatter([r.compression for r in records], [r.error for r in records], s=8, alpha=0.25, color=color)
         front = sorted(pareto_front(records), key=lambda r: r.compression)
-        ax.plot([r.compression for r in front], [r.error for r in front], "-", lw=1.2, color=color,
-                drawstyle="steps-pre",
-                label=f"{label}: front of {len(records)} candidates")
+        ax.plot(
+            [r.compression for r in front],
+            [r.error for r in front],
+            "-",
+            lw=1.2,
+            color=color,
+            drawstyle="steps-pre",
+            label=f"{label}: front of {len(records)} candidates",
+        )
     markers = "os^D"
     for j, (label, points) in enumerate((finetuned or {}).items()):
         points = list(points)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=markers[j % len(markers)], ms=8, lw=2,
-                color="black" if j == 0 else "tab:red", label=label)
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker=markers[j % len(markers)],
+            ms=8,
+            lw=2,
+            color="black" if j == 0 else "tab:red",
+            label=label,
+        )
     if baseline_error is not None:
         ax.axhline(baseline_error, ls="--", color="gray", lw=1, label="uncompressed")
         errors = [r.error for records in candidates.values() for r in records]

@@ -50,8 +50,9 @@ def _optuna():
     try:
         import optuna
     except ImportError as exc:
-        raise ImportError("the Optuna rank search needs optuna: pip install 'npuq[lrf]' (or pip install optuna)") \
-            from exc
+        raise ImportError(
+            "the Optuna rank search needs optuna: pip install 'npuq[lrf]' (or pip install optuna)"
+        ) from exc
     return optuna
 
 
@@ -65,8 +66,10 @@ def _storage_url(storage: str) -> str:
         with path.open("rb") as f:
             head = f.read(len(_SQLITE_MAGIC))
         if head != _SQLITE_MAGIC:
-            raise StorageError(f"study storage {str(path)!r} exists but is not an SQLite database (corrupt, or "
-                               "another kind of file); move it away or give another path")
+            raise StorageError(
+                f"study storage {str(path)!r} exists but is not an SQLite database (corrupt, or "
+                "another kind of file); move it away or give another path"
+            )
     if not path.parent.is_dir():
         raise StorageError(f"study storage {str(path)!r}: folder {str(path.parent)!r} does not exist")
     return f"sqlite:///{path}"
@@ -101,8 +104,14 @@ def _rdb_storage(optuna, url: str, engine: dict, kwargs: dict):
             time.sleep(0.2 * (attempt + 1))
 
 
-def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int | None = 3, connect_timeout: float = 10.0):
+def open_storage(
+    storage: str | None,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+    connect_timeout: float = 10.0,
+):
     """An Optuna storage: ``None`` or ``""`` in memory; a URL (``sqlite:///study.db``,
     ``postgresql://user:password@host:5432/db``, ...) or an SQLite file path as an ``RDBStorage``.
 
@@ -132,8 +141,10 @@ def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, 
         kwargs["heartbeat_interval"] = int(heartbeat_interval)
         kwargs["grace_period"] = int(grace_period if grace_period is not None else 4 * heartbeat_interval)
         # the retry callback and its argument were renamed in Optuna 4.9; take whichever this version has
-        retry_class = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) \
+        retry_class = (
+            getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
             or optuna.storages.RetryFailedTrialCallback
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # flagged experimental
             retry = retry_class(max_retry=max_retry)
@@ -145,8 +156,10 @@ def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, 
     try:
         return _rdb_storage(optuna, url, engine, kwargs)
     except ImportError as exc:  # Optuna wraps the driver's ModuleNotFoundError in a plain ImportError
-        raise StorageError(f"study storage {redact(url)}: the database driver is not installed ({exc}); for "
-                           "PostgreSQL: pip install psycopg2-binary (or 'npuq[lrf]')") from exc
+        raise StorageError(
+            f"study storage {redact(url)}: the database driver is not installed ({exc}); for "
+            "PostgreSQL: pip install psycopg2-binary (or 'npuq[lrf]')"
+        ) from exc
     except Exception as exc:  # SQLAlchemy and the drivers raise many types; all mean "cannot use it"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open the study storage {redact(url)}: {reason}") from exc
@@ -156,11 +169,31 @@ def open_storage(storage: str | None, *, heartbeat_interval: int | None = None, 
 _FACTORIES: dict = {}
 
 
-def _strategy(evaluator: Evaluator, *, strategy: str, target: float, budget: int, max_error_increase: float,
-              seed: int, progress: bool, desc: str | None, optuna_options: dict | None = None, **_) -> SearchResult:
+def _strategy(
+    evaluator: Evaluator,
+    *,
+    strategy: str,
+    target: float,
+    budget: int,
+    max_error_increase: float,
+    seed: int,
+    progress: bool,
+    desc: str | None,
+    optuna_options: dict | None = None,
+    **_,
+) -> SearchResult:
     """An Optuna sampler as a strategy of :func:`npuq.lrf.search.search` (the strategy names the sampler)."""
-    return optuna_search(evaluator, target=target, n_trials=budget, sampler=strategy, seed=seed,
-                         max_error_increase=max_error_increase, progress=progress, desc=desc, **(optuna_options or {}))
+    return optuna_search(
+        evaluator,
+        target=target,
+        n_trials=budget,
+        sampler=strategy,
+        seed=seed,
+        max_error_increase=max_error_increase,
+        progress=progress,
+        desc=desc,
+        **(optuna_options or {}),
+    )
 
 
 def _sampler(name: str):
@@ -212,21 +245,37 @@ def _fail_stale(optuna, study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def optuna_search(evaluator: Evaluator, *, target: float, n_trials: int, sampler: str = "nsga2",
-                  storage: str | None = None, study_name: str | None = None, seed: int = 0,
-                  population_size: int = 20, max_error_increase: float = 0.01, heartbeat_interval: int | None = None,
-                  grace_period: int | None = None, max_retry: int = 3, connect_timeout: float = 10.0,
-                  worker_id: int | None = None, poll_interval: float = 1.0, keep_prior: float = 0.75,
-                  progress: bool = True, desc: str | None = None) -> SearchResult:
+def optuna_search(
+    evaluator: Evaluator,
+    *,
+    target: float,
+    n_trials: int,
+    sampler: str = "nsga2",
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    population_size: int = 20,
+    max_error_increase: float = 0.01,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int = 3,
+    connect_timeout: float = 10.0,
+    worker_id: int | None = None,
+    poll_interval: float = 1.0,
+    keep_prior: float = 0.75,
+    progress: bool = True,
+    desc: str | None = None,
+) -> SearchResult:
     """Run (or join) an Optuna study over ``evaluator.space`` until it holds ``n_trials`` completed trials.
 
     ``storage``/``study_name``: see :func:`open_storage`; a study of that name is loaded if it exists (its
     directions and search space must match this one: :class:`StorageError` otherwise). With a database
     storage, ``heartbeat_interval`` defaults to 5 s. ``worker_id`` offsets the sampler's seed so that workers
     do not propose the same trials (default: 0 in memory, else derived from host name and process id).
-    ``keep_prior``: a new study starts with ``population_size`` (at most ``n_trials``) enqueued trials in which each matrix keeps
-    its rank with this probability (else a uniform fraction): uniform random candidates compress every layer,
-    which in a small CNN leaves nothing but chance-level errors to learn from (0: no enqueued trials).
+    ``keep_prior``: a new study starts with ``population_size`` (at most ``n_trials``) enqueued trials in which
+    each matrix keeps its rank with this probability (else a uniform fraction): uniform random candidates
+    compress every layer, which in a small CNN leaves nothing but chance-level errors to learn from (0: no
+    enqueued trials).
     The returned history holds every completed trial of the study (other workers' too).
     """
     optuna = _optuna()
@@ -237,30 +286,47 @@ def optuna_search(evaluator: Evaluator, *, target: float, n_trials: int, sampler
     shared = storage not in (None, "")
     if shared and heartbeat_interval is None:
         heartbeat_interval = 5
-    store = open_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                         max_retry=max_retry, connect_timeout=connect_timeout)
+    store = open_storage(
+        storage,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        max_retry=max_retry,
+        connect_timeout=connect_timeout,
+    )
     if worker_id is None:
-        worker_id = 0 if not shared else int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode())
-                                             .hexdigest()[:6], 16)
+        worker_id = (
+            0
+            if not shared
+            else int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:6], 16)
+        )
     space = evaluator.space
     start = time.perf_counter()
     evaluations_before = evaluator.evaluations
     chosen_sampler = _make_sampler(optuna, sampler, (seed + 7919 * worker_id) % 2**32, population_size)
     try:
-        study = optuna.create_study(study_name=study_name, storage=store, directions=["minimize", "minimize"],
-                                    sampler=chosen_sampler, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=store,
+            directions=["minimize", "minimize"],
+            sampler=chosen_sampler,
+            load_if_exists=True,
+        )
     except StorageError:
         raise
     except Exception as exc:
         raise StorageError(f"cannot create or load study {study_name!r}: {exc}") from exc
     if [d.name for d in study.directions] != ["MINIMIZE", "MINIMIZE"]:
-        raise StorageError(f"study {study.study_name!r} exists with directions {[d.name for d in study.directions]}; "
-                           "a rank search needs (minimize error, minimize size): use another study_name")
+        raise StorageError(
+            f"study {study.study_name!r} exists with directions {[d.name for d in study.directions]}; "
+            "a rank search needs (minimize error, minimize size): use another study_name"
+        )
     digest = _space_digest(evaluator)
     attrs = study.user_attrs
     if "space" in attrs and attrs["space"] != digest:
-        raise StorageError(f"study {study.study_name!r} was made for another search space (layers, choices or "
-                           "model differ); use another study_name")
+        raise StorageError(
+            f"study {study.study_name!r} was made for another search space (layers, choices or "
+            "model differ); use another study_name"
+        )
     if "space" not in attrs:
         study.set_user_attr("space", digest)
         study.set_user_attr("labels", list(space.labels))
@@ -285,8 +351,11 @@ def optuna_search(evaluator: Evaluator, *, target: float, n_trials: int, sampler
 
     def objective(trial):
         candidate = tuple(trial.suggest_int(name, 0, highest) for name in names)
-        earlier = [t for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
-                   if t.number < trial.number]
+        earlier = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(states.COMPLETE, states.RUNNING))
+            if t.number < trial.number
+        ]
         if len(earlier) >= n_trials:
             # another worker asked for a trial at the same moment and the study is full: give this one up
             trial.set_user_attr("surplus", True)
@@ -311,8 +380,10 @@ def optuna_search(evaluator: Evaluator, *, target: float, n_trials: int, sampler
             if heartbeat_interval is not None:
                 _fail_stale(optuna, study)
             trials = study.get_trials(deepcopy=False)
-            count = {state: sum(t.state == state for t in trials) for state in (states.COMPLETE, states.RUNNING,
-                                                                                states.WAITING)}
+            count = {
+                state: sum(t.state == state for t in trials)
+                for state in (states.COMPLETE, states.RUNNING, states.WAITING)
+            }
             bar.n = min(count[states.COMPLETE], n_trials)
             bar.refresh()
             if count[states.COMPLETE] >= n_trials:
@@ -327,11 +398,29 @@ def optuna_search(evaluator: Evaluator, *, target: float, n_trials: int, sampler
     history = []
     for trial in study.get_trials(deepcopy=False, states=(states.COMPLETE,)):
         candidate = tuple(int(trial.params[name]) for name in names)
-        history.append(Record(candidate, trial.user_attrs.get("ranks", space.ranks(candidate)), int(trial.values[1]),
-                              float(trial.user_attrs.get("compression", space.reference_size / trial.values[1])),
-                              float(trial.values[0]), False, {"strategy": sampler, "trial": trial.number}))
-    result = SearchResult(sampler, float(target), float(baseline), float(baseline) + max_error_increase, history,
-                          evaluator.evaluations - evaluations_before, time.perf_counter() - start)
-    result.extra.update(study_name=study.study_name, storage=redact(storage) if shared else "memory",
-                        front_trials=sorted(t.number for t in study.best_trials))
+        history.append(
+            Record(
+                candidate,
+                trial.user_attrs.get("ranks", space.ranks(candidate)),
+                int(trial.values[1]),
+                float(trial.user_attrs.get("compression", space.reference_size / trial.values[1])),
+                float(trial.values[0]),
+                False,
+                {"strategy": sampler, "trial": trial.number},
+            )
+        )
+    result = SearchResult(
+        sampler,
+        float(target),
+        float(baseline),
+        float(baseline) + max_error_increase,
+        history,
+        evaluator.evaluations - evaluations_before,
+        time.perf_counter() - start,
+    )
+    result.extra.update(
+        study_name=study.study_name,
+        storage=redact(storage) if shared else "memory",
+        front_trials=sorted(t.number for t in study.best_trials),
+    )
     return result

@@ -61,8 +61,11 @@ class ReinforceConfig:
             raise ValueError(f"reinforce lr must be > 0, got {self.lr!r}")
         if not (math.isfinite(self.entropy_weight) and self.entropy_weight >= 0):
             raise ValueError(f"reinforce entropy_weight must be >= 0, got {self.entropy_weight!r}")
-        if self.keep_prior != "auto" and not (isinstance(self.keep_prior, (int, float))
-                                               and not isinstance(self.keep_prior, bool) and 0 <= self.keep_prior < 1):
+        if self.keep_prior != "auto" and not (
+            isinstance(self.keep_prior, (int, float))
+            and not isinstance(self.keep_prior, bool)
+            and 0 <= self.keep_prior < 1
+        ):
             raise ValueError(f"reinforce keep_prior must be in [0, 1) or 'auto', got {self.keep_prior!r}")
         if not 0 <= self.baseline_decay < 1:
             raise ValueError(f"reinforce baseline_decay must be in [0, 1), got {self.baseline_decay!r}")
@@ -71,8 +74,16 @@ class ReinforceConfig:
 class Policy(nn.Module):
     """An autoregressive LSTM policy over the matrices of a search space."""
 
-    def __init__(self, n_features: int, n_choices: int, n_slots: int, hidden: int = 32, autoregressive: bool = False,
-                 keep_prior: float = 0.0, start: list[float] | None = None):
+    def __init__(
+        self,
+        n_features: int,
+        n_choices: int,
+        n_slots: int,
+        hidden: int = 32,
+        autoregressive: bool = False,
+        keep_prior: float = 0.0,
+        start: list[float] | None = None,
+    ):
         super().__init__()
         self.n_choices = n_choices
         self.autoregressive = autoregressive
@@ -91,8 +102,9 @@ class Policy(nn.Module):
             if len(start) != n_choices or min(start) < 0:
                 raise ValueError(f"start must hold {n_choices} probabilities >= 0, got {start}")
             with torch.no_grad():
-                self.slot_logits.copy_(torch.log(torch.tensor(start, dtype=torch.float32).clamp_min(1e-6))
-                                       .expand(n_slots, n_choices))
+                self.slot_logits.copy_(
+                    torch.log(torch.tensor(start, dtype=torch.float32).clamp_min(1e-6)).expand(n_slots, n_choices)
+                )
         # index n_choices stands for "no previous choice" at the first matrix
         self.previous = nn.Embedding(n_choices + 1, hidden)
         self.cell = nn.LSTMCell(hidden, hidden)
@@ -100,8 +112,15 @@ class Policy(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, features: torch.Tensor, batch: int, *, generator: torch.Generator | None = None,
-                actions: torch.Tensor | None = None, greedy: bool = False):
+    def forward(
+        self,
+        features: torch.Tensor,
+        batch: int,
+        *,
+        generator: torch.Generator | None = None,
+        actions: torch.Tensor | None = None,
+        greedy: bool = False,
+    ):
         """Draw ``batch`` candidates (or score the given ``actions``, batch x slots): ``(actions,
         log-probability per candidate, mean entropy per candidate)``."""
         h = features.new_zeros(batch, self.cell.hidden_size)
@@ -128,9 +147,18 @@ class Policy(nn.Module):
         return torch.stack(chosen, dim=1), log_p, entropy / features.shape[0]
 
 
-def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_error_increase: float = 0.01,
-                     config: ReinforceConfig | None = None, reward_config: RewardConfig | None = None,
-                     seed: int = 0, progress: bool = True, desc: str | None = None) -> SearchResult:
+def reinforce_search(
+    evaluator: Evaluator,
+    *,
+    target: float,
+    budget: int,
+    max_error_increase: float = 0.01,
+    config: ReinforceConfig | None = None,
+    reward_config: RewardConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+) -> SearchResult:
     """Train a :class:`Policy` with REINFORCE on ``budget`` candidates of ``evaluator.space``.
 
     ``target``: the compression aimed at (the reward's ``c*``; ``reward_config.target`` is replaced by it);
@@ -153,8 +181,15 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
     start_probabilities = space.start_probabilities(float(target)) if keep_prior == "auto" else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        policy = Policy(features.shape[1], space.n_choices, len(space), config.hidden, config.autoregressive,
-                        0.0 if start_probabilities else keep_prior, start=start_probabilities)
+        policy = Policy(
+            features.shape[1],
+            space.n_choices,
+            len(space),
+            config.hidden,
+            config.autoregressive,
+            0.0 if start_probabilities else keep_prior,
+            start=start_probabilities,
+        )
     # plain SGD on purpose: Adam rescales every step to about the same size, so a batch whose rewards hardly
     # differ (all candidates equally bad) would move the policy as far as an informative one
     optimizer = torch.optim.SGD(policy.parameters(), lr=config.lr)
@@ -191,7 +226,7 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
             # nearly equal rewards is not blown up into a large step
             advantages[i] = (value - moving) / max(spread, 1.0)
             decay = config.baseline_decay
-            spread = math.sqrt(decay * spread ** 2 + (1 - decay) * (value - moving) ** 2)
+            spread = math.sqrt(decay * spread**2 + (1 - decay) * (value - moving) ** 2)
             moving = decay * moving + (1 - decay) * value
         _, log_p, entropy = policy(features, batch, actions=actions)
         loss = -(advantages * log_p).mean() - config.entropy_weight * entropy.mean()
@@ -203,8 +238,15 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
         greedy, _, _ = policy(features, 1, greedy=True)
     score(greedy, step)
     bar.close()
-    result = SearchResult("reinforce", float(target), baseline_error, baseline_error + max_error_increase, history,
-                          evaluator.evaluations - evaluations_before, time.perf_counter() - start)
+    result = SearchResult(
+        "reinforce",
+        float(target),
+        baseline_error,
+        baseline_error + max_error_increase,
+        history,
+        evaluator.evaluations - evaluations_before,
+        time.perf_counter() - start,
+    )
     result.extra["rewards"] = rewards
     result.extra["reward"] = dict(vars(reward_config))
     result.extra["policy"] = {**vars(config), "start_probabilities": start_probabilities}
@@ -212,9 +254,28 @@ def reinforce_search(evaluator: Evaluator, *, target: float, budget: int, max_er
 
 
 @SEARCH_STRATEGIES.register("reinforce")
-def _strategy(evaluator: Evaluator, *, target: float, budget: int, max_error_increase: float, seed: int,
-              progress: bool, desc: str | None, reinforce: ReinforceConfig | None = None,
-              reward_config: RewardConfig | None = None, **_) -> SearchResult:
+def _strategy(
+    evaluator: Evaluator,
+    *,
+    target: float,
+    budget: int,
+    max_error_increase: float,
+    seed: int,
+    progress: bool,
+    desc: str | None,
+    reinforce: ReinforceConfig | None = None,
+    reward_config: RewardConfig | None = None,
+    **_,
+) -> SearchResult:
     """The ``reinforce`` strategy of :func:`npuq.lrf.search.search`."""
-    return reinforce_search(evaluator, target=target, budget=budget, max_error_increase=max_error_increase,
-                            config=reinforce, reward_config=reward_config, seed=seed, progress=progress, desc=desc)
+    return reinforce_search(
+        evaluator,
+        target=target,
+        budget=budget,
+        max_error_increase=max_error_increase,
+        config=reinforce,
+        reward_config=reward_config,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+    )

@@ -80,16 +80,43 @@ class SearchResult:
         def entry(record):
             return None if record is None else record.to_dict()
 
-        return {"strategy": self.strategy, "target": self.target, "baseline_error": self.baseline_error,
-                "error_limit": self.error_limit, "evaluations": self.evaluations, "candidates": len(self.history),
-                "seconds": self.seconds, "best": entry(self.best), "at_target": entry(self.at_target),
-                "front": [r.to_dict() for r in self.front], "history": [r.to_dict() for r in self.history],
-                **self.extra}
+        return {
+            "strategy": self.strategy,
+            "target": self.target,
+            "baseline_error": self.baseline_error,
+            "error_limit": self.error_limit,
+            "evaluations": self.evaluations,
+            "candidates": len(self.history),
+            "seconds": self.seconds,
+            "best": entry(self.best),
+            "at_target": entry(self.at_target),
+            "front": [r.to_dict() for r in self.front],
+            "history": [r.to_dict() for r in self.history],
+            **self.extra,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchResult:
-        known = {"strategy", "target", "baseline_error", "error_limit", "evaluations", "candidates", "seconds",
-                 "best", "at_target", "front", "history"}
-        return cls(data["strategy"], float(data["target"]), float(data["baseline_error"]), float(data["error_limit"]),
-                   [Record.from_dict(r) for r in data["history"]], int(data["evaluations"]), float(data["seconds"]),
-                   {k: v for k, v in data.items() if k not in known})
+        known = {
+            "strategy",
+            "target",
+            "baseline_error",
+            "error_limit",
+            "evaluations",
+            "candidates",
+            "seconds",
+            "best",
+            "at_target",
+            "front",
+            "history",
+        }
+        return cls(
+            data["strategy"],
+            float(data["target"]),
+            float(data["baseline_error"]),
+            float(data["error_limit"]),
+            [Record.from_dict(r) for r in data["history"]],
+            int(data["evaluations"]),
+            float(data["seconds"]),
+            {k: v for k, v in data.items() if k not in known},
+        )

@@ -121,10 +121,19 @@ class SearchSpace:
         cache: an :class:`~npuq.lrf.SVDCache` of the dense view; default: computed here, once.
     """
 
-    def __init__(self, model: nn.Module, *, layers: Sequence[str] | None = None,
-                 fractions: Sequence[float] = DEFAULT_FRACTIONS, basis: str = "break_even", keep: bool = True,
-                 caps: dict | None = None, reference_size: int | None = None, scope: str = "model",
-                 cache: SVDCache | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        layers: Sequence[str] | None = None,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        basis: str = "break_even",
+        keep: bool = True,
+        caps: dict | None = None,
+        reference_size: int | None = None,
+        scope: str = "model",
+        cache: SVDCache | None = None,
+    ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if basis not in BASES:
@@ -151,8 +160,10 @@ class SearchSpace:
         if patterns is not None:
             unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(path, p) for path in found)]
             if unmatched:
-                raise ValueError(f"layer pattern(s) {unmatched} match no factorizable layer; factorizable: "
-                                 f"{', '.join(found) or 'none'}")
+                raise ValueError(
+                    f"layer pattern(s) {unmatched} match no factorizable layer; factorizable: "
+                    f"{', '.join(found) or 'none'}"
+                )
         base = compression_report(self.model)
         rows = {(row.path, row.matrix): row for row in base.layers}
         slots = []
@@ -164,13 +175,16 @@ class SearchSpace:
                 if isinstance(cap, dict):
                     cap = cap.get(matrix)
                 if cap is not None and not (isinstance(cap, int) and 1 <= cap <= min(shape)):
-                    raise ValueError(f"the rank cap of {path!r} {matrix} must be an int in [1, {min(shape)}], "
-                                     f"got {cap!r}")
+                    raise ValueError(
+                        f"the rank cap of {path!r} {matrix} must be an int in [1, {min(shape)}], got {cap!r}"
+                    )
                 row = rows[(path, matrix)]
                 slots.append(Slot(path, matrix, row.kind, tuple(shape), row.bias, position, cap))
         if not slots:
-            raise ValueError(f"{type(model).__name__} has no factorizable layer to search"
-                             + (f" matching {patterns}" if patterns else ""))
+            raise ValueError(
+                f"{type(model).__name__} has no factorizable layer to search"
+                + (f" matching {patterns}" if patterns else "")
+            )
         self.slots: tuple[Slot, ...] = tuple(slots)
         self.layer_count = len(found)
         self._fixed = base.model_params_before - sum(slot.dense_params for slot in self.slots)
@@ -217,11 +231,13 @@ class SearchSpace:
         try:
             values = tuple(candidate)
         except TypeError:
-            raise TypeError(f"a candidate is a sequence of {len(self)} choice indices, got "
-                            f"{type(candidate).__name__}") from None
+            raise TypeError(
+                f"a candidate is a sequence of {len(self)} choice indices, got {type(candidate).__name__}"
+            ) from None
         if len(values) != len(self.slots):
-            raise ValueError(f"a candidate of this space has {len(self.slots)} choice indices (one per matrix), "
-                             f"got {len(values)}")
+            raise ValueError(
+                f"a candidate of this space has {len(self.slots)} choice indices (one per matrix), got {len(values)}"
+            )
         for slot, value in zip(self.slots, values):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.n_choices:
                 raise ValueError(f"choice for {slot.name!r} must be an int in [0, {self.n_choices - 1}], got {value!r}")
@@ -348,19 +364,35 @@ class SearchSpace:
         for slot in self.slots:
             m, n = slot.shape
             cap_share = 1.0 if slot.cap is None else slot.cap / slot.break_even
-            rows.append([math.log(m) / 8, math.log(n) / 8, math.log(slot.break_even) / 8, slot.position / last,
-                         slot.dense_params / total, min(cap_share, 1.0)]
-                        + [float(slot.kind == kind) for kind in kinds])
+            rows.append(
+                [
+                    math.log(m) / 8,
+                    math.log(n) / 8,
+                    math.log(slot.break_even) / 8,
+                    slot.position / last,
+                    slot.dense_params / total,
+                    min(cap_share, 1.0),
+                ]
+                + [float(slot.kind == kind) for kind in kinds]
+            )
         return torch.tensor(rows, dtype=torch.float32)
 
     def describe(self) -> dict:
         """The space as JSON: choices, and per slot its shape, cap and rank per choice."""
-        return {"basis": self.basis, "labels": list(self.labels), "scope": self.scope,
-                "reference_size": self.reference_size, "dense_size": self.dense_size,
-                "slots": [{"name": slot.name, "shape": list(slot.shape), "kind": slot.kind, "cap": slot.cap,
-                           "ranks": list(table)} for slot, table in zip(self.slots, self._table)]}
+        return {
+            "basis": self.basis,
+            "labels": list(self.labels),
+            "scope": self.scope,
+            "reference_size": self.reference_size,
+            "dense_size": self.dense_size,
+            "slots": [
+                {"name": slot.name, "shape": list(slot.shape), "kind": slot.kind, "cap": slot.cap, "ranks": list(table)}
+                for slot, table in zip(self.slots, self._table)
+            ],
+        }
 
     def __repr__(self) -> str:
-        return (f"SearchSpace({len(self.slots)} matrices x {self.n_choices} choices, basis={self.basis}, "
-                f"scope={self.scope}, reference {self.reference_size:,} parameters)")
-
+        return (
+            f"SearchSpace({len(self.slots)} matrices x {self.n_choices} choices, basis={self.basis}, "
+            f"scope={self.scope}, reference {self.reference_size:,} parameters)"
+        )

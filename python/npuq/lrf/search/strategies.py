@@ -23,16 +23,36 @@ __all__ = ["STRATEGIES", "search"]
 STRATEGIES = SEARCH_STRATEGIES.names()
 
 
-def search(evaluator: Evaluator, *, strategy: str = "reinforce", target: float, budget: int,
-           max_error_increase: float = 0.01, seed: int = 0, progress: bool = True, desc: str | None = None,
-           reinforce: ReinforceConfig | None = None, reward_config: RewardConfig | None = None,
-           optuna_options: dict | None = None) -> SearchResult:
+def search(
+    evaluator: Evaluator,
+    *,
+    strategy: str = "reinforce",
+    target: float,
+    budget: int,
+    max_error_increase: float = 0.01,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str | None = None,
+    reinforce: ReinforceConfig | None = None,
+    reward_config: RewardConfig | None = None,
+    optuna_options: dict | None = None,
+) -> SearchResult:
     """One search of ``budget`` candidates at ``target`` compression with ``strategy``: ``"reinforce"``, or an
     Optuna sampler (``"nsga2"``, ``"tpe"``, ``"random"``; ``optuna_options`` go to
     :func:`~npuq.lrf.search.optuna_search.optuna_search`)."""
     if strategy not in SEARCH_STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     run = SEARCH_STRATEGIES.get(strategy)
-    return run(evaluator, strategy=strategy, target=target, budget=budget, max_error_increase=max_error_increase,
-               seed=seed, progress=progress, desc=desc, reinforce=reinforce, reward_config=reward_config,
-               optuna_options=optuna_options)
+    return run(
+        evaluator,
+        strategy=strategy,
+        target=target,
+        budget=budget,
+        max_error_increase=max_error_increase,
+        seed=seed,
+        progress=progress,
+        desc=desc,
+        reinforce=reinforce,
+        reward_config=reward_config,
+        optuna_options=optuna_options,
+    )

@@ -86,8 +86,13 @@ def load_lrf_checkpoint(name_or_path) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_file
 
     from npuq.lrf.factorize import factorize
-    from npuq.models.checkpoints import (CheckpointMismatchError, build_model, load_checkpoint, read_metadata,
-                                         resolve_checkpoint)
+    from npuq.models.checkpoints import (
+        CheckpointMismatchError,
+        build_model,
+        load_checkpoint,
+        read_metadata,
+        resolve_checkpoint,
+    )
 
     meta = read_metadata(name_or_path)
     if "lrf_ranks" not in meta:
@@ -102,8 +107,9 @@ def load_lrf_checkpoint(name_or_path) -> tuple[nn.Module, dict]:
     try:
         model.load_state_dict(load_file(str(path)), strict=True)
     except RuntimeError as exc:
-        raise CheckpointMismatchError(f"{path}: the tensors do not fit {meta['model']} factorized with its "
-                                      f"lrf_ranks ({str(exc).splitlines()[0]})") from None
+        raise CheckpointMismatchError(
+            f"{path}: the tensors do not fit {meta['model']} factorized with its lrf_ranks ({str(exc).splitlines()[0]})"
+        ) from None
     return model.eval(), meta
 
 
@@ -115,9 +121,9 @@ class FashionMnistTask:
     @dataclass
     class Options:
         model: str = "mobilenet_v2_w0.5_sgd"  # a shipped checkpoint name or a .safetensors path
-        dev_size: int = 2000                 # development images: the last ones of the training split
-        test_limit: int = 0                  # test images for the reported test error (0: all 10,000)
-        train_limit: int = 10000             # fine-tuning images: the first ones of the training split
+        dev_size: int = 2000  # development images: the last ones of the training split
+        test_limit: int = 0  # test images for the reported test error (0: all 10,000)
+        train_limit: int = 10000  # fine-tuning images: the first ones of the training split
         finetune_epochs: int = 1
         finetune_lr: float = 0.01
         batch_size: int = 128
@@ -134,8 +140,10 @@ class FashionMnistTask:
             if self.test_limit < 0:
                 raise ValueError(f"test_limit must be >= 0 (0: all), got {self.test_limit}")
             if self.dev_size + self.train_limit > 60000:
-                raise ValueError(f"dev_size + train_limit must be at most the 60000 training images, got "
-                                 f"{self.dev_size} + {self.train_limit}")
+                raise ValueError(
+                    f"dev_size + train_limit must be at most the 60000 training images, got "
+                    f"{self.dev_size} + {self.train_limit}"
+                )
             for name in ("finetune_lr", "temperature"):
                 if getattr(self, name) <= 0:
                     raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -154,9 +162,9 @@ class FashionMnistTask:
             x, y = fashion_mnist_tensors("train")
             xt, yt = fashion_mnist_tensors("test")
             o = self.options
-            dev = (x[-o.dev_size:], y[-o.dev_size:])
-            train = (x[:o.train_limit], y[:o.train_limit])
-            test = (xt[:o.test_limit], yt[:o.test_limit]) if o.test_limit else (xt, yt)
+            dev = (x[-o.dev_size :], y[-o.dev_size :])
+            train = (x[: o.train_limit], y[: o.train_limit])
+            test = (xt[: o.test_limit], yt[: o.test_limit]) if o.test_limit else (xt, yt)
             self._data = {"dev": dev, "train": train, "test": test}
         return self._data
 
@@ -171,7 +179,7 @@ class FashionMnistTask:
         step = self.options.eval_batch
         with torch.inference_mode():
             for i in range(0, images.shape[0], step):
-                correct += int((model(images[i:i + step]).argmax(1) == labels[i:i + step]).sum())
+                correct += int((model(images[i : i + step]).argmax(1) == labels[i : i + step]).sum())
         model.train(was)
         return 1.0 - correct / images.shape[0]
 
@@ -188,12 +196,23 @@ class FashionMnistTask:
         o = self.options
         images, labels = self._split()["train"]
         optim = OptimConfig(lr=o.finetune_lr, epochs=o.finetune_epochs, batch_size=o.batch_size)
-        finetune_with_teacher(model, teacher, images, labels, optim=optim, temperature=o.temperature,
-                              kd_weight=o.kd_weight, task_weight=o.task_weight, progress=o.progress)
+        finetune_with_teacher(
+            model,
+            teacher,
+            images,
+            labels,
+            optim=optim,
+            temperature=o.temperature,
+            kd_weight=o.kd_weight,
+            task_weight=o.task_weight,
+            progress=o.progress,
+        )
         return model.eval()
 
     def describe(self) -> dict:
         meta = getattr(self, "metadata", {})
-        return {"task": "fashion_mnist", **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
-                "checkpoint_test_accuracy": meta.get("test_accuracy")}
-
+        return {
+            "task": "fashion_mnist",
+            **{f.name: getattr(self.options, f.name) for f in fields(self.options)},
+            "checkpoint_test_accuracy": meta.get("test_accuracy"),
+        }
