@@ -66,14 +66,22 @@ class Interval:
         self.kind, self.lo, self.hi, self.closed = kind, lo, hi, closed
 
     def __str__(self) -> str:
+        """``[lo, hi]`` (the ends as ``closed`` says), or ``>= lo`` / ``<= hi`` for a half-open one."""
+        if self.hi is None and self.lo is not None:
+            return f"{'>=' if self.closed in ('both', 'left') else '>'} {self.lo}"
+        if self.lo is None and self.hi is not None:
+            return f"{'<=' if self.closed in ('both', 'right') else '<'} {self.hi}"
         left = "[" if self.closed in ("both", "left") and self.lo is not None else "("
         right = "]" if self.closed in ("both", "right") and self.hi is not None else ")"
         lo = "-inf" if self.lo is None else str(self.lo)
         hi = "inf" if self.hi is None else str(self.hi)
         return f"{left}{lo}, {hi}{right}"
 
+    def _phrase(self) -> str:  # "in [0, 1)", ">= 1"
+        return str(self) if self.lo is None or self.hi is None else f"in {self}"
+
     def describe(self) -> str:
-        return f"{'an int' if self.kind is int else 'a number'} in {self}"
+        return f"{'an int' if self.kind is int else 'a number'} {self._phrase()}"
 
     def contains(self, v) -> bool:
         if self.lo is not None and (v < self.lo or (v == self.lo and self.closed in ("right", "neither"))):
@@ -92,7 +100,7 @@ class Interval:
             if not math.isfinite(v):
                 raise ValueError(f"{name} must be finite, got {v}")
         if not self.contains(v):
-            raise ValueError(f"{name} must be in {self}, got {v}")
+            raise ValueError(f"{name} must be {self._phrase()}, got {v}")
         return v
 
 

@@ -12,14 +12,43 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
 
-__all__ = ["ConfigError", "fill", "read_toml"]
+__all__ = ["ConfigError", "check_fields", "checked", "fill", "read_toml", "require"]
 
 
 class ConfigError(ValueError):
     """A config file or table is malformed; the message names the file and the key."""
+
+
+def checked(default=MISSING, constraint=None, *, default_factory=MISSING):
+    """A dataclass field held to ``constraint`` (an ``Interval`` or ``Options`` of :mod:`npuq._validate`) by
+    :func:`check_fields`: the range or the choices of a setting are declared where the setting is, in the
+    vocabulary every argument of npuq is checked with::
+
+        budget: int = checked(100, Interval(int, 1, None))
+    """
+    return field(default=default, default_factory=default_factory, metadata={"constraint": constraint})
+
+
+def check_fields(obj) -> None:
+    """Check every field of dataclass instance ``obj`` declared with :func:`checked`; a value outside its
+    constraint raises ``ValueError`` naming the field (``budget must be >= 1, got 0``), which :func:`fill`
+    turns into a :class:`ConfigError` naming the table and the key. Call it from ``__post_init__``, so
+    that building the dataclass in code is held to the same constraints as reading it from a file."""
+    for f in fields(obj):
+        constraint = f.metadata.get("constraint")
+        if constraint is not None:
+            constraint.check(getattr(obj, f.name), f.name)
+
+
+def require(v, where: str, constraint):
+    """``v`` checked by ``constraint``; a value outside it raises :class:`ConfigError` naming ``where``."""
+    try:
+        return constraint.check(v, where)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def read_toml(path: str | Path) -> dict:
@@ -42,6 +71,9 @@ _NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a strin
 
 
 def _name(t) -> str:
+    args = typing.get_args(t)
+    if typing.get_origin(t) is list and args:
+        return f"a list of {_name(args[0]).split(' ', 1)[-1]}s"  # "a list of integers"
     return _NAMES.get(t, getattr(t, "__name__", str(t)))
 
 
@@ -52,6 +84,8 @@ def value(v, expected, where: str):
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
         options = [o for o in typing.get_args(expected) if o is not type(None)]
+        if len(options) == 1:  # an optional value (TOML has no null): the one type's own, precise message
+            return value(v, options[0], where)
         for option in options:
             try:
                 return value(v, option, where)
@@ -63,7 +97,7 @@ def value(v, expected, where: str):
     if origin is list or expected is list:
         args = typing.get_args(expected)
         if not isinstance(v, list):
-            what = f"a list of {_name(args[0]).split(' ', 1)[-1]}s" if args else "a list"
+            what = _name(expected) if args else "a list"
             raise ConfigError(f"{where} must be {what}, got {type(v).__name__} {v!r:.60}")
         return [value(x, args[0], f"{where}[{i}]") for i, x in enumerate(v)] if args else v
     if origin is dict or expected is dict:

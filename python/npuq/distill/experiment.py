@@ -65,7 +65,8 @@ from typing import Any
 
 import torch
 
-from npuq.config import ConfigError, fill, read_toml, value
+from npuq._validate import Interval, Options
+from npuq.config import ConfigError, check_fields, checked, fill, read_toml, require, value
 from npuq.distill.objective import tap_channels
 from npuq.distill.trainer import (
     OptimConfig,
@@ -89,10 +90,14 @@ LOSS_KINDS = DISTILL_LOSSES.names()
 @dataclass
 class ModelSpec:
     model: str = "cnn"
-    width: float = 1.0
+    width: float = checked(1.0, Interval(float, 0, None, closed="neither"))
     checkpoint: str = ""  # teachers: a shipped checkpoint name or a model.safetensors of an earlier run
-    epochs: int = 0  # teachers: train for this many epochs first when no checkpoint is given
-    weight: float = 1.0  # teachers: ensemble weight
+    # teachers: train for this many epochs first when no checkpoint is given
+    epochs: int = checked(0, Interval(int, 0, None))
+    weight: float = checked(1.0, Interval(float, 0, None))  # teachers: ensemble weight
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -106,9 +111,12 @@ class TermSpec:
 
 @dataclass
 class DataSpec:
-    train_limit: int = 0
-    corruption: str = "none"
+    train_limit: int = checked(0, Interval(int, 0, None))  # 0: all
+    corruption: str = checked("none", Options(CORRUPTIONS))
     corruption_strength: float = 0.5
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -145,11 +153,10 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
     for key in ("task_weight", "kl_weight"):
         if key in table:
             setattr(exp, key, value(table[key], float, f"{source}: {key}"))
-    if exp.process not in DISTILL_PROCESSES:
-        raise ConfigError(f"{source}: process must be one of {PROCESSES}, got {exp.process!r}")
+    require(exp.process, f"{source}: process", Options(DISTILL_PROCESSES.names()))
     needs = DISTILL_PROCESSES.meta(exp.process)
-    if exp.task_weight < 0 or exp.kl_weight < 0:
-        raise ConfigError(f"{source}: task_weight and kl_weight must be >= 0")
+    for key in ("task_weight", "kl_weight"):
+        require(getattr(exp, key), f"{source}: {key}", Interval(float, 0, None))
     if "student" in table:
         exp.student = _model(table["student"], f"{source}: student")
     if "assistant" in table:
@@ -166,24 +173,19 @@ def parse_experiment(table: dict, source: str = "config") -> Experiment:
         exp.optim = fill(OptimConfig, table["optim"], f"{source}: optim")
     if "data" in table:
         exp.data = fill(DataSpec, table["data"], f"{source}: data")
-    if exp.data.corruption not in CORRUPTIONS:
-        raise ConfigError(f"{source}: data.corruption must be one of {CORRUPTIONS}, got {exp.data.corruption!r}")
-    if exp.data.train_limit < 0:
-        raise ConfigError(f"{source}: data.train_limit must be >= 0 (0: all)")
     if needs.get("teachers") and not exp.teachers:
         raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[teachers]] table")
     if exp.teachers and sum(t.weight for t in exp.teachers) <= 0:
         raise ConfigError(f"{source}: the teachers' weights sum to 0; give at least one teacher a positive weight")
-    if exp.ensemble not in ENSEMBLES:
-        raise ConfigError(f"{source}: ensemble must be one of {ENSEMBLES}, got {exp.ensemble!r}")
+    require(exp.ensemble, f"{source}: ensemble", Options(ENSEMBLES))
     if needs.get("assistant") and exp.assistant is None:
         raise ConfigError(f"{source}: process '{exp.process}' needs an [assistant] table")
     if needs.get("terms") and not exp.terms:
         raise ConfigError(f"{source}: process '{exp.process}' needs at least one [[terms]] table")
-    if exp.process == "dml" and exp.peers < 2:
-        raise ConfigError(f"{source}: dml needs peers >= 2, got {exp.peers}")
-    if exp.process == "born_again" and exp.generations < 1:
-        raise ConfigError(f"{source}: born_again needs generations >= 1, got {exp.generations}")
+    if exp.process == "dml":
+        require(exp.peers, f"{source}: peers of process dml", Interval(int, 2, None))
+    if exp.process == "born_again":
+        require(exp.generations, f"{source}: generations of process born_again", Interval(int, 1, None))
     # build every loss once now: bad loss arguments fail before training
     for i, t in enumerate(exp.terms):
         build_loss(t, f"{source}: terms[{i}]")
@@ -194,17 +196,13 @@ def _model(table, where: str) -> ModelSpec:
     spec = fill(ModelSpec, table, where)
     if spec.model not in MODELS:
         raise ConfigError(f"{where}.model: unknown model {spec.model!r}; available: {', '.join(sorted(MODELS))}")
-    if spec.width <= 0 or spec.weight < 0 or spec.epochs < 0:
-        raise ConfigError(f"{where}: width must be > 0, weight >= 0 and epochs >= 0")
     return spec
 
 
 def _term(table, where: str) -> TermSpec:
     spec = fill(TermSpec, table, where, extra="params")
-    if spec.loss not in LOSS_KINDS:
-        raise ConfigError(f"{where}.loss must be one of {LOSS_KINDS}, got {spec.loss!r}")
-    if spec.weight < 0:
-        raise ConfigError(f"{where}.weight must be >= 0, got {spec.weight}")
+    require(spec.loss, f"{where}.loss", Options(DISTILL_LOSSES.names()))
+    require(spec.weight, f"{where}.weight", Interval(float, 0, None))
     return spec
 
 

@@ -48,7 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npuq.config import ConfigError, fill, read_toml, value
+from npuq._validate import Interval, Options
+from npuq.config import ConfigError, check_fields, checked, fill, read_toml, require, value
 from npuq.lrf.search.space import BASES, DEFAULT_FRACTIONS, SCOPES
 from npuq.registry import SEARCH_STRATEGIES
 
@@ -61,15 +62,12 @@ STRATEGIES = SEARCH_STRATEGIES.names()  # declared in the registry: nothing is i
 class SpaceSpec:
     layers: list[str] = field(default_factory=list)
     fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    basis: str = "break_even"
+    basis: str = checked("break_even", Options(BASES))
     keep: bool = True
-    scope: str = "model"
+    scope: str = checked("model", Options(SCOPES))
 
     def __post_init__(self):
-        if self.basis not in BASES:
-            raise ValueError(f"basis must be one of {BASES}, got {self.basis!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        check_fields(self)
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad:
             raise ValueError(f"fractions must each be in (0, 1], got {bad}")
@@ -81,29 +79,25 @@ class SpaceSpec:
 
 @dataclass
 class SearchSpec:
-    target: float = 2.0
-    budget: int = 100
+    target: float = checked(2.0, Interval(float, 1, None))  # a compression
+    budget: int = checked(100, Interval(int, 1, None))  # candidates
 
     def __post_init__(self):
-        if self.target < 1:
-            raise ValueError(f"target must be a compression >= 1, got {self.target}")
-        if self.budget < 1:
-            raise ValueError(f"budget must be >= 1 candidate, got {self.budget}")
+        check_fields(self)
 
 
 @dataclass
 class IterateSpec:
     targets: list[float] = field(default_factory=lambda: [2.0, 3.0])
-    budget_per_round: int = 60
+    budget_per_round: int = checked(60, Interval(int, 1, None))  # candidates
     single_shot: bool = True
 
     def __post_init__(self):
+        check_fields(self)
         if not self.targets or any(t < 1 for t in self.targets):
             raise ValueError(f"targets must be a non-empty list of compressions >= 1, got {self.targets}")
         if any(b <= a for a, b in zip(self.targets, self.targets[1:])):
             raise ValueError(f"targets must increase from round to round, got {self.targets}")
-        if self.budget_per_round < 1:
-            raise ValueError(f"budget_per_round must be >= 1 candidate, got {self.budget_per_round}")
 
 
 @dataclass
@@ -147,29 +141,20 @@ class ReinforceSpec:
 class OptunaSpec:
     storage: str = ""
     study_name: str = ""
-    population_size: int = 20
-    heartbeat_interval: int = 5
+    population_size: int = checked(20, Interval(int, 2, None))
+    heartbeat_interval: int = checked(5, Interval(int, 1, None))  # seconds
     grace_period: int = 20
-    max_retry: int = 3
-    connect_timeout: float = 10.0
-    poll_interval: float = 1.0
-    keep_prior: float = 0.75
+    max_retry: int = checked(3, Interval(int, 0, None))
+    connect_timeout: float = checked(10.0, Interval(float, 0, None, closed="neither"))  # seconds
+    poll_interval: float = checked(1.0, Interval(float, 0, None, closed="neither"))  # seconds
+    keep_prior: float = checked(0.75, Interval(float, 0, 1, closed="left"))
 
     def __post_init__(self):
-        if not 0 <= self.keep_prior < 1:
-            raise ValueError(f"keep_prior must be in [0, 1), got {self.keep_prior}")
-        if self.population_size < 2:
-            raise ValueError(f"population_size must be >= 2, got {self.population_size}")
-        if self.heartbeat_interval < 1:
-            raise ValueError(f"heartbeat_interval must be >= 1 second, got {self.heartbeat_interval}")
+        check_fields(self)
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError(
                 f"grace_period must exceed heartbeat_interval ({self.heartbeat_interval} s), got {self.grace_period}"
             )
-        if self.max_retry < 0:
-            raise ValueError(f"max_retry must be >= 0, got {self.max_retry}")
-        if self.connect_timeout <= 0 or self.poll_interval <= 0:
-            raise ValueError("connect_timeout and poll_interval must be > 0 seconds")
 
     def options(self, worker_id: int | None = None) -> dict:
         shared = bool(self.storage)
@@ -229,10 +214,8 @@ def parse_config(table: dict, source: str = "config") -> LrfConfig:
     for key, kind in _SCALARS.items():
         if key in table:
             setattr(config, key, value(table[key], kind, f"{source}: {key}"))
-    if config.strategy not in STRATEGIES:
-        raise ConfigError(f"{source}: strategy must be one of {STRATEGIES}, got {config.strategy!r}")
-    if config.max_error_increase < 0:
-        raise ConfigError(f"{source}: max_error_increase must be >= 0, got {config.max_error_increase}")
+    require(config.strategy, f"{source}: strategy", Options(STRATEGIES))
+    require(config.max_error_increase, f"{source}: max_error_increase", Interval(float, 0, None))
     for key, cls in _TABLES.items():
         if key in table:
             setattr(config, key, fill(cls, table[key], f"{source}: {key}"))
