@@ -143,7 +143,7 @@ void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group
 
 Conv2dPlan::Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const int32_t* bias)
     : layer_(layer.shape), input_zero_point_(layer.input_zero_point), overflow_(layer.overflow), op_name_(layer.op) {
-  // Validate the layer on a 1-pixel-larger-than-kernel input; per-call shapes are validated in run().
+  // Validate the layer on an input the size of the dilated kernel; per-call shapes are validated in run().
   Conv2dParams probe = layer;
   probe.shape.batch = 1;
   probe.shape.in_h = (layer_.kernel_h - 1) * layer_.dilation_h + 1;

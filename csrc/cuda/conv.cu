@@ -385,16 +385,15 @@ Conv2dPlan::Conv2dPlan(const Conv2dParams& layer, const int8_t* weights, const i
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
   has_mma_ = major >= 8;
 
-  // Validate the layer on an input the size of the dilated kernel, as the CPU plan does; per-call shapes
-  // are validated in shape_for().
-  Conv2dShape probe = layer_;
-  probe.batch = 1;
-  probe.in_h = std::max<int64_t>(probe.dilation_h * (probe.kernel_h - 1) + 1, 1);
-  probe.in_w = std::max<int64_t>(probe.dilation_w * (probe.kernel_w - 1) + 1, 1);
+  // Validate the whole layer (shape, input zero point, requantization, overflow policy) on an input the
+  // size of the dilated kernel, with the checks of the CPU plan; per-call shapes are validated in shape_for().
+  Conv2dParams probe = layer;
+  probe.shape.batch = 1;
+  probe.shape.in_h = std::max<int64_t>(probe.shape.dilation_h * (probe.shape.kernel_h - 1) + 1, 1);
+  probe.shape.in_w = std::max<int64_t>(probe.shape.dilation_w * (probe.shape.kernel_w - 1) + 1, 1);
   validate(probe);
-  layer_.in_c_per_group = probe.in_c_per_group;
-  layer_.out_c_per_group = probe.out_c_per_group;
-  validate(requant, op_name_);
+  layer_.in_c_per_group = probe.shape.in_c_per_group;
+  layer_.out_c_per_group = probe.shape.out_c_per_group;
   const int64_t oc_n = layer_.out_c, k = layer_.reduction_size();
   validate_weights(weights, oc_n * k);
   k_ = k;

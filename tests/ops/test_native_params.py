@@ -261,3 +261,20 @@ def test_cuda_add_and_pool_check_the_structs_first():
             0,
             0,
         )
+
+
+def _gpu_usable() -> bool:
+    from npuq import _cuda
+
+    info = _cuda.info()
+    return bool(info["built"]) and info["devices"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_usable(), reason="needs a usable CUDA device")
+@pytest.mark.parametrize("over, error, match", CONV_ERRORS)
+def test_the_cuda_plan_checks_the_whole_layer_as_the_cpu_plan_does(over, error, match):
+    # past the struct conversion, on a device: the input zero point, the requantization's channel count and
+    # the overflow policy are checked by the one validate() of the CPU plan
+    with pytest.raises(error, match=match):
+        _C.CudaConv2dPlan(conv_params(**over), W, B, 0, 0)

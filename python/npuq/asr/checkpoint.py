@@ -48,7 +48,9 @@ def save_asr_checkpoint(model: AttentionASR, path, metadata: dict | None = None)
     return path
 
 
-def _parse(raw: dict) -> dict:
+def parse_asr_metadata(raw: dict) -> dict:
+    """The metadata strings of an ASR checkpoint file with numbers as numbers and ``config``, ``history``,
+    ``results`` as dicts/lists (what :func:`load_asr_checkpoint` returns beside the model)."""
     meta = dict(raw)
     for key in _INT_FIELDS:
         if key in meta:
@@ -90,7 +92,7 @@ def load_asr_checkpoint(name_or_path="asr_digits") -> tuple[AttentionASR, dict]:
         raise ASRCheckpointError(
             f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an ASR checkpoint"
         )
-    meta = _parse(raw)
+    meta = parse_asr_metadata(raw)
     try:
         config = ASRConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:

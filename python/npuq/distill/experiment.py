@@ -331,9 +331,9 @@ def _checkpoint_file(name: str) -> Path | None:
     if path.is_file():
         return path
     try:
-        from npuq.models.checkpoints import _resolve
+        from npuq.models.checkpoints import resolve_checkpoint
 
-        return _resolve(name)
+        return resolve_checkpoint(name)
     except Exception:  # not found: Runner.teacher reports it with the list of shipped checkpoints
         return None
 

@@ -113,11 +113,6 @@ def resolve_checkpoint(name_or_path, kind: str = "image") -> Path:
     )
 
 
-def _resolve(name_or_path) -> Path:
-    # the former private name, still imported by npuq.distill.experiment
-    return resolve_checkpoint(name_or_path)
-
-
 def _parse_metadata(raw: dict) -> dict:
     meta = dict(raw)
     for key in _INT_FIELDS:

@@ -41,7 +41,7 @@ def load_asr_lrf_checkpoint(name_or_path="asr_digits") -> tuple[nn.Module, dict]
     from safetensors import safe_open
 
     from npuq.asr import ASR_FORMAT, ASRCheckpointError, ASRConfig, AttentionASR, load_asr_checkpoint
-    from npuq.asr.checkpoint import _parse  # the metadata parsing of load_asr_checkpoint
+    from npuq.asr.checkpoint import parse_asr_metadata
     from npuq.lrf.factorize import factorize
     from npuq.models.checkpoints import resolve_checkpoint
 
@@ -62,7 +62,7 @@ def load_asr_lrf_checkpoint(name_or_path="asr_digits") -> tuple[nn.Module, dict]
             f"{path}: metadata format is {raw.get('format')!r}, not {ASR_FORMAT!r}: not an ASR checkpoint"
         )
     try:
-        meta = _parse(raw)
+        meta = parse_asr_metadata(raw)
         meta["lrf_ranks"] = ranks = json.loads(meta["lrf_ranks"])
         config = ASRConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:
