@@ -312,7 +312,9 @@ def test_a_symlinked_output_directory_is_written_where_it_points(program, images
 
 # ================================================================== 3. a failed export blocks nothing
 def _failing_after(monkeypatch, calls: int):
-    real = vectors.hex_bytes
+    from npuq.npu.vectors import export  # the module that encodes the files of a set
+
+    real = export.hex_bytes
     count = {"n": 0}
 
     def hex_bytes(*args, **kwargs):
@@ -321,7 +323,7 @@ def _failing_after(monkeypatch, calls: int):
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vectors, "hex_bytes", hex_bytes)
+    monkeypatch.setattr(export, "hex_bytes", hex_bytes)
 
 
 def test_a_failed_export_leaves_nothing_behind(program, images, tmp_path, monkeypatch):
