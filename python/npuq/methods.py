@@ -8,10 +8,8 @@ from npuq._validate import OVERFLOW_POLICIES, ROUNDING_MODES
 from npuq.registry import ACTIVATION_OBSERVERS, WEIGHT_QUANTIZERS
 
 WEIGHT_METHODS = WEIGHT_QUANTIZERS.names()
-# need calibration data (npuq.quantize collects it). Declared here, not read from the registrations
-# (WEIGHT_QUANTIZERS.select(data_aware=True)), because that would import the quantizers and torch;
-# npuq.quant.weights refuses a method whose registration disagrees with this list.
-DATA_AWARE_WEIGHT_METHODS = ("wess_output",)
+# need calibration data (npuq.quantize collects it): read from the registry's declaration, no import
+DATA_AWARE_WEIGHT_METHODS = WEIGHT_QUANTIZERS.select(data_aware=True)
 ACTIVATION_METHODS = ACTIVATION_OBSERVERS.names()
 ROUNDINGS = ROUNDING_MODES
 OVERFLOWS = OVERFLOW_POLICIES

@@ -55,16 +55,20 @@ class Registry:
     Args:
         kind: what the entries are, for messages ("weight quantizer").
         providers: dotted module names whose import registers the entries.
-        declared: the built-in names, known without importing the providers; ``None`` if the names are
-            whatever the providers register.
+        declared: the built-in names, known without importing the providers (a tuple), or a dict of those
+            names to the metadata their registrations must carry (readable through :meth:`select` without
+            importing anything); ``None`` if the names are whatever the providers register.
     """
 
-    def __init__(self, kind: str, providers: tuple[str, ...] = (), declared: tuple[str, ...] | None = None):
-        if declared is not None and len(set(declared)) != len(declared):
+    def __init__(
+        self, kind: str, providers: tuple[str, ...] = (), declared: tuple[str, ...] | dict[str, dict] | None = None
+    ):
+        if declared is not None and not isinstance(declared, dict) and len(set(declared)) != len(declared):
             raise ValueError(f"{kind} registry: declared names repeat: {declared}")
         self.kind = kind
         self.providers = tuple(providers)
         self.declared = None if declared is None else tuple(declared)
+        self._declared_meta = {n: dict(m) for n, m in declared.items()} if isinstance(declared, dict) else {}
         self._entries: dict[str, Any] = {}
         self._meta: dict[str, dict] = {}
         self._loaded = not self.providers
@@ -93,6 +97,12 @@ class Registry:
                     f"{self.kind} {name!r} is not declared: add it to the declared names of its "
                     "registry in npuq/registry.py"
                 )
+            for key, want in self._declared_meta.get(name, {}).items():
+                if meta.setdefault(key, want) != want:
+                    raise ValueError(
+                        f"{self.kind} {name!r} is declared with {key}={want!r} in npuq/registry.py "
+                        f"but registered with {key}={meta[key]!r}: make them agree"
+                    )
             self._entries[name] = obj
             self._meta[name] = dict(meta)
 
@@ -143,7 +153,11 @@ class Registry:
         return dict(self._meta[name])
 
     def select(self, **meta) -> tuple[str, ...]:
-        """The names whose metadata has every given key equal to the given value, in :meth:`names` order."""
+        """The names whose metadata has every given key equal to the given value, in :meth:`names` order;
+        read from the declaration, without importing a provider, when it declares every given key."""
+        declared, names = self._declared_meta, self.names()
+        if declared and all(n in declared and all(k in declared[n] for k in meta) for n in names):
+            return tuple(n for n in names if all(declared[n][k] == v for k, v in meta.items()))
         self._load()
         return tuple(n for n in self.names() if all(self._meta[n].get(k) == v for k, v in meta.items()))
 
@@ -175,7 +189,14 @@ class Registry:
 WEIGHT_QUANTIZERS = Registry(
     "weight quantization method",
     providers=("npuq.quant.weights", "npuq.quant.data_aware"),
-    declared=("per_layer", "per_channel", "wess", "wess_mse", "wess_output"),
+    # data_aware: the method needs statistics of each layer's input (npuq.quantize collects calibration data)
+    declared={
+        "per_layer": {"data_aware": False},
+        "per_channel": {"data_aware": False},
+        "wess": {"data_aware": False},
+        "wess_mse": {"data_aware": False},
+        "wess_output": {"data_aware": True},
+    },
 )
 ACTIVATION_OBSERVERS = Registry(
     "activation observer",

@@ -20,7 +20,7 @@ from npuq.models import MODELS as MODEL_NAMES
 from npuq.models import build_model
 from npuq.quant import observers, weights
 from npuq.quant.weights import quantize_weight
-from npuq.registry import ACTIVATION_OBSERVERS, MODELS, WEIGHT_QUANTIZERS, UnknownNameError
+from npuq.registry import ACTIVATION_OBSERVERS, MODELS, WEIGHT_QUANTIZERS, Registry, UnknownNameError
 
 
 def test_the_weight_method_lists_are_the_registry():
@@ -85,11 +85,25 @@ def test_an_unknown_name_lists_the_known_ones(call, known):
     assert str(info.value).endswith("; known: " + ", ".join(known))
 
 
-def test_a_registration_that_contradicts_the_data_aware_list_is_refused(monkeypatch):
-    WEIGHT_QUANTIZERS.names()
-    monkeypatch.setitem(WEIGHT_QUANTIZERS._meta, "wess", {"data_aware": True})
-    with pytest.raises(RuntimeError, match="DATA_AWARE_WEIGHT_METHODS"):
-        quantize_weight(torch.ones(2, 3), "wess")
+def test_a_registration_that_contradicts_its_declared_metadata_is_refused():
+    registry = Registry("method", declared={"a": {"data_aware": False}, "b": {"data_aware": True}})
+    with pytest.raises(ValueError, match=r"'a' is declared with data_aware=False .* registered with data_aware=True"):
+        registry.add("a", object(), data_aware=True)
+    registry.add("a", len)  # the declared metadata fills what the registration leaves out
+    assert registry.meta("a") == {"data_aware": False}
+    assert registry.select(data_aware=True) == ("b",)  # from the declaration: "b" has no implementation yet
+    with pytest.raises(ValueError, match="'c' is not declared"):
+        registry.add("c", len)
+
+
+def test_the_data_aware_list_needs_no_import():
+    code = (
+        "import sys; from npuq.methods import DATA_AWARE_WEIGHT_METHODS as d; "
+        "assert d == ('wess_output',), d; assert 'torch' not in sys.modules and 'npuq.quant' not in sys.modules"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
 
 
 # ---------------------------------------------------------------------------------- later registrations

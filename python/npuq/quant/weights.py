@@ -157,14 +157,8 @@ def _check_shift_bits(shift_bits) -> int:
 def _quantizer(method):
     """The registered quantizer of ``method`` and whether it is data-aware; an unknown name raises the
     registry's error, which lists the known ones."""
-    fn = WEIGHT_QUANTIZERS.get(method)
-    data_aware = bool(WEIGHT_QUANTIZERS.meta(method).get("data_aware"))
-    if data_aware != (method in DATA_AWARE_METHODS):  # the torch-free list would send it the wrong data
-        raise RuntimeError(
-            f"weight quantization method {method!r} is registered with data_aware={data_aware}, "
-            "but npuq.methods.DATA_AWARE_WEIGHT_METHODS says otherwise: make them agree"
-        )
-    return fn, data_aware
+    # a registration carries the data_aware of its declaration (npuq.registry refuses one that differs)
+    return WEIGHT_QUANTIZERS.get(method), bool(WEIGHT_QUANTIZERS.meta(method).get("data_aware"))
 
 
 def _as_weight(w, name: str) -> torch.Tensor:
