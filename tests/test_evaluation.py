@@ -70,3 +70,19 @@ def test_the_three_helpers_agree():
     assert training_evaluate(model, loader) == quant_evaluate(model, loader) == expected
     assert distill_accuracy(model, images, labels, batch_size=16) == expected
     assert model.training
+
+
+def test_logits_for_fidelity_are_collected_in_eval_mode_and_modes_come_back():
+    from npuq.fidelity import collect_logits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 3)).train()
+    model[2].eval()  # a part kept in eval mode while the rest trains keeps its own mode
+    x = torch.randn(10, 4)
+    logits = collect_logits(model, x, batch_size=3)
+    assert model.training and model[0].training and not model[2].training
+    with torch.no_grad():
+        expected = model.eval()(x)
+    # dropout was off: the logits are the eval-mode function (up to the float rounding of other batch sizes)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-6)
+    assert not logits.requires_grad

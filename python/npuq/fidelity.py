@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from npuq.evaluation import evaluation_mode
+
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 TOP_K = 5
@@ -129,7 +131,8 @@ def paired_difference(
 def collect_logits(
     model, inputs: torch.Tensor, *, batch_size: int = 64, progress: bool = False, desc: str = "logits"
 ) -> torch.Tensor:
-    """``model(inputs)`` in batches, as one float32 CPU tensor."""
+    """``model(inputs)`` in batches, as one float32 CPU tensor, in :func:`npuq.evaluation.evaluation_mode`
+    (a module in eval mode, its own modes restored afterwards; no autograd)."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() < 2 or inputs.shape[0] == 0:
         raise ValueError("inputs must be a non-empty batched torch tensor")
     starts = range(0, inputs.shape[0], batch_size)
@@ -137,7 +140,8 @@ def collect_logits(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    return torch.cat([model(inputs[i : i + batch_size]).detach().float().cpu() for i in starts])
+    with evaluation_mode(model):
+        return torch.cat([model(inputs[i : i + batch_size]).float().cpu() for i in starts])
 
 
 __all__ = ["collect_logits", "fidelity", "paired_difference", "per_input"]
