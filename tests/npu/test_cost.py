@@ -12,92 +12,36 @@ import numpy as np
 import pytest
 
 from npuq.npu.cost import NPUConfig, activation_liveness, estimate_cost
-from npuq.npu.program import InputSpec, Op, Program, load_program, validate
+from npuq.npu.program import Op, Program, load_program
+from support.program_builders import add_op, build_program, conv_op, fc_op, max_pool_op
 
 
 # ====================================================================================== program builders
-def _layer_tensors(w: np.ndarray, per_channel: bool = False, shifts=None) -> dict:
-    c_out = w.shape[0]
-    n = c_out if per_channel else 1
-    shift = np.zeros(c_out, np.uint8) if shifts is None else np.asarray(shifts, np.uint8)
-    return dict(
-        weight=w.astype(np.int8),
-        bias=np.zeros(c_out, np.int32),
-        multiplier=np.full(n, 2**30, np.int32),
-        exponent=np.full(n, -8, np.int32),
-        shift=shift,
-    )
-
-
 def conv(name, src, c_in, c_out, k=1, stride=1, groups=1, bits=8, per_channel=False, shifts=None) -> Op:
-    w = np.ones((c_out, k, k, c_in // groups), np.int8)
+    """A square-kernel conv with "same" padding."""
     p = k // 2
-    attrs = dict(
-        stride=[stride, stride],
-        padding=[p, p, p, p],
-        dilation=[1, 1],
+    return conv_op(
+        name,
+        src,
+        (c_out, k, k, c_in // groups),
+        stride=(stride, stride),
+        padding=(p, p, p, p),
         groups=groups,
-        input_zero_point=0,
-        output_zero_point=0,
-        act_min=-128,
-        act_max=127,
-        weight_bits=bits,
+        bits=bits,
+        per_channel=per_channel,
+        shifts=shifts,
     )
-    return Op(
-        name=name, kind="conv2d", inputs=[src], attrs=attrs, tensors=_layer_tensors(w, per_channel, shifts), scale=0.1
-    )
-
-
-def fc(name, src, k, o, bits=8) -> Op:
-    attrs = dict(input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=bits)
-    return Op(
-        name=name,
-        kind="fully_connected",
-        inputs=[src],
-        attrs=attrs,
-        tensors=_layer_tensors(np.ones((o, k), np.int8)),
-        scale=0.1,
-    )
-
-
-def add(name, a, b) -> Op:
-    attrs = dict(
-        a_zero_point=0,
-        a_multiplier=2**30,
-        a_exponent=0,
-        b_zero_point=0,
-        b_multiplier=2**30,
-        b_exponent=0,
-        output_zero_point=0,
-        output_multiplier=2**30,
-        output_exponent=0,
-        left_shift=20,
-        act_min=-128,
-        act_max=127,
-    )
-    return Op(name=name, kind="add", inputs=[a, b], attrs=attrs, scale=0.1)
 
 
 def max_pool(name, src, k=2, stride=2) -> Op:
-    return Op(
-        name=name,
-        kind="max_pool2d",
-        inputs=[src],
-        attrs=dict(kernel=[k, k], stride=[stride, stride], padding=[0, 0, 0, 0]),
-        scale=0.1,
-    )
+    return max_pool_op(name, src, (k, k), (stride, stride))
 
 
 def program(shape, *ops, output=None) -> Program:
-    p = Program(
-        input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0),
-        ops=list(ops),
-        output=output or ops[-1].name,
-        model="hand",
-    )
-    validate(p)  # the builders must make valid programs
-    return p
+    return build_program(shape, *ops, output=output)  # validated: the builders must make valid programs
 
+
+fc, add = fc_op, add_op
 
 # big buffer and bandwidth unless a test is about them: compute-bound, activations on chip
 FAST = dict(bandwidth_gbps=1000.0, buffer_bytes=1 << 24)

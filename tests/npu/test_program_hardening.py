@@ -33,7 +33,6 @@ from npuq.npu.cost import activation_liveness, estimate_cost
 from npuq.npu.program import (
     DIGEST_KEY,
     METADATA_KEY,
-    InputSpec,
     Op,
     Program,
     _safetensors_bytes,
@@ -42,110 +41,23 @@ from npuq.npu.program import (
     validate,
 )
 from support import ROOT
+from support.program_builders import add_op, avg_pool_op, build_program, conv_op, fc_op, flatten_op, max_pool_op
 
 SOURCE = "hostile.npuq"
 MiB = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------ builders
-def _layer_tensors(w: np.ndarray) -> dict:
-    c_out = w.shape[0]
-    return dict(
-        weight=w.astype(np.int8),
-        bias=np.zeros(c_out, np.int32),
-        multiplier=np.full(1, 2**30, np.int32),
-        exponent=np.full(1, -8, np.int32),
-        shift=np.zeros(c_out, np.uint8),
-    )
-
-
 def conv(name, src, w_shape, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1) -> Op:
-    attrs = dict(
-        stride=list(stride),
-        padding=list(padding),
-        dilation=list(dilation),
-        groups=groups,
-        input_zero_point=0,
-        output_zero_point=0,
-        act_min=-128,
-        act_max=127,
-        weight_bits=8,
-    )
-    return Op(
-        name=name,
-        kind="conv2d",
-        inputs=[src],
-        attrs=attrs,
-        tensors=_layer_tensors(np.ones(w_shape, np.int8)),
-        scale=0.1,
-    )
-
-
-def fc(name, src, k, o) -> Op:
-    attrs = dict(input_zero_point=0, output_zero_point=0, act_min=-128, act_max=127, weight_bits=8)
-    return Op(
-        name=name,
-        kind="fully_connected",
-        inputs=[src],
-        attrs=attrs,
-        tensors=_layer_tensors(np.ones((o, k), np.int8)),
-        scale=0.1,
-    )
-
-
-def max_pool(name, src, kernel, stride=(1, 1), padding=(0, 0, 0, 0)) -> Op:
-    return Op(
-        name=name,
-        kind="max_pool2d",
-        inputs=[src],
-        attrs=dict(kernel=list(kernel), stride=list(stride), padding=list(padding)),
-        scale=0.1,
-    )
-
-
-def avg_pool(name, src, kernel, stride=(1, 1), padding=(0, 0, 0, 0)) -> Op:
-    attrs = dict(
-        kernel=list(kernel),
-        stride=list(stride),
-        padding=list(padding),
-        count_include_pad=False,
-        input_zero_point=0,
-        act_min=-128,
-        act_max=127,
-    )
-    return Op(name=name, kind="avg_pool2d", inputs=[src], attrs=attrs, scale=0.1)
-
-
-def add(name, a, b) -> Op:
-    attrs = dict(
-        a_zero_point=0,
-        a_multiplier=2**30,
-        a_exponent=0,
-        b_zero_point=0,
-        b_multiplier=2**30,
-        b_exponent=0,
-        output_zero_point=0,
-        output_multiplier=2**30,
-        output_exponent=0,
-        left_shift=20,
-        act_min=-128,
-        act_max=127,
-    )
-    return Op(name=name, kind="add", inputs=[a, b], attrs=attrs, scale=0.1)
-
-
-def flatten(name, src) -> Op:
-    return Op(name=name, kind="flatten", inputs=[src], scale=0.1)
+    return conv_op(name, src, w_shape, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def build(shape, *ops_, output=None) -> Program:
     """A program, not validated (the hostile ones must be representable)."""
-    return Program(
-        input=InputSpec(name="x", shape=tuple(shape), scale=0.5, zero_point=0),
-        ops=list(ops_),
-        output=output or ops_[-1].name,
-        model="hostile",
-    )
+    return build_program(shape, *ops_, output=output, model="hostile", check=False)
+
+
+fc, max_pool, avg_pool, add, flatten = fc_op, max_pool_op, avg_pool_op, add_op, flatten_op
 
 
 def hostile_bytes(prog: Program, graph_text: str | None = None) -> bytes:
