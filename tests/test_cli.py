@@ -98,6 +98,14 @@ def test_run_numbers_out_of_range(capsys, program_file, flag, value, fragment):
     assert_one_line_error(code, err, "run", flag, fragment)
 
 
+@pytest.mark.parametrize("value", ["0", "2000"])
+def test_export_vectors_threads_are_checked_like_run(capsys, program_file, tmp_path, value):
+    code, _, err = run_cli(
+        capsys, "export-vectors", program_file, "fashion-mnist:test:1", tmp_path / "v", "--threads", value
+    )
+    assert_one_line_error(code, err, "export-vectors", "--threads", f"[1, {npuq.MAX_THREADS}]")
+
+
 def test_run_images_without_labels_exits_2(capsys, program_file, tmp_path):
     images = tmp_path / "images.npy"
     np.save(images, np.zeros((2, 1, 8, 8), np.float32))

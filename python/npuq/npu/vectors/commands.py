@@ -63,6 +63,8 @@ def _fashion_mnist_images(split: str, count: int) -> np.ndarray:
 # ====================================================================================== command line
 def add_commands(sub) -> None:
     """Register ``npuq export-vectors`` and ``npuq verify`` on the argparse sub-parsers ``sub``."""
+    from npuq._cliutil import threads_arg
+
     e = sub.add_parser(
         "export-vectors",
         help="write golden test vectors of an NPU program (per-op inputs, "
@@ -75,7 +77,9 @@ def add_commands(sub) -> None:
         "(N, H, W, C) or float images (N, C, H, W)",
     )
     e.add_argument("outdir", help="the directory to write (new or empty)")
-    e.add_argument("--threads", type=int, default=None, help="native kernel threads (the files do not depend on it)")
+    e.add_argument(
+        "--threads", type=threads_arg, default=None, help="native kernel threads (the files do not depend on it)"
+    )
     e.add_argument(
         "--force",
         action="store_true",
