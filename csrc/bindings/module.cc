@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "bindings/eltwise_ops.h"
+#include "bindings/resample_ops.h"
 #include "common/arrays.h"
 #include "common/params.h"
 #include "cpu/cpu.h"
@@ -18,6 +20,8 @@
 
 #ifdef NPUQ_WITH_CUDA
 #include "cuda/bindings.h"
+#include "cuda/eltwise_ops_bindings.h"
+#include "cuda/resample_ops_bindings.h"
 #include "lrf/cuda/svd_bindings.h"
 #endif
 
@@ -223,10 +227,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("pool_output_shape", &pool_output_shape, py::arg("x_shape"), py::arg("kernel"), py::arg("stride"),
         py::arg("padding"));
 
+  bindings::register_eltwise_ops(m);
+  bindings::register_resample_ops(m);
   npuq::lrf::register_bindings(m);
 #ifdef NPUQ_WITH_CUDA
   npuq::cuda::register_bindings(m);
   npuq::cuda::register_svd_bindings(m);
+  npuq::cuda::register_eltwise_ops(m);
+  npuq::cuda::register_resample_ops(m);
 #else
   m.def("cuda_info", [] {
     py::dict d;

@@ -21,12 +21,24 @@ __all__ = [
     "add",
     "add_params",
     "avg_pool2d",
+    "channel_shuffle",
+    "channel_slice",
+    "concat",
+    "concat_params",
     "conv2d",
     "fully_connected",
     "global_avg_pool",
+    "lut",
     "max_pool2d",
+    "mean",
+    "mean_params",
+    "mul",
+    "mul_params",
+    "pad",
+    "pool_output_size",
     "reference",
     "requantize",
+    "upsample",
 ]
 
 
@@ -432,23 +444,6 @@ def _pool_cuda(average, x, params):
     return out
 
 
-def max_pool2d(x, kernel_size, *, stride=None, padding=0):
-    """Max pooling of int8 activations (no rounding; padded positions never win). Host arrays: numpy /
-    torch CPU as the other ops; device arrays run the CUDA kernel."""
-    kernel = V.pair(kernel_size, "kernel_size", 1)
-    stride = kernel if stride is None else V.pair(stride, "stride", 1)
-    pad = V.padding(padding)
-    if _cuda.is_device_array(x):
-        return _pool_cuda(False, x, _C.Pool2dParams(kernel=kernel, stride=stride, padding=pad))
-    arr, to_torch = T.activation(x)
-    tuple(_C.pool_output_shape(arr.shape, kernel, stride, pad))  # validates like the other pooling ops
-    pt, pb, pl, pr = pad
-    if any(pad):
-        arr = np.pad(arr, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-128)
-    win = np.lib.stride_tricks.sliding_window_view(arr, kernel, axis=(1, 2))[:, :: stride[0], :: stride[1]]
-    return T.activation_out(np.ascontiguousarray(win.max(axis=(-2, -1))), to_torch)
-
-
 def _ref_conv2d(x, weight, bias=None, **params):
     params.pop("threads", None)
     return Conv2d(weight, bias, **params).reference(x)
@@ -468,3 +463,22 @@ reference = types.SimpleNamespace(
     global_avg_pool=lambda x, **p: _global_avg_pool(x, True, **p),
 )
 reference.__doc__ = "The scalar reference kernels of csrc/reference (single-threaded, slow): the fast paths' oracle."
+
+# The ops of program format 2 live in one module per family (docs/ops.md); their scalar-reference variants
+# join ``reference``.
+from npuq import _ops_eltwise, _ops_resample  # noqa: E402
+from npuq._ops_eltwise import concat, concat_params, lut, mul, mul_params  # noqa: E402
+from npuq._ops_resample import (  # noqa: E402
+    channel_shuffle,
+    channel_slice,
+    max_pool2d,
+    mean,
+    mean_params,
+    pad,
+    pool_output_size,
+    upsample,
+)
+
+for _family in (_ops_eltwise, _ops_resample):
+    for _name, _fn in _family.REFERENCE.items():
+        setattr(reference, _name, _fn)

@@ -8,8 +8,8 @@ import torch.nn as nn
 import npuq
 from npuq.distill import label_free_qat
 from npuq.distill.taps import TapError
+from npuq.models.zoo import randomize_batch_norms
 from npuq.quant import Graph, prepare
-from support.torch_helpers import randomize_batch_norms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

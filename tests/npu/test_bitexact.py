@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import npuq
+from npuq.models.zoo import randomize_batch_norms as _randomize_batch_norms
 from npuq.npu import Emulator, InputSpec, Op, Program
 from npuq.quant import intmath
 from support import npu_reference as NR
-from support.small_networks import SmallNet, small_networks
-from support.torch_helpers import randomize_batch_norms as _randomize_batch_norms
+from support.small_networks import SmallNet, conv_count, small_networks
 
 ROUNDINGS = ("double", "single")
 
@@ -419,7 +419,7 @@ def test_random_networks_bitexact(spec, rounding, weights, bits, observer):
     qm = npuq.quantize(model, calib, weights=weights, bits=bits, activations=observer, rounding=rounding)
     prog = npuq.compile(qm)
     kinds = [op.kind for op in prog.ops]
-    assert kinds.count("conv2d") == sum(b["kind"] == "conv" for b in spec["blocks"])
+    assert kinds.count("conv2d") == conv_count(spec)
     assert kinds.count("add") == sum(b["kind"] == "conv" and b["residual"] for b in spec["blocks"])
     values = check_against_reference(prog, x)
     check_against_simulation(qm, prog, values, x)

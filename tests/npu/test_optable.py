@@ -22,104 +22,13 @@ import npuq.npu.emulator as emulator
 import npuq.npu.program as program_module
 import npuq.npu.vectors as vectors
 from npuq import ops
-from npuq.npu import Emulator, InputSpec, Op, Program, ProgramError, load_program, optable
+from npuq.npu import Emulator, Op, Program, ProgramError, load_program, optable
 from npuq.npu.optable import COST_UNITS, OP_TABLE, Attr, OpFootprint, OpSpec, Tensor
 from npuq.npu.program import program_from_json, validate
 from npuq.quant import simulate
 from support import ROOT
 from support import npu_reference as NR
-
-RNG_SEED = 20240607
-
-
-# ====================================================================================== a program of every kind
-def _layer_tensors(rng, w: np.ndarray, per_channel: bool) -> dict:
-    c_out = w.shape[0]
-    n = c_out if per_channel else 1
-    return dict(
-        weight=w.astype(np.int8),
-        bias=rng.integers(-2000, 2000, c_out).astype(np.int32),
-        multiplier=rng.integers(2**30, 2**31 - 1, n).astype(np.int32),
-        exponent=np.full(n, -9, np.int32),
-        shift=rng.integers(0, 3, c_out).astype(np.uint8),
-    )
-
-
-def every_kind_program() -> Program:
-    """x (6, 6, 3) -> conv2d -> max_pool2d (padded) and avg_pool2d -> add -> global_avg_pool -> flatten ->
-    fully_connected: one op of every kind in the table."""
-    rng = np.random.default_rng(RNG_SEED)
-    layer = dict(input_zero_point=-3, output_zero_point=5, act_min=-128, act_max=127, weight_bits=8)
-    ops_ = [
-        Op(
-            "conv",
-            "conv2d",
-            ["x"],
-            dict(stride=[1, 1], padding=[1, 1, 1, 1], dilation=[1, 1], groups=1, **layer),
-            _layer_tensors(rng, rng.integers(-127, 128, (8, 3, 3, 3)), per_channel=True),
-            scale=0.1,
-            zero_point=5,
-        ),
-        Op(
-            "mp",
-            "max_pool2d",
-            ["conv"],
-            dict(kernel=[3, 3], stride=[1, 1], padding=[1, 1, 1, 1]),
-            scale=0.1,
-            zero_point=5,
-        ),
-        Op(
-            "ap",
-            "avg_pool2d",
-            ["conv"],
-            dict(
-                kernel=[3, 3],
-                stride=[1, 1],
-                padding=[1, 1, 1, 1],
-                count_include_pad=False,
-                input_zero_point=5,
-                act_min=-128,
-                act_max=127,
-            ),
-            scale=0.1,
-            zero_point=5,
-        ),
-        Op(
-            "sum",
-            "add",
-            ["mp", "ap"],
-            dict(
-                a_zero_point=5,
-                a_multiplier=2**30,
-                a_exponent=0,
-                b_zero_point=5,
-                b_multiplier=2**30,
-                b_exponent=0,
-                output_zero_point=-7,
-                output_multiplier=2**30,
-                output_exponent=-18,
-                left_shift=20,
-                act_min=-128,
-                act_max=127,
-            ),
-            scale=0.2,
-            zero_point=-7,
-        ),
-        Op("gap", "global_avg_pool", ["sum"], dict(act_min=-128, act_max=127), scale=0.2, zero_point=-7),
-        Op("flat", "flatten", ["gap"], {}, scale=0.2, zero_point=-7),
-        Op(
-            "fc",
-            "fully_connected",
-            ["flat"],
-            dict(layer, input_zero_point=-7),
-            _layer_tensors(rng, rng.integers(-127, 128, (5, 8)), per_channel=False),
-            scale=0.3,
-            zero_point=5,
-        ),
-    ]
-    p = Program(input=InputSpec("x", (6, 6, 3), 0.0625, -3), ops=ops_, output="fc", model="every_kind")
-    validate(p)
-    return p
+from support.program_builders import RNG_SEED, every_kind_program
 
 
 def _images(n: int = 3) -> np.ndarray:
@@ -146,7 +55,7 @@ def _anchors(doc: str) -> set[str]:
 def test_every_entry_has_every_field(kind):
     spec = OP_TABLE[kind]
     assert isinstance(spec, OpSpec) and spec.name == kind
-    assert isinstance(spec.n_inputs, int) and spec.n_inputs >= 1
+    assert isinstance(spec.n_inputs, int) and spec.n_inputs >= 0  # 0: variadic
     assert all(isinstance(k, str) and isinstance(a, Attr) for k, a in spec.attrs.items())
     for t in spec.tensors.values():
         assert isinstance(t, Tensor)
@@ -160,9 +69,13 @@ def test_every_entry_has_every_field(kind):
     assert (spec.mac_dims is not None) == (spec.cost_unit == "mac_array")
     assert (spec.vector_ops is not None) == (spec.cost_unit == "vector")
     assert isinstance(spec.view, bool) and isinstance(spec.layer, bool)
-    assert spec.layer == bool(spec.tensors) == (spec.pack is not None)
-    assert len(spec.vector_inputs) == spec.n_inputs
-    assert spec.required_arrays == spec.vector_inputs + tuple(spec.tensors) + ("output",)
+    assert not spec.layer or (spec.tensors and spec.pack is not None)
+    if spec.variadic:
+        assert spec.input_names(3) == ("input_0", "input_1", "input_2")
+        assert spec.required_arrays_for(2) == ("input_0", "input_1", *spec.tensors, "output")
+    else:
+        assert len(spec.vector_inputs) == spec.n_inputs
+        assert spec.required_arrays == spec.vector_inputs + tuple(spec.tensors) + ("output",)
     assert spec.docs, "every kind names the section that defines it"
     for anchor in spec.docs:
         doc, _, section = anchor.partition("#")
@@ -202,7 +115,8 @@ def _stub(**kw) -> dict:
         (dict(cost_unit="mac_array"), "mac_dims"),
         (dict(cost_unit="vector"), "vector_ops"),
         (dict(mac_dims=lambda op, y: (1, 1, 1)), "mac_dims"),
-        (dict(tensors={"weight": Tensor(np.int8, 2, "OK")}), "layer"),
+        (dict(pack=lambda op, rounding, overflow: None), "layer"),
+        (dict(n_inputs=0, vector_inputs=("a",)), "variadic"),
         (dict(layer=True), "layer"),
         (dict(n_inputs=2), "golden vector input"),
         (dict(view=True, cost_unit="vector", vector_ops=lambda op, i, y: 1), "view"),
@@ -228,7 +142,20 @@ def test_the_public_kind_lists_are_views_of_the_table():
         == ("conv2d", "fully_connected")
     )
     assert cost.VECTOR_KINDS == tuple(k for k in kinds if OP_TABLE[k].cost_unit == "vector")
-    assert set(cost.VECTOR_KINDS) == {"add", "avg_pool2d", "global_avg_pool", "max_pool2d"}
+    assert set(cost.VECTOR_KINDS) == {
+        "add",
+        "avg_pool2d",
+        "global_avg_pool",
+        "max_pool2d",
+        "lut",
+        "mul",
+        "concat",
+        "upsample",
+        "mean",
+        "channel_shuffle",
+        "slice",
+        "pad",
+    }
     assert vectors.LAYER_KINDS == optable.LAYER_KINDS == tuple(k for k in kinds if OP_TABLE[k].layer)
     assert optable.VIEW_KINDS == ("flatten",)
     assert dict(program_module.OP_TENSORS) == {
@@ -244,7 +171,8 @@ def test_the_public_kind_lists_are_views_of_the_table():
     for k in optable.LAYER_KINDS:
         assert tuple(OP_TABLE[k].tensors) == vectors.LAYER_ARRAYS
     for k, spec in OP_TABLE.items():
-        assert vectors.required_arrays(k) == spec.required_arrays
+        n = 3 if spec.variadic else None
+        assert vectors.required_arrays(k, n) == spec.required_arrays_for(n)
     assert [o.name for o in every_kind_program().layers()] == ["conv", "fc"]
 
 
@@ -316,7 +244,7 @@ def test_every_integer_attribute_is_range_checked_as_the_table_says(kind, attr):
     for bad in (spec.lo - 1, spec.hi + 1):
         graph, tensors = _graph_and_tensors(every_kind_program())
         o = _op_json(graph, kind)
-        o["attrs"][attr] = [bad] * spec.length if spec.type == "ints" else bad
+        o["attrs"][attr] = [bad] * (spec.length or len(o["inputs"])) if spec.type == "ints" else bad
         with pytest.raises(ProgramError, match=re.escape(f"'{attr}'") + r".*out of range"):
             _load(graph, tensors)
 
@@ -326,9 +254,17 @@ def test_the_loader_checks_inputs_and_tensors_as_the_table_says(kind):
     spec = OP_TABLE[kind]
     p = every_kind_program()
     op = next(o for o in p.ops if o.kind == kind)
-    op.inputs = op.inputs + ["x"]
-    with pytest.raises(ProgramError, match=f"{kind} takes {spec.n_inputs} input"):
-        validate(p)
+    if spec.variadic:
+        op.inputs = op.inputs[:1]
+        with pytest.raises(ProgramError, match=f"{kind} takes 2 to 64 inputs, got 1"):
+            validate(p)
+        op.inputs = op.inputs * 65
+        with pytest.raises(ProgramError, match=f"{kind} takes 2 to 64 inputs, got 65"):
+            validate(p)
+    else:
+        op.inputs = op.inputs + ["x"]
+        with pytest.raises(ProgramError, match=f"{kind} takes {spec.n_inputs} input"):
+            validate(p)
     if not spec.tensors:
         p = every_kind_program()
         next(o for o in p.ops if o.kind == kind).tensors["weight"] = np.zeros(1, np.int8)
@@ -382,10 +318,12 @@ def test_every_kind_is_costed_by_its_table_unit():
         else:
             assert c.macs == c.vector_ops == c.cycles == 0 and c.utilization is None
     by = {o.name: o for o in report.ops}
-    assert by["conv"].macs == 6 * 6 * 8 * 3 * 3 * 3 and by["fc"].macs == 5 * 8
+    assert by["conv"].macs == 6 * 6 * 8 * 3 * 3 * 3 and by["fc"].macs == 5 * 28
     assert by["mp"].vector_ops == 6 * 6 * 8 * 9 and by["gap"].vector_ops == 6 * 6 * 8 and by["sum"].vector_ops == 288
-    assert by["mp"].scratch_bytes == 8 * 8 * 8  # the padded plane of the padded max pool (its footprint)
-    assert by["flat"].live_activation_bytes == 8 and by["flat"].offchip_bytes == 0  # a view: gap's buffer
+    assert by["mp"].scratch_bytes == 0  # the native max pool clips its windows: no padded copy
+    assert by["flat"].live_activation_bytes == 28 and by["flat"].offchip_bytes == 0  # a view: pooled's buffer
+    assert by["act"].weight_bytes == 256 and by["act"].vector_ops == 6 * 6 * 8  # a table read per element
+    assert by["cat"].vector_ops == by["shuf"].vector_ops * 20 // 8 == 6 * 6 * 20  # one move per output byte
 
 
 def test_every_kind_exports_golden_vectors_that_verify(tmp_path):
@@ -393,7 +331,7 @@ def test_every_kind_exports_golden_vectors_that_verify(tmp_path):
     x = _images(2)
     manifest = vectors.export_vectors(p, x, tmp_path / "golden")
     for entry, op in zip(manifest["ops"], p.ops):
-        assert entry["required_arrays"] == list(OP_TABLE[op.kind].required_arrays)
+        assert entry["required_arrays"] == list(OP_TABLE[op.kind].required_arrays_for(len(op.inputs)))
         assert sorted(entry["arrays"]) == sorted(entry["required_arrays"])
     vectors.write_dump(p, x, tmp_path / "dump", fmt="bin")
     result = vectors.verify(tmp_path / "golden", tmp_path / "dump")
@@ -417,7 +355,7 @@ def test_max_pooling_has_one_implementation(monkeypatch):
     sym = NR.max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1)).astype(np.int8)
     got = simulate._max_pool_nhwc(x, dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)))
     np.testing.assert_array_equal(got, sym)
-    assert simulate.max_pool2d is ops.max_pool2d
+    assert simulate.max_pool2d is ops.max_pool2d is ops._ops_resample.max_pool2d
     calls = []
 
     def spy(*args, **kw):

@@ -174,8 +174,8 @@ def test_footprint_of_each_kind_by_hand():
     )
     shapes = validate(prog)
     fp = {op.name: P.op_footprint(op, [shapes[s] for s in op.inputs], shapes[op.name]) for op in prog.ops}
-    # max pool with padding: the padded plane np.pad makes, per image; without padding none
-    assert fp["mp"].intermediate_bytes == 12 * 14 * 16 and fp["mp"].output_bytes == 10 * 12 * 16
+    # max pool: the native kernel clips the windows, padded or not: no temporary
+    assert fp["mp"].intermediate_bytes == 0 and fp["mp"].output_bytes == 10 * 12 * 16
     assert fp["mp0"].intermediate_bytes == 0 and fp["mp0"].work == 5 * 6 * 16 * 4
     # dense conv: one im2col panel of 24 rows per thread, reduction 3*3*16 = 144 (a multiple of 4), and 64
     # bytes for the alignment of every native scratch buffer
@@ -192,16 +192,16 @@ def test_footprint_of_each_kind_by_hand():
 
 
 def test_cost_reports_the_working_set_the_loader_bounds():
-    """`npuq cost` reports the emulator's working set (the padded plane of a max pool included), computed by
-    the function the loader bounds; the NPU's activation peak is unchanged."""
-    prog = build((30, 30, 4), max_pool("pool", "x", (9, 9), padding=(4, 4, 4, 4)))
+    """`npuq cost` reports the emulator's working set (the im2col panel of a conv included), computed by the
+    function the loader bounds; the NPU's activation peak is unchanged."""
+    prog = build((30, 30, 4), conv("conv", "x", (4, 9, 9, 4), padding=(4, 4, 4, 4)))
     validate(prog)
     r = estimate_cost(prog)
     plan = P.memory_plan(prog)
     assert r.peak_activation_bytes == 2 * 30 * 30 * 4
-    assert r.ops[0].scratch_bytes == 38 * 38 * 4
-    assert r.peak_working_set_bytes == plan.peak_bytes == 2 * 30 * 30 * 4 + 38 * 38 * 4
-    assert r.ops[0].working_set_bytes == r.peak_working_set_bytes and r.peak_working_set_op == "pool"
+    assert r.ops[0].scratch_bytes == 24 * 9 * 9 * 4 + 64  # one im2col panel: 24 rows of the 324-tap reduction
+    assert r.peak_working_set_bytes == plan.peak_bytes == 2 * 30 * 30 * 4 + 24 * 9 * 9 * 4 + 64
+    assert r.ops[0].working_set_bytes == r.peak_working_set_bytes and r.peak_working_set_op == "conv"
     assert r.totals()["peak_working_set_bytes"] == plan.peak_bytes
     assert f"{plan.peak_bytes:,} B per image" in r.to_table()
 

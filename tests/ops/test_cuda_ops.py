@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import npuq
 from npuq import _C, _cuda
+from npuq.models.zoo import randomize_batch_norms as _randomize_batch_norms
 from support import reference_numpy as R
 from support.helpers import ROUNDING_STRATEGY, assert_same, scaled_examples
 from support.op_cases import (
@@ -25,7 +26,6 @@ from support.op_cases import (
     pool_case,
 )
 from support.small_networks import SmallNet, small_networks
-from support.torch_helpers import randomize_batch_norms as _randomize_batch_norms
 
 INFO = _cuda.info()
 HAS_GPU = bool(INFO["built"]) and INFO["devices"] > 0

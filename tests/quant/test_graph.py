@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from npuq.models.zoo import randomize_batch_norms
 from npuq.quant.graph import Graph, TraceError, UnsupportedOpsError, prepare
-from support.torch_helpers import randomize_batch_norms
 from support.torchvision_compat import torchvision_models
 
 # --------------------------------------------------------------------------------------------- helpers

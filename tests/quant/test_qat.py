@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 import npuq
+from npuq.models.zoo import randomize_batch_norms
 from npuq.quant import UnsupportedOpsError, prepare
 from npuq.quant.qat import FakeQuantModel
-from support.torch_helpers import randomize_batch_norms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -42,19 +42,21 @@ def quantize_input(x, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(r + int(zero_point), -128, 127)
 
 
-def max_pool2d(x, kernel, stride, padding) -> np.ndarray:
+def max_pool2d(x, kernel, stride, padding, ceil_mode: bool = False) -> np.ndarray:
     """Max of each window's image values; padded positions are excluded (they never win).
 
     Written as an explicit loop over the kernel taps with a mask of the positions inside the image,
-    so it shares nothing with the emulator's sliding-window version.
+    so it shares nothing with the emulator's sliding-window version (nor with the per-window
+    ``reference_numpy.max_pool2d``). With ``ceil_mode`` (arithmetic.md 14) the last window may run past
+    the bottom / right padding: the mask drops those taps like padded ones.
     """
     x = np.asarray(x, dtype=np.int64)
     n, h, w, c = x.shape
     kh, kw = kernel
     sh, sw = stride
     pt, pb, pl, pr = padding
-    ho = R.output_size(h, kh, sh, 1, pt, pb)
-    wo = R.output_size(w, kw, sw, 1, pl, pr)
+    ho = R.max_pool2d_output_size(h, kh, sh, pt, pb, ceil_mode)
+    wo = R.max_pool2d_output_size(w, kw, sw, pl, pr, ceil_mode)
     assert ho >= 1 and wo >= 1
     lowest = np.iinfo(np.int64).min
     best = np.full((n, ho, wo, c), lowest, dtype=np.int64)
@@ -141,12 +143,83 @@ def run_op(op, args: list[np.ndarray], rounding: str, overflow: str) -> np.ndarr
     elif k == "global_avg_pool":
         y = R.global_avg_pool(args[0], act_min=a["act_min"], act_max=a["act_max"])
     elif k == "max_pool2d":
-        y = max_pool2d(args[0], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
+        ceil_mode = bool(a.get("ceil_mode", False))  # format 1 has no ceil_mode: false
+        y = max_pool2d(args[0], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]), ceil_mode)
     elif k == "flatten":
         y = args[0].reshape(args[0].shape[0], -1)  # NHWC order
+    elif k in _FORMAT2_KINDS:
+        y = _FORMAT2_KINDS[k](op, args, rounding)
     else:
         raise ValueError(f"op '{op.name}': unknown kind {k!r}")
     return np.asarray(y, dtype=np.int64)
+
+
+# Format-2 kinds (program.md 3, rows marked (2)); each reads its attributes by their documented names.
+# None of them accumulates past int32 (arithmetic.md 10, 11, 13, 15), so the overflow policy never applies.
+
+
+def _lut(op, args, rounding):
+    return R.lut(args[0], np.asarray(op.tensors["table"], dtype=np.int64).reshape(-1))
+
+
+def _mul(op, args, rounding):
+    a = op.attrs
+    return R.mul(
+        args[0],
+        args[1],
+        a_zero_point=a["a_zero_point"],
+        b_zero_point=a["b_zero_point"],
+        output_zero_point=a["output_zero_point"],
+        multiplier=a["multiplier"],
+        exponent=a["exponent"],
+        act_min=a["act_min"],
+        act_max=a["act_max"],
+        rounding=rounding,
+    )
+
+
+def _concat(op, args, rounding):
+    a = op.attrs
+    return R.concat(
+        args,
+        zero_points=list(a["zero_points"]),
+        multipliers=list(a["multipliers"]),
+        exponents=list(a["exponents"]),
+        output_zero_point=a["output_zero_point"],
+        rounding=rounding,
+    )
+
+
+def _mean(op, args, rounding):
+    a = op.attrs
+    return R.mean(
+        args[0],
+        input_zero_point=a["input_zero_point"],
+        output_zero_point=a["output_zero_point"],
+        multiplier=a["multiplier"],
+        exponent=a["exponent"],
+        act_min=a["act_min"],
+        act_max=a["act_max"],
+        tflite_rounding=bool(a["tflite_rounding"]),
+        rounding=rounding,
+    )
+
+
+def _upsample(op, args, rounding):
+    a = op.attrs
+    return R.upsample(args[0], tuple(a["scale"]), mode=a["mode"], zero_point=a["zero_point"])
+
+
+_FORMAT2_KINDS = {
+    "lut": _lut,
+    "mul": _mul,
+    "concat": _concat,
+    "channel_shuffle": lambda op, args, rounding: R.channel_shuffle(args[0], op.attrs["groups"]),
+    "slice": lambda op, args, rounding: R.channel_slice(args[0], op.attrs["begin"], op.attrs["end"]),
+    "pad": lambda op, args, rounding: R.pad(args[0], tuple(op.attrs["padding"]), op.attrs["value"]),
+    "upsample": _upsample,
+    "mean": _mean,
+}
 
 
 def run_program(program, x, *, layout: str = "NCHW") -> dict[str, np.ndarray]:

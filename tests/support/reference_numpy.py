@@ -40,6 +40,22 @@ __all__ = [
     "avg_pool2d",
     "global_avg_pool",
     "quantize_bias",
+    "TABLE_FUNCTIONS",
+    "make_table",
+    "lut",
+    "mul_params",
+    "mul",
+    "concat_params",
+    "concat",
+    "rounded_average",
+    "mean_params",
+    "mean",
+    "upsample",
+    "pad",
+    "channel_shuffle",
+    "channel_slice",
+    "max_pool2d_output_size",
+    "max_pool2d",
 ]
 
 
@@ -521,3 +537,328 @@ def global_avg_pool(x, *, act_min=-128, act_max=127):
     s = x.astype(np.int64).sum(axis=(1, 2), keepdims=True)
     avg = _round_div_away(s, np.int64(h * w))
     return np.clip(avg, act_min, act_max).astype(np.int8)
+
+
+def rounded_average(s, c) -> np.ndarray:
+    """Section 7's rounded average ``s / c`` (nearest, ties away from zero), used by sections 13 and 15."""
+    return _round_div_away(s, c)
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 9: table activations
+# --------------------------------------------------------------------------------------------------
+
+
+def _exp(t: float) -> float:
+    """exp in float64; an overflow is +inf (IEEE), which the formulas below turn into a finite limit."""
+    try:
+        return math.exp(t)
+    except OverflowError:
+        return math.inf
+
+
+def _clip6(r: float) -> float:
+    return min(max(r + 3.0, 0.0), 6.0)
+
+
+# Each formula is evaluated left to right exactly as section 9's table writes it, one float64 operation
+# at a time, so that the rounding of every intermediate is the one the specification implies.
+_TABLE_FORMULAS = {
+    "hardswish": lambda r, p: r * _clip6(r) / 6.0,
+    "hardsigmoid": lambda r, p: _clip6(r) / 6.0,
+    "sigmoid": lambda r, p: 1.0 / (1.0 + _exp(-r)),
+    "tanh": lambda r, p: math.tanh(r),
+    "silu": lambda r, p: r / (1.0 + _exp(-r)),
+    "gelu": lambda r, p: r * (1.0 + math.erf(r / math.sqrt(2.0))) / 2.0,
+    "gelu_tanh": lambda r, p: r * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (r + 0.044715 * r**3))) / 2.0,
+    "relu": lambda r, p: max(r, 0.0),
+    "relu6": lambda r, p: min(max(r, 0.0), 6.0),
+    "clamp": lambda r, p: min(max(r, float(p["lo"])), float(p["hi"])),
+    "leaky_relu": lambda r, p: r if r >= 0 else float(p["alpha"]) * r,
+}
+_TABLE_PARAMS = {"clamp": ("lo", "hi"), "leaky_relu": ("alpha",)}
+TABLE_FUNCTIONS = tuple(_TABLE_FORMULAS)
+
+
+def _round_half_away(u: float) -> int:
+    """Exact round half away from zero of a float64 (no ``floor(u + 0.5)`` double rounding)."""
+    if math.isinf(u):  # a finite v over a tiny scale; the clamp that follows saturates it
+        return -(2**31) if u < 0 else 2**31
+    r = _llround_nonneg(abs(u))
+    return r if u >= 0 else -r
+
+
+def make_table(function, input_scale, input_zero_point, output_scale, output_zero_point, **params) -> np.ndarray:
+    """Section 9: the 256-entry table (int64 values in [-128, 127]; entry ``q + 128`` is ``f`` at ``q``).
+
+    ``input_scale`` / ``output_scale`` are the program's float32 scales: they are rounded to float32
+    (a no-op for a float32 value) and widened to float64 before any arithmetic.
+    """
+    if function not in _TABLE_FORMULAS:
+        raise ValueError(f"function: unknown table function {function!r} (a custom table has no formula)")
+    need = _TABLE_PARAMS.get(function, ())
+    if set(params) != set(need):
+        raise ValueError(f"{function}: expected parameters {need}, got {tuple(params)}")
+    f = _TABLE_FORMULAS[function]
+    s_x = float(np.float32(input_scale))
+    s_y = float(np.float32(output_scale))
+    if not (s_x > 0 and s_y > 0 and math.isfinite(s_x) and math.isfinite(s_y)):
+        raise ValueError("scales must be finite and > 0")
+    z_x, z_y = int(input_zero_point), int(output_zero_point)
+    table = np.empty(256, dtype=np.int64)
+    for q in range(-128, 128):
+        r = s_x * float(q - z_x)
+        v = f(r, params)
+        if not math.isfinite(v):
+            raise ValueError(f"{function}({r!r}) is not finite")
+        table[q + 128] = min(max(_round_half_away(v / s_y) + z_y, -128), 127)
+    return table
+
+
+def lut(x, table) -> np.ndarray:
+    """Section 9 at run time: ``y = T[x + 128]`` elementwise."""
+    x = _i64(x)
+    table = _i64(table)
+    if table.shape != (256,):
+        raise ValueError(f"table: expected 256 entries, got shape {table.shape}")
+    if x.size and (x.min() < -128 or x.max() > 127):
+        raise ValueError("x: values outside int8")
+    return table[x + 128]
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 10: elementwise multiply
+# --------------------------------------------------------------------------------------------------
+
+
+def mul_params(a_scale: float, b_scale: float, output_scale: float) -> dict:
+    """Section 10: ``quantize_multiplier(s_a * s_b / s_y)`` (float64, left to right)."""
+    m0, e = quantize_multiplier(float(a_scale) * float(b_scale) / float(output_scale))
+    return dict(multiplier=m0, exponent=e)
+
+
+def _mul_operand_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b read at the position of every element of a: itself, or (n, 0, 0, c) for the (N, 1, 1, C) scale."""
+    if b.shape == a.shape:
+        return b
+    if a.ndim == 4 and b.shape == (a.shape[0], 1, 1, a.shape[3]):
+        out = np.empty_like(a)
+        for h in range(a.shape[1]):
+            for w in range(a.shape[2]):
+                out[:, h, w, :] = b[:, 0, 0, :]
+        return out
+    raise ValueError(f"b: shape {b.shape} is neither a's {a.shape} nor (N, 1, 1, C)")
+
+
+def mul(
+    a,
+    b,
+    *,
+    a_zero_point,
+    b_zero_point,
+    output_zero_point,
+    multiplier,
+    exponent,
+    act_min=-128,
+    act_max=127,
+    rounding="double",
+):
+    """Section 10, int64 result of a's shape."""
+    a = _i64(a)
+    b = _mul_operand_b(a, _i64(b))
+    acc = (a - int(a_zero_point)) * (b - int(b_zero_point))
+    flat = acc.reshape(-1, 1)  # one channel: the multiplier is per layer
+    y = requantize(flat, int(multiplier), int(exponent), None, output_zero_point, act_min, act_max, rounding)
+    return y.astype(np.int64).reshape(a.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 11: concatenation along channels
+# --------------------------------------------------------------------------------------------------
+
+
+def concat_params(input_scales, output_scale: float) -> dict:
+    """Section 11: ``quantize_multiplier(s_i / s_y)`` per input."""
+    qs = [quantize_multiplier(float(s) / float(output_scale)) for s in input_scales]
+    return dict(multipliers=[m for m, _ in qs], exponents=[e for _, e in qs])
+
+
+def concat(inputs, *, zero_points, multipliers, exponents, output_zero_point, rounding="double"):
+    """Section 11 along the last axis; each input requantized by its own multiplier."""
+    inputs = [_i64(x) for x in inputs]
+    n = len(inputs)
+    if n < 2:
+        raise ValueError("inputs: concat needs at least 2 inputs")
+    if not (len(zero_points) == len(multipliers) == len(exponents) == n):
+        raise ValueError("zero_points/multipliers/exponents: one per input")
+    lead = inputs[0].shape[:-1]
+    if any(x.shape[:-1] != lead for x in inputs):
+        raise ValueError("inputs: all axes but the last must agree")
+    parts = []
+    for x, z, m0, e in zip(inputs, zero_points, multipliers, exponents):
+        flat = (x - int(z)).reshape(-1, 1)
+        y = requantize(flat, int(m0), int(e), None, output_zero_point, -128, 127, rounding)
+        parts.append(y.astype(np.int64).reshape(x.shape))
+    return np.concatenate(parts, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 15: mean over H and W
+# --------------------------------------------------------------------------------------------------
+
+
+def mean_params(input_scale: float, output_scale: float, count: int, tflite_rounding: bool = False) -> dict:
+    """Section 15: ``s_x / (n * s_y)`` (npuq) or ``s_x / s_y`` (TFLite, n divided separately)."""
+    s_x, s_y = float(input_scale), float(output_scale)
+    real = s_x / s_y if tflite_rounding else s_x / (int(count) * s_y)
+    m0, e = quantize_multiplier(real)
+    return dict(multiplier=m0, exponent=e)
+
+
+def mean(
+    x,
+    *,
+    input_zero_point,
+    output_zero_point,
+    multiplier,
+    exponent,
+    act_min=-128,
+    act_max=127,
+    tflite_rounding=False,
+    rounding="double",
+):
+    """Section 15 on (N, H, W, C) -> (N, 1, 1, C), int64."""
+    x = _i64(x)
+    n_img, h, w, c = x.shape
+    count = h * w
+    if not 1 <= count <= 2**23:
+        raise ValueError(f"x: H * W = {count} outside [1, 2^23]")
+    if not (-128 <= act_min <= act_max <= 127):
+        raise ValueError("act_min/act_max")
+    acc = (x - int(input_zero_point)).sum(axis=(1, 2), keepdims=True)  # exact, |acc| <= 255 * 2^23
+    if not tflite_rounding:
+        y = requantize(acc, int(multiplier), int(exponent), None, output_zero_point, act_min, act_max, rounding)
+        return y.astype(np.int64)
+    r = requantize_raw(acc, int(multiplier), int(exponent), None, rounding)
+    return np.clip(rounded_average(r, count) + int(output_zero_point), act_min, act_max)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections 12 and 13: data movement, upsampling
+# --------------------------------------------------------------------------------------------------
+
+
+def pad(x, padding, value=0) -> np.ndarray:
+    """Section 12: (N, H + t + b, W + l + r, C) with the new positions holding the int8 ``value``."""
+    x = _i64(x)
+    t, b, l, r = normalize_padding(padding)
+    if min(t, b, l, r) < 0:
+        raise ValueError("padding: must be non-negative")
+    if not -128 <= int(value) <= 127:
+        raise ValueError("value: must be int8")
+    n, h, w, c = x.shape
+    out = np.full((n, h + t + b, w + l + r, c), int(value), dtype=np.int64)
+    out[:, t : t + h, l : l + w, :] = x
+    return out
+
+
+def channel_shuffle(x, groups: int) -> np.ndarray:
+    """Section 12: input channel ``i * k + j`` goes to output channel ``j * g + i`` (k = C / g)."""
+    x = _i64(x)
+    c = x.shape[-1]
+    g = int(groups)
+    if g < 1 or c % g:
+        raise ValueError(f"groups: {g} does not divide C = {c}")
+    k = c // g
+    out = np.empty_like(x)
+    for i in range(g):
+        for j in range(k):
+            out[..., j * g + i] = x[..., i * k + j]
+    return out
+
+
+def channel_slice(x, begin: int, end: int) -> np.ndarray:
+    """Section 12: channels ``begin .. end - 1`` of the last axis."""
+    x = _i64(x)
+    c = x.shape[-1]
+    if not 0 <= begin < end <= c:
+        raise ValueError(f"begin/end: need 0 <= begin < end <= C, got {begin}, {end}, C = {c}")
+    return x[..., begin:end].copy()
+
+
+def _upsample_axis(o: int, n: int, f: int):
+    """Section 13 along one axis: (i0, i1, weight of i0, weight of i1), weights summing to 2f."""
+    num = max(2 * o + 1 - f, 0)
+    i0 = num // (2 * f)
+    lam = num - 2 * f * i0
+    i1 = min(i0 + 1, n - 1)
+    return i0, i1, 2 * f - lam, lam
+
+
+def upsample(x, scale, mode="nearest", zero_point=0) -> np.ndarray:
+    """Sections 12 (nearest) and 13 (bilinear, half-pixel centres, exact weights) on (N, H, W, C)."""
+    x = _i64(x)
+    fh, fw = _pair(scale, "scale")
+    if fh < 1 or fw < 1:
+        raise ValueError("scale: factors must be >= 1")
+    n, h, w, c = x.shape
+    out = np.empty((n, h * fh, w * fw, c), dtype=np.int64)
+    if mode == "nearest":
+        for oh in range(h * fh):
+            for ow in range(w * fw):
+                out[:, oh, ow, :] = x[:, oh // fh, ow // fw, :]
+        return out
+    if mode != "bilinear":
+        raise ValueError(f"mode: expected 'nearest' or 'bilinear', got {mode!r}")
+    z = int(zero_point)
+    d = 4 * fh * fw
+    for oh in range(h * fh):
+        i0, i1, wh0, wh1 = _upsample_axis(oh, h, fh)
+        for ow in range(w * fw):
+            j0, j1, ww0, ww1 = _upsample_axis(ow, w, fw)
+            acc = (
+                wh0 * ww0 * (x[:, i0, j0, :] - z)
+                + wh0 * ww1 * (x[:, i0, j1, :] - z)
+                + wh1 * ww0 * (x[:, i1, j0, :] - z)
+                + wh1 * ww1 * (x[:, i1, j1, :] - z)
+            )
+            out[:, oh, ow, :] = z + rounded_average(acc, d)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 14: max pooling (with ceil mode)
+# --------------------------------------------------------------------------------------------------
+
+
+def max_pool2d_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, ceil_mode: bool) -> int:
+    """Section 4's size (floor), or section 14's ceil-mode size."""
+    span = size + pad_lo + pad_hi - k
+    if span < 0:
+        raise ValueError("kernel: larger than the padded input")
+    if not ceil_mode:
+        return span // stride + 1
+    out = -((-span) // stride) + 1  # ceil(span / stride) + 1
+    if (out - 1) * stride >= size + pad_lo:  # the last window would start in the bottom padding
+        out -= 1
+    return out
+
+
+def max_pool2d(x, kernel, stride, padding, ceil_mode=False) -> np.ndarray:
+    """Section 14 on (N, H, W, C): the max over each window clipped to the image (padding never wins)."""
+    x = _i64(x)
+    n, h, w, c = x.shape
+    kh, kw = _pair(kernel, "kernel")
+    sh, sw = _pair(stride, "stride")
+    pt, pb, pl, pr = normalize_padding(padding)
+    ho = max_pool2d_output_size(h, kh, sh, pt, pb, ceil_mode)
+    wo = max_pool2d_output_size(w, kw, sw, pl, pr, ceil_mode)
+    out = np.empty((n, ho, wo, c), dtype=np.int64)
+    for oh in range(ho):
+        r0, r1 = max(oh * sh - pt, 0), min(oh * sh - pt + kh, h)
+        for ow in range(wo):
+            c0, c1 = max(ow * sw - pl, 0), min(ow * sw - pl + kw, w)
+            if r0 >= r1 or c0 >= c1:
+                raise ValueError(f"window ({oh}, {ow}) holds no image value")
+            out[:, oh, ow, :] = x[:, r0:r1, c0:c1, :].max(axis=(1, 2))
+    return out

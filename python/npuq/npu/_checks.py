@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
+from typing import NoReturn
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class ProgramError(ValueError):
 ProgramError.__module__ = "npuq.npu.program"
 
 
-def fail(where: str, msg: str):
+def fail(where: str, msg: str) -> NoReturn:
     raise ProgramError(f"{where}: {msg}")
 
 

@@ -137,10 +137,18 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
             ops.append(
                 Op(
                     kind="max_pool2d",
-                    attrs=dict(kernel=list(a["kernel_size"]), stride=list(a["stride"]), padding=[ph, ph, pw, pw]),
+                    attrs=dict(
+                        kernel=list(a["kernel_size"]),
+                        stride=list(a["stride"]),
+                        padding=[ph, ph, pw, pw],
+                        ceil_mode=bool(a.get("ceil_mode", False)),
+                    ),
                     **common,
                 )
             )
+        elif k in _FORMAT2_OPS:
+            kind, attrs, tensors = _FORMAT2_OPS[k](qmodel, node, q)
+            ops.append(Op(kind=kind, attrs=attrs, tensors=tensors, **common))
         elif k == "flatten":
             src = graph[node.inputs[0]]
             shape = src.shape if src.kind != "input" else (None, *graph.input_shape)
@@ -169,6 +177,27 @@ def compile_model(qmodel: QuantizedModel, *, name: str | None = None) -> Program
     except ProgramError as exc:  # a compiler bug or a model beyond the format: say which
         raise CompileError(str(exc)) from exc
     return program
+
+
+# graph node kind -> (qmodel, node, its output QParams) -> (op kind, attrs, tensors): the ops of format 2,
+# whose integer parameters the quantized model holds already (QuantizedModel.op_params / lut_tables)
+_FORMAT2_OPS = {
+    "lut": lambda qm, n, q: ("lut", {"function": n.attrs["function"]}, {"table": qm.lut_tables[n.name].copy()}),
+    "mul": lambda qm, n, q: ("mul", dict(qm.op_params[n.name]), {}),
+    "concat": lambda qm, n, q: ("concat", {k: _plain(v) for k, v in qm.op_params[n.name].items()}, {}),
+    "channel_shuffle": lambda qm, n, q: ("channel_shuffle", {"groups": int(n.attrs["groups"])}, {}),
+    "slice": lambda qm, n, q: ("slice", {"begin": int(n.attrs["begin"]), "end": int(n.attrs["end"])}, {}),
+    "pad": lambda qm, n, q: ("pad", {"padding": [int(p) for p in n.attrs["padding"]], "value": int(q.zero_point)}, {}),
+    "upsample": lambda qm, n, q: (
+        "upsample",
+        {"scale": [int(f) for f in n.attrs["scale"]], "mode": n.attrs["mode"], "zero_point": int(q.zero_point)},
+        {},
+    ),
+}
+
+
+def _plain(v):
+    return [int(x) for x in v] if isinstance(v, (list, tuple)) else int(v)
 
 
 def _int(v, dtype, per_layer: bool = False) -> np.ndarray:

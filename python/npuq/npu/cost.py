@@ -442,6 +442,7 @@ def _op_cost(op: Op, in_shapes, out_shape, live_bytes: int, act_offchip: int, co
         work, lanes = macs, config.macs_per_cycle
     elif unit == "vector":
         vector_ops = _vector_ops(op, in_shapes, out_shape)
+        weight_bytes = sum(int(t.nbytes) for t in op.tensors.values())  # a lut's table: read once per batch
         compute = math.ceil(batch * vector_ops / config.cols)
         work, lanes = vector_ops, config.cols
     else:  # "none": a view (flatten), a reshape of the buffer, no work

@@ -19,21 +19,28 @@ that imports this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from npuq import ops
-from npuq.npu._checks import INT32_MAX, elements, fail, first_bad, int_field, int_list, out_size, round_up
+from npuq.npu import optable_format2 as F2
+from npuq.npu._checks import elements, fail, first_bad, out_size, round_up
+from npuq.npu.opschema import (
+    COST_UNITS,
+    MAX_VARIADIC_INPUTS,
+    Attr,
+    OpFootprint,
+    OpSpec,
+    RunContext,
+    Shape,
+    Tensor,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from npuq.npu.program import Op
 
-Shape = tuple[int, ...]
-
-COST_UNITS = ("mac_array", "vector", "none")
 
 # What the native kernels allocate and accept (csrc/cpu/kernels.h, conv_plan.cc, common/validate.cc),
 # mirrored here so that a program that validates never fails in them.
@@ -44,180 +51,6 @@ _PANEL_ROWS = 24  # kernels.h kPanelRows: im2col rows packed at once, per thread
 _SCRATCH_ALIGN = 64  # conv_plan.cc Scratch: every scratch buffer is over-allocated for alignment
 _CONSTANT_BYTES = 36  # kernels.h ChannelConstants per padded channel: 3 int32 + 3 int64
 _GROUP_OVERHEAD = 512  # per GEMM group: vector headers and allocator overhead (an upper estimate)
-
-
-# ====================================================================================== the schema
-@dataclass(frozen=True)
-class Attr:
-    """One attribute of an op kind, as the loader checks it (every attribute of a kind is required).
-
-    ``type``: ``"int"`` (an integer in ``[lo, hi]``), ``"ints"`` (a list of ``length`` integers in
-    ``[lo, hi]``), ``"q31"`` (a Q31 mantissa: 0 or in ``[2^30, 2^31 - 1]``) or ``"bool"``."""
-
-    type: str
-    lo: int = 0
-    hi: int = 0
-    length: int = 0
-
-    def __post_init__(self):
-        if self.type not in ("int", "ints", "q31", "bool"):
-            raise ValueError(f"unknown attribute type {self.type!r}")
-
-    def check(self, attrs: dict, key: str, where: str):
-        """The value of ``attrs[key]``, or a ProgramError naming ``where`` and the attribute."""
-        if self.type == "int":
-            return int_field(attrs, key, where, self.lo, self.hi)
-        if self.type == "ints":
-            return int_list(attrs, key, where, self.length, self.lo, self.hi)
-        if self.type == "q31":
-            m = int_field(attrs, key, where, 0, INT32_MAX)
-            if m and m < 2**30:
-                fail(where, f"attribute '{key}' = {m} is not a Q31 mantissa (0 or in [2^30, 2^31-1])")
-            return m
-        v = attrs.get(key)
-        if not isinstance(v, bool):
-            fail(where, f"attribute '{key}' must be true or false, got {v!r}")
-        return v
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One integer tensor of an op kind: its dtype and number of dimensions (the loader checks both; the
-    kind's ``infer`` checks the sizes) and its layout in a golden vector set (docs/golden_vectors.md 1)."""
-
-    dtype: type
-    ndim: int
-    layout: str
-
-    def check(self, op: Op, key: str, where: str) -> np.ndarray:
-        if key not in op.tensors:
-            fail(where, f"missing tensor '{op.name}.{key}'")
-        t = op.tensors[key]
-        want = np.dtype(self.dtype)
-        if not isinstance(t, np.ndarray):
-            fail(where, f"tensor '{op.name}.{key}' must be a numpy array, got {type(t).__name__}")
-        if t.dtype != want:
-            fail(where, f"tensor '{op.name}.{key}' has dtype {t.dtype}, expected {want}")
-        if t.ndim != self.ndim:
-            fail(where, f"tensor '{op.name}.{key}' has shape {t.shape}, expected {self.ndim} dimension(s)")
-        return t
-
-
-@dataclass(frozen=True)
-class OpFootprint:
-    """What running one op takes, per image unless said otherwise (bytes; activations are int8).
-
-    ``intermediate_bytes`` are per-image temporaries beyond the inputs and the output (the padded plane of
-    a max pool); ``scratch_bytes`` is per thread of a native kernel and independent of the batch (the
-    im2col panel of a GEMM conv, the row ring of a depthwise conv); ``param_bytes`` is per program (the
-    layer's parameters as the native kernels pack them); ``work`` counts multiply-accumulates or element
-    operations as the kernels run them (GEMM tiles padded to 16 channels and 4 taps)."""
-
-    input_bytes: int
-    output_bytes: int
-    intermediate_bytes: int = 0
-    scratch_bytes: int = 0
-    param_bytes: int = 0
-    work: int = 0
-    temporary: str = ""  # what the temporaries are, for messages
-
-    @property
-    def working_set_bytes(self) -> int:
-        """Everything the op touches for one image on one thread: bounded by MAX_OP_BYTES."""
-        return self.input_bytes + self.output_bytes + self.intermediate_bytes + self.scratch_bytes
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a run function gets besides the op and its input values: the op's packed kernel (from
-    :attr:`OpSpec.pack`, else None), the program's rounding and overflow policy, and the thread count
-    (None: the default; always None on a GPU)."""
-
-    kernel: Any
-    rounding: str
-    overflow: str
-    threads: int | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class OpSpec:
-    """One op kind. Functions take the op (validated unless said otherwise) and per-image shapes."""
-
-    name: str
-    n_inputs: int
-    attrs: Mapping[str, Attr]  # allowed = required attributes, checked in this order
-    tensors: Mapping[str, Tensor]  # required tensors, in the order golden vector sets write them
-    # (op, where, input shapes) -> output shape: the checks beyond the attributes' types and ranges and the
-    # tensors' dtypes and ranks (done before it), raising ProgramError via npuq.npu._checks.fail
-    infer: Callable[..., Shape]
-    # (op, input shapes, output shape, bytes read, bytes written) -> OpFootprint
-    footprint: Callable[..., OpFootprint]
-    # (op, args, RunContext) -> output values: host numpy arrays; also device arrays unless run_cuda is set
-    run: Callable[..., Any]
-    cost_unit: str  # "mac_array", "vector" or "none" (docs/cost_model.md 2)
-    docs: tuple[str, ...]  # "docs/<file>.md#<section anchor>" that define the kind
-    run_cuda: Callable[..., Any] | None = None  # device arrays; None: run handles them
-    pack: Callable[..., Any] | None = None  # (op, rounding, overflow) -> the packed native kernel
-    native: Callable[..., None] | None = None  # (op, where, input shape, output shape): the kernels' limits
-    mac_dims: Callable[..., tuple[int, int, int]] | None = None  # mac_array: (C_out, reduction, pixels)
-    vector_ops: Callable[..., int] | None = None  # vector: (op, input shapes, output shape) -> element ops
-    view: bool = False  # the output is its input's buffer, reshaped: no work, no memory
-    layer: bool = False  # a layer with weights (its tensors), packed once per program
-    vector_inputs: tuple[str, ...] = ("input",)  # golden vector array names of its inputs
-
-    def __post_init__(self):
-        def need(ok: bool, what: str):
-            if not ok:
-                raise ValueError(f"op table entry '{self.name}': {what}")
-
-        need(self.cost_unit in COST_UNITS, f"cost_unit {self.cost_unit!r} is not one of {COST_UNITS}")
-        need(len(self.vector_inputs) == self.n_inputs >= 1, "one golden vector input name per input")
-        need(self.layer == bool(self.tensors) == (self.pack is not None), "a layer has tensors and a pack function")
-        need((self.cost_unit == "mac_array") == (self.mac_dims is not None), "mac_dims iff the unit is mac_array")
-        need((self.cost_unit == "vector") == (self.vector_ops is not None), "vector_ops iff the unit is vector")
-        need(self.cost_unit != "mac_array" or self.layer, "a MAC-array op is a layer (weights, requantization)")
-        need(
-            not self.view or (self.cost_unit == "none" and self.n_inputs == 1 and not self.layer),
-            "a view reads one value and costs nothing",
-        )
-        need(bool(self.docs) and all(d.startswith("docs/") and "#" in d for d in self.docs), "docs anchors")
-        object.__setattr__(self, "attrs", MappingProxyType(dict(self.attrs)))
-        object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
-
-    @property
-    def required_arrays(self) -> tuple[str, ...]:
-        """The arrays of an op folder in a golden vector set, in order: inputs, tensors, output."""
-        return self.vector_inputs + tuple(self.tensors) + ("output",)
-
-    def check(self, op: Op, where: str, in_shapes: list[Shape]) -> Shape:
-        """Validate ``op`` (of this kind, its inputs defined with ``in_shapes``): inputs, attributes,
-        tensors, then the kind's own checks. Returns the output shape; raises ProgramError."""
-        k, a = self.name, op.attrs
-        if len(op.inputs) != self.n_inputs:
-            fail(where, f"{k} takes {self.n_inputs} input(s), got {len(op.inputs)}")
-        if not isinstance(a, dict):
-            fail(where, f"attrs must be an object, got {type(a).__name__}")
-        unknown = set(a) - set(self.attrs)
-        if unknown:
-            fail(where, f"unknown attribute(s) {sorted(unknown)}; this op kind has {sorted(self.attrs)}")
-        for key, attr in self.attrs.items():
-            attr.check(a, key, where)
-        if "act_min" in self.attrs and "act_max" in self.attrs and a["act_min"] > a["act_max"]:
-            fail(where, f"act_min ({a['act_min']}) > act_max ({a['act_max']})")  # the fused activation clamp
-        if not self.tensors:
-            if op.tensors:
-                fail(where, f"{k} has no tensors, got {sorted(op.tensors)}")
-        else:
-            for key, tensor in self.tensors.items():
-                tensor.check(op, key, where)
-            extra = set(op.tensors) - set(self.tensors)
-            if extra:
-                fail(where, f"unknown tensor(s) {sorted(extra)}")
-        return self.infer(op, where, in_shapes)
-
-    def footprint_of(self, op: Op, in_shapes: list[Shape], out_shape: Shape) -> OpFootprint:
-        reads = sum(elements(s) for s in dict(zip(op.inputs, in_shapes)).values())  # a value read twice: one buffer
-        return self.footprint(op, in_shapes, out_shape, reads, elements(out_shape))
 
 
 # ====================================================================================== shared pieces
@@ -512,8 +345,12 @@ def _window_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
     kernel, stride, pad = _ints(a, "kernel"), _ints(a, "stride"), _ints(a, "padding")
     if any(p > kk // 2 for p, kk in zip(pad, (kernel[0], kernel[0], kernel[1], kernel[1]))):
         fail(where, f"padding {pad} exceeds half the kernel {kernel} (a window could lie wholly in the padding)")
-    oh = out_size(x[0], kernel[0], stride[0], 1, pad[0], pad[1])
-    ow = out_size(x[1], kernel[1], stride[1], 1, pad[2], pad[3])
+    ceil = bool(attr_value(op, "ceil_mode")) if "ceil_mode" in OP_TABLE[op.kind].attrs else False
+    try:  # the kernels' own rule (docs/arithmetic.md 14); it refuses a kernel larger than the padded input
+        oh = ops.pool_output_size(x[0], kernel[0], stride[0], pad[0], pad[1], ceil)
+        ow = ops.pool_output_size(x[1], kernel[1], stride[1], pad[2], pad[3], ceil)
+    except ValueError:
+        oh = ow = 0
     if oh < 1 or ow < 1:
         fail(where, f"kernel {kernel} does not fit the {x[0]}x{x[1]} input")
     return (oh, ow, x[2])
@@ -554,26 +391,20 @@ def _avg_pool2d_run(op: Op, args, ctx: RunContext):
 
 
 def _max_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
-    work = _window_taps(op, in_shapes, y)
-    pt, pb, pl, pr = op.attrs["padding"]
-    if pt or pb or pl or pr:  # ops.max_pool2d pads a copy of the input with np.pad
-        h, w, c = in_shapes[0]
-        plane = (h + pt + pb, w + pl + pr, c)
-        return OpFootprint(
-            reads,
-            out,
-            intermediate_bytes=elements(plane),
-            work=work,
-            temporary=f"the padded input plane {'x'.join(map(str, plane))}",
-        )
-    return OpFootprint(reads, out, work=work)
+    return OpFootprint(reads, out, work=_window_taps(op, in_shapes, y))  # the native kernel clips windows
 
 
 def _max_pool2d_run(op: Op, args, ctx: RunContext):
     # npuq.ops.max_pool2d: numpy on host arrays, the CUDA kernel on device arrays (the one implementation,
     # shared with npuq.quant.simulate)
     a = op.attrs
-    return ops.max_pool2d(args[0], tuple(a["kernel"]), stride=tuple(a["stride"]), padding=tuple(a["padding"]))
+    return ops.max_pool2d(
+        args[0],
+        tuple(a["kernel"]),
+        stride=tuple(a["stride"]),
+        padding=tuple(a["padding"]),
+        ceil_mode=bool(attr_value(op, "ceil_mode")),
+    )
 
 
 def _global_avg_pool_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
@@ -715,7 +546,7 @@ _TABLE: dict[str, OpSpec] = {
         OpSpec(
             "max_pool2d",
             1,
-            attrs=_WINDOW_ATTRS,
+            attrs={**_WINDOW_ATTRS, "ceil_mode": Attr("bool", since=F2.VERSION, default=False)},
             tensors={},
             infer=_window_infer,
             footprint=_max_pool2d_footprint,
@@ -723,7 +554,7 @@ _TABLE: dict[str, OpSpec] = {
             native=_window_native,
             cost_unit="vector",
             vector_ops=_window_taps,
-            docs=(_PROGRAM,),
+            docs=(_PROGRAM, "docs/arithmetic.md#14-max-pooling-with-ceil-mode"),
         ),
         OpSpec(
             "flatten",
@@ -738,6 +569,7 @@ _TABLE: dict[str, OpSpec] = {
             view=True,
             docs=(_PROGRAM,),
         ),
+        *F2.SPECS,
     )
 }
 #: kind -> OpSpec, in the order of docs/program.md 3 (read-only; the consumers look kinds up here at run time)
@@ -755,6 +587,14 @@ OP_TENSORS: Mapping[str, Mapping[str, type]] = MappingProxyType(
 )
 
 
+def attr_value(op: Op, key: str):
+    """``op.attrs[key]``, or the attribute's default where the op's program predates it (a format-1
+    ``max_pool2d`` has no ``ceil_mode``: false)."""
+    if key in op.attrs:
+        return op.attrs[key]
+    return OP_TABLE[op.kind].attrs[key].default
+
+
 def is_view(kind: str) -> bool:
     """Whether ``kind`` is a view of its input (False for a kind not in the table)."""
     spec = OP_TABLE.get(kind)
@@ -763,6 +603,8 @@ def is_view(kind: str) -> bool:
 
 __all__ = [
     "Attr",
+    "MAX_VARIADIC_INPUTS",
+    "attr_value",
     "COST_UNITS",
     "LAYER_KINDS",
     "MAC_KINDS",

@@ -38,7 +38,8 @@ from npuq.npu._checks import fail as _fail
 from npuq.npu.optable import LAYER_KINDS, OP_KINDS, OP_TABLE, OP_TENSORS, OpFootprint
 
 FORMAT = "npuq-program"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this npuq writes
+READABLE_FORMAT_VERSIONS = (1, 2)  # what it reads: format 1 has the kinds and attributes of format 1 only
 METADATA_KEY = "npuq.program"
 DIGEST_KEY = "npuq.sha256"  # SHA-256 of the graph and the tensors (content_digest), checked on load
 
@@ -216,9 +217,10 @@ class Program:
 
 
 # ====================================================================================== validation
-def _check_op(op: Op, where: str, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """One op (of a known kind, its inputs defined): the op table's checks (OpSpec.check); its output shape."""
-    return OP_TABLE[op.kind].check(op, where, in_shapes)
+def _check_op(op: Op, where: str, in_shapes: list[tuple[int, ...]], version: int) -> tuple[int, ...]:
+    """One op (of a known kind, its inputs defined, in a program of format ``version``): the op table's
+    checks (OpSpec.check); its output shape."""
+    return OP_TABLE[op.kind].check(op, where, in_shapes, version)
 
 
 # ====================================================================================== resources
@@ -365,12 +367,8 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
     Raises :class:`ProgramError` naming ``source`` (the file), the op and the field at the first problem.
     """
     p = program
-    if p.format_version != FORMAT_VERSION:
-        _fail(
-            source,
-            f"format_version {p.format_version!r} is not supported (this npuq reads version "
-            f"{FORMAT_VERSION}); re-compile the program with this npuq",
-        )
+    if isinstance(p.format_version, bool) or p.format_version not in READABLE_FORMAT_VERSIONS:
+        _fail(source, _unknown_version(p.format_version))
     if p.arithmetic_version != ARITHMETIC_VERSION:
         _fail(
             source,
@@ -419,7 +417,7 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
         _check_scale(op.scale, where)
         _check_zp(op.zero_point, where)
         in_shapes = [shapes[s] for s in op.inputs]
-        shapes[op.name] = _check_op(op, where, in_shapes)
+        shapes[op.name] = _check_op(op, where, in_shapes, p.format_version)
         footprints.append(_check_resources(op, where, in_shapes, shapes[op.name]))
     if p.output not in shapes or p.output == inp.name:
         _fail(source, f"output {p.output!r} is not the name of an op")
@@ -605,6 +603,15 @@ def _get(d: dict, key: str, kind, where: str):
     return v
 
 
+def _unknown_version(version) -> str:
+    newer = isinstance(version, int) and version > FORMAT_VERSION
+    return (
+        f"format_version {version!r} is not supported: this npuq reads versions "
+        f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}"
+        + ("; the program was written by a newer npuq, upgrade npuq to run it" if newer else "")
+    )
+
+
 def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str = "program") -> Program:
     """Build (and validate) a program from its JSON graph and its tensors by ``"<op>.<field>"`` key."""
     if not isinstance(graph, dict):
@@ -613,12 +620,8 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
     if fmt != FORMAT:
         _fail(source, f"field 'format' is {fmt!r}, expected {FORMAT!r}: not an npuq program")
     version = _get(graph, "format_version", int, source)
-    if version != FORMAT_VERSION:
-        _fail(
-            source,
-            f"format_version {version} is not supported (this npuq reads version {FORMAT_VERSION}); "
-            f"re-compile the program with this npuq",
-        )
+    if version not in READABLE_FORMAT_VERSIONS:
+        _fail(source, _unknown_version(version))
     known = {
         "format",
         "format_version",

@@ -1,7 +1,9 @@
 """Graph preparation: a traced torch model becomes a flat list of NPU-level ops.
 
 `prepare(model, example_input)` traces the model with ``torch.fx``, recognises the ops the NPU runs
-(convolution incl. depthwise, fully-connected, residual add, average / global / max pooling, flatten),
+(convolution incl. depthwise, fully-connected, residual add, average / global / max pooling, flatten,
+elementwise activations as table lookups, the squeeze-excitation multiply, channel concatenation,
+shuffle and split, zero padding, nearest / bilinear upsampling),
 folds every batch norm into the convolution or linear layer in front of it, and fuses ReLU / ReLU6 into
 the clamp of the op that produces their input. Everything else becomes a ``float_op`` node that still
 runs in float (so any traceable model goes through) and is listed by `Graph.unsupported()`; the
@@ -26,10 +28,25 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-NPU_KINDS = ("conv", "linear", "add", "avg_pool", "global_pool", "max_pool", "flatten")
+NPU_KINDS = (
+    "conv",
+    "linear",
+    "add",
+    "avg_pool",
+    "global_pool",
+    "max_pool",
+    "flatten",
+    "lut",
+    "mul",
+    "concat",
+    "channel_shuffle",
+    "slice",
+    "pad",
+    "upsample",
+)
 # the nodes whose output gets int8 parameters of its own (chosen by an observer in calibration); pooling,
-# flatten and the output keep those of their input
-OBSERVED_KINDS = ("input", "conv", "linear", "add", "float_op")
+# flatten, the data movements and the output keep those of their input
+OBSERVED_KINDS = ("input", "conv", "linear", "add", "lut", "mul", "concat", "float_op")
 ACTIVATIONS = (None, "relu", "relu6")
 
 
@@ -238,6 +255,29 @@ def apply_activation(y: torch.Tensor, act: str | None) -> torch.Tensor:
     return y
 
 
+def lut_function(name: str, params: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The float function of a ``lut`` node (docs/arithmetic.md 9 lists the same formulas)."""
+    if name == "clamp":
+        return lambda t: torch.clamp(t, params["lo"], params["hi"])
+    if name == "leaky_relu":
+        return lambda t: F.leaky_relu(t, params["alpha"])
+    if name == "gelu_tanh":
+        return lambda t: F.gelu(t, approximate="tanh")
+    return _LUT_FUNCTIONS[name]
+
+
+_LUT_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": torch.relu,
+    "relu6": lambda t: torch.clamp(t, 0.0, 6.0),
+}
+
+
 def conv_padding(attrs: dict) -> tuple[int, int, int, int]:
     """A conv node's padding as (top, bottom, left, right); nodes keep torch's (h, w) when it is symmetric."""
     p = tuple(int(v) for v in attrs["padding"])
@@ -279,9 +319,28 @@ def run_float_node(
         y = ins[0].mean(dim=(2, 3), keepdim=True)
     elif k == "max_pool":
         a = node.attrs
-        y = F.max_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"])
+        y = F.max_pool2d(ins[0], a["kernel_size"], a["stride"], a["padding"], ceil_mode=a.get("ceil_mode", False))
     elif k == "flatten":
         y = torch.flatten(ins[0], 1)
+    elif k == "lut":
+        y = lut_function(node.attrs["function"], node.attrs.get("params", {}))(ins[0])
+    elif k == "mul":
+        y = ins[0] * ins[1]
+    elif k == "concat":
+        y = torch.cat(ins, dim=1)
+    elif k == "channel_shuffle":
+        n, c, h, w = ins[0].shape
+        g = node.attrs["groups"]
+        y = ins[0].reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
+    elif k == "slice":
+        y = ins[0][:, node.attrs["begin"] : node.attrs["end"]]
+    elif k == "pad":
+        t, b, left, r = node.attrs["padding"]
+        y = F.pad(ins[0], (left, r, t, b))
+    elif k == "upsample":
+        mode = node.attrs["mode"]
+        corners = {"align_corners": False} if mode == "bilinear" else {}
+        y = F.interpolate(ins[0], scale_factor=node.attrs["scale"], mode=mode, **corners)
     elif k == "output":
         return ins[0]
     elif k == "float_op":
@@ -342,6 +401,95 @@ _PASSTHROUGH_FUNCTIONS = {F.dropout, F.dropout2d, F.dropout1d, torch.nn.function
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 
 
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+
+
+def _lut_of_module(m: nn.Module) -> tuple[str, dict] | None:
+    """(function, params) of a ``lut`` node for an activation module, or None."""
+    if isinstance(m, nn.Hardswish):
+        return "hardswish", {}
+    if isinstance(m, nn.Hardsigmoid):
+        return "hardsigmoid", {}
+    if isinstance(m, nn.Sigmoid):
+        return "sigmoid", {}
+    if isinstance(m, nn.Tanh):
+        return "tanh", {}
+    if isinstance(m, nn.SiLU):
+        return "silu", {}
+    if isinstance(m, nn.GELU):
+        return ("gelu_tanh" if m.approximate == "tanh" else "gelu"), {}
+    if isinstance(m, nn.LeakyReLU):
+        return "leaky_relu", {"alpha": float(m.negative_slope)}
+    if isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6) and (m.min_val, m.max_val) != (0.0, 6.0):
+        return "clamp", {"lo": float(m.min_val), "hi": float(m.max_val)}
+    return None
+
+
+_LUT_CALLS = {
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    F.silu: "silu",
+}
+
+
+def _lut_of_function(fxn) -> tuple[str, dict] | None:
+    t = fxn.target
+    if not fxn.args or not _is_fx(fxn.args[0]):
+        return None
+    if t in _LUT_CALLS:
+        return _LUT_CALLS[t], {}
+    if t is F.gelu:
+        return ("gelu_tanh" if fxn.kwargs.get("approximate", "none") == "tanh" else "gelu"), {}
+    if t is F.leaky_relu:
+        return "leaky_relu", {"alpha": float(_arg(fxn, 1, "negative_slope", 0.01))}
+    return None
+
+
+def _mul_order(args) -> tuple | None:
+    """(full, broadcast) inputs of an NPU ``mul``: equal shapes, or an (N, C, 1, 1) scale of an (N, C, H, W)
+    value (either order); None for anything else."""
+    a, b = (_shape(v) for v in args)
+    if a is None or b is None:
+        return None
+    if a == b:
+        return tuple(args)
+    for full, scale, (x, y) in ((a, b, args), (b, a, args[::-1])):
+        if len(full) == 4 and scale == (full[0], full[1], 1, 1):
+            return x, y
+    return None
+
+
+def _concat_inputs(fxn) -> list | None:
+    """The inputs of a channel concatenation ``torch.cat(values, dim=1)`` of 4-D or 2-D values, or None."""
+    values = _arg(fxn, 0, "tensors", None)
+    dim = _arg(fxn, 1, "dim", 0)
+    if not isinstance(values, (list, tuple)) or not values or not all(_is_fx(v) for v in values):
+        return None
+    shapes = [_shape(v) for v in values]
+    if any(s is None or len(s) not in (2, 4) for s in shapes) or not isinstance(dim, int):
+        return None
+    if dim % len(shapes[0]) != 1:
+        return None
+    return list(values)
+
+
+def _upsample_scale(fxn, mode, align_corners) -> tuple[int, int] | None:
+    """Integer (f_h, f_w) of a nearest or half-pixel bilinear upsampling of an (N, C, H, W) value, from the
+    traced shapes, or None (other modes, align_corners=True, non-integer factors)."""
+    if mode not in ("nearest", "bilinear") or (mode == "bilinear" and align_corners):
+        return None
+    ins, outs = _shape(fxn.args[0]) if fxn.args and _is_fx(fxn.args[0]) else None, _shape(fxn)
+    if ins is None or outs is None or len(ins) != 4 or len(outs) != 4:
+        return None
+    if outs[2] % ins[2] or outs[3] % ins[3]:
+        return None
+    return outs[2] // ins[2], outs[3] // ins[3]
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -389,9 +537,13 @@ class _Builder:
         self.float_modules: dict[str, nn.Module] = {}
         self.input_name = None
         self.output_name = None
+        self.pending: dict[str, tuple] = {}  # fx name -> a value of an unfinished pattern (see _split_channels)
+        self.read_pending: list[str] = []
 
     def src(self, a) -> str:
         name = a.name
+        if name in self.pending:
+            self.read_pending.append(name)
         while name in self.alias:
             name = self.alias[name]
         return name
@@ -496,6 +648,13 @@ class _Builder:
             self.activation(fxn, x, "relu", path)
         elif isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0):
             self.activation(fxn, x, "relu6", path)
+        elif _lut_of_module(m) is not None:
+            fn, params = _lut_of_module(m)
+            self.add(fxn, "lut", [x], path, attrs=dict(function=fn, params=params))
+        elif isinstance(m, nn.Upsample) and _upsample_scale(fxn, m.mode, m.align_corners) is not None:
+            self.add(
+                fxn, "upsample", [x], path, attrs=dict(scale=_upsample_scale(fxn, m.mode, m.align_corners), mode=m.mode)
+            )
         elif isinstance(m, nn.AdaptiveAvgPool2d) and _is_one(m.output_size):
             self.add(fxn, "global_pool", [x], path)
         elif isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
@@ -512,14 +671,16 @@ class _Builder:
                     count_include_pad=bool(m.count_include_pad),
                 ),
             )
-        elif isinstance(m, nn.MaxPool2d) and not m.ceil_mode and _pair(m.dilation) == (1, 1) and not m.return_indices:
+        elif isinstance(m, nn.MaxPool2d) and _pair(m.dilation) == (1, 1) and not m.return_indices:
             k = _pair(m.kernel_size)
             self.add(
                 fxn,
                 "max_pool",
                 [x],
                 path,
-                attrs=dict(kernel_size=k, stride=_pair(m.stride or k), padding=_pair(m.padding)),
+                attrs=dict(
+                    kernel_size=k, stride=_pair(m.stride or k), padding=_pair(m.padding), ceil_mode=bool(m.ceil_mode)
+                ),
             )
         elif isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
             self.add(fxn, "flatten", [x], path)
@@ -563,6 +724,30 @@ class _Builder:
             and _shape(args[0]) == _shape(args[1])
         ):
             self.add(fxn, "add", list(args), name)
+        elif t in _MUL_FUNCTIONS and len(args) == 2 and all(_is_fx(a) for a in args) and _mul_order(args) is not None:
+            self.add(fxn, "mul", list(_mul_order(args)), name)
+        elif t is torch.cat and _concat_inputs(fxn) is not None:
+            values = _concat_inputs(fxn)
+            if len(values) == 1:  # torch.cat([x]) is x (DenseNet's first layer of a block)
+                self.passthrough(fxn, values[0])
+            else:
+                self.add(fxn, "concat", values, name)
+        elif t is torch.transpose and self._shuffle_of(fxn) is not None:
+            self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
+        elif t is operator.getitem and _is_fx(args[0]) and args[0].name in self.pending:
+            self.visit_piece(fxn, name)
+        elif t in (torch.chunk, torch.split) and self._pieces(fxn) is not None:
+            self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
+        elif getattr(t, "__name__", "") == "stochastic_depth" and _arg(fxn, 3, "training", True) is False:
+            self.passthrough(fxn, args[0])  # identity in evaluation (torchvision.ops.stochastic_depth)
+        elif t is F.interpolate and _upsample_scale(
+            fxn, _arg(fxn, 3, "mode", "nearest"), _arg(fxn, 4, "align_corners", None)
+        ):
+            scale = _upsample_scale(fxn, _arg(fxn, 3, "mode", "nearest"), _arg(fxn, 4, "align_corners", None))
+            self.add(fxn, "upsample", [args[0]], name, attrs=dict(scale=scale, mode=_arg(fxn, 3, "mode", "nearest")))
+        elif _lut_of_function(fxn) is not None:
+            fn, params = _lut_of_function(fxn)
+            self.add(fxn, "lut", [args[0]], name, attrs=dict(function=fn, params=params))
         elif t in (F.relu, torch.relu, torch.relu_):
             self.activation(fxn, args[0], "relu", name)
         elif t is F.relu6 or (
@@ -612,7 +797,6 @@ class _Builder:
             )
         elif (
             t is F.max_pool2d
-            and not _arg(fxn, 5, "ceil_mode", False)
             and _pair(_arg(fxn, 4, "dilation", 1)) == (1, 1)
             and not _arg(fxn, 6, "return_indices", False)
         ):
@@ -623,7 +807,12 @@ class _Builder:
                 "max_pool",
                 [args[0]],
                 name,
-                attrs=dict(kernel_size=k, stride=_pair(s) if s else k, padding=_pair(_arg(fxn, 3, "padding", 0))),
+                attrs=dict(
+                    kernel_size=k,
+                    stride=_pair(s) if s else k,
+                    padding=_pair(_arg(fxn, 3, "padding", 0)),
+                    ceil_mode=bool(_arg(fxn, 5, "ceil_mode", False)),
+                ),
             )
         else:
             self.float_op(fxn, fname, name)
@@ -648,6 +837,20 @@ class _Builder:
             self.add(fxn, "add", list(args), where)
         elif m in ("relu", "relu_"):
             self.activation(fxn, args[0], "relu", where)
+        elif m in ("mul", "mul_") and len(args) == 2 and _is_fx(args[1]) and _mul_order(args) is not None:
+            self.add(fxn, "mul", list(_mul_order(args)), where)
+        elif m in ("sigmoid", "sigmoid_", "tanh", "tanh_") and len(args) == 1:
+            self.add(fxn, "lut", [args[0]], where, attrs=dict(function=m.rstrip("_"), params={}))
+        elif m in ("view", "reshape") and self._split_channels(fxn) is not None:
+            self.pending[fxn.name] = ("grouped", args[0], self._split_channels(fxn))
+        elif m in ("view", "reshape") and _is_fx(args[0]) and self._shuffled(fxn) is not None:
+            self.add(fxn, "channel_shuffle", [self._shuffled(fxn)[0]], where, attrs=dict(groups=self._shuffled(fxn)[1]))
+        elif m in ("transpose",) and self._shuffle_of(fxn) is not None:
+            self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
+        elif m in ("chunk", "split") and self._pieces(fxn) is not None:
+            self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
+        elif m == "contiguous" and _is_fx(args[0]) and args[0].name in self.pending:
+            self.pending[fxn.name] = self.pending[args[0].name]
         elif m in ("view", "reshape", "flatten") and self._is_flatten(fxn):
             self.add(fxn, "flatten", [args[0]], where)
         elif m == "mean" and self._is_spatial_mean(fxn):
@@ -656,6 +859,77 @@ class _Builder:
             self.passthrough(fxn, args[0])
         else:
             self.float_op(fxn, f".{m}()", where)
+
+    # -------------------------------------------------- channel shuffle and split (ShuffleNet)
+    # x.view(N, g, C / g, H, W) -> transpose(1, 2) -> [contiguous] -> view(N, C, H, W) is a channel shuffle;
+    # x.chunk(k, 1) / x.split(size, 1) followed by [i] are channel slices. The 5-D views and the tuples of
+    # pieces are not values of the NPU graph: they are kept aside (``pending``) until the op that ends
+    # the pattern, and a pattern left unfinished falls back to float ops.
+    def _split_channels(self, fxn) -> int | None:
+        """g when ``fxn`` views an (N, C, H, W) value as (N, g, C / g, H, W)."""
+        ins, outs = _shape(fxn.args[0]), _shape(fxn)
+        if ins is None or outs is None or len(ins) != 4 or len(outs) != 5:
+            return None
+        n, c, h, w = ins
+        if outs[0] == n and outs[1] * outs[2] == c and outs[3:] == (h, w):
+            return int(outs[1])
+        return None
+
+    def _shuffle_of(self, fxn):
+        """(source, groups) when ``fxn`` transposes axes 1 and 2 of a pending (N, g, C / g, H, W) view."""
+        src = fxn.args[0]
+        dims = (_arg(fxn, 1, "dim0", None), _arg(fxn, 2, "dim1", None))
+        info = self.pending.get(src.name) if _is_fx(src) else None
+        if info is None or info[0] != "grouped" or sorted(d % 5 for d in dims if isinstance(d, int)) != [1, 2]:
+            return None
+        return info[1], info[2]
+
+    def _shuffled(self, fxn):
+        """(source, groups) when ``fxn`` views a pending transposed 5-D value back as (N, C, H, W)."""
+        info = self.pending.get(fxn.args[0].name)
+        if info is None or info[0] != "transposed":
+            return None
+        src, groups = info[1], info[2]
+        return (src, groups) if _shape(fxn) == _shape(src) else None
+
+    def _pieces(self, fxn):
+        """[(begin, end), ...] of the channel pieces of a chunk / split of an (N, C, H, W) or (N, K) value."""
+        src = fxn.args[0]
+        shape = _shape(src) if _is_fx(src) else None
+        dim = _arg(fxn, 2, "dim", 0)
+        if shape is None or len(shape) not in (2, 4) or not isinstance(dim, int) or dim % len(shape) != 1:
+            return None
+        c = shape[1]
+        how = _arg(fxn, 1, "chunks" if fxn.target in ("chunk", torch.chunk) else "split_size_or_sections", None)
+        if fxn.target in ("chunk", torch.chunk):
+            if not isinstance(how, int) or how < 1:
+                return None
+            size = -(-c // how)
+            sizes = [min(size, c - b) for b in range(0, c, size)]
+        elif isinstance(how, int) and how >= 1:
+            sizes = [min(how, c - b) for b in range(0, c, how)]
+        elif isinstance(how, (list, tuple)) and all(isinstance(v, int) and v >= 1 for v in how) and sum(how) == c:
+            sizes = list(how)
+        else:
+            return None
+        bounds, begin = [], 0
+        for size in sizes:
+            bounds.append((begin, begin + size))
+            begin += size
+        return bounds
+
+    def visit_piece(self, fxn, name):
+        info = self.pending[fxn.args[0].name]
+        index = fxn.args[1]
+        if info[0] != "pieces" or not isinstance(index, int) or not -len(info[2]) <= index < len(info[2]):
+            self.float_op(fxn, "getitem", name)
+            return
+        begin, end = info[2][index]
+        self.add(fxn, "slice", [info[1]], name, attrs=dict(begin=begin, end=end))
+
+    def unfinished(self) -> list[str]:
+        """Pending pattern values that an op outside the pattern read (they ran as nothing: an error)."""
+        return sorted(set(self.read_pending))
 
     def _is_flatten(self, fxn) -> bool:
         ins, outs = _shape(fxn.args[0]), _shape(fxn)
@@ -772,7 +1046,7 @@ def _fold_batch_norms(nodes: list[Node]) -> list[Node]:
 def _fold_pads(nodes: list[Node]) -> list[Node]:
     """Fold a zero pad into the padding of the convolution it feeds, when that convolution is its only user
     and each side stays below the dilated kernel extent (the NPU's bound). Zero padding is real 0, which
-    is what the convolution pads with, so the fold is exact. A pad left over is not an NPU op."""
+    is what the convolution pads with, so the fold is exact. A pad left over is an NPU ``pad`` op."""
     users: dict[str, list[Node]] = {}
     for n in nodes:
         for i in set(n.inputs):
@@ -797,12 +1071,7 @@ def _fold_pads(nodes: list[Node]) -> list[Node]:
                 conv.attrs["padding"] = total if total[0] != total[1] or total[2] != total[3] else (total[0], total[2])
                 rename[n.name] = n.inputs[0]
                 continue
-        t, b, l, r = n.attrs["padding"]
-        n.kind = "float_op"
-        n.op_name = "pad"
-        n.target = lambda x, _p=(l, r, t, b): F.pad(x, _p)
-        n.args = (_Ref(n.inputs[0]),)
-        out.append(n)
+        out.append(n)  # an NPU pad op: the input's zero point fills the new positions
     return out
 
 
@@ -834,12 +1103,10 @@ def _fuse_activations(nodes: list[Node]) -> list[Node]:
             rename[n.name] = prev.name
         elif prev is not None and prev.kind in ("conv", "linear", "add") and prev.act == n.act:
             rename[n.name] = prev.name  # relu(relu(x)) with the inner one fused already
-        else:
-            act = n.act
-            n.kind = "float_op"
-            n.op_name = act
-            n.target = torch.relu if act == "relu" else (lambda t: torch.clamp(t, 0.0, 6.0))
-            n.args = (_Ref(n.inputs[0]),)
+        else:  # nothing to fuse into: a table activation of its own
+            n.kind = "lut"
+            n.attrs = dict(function=n.act, params={})
+            n.act = None
             out.append(n)
     return out
 
@@ -948,13 +1215,18 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     builder = _Builder(gm, name)
     for fxn in gm.graph.nodes:
         builder.visit(fxn)
+    if builder.read_pending:
+        raise UnsupportedOpsError(
+            f"{name}: the reshapes / transposes / splits of {', '.join(builder.unfinished())} form no channel "
+            f"shuffle or channel slice the NPU knows (docs/program.md 3)"
+        )
     nodes = _fold_pads(builder.nodes)
     nodes = _fold_batch_norms(nodes)
     nodes = _fuse_activations(nodes)
     nodes = _prune(nodes, builder.output_name)
     _check_finite(nodes)
     graph = Graph(nodes, builder.input_name, builder.output_name, builder.float_modules, tuple(sample.shape[1:]), name)
-    folded = sum(1 for n in builder.nodes if n.kind == "pad") - sum(1 for n in nodes if n.op_name == "pad")
+    folded = sum(1 for n in builder.nodes if n.kind == "pad") - sum(1 for n in nodes if n.kind == "pad")
     if folded:
         notes.append(f"{folded} zero pad(s) folded into the asymmetric padding of the convolution after each")
     graph.notes = notes

@@ -21,10 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from npuq import ops as native_ops
 from npuq.fixedpoint import MultiplierFlushedWarning, quantize_bias, quantize_multiplier, quantize_multipliers
 from npuq.ops import add_params, max_pool2d
 from npuq.quant import intmath
+from npuq.quant import intmath_format2 as intmath2
 from npuq.quant.graph import Graph, Node, _resolve, run_float_node
+from npuq.quant.lut import make_table
 from npuq.quant.observers import QParams
 from npuq.quant.weights import QuantizedWeight, round_half_away
 
@@ -124,6 +127,10 @@ class QuantizedModel(nn.Module):
         self._dequantized = {k: qw.dequantize() for k, qw in weights.items()}
         self.layers: dict[str, LayerParams] = {}
         self.add_params: dict[str, dict] = {}
+        # the integer parameters of the other ops with scales of their own: the program's attributes
+        # (mul, concat) and tables (lut), by node name
+        self.op_params: dict[str, dict] = {}
+        self.lut_tables: dict[str, np.ndarray] = {}
         if qparams is not None:
             self._build_integer_params()
 
@@ -155,6 +162,29 @@ class QuantizedModel(nn.Module):
                     act_max=hi,
                 )
                 self.add_params[node.name] = params
+            elif node.kind == "lut":
+                qi, qo = self.qparams[node.inputs[0]], self.qparams[node.name]
+                self.lut_tables[node.name] = make_table(
+                    node.attrs["function"], qi.scale, qi.zero_point, qo.scale, qo.zero_point, **node.attrs["params"]
+                )
+            elif node.kind == "mul":
+                qa, qb, qo = (self.qparams[i] for i in (*node.inputs, node.name))
+                lo, hi = activation_clamp(qo, node.act)
+                self.op_params[node.name] = dict(
+                    a_zero_point=qa.zero_point,
+                    b_zero_point=qb.zero_point,
+                    output_zero_point=qo.zero_point,
+                    act_min=lo,
+                    act_max=hi,
+                    **native_ops.mul_params(qa.scale, qb.scale, qo.scale),
+                )
+            elif node.kind == "concat":
+                qs, qo = [self.qparams[i] for i in node.inputs], self.qparams[node.name]
+                self.op_params[node.name] = dict(
+                    zero_points=[q.zero_point for q in qs],
+                    output_zero_point=qo.zero_point,
+                    **native_ops.concat_params([q.scale for q in qs], qo.scale),
+                )
 
     # ------------------------------------------------------------------------------------ float modes
     @torch.no_grad()
@@ -235,9 +265,26 @@ class QuantizedModel(nn.Module):
             elif k == "max_pool":
                 a = node.attrs
                 # max commutes with the monotonic int8 mapping; torch pads max pooling with -inf
-                y = F.max_pool2d(ins[0].double(), a["kernel_size"], a["stride"], a["padding"]).to(torch.int64)
+                y = F.max_pool2d(
+                    ins[0].double(), a["kernel_size"], a["stride"], a["padding"], ceil_mode=a.get("ceil_mode", False)
+                ).to(torch.int64)
             elif k == "flatten":
                 y = torch.flatten(ins[0], 1)
+            elif k == "lut":
+                y = intmath2.lut(ins[0], self.lut_tables[node.name])
+            elif k == "mul":
+                y = intmath2.mul(ins[0], ins[1], rounding=self.rounding, **self.op_params[node.name])
+            elif k == "concat":
+                y = intmath2.concat(ins, rounding=self.rounding, **self.op_params[node.name])
+            elif k == "channel_shuffle":
+                y = intmath2.channel_shuffle(ins[0], node.attrs["groups"])
+            elif k == "slice":
+                y = ins[0][:, node.attrs["begin"] : node.attrs["end"]]
+            elif k == "pad":
+                y = intmath2.pad(ins[0], node.attrs["padding"], qp[node.name].zero_point)
+            elif k == "upsample":
+                a = node.attrs
+                y = intmath2.upsample(ins[0], a["scale"], a["mode"], qp[node.name].zero_point)
             elif k == "output":
                 y = ins[0]
             elif k == "float_op":
@@ -332,6 +379,21 @@ class QuantizedModel(nn.Module):
                 y = ops.global_avg_pool(ins[0], threads=threads)
             elif k == "max_pool":
                 y = _max_pool_nhwc(ins[0], node.attrs)
+            elif k == "lut":
+                y = ops.lut(ins[0], self.lut_tables[node.name], threads=threads)
+            elif k == "mul":
+                y = ops.mul(ins[0], ins[1], rounding=self.rounding, threads=threads, **self.op_params[node.name])
+            elif k == "concat":
+                y = ops.concat(ins, rounding=self.rounding, threads=threads, **self.op_params[node.name])
+            elif k == "channel_shuffle":
+                y = ops.channel_shuffle(ins[0], node.attrs["groups"])
+            elif k == "slice":
+                y = ops.channel_slice(ins[0], node.attrs["begin"], node.attrs["end"])
+            elif k == "pad":
+                y = ops.pad(ins[0], tuple(node.attrs["padding"]), qp[node.name].zero_point)
+            elif k == "upsample":
+                a = node.attrs
+                y = ops.upsample(ins[0], tuple(a["scale"]), mode=a["mode"], zero_point=qp[node.name].zero_point)
             elif k == "flatten":
                 # torch flattens in (C, H, W) order; the activations here are (N, H, W, C)
                 y = np.ascontiguousarray(ins[0].transpose(0, 3, 1, 2).reshape(ins[0].shape[0], -1))
@@ -387,7 +449,13 @@ def _from_native(a: np.ndarray) -> torch.Tensor:
 
 def _max_pool_nhwc(x: np.ndarray, attrs: dict) -> np.ndarray:
     # the NPU's max pooling (npuq.ops.max_pool2d, the emulator's too): padding (h, w) on both sides
-    return max_pool2d(x, attrs["kernel_size"], stride=attrs["stride"], padding=attrs["padding"])
+    return max_pool2d(
+        x,
+        attrs["kernel_size"],
+        stride=attrs["stride"],
+        padding=attrs["padding"],
+        ceil_mode=attrs.get("ceil_mode", False),
+    )
 
 
 __all__ = ["LayerParams", "QuantizedModel", "activation_clamp", "layer_params"]

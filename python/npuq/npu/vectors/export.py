@@ -53,7 +53,7 @@ def _activation_layout(array: np.ndarray) -> str:
 
 def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[str, _ArrayPlan]:
     """The arrays of one op, keyed by file name: input(s), parameters (layers only), output."""
-    keys = _input_keys(op.kind)
+    keys = _input_keys(op.kind, len(op.inputs))
     if len(op.inputs) != len(keys):
         raise VectorsError(
             f"op '{op.name}' ({op.kind}) reads {len(op.inputs)} values; a {op.kind} op reads {len(keys)}"

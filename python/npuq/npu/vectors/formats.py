@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from npuq._untrusted import JSONRejected, loads_strict, read_regular, size_limit
-from npuq.npu.optable import LAYER_KINDS, OP_TABLE
+from npuq.npu.optable import LAYER_KINDS, MAX_VARIADIC_INPUTS, OP_TABLE
 from npuq.npu.program import Program
 
 VECTORS_FORMAT = "npuq-golden-vectors"
@@ -40,6 +40,7 @@ LAYOUT_AXES = {
     "OHWI": ("o", "h", "w", "i"),
     "OK": ("o", "k"),
     "C": ("c",),
+    "T": ("t",),  # a lookup table: entry t is the output for the int8 input t - 128
 }
 #: the per-layer parameter arrays in the order they are written (a layer's tensors in the op table; every
 #: layer kind, LAYER_KINDS, has these)
@@ -207,18 +208,25 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def required_arrays(kind: str) -> tuple[str, ...]:
+def required_arrays(kind: str, n_inputs: int | None = None) -> tuple[str, ...]:
     """The arrays an op of ``kind`` has in a vector set, in the order they are written: its input(s)
-    (``input``, or ``input_a`` and ``input_b`` for an add), the layer parameters (conv2d and
-    fully_connected) and ``output`` (the op table's ``OpSpec.required_arrays``). Raises
-    :class:`GoldenVectorsError` for an unknown kind."""
+    (``input``; ``input_a`` and ``input_b`` for an add or a mul; ``input_0`` ... for the ``n_inputs``
+    inputs of a concat), its tensors (the layer parameters of conv2d and fully_connected, a lut's
+    table) and ``output`` (the op table's ``OpSpec.required_arrays_for``). Raises
+    :class:`GoldenVectorsError` for an unknown kind or a count a variadic kind cannot have."""
     if not isinstance(kind, str) or kind not in OP_TABLE:
         raise GoldenVectorsError(f"op kind {kind!r} is not one of {', '.join(OP_TABLE)}")
-    return OP_TABLE[kind].required_arrays
+    _input_keys(kind, n_inputs)
+    return OP_TABLE[kind].required_arrays_for(n_inputs)
 
 
-def _input_keys(kind: str) -> tuple[str, ...]:
-    return OP_TABLE[kind].vector_inputs
+def _input_keys(kind: str, n_inputs: int | None = None) -> tuple[str, ...]:
+    spec = OP_TABLE[kind]
+    if spec.variadic and (
+        isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or not 2 <= n_inputs <= MAX_VARIADIC_INPUTS
+    ):
+        raise GoldenVectorsError(f"a {kind} op reads 2 to {MAX_VARIADIC_INPUTS} values, got {n_inputs!r}")
+    return spec.input_names(n_inputs)
 
 
 def _array_spec(kind: str, key: str) -> tuple[str, tuple[str, ...]]:
@@ -292,7 +300,7 @@ def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
         "output_scale": float(op.scale),
         "output_zero_point": int(op.zero_point),
         "arrays": arrays,
-        "required_arrays": list(required_arrays(op.kind)),
+        "required_arrays": list(required_arrays(op.kind, len(op.inputs))),
     }
     if OP_TABLE[op.kind].layer:
         entry["requantization"] = "per_channel" if op.tensors["multiplier"].shape[0] > 1 else "per_layer"

@@ -179,13 +179,16 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
     if folder != _op_dir(i, name, n_ops):
         raise GoldenVectorsError(f"{w}: dir {folder!r}, expected {_op_dir(i, name, n_ops)!r}")
     inputs = _field(op, "inputs", list, w)
-    keys = _input_keys(kind)
+    try:
+        keys = _input_keys(kind, len(inputs))
+    except GoldenVectorsError as exc:
+        raise GoldenVectorsError(f"{w}: {exc}") from None
     if len(inputs) != len(keys) or not all(isinstance(s, str) for s in inputs):
         raise GoldenVectorsError(f"{w}: inputs {inputs!r}; a {kind} op reads {len(keys)} named value(s)")
     for source in inputs:
         if source not in shapes:
             raise GoldenVectorsError(f"{w}: reads {source!r}, which neither the network input nor an earlier op is")
-    required = required_arrays(kind)
+    required = required_arrays(kind, len(inputs))
     recorded = _field(op, "required_arrays", list, w)
     if recorded != list(required):
         raise GoldenVectorsError(f"{w}: required_arrays is {recorded!r}; a {kind} op has {list(required)}")
