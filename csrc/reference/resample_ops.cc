@@ -53,13 +53,20 @@ int64_t pool_output_size(int64_t size, int64_t kernel, int64_t stride, int64_t p
   if (pad_lo >= kernel || pad_hi >= kernel)
     fail(op, ": padding (", pad_lo, ", ", pad_hi, ") must be smaller than the kernel (", kernel, ")");
   const int64_t span = size + pad_lo + pad_hi - kernel;
-  if (span < 0)
+  // Floor mode needs the whole window inside the padded input. Ceil mode (torch's) also takes a window
+  // that runs past the end, clipped to the image, even one larger than the padded input: the output is
+  // ceil(span / stride) + 1 (a floor division, span may be negative), less one where the last window would
+  // start in the trailing padding and so see nothing but padding.
+  int64_t out = 0;
+  if (!ceil_mode) {
+    out = span < 0 ? 0 : span / stride + 1;
+  } else {
+    const int64_t num = span + stride - 1;
+    out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
+    if ((out - 1) * stride >= size + pad_lo) --out;
+  }
+  if (out < 1)
     fail(op, ": the kernel (", kernel, ") is larger than the padded input (", size, " + ", pad_lo, " + ", pad_hi, ")");
-  if (!ceil_mode) return span / stride + 1;
-  int64_t out = (span + stride - 1) / stride + 1;
-  // The last window must start inside the image or the leading padding; one starting in the trailing
-  // padding would see nothing but padding.
-  if ((out - 1) * stride >= size + pad_lo) --out;
   return out;
 }
 

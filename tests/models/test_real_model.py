@@ -106,7 +106,11 @@ def test_folded_padding_is_bit_exact_through_integer_native_and_emulator():
     assert np.array_equal(out.transpose(0, 3, 1, 2).astype(np.int64), ints.numpy())
 
 
-def test_pads_that_cannot_fold_stay_float_ops_and_are_refused():
+def test_zero_pads_that_cannot_fold_are_npu_pads_and_other_values_stay_float():
+    """A zero pad in front of a pool, or one too wide to fold into the conv after it, is an NPU pad op
+    (program format 2: it fills with the zero point), compiled and run bit-exactly; a pad with another
+    value is not zero padding in real terms and stays a float op, refused by name."""
+
     class PadThenPool(nn.Module):
         def forward(self, x):
             return F.avg_pool2d(F.pad(x, (1, 1, 1, 1)), 2)
@@ -127,13 +131,24 @@ def test_pads_that_cannot_fold_stay_float_ops_and_are_refused():
         def forward(self, x):
             return self.conv(F.pad(x, (1, 1, 1, 1), value=0.5))
 
-    x = torch.randn(1, 3, 8, 8)
-    for model in (PadThenPool(), HugePad(), NonZero()):
+    x = torch.randn(2, 3, 8, 8)
+    for model in (PadThenPool(), HugePad()):
         g = prepare(model, x)
-        assert [n.op_name for n in g.unsupported()] == ["pad"], type(model).__name__
+        assert not g.unsupported() and [n.attrs["padding"] for n in g if n.kind == "pad"] in (
+            [(1, 1, 1, 1)],
+            [(0, 0, 3, 0)],
+        ), type(model).__name__
         torch.testing.assert_close(g.run_float(x), model(x))
-        with pytest.raises(npuq.quant.UnsupportedOpsError, match="pad"):
-            npuq.quantize(model, [x], activations=None)
+        q = npuq.quantize(model, [x], activations="minmax")
+        program = npuq.compile(q)
+        pad = next(op for op in program.ops if op.kind == "pad")
+        assert pad.attrs["value"] == pad.zero_point  # real zero
+        out = np.asarray(npuq.Emulator(program).run(x))
+        assert np.array_equal(out.transpose(0, 3, 1, 2).astype(np.int64), q.run_integer(x).numpy())
+    g = prepare(NonZero(), x)
+    assert [n.op_name for n in g.unsupported()] == ["pad"]
+    with pytest.raises(npuq.quant.UnsupportedOpsError, match="pad"):
+        npuq.quantize(NonZero(), [x], activations=None)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

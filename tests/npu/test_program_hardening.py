@@ -94,11 +94,13 @@ def rejected(prog: Program, *fragments: str) -> str:
 
 # ======================================================================= 1. padded / intermediate buffers
 def test_max_pool_padding_that_asks_for_gigabytes_is_rejected_at_load():
-    """The issue's 1 KB file: kernel 65536, padding 32768 on a 1x1 input. The emulator pads the input to a
-    65537 x 65537 plane (4.3 GB per image); loading must refuse it, naming the op and the working set."""
+    """A 1 KB file: kernel 65536, padding 32768 on a 1x1 input. The max pool kernel clips its windows (it
+    makes no padded copy of the input), but 2^32 taps per window are beyond what the native pooling kernels
+    take: loading refuses it, naming the op and the taps. The same padding in ceil mode, likewise."""
     prog = build((1, 1, 1), max_pool("pool", "x", (65536, 65536), padding=(32768,) * 4))
-    msg = rejected(prog, r"op 0 'pool'", "working set")
-    assert f"{P.MAX_OP_BYTES:,}" in msg
+    rejected(prog, r"op 0 'pool'", "taps")
+    prog = build((1, 1, 1), max_pool("pool", "x", (65536, 65536), padding=(32768,) * 4, ceil_mode=True))
+    rejected(prog, r"op 0 'pool'", "taps")
 
 
 @pytest.mark.parametrize("groups", [1, 8], ids=["dense", "depthwise"])
@@ -213,7 +215,7 @@ def test_cost_cli_refuses_the_hostile_file(tmp_path, capsys):
     path.write_bytes(hostile_bytes(build((1, 1, 1), max_pool("pool", "x", (65536, 65536), padding=(32768,) * 4))))
     assert main(["cost", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "pool.npuq" in err and "working set" in err
+    assert "pool.npuq" in err and "op 0 'pool'" in err and "taps" in err
 
 
 def test_limits_are_documented():

@@ -123,40 +123,48 @@ def test_resnet18_prepared(resnet18):
     tail_convs = [n for n in graph if n.kind == "conv" and (".conv2" in n.path or ".downsample." in n.path)]
     assert len(tail_convs) == 8 + 3 and all(n.act is None for n in tail_convs)
     mp = next(n for n in graph if n.kind == "max_pool")
-    assert mp.attrs == dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))
+    assert mp.attrs == dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), ceil_mode=False)
     check_equivalent(model, graph, (2, 3, 64, 64))
 
 
-def test_mobilenet_v3_small_float_ops(mobilenet_v3_small):
+def test_mobilenet_v3_small_prepares_into_npu_ops(mobilenet_v3_small):
+    """Hard-swish and hard-sigmoid become table activations, the squeeze-excitation scaling a broadcast
+    multiply: no float op is left (they were float ops before program format 2)."""
     model, graph = mobilenet_v3_small
     _assert_folded_and_fused(graph)
     n_hswish = sum(isinstance(m, nn.Hardswish) for m in model.modules())
     n_hsig = sum(isinstance(m, nn.Hardsigmoid) for m in model.modules())
     se_paths = [p for p, m in model.named_modules() if type(m).__name__ == "SqueezeExcitation"]
     assert n_hswish > 0 and n_hsig == len(se_paths) == 9
-    bad = graph.unsupported()
-    assert Counter(n.op_name for n in bad) == Counter(Hardswish=n_hswish, Hardsigmoid=n_hsig, mul=len(se_paths))
+    assert not graph.unsupported()
+    graph.check_supported()
     k = kinds(graph)
-    assert k["float_op"] == len(bad) and k["conv"] == 52 and k["linear"] == 2
+    assert k["lut"] == n_hswish + n_hsig and k["mul"] == len(se_paths) and k["conv"] == 52 and k["linear"] == 2
+    assert Counter(n.attrs["function"] for n in graph if n.kind == "lut") == Counter(
+        hardswish=n_hswish, hardsigmoid=n_hsig
+    )
     # the 9 squeeze-excitation pools and the final average pool
     assert k["global_pool"] == 10
-    with pytest.raises(UnsupportedOpsError) as info:
-        graph.check_supported()
-    msg = str(info.value)
-    assert f"{len(bad)} op(s)" in msg
-    for path, m in model.named_modules():
-        if isinstance(m, (nn.Hardswish, nn.Hardsigmoid)):
-            assert f"{path} ({type(m).__name__})" in msg
+    for path in se_paths:  # each SE block's multiply: the full map first, the (N, C, 1, 1) scale second
+        mul = next(n for n in graph if n.kind == "mul" and n.path == f"{path}.mul")
+        assert graph[mul.inputs[0]].shape[2:] != (1, 1) and graph[mul.inputs[1]].shape[2:] == (1, 1)
     check_equivalent(model, graph, (2, 3, 64, 64))
 
 
-def test_mobilenet_v3_small_functional_float_ops_name_their_module(mobilenet_v3_small):
-    model, graph = mobilenet_v3_small
+def test_an_op_the_npu_lacks_is_named_with_its_module_path():
+    class EluNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ELU())
+
+        def forward(self, x):
+            return torch.cumsum(self.block(x), dim=1)
+
+    graph = prepare(EluNet().eval(), torch.randn(1, 3, 8, 8))
     with pytest.raises(UnsupportedOpsError) as info:
         graph.check_supported()
-    for path, m in model.named_modules():
-        if type(m).__name__ == "SqueezeExcitation":
-            assert f"{path}.mul (mul)" in str(info.value)
+    msg = str(info.value)
+    assert "2 op(s)" in msg and "block.1 (ELU)" in msg and "cumsum" in msg
 
 
 # ------------------------------------------------------------------------------------ hand-written models
@@ -259,10 +267,16 @@ CASES = {
         dict(conv=2, add=1),
     ),
     "relu6_then_relu": (lambda: nn.Sequential(_conv(), nn.ReLU6(), nn.ReLU()), (4, 6, 6), dict(conv=1)),
-    "relu_on_shared_conv": (lambda: Fn(_relu_on_shared, c=_conv()), (4, 6, 6), dict(conv=1, add=1, float_op=1)),
-    "hardtanh_default": (lambda: Fn(lambda m, x: F.hardtanh(m.c(x)), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
-    "clamp_0_4": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), 0, 4), c=_conv()), (4, 6, 6), dict(conv=1, float_op=1)),
-    "relu_on_input": (lambda: nn.Sequential(nn.ReLU(), _conv()), (4, 6, 6), dict(conv=1, float_op=1)),
+    # an activation with nothing to fuse into, or another clamp: a table of its own
+    "relu_on_shared_conv": (lambda: Fn(_relu_on_shared, c=_conv()), (4, 6, 6), dict(conv=1, add=1, lut=1)),
+    "hardtanh_default": (lambda: Fn(lambda m, x: F.hardtanh(m.c(x)), c=_conv()), (4, 6, 6), dict(conv=1, lut=1)),
+    "clamp_0_4": (lambda: Fn(lambda m, x: torch.clamp(m.c(x), 0, 4), c=_conv()), (4, 6, 6), dict(conv=1, lut=1)),
+    "relu_on_input": (lambda: nn.Sequential(nn.ReLU(), _conv()), (4, 6, 6), dict(conv=1, lut=1)),
+    "clamp_min_only": (
+        lambda: Fn(lambda m, x: torch.clamp(m.c(x), min=-1.0), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, float_op=1),
+    ),
     # ---- flatten
     "view_size0": (
         lambda: Fn(lambda m, x: m.fc(m.c(x).view(x.size(0), -1)), c=_conv(), fc=nn.Linear(6 * 36, 5)),
@@ -365,7 +379,7 @@ CASES = {
     "max_pool_ceil": (
         lambda: nn.Sequential(_conv(), nn.MaxPool2d(2, ceil_mode=True)),
         (4, 7, 7),
-        dict(conv=1, float_op=1),
+        dict(conv=1, max_pool=1),
     ),
     # ---- dropout / identity
     "dropout_modules": (
@@ -452,7 +466,7 @@ CASES = {
     "zero_pad_then_pool": (
         lambda: nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(2)),
         (4, 8, 8),
-        dict(float_op=1, max_pool=1),
+        dict(pad=1, max_pool=1),
     ),
     "padding_mode_reflect": (
         lambda: nn.Sequential(_conv(4, 6, 3, padding=1, padding_mode="reflect")),
@@ -570,7 +584,7 @@ def test_conv_attributes():
         kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), count_include_pad=False
     )
     g = prepare(CASES["F_max_pool_kw"][0]().eval(), torch.randn(1, 4, 8, 8))
-    assert _single(g, "max_pool").attrs == dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))
+    assert _single(g, "max_pool").attrs == dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), ceil_mode=False)
 
 
 def test_view_with_hardcoded_batch_is_not_flatten():

@@ -68,17 +68,17 @@ def test_gradients_pass_straight_through_and_training_reduces_the_loss():
 
 
 def test_refuses_float_ops_and_bad_options():
-    class Gelu(nn.Module):
+    class Elu(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 4, 3)
-            self.act = nn.GELU()
+            self.act = nn.ELU()
 
         def forward(self, x):
             return self.act(self.conv(x)).mean((2, 3))
 
     x = _x()
-    with pytest.raises(UnsupportedOpsError, match="GELU"):
-        FakeQuantModel(prepare(Gelu().eval(), x[:2]))
+    with pytest.raises(UnsupportedOpsError, match="ELU"):
+        FakeQuantModel(prepare(Elu().eval(), x[:2]))
     with pytest.raises(ValueError, match="bits"):
         FakeQuantModel(prepare(_net(), x[:2]), bits=1)

@@ -834,13 +834,14 @@ def upsample(x, scale, mode="nearest", zero_point=0) -> np.ndarray:
 def max_pool2d_output_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, ceil_mode: bool) -> int:
     """Section 4's size (floor), or section 14's ceil-mode size."""
     span = size + pad_lo + pad_hi - k
-    if span < 0:
-        raise ValueError("kernel: larger than the padded input")
     if not ceil_mode:
-        return span // stride + 1
-    out = -((-span) // stride) + 1  # ceil(span / stride) + 1
-    if (out - 1) * stride >= size + pad_lo:  # the last window would start in the bottom padding
-        out -= 1
+        out = span // stride + 1 if span >= 0 else 0
+    else:
+        out = -((-span) // stride) + 1  # ceil(span / stride) + 1, span may be negative
+        if (out - 1) * stride >= size + pad_lo:  # the last window would start in the bottom padding
+            out -= 1
+    if out < 1:
+        raise ValueError("kernel: larger than the padded input")
     return out
 
 

@@ -168,8 +168,11 @@ class Graph:
             listing = "\n".join(f"  - {n.describe()}" for n in bad)
             raise UnsupportedOpsError(
                 f"{len(bad)} op(s) of {self.model_name or 'the model'} have no NPU equivalent:\n{listing}\n"
-                f"Supported: conv2d (incl. depthwise/grouped), linear, batch norm after conv/linear, ReLU, ReLU6, "
-                f"residual add, average/global/max pooling, flatten, dropout.{hint}"
+                f"Supported: conv2d (incl. depthwise/grouped), linear, batch norm, ReLU / ReLU6 and elementwise "
+                f"activations as tables (hardswish, hardsigmoid, sigmoid, tanh, SiLU, GELU, leaky ReLU, clamps), "
+                f"residual add, squeeze-excitation multiply, concat, channel shuffle / split, zero pad, "
+                f"nearest / bilinear upsampling, average/global/max pooling, flatten, dropout "
+                f"(docs/quantization.md 1).{hint}"
             )
 
     def clone(self) -> "Graph":
@@ -446,7 +449,18 @@ def _lut_of_function(fxn) -> tuple[str, dict] | None:
         return ("gelu_tanh" if fxn.kwargs.get("approximate", "none") == "tanh" else "gelu"), {}
     if t is F.leaky_relu:
         return "leaky_relu", {"alpha": float(_arg(fxn, 1, "negative_slope", 0.01))}
-    return None
+    if t is F.hardtanh:
+        bounds = (_arg(fxn, 1, "min_val", -1.0), _arg(fxn, 2, "max_val", 1.0))
+    elif t in (torch.clamp, torch.clip):
+        bounds = (_arg(fxn, 1, "min", None), _arg(fxn, 2, "max", None))
+    else:
+        return None
+    lo, hi = bounds
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bounds) or lo > hi:
+        return None  # a one-sided or tensor-valued clamp stays a float op
+    if lo == 0 and hi == 6:
+        return None  # ReLU6: fused into the op in front (or a table of its own, _fuse_activations)
+    return "clamp", {"lo": float(lo), "hi": float(hi)}
 
 
 def _mul_order(args) -> tuple | None:
