@@ -10,7 +10,8 @@ os.cpu_count()):
 * ``mul``:    npuq.ops.mul with the (N, 1, 1, C) squeeze-excitation scale broadcast over H and W vs
   torch.ops.quantized.mul on quint8 (N, C, H, W) channels_last and (N, C, 1, 1) (torch broadcasts);
 * ``concat``: npuq.ops.concat of 2 to 4 inputs with identity parameters vs np.copyto of the same number
-  of bytes into a preallocated buffer (one memcpy: the floor of any concatenation).
+  of bytes into a preallocated buffer (one memcpy: the floor of any concatenation), and vs
+  np.concatenate along the channels (which, like npuq, allocates its output).
 
 npuq and torch allocate their outputs on every call; the memcpy baseline does not. Timing:
 time.perf_counter around a loop lasting >= --min-time, after a warm-up; the reported time is the median of
@@ -45,6 +46,8 @@ CONCAT_CASES = [
     [(1, 28, 28, 64), (1, 28, 28, 128), (1, 28, 28, 32), (1, 28, 28, 32)],  # Inception branches
     [(8, 14, 14, 256), (8, 14, 14, 32)],  # DenseNet growth
     [(8, 28, 28, 24), (8, 28, 28, 24), (8, 28, 28, 48)],
+    [(1, 56, 56, 224), (1, 56, 56, 32)],  # DenseNet-121, block 1, last layer
+    [(1, 28, 28, 58), (1, 28, 28, 58)],  # ShuffleNetV2 x1.0 unit
 ]
 
 
@@ -138,21 +141,18 @@ def bench_concat(rng, repeats, min_time):
         src = rng.integers(-128, 128, total, dtype=np.int8)
         dst = np.empty_like(src)
         t = compare(
-            {"npuq": lambda xs=xs: npuq.ops.concat(xs, **kw), "memcpy": lambda: np.copyto(dst, src)},
+            {
+                "npuq": lambda xs=xs: npuq.ops.concat(xs, **kw),
+                "memcpy": lambda: np.copyto(dst, src),
+                "numpy": lambda xs=xs: np.concatenate(xs, axis=-1),
+            },
             repeats,
             min_time,
         )
         label = " + ".join(str(s[-1]) for s in shapes)
-        rows.append(
-            (
-                f"concat C={label}",
-                shapes[0][:-1] + (sum(s[-1] for s in shapes),),
-                t["npuq"],
-                "memcpy",
-                t["memcpy"],
-                total,
-            )
-        )
+        shape = shapes[0][:-1] + (sum(s[-1] for s in shapes),)
+        rows.append((f"concat C={label}", shape, t["npuq"], "memcpy", t["memcpy"], total))
+        rows.append((f"concat C={label}", shape, t["npuq"], "np.cat", t["numpy"], total))
     return rows
 
 
@@ -161,6 +161,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=int(os.environ.get("NPUQ_BENCH_THREADS", os.cpu_count() or 1)))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--min-time", type=float, default=0.02)
+    ap.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)  # torch's deprecation notes on quantized tensors
     torch.backends.quantized.engine = "fbgemm"
@@ -180,6 +181,20 @@ def main(argv=None):
             f"{case:<28} {'x'.join(map(str, shape)):<20} {t_npuq * 1e6:9.1f} {base:>8} {t_base * 1e6:9.1f} "
             f"{t_base / t_npuq:6.2f} {nbytes / t_npuq / 1e9:6.2f}"
         )
+    if args.json:
+        import json
+
+        from machine import cpu_model
+
+        keys = ("case", "shape", "npuq_s", "baseline", "baseline_s", "bytes")
+        result = {
+            "cpu": cpu_model(),
+            "kernels": npuq.cpu_features()["active"],
+            "threads": args.threads,
+            "rows": [dict(zip(keys, r), ratio=r[4] / r[2]) for r in rows],
+        }
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     return rows
 
 

@@ -5,7 +5,9 @@ batch-norm statistics; ``npuq.models.zoo``) quantize (WESS W8A8, MSE calibration
 * the op count by kind and the program size,
 * emulator images/s at 224x224 with 1 and 2 threads (best of ``--repeats`` runs of ``--images`` images),
 * whether the emulator equals the quantization simulation on every value of every op (yes / no),
-* whether a golden vector set of one image verifies PASS against the emulator's dump of it.
+* whether a golden vector set of one image verifies PASS against the emulator's dump of it,
+* the SQNR of the emulator's dequantized logits against the float model's (random weights: a measure of
+  how much the int8 arithmetic of the network's ops loses, not of accuracy).
 
 Writes ``zoo.json``, ``zoo.md`` and ``zoo_speed.png`` to ``--out``; exits 1 if any model's emulator and
 simulation differ or its vectors fail to verify. Needs torchvision (the tests' extra).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -81,6 +84,10 @@ def report(name: str, images: int, repeats: int) -> dict:
     x = torch.randn(images, 3, 224, 224, generator=g)
     emu = Emulator(program)
     xq = emu.quantize_input(x)
+    with torch.no_grad():
+        reference = model(x).double()
+    noise = torch.from_numpy(np.asarray(emu.logits(x), dtype=np.float64)) - reference
+    sqnr = 10 * math.log10(float((reference**2).sum()) / max(float((noise**2).sum()), 1e-30))
     return {
         "model": name,
         "exercises": ZOO[name],
@@ -91,21 +98,24 @@ def report(name: str, images: int, repeats: int) -> dict:
         "images_per_s_2_threads": _images_per_s(emu, xq, 2, repeats),
         "emulator_equals_simulation": _equal_to_simulation(qm, program, x[:2]),
         "verify_pass": _verifies(program, x[:1]),
+        "logit_sqnr_db": sqnr,
         "quantize_and_compile_s": build_s,
     }
 
 
 def _markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | ops by kind | program | img/s 1 thread | img/s 2 threads | emulator == simulation | verify |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | ops by kind | program | img/s 1 thread | img/s 2 threads | emulator == simulation | verify "
+        "| logit SQNR |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         kinds = ", ".join(f"{k} {n}" for k, n in r["ops_by_kind"].items())
         lines.append(
             f"| {r['model']} | {r['ops']}: {kinds} | {r['program_bytes'] / 1e6:.1f} MB | "
             f"{r['images_per_s_1_thread']:.1f} | {r['images_per_s_2_threads']:.1f} | "
-            f"{'yes' if r['emulator_equals_simulation'] else 'NO'} | {'PASS' if r['verify_pass'] else 'FAIL'} |"
+            f"{'yes' if r['emulator_equals_simulation'] else 'NO'} | {'PASS' if r['verify_pass'] else 'FAIL'} | "
+            f"{r['logit_sqnr_db']:.1f} dB |"
         )
     return "\n".join(lines) + "\n"
 
