@@ -473,7 +473,73 @@ CASES = {
         (4, 7, 7),
         dict(float_op=1),
     ),
+    # ---- the ops of program format 2
+    "concat_channels": (
+        lambda: Fn(lambda m, x: torch.cat([m.a(x), F.relu(m.b(x))], 1), a=_conv(), b=_conv()),
+        (4, 6, 6),
+        dict(conv=2, concat=1),
+    ),
+    "concat_batch_axis": (
+        lambda: Fn(lambda m, x: torch.cat([m.c(x), m.c(x)], 0), c=_conv()),
+        (4, 6, 6),
+        dict(conv=2, float_op=1),
+    ),
+    "channel_shuffle": (
+        lambda: Fn(lambda m, x: _shuffle(m.c(x), 3), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, channel_shuffle=1),
+    ),
+    "grouped_view_unfinished": (  # a 5-D view that ends in a sum, not a shuffle: its steps stay float ops
+        lambda: Fn(lambda m, x: m.c(x).view(x.size(0), 2, 3, 6, 6).sum(1), c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, float_op=3),  # x.size(), .view(), .sum()
+    ),
+    "chunk_and_split": (
+        lambda: Fn(_chunk_and_split, c=_conv()),
+        (4, 6, 6),
+        dict(conv=1, slice=5, concat=1),
+    ),
+    "se_multiply": (
+        lambda: Fn(
+            lambda m, x: m.c(x) * torch.sigmoid(m.s(F.adaptive_avg_pool2d(m.c(x), 1))), c=_conv(), s=_conv(6, 6, 1)
+        ),
+        (4, 6, 6),
+        dict(conv=3, global_pool=1, lut=1, mul=1),
+    ),
+    "mul_of_mismatched_shapes": (
+        lambda: Fn(lambda m, x: m.c(x) * m.c(x)[:, :1], c=_conv()),
+        (4, 6, 6),
+        dict(conv=2, float_op=2),
+    ),
+    "activation_tables": (
+        lambda: nn.Sequential(
+            _conv(), nn.Hardswish(), nn.SiLU(), nn.GELU(approximate="tanh"), nn.LeakyReLU(0.2), nn.Tanh()
+        ),
+        (4, 6, 6),
+        dict(conv=1, lut=5),
+    ),
+    "upsample_nearest_and_bilinear": (
+        lambda: nn.Sequential(_conv(), nn.Upsample(scale_factor=2), nn.Upsample(scale_factor=(1, 3), mode="bilinear")),
+        (4, 5, 5),
+        dict(conv=1, upsample=2),
+    ),
+    "upsample_align_corners": (
+        lambda: nn.Sequential(_conv(), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)),
+        (4, 5, 5),
+        dict(conv=1, float_op=1),
+    ),
 }
+
+
+def _chunk_and_split(m, x):
+    y = m.c(x)
+    p, q = y.chunk(3, dim=1), torch.split(y, [1, 5], dim=1)
+    return torch.cat([p[2], p[1], p[0], q[0], q[1]], 1)
+
+
+def _shuffle(x, groups):
+    n, c, h, w = x.size()
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

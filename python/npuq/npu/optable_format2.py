@@ -58,11 +58,9 @@ def _elementwise_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) ->
 
 
 def _per_output(op: Op, in_shapes, y: Shape) -> int:
+    """One vector-unit operation per output element: a multiply-requantize, a table read, or a move (a
+    concat's copied or requantized element, a shuffle, slice or pad)."""
     return elements(y)
-
-
-def _moved_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
-    return OpFootprint(reads, out, work=elements(y))  # a copy: one move per output byte, no arithmetic
 
 
 # ---------------------------------------------------------------------------------- lut (section 9)
@@ -110,15 +108,6 @@ def _concat_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
                 f"equal H and W (or flat values) along the channels",
             )
     return (*first[:-1], sum(s[-1] for s in in_shapes))
-
-
-def _concat_vector_ops(op: Op, in_shapes, y: Shape) -> int:
-    """One move (a copy, or a requantization for an input of another scale) per output element."""
-    return elements(y)
-
-
-def _concat_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootprint:
-    return OpFootprint(reads, out, work=_concat_vector_ops(op, in_shapes, y))
 
 
 def _concat_run(op: Op, args, ctx: RunContext):
@@ -255,10 +244,10 @@ SPECS: tuple[OpSpec, ...] = (
         },
         tensors={},
         infer=_concat_infer,
-        footprint=_concat_footprint,
+        footprint=_elementwise_footprint,
         run=_concat_run,
         cost_unit="vector",
-        vector_ops=_concat_vector_ops,
+        vector_ops=_per_output,
         vector_inputs=(),
         since=VERSION,
         docs=_docs("11-concatenation-along-channels-concat"),
@@ -269,7 +258,7 @@ SPECS: tuple[OpSpec, ...] = (
         attrs={"groups": Attr("int", 1, 1 << 20)},
         tensors={},
         infer=_shuffle_infer,
-        footprint=_moved_footprint,
+        footprint=_elementwise_footprint,
         run=_shuffle_run,
         cost_unit="vector",
         vector_ops=_per_output,
@@ -282,7 +271,7 @@ SPECS: tuple[OpSpec, ...] = (
         attrs={"begin": Attr("int", 0, 1 << 31), "end": Attr("int", 1, 1 << 31)},
         tensors={},
         infer=_slice_infer,
-        footprint=_moved_footprint,
+        footprint=_elementwise_footprint,
         run=_slice_run,
         cost_unit="vector",
         vector_ops=_per_output,
@@ -295,7 +284,7 @@ SPECS: tuple[OpSpec, ...] = (
         attrs={"padding": Attr("ints", 0, 1 << 16, 4), "value": _int8()},
         tensors={},
         infer=_pad_infer,
-        footprint=_moved_footprint,
+        footprint=_elementwise_footprint,
         run=_pad_run,
         cost_unit="vector",
         vector_ops=_per_output,

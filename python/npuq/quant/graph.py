@@ -551,13 +551,10 @@ class _Builder:
         self.float_modules: dict[str, nn.Module] = {}
         self.input_name = None
         self.output_name = None
-        self.pending: dict[str, tuple] = {}  # fx name -> a value of an unfinished pattern (see _split_channels)
-        self.read_pending: list[str] = []
+        self.pending: dict[str, tuple] = {}  # fx name -> a step of a shuffle / split pattern (_split_channels)
 
     def src(self, a) -> str:
         name = a.name
-        if name in self.pending:
-            self.read_pending.append(name)
         while name in self.alias:
             name = self.alias[name]
         return name
@@ -748,10 +745,12 @@ class _Builder:
                 self.add(fxn, "concat", values, name)
         elif t is torch.transpose and self._shuffle_of(fxn) is not None:
             self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
+            self.float_op(fxn, fname, name)
         elif t is operator.getitem and _is_fx(args[0]) and args[0].name in self.pending:
             self.visit_piece(fxn, name)
         elif t in (torch.chunk, torch.split) and self._pieces(fxn) is not None:
             self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
+            self.float_op(fxn, fname, name)
         elif getattr(t, "__name__", "") == "stochastic_depth" and _arg(fxn, 3, "training", True) is False:
             self.passthrough(fxn, args[0])  # identity in evaluation (torchvision.ops.stochastic_depth)
         elif t is F.interpolate and _upsample_scale(
@@ -857,14 +856,18 @@ class _Builder:
             self.add(fxn, "lut", [args[0]], where, attrs=dict(function=m.rstrip("_"), params={}))
         elif m in ("view", "reshape") and self._split_channels(fxn) is not None:
             self.pending[fxn.name] = ("grouped", args[0], self._split_channels(fxn))
+            self.float_op(fxn, f".{m}()", where)
         elif m in ("view", "reshape") and _is_fx(args[0]) and self._shuffled(fxn) is not None:
             self.add(fxn, "channel_shuffle", [self._shuffled(fxn)[0]], where, attrs=dict(groups=self._shuffled(fxn)[1]))
         elif m in ("transpose",) and self._shuffle_of(fxn) is not None:
             self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
+            self.float_op(fxn, f".{m}()", where)
         elif m in ("chunk", "split") and self._pieces(fxn) is not None:
             self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
+            self.float_op(fxn, f".{m}()", where)
         elif m == "contiguous" and _is_fx(args[0]) and args[0].name in self.pending:
             self.pending[fxn.name] = self.pending[args[0].name]
+            self.passthrough(fxn, args[0])
         elif m in ("view", "reshape", "flatten") and self._is_flatten(fxn):
             self.add(fxn, "flatten", [args[0]], where)
         elif m == "mean" and self._is_spatial_mean(fxn):
@@ -876,9 +879,10 @@ class _Builder:
 
     # -------------------------------------------------- channel shuffle and split (ShuffleNet)
     # x.view(N, g, C / g, H, W) -> transpose(1, 2) -> [contiguous] -> view(N, C, H, W) is a channel shuffle;
-    # x.chunk(k, 1) / x.split(size, 1) followed by [i] are channel slices. The 5-D views and the tuples of
-    # pieces are not values of the NPU graph: they are kept aside (``pending``) until the op that ends
-    # the pattern, and a pattern left unfinished falls back to float ops.
+    # x.chunk(k, 1) / x.split(size, 1) followed by [i] are channel slices. Each step is recorded
+    # (``pending``) and also emitted as a float op: the op that ends the pattern reads the pattern's source,
+    # so a finished pattern leaves its steps without readers (pruned), and an unfinished one leaves float
+    # ops, listed like any other.
     def _split_channels(self, fxn) -> int | None:
         """g when ``fxn`` views an (N, C, H, W) value as (N, g, C / g, H, W)."""
         ins, outs = _shape(fxn.args[0]), _shape(fxn)
@@ -940,10 +944,6 @@ class _Builder:
             return
         begin, end = info[2][index]
         self.add(fxn, "slice", [info[1]], name, attrs=dict(begin=begin, end=end))
-
-    def unfinished(self) -> list[str]:
-        """Pending pattern values that an op outside the pattern read (they ran as nothing: an error)."""
-        return sorted(set(self.read_pending))
 
     def _is_flatten(self, fxn) -> bool:
         ins, outs = _shape(fxn.args[0]), _shape(fxn)
@@ -1229,11 +1229,6 @@ def prepare(model: nn.Module, example_input: torch.Tensor) -> Graph:
     builder = _Builder(gm, name)
     for fxn in gm.graph.nodes:
         builder.visit(fxn)
-    if builder.read_pending:
-        raise UnsupportedOpsError(
-            f"{name}: the reshapes / transposes / splits of {', '.join(builder.unfinished())} form no channel "
-            f"shuffle or channel slice the NPU knows (docs/program.md 3)"
-        )
     nodes = _fold_pads(builder.nodes)
     nodes = _fold_batch_norms(nodes)
     nodes = _fuse_activations(nodes)
