@@ -157,7 +157,13 @@ def test_mean_large_images_and_the_int32_bound(shape, threads):
     tflite=st.booleans(),
 )
 def test_mean_params_matches_the_oracle(s_x, s_y, count, tflite):
-    assert npuq.ops.mean_params(s_x, s_y, count, tflite) == R.mean_params(s_x, s_y, count, tflite)
+    real = s_x / (s_y if tflite else count * s_y)
+    with warnings.catch_warnings(record=True) as caught:  # a multiplier below 2^-32 flushes, and says so
+        warnings.simplefilter("always", npuq.MultiplierFlushedWarning)
+        got = npuq.ops.mean_params(s_x, s_y, count, tflite)
+    assert got == R.mean_params(s_x, s_y, count, tflite)
+    flushed = [w for w in caught if issubclass(w.category, npuq.MultiplierFlushedWarning)]
+    assert bool(flushed) == (got == dict(multiplier=0, exponent=0)), real
 
 
 def test_the_two_mean_roundings_differ_somewhere():
