@@ -318,12 +318,13 @@ def _max_pool2d(x, reference, kernel_size, *, stride=None, padding=0, ceil_mode=
     return T.activation_out(out, to_torch)
 
 
-def max_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False):
+def max_pool2d(x, kernel_size, *, stride=None, padding=0, ceil_mode=False, threads=None):
     """Max pooling of int8 activations (docs/arithmetic.md 14): no rounding, padded positions never win
     (windows are clipped to the image; no padded copy of the input is made). ``stride`` defaults to the
     kernel; ``padding``: int, (h, w) or (top, bottom, left, right), each smaller than the kernel;
-    ``ceil_mode``: torch's output size rule. Device arrays run the CUDA kernel."""
-    return _max_pool2d(x, False, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode)
+    ``ceil_mode``: torch's output size rule; ``threads``: as the other ops (None: npuq.get_num_threads()).
+    Device arrays run the CUDA kernel."""
+    return _max_pool2d(x, False, kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode, threads=threads)
 
 
 REFERENCE = {

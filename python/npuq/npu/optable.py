@@ -395,7 +395,7 @@ def _max_pool2d_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> 
 
 
 def _max_pool2d_run(op: Op, args, ctx: RunContext):
-    # npuq.ops.max_pool2d: numpy on host arrays, the CUDA kernel on device arrays (the one implementation,
+    # npuq.ops.max_pool2d: the native kernel on host arrays, the CUDA one on device arrays (the one implementation,
     # shared with npuq.quant.simulate)
     a = op.attrs
     return ops.max_pool2d(
@@ -404,6 +404,7 @@ def _max_pool2d_run(op: Op, args, ctx: RunContext):
         stride=tuple(a["stride"]),
         padding=tuple(a["padding"]),
         ceil_mode=bool(attr_value(op, "ceil_mode")),
+        threads=ctx.threads,
     )
 
 
