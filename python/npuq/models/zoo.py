@@ -1,5 +1,5 @@
 """The common vision model zoo: torchvision's architectures with random weights, for checking that npuq
-compiles and emulates the networks people deploy (``tests/npu/test_zoo.py``, ``scripts/zoo_report.py``).
+compiles and emulates the networks people deploy (``tests/npu/test_zoo.py``, ``benchmarks/bench_zoo.py``).
 
 No weights are downloaded: the models are torchvision's architectures with their random initialisation,
 and :func:`randomize_batch_norms` gives them non-trivial batch-norm statistics, so that folding and

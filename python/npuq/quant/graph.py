@@ -659,13 +659,10 @@ class _Builder:
             self.activation(fxn, x, "relu", path)
         elif isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val == 6.0):
             self.activation(fxn, x, "relu6", path)
-        elif _lut_of_module(m) is not None:
-            fn, params = _lut_of_module(m)
-            self.add(fxn, "lut", [x], path, attrs=dict(function=fn, params=params))
-        elif isinstance(m, nn.Upsample) and _upsample_scale(fxn, m.mode, m.align_corners) is not None:
-            self.add(
-                fxn, "upsample", [x], path, attrs=dict(scale=_upsample_scale(fxn, m.mode, m.align_corners), mode=m.mode)
-            )
+        elif (table := _lut_of_module(m)) is not None:
+            self.add(fxn, "lut", [x], path, attrs=dict(function=table[0], params=table[1]))
+        elif isinstance(m, nn.Upsample) and (scale := _upsample_scale(fxn, m.mode, m.align_corners)) is not None:
+            self.add(fxn, "upsample", [x], path, attrs=dict(scale=scale, mode=m.mode))
         elif isinstance(m, nn.AdaptiveAvgPool2d) and _is_one(m.output_size):
             self.add(fxn, "global_pool", [x], path)
         elif isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
@@ -735,32 +732,27 @@ class _Builder:
             and _shape(args[0]) == _shape(args[1])
         ):
             self.add(fxn, "add", list(args), name)
-        elif t in _MUL_FUNCTIONS and len(args) == 2 and all(_is_fx(a) for a in args) and _mul_order(args) is not None:
-            self.add(fxn, "mul", list(_mul_order(args)), name)
-        elif t is torch.cat and _concat_inputs(fxn) is not None:
-            values = _concat_inputs(fxn)
+        elif t in _MUL_FUNCTIONS and len(args) == 2 and all(map(_is_fx, args)) and (order := _mul_order(args)):
+            self.add(fxn, "mul", list(order), name)
+        elif t is torch.cat and (values := _concat_inputs(fxn)) is not None:
             if len(values) == 1:  # torch.cat([x]) is x (DenseNet's first layer of a block)
                 self.passthrough(fxn, values[0])
             else:
                 self.add(fxn, "concat", values, name)
-        elif t is torch.transpose and self._shuffle_of(fxn) is not None:
-            self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
-            self.float_op(fxn, fname, name)
+        elif t is torch.transpose and (shuffle := self._shuffle_of(fxn)) is not None:
+            self.pattern_step(fxn, ("transposed", *shuffle), fname, name)
         elif t is operator.getitem and _is_fx(args[0]) and args[0].name in self.pending:
             self.visit_piece(fxn, name)
-        elif t in (torch.chunk, torch.split) and self._pieces(fxn) is not None:
-            self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
-            self.float_op(fxn, fname, name)
+        elif t in (torch.chunk, torch.split) and (pieces := self._pieces(fxn)) is not None:
+            self.pattern_step(fxn, ("pieces", args[0], pieces), fname, name)
         elif getattr(t, "__name__", "") == "stochastic_depth" and _arg(fxn, 3, "training", True) is False:
             self.passthrough(fxn, args[0])  # identity in evaluation (torchvision.ops.stochastic_depth)
-        elif t is F.interpolate and _upsample_scale(
-            fxn, _arg(fxn, 3, "mode", "nearest"), _arg(fxn, 4, "align_corners", None)
+        elif t is F.interpolate and (
+            scale := _upsample_scale(fxn, _arg(fxn, 3, "mode", "nearest"), _arg(fxn, 4, "align_corners", None))
         ):
-            scale = _upsample_scale(fxn, _arg(fxn, 3, "mode", "nearest"), _arg(fxn, 4, "align_corners", None))
             self.add(fxn, "upsample", [args[0]], name, attrs=dict(scale=scale, mode=_arg(fxn, 3, "mode", "nearest")))
-        elif _lut_of_function(fxn) is not None:
-            fn, params = _lut_of_function(fxn)
-            self.add(fxn, "lut", [args[0]], name, attrs=dict(function=fn, params=params))
+        elif (table := _lut_of_function(fxn)) is not None:
+            self.add(fxn, "lut", [args[0]], name, attrs=dict(function=table[0], params=table[1]))
         elif t in (F.relu, torch.relu, torch.relu_):
             self.activation(fxn, args[0], "relu", name)
         elif t is F.relu6 or (
@@ -850,21 +842,18 @@ class _Builder:
             self.add(fxn, "add", list(args), where)
         elif m in ("relu", "relu_"):
             self.activation(fxn, args[0], "relu", where)
-        elif m in ("mul", "mul_") and len(args) == 2 and _is_fx(args[1]) and _mul_order(args) is not None:
-            self.add(fxn, "mul", list(_mul_order(args)), where)
+        elif m in ("mul", "mul_") and len(args) == 2 and _is_fx(args[1]) and (order := _mul_order(args)):
+            self.add(fxn, "mul", list(order), where)
         elif m in ("sigmoid", "sigmoid_", "tanh", "tanh_") and len(args) == 1:
             self.add(fxn, "lut", [args[0]], where, attrs=dict(function=m.rstrip("_"), params={}))
-        elif m in ("view", "reshape") and self._split_channels(fxn) is not None:
-            self.pending[fxn.name] = ("grouped", args[0], self._split_channels(fxn))
-            self.float_op(fxn, f".{m}()", where)
-        elif m in ("view", "reshape") and _is_fx(args[0]) and self._shuffled(fxn) is not None:
-            self.add(fxn, "channel_shuffle", [self._shuffled(fxn)[0]], where, attrs=dict(groups=self._shuffled(fxn)[1]))
-        elif m in ("transpose",) and self._shuffle_of(fxn) is not None:
-            self.pending[fxn.name] = ("transposed", *self._shuffle_of(fxn))
-            self.float_op(fxn, f".{m}()", where)
-        elif m in ("chunk", "split") and self._pieces(fxn) is not None:
-            self.pending[fxn.name] = ("pieces", args[0], self._pieces(fxn))
-            self.float_op(fxn, f".{m}()", where)
+        elif m in ("view", "reshape") and (groups := self._split_channels(fxn)) is not None:
+            self.pattern_step(fxn, ("grouped", args[0], groups), f".{m}()", where)
+        elif m in ("view", "reshape") and _is_fx(args[0]) and (shuffle := self._shuffled(fxn)) is not None:
+            self.add(fxn, "channel_shuffle", [shuffle[0]], where, attrs=dict(groups=shuffle[1]))
+        elif m == "transpose" and (shuffle := self._shuffle_of(fxn)) is not None:
+            self.pattern_step(fxn, ("transposed", *shuffle), f".{m}()", where)
+        elif m in ("chunk", "split") and (pieces := self._pieces(fxn)) is not None:
+            self.pattern_step(fxn, ("pieces", args[0], pieces), f".{m}()", where)
         elif m == "contiguous" and _is_fx(args[0]) and args[0].name in self.pending:
             self.pending[fxn.name] = self.pending[args[0].name]
             self.passthrough(fxn, args[0])
@@ -883,6 +872,11 @@ class _Builder:
     # (``pending``) and also emitted as a float op: the op that ends the pattern reads the pattern's source,
     # so a finished pattern leaves its steps without readers (pruned), and an unfinished one leaves float
     # ops, listed like any other.
+    def pattern_step(self, fxn, info: tuple, op_name: str, path: str) -> None:
+        """Record ``fxn`` as a step of a shuffle / split pattern, and emit it as a float op too."""
+        self.pending[fxn.name] = info
+        self.float_op(fxn, op_name, path)
+
     def _split_channels(self, fxn) -> int | None:
         """g when ``fxn`` views an (N, C, H, W) value as (N, g, C / g, H, W)."""
         ins, outs = _shape(fxn.args[0]), _shape(fxn)

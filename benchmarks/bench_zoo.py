@@ -12,7 +12,7 @@ batch-norm statistics; ``npuq.models.zoo``) quantize (WESS W8A8, MSE calibration
 Writes ``zoo.json``, ``zoo.md`` and ``zoo_speed.png`` to ``--out``; exits 1 if any model's emulator and
 simulation differ or its vectors fail to verify. Needs torchvision (the tests' extra).
 
-    python3 scripts/zoo_report.py --out results/zoo
+    python3 benchmarks/bench_zoo.py --out results/zoo
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import argparse
 import collections
 import json
 import math
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import LoadMeter, cpu_model
 
 import npuq
 from npuq.models.zoo import ZOO, zoo_model
@@ -36,17 +36,12 @@ from npuq.npu import Emulator, vectors
 from npuq.runtime import cpu_features
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _images_per_s(emu: Emulator, x: np.ndarray, threads: int, repeats: int) -> float:
+def _images_per_s(emu: Emulator, x: np.ndarray, threads: int, repeats: int) -> tuple[float, float | None]:
+    """(images/s of the best of ``repeats`` runs, the fraction of the CPUs other processes used meanwhile)."""
     emu.run(x[:1], threads=threads)  # warm-up: packs the layers
+    meter = LoadMeter()
     best = min(_timed(lambda: emu.run(x, threads=threads)) for _ in range(repeats))
-    return len(x) / best
+    return len(x) / best, meter.background_fraction()
 
 
 def _timed(fn) -> float:
@@ -87,6 +82,7 @@ def report(name: str, images: int, repeats: int) -> dict:
     with torch.no_grad():
         reference = model(x).double()
     noise = torch.from_numpy(np.asarray(emu.logits(x), dtype=np.float64)) - reference
+    one, two = _images_per_s(emu, xq, 1, repeats), _images_per_s(emu, xq, 2, repeats)
     sqnr = 10 * math.log10(float((reference**2).sum()) / max(float((noise**2).sum()), 1e-30))
     return {
         "model": name,
@@ -94,8 +90,9 @@ def report(name: str, images: int, repeats: int) -> dict:
         "ops": len(program.ops),
         "ops_by_kind": dict(sorted(collections.Counter(op.kind for op in program.ops).items())),
         "program_bytes": len(program.to_bytes()),
-        "images_per_s_1_thread": _images_per_s(emu, xq, 1, repeats),
-        "images_per_s_2_threads": _images_per_s(emu, xq, 2, repeats),
+        "images_per_s_1_thread": one[0],
+        "images_per_s_2_threads": two[0],
+        "background_load": [one[1], two[1]],  # other processes' share of the CPUs while timing
         "emulator_equals_simulation": _equal_to_simulation(qm, program, x[:2]),
         "verify_pass": _verifies(program, x[:1]),
         "logit_sqnr_db": sqnr,
@@ -156,7 +153,7 @@ def main(argv=None) -> int:
         rows.append(report(name, args.images, args.repeats))
         tqdm.write(f"{name}: {rows[-1]['images_per_s_1_thread']:.1f} / {rows[-1]['images_per_s_2_threads']:.1f} img/s")
     args.out.mkdir(parents=True, exist_ok=True)
-    info = {"cpu": _cpu_model(), "kernels": cpu_features()["active"], "torch_threads": torch.get_num_threads()}
+    info = {"cpu": cpu_model(), "kernels": cpu_features()["active"], "torch_threads": torch.get_num_threads()}
     (args.out / "zoo.json").write_text(json.dumps({"machine": info, "models": rows}, indent=2) + "\n")
     (args.out / "zoo.md").write_text(_markdown(rows))
     _plot(rows, args.out / "zoo_speed.png")
