@@ -29,6 +29,11 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && has_extra test; then
   packages+=(postgresql); missing+=("the distributed rank-search test needs a PostgreSQL server (postgresql)")
 fi
+# Verilator and Icarus Verilog run the RTL example's test benches (examples/rtl, tests/rtl).
+if has_extra test; then
+  command -v verilator >/dev/null || { packages+=(verilator); missing+=("the RTL test benches need verilator"); }
+  command -v iverilog >/dev/null || { packages+=(iverilog); missing+=("the RTL test benches need iverilog"); }
+fi
 if [ "${#packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null

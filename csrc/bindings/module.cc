@@ -16,6 +16,7 @@
 #include "lrf/cpu/bindings.h"
 #include "npuq/fixedpoint.h"
 #include "npuq/ops.h"
+#include "npuq/version.h"
 #include "reference/reference.h"
 
 #ifdef NPUQ_WITH_CUDA
@@ -29,8 +30,6 @@ namespace py = pybind11;
 using namespace npuq;
 
 namespace {
-
-constexpr int kArithmeticVersion = 1;
 
 using bindings::shape_of;
 using bindings::view;
@@ -86,6 +85,29 @@ py::array_t<int8_t> ref_conv2d(const bindings::ConvArgs& params, const py::array
     ref::conv2d(xp, l.weight, l.bias, op, p);
   }
   return out;
+}
+
+// The int32 accumulators of the layer on x (before requantization) through the scalar reference.
+py::array_t<int32_t> ref_conv2d_accumulators(const bindings::ConvArgs& params, const py::array& x,
+                                             const py::array& weight, const py::object& bias) {
+  const int8_t* xp = view<int8_t>(x, "x", 4);
+  const bindings::ConvLayer l = bindings::conv_layer(params, weight, bias);
+  if (x.shape(3) != l.params.shape.in_c)
+    throw InvalidArgument("x has " + std::to_string(x.shape(3)) + " channels (NHWC shape " + shape_of(x) +
+                          ") but the layer expects " + std::to_string(l.params.shape.in_c));
+  Conv2dParams p = l.params;
+  p.shape.batch = x.shape(0);
+  p.shape.in_h = x.shape(1);
+  p.shape.in_w = x.shape(2);
+  validate(p);
+  validate_weights(l.weight, weight.size());
+  py::array_t<int32_t> acc({p.shape.batch, p.shape.out_h, p.shape.out_w, p.shape.out_c});
+  int32_t* ap = acc.mutable_data();
+  {
+    py::gil_scoped_release release;
+    ref::conv2d_accumulators(xp, l.weight, l.bias, ap, p);
+  }
+  return acc;
 }
 
 py::array_t<int8_t> requantize(const bindings::RequantArgs& params, const py::array& acc, int threads, bool reference) {
@@ -217,6 +239,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("depthwise_path", &PyConv2dPlan::depthwise_path);
 
   m.def("ref_conv2d", &ref_conv2d, py::arg("params"), py::arg("x"), py::arg("weight"), py::arg("bias") = py::none());
+  m.def("ref_conv2d_accumulators", &ref_conv2d_accumulators, py::arg("params"), py::arg("x"), py::arg("weight"),
+        py::arg("bias") = py::none());
   m.def("requantize", &requantize, py::arg("params"), py::arg("acc"), py::arg("threads") = 0,
         py::arg("reference") = false);
   m.def("add", &add, py::arg("params"), py::arg("a"), py::arg("b"), py::arg("threads") = 0,

@@ -28,6 +28,19 @@ int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias
   return acc;
 }
 
+void conv2d_accumulators(const int8_t* x, const int8_t* w, const int32_t* bias, int32_t* acc, const Conv2dParams& p) {
+  const Conv2dShape& s = p.shape;
+  for (int64_t n = 0; n < s.batch; ++n)
+    for (int64_t oh = 0; oh < s.out_h; ++oh)
+      for (int64_t ow = 0; ow < s.out_w; ++ow)
+        for (int64_t oc = 0; oc < s.out_c; ++oc) {
+          const int64_t row = (n * s.out_h + oh) * s.out_w + ow;
+          const int64_t exact = conv2d_accumulator(x, w, bias, p, n, oh, ow, oc);
+          if (!fp::apply_overflow_policy(exact, p.overflow, &acc[row * s.out_c + oc]))
+            throw AccumulatorOverflow(describe_overflow(p.op, row, oc, exact));
+        }
+}
+
 void conv2d(const int8_t* x, const int8_t* w, const int32_t* bias, int8_t* out, const Conv2dParams& p) {
   const Conv2dShape& s = p.shape;
   const RequantParams& r = p.requant;

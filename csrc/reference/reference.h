@@ -14,6 +14,10 @@ namespace ref {
 int64_t conv2d_accumulator(const int8_t* x, const int8_t* w, const int32_t* bias, const Conv2dParams& p, int64_t n,
                            int64_t oh, int64_t ow, int64_t oc);
 
+// The int32 accumulators before requantization, acc: [N, OH, OW, C_out]: conv2d_accumulator after the
+// overflow policy (section 5). Throws AccumulatorOverflow under the kRaise policy.
+void conv2d_accumulators(const int8_t* x, const int8_t* w, const int32_t* bias, int32_t* acc, const Conv2dParams& p);
+
 // out: [N, OH, OW, C_out]. Throws AccumulatorOverflow under the kRaise policy.
 void conv2d(const int8_t* x, const int8_t* w, const int32_t* bias, int8_t* out, const Conv2dParams& p);
 

@@ -6,6 +6,7 @@ The integer arithmetic is specified in ``docs/arithmetic.md``; :mod:`npuq.ops` r
 from npuq import ops
 from npuq._C import ARITHMETIC_VERSION, BUILT_WITH_CUDA
 from npuq._tensors import LayoutWarning
+from npuq.capi import get_include, get_library
 from npuq.fixedpoint import (
     MultiplierFlushedWarning,
     quantize_bias,
@@ -51,6 +52,8 @@ __all__ = [
     "LayoutWarning",
     "MultiplierFlushedWarning",
     "cpu_features",
+    "get_include",
+    "get_library",
     "get_num_threads",
     "ops",
     "prepare",

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "cost": "npuq.npu.cost",
     "distill": "npuq.distill.commands",
     "lrf": "npuq.lrf.commands",
+    "config": "npuq.capi",
 }
 # what needs no module of COMMANDS: the command defined here, and the top-level option
 _BUILT_IN = ("info", "--version")

@@ -131,6 +131,14 @@ class Conv2d:
         out = _C.ref_conv2d(self._params, arr, self._weight, self._bias)
         return T.activation_out(out, to_torch)
 
+    def accumulators(self, x) -> np.ndarray:
+        """The int32 accumulators of the layer on ``x``, (N, OH, OW, C_out): bias + sum (x - z) w after the
+        overflow policy, before requantization (docs/arithmetic.md 4, 5). Through the scalar reference (slow): for
+        test vectors of a hardware requantization unit, not for inference."""
+        arr, _ = T.activation(x)
+        self._check_channels(arr)
+        return _C.ref_conv2d_accumulators(self._params, arr, self._weight, self._bias)
+
     def _check_channels(self, arr):
         if arr.shape[3] != self.in_channels:
             raise ValueError(
@@ -208,6 +216,12 @@ class FullyConnected:
         img, to_torch = self._as_image(x)
         out = self._conv(img, threads=threads)
         return T.plain_out(out.reshape(out.shape[0], out.shape[3]), to_torch)
+
+    def accumulators(self, x) -> np.ndarray:
+        """The int32 accumulators (N, C_out) before requantization (see :meth:`Conv2d.accumulators`)."""
+        img, _ = self._as_image(x)
+        acc = self._conv.accumulators(img)
+        return acc.reshape(acc.shape[0], acc.shape[3])
 
     def reference(self, x):
         img, to_torch = self._as_image(x)

@@ -389,6 +389,14 @@ def _e_unknown_field(g, t):
     g["colour"] = "blue"
 
 
+def _e_input_unknown_field(g, t):
+    g["input"]["colour"] = "green"
+
+
+def _e_name_trailing_newline(g, t):
+    g["input"]["name"] = "x\n"
+
+
 def _e_unknown_kind(g, t):
     op_json(g, "max_pool2d")["kind"] = "softmax"
 
@@ -646,6 +654,8 @@ BAD_EDITS = [
     (_e_arith_version, ["arithmetic_version 99"]),
     (_e_format, ["field 'format'", "not an npuq program"]),
     (_e_unknown_field, ["unknown field(s) ['colour']"]),
+    (_e_input_unknown_field, ["input: unknown field(s) ['colour']"]),
+    (_e_name_trailing_newline, ["input: name 'x\\n' is not a valid name"]),
     (_e_unknown_kind, ["{max}", "unknown kind 'softmax'"]),
     (_e_missing_tensor, ["{conv1}", "tensor '{conv1.name}.bias' is missing"]),
     (_e_missing_tensor_field, ["{conv1}", "missing tensor '{conv1.name}.bias'"]),

@@ -380,7 +380,7 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
     if p.overflow not in OVERFLOW_POLICIES:
         _fail(source, f"overflow must be one of {OVERFLOW_POLICIES}, got {p.overflow!r}")
     inp = p.input
-    if not isinstance(inp.name, str) or not _NAME.match(inp.name):
+    if not isinstance(inp.name, str) or not _NAME.fullmatch(inp.name):
         _fail(f"{source}: input", f"name {inp.name!r} is not a valid name ({_NAME.pattern})")
     shape = tuple(inp.shape) if isinstance(inp.shape, (list, tuple)) else None
     if (
@@ -400,7 +400,7 @@ def validate(program: Program, source: str = "program") -> dict[str, tuple[int, 
         _fail(source, "the program has no ops")
     for i, op in enumerate(p.ops):
         where = f"{source}: op {i}"
-        if not isinstance(op.name, str) or not _NAME.match(op.name):
+        if not isinstance(op.name, str) or not _NAME.fullmatch(op.name):
             _fail(where, f"name {op.name!r} is not a valid name ({_NAME.pattern})")
         where = f"{source}: op {i} '{op.name}'"
         if op.name in shapes:
@@ -639,6 +639,9 @@ def program_from_json(graph: dict, tensors: dict[str, np.ndarray], source: str =
         _fail(source, f"unknown field(s) {sorted(unknown)}")
     inp = _get(graph, "input", dict, source)
     w_in = f"{source}: input"
+    extra = set(inp) - {"name", "shape", "layout", "scale", "zero_point"}
+    if extra:
+        _fail(w_in, f"unknown field(s) {sorted(extra)}")
     layout = _get(inp, "layout", str, w_in)
     if layout != "HWC":
         _fail(w_in, f"layout {layout!r} is not supported (HWC)")
@@ -730,7 +733,15 @@ def program_from_bytes(data: bytes, source: str = "program", *, check_digest: bo
                 f"the header metadata has no '{DIGEST_KEY}' checksum (load with check_digest=False to "
                 f"accept a program written without one)",
             )
-        if stored != content_digest(text, tensors):
+        try:
+            computed = content_digest(text, tensors)
+        except UnicodeEncodeError:  # a lone \ud800-style escape decodes to a string with no UTF-8 form
+            _fail(
+                source,
+                f"the '{METADATA_KEY}' graph holds a lone surrogate (\\ud800-\\udfff), which has no UTF-8 form: its "
+                f"checksum cannot be computed",
+            )
+        if stored != computed:
             _fail(
                 source,
                 f"checksum mismatch: the graph or the tensor data differ from what was written "

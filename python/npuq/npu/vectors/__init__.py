@@ -7,6 +7,10 @@ three times: ``.hex`` (one two's-complement word per line, for Verilog ``$readme
 little-endian) and ``.npy``. ``manifest.json`` describes the set, holds the size and CRC32 of every
 file and a SHA-256 digest of itself; ``program.npuq`` is a copy of the program the set was written for.
 
+:func:`export_vectors` can also write part of the set (``formats``, ``ops``) and the layers' int32
+accumulators (``accumulators``); such a set records its selection in the manifest (format version 3)
+and the check holds it to exactly what it records (:mod:`~npuq.npu.vectors.selection`).
+
 :func:`verify` compares a directory of hardware outputs (same relative paths as the golden op outputs)
 with a golden set, op by op in program order, and reports the first mismatching op and element.
 :func:`write_dump` writes the emulator's outputs in that dump layout (``npuq run --dump``).
@@ -24,7 +28,8 @@ holds (its inputs, its tensors with their dtypes and layouts, its output) is the
 The modules: :mod:`~npuq.npu.vectors.formats` (file formats, encodings, the manifest entries),
 :mod:`~npuq.npu.vectors.files` (safe file access, the staged output folder), :mod:`~npuq.npu.vectors.export`,
 :mod:`~npuq.npu.vectors.golden` (the check of a golden set), :mod:`~npuq.npu.vectors.verify` (dumps against a
-golden set) and :mod:`~npuq.npu.vectors.commands` (``npuq export-vectors``, ``npuq verify``).
+golden set), :mod:`~npuq.npu.vectors.selection` (what a set holds) and :mod:`~npuq.npu.vectors.commands`
+(``npuq export-vectors``, ``npuq verify``).
 
 Only numpy and the standard library are needed (tqdm, when installed, draws the progress bar).
 """
@@ -33,12 +38,16 @@ from npuq.npu.optable import LAYER_KINDS, OP_KINDS
 from npuq.npu.vectors.commands import add_commands, load_inputs
 from npuq.npu.vectors.export import export_vectors, write_dump
 from npuq.npu.vectors.formats import (
+    ACCUMULATOR_ARRAY,
+    ACCUMULATOR_KINDS,
+    COMPLETE_SET_FORMAT_VERSION,
     DIGEST_FIELD,
     FILE_FORMATS,
     HEX_DIGITS,
     LAYER_ARRAYS,
     LAYOUT_AXES,
     PROGRAM_FILE,
+    READABLE_FORMAT_VERSIONS,
     VECTORS_FORMAT,
     VECTORS_FORMAT_VERSION,
     DumpError,
@@ -52,16 +61,21 @@ from npuq.npu.vectors.formats import (
     parse_hex,
     required_arrays,
 )
-from npuq.npu.vectors.golden import check_vectors
+from npuq.npu.vectors.golden import check_vectors, set_selection
+from npuq.npu.vectors.selection import Selection, parse_formats, select_ops
 from npuq.npu.vectors.verify import FileCheck, Mismatch, OpCheck, VerifyResult, read_dump, verify
 
 __all__ = [
+    "ACCUMULATOR_ARRAY",
+    "ACCUMULATOR_KINDS",
+    "COMPLETE_SET_FORMAT_VERSION",
     "DIGEST_FIELD",
     "FILE_FORMATS",
     "HEX_DIGITS",
     "LAYER_ARRAYS",
     "LAYOUT_AXES",
     "PROGRAM_FILE",
+    "READABLE_FORMAT_VERSIONS",
     "VECTORS_FORMAT",
     "VECTORS_FORMAT_VERSION",
     "DumpError",
@@ -69,6 +83,7 @@ __all__ = [
     "GoldenVectorsError",
     "Mismatch",
     "OpCheck",
+    "Selection",
     "VectorsError",
     "VerifyResult",
     "add_commands",
@@ -80,9 +95,12 @@ __all__ = [
     "load_inputs",
     "manifest_digest",
     "npy_bytes",
+    "parse_formats",
     "parse_hex",
     "read_dump",
     "required_arrays",
+    "select_ops",
+    "set_selection",
     "verify",
     "write_dump",
 ]

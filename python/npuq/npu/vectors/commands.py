@@ -85,6 +85,26 @@ def add_commands(sub) -> None:
         action="store_true",
         help="replace a previous vector set in OUTDIR (one holding nothing but the set's files)",
     )
+    e.add_argument(
+        "--formats",
+        default=None,
+        metavar="LIST",
+        help="the file formats to write, comma-separated: hex (for $readmemh), bin, npy (default: all three)",
+    )
+    e.add_argument(
+        "--ops",
+        default=None,
+        metavar="SELECTION",
+        help="the op folders to write, comma-separated: op names or glob patterns, kinds (conv2d), indices "
+        "(5; -1 is the last op) and half-open index ranges (3:7, :10, 40:); write --ops=-3: when it starts "
+        "with '-' (default: every op)",
+    )
+    e.add_argument(
+        "--accumulators",
+        action="store_true",
+        help="conv2d and fully_connected folders also get accumulator.*: the int32 accumulators after the "
+        "overflow policy, before requantization",
+    )
     e.set_defaults(func=_run_export)
 
     v = sub.add_parser(
@@ -120,13 +140,27 @@ def _run_export(args) -> int:
         program = load_program(args.program)
         images, source = load_inputs(args.inputs)
         manifest = export_vectors(
-            program, images, args.outdir, threads=args.threads, source=source, overwrite=args.force, progress=True
+            program,
+            images,
+            args.outdir,
+            threads=args.threads,
+            source=source,
+            overwrite=args.force,
+            progress=True,
+            formats=args.formats,
+            ops=args.ops,
+            accumulators=args.accumulators,
         )
     except (VectorsError, ProgramError, IdxFormatError, OSError) as exc:
         print(f"npuq export-vectors: error: {_one_line(exc, 2000)}", file=sys.stderr)
         return 2
+    sel = manifest.get("selection")
+    ops = f"{len(manifest['ops'])} ops" if sel is None else f"{len(sel['ops'])} of {len(manifest['ops'])} ops"
+    detail = (
+        "" if sel is None else f" as {','.join(sel['formats'])}" + (" with accumulators" if sel["accumulators"] else "")
+    )
     print(
-        f"wrote {manifest['file_count']} files ({manifest['total_bytes']} bytes) for {len(manifest['ops'])} ops "
+        f"wrote {manifest['file_count']} files ({manifest['total_bytes']} bytes) for {ops}{detail} "
         f"and {manifest['images']} images of '{manifest['model']}' to {args.outdir}/ "
         f"({MANIFEST_NAME}: program sha256 {manifest['program_sha256'][:16]}...)"
     )

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from npuq.npu.program import Program, load_program
 from npuq.npu.vectors.files import _install, _output_target, _staging, _write_file
 from npuq.npu.vectors.formats import (
     _ENCODERS,
+    ACCUMULATOR_ARRAY,
+    ACCUMULATOR_KINDS,
+    COMPLETE_SET_FORMAT_VERSION,
     DIGEST_FIELD,
     FILE_FORMATS,
     MANIFEST_NAME,
@@ -32,7 +36,9 @@ from npuq.npu.vectors.formats import (
     crc32_hex,
     hex_bytes,
     manifest_digest,
+    required_arrays,
 )
+from npuq.npu.vectors.selection import Selection, make_selection
 
 
 # ====================================================================================== export
@@ -42,7 +48,7 @@ class _ArrayPlan:
 
     stem: str  # relative path without suffix, "/"-separated
     name: str  # for people and the hex header, e.g. "conv1.weight"
-    array: np.ndarray
+    array: np.ndarray | Callable[[], np.ndarray]  # a function: computed when written (accumulators)
     layout: str
     value: str | None = None  # for activations: the program value (input or op) it holds
 
@@ -51,8 +57,11 @@ def _activation_layout(array: np.ndarray) -> str:
     return "NHWC" if array.ndim == 4 else "NK"
 
 
-def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[str, _ArrayPlan]:
-    """The arrays of one op, keyed by file name: input(s), parameters (layers only), output."""
+def _plan_op(
+    index: int, op, n_ops: int, values: dict[str, np.ndarray], accumulators: Callable | None = None
+) -> dict[str, _ArrayPlan]:
+    """The arrays of one op, keyed by file name: input(s), parameters (layers only), the accumulators
+    when ``accumulators`` (computes them) is given, output."""
     keys = _input_keys(op.kind, len(op.inputs))
     if len(op.inputs) != len(keys):
         raise VectorsError(
@@ -67,28 +76,63 @@ def _plan_op(index: int, op, n_ops: int, values: dict[str, np.ndarray]) -> dict[
     for key, tensor in OP_TABLE[op.kind].tensors.items():
         plan[key] = _ArrayPlan(f"{folder}/{key}", f"{op.name}.{key}", op.tensors[key], tensor.layout)
     out = values[op.name]
+    if accumulators is not None:
+        plan[ACCUMULATOR_ARRAY] = _ArrayPlan(
+            f"{folder}/{ACCUMULATOR_ARRAY}", f"{op.name}.{ACCUMULATOR_ARRAY}", accumulators, _activation_layout(out)
+        )
     plan["output"] = _ArrayPlan(f"{folder}/output", f"{op.name}.output", out, _activation_layout(out), value=op.name)
     return plan
+
+
+def _check_accumulator_support() -> None:
+    """Fail before the emulation, not after it, where this build cannot compute accumulators."""
+    from npuq import ops
+
+    try:
+        probe = ops.Conv2d(np.ones((1, 1, 1, 1), np.int8), multiplier=1 << 30, exponent=0)
+        probe.accumulators(np.zeros((1, 1, 1, 1), np.int8))
+    except AttributeError as exc:
+        raise VectorsError(
+            f"accumulators: this npuq build cannot compute them ({exc}); the native module predates "
+            f"npuq.ops.Conv2d.accumulators: rebuild it"
+        ) from None
+
+
+def _accumulators_of(index: int, op, program: Program, x: np.ndarray) -> Callable[[], np.ndarray]:
+    """A function computing the int32 accumulators of layer ``op`` on its input ``x``: the layer packed as
+    the emulator packs it, run through the scalar reference (after the overflow policy, before
+    requantization). Its shape is the output's."""
+
+    def compute() -> np.ndarray:
+        layer = OP_TABLE[op.kind].pack(op, program.rounding, program.overflow)
+        try:
+            acc = np.ascontiguousarray(layer.accumulators(x), dtype=np.int32)
+        except (ValueError, RuntimeError, OverflowError, AttributeError) as exc:
+            raise VectorsError(f"op {index} '{op.name}' ({op.kind}): cannot compute the accumulators: {exc}") from None
+        return acc
+
+    return compute
 
 
 def _encode(array: np.ndarray, fmt: str, header: str) -> bytes:
     return hex_bytes(array, header) if fmt == "hex" else _ENCODERS[fmt](array)
 
 
-def _write_array(outdir: Path, plan: _ArrayPlan) -> dict:
-    """Write the three files of one array; return its manifest entry."""
-    header = _hex_header(plan.name, plan.array.dtype.name, plan.layout, plan.array.shape)
+def _write_array(outdir: Path, plan: _ArrayPlan, formats: tuple[str, ...] = FILE_FORMATS) -> dict:
+    """Write the files of one array, one per format; return its manifest entry."""
+    array = plan.array() if callable(plan.array) else plan.array
+    header = _hex_header(plan.name, array.dtype.name, plan.layout, array.shape)
     files = {}
-    for fmt in FILE_FORMATS:
-        data = _encode(plan.array, fmt, header)
+    for fmt in formats:
+        data = _encode(array, fmt, header)
         rel = f"{plan.stem}.{fmt}"
         _write_file(outdir, rel, data)
         files[fmt] = {"path": rel, "bytes": len(data), "crc32": crc32_hex(data)}
     entry = {
         "name": plan.name,
-        "dtype": plan.array.dtype.name,
+        "dtype": array.dtype.name,
         "layout": plan.layout,
-        "shape": [int(d) for d in plan.array.shape],
+        "shape": [int(d) for d in array.shape],
         "files": files,
     }
     if plan.value is not None:
@@ -106,7 +150,7 @@ def _emulate(program: Program, inputs, layout: str, threads: int | None, label: 
 
     try:
         _, values = Emulator(program, threads=threads).run(inputs, capture=True, layout=layout)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # an accumulator out of int32 under overflow "raise"
         raise VectorsError(f"{label}: {exc}") from None
     return values
 
@@ -140,6 +184,9 @@ def export_vectors(
     source: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    formats=None,
+    ops=None,
+    accumulators: bool = False,
 ) -> dict:
     """Run ``program`` on ``inputs`` and write its golden vectors to ``outdir``; return the manifest.
 
@@ -150,44 +197,64 @@ def export_vectors(
     and inputs, whatever ``threads``. ``outdir`` must be new or empty, or hold a previous vector set
     (and nothing else) and ``overwrite=True``. The set is written next to ``outdir`` and renamed into
     place at the end: a failed export changes nothing.
+
+    What the set holds (docs/golden_vectors.md 7): ``formats``, ``"hex,bin"`` or a sequence (default:
+    ``bin``, ``hex`` and ``npy``); ``ops``, the op folders to write: op names or glob patterns, kinds
+    (``"conv2d"``), indices (``5``, ``-1``) and half-open index ranges (``"3:7"``), comma-separated or as
+    a sequence (default: every op; see :func:`~npuq.npu.vectors.selection.select_ops`);
+    ``accumulators``: conv2d and fully_connected folders also hold ``accumulator.*``, the int32
+    accumulators before requantization. The default, a complete set, is a format-2 set; any other
+    selection is recorded in the manifest of a format-3 set.
     """
     program = _as_program(program)
+    sel = make_selection(program, formats=formats, ops=ops, accumulators=accumulators)
+    if sel.accumulators:
+        _check_accumulator_support()
     target = _output_target(Path(outdir), overwrite)
     values = _emulate(program, inputs, layout, threads, source or "inputs")
     n_ops = len(program.ops)
-    op_plans = [_plan_op(i, op, n_ops, values) for i, op in enumerate(program.ops)]
+    op_plans = {}
+    for i in sel.ops:
+        op = program.ops[i]
+        layer = sel.accumulators and op.kind in ACCUMULATOR_KINDS
+        acc = _accumulators_of(i, op, program, values[op.inputs[0]]) if layer else None
+        op_plans[i] = _plan_op(i, op, n_ops, values, acc)
     net_in = values[program.input.name]
     net_out = values[program.output]
-    plans = [_ArrayPlan("input", "input", net_in, _activation_layout(net_in), value=program.input.name)]
-    plans += [p for op_plan in op_plans for p in op_plan.values()]
-    plans.append(_ArrayPlan("output", "output", net_out, _activation_layout(net_out), value=program.output))
+    # the network's input and output files repeat op folders' arrays; a set of some ops leaves them out
+    network_arrays = len(sel.ops) == n_ops
+    plans = [p for op_plan in op_plans.values() for p in op_plan.values()]
+    if network_arrays:
+        plans.insert(0, _ArrayPlan("input", "input", net_in, _activation_layout(net_in), value=program.input.name))
+        plans.append(_ArrayPlan("output", "output", net_out, _activation_layout(net_out), value=program.output))
 
     with _staging(target) as stage:
         with _progress(plans, len(plans), progress) as bar:
-            entries = {p.stem: _write_array(stage, p) for p in bar}
+            entries = {p.stem: _write_array(stage, p, sel.formats) for p in bar}
         program_bytes = program.to_bytes()
         _write_file(stage, PROGRAM_FILE, program_bytes)
         program_file = {"path": PROGRAM_FILE, "bytes": len(program_bytes), "crc32": crc32_hex(program_bytes)}
-        ops = [
-            _op_manifest(i, op, _op_dir(i, op.name, n_ops), {k: entries[p.stem] for k, p in op_plans[i].items()})
-            for i, op in enumerate(program.ops)
-        ]
+        ops_manifest = [_op_entry(i, op, n_ops, sel, op_plans.get(i), entries) for i, op in enumerate(program.ops)]
         all_files = [f for e in entries.values() for f in e["files"].values()] + [program_file]
+        complete = sel.is_complete(n_ops)
         manifest = {
             "format": VECTORS_FORMAT,
-            "format_version": VECTORS_FORMAT_VERSION,
+            "format_version": COMPLETE_SET_FORMAT_VERSION if complete else VECTORS_FORMAT_VERSION,
             "program_sha256": hashlib.sha256(program_bytes).hexdigest(),
             "program_file": program_file,
             "op_count": n_ops,
             "images": int(net_in.shape[0]),
             "input_source": source or "array",
-            "ops": ops,
+            "ops": ops_manifest,
             "file_count": len(all_files),
             "total_bytes": sum(f["bytes"] for f in all_files),
             **_described_fields(program),
         }
-        manifest["input"]["array"] = entries["input"]
-        manifest["output"]["array"] = entries["output"]
+        if not complete:
+            manifest["selection"] = sel.to_manifest()
+        if network_arrays:
+            manifest["input"]["array"] = entries["input"]
+            manifest["output"]["array"] = entries["output"]
         # the digest is taken over what a reader parses back (lists, not tuples; floats as printed)
         manifest = json.loads(json.dumps(manifest, allow_nan=False))
         manifest[DIGEST_FIELD] = manifest_digest(manifest)
@@ -195,6 +262,15 @@ def export_vectors(
         _write_file(stage, MANIFEST_NAME, text.encode("utf-8"))
         _install(stage, target)
     return json.loads(text)  # exactly what the file holds
+
+
+def _op_entry(i: int, op, n_ops: int, sel: Selection, plan: dict[str, _ArrayPlan] | None, entries: dict) -> dict:
+    """The manifest entry of op ``i``; one the set does not hold (``plan`` None) lists no arrays."""
+    folder = _op_dir(i, op.name, n_ops)
+    if plan is None:
+        return _op_manifest(i, op, folder, {}, ())
+    required = required_arrays(op.kind, len(op.inputs), accumulators=sel.accumulators)
+    return _op_manifest(i, op, folder, {k: entries[p.stem] for k, p in plan.items()}, required)
 
 
 def _dump_formats(fmt) -> tuple[str, ...]:

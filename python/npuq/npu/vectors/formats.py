@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import zlib
 from pathlib import Path
@@ -14,13 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from npuq._untrusted import JSONRejected, loads_strict, read_regular, size_limit
+from npuq._untrusted import JSONRejected, loads_strict, npy_header, read_regular, size_limit
 from npuq.npu.optable import LAYER_KINDS, MAX_VARIADIC_INPUTS, OP_TABLE
 from npuq.npu.program import Program
 
 VECTORS_FORMAT = "npuq-golden-vectors"
-#: 2: the manifest digest, the op count, the program copy and the per-op required arrays
-VECTORS_FORMAT_VERSION = 2
+#: 2: the manifest digest, the op count, the program copy and the per-op required arrays;
+#: 3: the set records a selection (formats, op folders, accumulators) in its manifest
+VECTORS_FORMAT_VERSION = 3
+#: a complete set (every op, every format, no accumulators) records no selection and stays version 2
+COMPLETE_SET_FORMAT_VERSION = 2
+#: the versions this npuq reads (version 1 sets, without a digest, must be exported again)
+READABLE_FORMAT_VERSIONS = (2, 3)
 REPORT_FORMAT = "npuq-verify-report"
 REPORT_FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
@@ -45,6 +51,11 @@ LAYOUT_AXES = {
 #: the per-layer parameter arrays in the order they are written (a layer's tensors in the op table; every
 #: layer kind, LAYER_KINDS, has these)
 LAYER_ARRAYS = tuple(OP_TABLE[LAYER_KINDS[0]].tensors)
+#: the kinds whose folders hold ``accumulator.*`` in a set exported with accumulators: the layers (what the
+#: emulator runs as ops.Conv2d / ops.FullyConnected)
+ACCUMULATOR_KINDS = LAYER_KINDS
+#: a layer's int32 accumulators, after the overflow policy, before requantization (docs/arithmetic.md 4-5)
+ACCUMULATOR_ARRAY = "accumulator"
 
 # Size limits checked before a file is read. A manifest of a 1000-op program is a few MB; a hex dump
 # may carry comments and @address lines, hence the generous bytes per value; a .npy header is at most
@@ -165,6 +176,34 @@ def _hex_word(word: str, where: str) -> int:
     return int(word.replace("_", ""), 16)
 
 
+def decode_npy(
+    data: bytes, path, dtype: np.dtype, shape: tuple[int, ...], what: str, error: type[VectorsError]
+) -> np.ndarray:
+    """A ``.npy`` file's array, its header checked against ``dtype`` and ``shape`` before the data is
+    touched (a header may claim any size; np.load would try to allocate it). Any byte order and
+    C or Fortran order; no objects, no structured dtypes, no trailing bytes. ``error`` is raised, naming ``path``."""
+    found_shape, fortran, found, offset = npy_header(data, error, path)
+    if (
+        found.hasobject
+        or found.fields is not None
+        or found.subdtype is not None
+        or found.kind != dtype.kind
+        or found.itemsize != dtype.itemsize
+    ):
+        raise error(f"{path}: dtype {found}, expected {dtype.name}")
+    if tuple(found_shape) != shape:
+        raise error(f"{path}: shape {tuple(found_shape)}, expected {shape}")
+    body = data[offset:]
+    if len(body) != math.prod(shape) * dtype.itemsize:
+        raise error(
+            f"{path}: {len(body)} bytes of data after the .npy header, expected "
+            f"{math.prod(shape) * dtype.itemsize} ({what})"
+        )
+    flat = np.frombuffer(body, dtype=found)
+    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+    return np.ascontiguousarray(array.astype(dtype))
+
+
 def crc32_hex(data: bytes) -> str:
     """zlib's CRC-32 of ``data`` as 8 lower-case hex digits (what the ``crc32`` command prints)."""
     return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
@@ -208,16 +247,20 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def required_arrays(kind: str, n_inputs: int | None = None) -> tuple[str, ...]:
+def required_arrays(kind: str, n_inputs: int | None = None, *, accumulators: bool = False) -> tuple[str, ...]:
     """The arrays an op of ``kind`` has in a vector set, in the order they are written: its input(s)
     (``input``; ``input_a`` and ``input_b`` for an add or a mul; ``input_0`` ... for the ``n_inputs``
     inputs of a concat), its tensors (the layer parameters of conv2d and fully_connected, a lut's
-    table) and ``output`` (the op table's ``OpSpec.required_arrays_for``). Raises
+    table) and ``output`` (the op table's ``OpSpec.required_arrays_for``). ``accumulators``: the set
+    was exported with them, so a layer also has ``accumulator`` (before ``output``). Raises
     :class:`GoldenVectorsError` for an unknown kind or a count a variadic kind cannot have."""
     if not isinstance(kind, str) or kind not in OP_TABLE:
         raise GoldenVectorsError(f"op kind {kind!r} is not one of {', '.join(OP_TABLE)}")
     _input_keys(kind, n_inputs)
-    return OP_TABLE[kind].required_arrays_for(n_inputs)
+    arrays = OP_TABLE[kind].required_arrays_for(n_inputs)
+    if accumulators and kind in ACCUMULATOR_KINDS:
+        arrays = (*arrays[:-1], ACCUMULATOR_ARRAY, arrays[-1])
+    return arrays
 
 
 def _input_keys(kind: str, n_inputs: int | None = None) -> tuple[str, ...]:
@@ -236,6 +279,8 @@ def _array_spec(kind: str, key: str) -> tuple[str, tuple[str, ...]]:
     tensor = spec.tensors.get(key) if spec is not None else None
     if tensor is not None:
         return np.dtype(tensor.dtype).name, (tensor.layout,)
+    if key == ACCUMULATOR_ARRAY and kind in ACCUMULATOR_KINDS:
+        return "int32", ("NHWC", "NK")  # the layout of the layer's output, one int32 per output value
     return "int8", ("NHWC", "NK")
 
 
@@ -288,7 +333,11 @@ def _described_fields(program: Program) -> dict:
     }
 
 
-def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
+def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict], required: tuple[str, ...] | None = None) -> dict:
+    """An op's manifest entry; ``required``: its arrays in this set (default: those of a complete set;
+    none for an op the set does not hold)."""
+    if required is None:
+        required = required_arrays(op.kind, len(op.inputs))
     entry = {
         "index": index,
         "name": op.name,
@@ -300,7 +349,7 @@ def _op_manifest(index: int, op, folder: str, arrays: dict[str, dict]) -> dict:
         "output_scale": float(op.scale),
         "output_zero_point": int(op.zero_point),
         "arrays": arrays,
-        "required_arrays": list(required_arrays(op.kind, len(op.inputs))),
+        "required_arrays": list(required),
     }
     if OP_TABLE[op.kind].layer:
         entry["requantization"] = "per_channel" if op.tensors["multiplier"].shape[0] > 1 else "per_layer"

@@ -19,13 +19,16 @@ from npuq.npu.vectors.files import _safe_path
 from npuq.npu.vectors.formats import (
     _CRC32,
     _SHA256,
+    ACCUMULATOR_ARRAY,
+    COMPLETE_SET_FORMAT_VERSION,
     DIGEST_FIELD,
     FILE_FORMATS,
     LAYOUT_AXES,
     MANIFEST_NAME,
     PROGRAM_FILE,
+    READABLE_FORMAT_VERSIONS,
     VECTORS_FORMAT,
-    VECTORS_FORMAT_VERSION,
+    DumpError,
     GoldenVectorsError,
     _array_spec,
     _described_fields,
@@ -37,9 +40,12 @@ from npuq.npu.vectors.formats import (
     _read_manifest,
     bin_bytes,
     crc32_hex,
+    decode_npy,
     manifest_digest,
+    parse_hex,
     required_arrays,
 )
+from npuq.npu.vectors.selection import Selection, complete_selection
 
 
 # ====================================================================================== golden check
@@ -57,12 +63,53 @@ def _field(obj: Any, key: str, kind, where: str):
 
 
 def _manifest_arrays(manifest: dict) -> list[dict]:
-    """Every array entry of a checked manifest: the network input, each op's arrays, the network output."""
-    arrays = [manifest["input"]["array"]]
+    """Every array entry of a checked manifest: the network input, each op's arrays, the network output
+    (the network's input and output only where the set holds every op)."""
+    arrays = [manifest["input"]["array"]] if "array" in manifest["input"] else []
     for op in manifest["ops"]:
         arrays.extend(op["arrays"][key] for key in op["required_arrays"])
-    arrays.append(manifest["output"]["array"])
+    if "array" in manifest["output"]:
+        arrays.append(manifest["output"]["array"])
     return arrays
+
+
+def set_selection(manifest: dict, where: str = MANIFEST_NAME) -> Selection:
+    """What a set holds, from its manifest: a format-2 set holds everything (every op, every format, no
+    accumulators); a format-3 set records its ``selection``, which is checked here: known formats in
+    their order, op indices of the program in ascending order, a flag, the request text."""
+    ops = manifest.get("ops")
+    n_ops = len(ops) if isinstance(ops, list) else 0
+    if manifest.get("format_version") == COMPLETE_SET_FORMAT_VERSION:
+        if "selection" in manifest:
+            raise GoldenVectorsError(
+                f"{where}: a format-{COMPLETE_SET_FORMAT_VERSION} manifest holds every op and records no "
+                f"selection, but this one has a 'selection' field"
+            )
+        return complete_selection(n_ops)
+    w = f"{where}: selection"
+    sel = _field(manifest, "selection", dict, where)
+    extra = sorted(set(sel) - {"formats", "ops", "accumulators", "ops_request"})
+    if extra:
+        raise GoldenVectorsError(f"{w}: unknown field(s) {extra}")
+    formats = _field(sel, "formats", list, w)
+    if not formats or formats != [f for f in FILE_FORMATS if f in formats]:  # also refuses repeats and non-names
+        raise GoldenVectorsError(
+            f"{w}: formats {formats!r}; expected one or more of {list(FILE_FORMATS)}, in that order, once each"
+        )
+    indices = _field(sel, "ops", list, w)
+    if (
+        not indices
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_ops for i in indices)
+        or any(a >= b for a, b in zip(indices, indices[1:]))
+    ):
+        raise GoldenVectorsError(
+            f"{w}: ops must be op indices in [0, {n_ops}) in ascending order, at least one (got {_short_repr(indices)})"
+        )
+    accumulators = _field(sel, "accumulators", bool, w)
+    request = sel.get("ops_request")
+    if "ops_request" not in sel or not (request is None or isinstance(request, str)):
+        raise GoldenVectorsError(f"{w}: ops_request must be the selection text or null")
+    return Selection(tuple(formats), tuple(indices), accumulators, request)
 
 
 def _load_manifest(root: Path) -> dict:
@@ -74,15 +121,16 @@ def _load_manifest(root: Path) -> dict:
     if fmt != VECTORS_FORMAT:
         raise GoldenVectorsError(f"{where}: field 'format' is {fmt!r}, expected {VECTORS_FORMAT!r}")
     version = _field(manifest, "format_version", int, where)
-    if version < VECTORS_FORMAT_VERSION:
+    if version < min(READABLE_FORMAT_VERSIONS):
         raise GoldenVectorsError(
             f"{where}: format_version {version} was written by an older npuq, without the "
             f"manifest digest and program copy this npuq requires; re-export the vectors "
             f"(npuq export-vectors PROGRAM INPUTS {root} --force)"
         )
-    if version != VECTORS_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise GoldenVectorsError(
-            f"{where}: format_version {version} is not supported (this npuq reads version {VECTORS_FORMAT_VERSION})"
+            f"{where}: format_version {version} is not supported (this npuq reads versions "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
         )
     stored = _field(manifest, DIGEST_FIELD, str, where)
     try:
@@ -117,11 +165,15 @@ def _check_manifest(m: dict, where: str) -> None:
         )
     if not ops:
         raise GoldenVectorsError(f"{where}: lists no op")
+    sel = set_selection(m, where)
+    # the network's own input and output files repeat op folders' arrays: only a set of every op has them
+    network_arrays = len(sel.ops) == len(ops)
     net_in = _field(m, "input", dict, where)
     in_name = _field(net_in, "name", str, f"{where}: input")
-    shapes = {
-        in_name: _check_array(
-            _field(net_in, "array", dict, f"{where}: input"),
+    shapes: dict[str, tuple[int, ...] | None] = {in_name: None}
+    if _network_array(net_in, network_arrays, f"{where}: input"):
+        shapes[in_name] = _check_array(
+            net_in["array"],
             f"{where}: input",
             kind="",
             key="input",
@@ -129,26 +181,29 @@ def _check_manifest(m: dict, where: str) -> None:
             stem="input",
             value=in_name,
             images=images,
+            formats=sel.formats,
         )
-    }
+    in_set = set(sel.ops)
     for i, op in enumerate(ops):
-        _check_op(op, i, len(ops), shapes, images, where)
+        _check_op(op, i, len(ops), shapes, images, where, sel, i in in_set)
     net_out = _field(m, "output", dict, where)
     out_op = _field(net_out, "op", str, f"{where}: output")
     if out_op not in shapes or out_op == in_name:
         raise GoldenVectorsError(f"{where}: output op {out_op!r} is not one of the ops")
-    shape = _check_array(
-        _field(net_out, "array", dict, f"{where}: output"),
-        f"{where}: output",
-        kind="",
-        key="output",
-        name="output",
-        stem="output",
-        value=out_op,
-        images=images,
-    )
-    if shape != shapes[out_op]:
-        raise GoldenVectorsError(f"{where}: output has shape {list(shape)}, op '{out_op}' {list(shapes[out_op])}")
+    if _network_array(net_out, network_arrays, f"{where}: output"):
+        shape = _check_array(
+            net_out["array"],
+            f"{where}: output",
+            kind="",
+            key="output",
+            name="output",
+            stem="output",
+            value=out_op,
+            images=images,
+            formats=sel.formats,
+        )
+        if shape != shapes[out_op]:
+            raise GoldenVectorsError(f"{where}: output has shape {list(shape)}, op '{out_op}' {list(shapes[out_op])}")
     _check_file_info(_field(m, "program_file", dict, where), PROGRAM_FILE, f"{where}: program_file", 1, None)
     files = [f for entry in _manifest_arrays(m) for f in entry["files"].values()] + [m["program_file"]]
     if _field(m, "file_count", int, where) != len(files) or _field(m, "total_bytes", int, where) != sum(
@@ -160,8 +215,29 @@ def _check_manifest(m: dict, where: str) -> None:
         )
 
 
-def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], images: int, where: str) -> None:
-    """One op entry; adds the op's output shape to ``shapes`` (value name -> shape)."""
+def _network_array(entry: dict, expected: bool, where: str) -> bool:
+    """Whether the network input / output entry has its ``array``, which it must iff ``expected``."""
+    if expected:
+        _field(entry, "array", dict, where)
+    elif "array" in entry:
+        raise GoldenVectorsError(
+            f"{where}: lists an array, but a set of some ops holds no network input or output files"
+        )
+    return expected
+
+
+def _check_op(
+    op: Any,
+    i: int,
+    n_ops: int,
+    shapes: dict[str, tuple[int, ...] | None],
+    images: int,
+    where: str,
+    sel: Selection,
+    in_set: bool,
+) -> None:
+    """One op entry; adds the op's output shape to ``shapes`` (value name -> shape; None for the values
+    whose arrays the set does not hold). An op the set does not hold has no arrays."""
     w = f"{where}: ops[{i}]"
     if not isinstance(op, dict):
         raise GoldenVectorsError(f"{w}: not an object")
@@ -188,33 +264,44 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
     for source in inputs:
         if source not in shapes:
             raise GoldenVectorsError(f"{w}: reads {source!r}, which neither the network input nor an earlier op is")
-    required = required_arrays(kind, len(inputs))
+    required = required_arrays(kind, len(inputs), accumulators=sel.accumulators) if in_set else ()
+    what = (
+        f"a {kind} op of this set"
+        + (" (exported with accumulators)" if sel.accumulators and ACCUMULATOR_ARRAY in required else "")
+        if in_set
+        else "an op this set does not hold (selection.ops)"
+    )
     recorded = _field(op, "required_arrays", list, w)
     if recorded != list(required):
-        raise GoldenVectorsError(f"{w}: required_arrays is {recorded!r}; a {kind} op has {list(required)}")
+        raise GoldenVectorsError(f"{w}: required_arrays is {recorded!r}; {what} has {list(required)}")
     arrays = _field(op, "arrays", dict, w)
     missing = [k for k in required if k not in arrays]
     if missing:
-        raise GoldenVectorsError(f"{w}: the manifest lacks the {', '.join(missing)} array(s) that a {kind} op requires")
+        raise GoldenVectorsError(f"{w}: the manifest lacks the {', '.join(missing)} array(s) that {what} requires")
     extra = sorted(set(arrays) - set(required))
     if extra:
-        raise GoldenVectorsError(f"{w}: arrays {extra} are not arrays of a {kind} op")
+        raise GoldenVectorsError(f"{w}: arrays {extra} are not arrays of {what}")
+    if not in_set:
+        shapes[name] = None
+        return
+    common = {"images": images, "formats": sel.formats}
     for key, source in zip(keys, inputs):
         shape = _check_array(
+            arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=source, **common
+        )
+        if shapes[source] is not None and shape != shapes[source]:
+            raise GoldenVectorsError(f"{w}: {key} has shape {list(shape)}, but {source!r} has {list(shapes[source])}")
+    for key in OP_TABLE[kind].tensors:
+        _check_array(
             arrays[key],
             w,
             kind=kind,
             key=key,
             name=f"{name}.{key}",
             stem=f"{folder}/{key}",
-            value=source,
-            images=images,
-        )
-        if shape != shapes[source]:
-            raise GoldenVectorsError(f"{w}: {key} has shape {list(shape)}, but {source!r} has {list(shapes[source])}")
-    for key in OP_TABLE[kind].tensors:
-        _check_array(
-            arrays[key], w, kind=kind, key=key, name=f"{name}.{key}", stem=f"{folder}/{key}", value=None, images=None
+            value=None,
+            images=None,
+            formats=sel.formats,
         )
     shapes[name] = _check_array(
         arrays["output"],
@@ -224,15 +311,41 @@ def _check_op(op: Any, i: int, n_ops: int, shapes: dict[str, tuple[int, ...]], i
         name=f"{name}.output",
         stem=f"{folder}/output",
         value=name,
-        images=images,
+        **common,
     )
+    if ACCUMULATOR_ARRAY in required:
+        acc = arrays[ACCUMULATOR_ARRAY]
+        shape = _check_array(
+            acc,
+            w,
+            kind=kind,
+            key=ACCUMULATOR_ARRAY,
+            name=f"{name}.{ACCUMULATOR_ARRAY}",
+            stem=f"{folder}/{ACCUMULATOR_ARRAY}",
+            value=None,
+            **common,
+        )
+        if shape != shapes[name] or acc["layout"] != arrays["output"]["layout"]:
+            raise GoldenVectorsError(
+                f"{w}: {ACCUMULATOR_ARRAY} is {acc['layout']} {list(shape)}; it has one value per output value "
+                f"({arrays['output']['layout']} {list(shapes[name])})"
+            )
 
 
 def _check_array(
-    entry: Any, where: str, *, kind: str, key: str, name: str, stem: str, value: str | None, images: int | None
+    entry: Any,
+    where: str,
+    *,
+    kind: str,
+    key: str,
+    name: str,
+    stem: str,
+    value: str | None,
+    images: int | None,
+    formats: tuple[str, ...],
 ) -> tuple[int, ...]:
-    """One array entry: the name, dtype and layout its place requires, a sane shape, the three files at
-    their paths with the sizes that shape gives. Returns the shape."""
+    """One array entry: the name, dtype and layout its place requires, a sane shape, a file in each of
+    the set's ``formats`` at its path with the size that shape gives. Returns the shape."""
     w = f"{where}: array '{key}'"
     if not isinstance(entry, dict):
         raise GoldenVectorsError(f"{w}: not an object")
@@ -254,13 +367,13 @@ def _check_array(
         )
     if images is not None and shape[0] != images:
         raise GoldenVectorsError(f"{w}: shape {shape} does not hold the set's {images} image(s)")
-    if value is not None and entry.get("value") != value:
+    if (entry.get("value") != value) if value is not None else ("value" in entry):
         raise GoldenVectorsError(f"{w}: value {entry.get('value')!r}, expected {value!r}")
     files = _field(entry, "files", dict, w)
-    if set(files) != set(FILE_FORMATS):
-        raise GoldenVectorsError(f"{w}: files {sorted(files)}, expected {list(FILE_FORMATS)}")
+    if set(files) != set(formats):
+        raise GoldenVectorsError(f"{w}: files {sorted(files)}, expected {list(formats)} (the set's formats)")
     count, itemsize = math.prod(shape), np.dtype(dtype).itemsize
-    for fmt in FILE_FORMATS:
+    for fmt in formats:
         lo, hi = _golden_size_range(fmt, entry, count, itemsize)
         _check_file_info(files[fmt], f"{stem}.{fmt}", f"{w} ({fmt})", lo, hi)
     return tuple(shape)
@@ -317,6 +430,8 @@ def _check_program(root: Path, m: dict) -> Program:
     except (ValueError, TypeError, KeyError, IndexError, RecursionError, OverflowError) as exc:
         raise GoldenVectorsError(f"{path}: not a valid program copy ({_one_line(exc)})") from None
     where = f"{root / MANIFEST_NAME}"
+    sel = set_selection(m, where)
+    in_set = set(sel.ops)
     if len(program.ops) != m["op_count"]:
         raise GoldenVectorsError(
             f"{where}: lists {m['op_count']} ops, the program {PROGRAM_FILE} has {len(program.ops)}"
@@ -328,7 +443,8 @@ def _check_program(root: Path, m: dict) -> Program:
                 f"{entry['inputs']}) but the program {PROGRAM_FILE} has '{op.name}' "
                 f"({op.kind}, reads {list(op.inputs)})"
             )
-        described = _normalized(_op_manifest(i, op, entry["dir"], {}))
+        required = required_arrays(op.kind, len(op.inputs), accumulators=sel.accumulators) if i in in_set else ()
+        described = _normalized(_op_manifest(i, op, entry["dir"], {}, required))
         _same_description(entry, described, f"{where}: op {i} '{op.name}'", skip=("arrays",))
     _same_description(m, _normalized(_described_fields(program)), where, skip=())
     return program
@@ -370,21 +486,50 @@ def check_vectors(vectors_dir: str | os.PathLike) -> dict:
     program = _check_program(root, manifest)
     tensors = {f"{op.name}.{key}": array for op in program.ops for key, array in op.tensors.items()}
     for entry in _manifest_arrays(manifest):
-        for fmt in FILE_FORMATS:
-            data = _read_listed(root, entry["files"][fmt])
-            tensor = tensors.get(entry["name"])
-            if (
-                fmt == "bin"
-                and tensor is not None
-                and (list(tensor.shape) != entry["shape"] or data != bin_bytes(tensor))
-            ):
+        contents = {fmt: _read_listed(root, info) for fmt, info in entry["files"].items()}
+        tensor = tensors.get(entry["name"])
+        if tensor is not None:
+            fmt = _golden_format(entry)
+            same = list(tensor.shape) == entry["shape"] and (
+                contents[fmt] == bin_bytes(tensor)
+                if fmt == "bin"
+                else np.array_equal(_decode_golden(root, entry, fmt, contents[fmt]), tensor)
+            )
+            if not same:
                 raise GoldenVectorsError(
                     f"{root / entry['files'][fmt]['path']}: differs from the program's {entry['name']}"
                 )
     return manifest
 
 
+#: the format a golden array is read from: the first of these the set has (raw bytes are the quickest)
+_READ_ORDER = ("bin", "npy", "hex")
+
+
+def _golden_format(entry: dict) -> str:
+    return next(fmt for fmt in _READ_ORDER if fmt in entry["files"])
+
+
+def _decode_golden(root: Path, entry: dict, fmt: str, data: bytes) -> np.ndarray:
+    """The values of golden file ``data`` (already checked: listed size and CRC32) of array ``entry``."""
+    dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
+    path = root / entry["files"][fmt]["path"]
+    if fmt == "bin":
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape).astype(dtype)
+    if fmt == "npy":
+        return decode_npy(data, path, dtype, shape, "the manifest's shape", GoldenVectorsError)
+    try:
+        flat = parse_hex(data.decode("ascii"), dtype, str(path))
+    except (UnicodeDecodeError, DumpError) as exc:
+        raise GoldenVectorsError(f"{path}: not a golden hex file ({_one_line(exc)})") from None
+    if flat.size != math.prod(shape):
+        raise GoldenVectorsError(
+            f"{path}: holds {flat.size} values, the manifest's shape {list(shape)} has {math.prod(shape)}"
+        )
+    return flat.reshape(shape)
+
+
 def _read_golden(root: Path, entry: dict) -> np.ndarray:
-    data = _read_listed(root, entry["files"]["bin"])
-    dtype = np.dtype(entry["dtype"]).newbyteorder("<")
-    return np.frombuffer(data, dtype=dtype).reshape(entry["shape"]).astype(entry["dtype"])
+    """The values of a golden array, read from one of the formats the set has."""
+    fmt = _golden_format(entry)
+    return _decode_golden(root, entry, fmt, _read_listed(root, entry["files"][fmt]))

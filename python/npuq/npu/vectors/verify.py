@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from npuq._untrusted import npy_header, read_regular
+from npuq._untrusted import read_regular
 from npuq.npu.optable import is_view
 from npuq.npu.vectors.formats import (
     FILE_FORMATS,
@@ -23,6 +23,7 @@ from npuq.npu.vectors.formats import (
     REPORT_FORMAT,
     REPORT_FORMAT_VERSION,
     DumpError,
+    decode_npy,
     parse_hex,
 )
 from npuq.npu.vectors.golden import _read_golden, check_vectors
@@ -78,33 +79,7 @@ def _read_dump(path: Path, root: Path | None, fmt: str, dtype: np.dtype, shape: 
         if flat.size != count:
             raise DumpError(f"{path}: holds {flat.size} values, expected {count} ({what})")
         return flat.reshape(shape)
-    return _decode_npy(data, path, dtype, shape, what)
-
-
-def _decode_npy(data: bytes, path: Path, dtype: np.dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A ``.npy`` file's array, its header checked against ``dtype`` and ``shape`` before the data is
-    touched (a header may claim any size; np.load would try to allocate it). Any byte order and
-    C or Fortran order; no objects, no structured dtypes, no trailing bytes."""
-    found_shape, fortran, found, offset = npy_header(data, DumpError, path)
-    if (
-        found.hasobject
-        or found.fields is not None
-        or found.subdtype is not None
-        or found.kind != dtype.kind
-        or found.itemsize != dtype.itemsize
-    ):
-        raise DumpError(f"{path}: dtype {found}, expected {dtype.name}")
-    if tuple(found_shape) != shape:
-        raise DumpError(f"{path}: shape {tuple(found_shape)}, expected {shape}")
-    body = data[offset:]
-    if len(body) != math.prod(shape) * dtype.itemsize:
-        raise DumpError(
-            f"{path}: {len(body)} bytes of data after the .npy header, expected "
-            f"{math.prod(shape) * dtype.itemsize} ({what})"
-        )
-    flat = np.frombuffer(body, dtype=found)
-    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-    return np.ascontiguousarray(array.astype(dtype))
+    return decode_npy(data, path, dtype, shape, what, DumpError)
 
 
 @dataclass
@@ -167,8 +142,9 @@ class FileCheck:
 
 @dataclass
 class OpCheck:
-    """One op's output in the dump. ``status``: ``pass``, ``mismatch``, ``missing`` or ``skipped`` (a
-    flatten that was not dumped). When several
+    """One op's output in the dump. ``status``: ``pass``, ``mismatch``, ``missing``, ``skipped`` (a
+    flatten that was not dumped) or ``not_in_set`` (the vector set was exported without this op: it is
+    not checked, and not a failure). When several
     formats of the output were dumped, each is compared; ``mismatches`` and ``first_mismatch`` are those
     of the first mismatching file in the order bin, hex, npy. ``missing_allowed``: an ``allow_missing``
     pattern names the op, so its absence does not fail the check."""
@@ -179,9 +155,12 @@ class OpCheck:
     elements: int
     files: list[FileCheck] = field(default_factory=list)
     missing_allowed: bool = False
+    in_set: bool = True
 
     @property
     def status(self) -> str:
+        if not self.in_set:
+            return "not_in_set"
         if not self.files:
             # a view (a flatten) is a reshape of its input's bytes (NHWC order): hardware that does not run
             # it as an op has nothing to dump, and its input was checked already
@@ -243,6 +222,11 @@ class VerifyResult:
         return [o.name for o in self.ops if o.status == "missing" and not o.missing_allowed]
 
     @property
+    def not_in_set(self) -> list[str]:
+        """Names of the ops the vector set does not hold (exported with an op selection): not checked."""
+        return [o.name for o in self.ops if o.status == "not_in_set"]
+
+    @property
     def mismatched(self) -> list[OpCheck]:
         return [o for o in self.ops if o.status == "mismatch"]
 
@@ -297,6 +281,7 @@ class VerifyResult:
             "ops_mismatched": [o.name for o in self.mismatched],
             "ops_missing": self.missing,
             "ops_missing_allowed": self.missing_allowed,
+            "ops_not_in_set": self.not_in_set,
             "total_mismatches": self.total_mismatches,
             "first_mismatch": first.to_dict() if first else None,
             "ops": [o.to_dict() for o in self.ops],
@@ -323,6 +308,7 @@ class VerifyResult:
                     if any(o.status == "skipped" for o in self.ops)
                     else ""
                 )
+                + (f", {len(self.not_in_set)} not in the vector set" if self.not_in_set else "")
             ),
         ]
         for o in self.mismatched[:max_ops]:
@@ -336,6 +322,7 @@ class VerifyResult:
         for names, label in (
             (self.missing_not_allowed, "missing from the dump"),
             (self.missing_allowed, f"missing, allowed by --allow-missing {','.join(self.allow_missing)}"),
+            (self.not_in_set, "not in the vector set (exported with --ops; not checked)"),
         ):
             if names:
                 more = f" ... (+{len(names) - max_ops})" if len(names) > max_ops else ""
@@ -398,6 +385,8 @@ def _missing_allowed(op: dict, patterns: tuple[str, ...]) -> bool:
 
 
 def _check_op_dump(golden: Path, dump: Path, op_index: int, op: dict, allow: tuple[str, ...]) -> OpCheck:
+    if not op["required_arrays"]:  # a checked manifest lists no arrays exactly for the ops the set does not hold
+        return OpCheck(index=op_index, name=op["name"], kind=op["kind"], elements=0, in_set=False)
     entry = op["arrays"]["output"]
     expected = _read_golden(golden, entry)
     result = OpCheck(
@@ -407,8 +396,9 @@ def _check_op_dump(golden: Path, dump: Path, op_index: int, op: dict, allow: tup
         elements=expected.size,
         missing_allowed=_missing_allowed(op, allow),
     )
-    for fmt in FILE_FORMATS:
-        rel = entry["files"][fmt]["path"]
+    stem = f"{op['dir']}/output"
+    for fmt in FILE_FORMATS:  # whatever formats the set has: the hardware may write any of them
+        rel = f"{stem}.{fmt}"
         path = dump.joinpath(*PurePosixPath(rel).parts)
         actual = _read_dump(path, dump, fmt, np.dtype(entry["dtype"]), tuple(entry["shape"]))
         if actual is not None:
@@ -421,9 +411,11 @@ def verify(vectors_dir: str | os.PathLike, dump_dir: str | os.PathLike, *, allow
 
     First checks the golden set (:func:`check_vectors`: manifest digest, op count, program copy, every
     file). Then, op by op in program order, reads ``<op dir>/output.bin``, ``.hex`` and ``.npy`` from
-    the dump (every one present; regular files inside ``dump_dir`` only) and compares it with the
-    golden output. ``allow_missing``: op names, op folders or output file paths (glob patterns, e.g.
-    ``"pool"``, ``"ops/01*"``) whose absence from the dump does not fail the check; True allows any.
+    the dump (every one present, whichever formats the set has; regular files inside ``dump_dir``
+    only) and compares it with the golden output. Ops a set exported with an op selection does not
+    hold are reported as ``not_in_set``, not checked and no failure. ``allow_missing``: op names, op
+    folders or output file paths (glob patterns, e.g. ``"pool"``, ``"ops/01*"``) whose absence from the
+    dump does not fail the check; True allows any.
     Raises :class:`GoldenVectorsError` / :class:`DumpError` for a broken golden set or a malformed dump
     file; mismatches and missing ops are in the result.
     """
