@@ -64,25 +64,38 @@ class PyConv2dPlan {
   std::unique_ptr<cpu::Conv2dPlan> plan_;
 };
 
-// The layer of Conv2dPlan(params, weight, bias) on x through the scalar reference.
+// The layer of Conv2dPlan(params, weight, bias) on the NHWC input x, checked, for the scalar reference.
+struct RefCall {
+  bindings::ConvLayer layer;
+  Conv2dParams params;  // with x's shape
+  const int8_t* x = nullptr;
+};
+
+RefCall ref_call(const bindings::ConvArgs& args, const py::array& x, const py::array& weight, const py::object& bias) {
+  RefCall c;
+  c.x = view<int8_t>(x, "x", 4);
+  c.layer = bindings::conv_layer(args, weight, bias);
+  if (x.shape(3) != c.layer.params.shape.in_c)
+    throw InvalidArgument("x has " + std::to_string(x.shape(3)) + " channels (NHWC shape " + shape_of(x) +
+                          ") but the layer expects " + std::to_string(c.layer.params.shape.in_c));
+  c.params = c.layer.params;
+  c.params.shape.batch = x.shape(0);
+  c.params.shape.in_h = x.shape(1);
+  c.params.shape.in_w = x.shape(2);
+  validate(c.params);
+  validate_weights(c.layer.weight, weight.size());
+  return c;
+}
+
 py::array_t<int8_t> ref_conv2d(const bindings::ConvArgs& params, const py::array& x, const py::array& weight,
                                const py::object& bias) {
-  const int8_t* xp = view<int8_t>(x, "x", 4);
-  const bindings::ConvLayer l = bindings::conv_layer(params, weight, bias);
-  if (x.shape(3) != l.params.shape.in_c)
-    throw InvalidArgument("x has " + std::to_string(x.shape(3)) + " channels (NHWC shape " + shape_of(x) +
-                          ") but the layer expects " + std::to_string(l.params.shape.in_c));
-  Conv2dParams p = l.params;
-  p.shape.batch = x.shape(0);
-  p.shape.in_h = x.shape(1);
-  p.shape.in_w = x.shape(2);
-  validate(p);
-  validate_weights(l.weight, weight.size());
-  py::array_t<int8_t> out({p.shape.batch, p.shape.out_h, p.shape.out_w, p.shape.out_c});
+  const RefCall c = ref_call(params, x, weight, bias);
+  const Conv2dShape& s = c.params.shape;
+  py::array_t<int8_t> out({s.batch, s.out_h, s.out_w, s.out_c});
   int8_t* op = out.mutable_data();
   {
     py::gil_scoped_release release;
-    ref::conv2d(xp, l.weight, l.bias, op, p);
+    ref::conv2d(c.x, c.layer.weight, c.layer.bias, op, c.params);
   }
   return out;
 }
@@ -90,22 +103,13 @@ py::array_t<int8_t> ref_conv2d(const bindings::ConvArgs& params, const py::array
 // The int32 accumulators of the layer on x (before requantization) through the scalar reference.
 py::array_t<int32_t> ref_conv2d_accumulators(const bindings::ConvArgs& params, const py::array& x,
                                              const py::array& weight, const py::object& bias) {
-  const int8_t* xp = view<int8_t>(x, "x", 4);
-  const bindings::ConvLayer l = bindings::conv_layer(params, weight, bias);
-  if (x.shape(3) != l.params.shape.in_c)
-    throw InvalidArgument("x has " + std::to_string(x.shape(3)) + " channels (NHWC shape " + shape_of(x) +
-                          ") but the layer expects " + std::to_string(l.params.shape.in_c));
-  Conv2dParams p = l.params;
-  p.shape.batch = x.shape(0);
-  p.shape.in_h = x.shape(1);
-  p.shape.in_w = x.shape(2);
-  validate(p);
-  validate_weights(l.weight, weight.size());
-  py::array_t<int32_t> acc({p.shape.batch, p.shape.out_h, p.shape.out_w, p.shape.out_c});
+  const RefCall c = ref_call(params, x, weight, bias);
+  const Conv2dShape& s = c.params.shape;
+  py::array_t<int32_t> acc({s.batch, s.out_h, s.out_w, s.out_c});
   int32_t* ap = acc.mutable_data();
   {
     py::gil_scoped_release release;
-    ref::conv2d_accumulators(xp, l.weight, l.bias, ap, p);
+    ref::conv2d_accumulators(c.x, c.layer.weight, c.layer.bias, ap, c.params);
   }
   return acc;
 }

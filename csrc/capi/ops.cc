@@ -93,6 +93,34 @@ void check_weights(const npuq_conv2d_params* p, const int8_t* weight, int64_t we
   validate_weights(weight, weight_count);
 }
 
+// The window of a pooling op, the same fields in Pool2dParams and MaxPool2dParams.
+template <typename Params>
+Params pool_window(const npuq_pool2d_params* p) {
+  Params q;
+  q.batch = p->batch;
+  q.in_h = p->in_h;
+  q.in_w = p->in_w;
+  q.channels = p->channels;
+  q.kernel_h = p->kernel_h;
+  q.kernel_w = p->kernel_w;
+  q.stride_h = p->stride_h;
+  q.stride_w = p->stride_w;
+  q.pad_top = p->pad_top;
+  q.pad_bottom = p->pad_bottom;
+  q.pad_left = p->pad_left;
+  q.pad_right = p->pad_right;
+  return q;
+}
+
+// Checks the element counts of a validated pooling and runs it.
+template <typename Params, typename Kernel>
+void run_pool(const Params& q, const int8_t* x, int64_t x_count, int8_t* out, int64_t out_count, int threads,
+              Kernel kernel) {
+  require_count(x_count, checked_product({q.batch, q.in_h, q.in_w, q.channels}, "x"), "x_count");
+  require_count(out_count, checked_product({q.batch, q.out_h, q.out_w, q.channels}, "out"), "out_count");
+  kernel(x, out, q, threads_of(threads));
+}
+
 }  // namespace
 }  // namespace capi
 }  // namespace npuq
@@ -389,27 +417,14 @@ NPUQ_API npuq_status npuq_avg_pool2d(const npuq_pool2d_params* p, const int8_t* 
     require_pointer(x, "x");
     require_pointer(out, "out");
     if (p->ceil_mode) invalid("ceil_mode is a max pooling option; average pooling takes 0");
-    Pool2dParams q;
-    q.batch = p->batch;
-    q.in_h = p->in_h;
-    q.in_w = p->in_w;
-    q.channels = p->channels;
-    q.kernel_h = p->kernel_h;
-    q.kernel_w = p->kernel_w;
-    q.stride_h = p->stride_h;
-    q.stride_w = p->stride_w;
-    q.pad_top = p->pad_top;
-    q.pad_bottom = p->pad_bottom;
-    q.pad_left = p->pad_left;
-    q.pad_right = p->pad_right;
+    auto q = capi::pool_window<Pool2dParams>(p);
     q.count_include_pad = p->count_include_pad != 0;
     q.input_zero_point = p->input_zero_point;
     q.act_min = p->act_min;
     q.act_max = p->act_max;
     validate(q);
-    require_count(x_count, capi::checked_product({q.batch, q.in_h, q.in_w, q.channels}, "x"), "x_count");
-    require_count(out_count, capi::checked_product({q.batch, q.out_h, q.out_w, q.channels}, "out"), "out_count");
-    cpu::avg_pool2d(x, out, q, capi::threads_of(threads));
+    capi::run_pool(q, x, x_count, out, out_count, threads,
+                   [](const int8_t* a, int8_t* b, const Pool2dParams& c, int t) { cpu::avg_pool2d(a, b, c, t); });
   });
 }
 
@@ -419,24 +434,11 @@ NPUQ_API npuq_status npuq_max_pool2d(const npuq_pool2d_params* p, const int8_t* 
     require_pointer(p, "params");
     require_pointer(x, "x");
     require_pointer(out, "out");
-    MaxPool2dParams q;
-    q.batch = p->batch;
-    q.in_h = p->in_h;
-    q.in_w = p->in_w;
-    q.channels = p->channels;
-    q.kernel_h = p->kernel_h;
-    q.kernel_w = p->kernel_w;
-    q.stride_h = p->stride_h;
-    q.stride_w = p->stride_w;
-    q.pad_top = p->pad_top;
-    q.pad_bottom = p->pad_bottom;
-    q.pad_left = p->pad_left;
-    q.pad_right = p->pad_right;
+    auto q = capi::pool_window<MaxPool2dParams>(p);
     q.ceil_mode = p->ceil_mode != 0;
     validate(q);
-    require_count(x_count, capi::checked_product({q.batch, q.in_h, q.in_w, q.channels}, "x"), "x_count");
-    require_count(out_count, capi::checked_product({q.batch, q.out_h, q.out_w, q.channels}, "out"), "out_count");
-    cpu::max_pool2d(x, out, q, capi::threads_of(threads));
+    capi::run_pool(q, x, x_count, out, out_count, threads,
+                   [](const int8_t* a, int8_t* b, const MaxPool2dParams& c, int t) { cpu::max_pool2d(a, b, c, t); });
   });
 }
 

@@ -186,6 +186,8 @@ def _declare(L: C.CDLL) -> C.CDLL:
 
 
 class CApiError(Exception):
+    """A failed call: ``status`` is the status's name (``"NPUQ_PROGRAM_ERROR"``), ``message`` npuq_last_error()."""
+
     def __init__(self, status: int, message: str):
         super().__init__(f"{STATUS.get(status, status)}: {message}")
         self.status = STATUS.get(status, str(status))
@@ -194,7 +196,7 @@ class CApiError(Exception):
 
 def check(status: int) -> None:
     if status != 0:
-        raise CApiError(status, lib().npuq_last_error().decode())
+        raise CApiError(status, lib().npuq_last_error().decode("utf-8", "replace"))
 
 
 def ptr(a: np.ndarray | None, ctype=C.c_int8):

@@ -15,7 +15,7 @@ import numpy as np
 
 from npuq.npu import InputSpec, Op, Program
 from npuq.npu.program import DIGEST_KEY, METADATA_KEY, content_digest
-from support.capi import STATUS, library_path
+from support.capi import CApiError, library_path
 from support.program_builders import build_program, conv_op, fc_op, flatten_op, max_pool_op
 
 NPUQ_LOAD_SKIP_DIGEST = 1
@@ -84,15 +84,6 @@ def _declare(L: C.CDLL) -> C.CDLL:
         f.restype = res
         f.argtypes = args
     return L
-
-
-class CApiError(Exception):
-    """A failed call: ``status`` is the status's name (``"NPUQ_PROGRAM_ERROR"``), ``message`` npuq_last_error()."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{STATUS.get(status, status)}: {message}")
-        self.status = STATUS.get(status, str(status))
-        self.message = message
 
 
 def check(status: int) -> None:
