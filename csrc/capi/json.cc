@@ -259,22 +259,28 @@ class Document::Parser {
         skip_ws();
         const Index child = parse_value(depth);
         stack_.push_back(child);
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') {
-          ++pos_;
-          continue;
-        }
-        if (pos_ < s_.size() && s_[pos_] == ']') {
-          ++pos_;
-          break;
-        }
-        fail("Expecting ',' delimiter", pos_);
+        if (closed_after_item(']')) break;
       }
     }
     const size_t count = stack_.size() - mark;
     if (count > UINT32_MAX) fail("an array too long", pos_);
     const uint64_t offset = close(mark);
     return add(Type::kArray, static_cast<uint32_t>(count), offset);
+  }
+
+  // After an array element or an object member: true at the closing `closer` (consumed), false after a
+  // comma (consumed); anything else is Python's error.
+  bool closed_after_item(char closer) {
+    skip_ws();
+    if (pos_ < s_.size() && s_[pos_] == ',') {
+      ++pos_;
+      return false;
+    }
+    if (pos_ < s_.size() && s_[pos_] == closer) {
+      ++pos_;
+      return true;
+    }
+    fail("Expecting ',' delimiter", pos_);
   }
 
   Index parse_object(int depth) {
@@ -297,16 +303,7 @@ class Document::Parser {
         skip_ws();
         const Index child = parse_value(depth);
         stack_.push_back(child);
-        skip_ws();
-        if (pos_ < s_.size() && s_[pos_] == ',') {
-          ++pos_;
-          continue;
-        }
-        if (pos_ < s_.size() && s_[pos_] == '}') {
-          ++pos_;
-          break;
-        }
-        fail("Expecting ',' delimiter", pos_);
+        if (closed_after_item('}')) break;
       }
     }
     check_unique_keys(mark);
