@@ -25,12 +25,15 @@ benchmarks/mobilenetv2_layers.py) and every requested batch size this script, in
    of this CPU's int8 peak.
 
 Peak int8 throughput (the assumption, override with --peak-gmacs):
-    cores x GHz x MACs/cycle/core of the kernel family that ran (npuq.cpu_features()["active"])
-* avx512_vnni, 64: one ``vpdpbusd zmm`` does 64 u8 x s8 multiply-accumulates (16 int32 lanes x 4); AMD
-  Zen 4 executes a 512-bit op as two 256-bit halves and is assumed to sustain one such zmm ``vpdpbusd``
-  per cycle per core (two 256-bit VNNI pipes).
-* avx2, 32: the AVX2 kernels multiply exact int16 pairs with ``vpmaddwd ymm`` (8 int32 lanes x 2 = 16
-  multiply-accumulates), two per cycle per core.
+    cores x GHz x MACs/cycle/core of the instruction set that ran (npuq.cpu_features()["active"]): the
+    best int8 multiply-accumulate that instruction set offers, not the one a kernel happens to use
+* avx512_vnni, 64: one ``vpdpbusd zmm`` (64 u8 x s8 multiply-accumulates: 16 int32 lanes x 4) per cycle
+  per core. AMD Zen 4 executes a 512-bit op as two 256-bit halves and is assumed to sustain one such
+  zmm ``vpdpbusd`` per cycle per core (two 256-bit VNNI pipes).
+* avx_vnni, 64: two ``vpdpbusd ymm`` (32 each) per cycle per core.
+* avx2, 64: two ``vpmaddubsw ymm`` (32 u8 x s8 products each) per cycle per core, the instruction torch's
+  fbgemm builds on. It saturates in int16, so npuq's exact AVX2 kernels use ``vpmaddwd`` on int16 pairs
+  (16 multiply-accumulates each) and can reach at most half of this peak.
 * portable, 16: the compiler's baseline SIMD (SSE2 ``pmaddwd xmm``, 8 multiply-accumulates), two per cycle.
 
 ``cores`` is the number of physical cores the benchmark uses (min(threads, physical cores)); GHz is read
@@ -93,7 +96,14 @@ QUICK_IDS = (
     "pw320-1280_7x7_s1",
 )
 # int8 multiply-accumulates per cycle per core of each kernel family (see the module docstring)
-MACS_PER_CYCLE = {"avx512_vnni": 64, "avx2": 32, "portable": 16}
+MACS_PER_CYCLE = {"avx512_vnni": 64, "avx_vnni": 64, "avx2": 64, "portable": 16}
+# The instruction each peak counts (printed next to it).
+PEAK_INSTRUCTION = {
+    "avx512_vnni": "1 vpdpbusd zmm per cycle per core",
+    "avx_vnni": "2 vpdpbusd ymm per cycle per core",
+    "avx2": "2 vpmaddubsw ymm per cycle per core; the exact kernels' vpmaddwd does half",
+    "portable": "2 pmaddwd xmm per cycle per core",
+}
 BUSY = 0.05  # background CPU share above which a row counts as disturbed
 
 
@@ -104,7 +114,9 @@ def kernel_family(npuq) -> str:
     if npuq is not None:
         return npuq.cpu_features()["active"]
     flags = cpu_flags()
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx2" if "avx2" in flags else "portable"
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    return "avx_vnni" if "avx_vnni" in flags else "avx2" if "avx2" in flags else "portable"
 
 
 def physical_cores() -> int:
@@ -647,7 +659,7 @@ def main(argv=None) -> int:
         peak = used_cores * ghz * MACS_PER_CYCLE[family]
         peak_note = (
             f"{used_cores} cores x {ghz:.3f} GHz ({ghz_src}) x {MACS_PER_CYCLE[family]} MACs/cycle "
-            f"(the {family} kernels' peak)"
+            f"(the {family} peak: {PEAK_INSTRUCTION[family]})"
         )
     else:
         peak, peak_note = None, "unknown clock (use --peak-gmacs)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed of npuq's table activation, elementwise multiply and concatenation against torch and memcpy.
+"""Speed of npuq's table activation, elementwise add and multiply and concatenation against torch and memcpy.
 
 In one process, with the same thread count for npuq and torch (--threads, else NPUQ_BENCH_THREADS, else
 os.cpu_count()):
@@ -7,6 +7,10 @@ os.cpu_count()):
 * ``lut``:    npuq.ops.lut with a hardswish table on int8 NHWC numpy arrays vs
   torch.ao.nn.quantized.functional.hardswish on a quint8 (N, C, H, W) channels_last tensor of the same
   shape (torch dequantizes, computes in float, requantizes);
+* ``add``:    npuq.ops.Add, its parameters checked once as the emulator builds it per program, called on int8
+  NHWC numpy arrays vs torch.ops.quantized.add on quint8 (N, C, H, W) channels_last tensors of the same
+  shape; a second row per shape times the functional npuq.ops.add, which checks its keywords on every
+  call, against the same torch samples;
 * ``mul``:    npuq.ops.mul with the (N, 1, 1, C) squeeze-excitation scale broadcast over H and W vs
   torch.ops.quantized.mul on quint8 (N, C, H, W) channels_last and (N, C, 1, 1) (torch broadcasts);
 * ``concat``: npuq.ops.concat of 2 to 4 inputs with identity parameters vs np.copyto of the same number
@@ -40,6 +44,8 @@ import npuq
 from npuq.quant.lut import make_table
 
 LUT_SHAPES = [(1, 112, 112, 16), (1, 56, 56, 72), (1, 28, 28, 96), (8, 14, 14, 576)]
+# from a tiny tensor, where the cost of a call is all overhead, to the residual adds of MobileNetV2's stages
+ADD_SHAPES = [(1, 1, 1, 16), (1, 56, 56, 24), (8, 56, 56, 24), (8, 14, 14, 96), (1, 14, 14, 96), (1, 7, 7, 160)]
 MUL_SHAPES = [(1, 112, 112, 16), (1, 28, 28, 96), (1, 14, 14, 576), (8, 14, 14, 576)]
 CONCAT_CASES = [
     [(1, 55, 55, 64), (1, 55, 55, 64)],  # SqueezeNet fire expand
@@ -109,6 +115,30 @@ def bench_lut(rng, repeats, min_time):
     return rows
 
 
+def bench_add(rng, repeats, min_time):
+    s_a, s_b, s_y, z_a, z_b, z_y = 0.05, 0.04, 0.06, -3, 5, -1
+    kw = dict(npuq.ops.add_params(s_a, s_b, s_y), a_zero_point=z_a, b_zero_point=z_b, output_zero_point=z_y)
+    add = npuq.ops.Add(**kw)
+    rows = []
+    for shape in ADD_SHAPES:
+        a = rng.integers(-128, 128, shape, dtype=np.int8)
+        b = rng.integers(-128, 128, shape, dtype=np.int8)
+        qa = _quint8_channels_last(a, s_a, z_a)
+        qb = _quint8_channels_last(b, s_b, z_b)
+        t = compare(
+            {
+                "npuq": lambda a=a, b=b: add(a, b),
+                "torch": lambda qa=qa, qb=qb: torch.ops.quantized.add(qa, qb, s_y, z_y + 128),
+                "functional": lambda a=a, b=b: npuq.ops.add(a, b, **kw),
+            },
+            repeats,
+            min_time,
+        )
+        rows.append(("add (ops.Add)", shape, t["npuq"], "torch", t["torch"], a.nbytes + b.nbytes))
+        rows.append(("add (ops.add)", shape, t["functional"], "torch", t["torch"], a.nbytes + b.nbytes))
+    return rows
+
+
 def bench_mul(rng, repeats, min_time):
     s_a, s_b, s_y = 0.05, 0.004, 0.03
     kw = dict(a_zero_point=3, b_zero_point=-128, output_zero_point=-5, **npuq.ops.mul_params(s_a, s_b, s_y))
@@ -174,6 +204,7 @@ def main(argv=None):
     )
     print(f"{'case':<28} {'shape (NHWC)':<20} {'npuq us':>9} {'baseline':>8} {'base us':>9} {'ratio':>6} {'GB/s':>6}")
     rows = bench_lut(rng, args.repeats, args.min_time)
+    rows += bench_add(rng, args.repeats, args.min_time)
     rows += bench_mul(rng, args.repeats, args.min_time)
     rows += bench_concat(rng, args.repeats, args.min_time)
     for case, shape, t_npuq, base, t_base, nbytes in rows:

@@ -1178,7 +1178,12 @@ class Loader {
   }
 
   // ------------------------------------------------------------------ resources (footprint_of, _check_resources)
-  static int64_t gemm_scratch(int64_t k) { return sat_add(sat_mul(kPanelRows, round_up(k, 4)), kScratchAlign); }
+  // One im2col panel and its int16 copy per thread (cpu/kernels.h gemm_scratch_bytes).
+  static int64_t gemm_scratch(int64_t k) {
+    const int64_t k4 = round_up(k, 4);
+    return sat_add(sat_add(round_up(sat_add(sat_mul(kPanelRows, k4), 16), 64), sat_prod({kPanelRows, k4, 2})),
+                   kScratchAlign);
+  }
 
   static int64_t gemm_params(int64_t groups, int64_t c_out, int64_t k) {
     const int64_t n16 = round_up(c_out / groups, 16), k4 = round_up(k, 4);

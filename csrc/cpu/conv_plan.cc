@@ -93,18 +93,45 @@ ChannelConstants permute_constants(const ChannelConstants& cc, int64_t channels,
   return out;
 }
 
+// One im2col row of a convolution whose kernel rows are short runs (kernel_w * C_in <= 16, no groups or
+// horizontal dilation: the stem's 3 x 3 x 3) and whose window lies wholly inside the image: each kernel
+// row is one 16-byte copy with its sign bits flipped, whose surplus the next copy overwrites.
+// `end` bounds the input, so that no copy reads past it. Returns false where the fast form does not apply.
+bool pack_short_rows(const int8_t* x, const int8_t* end, const Conv2dShape& s, int64_t n, int64_t oh, int64_t ow,
+                     int64_t k4, uint8_t* dst) {
+  const int64_t run = s.kernel_w * s.in_c;
+  const int64_t iw0 = ow * s.stride_w - s.pad_left, ih0 = oh * s.stride_h - s.pad_top;
+  if (iw0 < 0 || iw0 + s.kernel_w > s.in_w || ih0 < 0 || ih0 + (s.kernel_h - 1) * s.dilation_h >= s.in_h) return false;
+  const int8_t* last = x + ((n * s.in_h + ih0 + (s.kernel_h - 1) * s.dilation_h) * s.in_w + iw0) * s.in_c;
+  if (end - last < 16) return false;
+  constexpr uint64_t kSignBits = 0x8080808080808080u;
+  for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    uint64_t v[2];  // flipped in registers: reading back the overlapping stores would stall
+    std::memcpy(v, x + ((n * s.in_h + ih0 + kh * s.dilation_h) * s.in_w + iw0) * s.in_c, 16);
+    v[0] ^= kSignBits;
+    v[1] ^= kSignBits;
+    std::memcpy(dst + kh * run, v, 16);
+  }
+  const int64_t k = s.kernel_h * run;
+  std::memset(dst + k, 0, k4 - k);
+  return true;
+}
+
 // Rows [row0, row0 + rows) of the im2col matrix of one group, as bytes u = x + 128, K4 per row.
-void pack_panel(const int8_t* x, const Conv2dShape& s, int32_t zp, int64_t group, int64_t row0, int64_t rows,
-                int64_t k4, uint8_t* panel) {
+// The panel has room for 16 bytes past its last row (gemm_panel_bytes).
+void pack_panel(const int8_t* x, const int8_t* x_end, const Conv2dShape& s, int32_t zp, int64_t group, int64_t row0,
+                int64_t rows, int64_t k4, uint8_t* panel) {
   const int64_t cin_g = s.in_c_per_group;
   const int64_t k = s.reduction_size();
   const uint8_t pad = static_cast<uint8_t>(zp + 128);
   const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.pad_top == 0 && s.pad_left == 0;
+  const bool short_rows = !direct && s.groups == 1 && s.dilation_w == 1 && s.kernel_w * s.in_c <= 16;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = row0 + r;
     const int64_t n = m / (s.out_h * s.out_w), pix = m % (s.out_h * s.out_w);
     const int64_t oh = pix / s.out_w, ow = pix % s.out_w;
     uint8_t* dst = panel + r * k4;
+    if (short_rows && pack_short_rows(x, x_end, s, n, oh, ow, k4, dst)) continue;
     if (direct) {
       const auto* src = reinterpret_cast<const uint8_t*>(
           x + ((n * s.in_h + oh * s.stride_h) * s.in_w + ow * s.stride_w) * s.in_c + group * cin_g);
@@ -267,13 +294,14 @@ void Conv2dPlan::run_gemm(const int8_t* x, const Conv2dShape& s, int8_t* out, in
   const int64_t chunks = ceil_div(n16, chunk);
   const int64_t items = s.groups * tiles * chunks;
   const int64_t k4 = gemm_.front().k4;
+  const int8_t* x_end = x + s.batch * s.in_h * s.in_w * s.in_c;
   ErrorSlot errors;
 #pragma omp parallel num_threads(threads) if (threads > 1 && items > 1)
   {
     // Nothing may leave an OpenMP worksharing loop by an exception (the other threads would wait at
     // its barrier forever): every failure is caught per item and rethrown after the region.
     std::unique_ptr<Scratch> panel;
-    errors.run([&] { panel = std::make_unique<Scratch>(kPanelRows * k4); });
+    errors.run([&] { panel = std::make_unique<Scratch>(gemm_scratch_bytes(k4)); });
     int64_t packed_key = -1;
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -283,7 +311,7 @@ void Conv2dPlan::run_gemm(const int8_t* x, const Conv2dShape& s, int8_t* out, in
         const int64_t tile = rest / chunks, c = rest % chunks;
         const int64_t row0 = tile * kPanelRows, rows = std::min(kPanelRows, m - row0);
         if (packed_key != g * tiles + tile) {  // consecutive chunks of a tile share its panel
-          pack_panel(x, s, input_zero_point_, g, row0, rows, k4, panel->data);
+          pack_panel(x, x_end, s, input_zero_point_, g, row0, rows, k4, panel->data);
           packed_key = g * tiles + tile;
         }
         GemmTile job;
@@ -295,6 +323,7 @@ void Conv2dPlan::run_gemm(const int8_t* x, const Conv2dShape& s, int8_t* out, in
         job.n_end = std::min(gemm_[g].n, (c + 1) * chunk);
         job.out = out + row0 * s.out_c + g * s.out_c_per_group;
         job.out_stride = s.out_c;
+        job.wide = reinterpret_cast<int16_t*>(panel->data + gemm_panel_bytes(k4));
         if (job.n_begin < job.n_end) k.gemm_tile(job);
       });
     }

@@ -13,9 +13,9 @@ namespace npuq {
 namespace cpu {
 
 // --- instruction sets (isa.cc) ---
-enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+enum class Isa : int { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kAvxVnni = 3 };
 const char* isa_name(Isa isa);
-Isa parse_isa(const std::string& name);  // "portable", "avx2", "avx512_vnni"; throws InvalidArgument
+Isa parse_isa(const std::string& name);  // "portable", "avx2", "avx_vnni", "avx512_vnni"; throws InvalidArgument
 std::vector<Isa> supported_isas();       // in increasing order; the CPU and the build support them
 Isa active_isa();
 void set_isa(Isa isa);                   // throws InvalidArgument when unsupported

@@ -13,12 +13,25 @@ namespace npuq {
 namespace cpu {
 namespace {
 
+// Every family in increasing order of preference: the last one the CPU and the build support wins.
+constexpr Isa kAllIsas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512Vnni};
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+bool avx_vnni_evex_usable() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
 bool cpu_has(Isa isa) {
   switch (isa) {
     case Isa::kPortable: return true;
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     case Isa::kAvx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+    case Isa::kAvxVnni:
+      // The VEX encoding, or the EVEX one of AVX512-VNNI + VL (kernels_avx_vnni.cc).
+      return cpu_has(Isa::kAvx2) && (__builtin_cpu_supports("avxvnni") || avx_vnni_evex_usable());
     case Isa::kAvx512Vnni:
       return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -32,6 +45,12 @@ const KernelTable* table_or_null(Isa isa) {
   switch (isa) {
     case Isa::kPortable: return &portable_kernels();
     case Isa::kAvx2: return avx2_kernels();
+    case Isa::kAvxVnni:
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+      return avx_vnni_kernels(__builtin_cpu_supports("avxvnni"));
+#else
+      return nullptr;
+#endif
     case Isa::kAvx512Vnni: return avx512_kernels();
   }
   return nullptr;
@@ -66,20 +85,22 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kPortable: return "portable";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvxVnni: return "avx_vnni";
     case Isa::kAvx512Vnni: return "avx512_vnni";
   }
   return "unknown";
 }
 
 Isa parse_isa(const std::string& name) {
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512Vnni})
+  for (Isa isa : kAllIsas)
     if (name == isa_name(isa)) return isa;
-  throw InvalidArgument("unknown instruction set '" + name + "': expected 'portable', 'avx2', 'avx512_vnni' or 'auto'");
+  throw InvalidArgument("unknown instruction set '" + name +
+                        "': expected 'portable', 'avx2', 'avx_vnni', 'avx512_vnni' or 'auto'");
 }
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512Vnni})
+  for (Isa isa : kAllIsas)
     if (table_or_null(isa) && cpu_has(isa)) out.push_back(isa);
   return out;
 }

@@ -1,5 +1,6 @@
 // Interface between the CPU orchestration (threads, packing, overflow fix-up: conv_plan.cc) and the
-// per-instruction-set inner kernels (kernels_portable.cc, kernels_avx2.cc, kernels_avx512.cc).
+// per-instruction-set inner kernels (kernels_portable.cc, kernels_avx2.cc, kernels_avx_vnni.cc,
+// kernels_avx512.cc).
 //
 // Every kernel computes a disjoint slice of the output, so results never depend on how the work is
 // split between threads.
@@ -73,7 +74,13 @@ struct GemmTile {
   int64_t n_begin, n_end;      // channel range within the group; n_begin % 16 == 0
   int8_t* out;                 // output of panel row 0, channel 0 of the group
   int64_t out_stride;          // bytes between output rows
+  int16_t* wide;               // kPanelRows x k4 int16 of the thread's scratch, for kernels that widen the panel
 };
+
+// Bytes of one thread's GEMM scratch: the panel (plus 16 bytes that a short-row copy may write past
+// its last row) and, 64-byte aligned after it, room for the panel widened to int16.
+inline int64_t gemm_panel_bytes(int64_t k4) { return (kPanelRows * k4 + 16 + 63) / 64 * 64; }
+inline int64_t gemm_scratch_bytes(int64_t k4) { return gemm_panel_bytes(k4) + kPanelRows * k4 * 2; }
 
 // Depthwise 2D conv with depth multiplier 1: channels are independent.
 struct DepthwiseWeights {
@@ -194,6 +201,8 @@ struct KernelTable {
 const KernelTable& portable_kernels();
 const KernelTable* avx2_kernels();    // nullptr when not compiled in
 const KernelTable* avx512_kernels();  // nullptr when not compiled in
+// The 256-bit VNNI family in the VEX (AVX-VNNI) or the EVEX (AVX512-VNNI + VL) encoding.
+const KernelTable* avx_vnni_kernels(bool vex);
 
 }  // namespace cpu
 }  // namespace npuq

@@ -7,6 +7,8 @@
 //   (x[iw], x[iw + dilation]) per channel, so that vpdpwssd does two taps of 16 channels at once
 //   straight from memory; the pair rows live in a small ring reused by consecutive output rows.
 // * Requantization of 16 channels at a time, lane for lane the formulas of fixedpoint.h.
+// * Add: with AVX512-VBMI, two 256-entry tables read with vpermi2b and one requantization per element;
+//   without it, three requantizations per element.
 #include <cstring>
 
 #include "kernels.h"
@@ -388,7 +390,7 @@ static inline Requant16 broadcast_requant(int32_t m0, int exponent, fp::Rounding
 }
 
 // Elementwise add (docs/arithmetic.md 6), 16 elements at a time.
-static void vnni_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
+static void arith_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
   if (p.out_exponent > 0 || p.out_exponent < -31) return generic_add(a, b, out, count, p);
   const Requant16 qa = broadcast_requant(p.a_multiplier, p.a_exponent, p.rounding, 0, -128, 127);
   const Requant16 qb = broadcast_requant(p.b_multiplier, p.b_exponent, p.rounding, 0, -128, 127);
@@ -410,10 +412,102 @@ static void vnni_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t coun
 }  // namespace avx512
 NPUQ_TARGET_END
 
+// Elementwise add by table lookup (AVX512-VBMI, Ice Lake and later): each input's rescaled value
+// (docs/arithmetic.md 6) depends only on its int8 value, so the two 256-entry int32 tables of the
+// scalar kernel (generic_add) are computed once per call with the vector multiplier and then read with
+// vpermi2b, one byte plane at a time (64 lookups per instruction). Only the requantization of the sum
+// is computed per element. Bit-exact with the other kernels by construction: the same table entries.
+NPUQ_TARGET_BEGIN("avx2,fma,bmi,bmi2,popcnt,avx512f,avx512bw,avx512vl,avx512dq,avx512cd,avx512vnni,avx512vbmi")
+namespace avx512_vbmi {
+using avx512::multiply16;
+using avx512::Requant16;
+
+// One int32 table of 256 entries as 4 byte planes of 4 x 64 bytes: planes[k][i] = byte k of entry i,
+// entry i belonging to the int8 value i - 128.
+struct BytePlanes {
+  alignas(64) uint8_t planes[4][256];
+};
+
+static void build_planes(int32_t zero_point, int left_shift, const Requant16& q, BytePlanes* t) {
+  const __m128i shift = _mm_cvtsi32_si128(left_shift);
+  for (int j = 0; j < 16; ++j) {
+    const __m512i v = _mm512_add_epi32(_mm512_set1_epi32(-128 + 16 * j),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i scaled = _mm512_sll_epi32(_mm512_sub_epi32(v, _mm512_set1_epi32(zero_point)), shift);
+    const __m512i entry = multiply16(scaled, q);
+    for (int k = 0; k < 4; ++k)
+      _mm_store_si128(reinterpret_cast<__m128i*>(t->planes[k] + 16 * j),
+                      _mm512_cvtepi32_epi8(_mm512_srli_epi32(entry, 8 * k)));
+  }
+}
+
+// Byte k of the entries of 64 int8 values (as indices u = x + 128).
+static inline __m512i lookup_plane(const uint8_t* plane, __m512i u, __mmask64 high) {
+  const __m512i lo = _mm512_permutex2var_epi8(_mm512_load_si512(plane), u, _mm512_load_si512(plane + 64));
+  const __m512i hi = _mm512_permutex2var_epi8(_mm512_load_si512(plane + 128), u, _mm512_load_si512(plane + 192));
+  return _mm512_mask_blend_epi8(high, lo, hi);
+}
+
+// The entries of 64 values as 4 vectors of int32, in unpack order: vector j, 128-bit lane L holds the
+// values 16 L + 4 j .. 16 L + 4 j + 3 (packing back with packs_epi32 / packs_epi16 restores the order).
+static inline void lookup64(const BytePlanes& t, __m512i x, __m512i out[4]) {
+  const __m512i u = _mm512_xor_si512(x, _mm512_set1_epi8(static_cast<char>(0x80)));
+  const __mmask64 high = _mm512_movepi8_mask(u);
+  const __m512i b0 = lookup_plane(t.planes[0], u, high), b1 = lookup_plane(t.planes[1], u, high);
+  const __m512i b2 = lookup_plane(t.planes[2], u, high), b3 = lookup_plane(t.planes[3], u, high);
+  const __m512i w01_lo = _mm512_unpacklo_epi8(b0, b1), w01_hi = _mm512_unpackhi_epi8(b0, b1);
+  const __m512i w23_lo = _mm512_unpacklo_epi8(b2, b3), w23_hi = _mm512_unpackhi_epi8(b2, b3);
+  out[0] = _mm512_unpacklo_epi16(w01_lo, w23_lo);
+  out[1] = _mm512_unpackhi_epi16(w01_lo, w23_lo);
+  out[2] = _mm512_unpacklo_epi16(w01_hi, w23_hi);
+  out[3] = _mm512_unpackhi_epi16(w01_hi, w23_hi);
+}
+
+static void table_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
+  BytePlanes ta, tb;
+  build_planes(p.a_zero_point, p.left_shift,
+               avx512::broadcast_requant(p.a_multiplier, p.a_exponent, p.rounding, 0, -128, 127), &ta);
+  build_planes(p.b_zero_point, p.left_shift,
+               avx512::broadcast_requant(p.b_multiplier, p.b_exponent, p.rounding, 0, -128, 127), &tb);
+  const Requant16 qo =
+      avx512::broadcast_requant(p.out_multiplier, p.out_exponent, p.rounding, p.out_zero_point, p.act_min, p.act_max);
+  const __m512i zp16 = _mm512_set1_epi16(static_cast<int16_t>(p.out_zero_point));
+  const __m512i lo8 = _mm512_set1_epi8(static_cast<char>(p.act_min));
+  const __m512i hi8 = _mm512_set1_epi8(static_cast<char>(p.act_max));
+  for (int64_t i = 0; i < count; i += 64) {
+    const __mmask64 mask = count - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (count - i)) - 1;
+    __m512i ea[4], eb[4];
+    lookup64(ta, _mm512_maskz_loadu_epi8(mask, a + i), ea);
+    lookup64(tb, _mm512_maskz_loadu_epi8(mask, b + i), eb);
+    __m512i r[4];
+    for (int j = 0; j < 4; ++j) r[j] = multiply16(_mm512_add_epi32(ea[j], eb[j]), qo);  // |each entry| < 2^30
+    // Saturating packs keep every value on its side of the activation range (see store64).
+    const __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), zp16);
+    const __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), zp16);
+    const __m512i y = _mm512_min_epi8(_mm512_max_epi8(_mm512_packs_epi16(p01, p23), lo8), hi8);
+    _mm512_mask_storeu_epi8(out + i, mask, y);
+  }
+}
+
+}  // namespace avx512_vbmi
+NPUQ_TARGET_END
+
+namespace {
+// The table form pays for its two tables (32 vector multiplies) after a few hundred elements.
+constexpr int64_t kTableAddMinCount = 256;
+
+void avx512_add(const int8_t* a, const int8_t* b, int8_t* out, int64_t count, const AddParams& p) {
+  static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+  if (vbmi && count >= kTableAddMinCount && p.out_exponent <= 0 && p.out_exponent >= -31)
+    return avx512_vbmi::table_add(a, b, out, count, p);
+  avx512::arith_add(a, b, out, count, p);
+}
+}  // namespace
+
 const KernelTable* avx512_kernels() {
   static const KernelTable table = {
-      "avx512_vnni",    avx512::vnni_gemm_tile,       avx512::vnni_depthwise_rows, avx512::vnni_requantize_rows,
-      avx512::vnni_add, avx512::generic_avg_pool_rows};
+      "avx512_vnni", avx512::vnni_gemm_tile,       avx512::vnni_depthwise_rows, avx512::vnni_requantize_rows,
+      avx512_add,    avx512::generic_avg_pool_rows};
   return &table;
 }
 #else

@@ -22,3 +22,11 @@
 #else
 #define NPUQ_HAVE_X86_TARGETS 0
 #endif
+
+// The avxvnni target (and its _avx_ intrinsics) arrived in GCC 11 and Clang 12.
+#if NPUQ_HAVE_X86_TARGETS && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define NPUQ_HAVE_AVX_VNNI_TARGET 1
+#else
+#define NPUQ_HAVE_AVX_VNNI_TARGET 0
+#endif

@@ -15,7 +15,10 @@ from npuq import _tensors as T
 from npuq import _validate as V
 from npuq.fixedpoint import quantize_multiplier
 
+_MAX_THREADS = int(_C.MAX_THREADS)  # the bound of npuq._validate.threads
+
 __all__ = [
+    "Add",
     "Conv2d",
     "FullyConnected",
     "add",
@@ -284,6 +287,59 @@ def add_params(a_scale: float, b_scale: float, output_scale: float, left_shift: 
     )
 
 
+# The keywords of add and Add, in the order of their signatures (and of their repr).
+_ADD_KEYWORDS = (
+    "a_zero_point",
+    "a_multiplier",
+    "a_exponent",
+    "b_zero_point",
+    "b_multiplier",
+    "b_exponent",
+    "output_zero_point",
+    "output_multiplier",
+    "output_exponent",
+    "left_shift",
+    "act_min",
+    "act_max",
+    "rounding",
+)
+
+
+def _add_params(
+    a_zero_point,
+    a_multiplier,
+    a_exponent,
+    b_zero_point,
+    b_multiplier,
+    b_exponent,
+    output_zero_point,
+    output_multiplier,
+    output_exponent,
+    left_shift,
+    act_min,
+    act_max,
+    rounding,
+) -> _C.AddParams:
+    """The checked parameters of an add (docs/arithmetic.md 6): the one set of rules of :func:`add` and
+    :class:`Add`, each bad value refused with the error that names it."""
+    q = {}
+    for side, zp, m, e in (
+        ("a", a_zero_point, a_multiplier, a_exponent),
+        ("b", b_zero_point, b_multiplier, b_exponent),
+        ("output", output_zero_point, output_multiplier, output_exponent),
+    ):
+        q[f"{side}_zero_point"] = V.zero_point(zp, f"{side}_zero_point")
+        m = q[f"{side}_multiplier"] = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
+        if m != 0 and m < 2**30:
+            raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
+        hi = 0 if side != "output" else 30
+        q[f"{side}_exponent"] = V.integer(e, f"{side}_exponent", -31, hi)
+    lo, hi = V.clamp(act_min, act_max)
+    V.choice(rounding, "rounding", V.ROUNDING_MODES)
+    left_shift = V.integer(left_shift, "left_shift", 0, 22)
+    return _C.AddParams(**q, left_shift=left_shift, act_min=lo, act_max=hi, rounding=rounding)
+
+
 def _add(
     a,
     b,
@@ -304,22 +360,27 @@ def _add(
     rounding="double",
     threads=None,
 ):
-    q = {}
-    for side, zp, m, e in (
-        ("a", a_zero_point, a_multiplier, a_exponent),
-        ("b", b_zero_point, b_multiplier, b_exponent),
-        ("output", output_zero_point, output_multiplier, output_exponent),
-    ):
-        q[f"{side}_zero_point"] = V.zero_point(zp, f"{side}_zero_point")
-        m = q[f"{side}_multiplier"] = V.integer(m, f"{side}_multiplier", 0, 2**31 - 1)
-        if m != 0 and m < 2**30:
-            raise ValueError(f"{side}_multiplier = {m} is not a Q31 mantissa (0 or in [2**30, 2**31 - 1])")
-        hi = 0 if side != "output" else 30
-        q[f"{side}_exponent"] = V.integer(e, f"{side}_exponent", -31, hi)
-    lo, hi = V.clamp(act_min, act_max)
-    V.choice(rounding, "rounding", V.ROUNDING_MODES)
-    left_shift = V.integer(left_shift, "left_shift", 0, 22)
-    params = _C.AddParams(**q, left_shift=left_shift, act_min=lo, act_max=hi, rounding=rounding)
+    params = _add_params(
+        a_zero_point,
+        a_multiplier,
+        a_exponent,
+        b_zero_point,
+        b_multiplier,
+        b_exponent,
+        output_zero_point,
+        output_multiplier,
+        output_exponent,
+        left_shift,
+        act_min,
+        act_max,
+        rounding,
+    )
+    return _add_arrays(params, a, b, threads, reference)
+
+
+def _add_arrays(params: _C.AddParams, a, b, threads, reference: bool):
+    """``a + b`` with checked ``params``: device arrays on their GPU, numpy arrays and torch CPU tensors on
+    the host. ``threads`` is the caller's value, checked here (None: the default count)."""
     on_device = _cuda.is_device_array(a), _cuda.is_device_array(b)
     if any(on_device):
         if not all(on_device):
@@ -387,6 +448,103 @@ def add(a, b, **params):
     ``npuq.ops.add_params(a_scale, b_scale, out_scale)`` gives the multiplier keywords.
     """
     return _add(a, b, False, **params)
+
+
+def _add_param(name: str) -> property:
+    return property(lambda self: getattr(self._params, name), doc=f"``{name}``, as checked at construction")
+
+
+class Add:
+    """An elementwise add (TFLite int8 Add, docs/arithmetic.md 6) with its parameters checked once; call it
+    on two tensors: ``Add(**params)(a, b)`` is ``add(a, b, **params)``.
+
+    Takes the keywords of :func:`add` and refuses a bad one with the same error, here rather than at every
+    call. A call checks only its arrays: two C-contiguous int8 numpy arrays of one shape go straight to the
+    native kernel (a microsecond or two on small tensors, where :func:`add` spends tens checking its
+    keywords); torch tensors (channels_last or contiguous) and device arrays take the same paths as in
+    :func:`add`, with the same results and errors. ``threads`` is the default thread count of calls (None:
+    ``npuq.get_num_threads()``); a call's own ``threads`` overrides it.
+    """
+
+    __slots__ = ("_params", "_threads", "_count")
+
+    def __init__(
+        self,
+        *,
+        a_zero_point,
+        a_multiplier,
+        a_exponent,
+        b_zero_point,
+        b_multiplier,
+        b_exponent,
+        output_zero_point,
+        output_multiplier,
+        output_exponent,
+        left_shift=20,
+        act_min=-128,
+        act_max=127,
+        rounding="double",
+        threads=None,
+    ):
+        self._params = _add_params(
+            a_zero_point,
+            a_multiplier,
+            a_exponent,
+            b_zero_point,
+            b_multiplier,
+            b_exponent,
+            output_zero_point,
+            output_multiplier,
+            output_exponent,
+            left_shift,
+            act_min,
+            act_max,
+            rounding,
+        )
+        self._threads = None if threads is None else V.threads(threads)
+        self._count = self._threads or 0  # the native core's thread argument (0: its default)
+
+    def __call__(self, a, b, *, threads=None):
+        if type(a) is np.ndarray and type(b) is np.ndarray:
+            if threads is None:
+                count = self._count
+            elif type(threads) is int and 0 < threads <= _MAX_THREADS:
+                count = threads
+            else:
+                count = -1  # let the general path name the bad value
+            if count >= 0:
+                # The native core checks dtype, layout, emptiness and shapes itself, in less time than the
+                # same checks take in Python; where it refuses, the general path below gives add's error
+                # (or copies a strided array, which the native core does not take).
+                try:
+                    return _C.add(self._params, a, b, count)
+                except (TypeError, ValueError):
+                    pass
+        return _add_arrays(self._params, a, b, self._threads if threads is None else threads, False)
+
+    a_zero_point = _add_param("a_zero_point")
+    a_multiplier = _add_param("a_multiplier")
+    a_exponent = _add_param("a_exponent")
+    b_zero_point = _add_param("b_zero_point")
+    b_multiplier = _add_param("b_multiplier")
+    b_exponent = _add_param("b_exponent")
+    output_zero_point = _add_param("output_zero_point")
+    output_multiplier = _add_param("output_multiplier")
+    output_exponent = _add_param("output_exponent")
+    left_shift = _add_param("left_shift")
+    act_min = _add_param("act_min")
+    act_max = _add_param("act_max")
+    rounding = _add_param("rounding")
+
+    @property
+    def threads(self) -> int | None:
+        """The default thread count of calls (None: ``npuq.get_num_threads()``)."""
+        return self._threads
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={getattr(self._params, k)!r}" for k in _ADD_KEYWORDS)
+        threads = "" if self._threads is None else f", threads={self._threads}"
+        return f"npuq.ops.Add({args}{threads})"
 
 
 def _avg_pool2d(

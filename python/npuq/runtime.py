@@ -11,7 +11,7 @@ def cpu_features() -> dict:
 
 
 def set_isa(name: str) -> None:
-    """Force a kernel family (``"portable"``, ``"avx2"``, ``"avx512_vnni"``) or ``"auto"`` for the best.
+    """Force a kernel family (``"portable"``, ``"avx2"``, ``"avx_vnni"``, ``"avx512_vnni"``) or ``"auto"`` for the best.
 
     Every family computes the same bits; forcing one is for testing and benchmarking.
     """

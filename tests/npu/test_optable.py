@@ -115,7 +115,7 @@ def _stub(**kw) -> dict:
         (dict(cost_unit="mac_array"), "mac_dims"),
         (dict(cost_unit="vector"), "vector_ops"),
         (dict(mac_dims=lambda op, y: (1, 1, 1)), "mac_dims"),
-        (dict(pack=lambda op, rounding, overflow: None), "layer"),
+        (dict(pack=lambda op, rounding, overflow: None, view=True), "pack"),
         (dict(n_inputs=0, vector_inputs=("a",)), "variadic"),
         (dict(layer=True), "layer"),
         (dict(n_inputs=2), "golden vector input"),

@@ -158,7 +158,7 @@ def test_cpu_features_and_set_isa():
             current = npuq.cpu_features()
             assert isa in [v for k, v in current.items() if k != "supported"], (isa, current)
         npuq.set_isa("auto")
-        for name in ("avx512_vnni", "avx2"):
+        for name in ("avx512_vnni", "avx_vnni", "avx2"):
             if name not in ISAS:
                 with pytest.raises((ValueError, RuntimeError)):
                     npuq.set_isa(name)

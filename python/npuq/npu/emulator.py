@@ -69,8 +69,10 @@ class Emulator:
         if kind == "cuda":
             self._device_index = _cuda.require(index)
             self.device = f"cuda:{self._device_index}"
-            for k in self._kernels.values():  # weights to the device now, not in the first batch
-                (k._conv if isinstance(k, ops.FullyConnected) else k).cuda_plan(self._device_index)
+            for op in program.ops:  # a layer's weights to the device now, not in the first batch
+                if OP_TABLE[op.kind].layer:
+                    k = self._kernels[op.name]
+                    (k._conv if isinstance(k, ops.FullyConnected) else k).cuda_plan(self._device_index)
 
     # ---------------------------------------------------------------------------------- inputs
     @property

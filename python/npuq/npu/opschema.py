@@ -158,7 +158,9 @@ class OpSpec:
     cost_unit: str  # "mac_array", "vector" or "none" (docs/cost_model.md 2)
     docs: tuple[str, ...]  # "docs/<file>.md#<section anchor>" that define the kind
     run_cuda: Callable[..., Any] | None = None  # device arrays; None: run handles them
-    pack: Callable[..., Any] | None = None  # (op, rounding, overflow) -> the packed native kernel
+    # (op, rounding, overflow) -> the op's kernel, built once per program: a layer's packed weights, or the
+    # checked parameters of a kind without weights (add); given to run and run_cuda as RunContext.kernel
+    pack: Callable[..., Any] | None = None
     native: Callable[..., None] | None = None  # (op, where, input shape, output shape): the kernels' limits
     mac_dims: Callable[..., tuple[int, int, int]] | None = None  # mac_array: (C_out, reduction, pixels)
     vector_ops: Callable[..., int] | None = None  # vector: (op, input shapes, output shape) -> element ops
@@ -178,7 +180,7 @@ class OpSpec:
         else:  # variadic: 2 to MAX_VARIADIC_INPUTS inputs, named input_0, input_1, ...
             need(not self.vector_inputs, "a variadic kind names its inputs input_<i>")
         need(not self.layer or (bool(self.tensors) and self.pack is not None), "a layer has tensors and a pack")
-        need(self.pack is None or self.layer, "only a layer (with weights) has a pack function")
+        need(self.pack is None or not self.view, "a view has nothing to pack")
         need((self.cost_unit == "mac_array") == (self.mac_dims is not None), "mac_dims iff the unit is mac_array")
         need((self.cost_unit == "vector") == (self.vector_ops is not None), "vector_ops iff the unit is vector")
         need(self.cost_unit != "mac_array" or self.layer, "a MAC-array op is a layer (weights, requantization)")

@@ -147,8 +147,10 @@ def _run_layer(op: Op, args, ctx: RunContext):
 
 
 def _gemm_scratch(k: int) -> int:
-    """One im2col panel of a GEMM conv / fully-connected layer (per thread)."""
-    return _PANEL_ROWS * round_up(k, 4) + _SCRATCH_ALIGN
+    """One im2col panel of a GEMM conv / fully-connected layer and its int16 copy (per thread; kernels.h
+    gemm_scratch_bytes)."""
+    k4 = round_up(k, 4)
+    return round_up(_PANEL_ROWS * k4 + 16, 64) + _PANEL_ROWS * k4 * 2 + _SCRATCH_ALIGN
 
 
 def _gemm_params(groups: int, c_out: int, k: int) -> int:
@@ -331,8 +333,15 @@ def _add_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootp
     return OpFootprint(reads, out, work=_add_vector_ops(op, in_shapes, y))
 
 
+def _add_pack(op: Op, rounding: str, overflow: str) -> ops.Add:
+    # the parameters checked once per program: a run then costs the kernel and little else, which matters on
+    # the small tensors of the last stages of a network
+    return ops.Add(rounding=rounding, **op.attrs)
+
+
 def _add_run(op: Op, args, ctx: RunContext):
-    return ops.add(args[0], args[1], rounding=ctx.rounding, threads=ctx.threads, **op.attrs)
+    add = ctx.kernel if ctx.kernel is not None else _add_pack(op, ctx.rounding, ctx.overflow)
+    return add(args[0], args[1], threads=ctx.threads)
 
 
 # ---------------------------------------------------------------------------------- pools
@@ -507,6 +516,7 @@ _TABLE: dict[str, OpSpec] = {
             infer=_add_infer,
             footprint=_add_footprint,
             run=_add_run,
+            pack=_add_pack,
             cost_unit="vector",
             vector_ops=_add_vector_ops,
             vector_inputs=("input_a", "input_b"),
