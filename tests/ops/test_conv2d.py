@@ -112,6 +112,26 @@ def test_mobilenet_first_layer(wess):
     _run_shape(7, (1, 16, 16, 3), (32, 3, 3, 3), "double", per_channel=False, wess=wess, stride=2, padding=(0, 1, 0, 1))
 
 
+@pytest.mark.parametrize("c_in, kernel", [(1, 3), (3, 3), (4, 4), (5, 3), (2, 7), (16, 1), (8, 2)])
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (2, (0, 1, 0, 1)), (3, 2)])
+def test_short_kernel_rows_every_isa(c_in, kernel, stride, padding):
+    """kernel_w * C_in <= 16 (the stem's 3 x 3 x 3): im2col copies 16 bytes per kernel row where the window
+    lies inside the image, and must fall back where those 16 bytes would run past the input (its last
+    pixels) or the window crosses the padding. Batches of 1 and 2, inputs that end exactly at a window."""
+    padding = tuple(min(p, kernel - 1) for p in (padding if isinstance(padding, tuple) else (padding,) * 4))
+    for batch, size in ((1, kernel + 2 * stride), (2, 11)):
+        for isa in npuq.cpu_features()["supported"]:
+            with using_isa(isa):
+                _run_shape(
+                    c_in * 100 + kernel * 10 + stride + batch,
+                    (batch, size, size + 1, c_in),
+                    (9, kernel, kernel, c_in),
+                    "double",
+                    stride=stride,
+                    padding=padding,
+                )
+
+
 @pytest.mark.parametrize("c", [1, 7, 17, 40])
 def test_large_kernels_and_dilation(c):
     _run_shape(c, (1, 12, 11, c), (5, 7, 7, c), "single", padding=(3, 2, 1, 0))

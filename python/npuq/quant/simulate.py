@@ -297,7 +297,7 @@ class QuantizedModel(nn.Module):
 
     # -------------------------------------------------------------------------- native integer backend
     def _native_layers(self) -> dict:
-        """Packed native kernels of every layer (built on first use)."""
+        """Packed native kernels of every layer and add (built on first use)."""
         if getattr(self, "_packed", None) is None:
             from npuq import ops
 
@@ -330,6 +330,9 @@ class QuantizedModel(nn.Module):
                     )
                 else:
                     packed[node.name] = ops.FullyConnected(w.numpy(), bias, input_zero_point=lp.input_zero_point, **req)
+            for node in self.graph:  # adds: their parameters checked once, not on every forward
+                if node.kind == "add":
+                    packed[node.name] = ops.Add(rounding=self.rounding, **self.add_params[node.name])
             self._packed = packed
         return self._packed
 
@@ -363,7 +366,7 @@ class QuantizedModel(nn.Module):
             elif k == "linear":
                 y = packed[node.name](ins[0], threads=threads)
             elif k == "add":
-                y = ops.add(ins[0], ins[1], rounding=self.rounding, threads=threads, **self.add_params[node.name])
+                y = packed[node.name](ins[0], ins[1], threads=threads)
             elif k == "avg_pool":
                 a = node.attrs
                 y = ops.avg_pool2d(
