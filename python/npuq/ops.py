@@ -360,21 +360,7 @@ def _add(
     rounding="double",
     threads=None,
 ):
-    params = _add_params(
-        a_zero_point,
-        a_multiplier,
-        a_exponent,
-        b_zero_point,
-        b_multiplier,
-        b_exponent,
-        output_zero_point,
-        output_multiplier,
-        output_exponent,
-        left_shift,
-        act_min,
-        act_max,
-        rounding,
-    )
+    params = _add_params(**{k: v for k, v in locals().items() if k in _ADD_KEYWORDS})
     return _add_arrays(params, a, b, threads, reference)
 
 
@@ -486,21 +472,7 @@ class Add:
         rounding="double",
         threads=None,
     ):
-        self._params = _add_params(
-            a_zero_point,
-            a_multiplier,
-            a_exponent,
-            b_zero_point,
-            b_multiplier,
-            b_exponent,
-            output_zero_point,
-            output_multiplier,
-            output_exponent,
-            left_shift,
-            act_min,
-            act_max,
-            rounding,
-        )
+        self._params = _add_params(**{k: v for k, v in locals().items() if k in _ADD_KEYWORDS})
         self._threads = None if threads is None else V.threads(threads)
         self._count = self._threads or 0  # the native core's thread argument (0: its default)
 
