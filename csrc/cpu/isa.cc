@@ -4,6 +4,11 @@
 #include <thread>
 
 #include "cpu.h"
+#include "target.h"
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -17,6 +22,13 @@ namespace {
 constexpr Isa kAllIsas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512Vnni};
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+// AVX-VNNI is CPUID leaf 7, subleaf 1, EAX bit 4 (read directly: older compilers' __builtin_cpu_supports
+// does not know it). The YMM state it needs is the one the AVX2 check already requires of the OS.
+bool avx_vnni_vex_usable() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return NPUQ_HAVE_AVX_VNNI_TARGET && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1u);
+}
+
 bool avx_vnni_evex_usable() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512vnni");
@@ -31,7 +43,7 @@ bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
     case Isa::kAvxVnni:
       // The VEX encoding, or the EVEX one of AVX512-VNNI + VL (kernels_avx_vnni.cc).
-      return cpu_has(Isa::kAvx2) && (__builtin_cpu_supports("avxvnni") || avx_vnni_evex_usable());
+      return cpu_has(Isa::kAvx2) && (avx_vnni_vex_usable() || avx_vnni_evex_usable());
     case Isa::kAvx512Vnni:
       return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -47,7 +59,7 @@ const KernelTable* table_or_null(Isa isa) {
     case Isa::kAvx2: return avx2_kernels();
     case Isa::kAvxVnni:
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-      return avx_vnni_kernels(__builtin_cpu_supports("avxvnni"));
+      return avx_vnni_kernels(avx_vnni_vex_usable());
 #else
       return nullptr;
 #endif
