@@ -80,11 +80,12 @@ static void gemm_block(const GemmTile& t, const int16_t* wide, int64_t row0, int
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) result[r][0] = acc[r][0], result[r][1] = acc[r][1];
   const int64_t valid0 = t.n_end - n0, valid1 = valid0 - 8;
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(cc.zero_point));
+  const __m128i lo8 = _mm_set1_epi8(static_cast<char>(cc.act_min)), hi8 = _mm_set1_epi8(static_cast<char>(cc.act_max));
   for (int r = 0; r < MR && r < rows; ++r) {
     int8_t* dst = t.out + (row0 + r) * t.out_stride + n0;
     if (cc.vector_ok) {
-      store8(dst, requant8(result[r][0], q0), valid0);
-      if (valid1 > 0) store8(dst + 8, requant8(result[r][1], q1), valid1);
+      store16_natural(dst, multiply8(result[r][0], q0), multiply8(result[r][1], q1), zp16, lo8, hi8, valid0);
     } else {
       store8_scalar(dst, result[r][0], cc, n0, valid0 < 8 ? valid0 : 8);
       if (valid1 > 0) store8_scalar(dst + 8, result[r][1], cc, n0 + 8, valid1 < 8 ? valid1 : 8);
