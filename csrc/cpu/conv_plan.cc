@@ -126,10 +126,21 @@ void pack_panel(const int8_t* x, const int8_t* x_end, const Conv2dShape& s, int3
   const uint8_t pad = static_cast<uint8_t>(zp + 128);
   const bool direct = s.kernel_h == 1 && s.kernel_w == 1 && s.pad_top == 0 && s.pad_left == 0;
   const bool short_rows = !direct && s.groups == 1 && s.dilation_w == 1 && s.kernel_w * s.in_c <= 16;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t m = row0 + r;
-    const int64_t n = m / (s.out_h * s.out_w), pix = m % (s.out_h * s.out_w);
-    const int64_t oh = pix / s.out_w, ow = pix % s.out_w;
+  if (direct && s.groups == 1 && k4 == s.in_c && s.stride_h == 1 && s.stride_w == 1 && s.out_w == s.in_w &&
+      s.out_h == s.in_h) {
+    // A pointwise layer at stride 1 whose rows need no padding: the panel is one contiguous run of the input.
+    const auto* src = reinterpret_cast<const uint8_t*>(x + row0 * s.in_c);
+    for (int64_t i = 0; i < rows * k4; ++i) panel[i] = src[i] ^ 0x80u;
+    return;
+  }
+  // The output position of row0, then stepped row by row (two divisions per row cost as much as the
+  // stem's whole copy).
+  int64_t n = row0 / (s.out_h * s.out_w), oh = row0 % (s.out_h * s.out_w) / s.out_w, ow = row0 % s.out_w;
+  for (int64_t r = 0; r < rows; ++r, ++ow) {
+    if (ow == s.out_w) {
+      ow = 0;
+      if (++oh == s.out_h) oh = 0, ++n;
+    }
     uint8_t* dst = panel + r * k4;
     if (short_rows && pack_short_rows(x, x_end, s, n, oh, ow, k4, dst)) continue;
     if (direct) {
