@@ -860,6 +860,13 @@ class Loader {
       if (a.since <= version) allowed.emplace_back(a.name);
     for (size_t m = 0; m < g.size(r.attrs); ++m) {
       const std::string key(g.key(r.attrs, m));
+      // an optional attribute of the Python emulator: TFLite's floating-point rescale of an imported
+      // FULLY_CONNECTED (docs/arithmetic.md 16) is no NPU arithmetic, and this library runs NPU programs
+      if (spec.kind == OpKind::kFullyConnected && key == "tflite_rescale")
+        fail(where,
+             "attribute 'tflite_rescale' (TFLite's floating-point FULLY_CONNECTED rescale) is emulated by the "
+             "Python package only; import the TFLite model with --fc-rescale integer for a program the NPU and "
+             "libnpuq run");
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) unknown.push_back(key);
     }
     if (!unknown.empty()) {

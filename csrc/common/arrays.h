@@ -33,7 +33,10 @@ const char* dtype_name() {
 // The array as a read-only view of T, after checking dtype, rank (ndim < 0: any) and C-contiguity.
 template <typename T>
 const T* view(const pybind11::array& a, const char* name, int ndim) {
-  if (!a.dtype().is(pybind11::dtype::of<T>()))
+  // equal types, not the same dtype object: numpy makes new, equivalent objects (np.dtype("<i4") on a
+  // little-endian machine, arrays read from files), and a byte-swapped array is not equivalent
+  const pybind11::dtype want = pybind11::dtype::of<T>();
+  if (!a.dtype().is(want) && !pybind11::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), want.ptr()))
     throw pybind11::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
                                std::string(pybind11::str(a.dtype())));
   if (ndim >= 0 && a.ndim() != ndim)

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "export-vectors": "npuq.npu.vectors.commands",
     "verify": "npuq.npu.vectors.commands",
     "cost": "npuq.npu.cost",
+    "import-tflite": "npuq.interop.commands",
     "distill": "npuq.distill.commands",
     "lrf": "npuq.lrf.commands",
     "config": "npuq.capi",

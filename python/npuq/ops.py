@@ -30,6 +30,7 @@ __all__ = [
     "concat_params",
     "conv2d",
     "fully_connected",
+    "fully_connected_tflite",
     "global_avg_pool",
     "lut",
     "max_pool2d",
@@ -622,6 +623,7 @@ from npuq._ops_resample import (  # noqa: E402
     pool_output_size,
     upsample,
 )
+from npuq._ops_tflite import fully_connected_tflite  # noqa: E402
 
 for _family in (_ops_eltwise, _ops_resample):
     for _name, _fn in _family.REFERENCE.items():

@@ -94,6 +94,8 @@ def _layer(op, x: np.ndarray, rounding: str, overflow: str) -> np.ndarray:
     else:
         acc = R.fully_connected_acc(x, weight, bias, input_zero_point=a["input_zero_point"])
     acc = R.apply_overflow(acc, overflow, op.name)
+    if a.get("tflite_rescale"):
+        return R.tflite_float_rescale(acc, a["tflite_rescale"], a["output_zero_point"], a["act_min"], a["act_max"])
     return R.requantize(
         acc,
         _per_layer_or_channel(t["multiplier"]),

@@ -11,6 +11,7 @@ for the small shapes the hypothesis tests draw.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -220,7 +221,12 @@ def requantize_raw(acc, multiplier, exponent, channel_shift=None, rounding: str 
     last = acc.shape[-1] if acc.ndim else 1
     m0, e, s = _broadcast_channel_params(last, multiplier, exponent, channel_shift)
     e_c = e - s  # in [-46, 30]
-    acc, m0, e_c = np.broadcast_arrays(acc, m0, e_c)
+    return _multiply(acc, m0, e_c, rounding)
+
+
+def _multiply(acc, m0, e_c, rounding: str) -> np.ndarray:
+    """Sections 3.1 / 3.2 for any int32 multiplier ``m0 >= 0`` (TFLite's mean uses unnormalized ones)."""
+    acc, m0, e_c = np.broadcast_arrays(_i64(acc), _i64(m0), _i64(e_c))
     if rounding == "double":
         left = np.maximum(e_c, 0)
         right = np.maximum(-e_c, 0)
@@ -256,6 +262,20 @@ def requantize(
     r = requantize_raw(acc, multiplier, exponent, channel_shift, rounding)
     y = np.clip(r + int(output_zero_point), act_min, act_max)
     return y.astype(np.int8)
+
+
+def tflite_float_rescale(acc, rescale, output_zero_point: int, act_min: int, act_max: int) -> np.ndarray:
+    """Section 16 (TFLite's FULLY_CONNECTED): each accumulator times the double ``rescale[c]`` (one
+    correctly rounded product, as Python's float multiply), rounded half away from zero exactly (as a
+    fraction), plus the zero point, clamped. ``acc`` (N, C) int64; returns int64."""
+    acc = _i64(acc)
+    scale = [float(v) for v in rescale]
+    out = np.empty(acc.shape, dtype=np.int64)
+    for idx, v in np.ndenumerate(acc):
+        prod = Fraction(float(int(v)) * scale[idx[-1] if len(scale) > 1 else 0])
+        r = math.floor(abs(prod) + Fraction(1, 2))
+        out[idx] = min(max((r if prod >= 0 else -r) + int(output_zero_point), act_min), act_max)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -708,7 +728,7 @@ def concat(inputs, *, zero_points, multipliers, exponents, output_zero_point, ro
 
 
 def mean_params(input_scale: float, output_scale: float, count: int, tflite_rounding: bool = False) -> dict:
-    """Section 15: ``s_x / (n * s_y)`` (npuq) or ``s_x / s_y`` (TFLite, n divided separately)."""
+    """Section 15: ``s_x / (n * s_y)`` (npuq) or ``s_x / s_y`` (TFLite, 1 / n folded in at run time)."""
     s_x, s_y = float(input_scale), float(output_scale)
     real = s_x / s_y if tflite_rounding else s_x / (int(count) * s_y)
     m0, e = quantize_multiplier(real)
@@ -739,8 +759,11 @@ def mean(
     if not tflite_rounding:
         y = requantize(acc, int(multiplier), int(exponent), None, output_zero_point, act_min, act_max, rounding)
         return y.astype(np.int64)
-    r = requantize_raw(acc, int(multiplier), int(exponent), None, rounding)
-    return np.clip(rounded_average(r, count) + int(output_zero_point), act_min, act_max)
+    # TFLite: 1 / n as the factor 2^k / n of the multiplier, k = floor(log2 n) capped at 32 and at 31 + e
+    k = min(count.bit_length() - 1, 32, 31 + int(exponent))
+    m = (int(multiplier) << k) // count  # truncated: may fall below 2^30
+    r = _multiply(acc, m, int(exponent) - k, rounding)
+    return np.clip(r + int(output_zero_point), act_min, act_max)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,18 +22,35 @@ struct MeanParams {
   int32_t multiplier = 0;  // M0: 0 or [2^30, 2^31 - 1]
   int32_t exponent = 0;    // e: [-31, 30]
   int32_t act_min = -128, act_max = 127;
-  bool tflite_rounding = false;  // divide by H * W in a second rounding (TFLite's Mean)
+  bool tflite_rounding = false;  // 1 / (H * W) as TFLite's fixed-point factor (tflite_mean_multiplier)
   fp::Rounding rounding = fp::Rounding::kDouble;
 
   NPUQ_HD int64_t count() const { return in_h * in_w; }
 };
 
+// TFLite's mean multiplier (LiteRT's reference QuantizedMeanOrSum): 1 / n enters the multiplier of
+// s_x / s_y as the fixed-point factor 2^k / n, k = floor(log2 n) capped so that the exponent stays >= -31:
+// M' = floor(M0 2^k / n) (truncated, so M' may be below 2^30: not a normalized Q31) and e' = e - k.
+struct MeanMultiplier {
+  int32_t multiplier = 0, exponent = 0;
+};
+
+NPUQ_HD MeanMultiplier tflite_mean_multiplier(int32_t m0, int32_t exponent, int64_t count) {
+  int32_t k = 0;
+  while (k < 32 && (int64_t{1} << (k + 1)) <= count) ++k;  // floor(log2 count), count >= 1
+  if (k > 31 + exponent) k = 31 + exponent;                   // exponent >= -31, so k >= 0
+  MeanMultiplier m;
+  m.multiplier = static_cast<int32_t>((static_cast<int64_t>(m0) << k) / count);  // m0 < 2^31, k <= 32: no overflow
+  m.exponent = exponent - k;
+  return m;
+}
+
 // The output of one channel from its exact sum acc = sum (x - z_x) over the count() pixels.
 NPUQ_HD int8_t mean_output(int32_t acc, const MeanParams& p) {
   if (!p.tflite_rounding)
     return fp::requantize(acc, p.multiplier, p.exponent, p.rounding, p.output_zero_point, p.act_min, p.act_max);
-  const int32_t r = fp::multiply(acc, p.multiplier, p.exponent, p.rounding);
-  return fp::output_stage(fp::rounded_average(r, p.count()), p.output_zero_point, p.act_min, p.act_max);
+  const MeanMultiplier m = tflite_mean_multiplier(p.multiplier, p.exponent, p.count());
+  return fp::requantize(acc, m.multiplier, m.exponent, p.rounding, p.output_zero_point, p.act_min, p.act_max);
 }
 
 // --- upsampling (sections 12 and 13) ---

@@ -7,6 +7,7 @@ Imports numpy and the field checks of :mod:`npuq.npu._checks` only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -31,10 +32,13 @@ class Attr:
 
     ``type``: ``"int"`` (an integer in ``[lo, hi]``), ``"ints"`` (a list of ``length`` integers in
     ``[lo, hi]``; ``length`` 0: one per input of the op), ``"q31s"`` (a list of Q31 mantissas, one per
-    input), ``"q31"`` (a Q31 mantissa: 0 or in ``[2^30, 2^31 - 1]``), ``"bool"`` or ``"choice"`` (one of
-    the strings ``choices``). Every attribute is required in the format versions from ``since`` on; a
+    input), ``"q31"`` (a Q31 mantissa: 0 or in ``[2^30, 2^31 - 1]``), ``"bool"``, ``"choice"`` (one of
+    the strings ``choices``) or ``"floats"`` (a non-empty list of finite reals > 0; the kind's ``infer``
+    checks its length). Every attribute is required in the format versions from ``since`` on; a
     program of an older version must not have it, and consumers read ``default`` for it
-    (:func:`attr_value`)."""
+    (:func:`attr_value`). An ``optional`` attribute may be left out in any version (its absence means
+    ``default``): it selects a variant that programs without it never use, and a reader that predates it
+    refuses a program that has it (an unknown attribute) rather than computing something else."""
 
     type: str
     lo: int = 0
@@ -43,17 +47,22 @@ class Attr:
     choices: tuple[str, ...] = ()
     since: int = 1
     default: Any = None
+    optional: bool = False
 
     def __post_init__(self):
-        if self.type not in ("int", "ints", "q31", "q31s", "bool", "choice"):
+        if self.type not in ("int", "ints", "q31", "q31s", "bool", "choice", "floats"):
             raise ValueError(f"unknown attribute type {self.type!r}")
         if (self.type == "choice") != bool(self.choices):
             raise ValueError("a choice attribute lists its choices (and only it does)")
-        if self.since > 1 and self.default is None:
-            raise ValueError("an attribute added after format 1 has a default for older programs")
+        if (self.since > 1 or self.optional) and self.default is None:
+            raise ValueError("an attribute added after format 1, or optional, has a default")
 
     def check(self, attrs: dict, key: str, where: str, n_inputs: int = 1):
         """The value of ``attrs[key]``, or a ProgramError naming ``where`` and the attribute."""
+        if self.optional and key not in attrs:
+            return self.default
+        if self.type == "floats":
+            return _float_list(attrs[key], key, where)
         if self.type == "int":
             return int_field(attrs, key, where, self.lo, self.hi)
         if self.type == "ints":
@@ -79,6 +88,15 @@ class Attr:
         if not isinstance(v, bool):
             fail(where, f"attribute '{key}' must be true or false, got {v!r}")
         return v
+
+
+def _float_list(v, key: str, where: str) -> tuple[float, ...]:
+    if not isinstance(v, list) or not v:
+        fail(where, f"attribute '{key}' must be a non-empty list of reals, got {v!r:.80}")
+    for i, x in enumerate(v):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 < x < 2**30:
+            fail(where, f"attribute '{key}'[{i}] = {x!r:.40} must be a finite real in (0, 2^30)")
+    return tuple(float(x) for x in v)
 
 
 @dataclass(frozen=True)

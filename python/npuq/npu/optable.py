@@ -275,6 +275,9 @@ def _fc_infer(op: Op, where: str, in_shapes: list[Shape]) -> Shape:
         fail(where, f"fully_connected needs a flat input (K,), but '{op.inputs[0]}' has shape {x}; insert a flatten op")
     if w.shape[1] != x[0]:
         fail(where, f"weight has {w.shape[1]} input features but '{op.inputs[0]}' has {x[0]}")
+    rescale = op.attrs.get("tflite_rescale")
+    if rescale is not None and len(rescale) not in (1, c_out):
+        fail(where, f"attribute 'tflite_rescale' has {len(rescale)} values; it needs 1 or {c_out} (one per channel)")
     return (c_out,)
 
 
@@ -290,8 +293,42 @@ def _fc_footprint(op: Op, in_shapes, y: Shape, reads: int, out: int) -> OpFootpr
     )
 
 
+class _TFLiteFullyConnected:
+    """A fully-connected layer with TFLite's floating-point rescale (``tflite_rescale``, arithmetic.md 16):
+    emulated on the host only, as no NPU computes it."""
+
+    def __init__(self, op: Op, overflow: str):
+        t, a = op.tensors, op.attrs
+        self.name = op.name
+        self.weight, self.bias = t["weight"], t["bias"]
+        self.kw = dict(
+            input_zero_point=a["input_zero_point"],
+            rescale=np.asarray(a["tflite_rescale"], np.float64),
+            output_zero_point=a["output_zero_point"],
+            act_min=a["act_min"],
+            act_max=a["act_max"],
+            overflow=overflow,
+        )
+
+    def __call__(self, x, threads=None):
+        if not isinstance(x, np.ndarray):
+            raise ValueError(
+                f"fully_connected '{self.name}' carries TFLite's floating-point rescale (tflite_rescale), which "
+                f"the emulator runs on the CPU only"
+            )
+        return ops.fully_connected_tflite(x, self.weight, self.bias, **self.kw)
+
+    def cuda_plan(self, device: int):
+        raise ValueError(
+            f"fully_connected '{self.name}' carries TFLite's floating-point rescale (tflite_rescale), which the "
+            f"emulator runs on the CPU only; import the model with fc_rescale='integer' to run it on a GPU"
+        )
+
+
 def _fc_pack(op: Op, rounding: str, overflow: str):
     t, a = op.tensors, op.attrs
+    if a.get("tflite_rescale"):
+        return _TFLiteFullyConnected(op, overflow)
     return ops.FullyConnected(
         t["weight"], t["bias"], input_zero_point=a["input_zero_point"], **_requant_args(op, rounding, overflow)
     )
@@ -493,7 +530,7 @@ _TABLE: dict[str, OpSpec] = {
         OpSpec(
             "fully_connected",
             1,
-            attrs=_LAYER_ATTRS,
+            attrs={**_LAYER_ATTRS, "tflite_rescale": Attr("floats", optional=True, default=())},
             tensors=_layer_tensors(2, "OK"),
             infer=_fc_infer,
             footprint=_fc_footprint,
