@@ -858,6 +858,7 @@ class Loader {
     std::vector<std::string> allowed, unknown;
     for (const AttrSpec& a : spec.attrs)
       if (a.since <= version) allowed.emplace_back(a.name);
+    if (spec.kind == OpKind::kFullyConnected) allowed.emplace_back("tflite_rescale");  // known, refused below
     for (size_t m = 0; m < g.size(r.attrs); ++m) {
       const std::string key(g.key(r.attrs, m));
       // an optional attribute of the Python emulator: TFLite's floating-point rescale of an imported

@@ -26,6 +26,9 @@ _LAZY = {
     "quant": ("npuq.quant", None),
     "compile": ("npuq.npu.compiler", "compile_model"),
     "CompileError": ("npuq.npu.compiler", "CompileError"),
+    # the interop extra (tflite, flatbuffers) is imported when a model is read
+    "from_tflite": ("npuq.interop.tflite_import", "from_tflite"),
+    "interop": ("npuq.interop", None),
 }
 
 
@@ -48,6 +51,7 @@ __all__ = [
     "Program",
     "ProgramError",
     "compile",
+    "from_tflite",
     "load_program",
     "LayoutWarning",
     "MultiplierFlushedWarning",

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "verify": "npuq.npu.vectors.commands",
     "cost": "npuq.npu.cost",
     "import-tflite": "npuq.interop.commands",
+    "export-onnx": "npuq.interop.onnx_commands",
     "distill": "npuq.distill.commands",
     "lrf": "npuq.lrf.commands",
     "config": "npuq.capi",

@@ -4,14 +4,11 @@ WESS-exact layers untouched, and outputs close to the original's."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import npuq
 from npuq.interop.per_layer import to_per_layer
 from npuq.interop.tflite_import import import_tflite
 from support.tflite_cases import mobilenet_v3_block, random_input
-
-pytest.importorskip("tflite", reason='the TFLite schema package is not installed (pip install "npuq[interop]")')
 
 
 def test_every_layer_ends_per_layer_and_wess_layers_are_kept():

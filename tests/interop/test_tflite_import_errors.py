@@ -21,8 +21,6 @@ from support.tflite_cases import (
     scale,
 )
 
-pytest.importorskip("tflite", reason='the TFLite schema package is not installed (pip install "npuq[interop]")')
-
 
 def conv_model(seed: int = 0, **conv) -> bytes:
     rng = np.random.default_rng(seed)
@@ -189,9 +187,8 @@ def test_cli_refuses_a_float_model_without_writing(tmp_path, capsys):
 def test_tflite_rescale_round_trips_and_the_c_library_refuses_it(tmp_path):
     """The imported fully-connected layer's doubles survive the file exactly; libnpuq, which runs NPU
     arithmetic only, refuses the attribute by name, and the integer import loads there."""
-    from support.capi_program import load_status
-
     import npuq
+    from support.capi_program import load_status
 
     model, shape = mobilenet_v3_block(np.random.default_rng(5))
     program = import_tflite(model).program

@@ -223,7 +223,8 @@ def test_the_loader_rejects_unknown_attributes_listing_the_table_ones(kind):
         _load(graph, tensors)
 
 
-ATTRS = [(k, a) for k, s in OP_TABLE.items() for a in s.attrs]
+ATTRS = [(k, a) for k, s in OP_TABLE.items() for a in s.attrs if not s.attrs[a].optional]
+OPTIONAL_ATTRS = [(k, a) for k, s in OP_TABLE.items() for a in s.attrs if s.attrs[a].optional]
 
 
 @pytest.mark.parametrize("kind,attr", ATTRS)
@@ -236,6 +237,18 @@ def test_every_attribute_of_the_table_is_required_and_typed(kind, attr):
     _op_json(graph, kind)["attrs"][attr] = "7"
     with pytest.raises(ProgramError, match=f"'{attr}'"):
         _load(graph, tensors)
+
+
+@pytest.mark.parametrize("kind,attr", OPTIONAL_ATTRS)
+def test_optional_attributes_may_be_absent_but_are_typed(kind, attr):
+    graph, tensors = _graph_and_tensors(every_kind_program())
+    assert attr not in _op_json(graph, kind)["attrs"]
+    _load(graph, tensors)  # absent: the default
+    for bad in ("7", [], [0.0], [float("inf")], [True]):
+        graph, tensors = _graph_and_tensors(every_kind_program())
+        _op_json(graph, kind)["attrs"][attr] = bad
+        with pytest.raises(ProgramError, match=f"'{attr}'"):
+            _load(graph, tensors)
 
 
 @pytest.mark.parametrize("kind,attr", [(k, a) for k, a in ATTRS if OP_TABLE[k].attrs[a].type in ("int", "ints")])

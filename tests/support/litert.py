@@ -4,8 +4,8 @@ The reference kernels (``OpResolverType.BUILTIN_REF``) are TFLite's readable sca
 specification the optimized ones are tested against; ``experimental_preserve_all_tensors`` stops the
 interpreter from reusing intermediate buffers, so every op's output can be read after the run.
 
-Without ``ai_edge_litert`` the tests that call :func:`run_litert` skip with the install command as the
-reason, except under CI (``NPUQ_CI=1``), where they fail (``support.helpers.skip_unless_ci``).
+Without ``ai_edge_litert`` (or ``tflite``) the tests skip with the install command as the reason, except
+under CI (``NPUQ_CI=1``), where they fail (``support.helpers.skip_unless_ci``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,18 @@ def litert_interpreter():
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
-        skip_unless_ci(f"ai_edge_litert is not installed ({INSTALL})")
+        skip_unless_ci(f"ai_edge_litert is not installed ({INSTALL})", allow_module_level=True)
     return Interpreter, OpResolverType
+
+
+def require_tflite():
+    """The ``tflite`` schema package (the writer needs it with ``flatbuffers``), or a skip (a failure on CI)."""
+    try:
+        import flatbuffers  # noqa: F401
+        import tflite
+    except ImportError:
+        skip_unless_ci('the tflite / flatbuffers packages are not installed (pip install "npuq[interop]")', True)
+    return tflite
 
 
 def run_litert(model: bytes, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:

@@ -32,6 +32,20 @@ def add_commands(sub) -> None:
         help="FULLY_CONNECTED requantization: TFLite's floating-point rescale (bit-exact against LiteRT, emulator "
         "only) or the NPU's integer multiplier (runs everywhere; at most 1 LSB from LiteRT on rare outputs)",
     )
+    p.add_argument(
+        "--per-layer-method",
+        default="wess_mse",
+        choices=("wess_mse", "wess"),
+        help="the WESS weight quantizer of --per-layer (wess_mse: minimum squared error; wess: the layer scale "
+        "covers the largest weight)",
+    )
+    p.add_argument(
+        "--calibration",
+        default=None,
+        metavar="NPY",
+        help="with --per-layer: a .npy of the model's int8 inputs (N, H, W, C) or float images (N, C, H, W) for "
+        "the bias correction of the rewritten layers",
+    )
     p.add_argument("--report", default=None, help="write the import report as JSON to this file")
     p.add_argument("--name", default=None, help="the program's model name (default: the file's stem)")
     p.set_defaults(func=_run_import)
@@ -40,6 +54,8 @@ def add_commands(sub) -> None:
 def _run_import(args) -> int:
     from npuq.interop.tflite_import import import_tflite
 
+    if args.calibration and not args.per_layer:
+        raise CommandError("--calibration is for the bias correction of --per-layer; add --per-layer")
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise CommandError(f"{out}: is a directory; give the program file to write")
@@ -51,7 +67,14 @@ def _run_import(args) -> int:
     if args.per_layer:
         from npuq.interop.per_layer import to_per_layer
 
-        program, changed = to_per_layer(program)
+        calibration = None
+        if args.calibration:
+            from npuq._untrusted import load_npy
+            from npuq.npu.emulator import Emulator
+
+            arr = load_npy(args.calibration, CommandError, "calibration array")
+            calibration = arr if arr.dtype.kind != "f" else Emulator(program).quantize_input(arr)
+        program, changed = to_per_layer(program, method=args.per_layer_method, calibration=calibration)
         summary["per_layer_rewrite"] = [vars(c) for c in changed]
     print(report.summary())
     if args.per_layer:

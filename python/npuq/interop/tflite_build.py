@@ -76,6 +76,7 @@ _OPTIONS: dict[str, tuple[str, dict[str, str]]] = {
     "SOFTMAX": ("SoftmaxOptions", {"beta": "float"}),
     "LEAKY_RELU": ("LeakyReluOptions", {"alpha": "float"}),
     "HARD_SWISH": ("HardSwishOptions", {}),
+    "GELU": ("GeluOptions", {"approximate": "bool"}),
     "QUANTIZE": ("QuantizeOptions", {}),
     "DEQUANTIZE": ("DequantizeOptions", {}),
     "PAD": ("PadOptions", {}),

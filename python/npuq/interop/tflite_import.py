@@ -52,6 +52,8 @@ TABLE_OPS = {
     "RELU_N1_TO_1": "clamp",
     "LEAKY_RELU": "leaky_relu",
     "QUANTIZE": "custom",  # int8 -> int8: a requantization between two scales
+    "GELU": "gelu",  # "gelu_tanh" with approximate=True
+    "ELU": "custom",
 }
 
 
@@ -779,12 +781,13 @@ def _table(imp: _Importer, op: TFLiteOperator) -> None:
     if out.dtype != "int8":
         raise imp.op_fail(op, f"outputs {out.describe()}; npuq imports int8 outputs")
     s_out, z_out = imp.per_tensor(out, op)
-    options = {k: v for k, v in op.options.items() if k == "alpha"}
+    options = {k: v for k, v in op.options.items() if k in ("alpha", "approximate")}
     try:
         table = activation_table(op.opcode, x.scale, x.zero_point, s_out, z_out, **options)
     except ValueError as exc:
         raise imp.op_fail(op, str(exc)) from None
-    value = imp.emit(op, "lut", [x.name], dict(function=TABLE_OPS[op.opcode]), out, x.shape, tensors=dict(table=table))
+    function = "gelu_tanh" if op.opcode == "GELU" and options.get("approximate") else TABLE_OPS[op.opcode]
+    value = imp.emit(op, "lut", [x.name], dict(function=function), out, x.shape, tensors=dict(table=table))
     imp.bind(op, value)
 
 

@@ -118,6 +118,7 @@ _OPTIONS: dict[str, tuple[str, list[tuple[str, str, Any]]]] = {
     ),
     "SOFTMAX": ("SoftmaxOptions", [("beta", "Beta", float)]),
     "LEAKY_RELU": ("LeakyReluOptions", [("alpha", "Alpha", float)]),
+    "GELU": ("GeluOptions", [("approximate", "Approximate", bool)]),
     "RESIZE_NEAREST_NEIGHBOR": (
         "ResizeNearestNeighborOptions",
         [("align_corners", "AlignCorners", bool), ("half_pixel_centers", "HalfPixelCenters", bool)],
