@@ -4,3 +4,19 @@ Nothing here imports TensorFlow: TFLite files are read and written with the ``tf
 generated flatbuffer accessors) and ``flatbuffers``; ONNX with ``onnx``. All of them are the ``interop``
 extra, imported when a function needs them.
 """
+
+import importlib
+
+# the packages of the two extras: the checks against other runtimes need the second
+_CHECK_PACKAGES = ("onnxruntime", "ai_edge_litert")
+
+
+def require(module: str, purpose: str):
+    """``import module``, or a ModuleNotFoundError that names ``purpose`` and the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        extra = "interop-check" if module in _CHECK_PACKAGES else "interop"
+        raise ModuleNotFoundError(
+            f'{purpose} needs the {module} package: pip install "npuq[{extra}]"', name=exc.name
+        ) from None

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from npuq.interop import require
+
 OPSET = 21  # QDQ with int8 / int32 per-channel quantization; onnxruntime 1.32 fuses it at this opset
 INPUT_TYPES = ("float", "int8")
 ACTIVATION_TYPES = ("int8", "uint8")
@@ -53,23 +55,11 @@ SUPPORTED_KINDS = (
 
 def require_onnx():
     """The ``onnx`` module, or an ImportError that says how to install it."""
-    try:
-        import onnx
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            'ONNX export needs the onnx package: pip install "npuq[interop]"', name=exc.name
-        ) from exc
-    return onnx
+    return require("onnx", "ONNX export")
 
 
 def require_onnxruntime():
-    try:
-        import onnxruntime
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            'running ONNX models needs onnxruntime: pip install "npuq[interop-check]"', name=exc.name
-        ) from exc
-    return onnxruntime
+    return require("onnxruntime", "running ONNX models")
 
 
 # ============================================================================================ scales

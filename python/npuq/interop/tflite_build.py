@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-_INSTALL = 'pip install "npuq[interop]"'
+from npuq.interop import require
+
 SCHEMA_VERSION = 3
 # TFLite maps the buffers of constants into memory and reads int32 / float data in place: align every
 # constant's bytes generously (the converter uses 16 as well)
@@ -107,14 +108,8 @@ _OPTIONS: dict[str, tuple[str, dict[str, str]]] = {
 
 
 def _tflite():
-    try:
-        import flatbuffers  # noqa: F401
-        import tflite
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ModuleNotFoundError(
-            f"writing TFLite models needs the 'tflite' and 'flatbuffers' packages: {_INSTALL}"
-        ) from exc
-    return tflite
+    require("flatbuffers", "writing TFLite models")
+    return require("tflite", "writing TFLite models")
 
 
 def _camel(snake: str) -> str:

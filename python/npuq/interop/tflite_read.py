@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from npuq._untrusted import read_regular, size_limit
+from npuq.interop import require
 
 #: the largest ``.tflite`` file read (the flatbuffer format itself stops at 2 GiB)
 MAX_TFLITE_BYTES = 2 << 30
@@ -182,13 +183,7 @@ class TFLiteGraph:
 
 
 def _schema():
-    try:
-        import tflite
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(
-            'reading TFLite models needs the tflite schema package: pip install "npuq[interop]"', name=exc.name
-        ) from None
-    return tflite
+    return require("tflite", "reading TFLite models")
 
 
 def read_tflite(path: str | os.PathLike) -> TFLiteGraph:
