@@ -45,3 +45,36 @@ def test_cli_per_layer(tmp_path, capsys):
     assert "per-layer rewrite" in capsys.readouterr().out
     program = npuq.load_program(out)
     assert all(op.tensors["multiplier"].shape == (1,) for op in program.layers())
+
+
+def test_bias_correction_pulls_the_first_rewritten_layer_back_on_average(tmp_path, capsys):
+    rng = np.random.default_rng(13)
+    model, shape = mobilenet_v3_block(rng)
+    program = import_tflite(model).program
+    calibration = np.concatenate([random_input(rng, shape) for _ in range(32)])
+    plain, changed = to_per_layer(program)
+    corrected, changed_bc = to_per_layer(program, calibration=calibration)
+    assert [c.name for c in changed] == [c.name for c in changed_bc]
+    assert corrected.info["per_layer_rewrite"]["bias_correction"] is True
+    first = changed[0].name  # every layer before it is unchanged, so its input is the original's
+    _, ref = npuq.Emulator(program, threads=1).run(calibration, capture=True)
+
+    def mean_error(p):
+        _, got = npuq.Emulator(p, threads=1).run(calibration, capture=True)
+        d = ref[first].astype(float) - got[first].astype(float)
+        return np.abs(d.reshape(-1, d.shape[-1]).mean(axis=0)).mean()
+
+    assert mean_error(corrected) <= mean_error(plain)
+    assert changed_bc[0].bias_correction > 0
+    # the command line takes the calibration inputs as a .npy
+    from npuq.cli import main
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(model)
+    np.save(tmp_path / "calib.npy", calibration)
+    out = tmp_path / "m.npuq"
+    args = ["import-tflite", str(path), "-o", str(out), "--per-layer", "--calibration", str(tmp_path / "calib.npy")]
+    assert main(args) == 0
+    assert npuq.load_program(out).info["per_layer_rewrite"]["bias_correction"] is True
+    assert main(["import-tflite", str(path), "-o", str(tmp_path / "x.npuq"), "--calibration", "c.npy"]) == 2
+    assert "add --per-layer" in capsys.readouterr().err
