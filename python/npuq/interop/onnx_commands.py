@@ -35,7 +35,7 @@ def add_commands(sub) -> None:
         help="program export: float32 NCHW images quantized in the graph, or the program's int8 NHWC input",
     )
     p.add_argument(
-        "--activations",
+        "--activation-type",
         default="int8",
         choices=("int8", "uint8"),
         help="program export: activation type in the graph (uint8: zero points + 128, the same values; "
@@ -60,12 +60,12 @@ def _run(args) -> int:
     from npuq.npu import load_program
 
     program = load_program(args.program)
-    model = program_to_onnx(program, input_type=args.input, activations=args.activations, opset=args.opset or OPSET)
+    model = program_to_onnx(program, input_type=args.input, activations=args.activation_type, opset=args.opset or OPSET)
     save_onnx(model, out)
     kinds = sorted({op.kind for op in program.ops})
     print(
         f"wrote {out} ({out.stat().st_size} bytes): {len(program.ops)} ops ({', '.join(kinds)}) as QDQ, "
-        f"{args.input} input, {args.activations} activations, opset {args.opset or OPSET}"
+        f"{args.input} input, {args.activation_type} activations, opset {args.opset or OPSET}"
     )
     return 0
 
@@ -73,8 +73,8 @@ def _run(args) -> int:
 def _export_float(args, out: Path) -> int:
     from npuq.interop.onnx_export import float_model_to_onnx
 
-    if args.input != "float" or args.activations != "int8":
-        raise CommandError("--input and --activations apply to a program export; a float model takes float images")
+    if args.input != "float" or args.activation_type != "int8":
+        raise CommandError("--input and --activation-type apply to a program export; a float model takes float images")
     if args.model in _PRETRAINED:
         from npuq.models.efficientnet import efficientnet_lite0
 
