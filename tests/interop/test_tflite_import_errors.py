@@ -204,3 +204,13 @@ def test_tflite_rescale_round_trips_and_the_c_library_refuses_it(tmp_path):
     assert "tflite_rescale" not in integer.op(fc.name).attrs
     status, message = load_status(integer.save(tmp_path / "q.npuq"))
     assert status == 0, message
+
+
+def test_a_cycle_at_the_output_is_an_error_not_a_hang():
+    rng = np.random.default_rng(8)
+    b = CaseBuilder()
+    x = act_tensor(b, rng, "x", [1, 4])
+    y = b.tensor("y", [1, 4], "float32")
+    b.op("DEQUANTIZE", [y], [y])  # reads its own output
+    with pytest.raises(TFLiteImportError):
+        import_tflite(b.finish([x], [y]))

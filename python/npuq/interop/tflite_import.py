@@ -299,9 +299,10 @@ class _Importer:
 
         out = g.outputs[0]
         producers = {t: op for op in g.operators for t in op.outputs}
+        seen = {out}
         while True:
             op = producers.get(out)
-            if op is None:
+            if op is None or not op.inputs or op.inputs[0] in seen:  # a file may close a cycle here
                 break
             if op.opcode == "DEQUANTIZE":
                 what = "the output's dequantization; the program's output is int8 with the same scale and zero point"
@@ -320,6 +321,7 @@ class _Importer:
             skip.add(op.index)
             self.report.dropped.append(f"{op.describe()}: {what}")
             out = op.inputs[0]
+            seen.add(out)
         self.output_tensor = out
         return skip
 

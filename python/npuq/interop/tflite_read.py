@@ -11,6 +11,7 @@ offset becomes a :class:`TFLiteImportError` naming the file, and nothing of the 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +343,7 @@ class _Reader:
         if t.dtype not in _NUMPY_TYPES:
             raise self.fail(f"{t.describe()} is a constant of type {t.dtype}, which npuq cannot read")
         dtype = np.dtype(t.dtype).newbyteorder("<")
-        count = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+        count = math.prod(t.shape)  # Python integers: a hostile shape cannot wrap
         if count * dtype.itemsize != len(raw):
             raise self.fail(
                 f"{t.describe()}: its buffer holds {len(raw):,} bytes, the shape needs {count * dtype.itemsize:,}"
