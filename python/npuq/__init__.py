@@ -16,7 +16,26 @@ from npuq.fixedpoint import (
 from npuq.npu import Emulator, Program, ProgramError, load_program
 from npuq.runtime import MAX_THREADS, cpu_features, get_num_threads, set_isa, set_num_threads
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The version of the installed distribution (pyproject.toml's, its one source); from a source tree
+    that is not installed, pyproject.toml itself."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("npuq")
+    except metadata.PackageNotFoundError:
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+__version__ = _version()
 
 # torch is an optional dependency: the quantization entry points import it on first use.
 _LAZY = {

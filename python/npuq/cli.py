@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "distill": "npuq.distill.commands",
     "lrf": "npuq.lrf.commands",
     "config": "npuq.capi",
+    "selftest": "npuq.selftest",
 }
 # what needs no module of COMMANDS: the command defined here, and the top-level option
 _BUILT_IN = ("info", "--version")
