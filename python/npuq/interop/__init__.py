@@ -20,3 +20,15 @@ def require(module: str, purpose: str):
         raise ModuleNotFoundError(
             f'{purpose} needs the {module} package: pip install "npuq[{extra}]"', name=exc.name
         ) from None
+
+
+def layer_multipliers(op):
+    """The real requantization multiplier of each output channel of a conv2d / fully_connected op:
+    ``M0 * 2^(e - shift - 31)`` (float64; 0 where the multiplier is flushed). Times ``s_out / s_in`` it is
+    the channel's weight scale."""
+    import numpy as np
+
+    m0 = op.tensors["multiplier"].astype(np.float64)
+    e = op.tensors["exponent"].astype(np.float64)
+    shift = op.tensors["shift"].astype(np.float64)
+    return m0 * np.exp2(e - shift - 31.0)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from npuq.interop import require
+from npuq.interop import layer_multipliers, require
 
 OPSET = 21  # QDQ with int8 / int32 per-channel quantization; onnxruntime 1.32 fuses it at this opset
 INPUT_TYPES = ("float", "int8")
@@ -63,15 +63,6 @@ def require_onnxruntime():
 
 
 # ============================================================================================ scales
-def layer_multipliers(op) -> np.ndarray:
-    """The real requantization multiplier of each output channel of a conv2d / fully_connected op:
-    ``M0 * 2^(e - shift - 31)`` (float64; 0 where the multiplier is flushed)."""
-    m0 = op.tensors["multiplier"].astype(np.float64)
-    e = op.tensors["exponent"].astype(np.float64)
-    shift = op.tensors["shift"].astype(np.float64)
-    return m0 * np.exp2(e - shift - 31.0)
-
-
 def _q31(m0: int, e: int) -> float:
     return float(m0) * 2.0 ** (int(e) - 31)
 

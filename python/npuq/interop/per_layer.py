@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from npuq.fixedpoint import quantize_multiplier
+from npuq.interop import layer_multipliers
 
 
 @dataclass
@@ -65,10 +66,8 @@ def to_per_layer(
     for op in out.ops:
         if op.kind not in ("conv2d", "fully_connected") or op.tensors["multiplier"].shape[0] == 1:
             continue
-        m0 = op.tensors["multiplier"].astype(np.float64)
-        e = op.tensors["exponent"].astype(np.float64)
         s_in, s_out = scales[op.inputs[0]], float(op.scale)
-        real = m0 * np.exp2(e - 31.0)  # each channel's real multiplier s_in * s_w[c] / s_out
+        real = layer_multipliers(op)  # each channel's s_in * s_w[c] / s_out
         s_w = real * s_out / s_in
         q = op.tensors["weight"].astype(np.float64)
         shape = (-1,) + (1,) * (q.ndim - 1)
@@ -119,8 +118,7 @@ def _correct_biases(original, rewritten, changed: list[RewrittenLayer], calibrat
         _, values = Emulator(rewritten, threads=threads).run(x, capture=True)
         diff = reference[op.name].astype(np.float64) - values[op.name].astype(np.float64)
         mean = diff.reshape(-1, diff.shape[-1]).mean(axis=0)  # output LSBs per channel
-        m0 = float(op.tensors["multiplier"][0])
-        real = m0 * np.exp2(float(op.tensors["exponent"][0]) - op.tensors["shift"].astype(np.float64) - 31.0)
+        real = layer_multipliers(op)
         delta = np.round(np.divide(mean, real, out=np.zeros_like(mean), where=real > 0))
         bias = op.tensors["bias"].astype(np.int64) + delta.astype(np.int64)
         op.tensors["bias"] = np.clip(bias, -(2**31), 2**31 - 1).astype(np.int32)

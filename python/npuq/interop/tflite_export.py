@@ -204,11 +204,6 @@ def snap_to_tflite(program: Program) -> Program:
 
 
 # ------------------------------------------------------------------------------ activations and padding
-def _round_away(v) -> int:
-    x = float(v)  # exact; + 0.5 in float64 cannot round for a float32 value
-    return int(np.sign(x) * np.floor(abs(x) + 0.5))
-
-
 def _activation_ranges(scale: float, zp: int) -> dict[str, tuple[int, int]]:
     """TFLite's clamp of each fused activation at this output quantization (tflite_math.activation_range)."""
     return {name: tm.activation_range(name, scale, zp) for name in ("NONE", "RELU", "RELU6", "RELU_N1_TO_1")}
@@ -218,7 +213,7 @@ def _snap_clamp(op: Op, act_min: int, act_max: int, old_scale: float) -> tuple[i
     """The clamp TFLite computes for the activation ``[act_min, act_max]`` was made for at ``old_scale``
     (npuq's ReLU6 is ``zp + round(6 / scale)`` in float64; TFLite divides in float32)."""
     zp = int(op.zero_point)
-    npuq_relu6 = (max(-128, zp), max(max(-128, zp), min(127, zp + _round_away(6.0 / old_scale))))
+    npuq_relu6 = (max(-128, zp), max(max(-128, zp), min(127, zp + int(tm.round_away(6.0 / old_scale)))))
     tflite = _activation_ranges(op.scale, zp)
     if (act_min, act_max) in tflite.values():
         return act_min, act_max

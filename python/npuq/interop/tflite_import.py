@@ -527,7 +527,7 @@ def _requantization(
 ) -> tuple[dict, LayerReport, np.ndarray]:
     """The multiplier tensors of a layer, and how they were formed. TFLite computes each channel's real
     multiplier in double from the float32 scales, then QuantizeMultiplier: so does npuq."""
-    real = (np.float64(s_in) * s_w.astype(np.float64)) / np.float64(s_out)
+    real = tm.fc_rescale(s_in, s_w, s_out)  # double(s_in) * double(s_w[c]) / double(s_out), as TFLite
     try:
         m0, e = quantize_multipliers(real)
     except ValueError as exc:
@@ -587,7 +587,7 @@ def _layer(
     )
     tflite_fc = kind == "fully_connected" and imp.fc_rescale == "tflite"
     if tflite_fc:  # the doubles TFLite scales the accumulators by; the integer multipliers stay for the NPU
-        attrs["tflite_rescale"] = [float(v) for v in tm.fc_rescale(x.scale, s_w, s_out)]
+        attrs["tflite_rescale"] = [float(v) for v in real]  # = tflite_math.fc_rescale of the same scales
     shape = imp.image_shape(out, op)
     value = imp.emit(op, kind, [x.name], attrs, out, shape, tensors=tensors)
     if tflite_fc:

@@ -54,6 +54,7 @@ __all__ = [
     "quantize_multiplier",
     "resize_nearest_indices",
     "resize_nearest_as_upsample",
+    "round_away",
     "same_padding",
 ]
 
@@ -168,7 +169,7 @@ def activation_range(fused_activation_function, output_scale, output_zero_point)
     return lo, hi
 
 
-def _round_away(v) -> np.ndarray:
+def round_away(v) -> np.ndarray:
     """``std::round``: nearest integer, ties away from zero, as float64 (float32 input is widened exactly).
 
     Computed from the exact fraction ``v - trunc(v)``, not as ``floor(v + 0.5)``: the addition rounds, and
@@ -181,7 +182,7 @@ def _round_away(v) -> np.ndarray:
 
 def _round_away_f32(v) -> np.ndarray:
     """``std::round`` of float32 values, as float32 (every integer result of a float32 is a float32)."""
-    return _round_away(np.asarray(v, dtype=np.float32)).astype(np.float32)
+    return round_away(np.asarray(v, dtype=np.float32)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------ LUT activations
