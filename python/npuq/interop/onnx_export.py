@@ -566,7 +566,6 @@ __all__ = [
     "SUPPORTED_KINDS",
     "export_program",
     "float_model_to_onnx",
-    "layer_multipliers",
     "program_to_onnx",
     "save_onnx",
     "weight_scales",
