@@ -342,13 +342,19 @@ def test_info_says_whether_a_cuda_device_is_usable(capsys):
     code, out, _ = run_cli(capsys, "info")
     assert code == 0
     info = _cuda.info()
-    cuda_line = next(line for line in out.splitlines() if line.startswith("CUDA:"))
+    cuda_lines = [line for line in out.splitlines() if line.startswith("CUDA")]
     if not info["built"]:
-        assert "not built" in cuda_line
-    elif info["devices"] == 0:
-        assert "no usable device" in cuda_line and (info["reason"] or "no GPU") in cuda_line
+        assert "not built" in cuda_lines[0]
     else:
-        assert "usable device" in cuda_line
+        # the architectures the build covers, then each device and whether this build's code runs on it
+        assert cuda_lines[0].startswith("CUDA: built with machine code for sm_")
+        if info["devices"] == 0:
+            assert "no usable device" in cuda_lines[1] and (info["reason"] or "no GPU") in cuda_lines[1]
+        else:
+            assert len(cuda_lines) == 1 + info["devices"]
+            for d, line in enumerate(cuda_lines[1:]):
+                usable = _cuda.unusable_reason(info, d) is None
+                assert line.startswith(f"CUDA device {d}: ") and line.endswith(": usable") == usable
     assert "CUDA build: True" not in out
 
 

@@ -268,7 +268,7 @@ PYBIND11_MODULE(_C, m) {
     py::dict d;
     d["built"] = false;
     d["devices"] = 0;
-    d["reason"] = "this npuq build has no CUDA kernels (no CUDA toolkit was found when it was built)";
+    d["reason"] = "this npuq build has no CUDA kernels (built with NPUQ_CUDA=OFF, or where no CUDA toolkit was found)";
     return d;
   });
 #endif

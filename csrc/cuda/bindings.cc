@@ -217,8 +217,12 @@ py::dict info() {
   const int n = device_count(&reason);
   d["devices"] = n;
   d["reason"] = reason;
-  py::list names, capabilities;
+  d["architectures"] = std::string(built_architectures());
+  d["architectures_text"] = describe_built_architectures();
+  py::list names, capabilities, runnable;
   for (int i = 0; i < n; ++i) {
+    const cudaError_t image = kernel_image_status(i);
+    runnable.append(image == cudaSuccess ? py::none() : py::cast(std::string(cudaGetErrorName(image))));
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) == cudaSuccess) {
       names.append(std::string(prop.name));
@@ -231,6 +235,8 @@ py::dict info() {
   }
   d["names"] = names;
   d["capabilities"] = capabilities;
+  // per device: None when this build's kernels run on it, else why not (cudaErrorNoKernelImageForDevice)
+  d["kernel_image_errors"] = runnable;
   return d;
 }
 

@@ -47,6 +47,22 @@ void require_device(int device) {
   if (device < 0 || device >= n)
     throw InvalidArgument("CUDA device " + std::to_string(device) + " does not exist: " + std::to_string(n) +
                           " device(s) are visible (0.." + std::to_string(n - 1) + ")");
+  const cudaError_t image = kernel_image_status(device);
+  if (image != cudaSuccess) {
+    cudaDeviceProp prop{};
+    std::ostringstream os;
+    os << "CUDA device " << device;
+    if (cudaGetDeviceProperties(&prop, device) == cudaSuccess)
+      os << " (" << prop.name << ", compute capability " << prop.major << "." << prop.minor << ")";
+    else cudaGetLastError();
+    os << " cannot run npuq's CUDA kernels: " << cudaGetErrorName(image) << " (" << cudaGetErrorString(image)
+       << "). This build has " << describe_built_architectures()
+       << ". Build npuq for this GPU from source: NPUQ_CUDA_ARCHS=";
+    if (prop.major > 0) os << prop.major << prop.minor;
+    else os << "native";
+    os << " pip install --no-binary npuq npuq (docs/cuda.md, 'Which GPUs')";
+    throw CudaError(os.str());
+  }
 }
 
 DeviceGuard::DeviceGuard(int device) {

@@ -31,8 +31,17 @@ void check_launch(const char* kernel);
 
 // Number of usable devices; 0 with the runtime's reason in *reason when there is none.
 int device_count(std::string* reason);
-// Throws CudaError unless 0 <= device < device_count().
+// Throws CudaError unless 0 <= device < device_count() and this build has code the device can run
+// (machine code for its architecture, or PTX the driver can compile for it).
 void require_device(int device);
+
+// The CUDA architectures this binary was compiled for, as CMake listed them ("75-real,80-real,...,120"),
+// and the same in words for error messages.
+const char* built_architectures();
+std::string describe_built_architectures();
+// cudaSuccess when the kernels of this build can run on `device`, else the runtime's error
+// (cudaErrorNoKernelImageForDevice for a GPU outside the build's architectures). Asked once per device.
+cudaError_t kernel_image_status(int device);
 
 // Makes `device` current for the scope and restores the previous one.
 class DeviceGuard {

@@ -34,6 +34,26 @@ def available() -> bool:
     return bool(i["built"]) and i["devices"] > 0
 
 
+def unusable_reason(i: dict, device: int) -> str | None:
+    """Why this build's kernels cannot run on visible device ``device`` (a GPU outside the architectures
+    the build has code for), or None when they can. ``i`` is :func:`info`'s dictionary."""
+    errors = i.get("kernel_image_errors") or []
+    if device >= len(errors) or errors[device] is None:
+        return None
+    names, caps = i.get("names") or [], i.get("capabilities") or []
+    what = f"CUDA device {device}"
+    if device < len(names) and device < len(caps):
+        major, minor = caps[device]
+        what += f" ({names[device]}, compute capability {major}.{minor})"
+        arch = f"{major}{minor}"
+    else:
+        arch = "native"
+    return (
+        f"{what} cannot run npuq's CUDA kernels ({errors[device]}): this build has {i.get('architectures_text')}; "
+        f"build npuq for it from source: NPUQ_CUDA_ARCHS={arch} pip install --no-binary npuq npuq (docs/cuda.md)"
+    )
+
+
 def require(device: int | None = None) -> int:
     """The device index to run on; RuntimeError saying why when the GPU path cannot run."""
     i = info()
@@ -47,6 +67,9 @@ def require(device: int | None = None) -> int:
     device = 0 if device is None else int(device)
     if not 0 <= device < i["devices"]:
         raise ValueError(f"CUDA device {device} does not exist: {i['devices']} device(s) are visible")
+    reason = unusable_reason(i, device)
+    if reason is not None:
+        raise RuntimeError(reason)
     return device
 
 

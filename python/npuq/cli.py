@@ -120,11 +120,13 @@ def _run_info(args) -> int:
     cuda = _cuda.info()
     if not cuda["built"]:
         print(f"CUDA: not built ({cuda.get('reason') or 'no CUDA toolkit at build time'}); the CPU kernels run")
-    elif cuda["devices"] > 0:
-        names = ", ".join(cuda.get("names") or [])
-        print(f"CUDA: built, {cuda['devices']} usable device(s): {names}")
     else:
-        print(f"CUDA: built, but no usable device ({cuda.get('reason') or 'no GPU visible'}); the CPU kernels run")
+        print(f"CUDA: built with {cuda.get('architectures_text') or 'unknown architectures'}")
+        if cuda["devices"] == 0:
+            print(f"CUDA: no usable device ({cuda.get('reason') or 'no GPU visible'}); the CPU kernels run")
+        for d, name in enumerate(cuda.get("names") or []):
+            reason = _cuda.unusable_reason(cuda, d)
+            print(f"CUDA device {d}: {name}: {'usable' if reason is None else reason}")
     features = npuq.cpu_features()
     print(
         f"CPU kernels: {features['active']} (supported: {', '.join(features['supported'])}; OpenMP "

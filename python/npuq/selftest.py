@@ -2,18 +2,21 @@
 
 A hardware team trusts an install as its golden reference only after this passes on the machine in
 question. It reports the build (version, arithmetic version, kernel families this CPU supports, threads,
-OpenMP, BLAS, CUDA) and then, for every compiled kernel family the CPU supports (and the GPU, if one is
-usable: not yet, the report says so), runs a fixed set of cases:
+OpenMP, BLAS, CUDA) and then, for every compiled kernel family the CPU supports and every usable GPU,
+runs a fixed set of cases:
 
-* against the **scalar reference** kernels of the same binary (``npuq.ops.reference``), with one and with
-  several threads: the fast paths must give the same bits;
+* against the **scalar reference** kernels of the same binary (``npuq.ops.reference``): the CPU fast paths
+  with one and with several threads (one only on a build without OpenMP), and on each GPU whose
+  architecture the build covers, every op through its CUDA kernels (convolutions with both engines, int8
+  tensor cores and dp4a, where the GPU has both): all must give the same bits;
 * against **embedded golden outputs** (``selftest_cases.json``): each case's inputs come from numpy's legacy
   ``RandomState`` stream (frozen across numpy releases) and its int8 output must hash to the SHA-256
   recorded when the file was made. The file carries a checksum of its own; a file that fails it, or does
   not parse, is reported as corrupt.
 
-Exit status 0 when everything matches, 1 on any mismatch (each named), 2 when the test cannot run (a corrupt
-case file, a kernel family forced with ``--isa`` / ``NPUQ_ISA`` that this CPU lacks).
+Exit status 0 when everything matches, 1 on any mismatch or failing kernel (each named), 2 when the test
+cannot run as asked (a corrupt case file, a kernel family forced with ``--isa`` / ``NPUQ_ISA`` that this CPU
+lacks, ``--threads`` above 1 on a build without OpenMP, ``--gpu on`` without a usable GPU).
 """
 
 from __future__ import annotations
@@ -325,6 +328,15 @@ def environment() -> dict:
     except ImportError as exc:
         blas = f"not loadable ({exc})"
     cuda = _cuda.info()
+    devices = [
+        dict(
+            index=d,
+            name=name,
+            capability=list(cuda["capabilities"][d]),
+            unusable=_cuda.unusable_reason(cuda, d),
+        )
+        for d, name in enumerate(cuda.get("names") or [])
+    ]
     return dict(
         version=npuq.__version__,
         arithmetic_version=npuq.ARITHMETIC_VERSION,
@@ -333,14 +345,63 @@ def environment() -> dict:
         openmp=bool(features["openmp"]),
         threads=npuq.get_num_threads(),
         blas=blas,
-        cuda=dict(built=bool(cuda["built"]), devices=int(cuda.get("devices") or 0), reason=cuda.get("reason")),
+        cuda=dict(
+            built=bool(cuda["built"]),
+            devices=int(cuda.get("devices") or 0),
+            reason=cuda.get("reason"),
+            architectures=cuda.get("architectures_text"),
+            gpus=devices,
+        ),
     )
 
 
-def run(cases: list[Case], isas: list[str], threads: list[int], log=print) -> list[str]:
-    """The mismatches (empty: all passed)."""
+# the positional arguments of each op that are activations: copied to the GPU for its runs (weights,
+# tables and scalars stay host values, as a user passes them)
+_DEVICE_ARGS: dict[str, tuple[int, ...]] = {"add": (0, 1), "mul": (0, 1)}
+_LAYERS = {"conv2d": "Conv2d", "fully_connected": "FullyConnected"}
+
+
+def _gpu(case: Case, device: int, engine: str | None) -> np.ndarray:
+    from npuq import _C, ops
+
+    def on_device(a):
+        return _C.CudaArray.from_numpy(np.ascontiguousarray(a), device)
+
+    if case.op in _LAYERS:
+        x, weight, bias = case.args
+        layer = getattr(ops, _LAYERS[case.op])(weight, bias, **case.kwargs)
+        out = layer(on_device(x), engine=engine)
+    else:
+        moved = _DEVICE_ARGS.get(case.op, (0,))
+        args = [on_device(a) if i in moved else a for i, a in enumerate(case.args)]
+        out = getattr(ops, case.op)(*args, **case.kwargs)
+    return out.numpy()
+
+
+def gpu_engines(capability) -> list[str]:
+    """The convolution engines of a GPU: int8 tensor cores from compute capability 8.0, dp4a everywhere."""
+    return ["mma", "dp4a"] if tuple(capability) >= (8, 0) else ["dp4a"]
+
+
+def _compare(failures: list[str], case: Case, where: str, compute: Callable[..., np.ndarray], args: tuple, ref) -> None:
+    name = case.name
+    try:
+        out = np.asarray(compute(case, *args))
+    except Exception as exc:  # a kernel that raises is a failure of this install, reported with the rest
+        failures.append(f"{name}: {where}: raised {type(exc).__name__}: {exc}")
+        return
+    if out.shape != ref.shape or out.dtype != ref.dtype:
+        failures.append(f"{name}: {where}: output {out.dtype}{out.shape}, the reference gives {ref.dtype}{ref.shape}")
+    elif not np.array_equal(out, ref):
+        n = int(np.count_nonzero(out != ref))
+        failures.append(f"{name}: {where}: {n} of {ref.size} values differ")
+
+
+def run(cases: list[Case], isas: list[str], threads: list[int], gpus: list[dict] | None = None, log=print) -> list[str]:
+    """The mismatches (empty: all passed). ``gpus``: ``{"index", "capability"}`` of the GPUs to check."""
     import npuq
 
+    gpus = gpus or []
     failures: list[str] = []
     previous = npuq.cpu_features()["active"]
     try:
@@ -351,11 +412,16 @@ def run(cases: list[Case], isas: list[str], threads: list[int], log=print) -> li
             for isa in isas:
                 npuq.set_isa(isa)
                 for t in threads:
-                    out = _fast(case, t)
-                    if not np.array_equal(out, ref):
-                        n = int(np.count_nonzero(out != ref))
-                        failures.append(f"{case.name}: {isa} kernels, {t} thread(s): {n} of {ref.size} values differ")
-        log(f"{len(cases)} cases x {len(isas)} kernel families ({', '.join(isas)}) x threads {threads}")
+                    _compare(failures, case, f"{isa} kernels, {t} thread(s)", _fast, (t,), ref)
+            for gpu in gpus:
+                engines = gpu_engines(gpu["capability"]) if case.op in _LAYERS else [None]
+                for engine in engines:
+                    where = f"CUDA device {gpu['index']}" + (f", {engine} engine" if engine else "")
+                    _compare(failures, case, where, _gpu, (gpu["index"], engine), ref)
+        log(f"{len(cases)} cases x {len(isas)} CPU kernel families ({', '.join(isas)}) x threads {threads}")
+        for gpu in gpus:
+            engines = ", ".join(gpu_engines(gpu["capability"]))
+            log(f"{len(cases)} cases on CUDA device {gpu['index']} (engines {engines})")
     finally:
         npuq.set_isa(previous if previous in npuq.cpu_features()["supported"] else "auto")
     return failures
@@ -371,8 +437,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="the thread count of the multi-threaded runs (default: all cores)"
     )
+    p.add_argument(
+        "--gpu",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="check the CUDA kernels on every usable GPU: auto (when there is one), on (fail without one), off",
+    )
     p.add_argument("--cases", default=str(CASES_FILE), help=argparse.SUPPRESS)  # a case file of one's own (tests)
     p.add_argument("--json", default=None, help="write the environment and the result as JSON to this file")
+
+
+def _gpus_to_check(cuda: dict, mode: str) -> list[dict]:
+    """Print the CUDA status; the GPUs whose kernels are checked (``mode``: auto, on, off)."""
+    if not cuda["built"]:
+        print(f"CUDA: not built ({cuda['reason']})")
+    else:
+        print(f"CUDA: built with {cuda['architectures']}")
+        if cuda["devices"] == 0:
+            print(f"CUDA: no usable device ({cuda['reason'] or 'no GPU visible'})")
+        for gpu in cuda["gpus"]:
+            cap = ".".join(map(str, gpu["capability"]))
+            state = "checked" if gpu["unusable"] is None else gpu["unusable"]
+            if gpu["unusable"] is None and mode == "off":
+                state = "not checked (--gpu off)"
+            print(f"CUDA device {gpu['index']}: {gpu['name']} (compute capability {cap}): {state}")
+    usable = [g for g in cuda["gpus"] if g["unusable"] is None]
+    if mode == "on" and not usable:
+        raise SelftestError(
+            "--gpu on, but no GPU can run this build's CUDA kernels (see the CUDA lines above); use --gpu auto or off"
+        )
+    return [] if mode == "off" else usable
 
 
 def run_command(args) -> int:
@@ -385,12 +479,7 @@ def run_command(args) -> int:
         f"{'on' if env['openmp'] else 'off'}; threads {env['threads']}"
     )
     print(f"BLAS: {env['blas']}")
-    cuda = env["cuda"]
-    usable_gpu = cuda["built"] and cuda["devices"] > 0
-    print(
-        f"CUDA: {'built, ' + str(cuda['devices']) + ' device(s)' if cuda['built'] else 'not built'}"
-        + ("" if usable_gpu or not cuda["built"] else f" ({cuda['reason'] or 'no usable device'})")
-    )
+    gpus = _gpus_to_check(env["cuda"], args.gpu)
     if args.isa:
         if args.isa not in env["isa_supported"]:
             raise SelftestError(
@@ -400,21 +489,29 @@ def run_command(args) -> int:
         isas = [args.isa]
     else:
         isas = env["isa_supported"]
-    many = args.threads or max(2, npuq.get_num_threads())
-    if not 1 <= many <= npuq.MAX_THREADS:
-        raise SelftestError(f"--threads must be in [1, {npuq.MAX_THREADS}], got {many}")
-    threads = [1] if not env["openmp"] else sorted({1, many})
+    if args.threads is not None and not 1 <= args.threads <= npuq.MAX_THREADS:
+        raise SelftestError(f"--threads must be in [1, {npuq.MAX_THREADS}], got {args.threads}")
+    if not env["openmp"]:
+        if args.threads is not None and args.threads > 1:
+            raise SelftestError(
+                f"--threads {args.threads}: this build has no OpenMP, so every kernel runs on one thread and "
+                "threaded runs cannot be checked; rebuild with NPUQ_OPENMP=ON and an OpenMP runtime, or drop --threads"
+            )
+        print("OpenMP off: every kernel runs on one thread; the multi-threaded runs are left out")
+        threads = [1]
+    else:
+        threads = sorted({1, args.threads or max(2, npuq.get_num_threads())})
     cases = load_cases(args.cases)
-    if usable_gpu:
-        print("CUDA kernels: not checked by this self-test yet (the CPU families are)")
-    failures = run(cases, isas, threads)
+    failures = run(cases, isas, threads, gpus)
     for f in failures:
         print(f"MISMATCH {f}")
     result = "FAILED" if failures else "passed"
     print(f"selftest {result}: {len(failures)} mismatch(es)")
     if args.json:
+        gpu_indices = [g["index"] for g in gpus]
         Path(args.json).write_text(
-            json.dumps(dict(environment=env, isas=isas, threads=threads, failures=failures), indent=1) + "\n"
+            json.dumps(dict(environment=env, isas=isas, threads=threads, gpus=gpu_indices, failures=failures), indent=1)
+            + "\n"
         )
     return 1 if failures else 0
 

@@ -64,6 +64,52 @@ def test_cuda_info_says_what_this_build_and_machine_have():
         assert info["reason"], "no device, but no reason given"
 
 
+@pytest.mark.skipif(not INFO["built"], reason="npuq was built without the CUDA kernels")
+def test_the_build_names_the_gpu_architectures_it_has_code_for():
+    text = INFO["architectures_text"]
+    for item in INFO["architectures"].split(","):
+        number, _, kind = item.partition("-")
+        if not number.isdigit():
+            assert repr(item) in text  # native / all: named as given
+            continue
+        assert (f"sm_{number}" in text) == (kind != "virtual"), item
+        assert (f"compute_{number}" in text) == (kind != "real"), item
+    assert len(INFO["kernel_image_errors"]) == INFO["devices"]
+
+
+def _info_with_one_gpu(error):
+    return dict(
+        INFO,
+        built=True,
+        devices=1,
+        reason="",
+        names=["Old GPU"],
+        capabilities=[(3, 7)],
+        architectures="75-real,80-real,120",
+        architectures_text="machine code for sm_75, sm_80, sm_120, PTX for compute_120",
+        kernel_image_errors=[error],
+    )
+
+
+def test_a_gpu_outside_the_built_architectures_is_refused_with_what_to_do(monkeypatch):
+    info = _info_with_one_gpu("cudaErrorNoKernelImageForDevice")
+    reason = _cuda.unusable_reason(info, 0)
+    assert "Old GPU, compute capability 3.7" in reason and "cudaErrorNoKernelImageForDevice" in reason
+    assert "machine code for sm_75, sm_80, sm_120" in reason and "NPUQ_CUDA_ARCHS=37 pip install" in reason
+    monkeypatch.setattr(_cuda, "info", lambda: info)
+    with pytest.raises(RuntimeError, match="cannot run npuq's CUDA kernels"):
+        _cuda.require(0)
+    with pytest.raises(RuntimeError, match="compute capability 3.7"):
+        npuq.ops.Conv2d(np.ones((4, 1, 1, 4), np.int8), multiplier=2**30, exponent=0).cuda_plan(0)
+
+
+def test_a_gpu_the_build_covers_is_accepted(monkeypatch):
+    info = _info_with_one_gpu(None)
+    assert _cuda.unusable_reason(info, 0) is None
+    monkeypatch.setattr(_cuda, "info", lambda: info)
+    assert _cuda.require(0) == 0
+
+
 def test_the_cuda_sources_are_compiled_where_nvcc_is():
     """CI has no GPU, but where it has nvcc the CUDA part must build (NPUQ_CUDA=AUTO)."""
     import os
@@ -477,3 +523,12 @@ def test_trained_fashion_mnist_models_on_the_gpu_equal_the_cpu(name, rounding):
     got = gpu_emu.run(images)
     assert_same(want, got, f"{name} ({rounding}) on 2000 test images")
     assert cpu.evaluate((images, labels)) == gpu_emu.evaluate((images, labels))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason=WHY_NO_GPU)
+def test_this_build_has_code_for_every_visible_gpu():
+    """The default architecture list covers the GPUs a machine of the test fleet has (7.5 and newer)."""
+    for d, cap in enumerate(INFO["capabilities"]):
+        if tuple(cap) >= (7, 5):
+            assert INFO["kernel_image_errors"][d] is None, _cuda.unusable_reason(INFO, d)
