@@ -64,6 +64,30 @@ fi
 case ",$extras," in
   *,test,*) python3 -m pip install --quiet pillow && python3 -m pip install --quiet --no-deps "torchvision==0.28.0" ;;
 esac
+# The trained checkpoints are the data package npuq-checkpoints, pinned by the checkpoints extra and not on
+# PyPI: when the extras include it (directly or through another extra), its folder goes into the same pip
+# call as npuq, so that pip's resolver takes the local package for the pin.
+wants_checkpoints="$(python3 - "$extras" <<'EOF'
+import sys
+import tomllib
+
+with open("pyproject.toml", "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+todo, seen = [e for e in sys.argv[1].split(",") if e], set()
+while todo:  # the extras named, and those they name as npuq[...], transitively
+    extra = todo.pop()
+    if extra in seen or extra not in extras:
+        continue
+    seen.add(extra)
+    todo += [n for r in extras[extra] if r.startswith("npuq[") for n in r[len("npuq[") : -1].split(",")]
+if "checkpoints" in seen:
+    print("yes")
+EOF
+)"
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
-python3 -m pip install --quiet "$spec"
+if [ -n "$wants_checkpoints" ]; then
+  python3 -m pip install --quiet ./packages/npuq-checkpoints "$spec"
+else
+  python3 -m pip install --quiet "$spec"
+fi

@@ -2,12 +2,14 @@
 """Train the attention recognizer of npuq.asr on the digits corpus and write a shipped checkpoint.
 
     nice -n 19 python3 scripts/train_asr.py --epochs 30 --threads 1 --seed 0 \
-        --out results/asr_digits --checkpoint python/npuq/checkpoints/asr_digits.safetensors
+        --out results/asr_digits --checkpoint packages/npuq-checkpoints/npuq_checkpoints/asr_digits.safetensors
 
 writes to ``--out`` the per-epoch state (resumed from when rerun), ``history.json``,
 ``learning_curve.png`` and ``results.json`` (dev and test WER/CER, greedy and beam); with
 ``--checkpoint``, the best-on-dev model as float32 safetensors with that metadata, this command line,
-the torch version and the seed. docs/asr.md describes the model and the recipe.
+the torch version and the seed. docs/asr.md describes the model and the recipe. The shipped checkpoint is
+a file of the data package ``packages/npuq-checkpoints`` (``pip install ./packages/npuq-checkpoints`` installs
+it, ``NPUQ_CHECKPOINT_DIR`` points npuq at another folder).
 """
 
 from __future__ import annotations

@@ -2,11 +2,16 @@
 """Train a MobileNet on Fashion-MNIST and write a checkpoint for the PTQ benchmark.
 
     python scripts/train_fmnist.py --model mobilenet_v2 --width 0.5 --recipe sgd --epochs 5 \
-        --seed 0 --out python/npuq/checkpoints/
+        --seed 0 --out packages/npuq-checkpoints/npuq_checkpoints/
 
 writes ``<out>/<model>_w<width>_<recipe>.safetensors``: the float32 state_dict plus metadata
 (accuracy, this command line, torch version, threads, dead-channel statistics as JSON).
 The run is deterministic for a given seed and thread count.
+
+The shipped checkpoints live in the data package ``packages/npuq-checkpoints`` (the distribution
+``npuq-checkpoints``, installed by ``pip install 'npuq[checkpoints]'``); npuq finds a file written there once
+that package is reinstalled (``pip install ./packages/npuq-checkpoints``), or at once with
+``NPUQ_CHECKPOINT_DIR=packages/npuq-checkpoints/npuq_checkpoints``.
 """
 
 from __future__ import annotations

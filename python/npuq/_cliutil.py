@@ -116,12 +116,17 @@ def removes_if_empty(folder):
 
 
 def shipped_checkpoints_help() -> str:
-    """The ``--model`` help: the shipped image checkpoints by name, read without importing torch."""
-    names = shipped_image_checkpoints()
-    return (
-        f"a shipped checkpoint ({', '.join(names) or 'none installed'}) or a .safetensors checkpoint "
-        "written by scripts/train_fmnist.py"
-    )
+    """The ``--model`` help: the shipped image checkpoints by name, read without importing torch; when none
+    are installed, it says so and how to install them."""
+    from npuq._shipped import listing
+
+    try:
+        names = shipped_image_checkpoints()
+    except ValueError as exc:  # a wrong NPUQ_CHECKPOINT_DIR: the help still shows; running the command reports it
+        return (
+            f"a shipped checkpoint (none found: {exc}) or a .safetensors checkpoint written by scripts/train_fmnist.py"
+        )
+    return f"a shipped checkpoint ({listing(names)}) or a .safetensors checkpoint written by scripts/train_fmnist.py"
 
 
 def add_quantization_options(p, *, weight_only: bool) -> None:
@@ -146,7 +151,8 @@ def add_quantization_options(p, *, weight_only: bool) -> None:
 
 
 def shipped_image_checkpoints() -> list[str]:
-    """Names of the shipped image-classifier checkpoints, from the files' headers (torch is not imported)."""
+    """Names of the shipped image-classifier checkpoints, from the files' headers (torch is not imported); []
+    when none are installed."""
     # other model families (the speech recognizer, format "npuq-asr-1") share the folder
     return [name for name, meta in _shipped().items() if meta.get("format", "npuq-checkpoint-1") == "npuq-checkpoint-1"]
 
@@ -155,9 +161,15 @@ def shipped_metadata(name: str) -> dict:
     return _shipped().get(name, {})
 
 
-@functools.lru_cache(maxsize=1)
 def _shipped() -> dict[str, dict]:
-    folder = Path(__file__).resolve().parent / "checkpoints"
+    from npuq._shipped import checkpoint_dir
+
+    folder = checkpoint_dir()
+    return _headers(folder) if folder is not None else {}
+
+
+@functools.lru_cache(maxsize=4)  # per folder: NPUQ_CHECKPOINT_DIR may change between calls (tests)
+def _headers(folder: Path) -> dict[str, dict]:
     return {p.name[: -len(".safetensors")]: _safetensors_metadata(p) for p in sorted(folder.glob("*.safetensors"))}
 
 

@@ -24,7 +24,6 @@ from npuq.asr import (
     subsampled_lengths,
     teacher_forcing_batch,
 )
-from npuq.asr.checkpoint import CHECKPOINT_DIR
 from npuq.asr.train import TrainOptions, learning_rate, train_asr
 from npuq.lrf import FactorizedConv2d, FactorizedLinear, FactorizedLSTM, factorizable_layers, factorize
 from npuq.speech import VOCAB, DigitsSplit, collate
@@ -46,7 +45,6 @@ TINY = ASRConfig(
     pre_output_dim=12,
     dropout=0.0,
 )
-SHIPPED = CHECKPOINT_DIR / "asr_digits.safetensors"
 
 
 def tiny_model(seed=0, config=TINY):

@@ -9,17 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from npuq.asr.checkpoint import CHECKPOINT_DIR as ASR_CHECKPOINT_DIR
+from npuq._shipped import INSTALL_HINT, checkpoint_dir
 from npuq.models import blocks, build_model, mobilenet
-from npuq.models.checkpoints import CHECKPOINT_DIR, CheckpointNotFoundError, list_checkpoints, resolve_checkpoint
+from npuq.models.checkpoints import CheckpointNotFoundError, list_checkpoints, resolve_checkpoint
 
 
 def test_names_and_paths_resolve_to_the_shipped_files(tmp_path):
-    assert ASR_CHECKPOINT_DIR == CHECKPOINT_DIR
+    directory = checkpoint_dir()  # the installed npuq-checkpoints (or NPUQ_CHECKPOINT_DIR)
+    assert directory is not None, INSTALL_HINT
     name = list_checkpoints()[0]
-    shipped = CHECKPOINT_DIR / f"{name}.safetensors"
+    shipped = directory / f"{name}.safetensors"
     assert resolve_checkpoint(name) == resolve_checkpoint(f"{name}.safetensors") == shipped
-    assert resolve_checkpoint("asr_digits", kind="asr") == CHECKPOINT_DIR / "asr_digits.safetensors"
+    assert resolve_checkpoint("asr_digits", kind="asr") == directory / "asr_digits.safetensors"
     own = tmp_path / "mine.safetensors"
     own.write_bytes(b"")
     assert resolve_checkpoint(own) == resolve_checkpoint(str(own), kind="asr") == own
@@ -28,9 +29,10 @@ def test_names_and_paths_resolve_to_the_shipped_files(tmp_path):
 def test_an_unknown_name_lists_the_checkpoints_of_its_kind():
     with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint 'nope'.*available: .*mobilenet") as image:
         resolve_checkpoint("nope")
-    assert "asr_digits" not in str(image.value)
-    with pytest.raises(FileNotFoundError, match=r"no ASR checkpoint 'nope'.*files there: .*asr_digits"):
+    assert "asr_digits" not in str(image.value) and "npuq[checkpoints]" not in str(image.value)
+    with pytest.raises(FileNotFoundError, match=r"no ASR checkpoint 'nope'.*files there: .*asr_digits") as speech:
         resolve_checkpoint("nope", kind="asr")
+    assert "npuq[checkpoints]" not in str(speech.value)  # installed: a listing, no install hint
     with pytest.raises(ValueError, match="kind must be one of 'image', 'asr'"):
         resolve_checkpoint("asr_digits", kind="speech")
 
@@ -46,3 +48,11 @@ def test_the_networks_share_their_blocks():
     first = model.features[0]
     assert (first.kernel_size, first.padding, first.bias) == ((3, 3), (1, 1), None)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_resolver_recognizes_the_speech_format_by_npuq_asr_name():
+    # npuq.models.checkpoints cannot import npuq.asr (which imports it): the format is written in both
+    from npuq.asr import ASR_FORMAT
+    from npuq.models import checkpoints
+
+    assert checkpoints._ASR_FORMAT == ASR_FORMAT

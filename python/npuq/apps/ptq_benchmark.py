@@ -63,6 +63,7 @@ class BenchConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        from npuq._shipped import listing
         from npuq.models.checkpoints import list_checkpoints
 
         unknown = [m for m in self.methods if m not in METHODS]
@@ -77,7 +78,7 @@ class BenchConfig:
         available = set(list_checkpoints())
         missing = [c for c in self.checkpoints if c not in available and not Path(c).is_file()]
         if missing:
-            raise ValueError(f"checkpoint(s) {missing} not found; available: {sorted(available)}")
+            raise ValueError(f"checkpoint(s) {missing} not found; available: {listing(sorted(available))}")
 
 
 def wa8_label(bits) -> str:

@@ -6,7 +6,7 @@
   :func:`evaluate_wer`;
 * :mod:`~npuq.asr.train`: :func:`train_asr` (seeded, resumable training with dev-WER model selection);
 * :mod:`~npuq.asr.checkpoint`: :func:`save_asr_checkpoint`, :func:`load_asr_checkpoint` (the shipped
-  model is ``load_asr_checkpoint("asr_digits")``).
+  model is ``load_asr_checkpoint("asr_digits")``, from the optional package ``npuq[checkpoints]``).
 
 See ``docs/asr.md``.
 """

@@ -3,6 +3,9 @@
 A file holds the float32 ``state_dict`` and string metadata; ``format`` is :data:`ASR_FORMAT` and
 ``config`` the JSON of the :class:`~npuq.asr.model.ASRConfig`, enough to rebuild the model. Other fields
 (error rates, command, history, ...) are kept as given, dicts and lists as JSON.
+
+The shipped recognizer ``asr_digits`` comes with the optional distribution ``npuq-checkpoints``
+(``pip install 'npuq[checkpoints]'``), like the image checkpoints of :mod:`npuq.models.checkpoints`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 from pathlib import Path
 
 from npuq.asr.model import ASRConfig, AttentionASR
-from npuq.models.checkpoints import CHECKPOINT_DIR, SUFFIX, resolve_checkpoint  # noqa: F401 (names of this module too)
+from npuq.models.checkpoints import SUFFIX, resolve_checkpoint  # noqa: F401 (SUFFIX: a name of this module too)
 
 ASR_FORMAT = "npuq-asr-1"
 

@@ -532,6 +532,7 @@ class Runner:
 
     def teacher(self, i: int, spec: ModelSpec):
         if spec.checkpoint:
+            from npuq._shipped import listing
             from npuq.models.checkpoints import list_checkpoints, load_checkpoint
 
             if spec.checkpoint in list_checkpoints():  # a shipped, trained network
@@ -546,7 +547,7 @@ class Runner:
             if not path.exists():
                 raise ConfigError(
                     f"teachers[{i}].checkpoint: no such file {path} (nor a shipped checkpoint: "
-                    f"{', '.join(list_checkpoints())})"
+                    f"{listing(list_checkpoints())})"
                 )
             return _load_model(spec, path)
         if spec.epochs < 1:

@@ -1,4 +1,8 @@
-"""Trained checkpoints shipped inside the package (``npuq/checkpoints/*.safetensors``).
+"""Trained checkpoints: save, find and load them.
+
+The shipped ones are not in npuq's wheel: they come with the optional distribution ``npuq-checkpoints``
+(``pip install 'npuq[checkpoints]'``; in a source checkout ``packages/npuq-checkpoints/npuq_checkpoints/``), or
+from the folder ``NPUQ_CHECKPOINT_DIR`` names; :func:`npuq._shipped.checkpoint_dir` says which folder is used.
 
 Each file holds a float32 ``state_dict`` (BN running statistics included) and string metadata
 (model name, width, recipe, accuracy, the command that produced it, ...). The metadata is
@@ -13,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from npuq._shipped import INSTALL_HINT, checkpoint_dir, describe_dir, listing
 from npuq._validate import Options, check
 from npuq.models import build_model
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 SUFFIX = ".safetensors"
 
 # metadata fields converted back from strings by load_checkpoint
@@ -26,7 +30,8 @@ _JSON_FIELDS = ("dead_channel_stats", "history")
 
 
 class CheckpointNotFoundError(FileNotFoundError):
-    """No checkpoint of that name or path; the message lists the shipped ones."""
+    """No checkpoint of that name or path; the message lists the shipped ones, or, when none are installed,
+    says how to install them."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -38,26 +43,34 @@ def checkpoint_name(model: str, width: float, recipe: str) -> str:
     return f"{model}_w{width:g}_{recipe}"
 
 
+_ASR_FORMAT = "npuq-asr-1"  # npuq.asr.ASR_FORMAT (that module imports this one)
+
 # metadata ``format`` of checkpoints of other model families sharing the directory, with their loaders
-_OTHER_FAMILIES = {"npuq-asr-1": "npuq.asr.load_asr_checkpoint"}
+_OTHER_FAMILIES = {_ASR_FORMAT: "npuq.asr.load_asr_checkpoint"}
 
 
-def _other_family(path: Path) -> str | None:
-    """The loader to use for ``path`` when it is a checkpoint of another model family, else None."""
+def _format(path: Path) -> str | None:
+    """The metadata ``format`` of a safetensors file (None: not given, or the file is unreadable)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return _OTHER_FAMILIES.get((f.metadata() or {}).get("format"))
+            return (f.metadata() or {}).get("format")
     except Exception:  # an unreadable file is listed, and load_checkpoint reports it
         return None
 
 
+def _other_family(path: Path) -> str | None:
+    """The loader to use for ``path`` when it is a checkpoint of another model family, else None."""
+    return _OTHER_FAMILIES.get(_format(path))
+
+
 def list_checkpoints(directory=None) -> list[str]:
-    """Names (file stems) of the image-model checkpoints in ``directory`` (default: the shipped ones);
-    checkpoints of other model families (the speech recognizer of ``npuq.asr``) are left out."""
-    directory = Path(directory) if directory is not None else CHECKPOINT_DIR
-    if not directory.is_dir():
+    """Names (file stems) of the image-model checkpoints in ``directory`` (default: the shipped ones, [] when
+    none are installed); checkpoints of other model families (the speech recognizer of ``npuq.asr``) are left
+    out."""
+    directory = Path(directory) if directory is not None else checkpoint_dir()
+    if directory is None or not directory.is_dir():
         return []
     return sorted(p.name[: -len(SUFFIX)] for p in directory.glob(f"*{SUFFIX}") if _other_family(p) is None)
 
@@ -87,29 +100,39 @@ CHECKPOINT_KINDS = ("image", "asr")
 
 def resolve_checkpoint(name_or_path, kind: str = "image") -> Path:
     """The file of a checkpoint: ``name_or_path`` itself when it is a file, else the shipped checkpoint of that
-    name (``.safetensors`` optional) in :data:`CHECKPOINT_DIR`.
+    name (``.safetensors`` optional) in the folder of :func:`npuq._shipped.checkpoint_dir`.
 
     ``kind`` (``"image"``: :func:`load_checkpoint`'s image classifiers, ``"asr"``: the speech recognizers of
     :mod:`npuq.asr`) only chooses what :class:`CheckpointNotFoundError` lists: the shipped checkpoints of
-    that kind, or (``"asr"``) every file of the directory.
+    that kind, or (``"asr"``) every file of the directory; when there is no checkpoint of that kind (the data
+    package is not installed), the message says how to install them.
     """
     check(kind, "kind", Options(CHECKPOINT_KINDS))
     path = Path(name_or_path)
     if path.is_file():
         return path
-    candidate = CHECKPOINT_DIR / (str(name_or_path).removesuffix(SUFFIX) + SUFFIX)
+    directory = checkpoint_dir()
+    what = "ASR checkpoint" if kind == "asr" else "checkpoint"
+    if directory is None:
+        raise CheckpointNotFoundError(
+            f"no {what} {str(name_or_path)!r}: not a file, and no shipped checkpoints are installed; {INSTALL_HINT}"
+        )
+    candidate = directory / (str(name_or_path).removesuffix(SUFFIX) + SUFFIX)
     if candidate.is_file():
         return candidate
+    files = sorted(directory.glob(f"*{SUFFIX}"))
     if kind == "asr":
-        shipped = sorted(p.name[: -len(SUFFIX)] for p in CHECKPOINT_DIR.glob(f"*{SUFFIX}"))
+        # every file is listed (a factorized recognizer is one too); the install hint when none is an ASR one
+        if any(_format(p) == _ASR_FORMAT for p in files):
+            there = "files there: " + ", ".join(p.name[: -len(SUFFIX)] for p in files)
+        else:
+            there = f"no ASR checkpoint there; {INSTALL_HINT}"
         raise CheckpointNotFoundError(
-            f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in "
-            f"{CHECKPOINT_DIR} (files there: {', '.join(shipped) or 'none'})"
+            f"no ASR checkpoint {str(name_or_path)!r}: not a file, and not in {describe_dir(directory)} ({there})"
         )
-    available = ", ".join(list_checkpoints()) or "none"
     raise CheckpointNotFoundError(
         f"no checkpoint {str(name_or_path)!r}: not a file, and not among the shipped checkpoints "
-        f"in {CHECKPOINT_DIR} (available: {available})"
+        f"in {describe_dir(directory)} (available: {listing(list_checkpoints(directory))})"
     )
 
 

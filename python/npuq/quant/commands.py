@@ -26,9 +26,15 @@ def add_commands(sub) -> None:
 
 
 def _list_checkpoints() -> int:
-    from npuq._cliutil import shipped_image_checkpoints, shipped_metadata
+    import sys
 
-    for name in shipped_image_checkpoints():
+    from npuq._cliutil import shipped_image_checkpoints, shipped_metadata
+    from npuq._shipped import INSTALL_HINT
+
+    names = shipped_image_checkpoints()
+    if not names:  # an empty list is an answer, not an error; stdout stays empty for scripts
+        print(f"npuq quantize: no shipped checkpoints installed; {INSTALL_HINT}", file=sys.stderr)
+    for name in names:
         meta = shipped_metadata(name)
         acc = meta.get("test_accuracy")
         acc_text = f"{100 * float(acc):.2f}%" if acc not in (None, "") else "-"

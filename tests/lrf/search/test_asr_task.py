@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
+from npuq._shipped import INSTALL_HINT, checkpoint_dir
 from npuq.asr import evaluate_wer, greedy_decode, load_asr_checkpoint, teacher_forcing_batch
-from npuq.asr.checkpoint import CHECKPOINT_DIR
 from npuq.distill.losses import KDLoss
 from npuq.distill.seq2seq import sequence_distillation_loss
 from npuq.lrf.factorize import factorizable_layers, factorize, factorized_ranks
@@ -34,7 +34,10 @@ def corpus_dir(tmp_path_factory):
 
     if shutil.which("espeak-ng") is None:
         skip_unless_ci("espeak-ng is not installed (apt-get install espeak-ng)")
-    assert (CHECKPOINT_DIR / "asr_digits.safetensors").is_file(), "the shipped asr_digits checkpoint is missing"
+    shipped = checkpoint_dir()
+    assert shipped is not None and (shipped / "asr_digits.safetensors").is_file(), (
+        f"the shipped asr_digits checkpoint is missing; {INSTALL_HINT}"
+    )
     directory = tmp_path_factory.mktemp("digits")
     config = DigitsConfig(seed=7, train_size=24, dev_size=24, test_size=12)
     build_digits(config, directory, workers=2, progress=False)
