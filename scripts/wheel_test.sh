@@ -2,9 +2,12 @@
 # Tests an installed wheel as a user gets it: a fresh venv, the wheel installed with pip, compilers and
 # CMake out of PATH (so nothing can be built), and everything run from outside the checkout, so that
 # nothing is imported from it: `npuq selftest`, the README's quick start, and the tests of the native
-# ops and the program loader. Usage: scripts/wheel_test.sh WHEEL
+# ops and the program loader. With the data package's wheel as a second argument it also checks that a
+# command needing a trained checkpoint says how to get one without it, and loads one with it.
+# Usage: scripts/wheel_test.sh WHEEL [CHECKPOINTS_WHEEL]
 set -euo pipefail
 wheel="$(realpath "$1")"
+data_wheel="${2:+$(realpath "$2")}"
 repo="$(realpath "$(dirname "$0")/..")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -38,3 +41,21 @@ PY
 NPUQ_HYPOTHESIS_PROFILE=ci python -m pytest -q -p no:cacheprovider --rootdir="$repo" -c "$repo/pyproject.toml" \
   "$repo/tests/ops/test_conv2d.py" "$repo/tests/test_fixedpoint.py" "$repo/tests/npu/test_program.py" \
   "$repo/tests/test_selftest.py"
+if [ -n "$data_wheel" ]; then
+  set +e
+  npuq compile --model mobilenet_v2_w0.5_sgd -o "$work/m.npuq" 2>"$work/err.txt"
+  code=$?
+  set -e
+  if [ "$code" != 2 ] || ! grep -q "pip install 'npuq\[checkpoints\]'" "$work/err.txt"; then
+    echo "wheel test: without npuq-checkpoints, compile should exit 2 naming the extra (exit $code):" >&2
+    cat "$work/err.txt" >&2; exit 1
+  fi
+  pip install --quiet "$data_wheel" safetensors
+  python -c "
+from npuq.models.checkpoints import list_checkpoints, load_checkpoint
+names = list_checkpoints()
+assert len(names) == 4, names
+model, meta = load_checkpoint(names[0])
+print(f'checkpoints from the data package: {len(names)}, loaded {names[0]} ({meta[\"model\"]})')
+"
+fi
