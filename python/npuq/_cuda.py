@@ -54,6 +54,21 @@ def unusable_reason(i: dict, device: int) -> str | None:
     )
 
 
+def status_lines(i: dict, usable: str = "usable") -> list[str]:
+    """What ``npuq info`` and ``npuq selftest`` print of the build's CUDA part and each visible GPU (``i``:
+    :func:`info`'s dictionary); a GPU this build's kernels run on is described by ``usable``."""
+    if not i["built"]:
+        return [f"CUDA: not built ({i.get('reason') or 'no CUDA toolkit at build time'}); the CPU kernels run"]
+    lines = [f"CUDA: built with {i.get('architectures_text') or 'unknown architectures'}"]
+    if i["devices"] == 0:
+        lines.append(f"CUDA: no usable device ({i.get('reason') or 'no GPU visible'}); the CPU kernels run")
+    for d, name in enumerate(i.get("names") or []):
+        major, minor = i["capabilities"][d]
+        reason = unusable_reason(i, d)
+        lines.append(f"CUDA device {d}: {name} (compute capability {major}.{minor}): {reason or usable}")
+    return lines
+
+
 def require(device: int | None = None) -> int:
     """The device index to run on; RuntimeError saying why when the GPU path cannot run."""
     i = info()

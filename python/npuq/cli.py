@@ -117,16 +117,7 @@ def _run_info(args) -> int:
     from npuq import _cuda
 
     print(f"npuq {npuq.__version__}, arithmetic version {npuq.ARITHMETIC_VERSION}")
-    cuda = _cuda.info()
-    if not cuda["built"]:
-        print(f"CUDA: not built ({cuda.get('reason') or 'no CUDA toolkit at build time'}); the CPU kernels run")
-    else:
-        print(f"CUDA: built with {cuda.get('architectures_text') or 'unknown architectures'}")
-        if cuda["devices"] == 0:
-            print(f"CUDA: no usable device ({cuda.get('reason') or 'no GPU visible'}); the CPU kernels run")
-        for d, name in enumerate(cuda.get("names") or []):
-            reason = _cuda.unusable_reason(cuda, d)
-            print(f"CUDA device {d}: {name}: {'usable' if reason is None else reason}")
+    print("\n".join(_cuda.status_lines(_cuda.info())))
     features = npuq.cpu_features()
     print(
         f"CPU kernels: {features['active']} (supported: {', '.join(features['supported'])}; OpenMP "

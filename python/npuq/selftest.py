@@ -449,18 +449,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _gpus_to_check(cuda: dict, mode: str) -> list[dict]:
     """Print the CUDA status; the GPUs whose kernels are checked (``mode``: auto, on, off)."""
-    if not cuda["built"]:
-        print(f"CUDA: not built ({cuda['reason']})")
-    else:
-        print(f"CUDA: built with {cuda['architectures']}")
-        if cuda["devices"] == 0:
-            print(f"CUDA: no usable device ({cuda['reason'] or 'no GPU visible'})")
-        for gpu in cuda["gpus"]:
-            cap = ".".join(map(str, gpu["capability"]))
-            state = "checked" if gpu["unusable"] is None else gpu["unusable"]
-            if gpu["unusable"] is None and mode == "off":
-                state = "not checked (--gpu off)"
-            print(f"CUDA device {gpu['index']}: {gpu['name']} (compute capability {cap}): {state}")
+    from npuq import _cuda
+
+    print("\n".join(_cuda.status_lines(_cuda.info(), "checked" if mode != "off" else "not checked (--gpu off)")))
     usable = [g for g in cuda["gpus"] if g["unusable"] is None]
     if mode == "on" and not usable:
         raise SelftestError(
